@@ -1,0 +1,213 @@
+/**
+ * WGSL source loading from the package's `shaders/` folder (local files or,
+ * when imported from JSR, over HTTP), `{{NAME}}` substitution for dtype
+ * variants, and the small amount of WGSL reading the pipeline cache needs:
+ * binding declarations and `enable` directives.
+ *
+ * Tunables (workgroup size, tile sizes) are WGSL `override` constants set at
+ * pipeline creation, never substituted text.
+ *
+ * @module
+ */
+
+import type { GpuFeature } from "./device.ts";
+
+/** The `shaders/` folder of this package, wherever it was imported from. */
+export const SHADER_DIR: URL = new URL("../../shaders/", import.meta.url);
+
+/** A shader file, its substitution, or its bindings are wrong. */
+export class ShaderSourceError extends Error {
+  /** Builds the error; the message names the shader. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ShaderSourceError";
+  }
+}
+
+const SHADER_NAME = /^[a-z0-9_]+$/;
+const texts = new Map<string, Promise<string>>();
+
+/** The URL of `shaders/NAME.wgsl` (or of `NAME.wgsl` under `baseUrl`). */
+export function shaderUrl(name: string, baseUrl: URL = SHADER_DIR): URL {
+  if (!SHADER_NAME.test(name)) {
+    throw new ShaderSourceError(
+      `Shader name "${name}" is not snake_case [a-z0-9_]+; it names shaders/<name>.wgsl.`,
+    );
+  }
+  return new URL(`${name}.wgsl`, baseUrl);
+}
+
+/**
+ * The text of `shaders/NAME.wgsl`, read once and cached: `file:` URLs with
+ * `Deno.readTextFile`, `http(s):` URLs (a JSR import) with `fetch`.
+ */
+export function loadShaderText(name: string, baseUrl: URL = SHADER_DIR): Promise<string> {
+  const url = shaderUrl(name, baseUrl);
+  const key = url.href;
+  let text = texts.get(key);
+  if (!text) {
+    text = readUrl(url).catch((cause) => {
+      texts.delete(key);
+      throw new ShaderSourceError(
+        `Cannot read shader "${name}" from ${url.href}: ${(cause as Error).message}`,
+        { cause },
+      );
+    });
+    texts.set(key, text);
+  }
+  return text;
+}
+
+async function readUrl(url: URL): Promise<string> {
+  if (url.protocol === "file:") return await Deno.readTextFile(url);
+  if (url.protocol === "http:" || url.protocol === "https:") {
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`HTTP ${response.status} ${response.statusText}`);
+    return await response.text();
+  }
+  throw new Error(`unsupported URL scheme ${url.protocol}`);
+}
+
+/**
+ * Registers WGSL text under a name, as if it were `shaders/NAME.wgsl`
+ * (generated kernels, tests). Replaces any cached text of that name.
+ */
+export function defineShaderText(name: string, text: string, baseUrl: URL = SHADER_DIR): void {
+  texts.set(shaderUrl(name, baseUrl).href, Promise.resolve(text));
+}
+
+/** Forgets every cached shader text (files are read again on next load). */
+export function clearShaderTextCache(): void {
+  texts.clear();
+}
+
+const PLACEHOLDER = /\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}/g;
+
+/**
+ * Replaces each `{{NAME}}` in `text` with `defines[NAME]`. Strict both ways:
+ * a placeholder without a define, or a define without a placeholder, throws
+ * (naming `shaderName`), so a typo cannot silently pick the wrong dtype.
+ */
+export function substituteDefines(
+  text: string,
+  defines: Readonly<Record<string, string | number>>,
+  shaderName = "shader",
+): string {
+  const missing = new Set<string>();
+  const used = new Set<string>();
+  const out = text.replace(PLACEHOLDER, (whole, key: string) => {
+    const value = defines[key];
+    if (value === undefined) {
+      missing.add(key);
+      return whole;
+    }
+    used.add(key);
+    return String(value);
+  });
+  if (missing.size > 0) {
+    throw new ShaderSourceError(
+      `Shader "${shaderName}" has placeholders without a value: ` +
+        `${[...missing].map((k) => `{{${k}}}`).join(", ")}; pass them in defines.`,
+    );
+  }
+  const unused = Object.keys(defines).filter((k) => !used.has(k));
+  if (unused.length > 0) {
+    throw new ShaderSourceError(
+      `Shader "${shaderName}" has no placeholder for define(s) ${unused.join(", ")}.`,
+    );
+  }
+  return out;
+}
+
+/** WGSL text with comments blanked out (line structure kept). */
+export function stripComments(text: string): string {
+  let out = "";
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    const next = text[i + 1];
+    if (depth === 0 && c === "/" && next === "/") {
+      while (i < text.length && text[i] !== "\n") i++;
+      out += "\n";
+    } else if (c === "/" && next === "*") {
+      depth++;
+      i++;
+      out += "  ";
+    } else if (depth > 0 && c === "*" && next === "/") {
+      depth--;
+      i++;
+      out += "  ";
+    } else {
+      out += depth > 0 && c !== "\n" ? " " : c;
+    }
+  }
+  return out;
+}
+
+/** How a kernel binds one buffer (WebGPU's buffer binding types). */
+export type BindingKind = "read-only-storage" | "storage" | "uniform";
+
+const BINDING_DECL =
+  /((?:@(?:group|binding)\s*\(\s*\d+\s*\)\s*){2})var\s*<\s*(storage|uniform)\s*(?:,\s*(read_write|read))?\s*>/g;
+
+/**
+ * The buffer bindings of group 0, from the WGSL declarations, as a dense
+ * list indexed by binding number. Throws on other groups, on gaps, and on
+ * non-buffer resources, which od-moe kernels do not use.
+ */
+export function parseBindings(text: string, shaderName = "shader"): BindingKind[] {
+  const code = stripComments(text);
+  const kinds: BindingKind[] = [];
+  for (const m of code.matchAll(BINDING_DECL)) {
+    const attrs = m[1]!;
+    const group = Number(/@group\s*\(\s*(\d+)/.exec(attrs)?.[1]);
+    const binding = Number(/@binding\s*\(\s*(\d+)/.exec(attrs)?.[1]);
+    if (group !== 0) {
+      throw new ShaderSourceError(
+        `Shader "${shaderName}" declares @group(${group}); od-moe kernels use group 0 only.`,
+      );
+    }
+    if (kinds[binding] !== undefined) {
+      throw new ShaderSourceError(`Shader "${shaderName}" declares @binding(${binding}) twice.`);
+    }
+    kinds[binding] = m[2] === "uniform"
+      ? "uniform"
+      : m[3] === "read_write"
+      ? "storage"
+      : "read-only-storage";
+  }
+  const total = (code.match(/@binding\s*\(/g) ?? []).length;
+  if (total !== Object.keys(kinds).length) {
+    throw new ShaderSourceError(
+      `Shader "${shaderName}" has a @binding that is not a storage or uniform buffer ` +
+        `(or its attributes are not written "@group(0) @binding(N) var<...>").`,
+    );
+  }
+  for (let i = 0; i < kinds.length; i++) {
+    if (kinds[i] === undefined) {
+      throw new ShaderSourceError(
+        `Shader "${shaderName}" skips @binding(${i}); number bindings 0..n-1 ` +
+          `(inputs, then outputs, then params).`,
+      );
+    }
+  }
+  return kinds;
+}
+
+const ENABLE_FEATURES: Readonly<Record<string, GpuFeature>> = {
+  f16: "shader-f16",
+  subgroups: "subgroups",
+};
+
+/** The optional device features a WGSL text's `enable` directives need. */
+export function requiredFeatures(text: string): GpuFeature[] {
+  const code = stripComments(text);
+  const out = new Set<GpuFeature>();
+  for (const m of code.matchAll(/\benable\s+([^;]+);/g)) {
+    for (const ext of m[1]!.split(",")) {
+      const feature = ENABLE_FEATURES[ext.trim()];
+      if (feature) out.add(feature);
+    }
+  }
+  return [...out];
+}
