@@ -1,0 +1,36 @@
+// rows: copy the last token's row of a batch, so the output head runs on one
+// token whatever the batch size (the batch size is only known per submit).
+//
+// Bindings (inputs → outputs → params):
+//   @binding(0) x:      array<f32>  [nTokens, stride] (from offset)   read
+//   @binding(1) out:    array<f32>  [n]                               read_write
+//   @binding(2) step:   array<u32>  the step buffer: [1] = nTokens    read
+//   @binding(3) params: uniform, 4-byte units:
+//                       [0] n: u32       elements to copy
+//                       [1] offset: u32  first element of row 0 in x
+//                       [2] stride: u32  elements between rows
+//
+// Dispatch: ceil(n / WG_SIZE) workgroups.
+
+struct Params {
+  n: u32,
+  offset: u32,
+  stride: u32,
+}
+
+override WG_SIZE: u32 = 64;
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> step: array<u32>;
+@group(0) @binding(3) var<uniform> params: Params;
+
+@compute @workgroup_size(WG_SIZE)
+fn copy_last_row(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x;
+  if (i >= params.n) {
+    return;
+  }
+  let last = max(step[1], 1u) - 1u;
+  out[i] = x[params.offset + last * params.stride + i];
+}

@@ -1,0 +1,37 @@
+/**
+ * Row selection: copy the last token's row of a batch into its own buffer,
+ * so the output head and sampler run on one token whatever the batch size.
+ *
+ * @module
+ */
+
+import type { Gpu } from "../device.ts";
+import { ParamsBuffer } from "../buffers.ts";
+import { getPipeline } from "../pipeline.ts";
+import { workgroupCount } from "../dispatch.ts";
+import type { ActView, Op } from "./op.ts";
+
+const WG_SIZE = 64;
+
+/** `out[i] = x[last token, i]` for `i < n`, the last token read from the step buffer. */
+export async function prepareCopyLastRow(
+  gpu: Gpu,
+  a: { x: ActView; out: GPUBuffer; n: number; step: GPUBuffer; label: string },
+): Promise<Op> {
+  const kernel = await getPipeline(gpu, "rows", {
+    entryPoint: "copy_last_row",
+    constants: { WG_SIZE },
+  });
+  const params = new ParamsBuffer(gpu, `${a.label}.params`, {
+    n: "u32",
+    offset: "u32",
+    stride: "u32",
+  });
+  params.write({ n: a.n, offset: a.x.offset, stride: a.x.stride });
+  return {
+    label: a.label,
+    kernel,
+    bindings: [a.x.buffer, a.out, a.step, params.buffer],
+    workgroups: workgroupCount(a.n, WG_SIZE),
+  };
+}
