@@ -1,0 +1,46 @@
+/**
+ * The architecture registry, keyed by `general.architecture`.
+ *
+ * @module
+ */
+
+import type { GgufMetadata } from "../gguf/reader.ts";
+import type { ModelConfig, TensorPlanEntry } from "./config.ts";
+import { llamaMoe } from "./llama_moe.ts";
+import { qwen2Moe } from "./qwen2_moe.ts";
+import { qwen3Moe } from "./qwen3_moe.ts";
+
+/** What an architecture file provides. */
+export interface ArchSpec {
+  /** `general.architecture` value. */
+  readonly name: string;
+  /** Hyperparameters from metadata; throws a ModelConfigError naming the key. */
+  readConfig(md: GgufMetadata): ModelConfig;
+  /** Every tensor the architecture needs, with shapes and roles. */
+  tensorPlan(c: ModelConfig): TensorPlanEntry[];
+}
+
+const registry: ReadonlyMap<string, ArchSpec> = new Map(
+  [llamaMoe, qwen2Moe, qwen3Moe].map((a) => [a.name, a]),
+);
+
+/** Names of the supported architectures. */
+export function supportedArchitectures(): string[] {
+  return [...registry.keys()];
+}
+
+/** An architecture that od-moe does not run. */
+export class UnsupportedArchitectureError extends Error {
+  /** Builds the error for `arch`. */
+  constructor(readonly arch: string) {
+    super(`Unsupported GGUF architecture: ${arch || "(none)"} (supported: ${supportedArchitectures().join(", ")})`);
+    this.name = "UnsupportedArchitectureError";
+  }
+}
+
+/** The spec of an architecture; throws UnsupportedArchitectureError listing the supported ones. */
+export function archSpec(arch: string): ArchSpec {
+  const spec = registry.get(arch);
+  if (!spec) throw new UnsupportedArchitectureError(arch);
+  return spec;
+}

@@ -1,0 +1,452 @@
+/**
+ * The forward pass of a MoE transformer (Mixtral, Qwen2-MoE, Qwen3-MoE):
+ * the config, the weights on the GPU, and the run state (every activation
+ * buffer and the KV cache, allocated once), and the ops of one batch of
+ * tokens prepared once and recorded into a single submit.
+ *
+ * Per layer: attn_norm → q/k/v (+bias) → q/k norm → RoPE → KV cache →
+ * attention → output (+residual) → ffn_norm → router (top-k on the GPU) →
+ * routed experts (gate/up → SwiGLU → down) + shared expert → combine
+ * (+residual). Then output_norm → lm_head → argmax.
+ *
+ * @module
+ */
+
+import type { Gpu } from "../gpu/device.ts";
+import { createBuffer } from "../gpu/buffers.ts";
+import { type ActView, type GpuWeight, type Op, recordOps, STEP } from "../gpu/ops/op.ts";
+import { prepareGetRows, prepareMatmul, prepareMatmulId } from "../gpu/ops/matmul.ts";
+import { prepareRmsNorm } from "../gpu/ops/norm.ts";
+import { prepareRope } from "../gpu/ops/rope.ts";
+import { prepareKvStore } from "../gpu/ops/kv.ts";
+import { prepareAttention } from "../gpu/ops/attention.ts";
+import { prepareAddBias, prepareSwiglu } from "../gpu/ops/elementwise.ts";
+import { prepareRouter } from "../gpu/ops/router.ts";
+import { prepareMoeCombine } from "../gpu/ops/moe.ts";
+import { prepareArgmax } from "../gpu/ops/sample.ts";
+import { prepareCopyLastRow } from "../gpu/ops/rows.ts";
+import { Tensors, tensorName as tn } from "../gguf/names.ts";
+import type { ModelConfig } from "./config.ts";
+import type { GpuWeights } from "./weights.ts";
+
+/** Sizes of the run state. */
+export interface RunStateOptions {
+  /** Context length: KV cache positions. */
+  nCtx: number;
+  /** Most tokens in one batch (prefill chunk). */
+  maxBatch: number;
+}
+
+/** Where the routed experts of each layer are read from. */
+export interface ExpertSource {
+  /** The gate/up/down stacks holding layer `l`'s experts (or pool arenas), by slot. */
+  stacks(layer: number): { gate: GpuWeight; up: GpuWeight; down: GpuWeight };
+  /** i32 [nLayer, nExpert]: the slot of each expert, or −1 when absent. */
+  readonly residency: GPUBuffer;
+}
+
+/** Every activation buffer of the forward pass. */
+export class RunState {
+  /** u32 [STEP.length]: position of the batch, tokens in it, keys after it. */
+  readonly step: GPUBuffer;
+  /** u32 [maxBatch]: the batch's token ids (the sampled id lands in [0]). */
+  readonly tokens: GPUBuffer;
+  /** f32 [maxBatch, nEmbd]: the residual stream. */
+  readonly x: GPUBuffer;
+  /** f32 [maxBatch, nEmbd]: normalised input of a sub-block. */
+  readonly xn: GPUBuffer;
+  /** f32 [maxBatch, nHead · headDimK]. */
+  readonly q: GPUBuffer;
+  /** f32 [maxBatch, nHeadKv · headDimK]. */
+  readonly k: GPUBuffer;
+  /** f32 [maxBatch, nHeadKv · headDimV]. */
+  readonly v: GPUBuffer;
+  /** f32 [maxBatch, nHead · headDimV]: attention output before the projection. */
+  readonly attn: GPUBuffer;
+  /** f32 [maxBatch, nExpert]: router logits. */
+  readonly routerLogits: GPUBuffer;
+  /** u32 [maxBatch, nExpertUsed]: chosen expert ids. */
+  readonly expertIds: GPUBuffer;
+  /** f32 [maxBatch, nExpertUsed]: their weights. */
+  readonly expertWeights: GPUBuffer;
+  /** u32 [maxBatch, nExpertUsed]: their pool slots. */
+  readonly expertSlots: GPUBuffer;
+  /** u32: miss counter and records (layer, token, expert). */
+  readonly misses: GPUBuffer;
+  /** f32 [maxBatch, nExpertUsed, nFfExp]: gate projections, then SwiGLU output. */
+  readonly gate: GPUBuffer;
+  /** f32 [maxBatch, nExpertUsed, nFfExp]. */
+  readonly up: GPUBuffer;
+  /** f32 [maxBatch, nExpertUsed, nEmbd]: each chosen expert's output. */
+  readonly expertOut: GPUBuffer;
+  /** f32 [maxBatch, nFfShexp] ×2 and [maxBatch, nEmbd], [maxBatch]: the shared expert. */
+  readonly shGate?: GPUBuffer;
+  /** Shared expert up projection. */
+  readonly shUp?: GPUBuffer;
+  /** Shared expert output. */
+  readonly shOut?: GPUBuffer;
+  /** Shared expert gate logit. */
+  readonly shGateLogit?: GPUBuffer;
+  /** f32 [nEmbd]: the last token's final hidden state. */
+  readonly last: GPUBuffer;
+  /** f32 [nVocab]: logits of the last token. */
+  readonly logits: GPUBuffer;
+  /** Per layer: f32 [nCtx, nHeadKv, headDimK] keys and [nCtx, nHeadKv, headDimV] values. */
+  readonly kCache: GPUBuffer[] = [];
+  /** Values cache, per layer. */
+  readonly vCache: GPUBuffer[] = [];
+  /** Bytes allocated. */
+  readonly bytes: number;
+
+  /** Allocates everything once. */
+  constructor(gpu: Gpu, c: ModelConfig, o: RunStateOptions) {
+    let bytes = 0;
+    const f32 = (label: string, n: number) => {
+      bytes += n * 4;
+      return createBuffer(gpu, { label, size: Math.max(4, n * 4) });
+    };
+    const B = o.maxBatch;
+    const K = c.nExpertUsed;
+    this.step = createBuffer(gpu, {
+      label: "step",
+      size: STEP.length * 4,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+    this.tokens = f32("tokens", B);
+    this.x = f32("x", B * c.nEmbd);
+    this.xn = f32("xn", B * c.nEmbd);
+    this.q = f32("q", B * c.nHead * c.headDimK);
+    this.k = f32("k", B * c.nHeadKv * c.headDimK);
+    this.v = f32("v", B * c.nHeadKv * c.headDimV);
+    this.attn = f32("attn", B * c.nHead * c.headDimV);
+    this.routerLogits = f32("router_logits", B * c.nExpert);
+    this.expertIds = f32("expert_ids", B * K);
+    this.expertWeights = f32("expert_weights", B * K);
+    this.expertSlots = f32("expert_slots", B * K);
+    this.misses = f32("misses", 4 + 3 * B * K * c.nLayer);
+    this.gate = f32("gate", B * K * c.nFfExp);
+    this.up = f32("up", B * K * c.nFfExp);
+    this.expertOut = f32("expert_out", B * K * c.nEmbd);
+    if (c.nFfShexp > 0) {
+      this.shGate = f32("sh_gate", B * c.nFfShexp);
+      this.shUp = f32("sh_up", B * c.nFfShexp);
+      this.shOut = f32("sh_out", B * c.nEmbd);
+      this.shGateLogit = f32("sh_gate_logit", B);
+    }
+    this.last = f32("last", c.nEmbd);
+    this.logits = f32("logits", c.nVocab);
+    for (let l = 0; l < c.nLayer; l++) {
+      this.kCache.push(f32(`k_cache.${l}`, o.nCtx * c.nHeadKv * c.headDimK));
+      this.vCache.push(f32(`v_cache.${l}`, o.nCtx * c.nHeadKv * c.headDimV));
+    }
+    this.bytes = bytes;
+  }
+
+  /** Frees every buffer. */
+  destroy(): void {
+    for (const v of Object.values(this)) if (v instanceof GPUBuffer) v.destroy();
+    for (const b of [...this.kCache, ...this.vCache]) b.destroy();
+  }
+}
+
+const view = (buffer: GPUBuffer, stride: number, offset = 0): ActView => ({ buffer, offset, stride });
+
+/** The prepared forward pass of a MoE transformer. */
+export class MoeTransformer {
+  /** Ops of one batch, embedding to argmax, in order. */
+  readonly ops: Op[] = [];
+
+  private constructor(
+    readonly gpu: Gpu,
+    readonly config: ModelConfig,
+    readonly weights: GpuWeights,
+    readonly state: RunState,
+    readonly experts: ExpertSource,
+  ) {}
+
+  /** Builds the ops for a model; nothing is allocated after this. */
+  static async build(
+    gpu: Gpu,
+    config: ModelConfig,
+    weights: GpuWeights,
+    experts: ExpertSource,
+    o: RunStateOptions,
+  ): Promise<MoeTransformer> {
+    const m = new MoeTransformer(gpu, config, weights, new RunState(gpu, config, o), experts);
+    await m.#prepare(o);
+    return m;
+  }
+
+  async #prepare(o: RunStateOptions): Promise<void> {
+    const { gpu, config: c, weights: w, state: s } = this;
+    const ops = this.ops;
+    const step = s.step;
+    const E = c.nEmbd;
+    const K = c.nExpertUsed;
+    const qDim = c.nHead * c.headDimK;
+    const kDim = c.nHeadKv * c.headDimK;
+    const vDim = c.nHeadKv * c.headDimV;
+    const add = (more: Op | Op[]) => ops.push(...(Array.isArray(more) ? more : [more]));
+    const matmul = async (name: string, x: ActView, y: ActView, accumulate = false) =>
+      add(await prepareMatmul(gpu, { w: w.matrix(name), x, y, step, accumulate, label: name }));
+    const bias = async (name: string, y: ActView, n: number) => {
+      const b = w.maybeVector(name);
+      if (b) add(await prepareAddBias(gpu, { y, bias: b, n, step, label: name }));
+    };
+
+    // token ids → embeddings
+    add(
+      await prepareGetRows(gpu, {
+        w: w.matrix(tn(Tensors.tokenEmbd)),
+        ids: { buffer: s.tokens, offset: 0 },
+        out: view(s.x, E),
+        step,
+        label: "token_embd",
+      }),
+    );
+
+    for (let l = 0; l < c.nLayer; l++) {
+      // attention
+      add(
+        await prepareRmsNorm(gpu, {
+          x: view(s.x, E),
+          y: view(s.xn, E),
+          weight: w.vector(tn(Tensors.attnNorm, l)),
+          n: E,
+          rowsPerToken: 1,
+          eps: c.rmsEps,
+          step,
+          label: `blk.${l}.attn_norm`,
+        }),
+      );
+      await matmul(tn(Tensors.attnQ, l), view(s.xn, E), view(s.q, qDim));
+      await matmul(tn(Tensors.attnK, l), view(s.xn, E), view(s.k, kDim));
+      await matmul(tn(Tensors.attnV, l), view(s.xn, E), view(s.v, vDim));
+      await bias(tn(Tensors.attnQ, l, "bias"), view(s.q, qDim), qDim);
+      await bias(tn(Tensors.attnK, l, "bias"), view(s.k, kDim), kDim);
+      await bias(tn(Tensors.attnV, l, "bias"), view(s.v, vDim), vDim);
+      if (c.qkNorm !== "none") {
+        for (const [t, buf, heads, dim] of [[Tensors.attnQNorm, s.q, c.nHead, qDim], [Tensors.attnKNorm, s.k, c.nHeadKv, kDim]] as const) {
+          const perHead = c.qkNorm === "head";
+          add(
+            await prepareRmsNorm(gpu, {
+              x: view(buf, dim),
+              y: view(buf, dim),
+              weight: w.vector(tn(t, l)),
+              n: perHead ? c.headDimK : dim,
+              rowsPerToken: perHead ? heads : 1,
+              eps: c.rmsEps,
+              step,
+              label: tn(t, l),
+            }),
+          );
+        }
+      }
+      for (const [buf, heads, dim, name] of [[s.q, c.nHead, qDim, "q"], [s.k, c.nHeadKv, kDim, "k"]] as const) {
+        add(
+          await prepareRope(gpu, {
+            x: view(buf, dim),
+            nHeads: heads,
+            headDim: c.headDimK,
+            nRot: c.nRot,
+            mode: c.ropeType,
+            freqBase: c.ropeFreqBase,
+            freqScale: c.ropeFreqScale,
+            extFactor: c.yarnExtFactor,
+            attnFactor: c.yarnAttnFactor,
+            betaFast: c.yarnBetaFast,
+            betaSlow: c.yarnBetaSlow,
+            nCtxOrig: c.nCtxOrig,
+            step,
+            label: `blk.${l}.rope_${name}`,
+          }),
+        );
+      }
+      add(
+        await prepareKvStore(gpu, {
+          k: view(s.k, kDim),
+          v: view(s.v, vDim),
+          kCache: s.kCache[l]!,
+          vCache: s.vCache[l]!,
+          kRow: kDim,
+          vRow: vDim,
+          step,
+          label: `blk.${l}.kv_store`,
+        }),
+      );
+      add(
+        await prepareAttention(gpu, {
+          q: view(s.q, qDim),
+          kCache: s.kCache[l]!,
+          vCache: s.vCache[l]!,
+          out: view(s.attn, c.nHead * c.headDimV),
+          nHead: c.nHead,
+          nHeadKv: c.nHeadKv,
+          headDimK: c.headDimK,
+          headDimV: c.headDimV,
+          scale: c.attnScale,
+          nCtx: o.nCtx,
+          step,
+          label: `blk.${l}.attention`,
+        }),
+      );
+      // x += W_o · attn
+      await matmul(tn(Tensors.attnOut, l), view(s.attn, c.nHead * c.headDimV), view(s.x, E), true);
+      await bias(tn(Tensors.attnOut, l, "bias"), view(s.x, E), E);
+
+      // MoE FFN
+      add(
+        await prepareRmsNorm(gpu, {
+          x: view(s.x, E),
+          y: view(s.xn, E),
+          weight: w.vector(tn(Tensors.ffnNorm, l)),
+          n: E,
+          rowsPerToken: 1,
+          eps: c.rmsEps,
+          step,
+          label: `blk.${l}.ffn_norm`,
+        }),
+      );
+      await matmul(tn(Tensors.ffnGateInp, l), view(s.xn, E), view(s.routerLogits, c.nExpert));
+      add(
+        await prepareRouter(gpu, {
+          logits: view(s.routerLogits, c.nExpert),
+          ids: view(s.expertIds, K),
+          weights: view(s.expertWeights, K),
+          slots: view(s.expertSlots, K),
+          residency: this.experts.residency,
+          misses: s.misses,
+          layer: l,
+          nExpert: c.nExpert,
+          k: K,
+          gating: c.gating,
+          normalize: c.normTopK,
+          scale: c.expertWeightsScale,
+          step,
+          label: `blk.${l}.router`,
+        }),
+      );
+      const st = this.experts.stacks(l);
+      const slots = { buffer: s.expertSlots, offset: 0 };
+      for (const [stack, out, name] of [[st.gate, s.gate, "gate"], [st.up, s.up, "up"]] as const) {
+        add(
+          await prepareMatmulId(gpu, {
+            w: stack,
+            ids: slots,
+            nUsed: K,
+            x: view(s.xn, E),
+            xPerSlot: false,
+            y: view(out, K * c.nFfExp),
+            step,
+            label: `blk.${l}.ffn_${name}_exps`,
+          }),
+        );
+      }
+      add(
+        await prepareSwiglu(gpu, {
+          gate: view(s.gate, K * c.nFfExp),
+          up: view(s.up, K * c.nFfExp),
+          out: view(s.gate, K * c.nFfExp),
+          n: K * c.nFfExp,
+          step,
+          label: `blk.${l}.swiglu_exps`,
+        }),
+      );
+      add(
+        await prepareMatmulId(gpu, {
+          w: st.down,
+          ids: slots,
+          nUsed: K,
+          x: view(s.gate, K * c.nFfExp),
+          xPerSlot: true,
+          y: view(s.expertOut, K * E),
+          step,
+          label: `blk.${l}.ffn_down_exps`,
+        }),
+      );
+      let shared: ActView | undefined;
+      let sharedGate: ActView | undefined;
+      if (c.nFfShexp > 0) {
+        const F = c.nFfShexp;
+        await matmul(tn(Tensors.ffnGateShexp, l), view(s.xn, E), view(s.shGate!, F));
+        await matmul(tn(Tensors.ffnUpShexp, l), view(s.xn, E), view(s.shUp!, F));
+        add(
+          await prepareSwiglu(gpu, {
+            gate: view(s.shGate!, F),
+            up: view(s.shUp!, F),
+            out: view(s.shGate!, F),
+            n: F,
+            step,
+            label: `blk.${l}.swiglu_shexp`,
+          }),
+        );
+        await matmul(tn(Tensors.ffnDownShexp, l), view(s.shGate!, F), view(s.shOut!, E));
+        shared = view(s.shOut!, E);
+        if (c.sharedExpertGated) {
+          // ffn_gate_inp_shexp is a vector [nEmbd]: a 1-row matrix.
+          await matmul(tn(Tensors.ffnGateInpShexp, l), view(s.xn, E), view(s.shGateLogit!, 1));
+          sharedGate = view(s.shGateLogit!, 1);
+        }
+      }
+      add(
+        await prepareMoeCombine(gpu, {
+          y: view(s.expertOut, K * E),
+          weights: view(s.expertWeights, K),
+          out: view(s.x, E),
+          residual: true,
+          shared,
+          sharedGate,
+          k: K,
+          n: E,
+          step,
+          label: `blk.${l}.moe_combine`,
+        }),
+      );
+    }
+
+    // output head on the last token only
+    add(await prepareCopyLastRow(gpu, { x: view(s.x, E), out: s.last, n: E, step, label: "last_row" }));
+    add(
+      await prepareRmsNorm(gpu, {
+        x: view(s.last, E),
+        y: view(s.last, E),
+        weight: w.vector(tn(Tensors.outputNorm)),
+        n: E,
+        rowsPerToken: 1,
+        eps: c.rmsEps,
+        step: null,
+        label: "output_norm",
+      }),
+    );
+    const head = w.maybeMatrix(tn(Tensors.output)) ?? w.matrix(tn(Tensors.tokenEmbd));
+    add(
+      await prepareMatmul(gpu, {
+        w: head,
+        x: view(s.last, E),
+        y: view(s.logits, c.nVocab),
+        step: null,
+        label: "output",
+      }),
+    );
+    add(
+      await prepareArgmax(gpu, {
+        logits: view(s.logits, c.nVocab),
+        n: c.nVocab,
+        out: { buffer: s.tokens, index: 0 },
+        label: "argmax",
+      }),
+    );
+  }
+
+  /** Records the whole forward pass of a batch of `nTokens` into one compute pass. */
+  record(encoder: GPUCommandEncoder, nTokens: number): void {
+    const pass = encoder.beginComputePass({ label: `forward×${nTokens}` });
+    recordOps(pass, this.ops, nTokens);
+    pass.end();
+  }
+
+  /** Frees the run state (the weights belong to the caller). */
+  destroy(): void {
+    this.state.destroy();
+  }
+}
