@@ -33,7 +33,9 @@ export const llamaMoe: ArchSpec = {
       );
     }
     if (c.headDimK !== c.headDimV || c.nRot !== c.headDimK) {
-      throw new ModelConfigError("llama: key_length, value_length and rope.dimension_count must agree");
+      throw new ModelConfigError(
+        "llama: key_length, value_length and rope.dimension_count must agree",
+      );
     }
     checkMoeConfig(c);
     return c;

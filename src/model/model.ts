@@ -5,12 +5,12 @@
  * @module
  */
 
-import { readGgufModel, type GgufModelFile, type GgufTensorInfo } from "../gguf/reader.ts";
+import { type GgufModelFile, type GgufTensorInfo, readGgufModel } from "../gguf/reader.ts";
 import { MappedFile } from "../../ffi/mmap.ts";
 import { acquireGpu, type Gpu } from "../gpu/device.ts";
 import { createBuffer, readback, recordReadback, upload } from "../gpu/buffers.ts";
 import { STEP } from "../gpu/ops/op.ts";
-import { Tensors, tensorName as tn } from "../gguf/names.ts";
+import { tensorName as tn, Tensors } from "../gguf/names.ts";
 import type { ModelConfig } from "./config.ts";
 import { archSpec } from "./registry.ts";
 import { checkTensorPlan, GpuWeights, type TensorBytes, uploadPlannedTensors } from "./weights.ts";
@@ -108,7 +108,10 @@ export class Model {
       const source = new MappedTensors(mapped);
       const weights = uploadPlannedTensors(gpu, file, source, plan, ["base", "expert"]);
       const experts = residentExperts(gpu, config, weights);
-      const transformer = await MoeTransformer.build(gpu, config, weights, experts, { nCtx, maxBatch });
+      const transformer = await MoeTransformer.build(gpu, config, weights, experts, {
+        nCtx,
+        maxBatch,
+      });
       return new Model(gpu, file, config, transformer, nCtx, maxBatch, !o.gpu, weights);
     } finally {
       for (const m of mapped) m.close();
@@ -139,7 +142,9 @@ export class Model {
   #checkIds(tokens: readonly number[]): void {
     for (const t of tokens) {
       if (!Number.isInteger(t) || t < 0 || t >= this.config.nVocab) {
-        throw new RangeError(`token id ${t} is outside the vocabulary (0…${this.config.nVocab - 1})`);
+        throw new RangeError(
+          `token id ${t} is outside the vocabulary (0…${this.config.nVocab - 1})`,
+        );
       }
     }
   }
@@ -186,7 +191,11 @@ export class Model {
     const out: number[] = [];
     const readRing = async (from: number, to: number) => {
       const enc = this.gpu.device.createCommandEncoder();
-      const pending = recordReadback(this.gpu, enc, [{ buffer: this.#ring, offset: 4 * from, size: 4 * (to - from) }]);
+      const pending = recordReadback(this.gpu, enc, [{
+        buffer: this.#ring,
+        offset: 4 * from,
+        size: 4 * (to - from),
+      }]);
       this.gpu.submit(enc);
       const [ids] = await pending.read();
       for (const id of new Uint32Array(ids!)) {
@@ -201,7 +210,11 @@ export class Model {
     const startPos = this.nPast;
     this.#queuePrompt(prompt);
     const enc0 = this.gpu.device.createCommandEncoder();
-    const first = recordReadback(this.gpu, enc0, o.promptLogits ? [s.tokens, s.logits] : [s.tokens]);
+    const first = recordReadback(
+      this.gpu,
+      enc0,
+      o.promptLogits ? [s.tokens, s.logits] : [s.tokens],
+    );
     this.gpu.submit(enc0);
     const [firstId, logitsBytes] = await first.read();
     const id0 = new Uint32Array(firstId!)[0]!;
@@ -258,7 +271,9 @@ export class Model {
 /** Every expert resident: slot = expert id, the stacks are the GGUF tensors themselves. */
 function residentExperts(gpu: Gpu, c: ModelConfig, w: GpuWeights): ExpertSource {
   const table = new Int32Array(c.nLayer * c.nExpert);
-  for (let l = 0; l < c.nLayer; l++) for (let e = 0; e < c.nExpert; e++) table[l * c.nExpert + e] = e;
+  for (let l = 0; l < c.nLayer; l++) {
+    for (let e = 0; e < c.nExpert; e++) table[l * c.nExpert + e] = e;
+  }
   const residency = createBuffer(gpu, { label: "residency", data: table });
   return {
     residency,

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { Tensors, tensorName as tn } from "../gguf/names.ts";
+import { tensorName as tn, Tensors } from "../gguf/names.ts";
 import type { ModelConfig, TensorPlanEntry } from "./config.ts";
 
 /** `token_embd`, `output_norm` and `output` (optional: tied to the embedding when absent). */
@@ -13,7 +13,12 @@ export function headPlan(c: ModelConfig, outputOptional: boolean): TensorPlanEnt
   return [
     { name: tn(Tensors.tokenEmbd), shape: [c.nEmbd, c.nVocab], role: "base" },
     { name: tn(Tensors.outputNorm), shape: [c.nEmbd], role: "base" },
-    { name: tn(Tensors.output), shape: [c.nEmbd, c.nVocab], role: "base", optional: outputOptional },
+    {
+      name: tn(Tensors.output),
+      shape: [c.nEmbd, c.nVocab],
+      role: "base",
+      optional: outputOptional,
+    },
   ];
 }
 

@@ -31,7 +31,9 @@ export const qwen3Moe: ArchSpec = {
       qkNorm: "head",
     };
     if (c.headDimK !== c.headDimV || c.nRot !== c.headDimK) {
-      throw new ModelConfigError("qwen3moe: key_length, value_length and rope.dimension_count must agree");
+      throw new ModelConfigError(
+        "qwen3moe: key_length, value_length and rope.dimension_count must agree",
+      );
     }
     checkMoeConfig(c);
     return c;

@@ -33,7 +33,11 @@ export function supportedArchitectures(): string[] {
 export class UnsupportedArchitectureError extends Error {
   /** Builds the error for `arch`. */
   constructor(readonly arch: string) {
-    super(`Unsupported GGUF architecture: ${arch || "(none)"} (supported: ${supportedArchitectures().join(", ")})`);
+    super(
+      `Unsupported GGUF architecture: ${arch || "(none)"} (supported: ${
+        supportedArchitectures().join(", ")
+      })`,
+    );
     this.name = "UnsupportedArchitectureError";
   }
 }

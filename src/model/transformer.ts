@@ -25,7 +25,7 @@ import { prepareRouter } from "../gpu/ops/router.ts";
 import { prepareMoeCombine } from "../gpu/ops/moe.ts";
 import { prepareArgmax } from "../gpu/ops/sample.ts";
 import { prepareCopyLastRow } from "../gpu/ops/rows.ts";
-import { Tensors, tensorName as tn } from "../gguf/names.ts";
+import { tensorName as tn, Tensors } from "../gguf/names.ts";
 import type { ModelConfig } from "./config.ts";
 import type { GpuWeights } from "./weights.ts";
 
@@ -149,7 +149,11 @@ export class RunState {
   }
 }
 
-const view = (buffer: GPUBuffer, stride: number, offset = 0): ActView => ({ buffer, offset, stride });
+const view = (buffer: GPUBuffer, stride: number, offset = 0): ActView => ({
+  buffer,
+  offset,
+  stride,
+});
 
 /** The prepared forward pass of a MoE transformer. */
 export class MoeTransformer {
@@ -226,7 +230,14 @@ export class MoeTransformer {
       await bias(tn(Tensors.attnK, l, "bias"), view(s.k, kDim), kDim);
       await bias(tn(Tensors.attnV, l, "bias"), view(s.v, vDim), vDim);
       if (c.qkNorm !== "none") {
-        for (const [t, buf, heads, dim] of [[Tensors.attnQNorm, s.q, c.nHead, qDim], [Tensors.attnKNorm, s.k, c.nHeadKv, kDim]] as const) {
+        for (
+          const [t, buf, heads, dim] of [[Tensors.attnQNorm, s.q, c.nHead, qDim], [
+            Tensors.attnKNorm,
+            s.k,
+            c.nHeadKv,
+            kDim,
+          ]] as const
+        ) {
           const perHead = c.qkNorm === "head";
           add(
             await prepareRmsNorm(gpu, {
@@ -242,7 +253,14 @@ export class MoeTransformer {
           );
         }
       }
-      for (const [buf, heads, dim, name] of [[s.q, c.nHead, qDim, "q"], [s.k, c.nHeadKv, kDim, "k"]] as const) {
+      for (
+        const [buf, heads, dim, name] of [[s.q, c.nHead, qDim, "q"], [
+          s.k,
+          c.nHeadKv,
+          kDim,
+          "k",
+        ]] as const
+      ) {
         add(
           await prepareRope(gpu, {
             x: view(buf, dim),
@@ -405,7 +423,15 @@ export class MoeTransformer {
     }
 
     // output head on the last token only
-    add(await prepareCopyLastRow(gpu, { x: view(s.x, E), out: s.last, n: E, step, label: "last_row" }));
+    add(
+      await prepareCopyLastRow(gpu, {
+        x: view(s.x, E),
+        out: s.last,
+        n: E,
+        step,
+        label: "last_row",
+      }),
+    );
     add(
       await prepareRmsNorm(gpu, {
         x: view(s.last, E),
