@@ -1,0 +1,170 @@
+/**
+ * `deno task make-model`: writes a synthetic MoE GGUF with seeded random
+ * weights (`src/model/synthetic.ts`).
+ *
+ * ```sh
+ * deno task make-model --arch qwen3moe --out m.gguf [--type F32|F16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|
+ *   Q2_K|Q3_K_M|Q4_K_M|Q5_K_M|Q6_K|…] [--shape a|b] [--layers N --embd N --heads N --kv-heads N
+ *   --head-dim N --ff N --shexp-ff N --experts N --top-k N --ctx N --rope-base X --rms-eps X]
+ *   [--vocab qwen2|llama-spm|llama-bpe|builtin|… --vocab-size N] [--seed S] [--tied|--untied]
+ * ```
+ *
+ * Dimensions start from the test fixture shape `--shape` (default `a`, see
+ * `tests/fixtures.ts`); flags override them. F32 and F16 are written by the
+ * generator; other types are quantised from an F32 temporary by llama.cpp's
+ * own quantiser (`llama_model_quantize` through `tests/ref/llama_cpp.ts`), so
+ * the file is what llama.cpp itself would make. Prints one summary line.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { SYNTHETIC_ARCHS, type SyntheticArch, syntheticModel } from "../src/model/synthetic.ts";
+import { readGgufModel } from "../src/gguf/reader.ts";
+import { isExpertTensor } from "../src/gguf/names.ts";
+import { writeGgufFile } from "../src/gguf/writer.ts";
+import { type FixtureShape, fixtureSpec } from "../tests/fixtures.ts";
+import { LlamaFtype, type LlamaFtypeName, loadReference } from "../tests/ref/llama_cpp.ts";
+
+const USAGE = `usage: deno task make-model --arch ${SYNTHETIC_ARCHS.join("|")} --out FILE
+  [--type F32|F16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q2_K|Q3_K_M|Q4_K_M|Q5_K_M|Q6_K|…]  (default F32)
+  [--shape a|b]  start from a test fixture shape (default a)
+  [--layers N --embd N --heads N --kv-heads N --head-dim N --ff N --shexp-ff N
+   --experts N --top-k N --ctx N --rope-base X --rms-eps X]
+  [--vocab qwen2|llama-spm|llama-bpe|builtin|<llama.cpp vocab name> --vocab-size N (0: all)]
+  [--seed S] [--tied | --untied]`;
+
+/** The integer and number flags, and the fixture fields they set. */
+const NUMBER_FLAGS = {
+  layers: "nLayer",
+  embd: "nEmbd",
+  heads: "nHead",
+  "kv-heads": "nHeadKv",
+  "head-dim": "headDim",
+  ff: "nFfExp",
+  "shexp-ff": "nFfShexp",
+  experts: "nExpert",
+  "top-k": "nExpertUsed",
+  ctx: "nCtx",
+  "rope-base": "ropeBase",
+  "rms-eps": "rmsEps",
+  "vocab-size": "vocabSize",
+  seed: "seed",
+} as const;
+
+function fail(message: string): never {
+  console.error(`make-model: ${message}\n${USAGE}`);
+  Deno.exit(2);
+}
+
+/** Parses the command line into fixture options. */
+function parse(args: string[]) {
+  const { values } = parseArgs({
+    args,
+    options: {
+      arch: { type: "string" },
+      out: { type: "string" },
+      type: { type: "string", default: "F32" },
+      shape: { type: "string", default: "a" },
+      vocab: { type: "string" },
+      tied: { type: "boolean" },
+      untied: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+      ...Object.fromEntries(Object.keys(NUMBER_FLAGS).map((k) => [k, { type: "string" }])),
+    } as Record<string, { type: "string" | "boolean"; default?: string; short?: string }>,
+    strict: true,
+  });
+  if (values.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  const arch = values.arch as string | undefined;
+  if (!arch || !(SYNTHETIC_ARCHS as readonly string[]).includes(arch)) {
+    fail(`--arch must be one of ${SYNTHETIC_ARCHS.join(", ")}${arch ? `, got ${arch}` : ""}`);
+  }
+  const out = values.out as string | undefined;
+  if (!out) fail("--out is required");
+  const shape = values.shape as string;
+  if (shape !== "a" && shape !== "b") fail(`--shape must be a or b, got ${shape}`);
+  const type = (values.type as string).toUpperCase();
+  if (type !== "F32" && type !== "F16" && !(`MOSTLY_${type}` in LlamaFtype)) {
+    fail(`--type ${type}: llama.cpp has no file type MOSTLY_${type}`);
+  }
+  const overrides: Record<string, unknown> = {};
+  for (const [flag, field] of Object.entries(NUMBER_FLAGS)) {
+    const raw = values[flag] as string | undefined;
+    if (raw === undefined) continue;
+    const n = Number(raw);
+    if (!Number.isFinite(n)) fail(`--${flag} must be a number, got ${raw}`);
+    overrides[field] = n;
+  }
+  if (values.vocab !== undefined) overrides.vocab = values.vocab;
+  if (values.tied && values.untied) fail("--tied and --untied contradict each other");
+  if (values.tied) overrides.tiedOutput = true;
+  if (values.untied) overrides.tiedOutput = false;
+  return { arch: arch as SyntheticArch, out, type, shape: shape as FixtureShape, overrides };
+}
+
+function human(bytes: number): string {
+  if (bytes >= 1 << 30) return `${(bytes / (1 << 30)).toFixed(2)} GiB`;
+  if (bytes >= 1 << 20) return `${(bytes / (1 << 20)).toFixed(2)} MiB`;
+  return `${(bytes / 1024).toFixed(1)} KiB`;
+}
+
+function count(n: number): string {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : `${n}`;
+}
+
+async function main(): Promise<void> {
+  const { arch, out, type, shape, overrides } = parse(Deno.args);
+  const spec = await fixtureSpec({ arch, shape, ...overrides });
+  spec.name = `od-moe synthetic ${arch}`;
+  const t0 = performance.now();
+  if (type === "F32" || type === "F16") {
+    await writeGgufFile(out, syntheticModel({ ...spec, weightType: type }));
+  } else {
+    const f32 = `${out}.f32-${Deno.pid}.tmp`;
+    const tmp = `${out}.${type}-${Deno.pid}.tmp`;
+    try {
+      await writeGgufFile(f32, syntheticModel({ ...spec, weightType: "F32" }));
+      loadReference().quantize(f32, tmp, `MOSTLY_${type}` as LlamaFtypeName);
+      await Deno.rename(tmp, out);
+    } finally {
+      await Deno.remove(f32).catch(() => {});
+      await Deno.remove(tmp).catch(() => {});
+    }
+  }
+  const ms = performance.now() - t0;
+
+  const model = readGgufModel(out);
+  let params = 0;
+  let expertParams = 0;
+  let expertBytes = 0;
+  const types = new Map<string, number>();
+  for (const t of model.tensors) {
+    params += t.nElements;
+    types.set(t.type.name, (types.get(t.type.name) ?? 0) + 1);
+    if (isExpertTensor(t.name)) {
+      expertParams += t.nElements;
+      expertBytes += t.nBytes;
+    }
+  }
+  const fileSize = model.files[0]!.fileSize;
+  const typeList = [...types].map(([name, n]) => `${name}×${n}`).join(" ");
+  console.log(
+    `${out}: ${arch} ${type} ${spec.nLayer}L embd ${spec.nEmbd} heads ${spec.nHead}/${spec.nHeadKv}` +
+      ` experts ${spec.nExpertUsed}/${spec.nExpert} vocab ${spec.vocab!.nTokens}` +
+      ` | params ${count(params)} (experts ${count(expertParams)})` +
+      ` | ${human(fileSize)} (experts ${human(expertBytes)}) | tensors ${typeList}` +
+      ` | ${ms.toFixed(0)} ms`,
+  );
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    console.error(`make-model: ${e instanceof Error ? e.message : e}`);
+    Deno.exit(1);
+  }
+}

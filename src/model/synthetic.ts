@@ -1,0 +1,396 @@
+/**
+ * Synthetic MoE models: GGUF files with seeded random weights, laid out and
+ * described exactly as llama.cpp expects converted models of each supported
+ * architecture to be. Tests generate them (nothing can be downloaded), and the
+ * server serves one as its built-in demo model.
+ *
+ * Weights are drawn so that the model's outputs are informative rather than
+ * flat: projections are N(0, 1/fan_in) so activations keep unit scale, norms
+ * are near 1 with some jitter (so an engine that skips one is caught), the
+ * router's logits have a spread of several units (so expert choices are
+ * rarely near-ties), and the output head is scaled so the logits have a
+ * chosen standard deviation (so greedy choices have clear top-1/top-2 gaps).
+ *
+ * Each tensor draws from its own random stream, seeded from the spec's seed
+ * and the tensor's name: the same spec gives the same bytes, and changing one
+ * tensor's shape (the vocabulary size, say) leaves the others unchanged. F32
+ * and F16 files of one spec hold the same values up to rounding.
+ *
+ * ```ts
+ * import { demoModelSpec, syntheticModel } from "./synthetic.ts";
+ * import { serializeGguf } from "../gguf/writer.ts";
+ * const bytes = serializeGguf(syntheticModel(demoModelSpec()));
+ * ```
+ *
+ * @module
+ */
+
+import { archKey, Keys, tensorName, Tensors } from "../gguf/names.ts";
+import { GgmlType } from "../gguf/types.ts";
+import { type GgufValue, gv } from "../gguf/value.ts";
+import type { GgufTensorSpec, GgufWriteSpec } from "../gguf/writer.ts";
+import { f32ToF16Array } from "../gguf/f16.ts";
+import { Rng } from "../util/rng.ts";
+import { builtinTokenizer, type TokenizerMetadata } from "./vocab.ts";
+
+/** The architectures the generator writes. */
+export const SYNTHETIC_ARCHS = ["llama", "qwen2moe", "qwen3moe"] as const;
+
+/** One of {@linkcode SYNTHETIC_ARCHS}. */
+export type SyntheticArch = (typeof SYNTHETIC_ARCHS)[number];
+
+/** The weight types the generator writes itself (quantised types come from llama.cpp's quantiser). */
+export type SyntheticWeightType = "F32" | "F16";
+
+/** Everything that defines a synthetic model. */
+export interface SyntheticSpec {
+  /** `general.architecture`: `llama` (Mixtral-style experts), `qwen2moe` or `qwen3moe`. */
+  arch: SyntheticArch;
+  /** `general.name` (default `"od-moe synthetic <arch>"`). */
+  name?: string;
+  /** Hidden size. */
+  nEmbd: number;
+  /** Number of transformer blocks. */
+  nLayer: number;
+  /** Query heads. */
+  nHead: number;
+  /** Key/value heads; must divide `nHead`. */
+  nHeadKv: number;
+  /**
+   * Per-head size of q, k and v (default `nEmbd / nHead`). Written as
+   * `attention.key_length`, `attention.value_length` and
+   * `rope.dimension_count`. `qwen2moe` requires `nHead * headDim === nEmbd`.
+   */
+  headDim?: number;
+  /** Width of one routed expert's FFN. */
+  nFfExp: number;
+  /** Width of the shared expert (`qwen2moe` only, where it is required). */
+  nFfShexp?: number;
+  /** Routed experts per layer. */
+  nExpert: number;
+  /** Experts chosen per token (top-k). */
+  nExpertUsed: number;
+  /** `context_length`: the training context. */
+  nCtx: number;
+  /** `rope.freq_base`. */
+  ropeBase: number;
+  /** `attention.layer_norm_rms_epsilon`. */
+  rmsEps: number;
+  /**
+   * Omit `output.weight` so that llama.cpp uses `token_embd.weight` as the
+   * output head (`llama` and `qwen3moe`; `qwen2moe` requires `output.weight`).
+   */
+  tiedOutput?: boolean;
+  /** Type of the matrices (default `"F32"`); norms, biases and routers stay F32. */
+  weightType?: SyntheticWeightType;
+  /** Seed of every random stream. */
+  seed: number;
+  /** The tokenizer (default: {@linkcode builtinTokenizer}). */
+  vocab?: TokenizerMetadata;
+  /** Standard deviation of the output logits (default 4). */
+  logitStd?: number;
+  /** Standard deviation of the router logits (default 3). */
+  routerStd?: number;
+}
+
+/** One tensor the generator writes: its name and ggml shape. */
+export interface SyntheticTensorInfo {
+  /** Full tensor name (`blk.0.ffn_up_exps.weight`). */
+  readonly name: string;
+  /** ggml dimension order: `shape[0]` is the row length. */
+  readonly shape: readonly number[];
+}
+
+/** Standard deviation of the token embeddings of a model with a tied output head. */
+const TIED_EMBD_STD = 0.1;
+
+/** `enum llama_ftype` values for the types the generator writes. */
+const FILE_TYPE: Record<SyntheticWeightType, number> = { F32: 0, F16: 1 };
+
+/**
+ * The spec with its defaults filled in, checked against what llama.cpp
+ * accepts for the architecture.
+ *
+ * @throws a `RangeError` naming the field and the rule it breaks.
+ */
+export function resolveSyntheticSpec(spec: SyntheticSpec): Required<SyntheticSpec> {
+  const bad = (msg: string): never => {
+    throw new RangeError(`synthetic ${spec.arch} model: ${msg}`);
+  };
+  if (!(SYNTHETIC_ARCHS as readonly string[]).includes(spec.arch)) {
+    throw new RangeError(
+      `unsupported synthetic architecture "${spec.arch}"; supported: ${SYNTHETIC_ARCHS.join(", ")}`,
+    );
+  }
+  const positive = [
+    "nEmbd",
+    "nLayer",
+    "nHead",
+    "nHeadKv",
+    "nFfExp",
+    "nExpert",
+    "nExpertUsed",
+    "nCtx",
+  ] as const;
+  for (const k of positive) {
+    const v = spec[k];
+    if (!Number.isInteger(v) || v < 1) bad(`${k} must be a positive integer, got ${v}`);
+  }
+  if (spec.nHead % spec.nHeadKv !== 0) {
+    bad(`nHeadKv (${spec.nHeadKv}) must divide nHead (${spec.nHead})`);
+  }
+  const headDim = spec.headDim ?? spec.nEmbd / spec.nHead;
+  if (!Number.isInteger(headDim) || headDim < 2 || headDim % 2 !== 0) {
+    bad(
+      `headDim must be an even integer ≥ 2 (RoPE rotates pairs), got ${headDim}` +
+        (spec.headDim === undefined ? ` (nEmbd ${spec.nEmbd} / nHead ${spec.nHead})` : ""),
+    );
+  }
+  if (spec.arch === "qwen2moe" && headDim * spec.nHead !== spec.nEmbd) {
+    bad(
+      `llama.cpp's qwen2moe needs nHead * headDim = nEmbd (its attn_q is nEmbd × nEmbd), got ${spec.nHead} * ${headDim} ≠ ${spec.nEmbd}`,
+    );
+  }
+  if (spec.nExpertUsed > spec.nExpert) {
+    bad(`nExpertUsed (${spec.nExpertUsed}) exceeds nExpert (${spec.nExpert})`);
+  }
+  const nFfShexp = spec.nFfShexp ?? 0;
+  if (spec.arch === "qwen2moe") {
+    if (!Number.isInteger(nFfShexp) || nFfShexp < 1) {
+      bad(`qwen2moe has a shared expert: nFfShexp must be a positive integer, got ${nFfShexp}`);
+    }
+  } else if (nFfShexp !== 0) {
+    bad(`${spec.arch} has no shared expert in llama.cpp; leave nFfShexp unset`);
+  }
+  if (spec.tiedOutput && spec.arch === "qwen2moe") {
+    bad("llama.cpp's qwen2moe requires output.weight: tiedOutput is not supported");
+  }
+  if (!(spec.ropeBase > 0)) bad(`ropeBase must be > 0, got ${spec.ropeBase}`);
+  if (!(spec.rmsEps > 0)) bad(`rmsEps must be > 0, got ${spec.rmsEps}`);
+  const weightType = spec.weightType ?? "F32";
+  if (!(weightType in FILE_TYPE)) {
+    bad(`weightType must be F32 or F16 (quantise with llama.cpp for others), got ${weightType}`);
+  }
+  const vocab = spec.vocab ?? builtinTokenizer();
+  if (vocab.nTokens < 1) bad("the vocabulary is empty");
+  return {
+    ...spec,
+    name: spec.name ?? `od-moe synthetic ${spec.arch}`,
+    headDim,
+    nFfShexp,
+    tiedOutput: spec.tiedOutput ?? false,
+    weightType,
+    vocab,
+    logitStd: spec.logitStd ?? 4,
+    routerStd: spec.routerStd ?? 3,
+  };
+}
+
+/** How a tensor's values are drawn. */
+type Init =
+  | { kind: "normal"; std: number }
+  | { kind: "norm"; scale: number; jitter: number };
+
+interface PlannedTensor extends SyntheticTensorInfo {
+  init: Init;
+  /** Matrices take the weight type; norms, biases and routers stay F32. */
+  matrix: boolean;
+}
+
+function plan(s: Required<SyntheticSpec>): PlannedTensor[] {
+  const { nEmbd, headDim, nHead, nHeadKv, nFfExp, nFfShexp, nExpert } = s;
+  const nVocab = s.vocab.nTokens;
+  const nQ = nHead * headDim;
+  const nKv = nHeadKv * headDim;
+  const out: PlannedTensor[] = [];
+  const add = (
+    base: string,
+    bid: number | undefined,
+    shape: number[],
+    init: Init,
+    suffix = "weight",
+  ) => {
+    out.push({
+      name: tensorName(base, bid, suffix),
+      shape,
+      init,
+      matrix: shape.length >= 2 && base !== Tensors.ffnGateInp,
+    });
+  };
+  const normal = (fanIn: number, gain = 1): Init => ({
+    kind: "normal",
+    std: gain / Math.sqrt(fanIn),
+  });
+  const norm = (scale = 1, jitter = 0.1): Init => ({ kind: "norm", scale, jitter });
+
+  // A tied head scores each token by its embedding's dot product with the
+  // final state, in which the current token's own embedding is a large part:
+  // at full scale the model would only ever repeat its input.
+  const embdStd = s.tiedOutput ? TIED_EMBD_STD : 1;
+  add(Tensors.tokenEmbd, undefined, [nEmbd, nVocab], { kind: "normal", std: embdStd });
+  for (let i = 0; i < s.nLayer; i++) {
+    add(Tensors.attnNorm, i, [nEmbd], norm());
+    add(Tensors.attnQ, i, [nEmbd, nQ], normal(nEmbd));
+    add(Tensors.attnK, i, [nEmbd, nKv], normal(nEmbd));
+    add(Tensors.attnV, i, [nEmbd, nKv], normal(nEmbd));
+    if (s.arch === "qwen2moe") {
+      add(Tensors.attnQ, i, [nQ], { kind: "normal", std: 0.5 }, "bias");
+      add(Tensors.attnK, i, [nKv], { kind: "normal", std: 0.5 }, "bias");
+      add(Tensors.attnV, i, [nKv], { kind: "normal", std: 0.5 }, "bias");
+    }
+    if (s.arch === "qwen3moe") {
+      add(Tensors.attnQNorm, i, [headDim], norm(1, 0.2));
+      add(Tensors.attnKNorm, i, [headDim], norm(1, 0.2));
+    }
+    add(Tensors.attnOut, i, [nQ, nEmbd], normal(nQ));
+    add(Tensors.ffnNorm, i, [nEmbd], norm());
+    add(Tensors.ffnGateInp, i, [nEmbd, nExpert], normal(nEmbd, s.routerStd));
+    add(Tensors.ffnGateExps, i, [nEmbd, nFfExp, nExpert], normal(nEmbd));
+    add(Tensors.ffnUpExps, i, [nEmbd, nFfExp, nExpert], normal(nEmbd));
+    add(Tensors.ffnDownExps, i, [nFfExp, nEmbd, nExpert], normal(nFfExp));
+    if (s.arch === "qwen2moe") {
+      add(Tensors.ffnGateInpShexp, i, [nEmbd], normal(nEmbd));
+      add(Tensors.ffnGateShexp, i, [nEmbd, nFfShexp], normal(nEmbd));
+      add(Tensors.ffnUpShexp, i, [nEmbd, nFfShexp], normal(nEmbd));
+      add(Tensors.ffnDownShexp, i, [nFfShexp, nEmbd], normal(nFfShexp));
+    }
+  }
+  // The output norm carries the logit scale: rows of the head have unit norm
+  // (untied: N(0, 1/nEmbd)) or norm embdStd·√nEmbd (tied: the embeddings).
+  const headScale = s.tiedOutput ? s.logitStd / (embdStd * Math.sqrt(nEmbd)) : s.logitStd;
+  add(Tensors.outputNorm, undefined, [nEmbd], norm(headScale));
+  if (!s.tiedOutput) add(Tensors.output, undefined, [nEmbd, nVocab], normal(nEmbd));
+  return out;
+}
+
+/**
+ * The tensors a spec produces, in file order, with their shapes (no data).
+ *
+ * @throws like {@linkcode resolveSyntheticSpec}.
+ */
+export function syntheticTensors(spec: SyntheticSpec): SyntheticTensorInfo[] {
+  return plan(resolveSyntheticSpec(spec)).map(({ name, shape }) => ({ name, shape }));
+}
+
+/** The hyperparameter metadata llama.cpp reads for the architecture, as its converter writes it. */
+function hparams(s: Required<SyntheticSpec>): [string, GgufValue][] {
+  const k = (key: string) => archKey(key, s.arch);
+  // llama (Mixtral) files give the expert width as feed_forward_length; the
+  // qwen MoE files give it as expert_feed_forward_length and keep
+  // feed_forward_length for a dense width that differs (so an engine reading
+  // the wrong key fails): the shared expert's for qwen2moe, as Qwen1.5-MoE.
+  const nFf = s.arch === "llama" ? s.nFfExp : s.arch === "qwen2moe" ? s.nFfShexp : 3 * s.nFfExp;
+  const out: [string, GgufValue][] = [
+    [k(Keys.contextLength), gv.u32(s.nCtx)],
+    [k(Keys.embeddingLength), gv.u32(s.nEmbd)],
+    [k(Keys.blockCount), gv.u32(s.nLayer)],
+    [k(Keys.feedForwardLength), gv.u32(nFf)],
+    [k(Keys.headCount), gv.u32(s.nHead)],
+    [k(Keys.headCountKv), gv.u32(s.nHeadKv)],
+    [k(Keys.keyLength), gv.u32(s.headDim)],
+    [k(Keys.valueLength), gv.u32(s.headDim)],
+    [k(Keys.ropeDimensionCount), gv.u32(s.headDim)],
+    [k(Keys.ropeFreqBase), gv.f32(s.ropeBase)],
+    [k(Keys.layerNormRmsEps), gv.f32(s.rmsEps)],
+    [k(Keys.expertCount), gv.u32(s.nExpert)],
+    [k(Keys.expertUsedCount), gv.u32(s.nExpertUsed)],
+  ];
+  if (s.arch !== "llama") out.push([k(Keys.expertFeedForwardLength), gv.u32(s.nFfExp)]);
+  if (s.arch === "qwen2moe") {
+    out.push([k(Keys.expertSharedFeedForwardLength), gv.u32(s.nFfShexp)]);
+  }
+  if (s.arch === "llama") out.push([k(Keys.vocabSize), gv.u32(s.vocab.nTokens)]);
+  return out;
+}
+
+/** FNV-1a of a string, to give each tensor its own random stream. */
+function hashName(name: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) {
+    h ^= name.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+function fillValues(init: Init, n: number, rng: Rng): Float32Array {
+  const out = new Float32Array(n);
+  const std = init.kind === "normal" ? init.std : init.jitter;
+  const mean = init.kind === "normal" ? 0 : 1;
+  const scale = init.kind === "normal" ? 1 : init.scale;
+  // Box–Muller, both outputs used.
+  for (let i = 0; i < n; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(1 - rng.next()));
+    const t = 2 * Math.PI * rng.next();
+    out[i] = scale * (mean + std * r * Math.cos(t));
+    if (i + 1 < n) out[i + 1] = scale * (mean + std * r * Math.sin(t));
+  }
+  return out;
+}
+
+/**
+ * A synthetic model as a GGUF write spec (for `serializeGguf` or
+ * `writeGgufFile`): metadata (architecture, name, file type, every
+ * hyperparameter llama.cpp needs, the tokenizer) and seeded random tensors.
+ *
+ * @throws like {@linkcode resolveSyntheticSpec}.
+ */
+export function syntheticModel(spec: SyntheticSpec): GgufWriteSpec {
+  const s = resolveSyntheticSpec(spec);
+  const metadata: [string, GgufValue][] = [
+    [Keys.architecture, gv.str(s.arch)],
+    [Keys.name, gv.str(s.name)],
+    ...hparams(s),
+    [Keys.fileType, gv.u32(FILE_TYPE[s.weightType])],
+    ...s.vocab.entries.map(([key, value]) => [key, value] as [string, GgufValue]),
+  ];
+  const tensors: GgufTensorSpec[] = plan(s).map((t) => {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    const rng = new Rng((hashName(t.name) ^ Math.imul(s.seed >>> 0, 0x9e3779b1)) >>> 0);
+    const values = fillValues(t.init, n, rng);
+    if (t.matrix && s.weightType === "F16") {
+      const half = f32ToF16Array(values);
+      return {
+        name: t.name,
+        type: GgmlType.F16,
+        shape: t.shape,
+        data: new Uint8Array(half.buffer, half.byteOffset, half.byteLength),
+      };
+    }
+    return {
+      name: t.name,
+      type: GgmlType.F32,
+      shape: t.shape,
+      data: new Uint8Array(values.buffer, values.byteOffset, values.byteLength),
+    };
+  });
+  return { metadata, tensors };
+}
+
+/**
+ * The built-in demo model the server runs when no model is given: a small
+ * `qwen3moe` (q/k norms, grouped-query attention, 8 experts, top-2) with the
+ * built-in byte-level BPE vocabulary and ChatML template: 7.3 M parameters
+ * (6.3 M in experts), 28 MiB as F32.
+ */
+export function demoModelSpec(): SyntheticSpec {
+  return {
+    arch: "qwen3moe",
+    name: "od-moe demo (random weights)",
+    nEmbd: 256,
+    nLayer: 4,
+    nHead: 4,
+    nHeadKv: 2,
+    headDim: 64,
+    nFfExp: 256,
+    nExpert: 8,
+    nExpertUsed: 2,
+    nCtx: 4096,
+    ropeBase: 1_000_000,
+    rmsEps: 1e-6,
+    tiedOutput: false,
+    weightType: "F32",
+    seed: 1,
+    vocab: builtinTokenizer(),
+  };
+}

@@ -1,0 +1,291 @@
+import assert from "node:assert/strict";
+import {
+  demoModelSpec,
+  SYNTHETIC_ARCHS,
+  type SyntheticArch,
+  syntheticModel,
+  type SyntheticSpec,
+} from "./synthetic.ts";
+import { builtinTokenizer, gpt2ByteChars, tokenizerFromGguf, TokenType } from "./vocab.ts";
+import { type GgufHeader, parseGguf } from "../gguf/reader.ts";
+import { serializeGguf } from "../gguf/writer.ts";
+import { gv } from "../gguf/value.ts";
+import { GgmlType } from "../gguf/types.ts";
+import { f16ToF32 } from "../gguf/f16.ts";
+
+const vocab = builtinTokenizer();
+
+function spec(arch: SyntheticArch, extra: Partial<SyntheticSpec> = {}): SyntheticSpec {
+  return {
+    arch,
+    nEmbd: 64,
+    nLayer: 2,
+    nHead: 4,
+    nHeadKv: 2,
+    nFfExp: 32,
+    nFfShexp: arch === "qwen2moe" ? 96 : undefined,
+    nExpert: 5,
+    nExpertUsed: 2,
+    nCtx: 128,
+    ropeBase: 500_000,
+    rmsEps: 1e-6,
+    seed: 7,
+    vocab,
+    ...(arch === "qwen3moe" ? { headDim: 24 } : {}),
+    ...extra,
+  };
+}
+
+/**
+ * The tensors llama.cpp's loader asks for (src/models/{llama,qwen2moe,qwen3moe}.cpp,
+ * `create_tensor` calls), written out independently of the generator.
+ */
+function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
+  const hd = s.headDim ?? s.nEmbd / s.nHead;
+  const [e, q, kv, v] = [s.nEmbd, s.nHead * hd, s.nHeadKv * hd, s.vocab!.nTokens];
+  const m = new Map<string, number[]>([
+    ["token_embd.weight", [e, v]],
+    ["output_norm.weight", [e]],
+  ]);
+  if (!s.tiedOutput) m.set("output.weight", [e, v]);
+  for (let i = 0; i < s.nLayer; i++) {
+    const b = `blk.${i}`;
+    m.set(`${b}.attn_norm.weight`, [e]);
+    m.set(`${b}.attn_q.weight`, [e, q]);
+    m.set(`${b}.attn_k.weight`, [e, kv]);
+    m.set(`${b}.attn_v.weight`, [e, kv]);
+    m.set(`${b}.attn_output.weight`, [q, e]);
+    m.set(`${b}.ffn_norm.weight`, [e]);
+    m.set(`${b}.ffn_gate_inp.weight`, [e, s.nExpert]);
+    m.set(`${b}.ffn_gate_exps.weight`, [e, s.nFfExp, s.nExpert]);
+    m.set(`${b}.ffn_up_exps.weight`, [e, s.nFfExp, s.nExpert]);
+    m.set(`${b}.ffn_down_exps.weight`, [s.nFfExp, e, s.nExpert]);
+    if (s.arch === "qwen2moe") {
+      m.set(`${b}.attn_q.bias`, [q]);
+      m.set(`${b}.attn_k.bias`, [kv]);
+      m.set(`${b}.attn_v.bias`, [kv]);
+      m.set(`${b}.ffn_gate_inp_shexp.weight`, [e]);
+      m.set(`${b}.ffn_gate_shexp.weight`, [e, s.nFfShexp!]);
+      m.set(`${b}.ffn_up_shexp.weight`, [e, s.nFfShexp!]);
+      m.set(`${b}.ffn_down_shexp.weight`, [s.nFfShexp!, e]);
+    }
+    if (s.arch === "qwen3moe") {
+      m.set(`${b}.attn_q_norm.weight`, [hd]);
+      m.set(`${b}.attn_k_norm.weight`, [hd]);
+    }
+  }
+  return m;
+}
+
+function floats(h: GgufHeader, bytes: Uint8Array, name: string): Float32Array {
+  const t = h.tensors.find((t) => t.name === name);
+  assert.ok(t, `tensor ${name} is missing`);
+  const at = h.dataOffset + t.dataOffset;
+  if (t.type.id === GgmlType.F32) {
+    return new Float32Array(bytes.slice(at, at + t.nBytes).buffer);
+  }
+  assert.equal(t.type.id, GgmlType.F16, `${name} is ${t.type.name}`);
+  const half = new Uint16Array(bytes.slice(at, at + t.nBytes).buffer);
+  return Float32Array.from(half, f16ToF32);
+}
+
+function std(v: Float32Array, mean = 0): number {
+  let s = 0;
+  for (const x of v) s += (x - mean) ** 2;
+  return Math.sqrt(s / v.length);
+}
+
+for (const arch of SYNTHETIC_ARCHS) {
+  Deno.test(`${arch}: the file reads back with every tensor llama.cpp loads, shaped as it expects`, () => {
+    for (const tiedOutput of arch === "qwen2moe" ? [false] : [false, true]) {
+      const s = spec(arch, { tiedOutput });
+      const bytes = serializeGguf(syntheticModel(s));
+      const h = parseGguf(bytes);
+      const want = expectedTensors(s);
+      const got = new Map(h.tensors.map((t) => [t.name, [...t.shape]]));
+      assert.deepEqual(
+        [...got.keys()].sort(),
+        [...want.keys()].sort(),
+        `${arch} tied=${tiedOutput}`,
+      );
+      for (const [name, shape] of want) assert.deepEqual(got.get(name), shape, name);
+      assert.ok(h.tensors.every((t) => t.type.id === GgmlType.F32));
+
+      const md = h.metadata;
+      const hd = s.headDim ?? s.nEmbd / s.nHead;
+      assert.equal(md.string("general.architecture"), arch);
+      assert.equal(md.number("general.file_type"), 0);
+      assert.equal(md.number(`${arch}.context_length`), s.nCtx);
+      assert.equal(md.number(`${arch}.embedding_length`), s.nEmbd);
+      assert.equal(md.number(`${arch}.block_count`), s.nLayer);
+      assert.equal(md.number(`${arch}.attention.head_count`), s.nHead);
+      assert.equal(md.number(`${arch}.attention.head_count_kv`), s.nHeadKv);
+      assert.equal(md.number(`${arch}.attention.key_length`), hd);
+      assert.equal(md.number(`${arch}.attention.value_length`), hd);
+      assert.equal(md.number(`${arch}.rope.dimension_count`), hd);
+      assert.equal(md.number(`${arch}.rope.freq_base`), s.ropeBase);
+      assert.equal(md.number(`${arch}.attention.layer_norm_rms_epsilon`), Math.fround(s.rmsEps));
+      assert.equal(md.number(`${arch}.expert_count`), s.nExpert);
+      assert.equal(md.number(`${arch}.expert_used_count`), s.nExpertUsed);
+      // The expert width: feed_forward_length for llama (Mixtral), its own key for the qwens.
+      const ffKey = arch === "llama" ? "feed_forward_length" : "expert_feed_forward_length";
+      assert.equal(md.number(`${arch}.${ffKey}`), s.nFfExp);
+      if (arch === "qwen2moe") {
+        assert.equal(md.number(`${arch}.expert_shared_feed_forward_length`), s.nFfShexp);
+      }
+      assert.equal(md.strings("tokenizer.ggml.tokens")?.length, vocab.nTokens);
+    }
+  });
+}
+
+Deno.test("the same seed gives the same bytes; another seed other weights, same metadata", () => {
+  const a = serializeGguf(syntheticModel(spec("qwen2moe")));
+  const b = serializeGguf(syntheticModel(spec("qwen2moe")));
+  assert.deepEqual(a, b);
+  const c = serializeGguf(syntheticModel(spec("qwen2moe", { seed: 8 })));
+  assert.equal(c.length, a.length);
+  assert.notDeepEqual(c, a);
+  const h = parseGguf(a);
+  assert.deepEqual(a.subarray(0, h.dataOffset), c.subarray(0, h.dataOffset));
+});
+
+Deno.test("each tensor has its own stream: a bigger vocabulary changes only the vocabulary tensors", () => {
+  const small = spec("llama");
+  const big = spec("llama", { vocab: builtinTokenizer({ nMerges: 300 }) });
+  const a = serializeGguf(syntheticModel(small));
+  const b = serializeGguf(syntheticModel(big));
+  const ha = parseGguf(a);
+  const hb = parseGguf(b);
+  for (const t of ha.tensors) {
+    const other = floats(hb, b, t.name);
+    const same = floats(ha, a, t.name).every((x, i) => x === other[i]);
+    assert.equal(same, t.name !== "token_embd.weight" && t.name !== "output.weight", t.name);
+  }
+});
+
+Deno.test("F16 files hold the F32 values rounded; norms, biases and routers stay F32", () => {
+  const s = spec("qwen2moe");
+  const f32 = serializeGguf(syntheticModel(s));
+  const f16 = serializeGguf(syntheticModel({ ...s, weightType: "F16" }));
+  const h32 = parseGguf(f32);
+  const h16 = parseGguf(f16);
+  assert.equal(h16.metadata.number("general.file_type"), 1);
+  for (const t of h16.tensors) {
+    const matrix = t.shape.length >= 2 && !t.name.endsWith("ffn_gate_inp.weight");
+    assert.equal(t.type.name, matrix ? "F16" : "F32", t.name);
+    const x = floats(h32, f32, t.name);
+    const y = floats(h16, f16, t.name);
+    for (let i = 0; i < x.length; i++) {
+      assert.ok(Math.abs(x[i]! - y[i]!) <= Math.abs(x[i]!) * 2 ** -11 + 2 ** -24, t.name);
+    }
+  }
+});
+
+Deno.test("weights are scaled for informative outputs", () => {
+  const s = spec("qwen3moe", { nEmbd: 128, headDim: 32 });
+  const bytes = serializeGguf(syntheticModel(s));
+  const h = parseGguf(bytes);
+  const near = (x: number, want: number, what: string) =>
+    assert.ok(Math.abs(x / want - 1) < 0.1, `${what}: ${x} vs ${want}`);
+  near(std(floats(h, bytes, "blk.0.attn_q.weight")), 1 / Math.sqrt(128), "attn_q std");
+  near(std(floats(h, bytes, "blk.0.ffn_down_exps.weight")), 1 / Math.sqrt(s.nFfExp), "down std");
+  near(std(floats(h, bytes, "blk.1.ffn_gate_inp.weight")), 3 / Math.sqrt(128), "router std");
+  near(std(floats(h, bytes, "output.weight")), 1 / Math.sqrt(128), "output std");
+  const norm = floats(h, bytes, "blk.0.attn_norm.weight");
+  const qNorm = floats(h, bytes, "blk.0.attn_q_norm.weight");
+  near(norm.reduce((a, b) => a + b) / norm.length, 1, "attn_norm mean");
+  assert.ok(std(norm, 1) > 0.05 && std(qNorm, 1) > 0.1, "norms have jitter");
+  const outNorm = floats(h, bytes, "output_norm.weight");
+  near(outNorm.reduce((a, b) => a + b) / outNorm.length, 4, "output_norm carries the logit std");
+});
+
+Deno.test("specs llama.cpp would reject are rejected, saying why", () => {
+  const cases: [Partial<SyntheticSpec> & { arch: SyntheticArch }, RegExp][] = [
+    [{ arch: "qwen2moe", tiedOutput: true }, /qwen2moe requires output\.weight/],
+    [{ arch: "qwen2moe", headDim: 32 }, /nHead \* headDim = nEmbd/],
+    [{ arch: "qwen2moe", nFfShexp: undefined }, /nFfShexp must be a positive integer/],
+    [{ arch: "llama", nFfShexp: 64 }, /no shared expert/],
+    [{ arch: "llama", nHeadKv: 3 }, /must divide nHead/],
+    [{ arch: "qwen3moe", nExpertUsed: 6 }, /exceeds nExpert/],
+    [{ arch: "qwen3moe", headDim: 15 }, /even integer/],
+    [{ arch: "llama", nLayer: 0 }, /nLayer must be a positive integer/],
+    [{ arch: "mixtral" as SyntheticArch }, /supported: llama, qwen2moe, qwen3moe/],
+  ];
+  for (const [extra, re] of cases) {
+    assert.throws(() => syntheticModel(spec(extra.arch, extra)), re, JSON.stringify(extra));
+  }
+});
+
+Deno.test("the demo model is valid and uses the built-in vocabulary", () => {
+  const h = parseGguf(serializeGguf(syntheticModel(demoModelSpec())));
+  assert.equal(h.metadata.string("general.architecture"), "qwen3moe");
+  assert.equal(h.metadata.string("tokenizer.ggml.model"), "gpt2");
+  assert.ok(h.metadata.string("tokenizer.chat_template").includes("<|im_start|>"));
+});
+
+Deno.test("the built-in vocabulary: byte tokens first, unique tokens, merges of kept tokens", () => {
+  const v = builtinTokenizer();
+  const md = new Map(v.entries);
+  const tokens = md.get("tokenizer.ggml.tokens")!.value as string[];
+  const merges = md.get("tokenizer.ggml.merges")!.value as string[];
+  const types = md.get("tokenizer.ggml.token_type")!.value as Int32Array;
+  assert.equal(tokens.length, v.nTokens);
+  assert.deepEqual(tokens.slice(0, 256), gpt2ByteChars().map((c) => c.char));
+  assert.equal(new Set(tokens).size, tokens.length, "token strings are unique");
+  assert.equal(merges.length, 400);
+  const known = new Set(tokens);
+  for (const m of merges) {
+    const [a, b] = m.split(" ");
+    assert.ok(known.has(a!) && known.has(b!) && known.has(a! + b!), m);
+  }
+  const eos = md.get("tokenizer.ggml.eos_token_id")!.value as number;
+  const eot = md.get("tokenizer.ggml.eot_token_id")!.value as number;
+  assert.equal(tokens[eos], "<|endoftext|>");
+  assert.equal(tokens[eot], "<|im_end|>");
+  assert.equal(types[eot], TokenType.control);
+  assert.deepEqual(builtinTokenizer(), v, "deterministic");
+});
+
+Deno.test("cutting a vocabulary keeps control tokens, merges of kept tokens and special ids", () => {
+  const tokens = ["a", "b", "c", "ab", "abc", "bc", "<s>", "x", "<|end|>", "y"];
+  const types = [1, 1, 1, 1, 1, 1, 1, 1, 3, 1];
+  const src = [
+    ["general.architecture", gv.str("qwen2")],
+    ["tokenizer.ggml.model", gv.str("gpt2")],
+    ["tokenizer.ggml.tokens", gv.strings(tokens)],
+    ["tokenizer.ggml.token_type", gv.i32s(types)],
+    ["tokenizer.ggml.scores", gv.f32s(tokens.map((_, i) => 10 - i))],
+    ["tokenizer.ggml.merges", gv.strings(["a b", "ab c", "b c", "x y"])],
+    ["tokenizer.ggml.eos_token_id", gv.u32(8)],
+    ["tokenizer.ggml.padding_token_id", gv.u32(9)],
+    ["tokenizer.ggml.bos_token_id", gv.u32(1)],
+    ["tokenizer.chat_template", gv.str("{{x}}")],
+  ] as const;
+  const cut = tokenizerFromGguf(src, { maxTokens: 4 });
+  const md = new Map(cut.entries);
+  assert.equal(md.has("general.architecture"), false, "only tokenizer keys are copied");
+  assert.equal(cut.nTokens, 5);
+  assert.deepEqual(md.get("tokenizer.ggml.tokens")!.value, ["a", "b", "c", "ab", "<|end|>"]);
+  assert.deepEqual([...(md.get("tokenizer.ggml.token_type")!.value as Int32Array)], [
+    1,
+    1,
+    1,
+    1,
+    3,
+  ]);
+  assert.deepEqual([...(md.get("tokenizer.ggml.scores")!.value as Float32Array)], [10, 9, 8, 7, 2]);
+  assert.deepEqual(md.get("tokenizer.ggml.merges")!.value, ["a b"]);
+  assert.equal(md.get("tokenizer.ggml.eos_token_id")!.value, 4);
+  assert.equal(md.get("tokenizer.ggml.bos_token_id")!.value, 1);
+  assert.equal(md.has("tokenizer.ggml.padding_token_id"), false, "a dropped token's id key goes");
+  assert.equal(md.get("tokenizer.chat_template")!.value, "{{x}}");
+
+  const all = tokenizerFromGguf(src);
+  assert.equal(all.nTokens, tokens.length);
+  assert.deepEqual(new Map(all.entries).get("tokenizer.ggml.merges")!.value, [
+    "a b",
+    "ab c",
+    "b c",
+    "x y",
+  ]);
+});

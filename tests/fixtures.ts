@@ -1,0 +1,401 @@
+/**
+ * Test models, generated on demand and cached: `fixtureModel({ arch, type,
+ * shape })` returns the path of a small MoE GGUF with seeded random weights
+ * (`src/model/synthetic.ts`) and a real llama.cpp vocabulary cut to a few
+ * thousand tokens. Quantised files are made from the F32 file by llama.cpp's
+ * own quantiser, so they are real llama.cpp files — with its type mixes and
+ * fallbacks (PARITY.md: read each tensor's type from the file).
+ *
+ * Files live in `<repo>/.cache/models/`, named from a hash of everything that
+ * defines them (the resolved spec, the vocabulary source and the generator's
+ * source code), so a change to any of those makes a new file rather than
+ * reusing a stale one. Files are written to a temporary name and renamed, so
+ * concurrent test processes never see half a file.
+ *
+ * Two shapes per architecture vary what a wrong engine gets wrong:
+ *
+ * | shape | nEmbd | layers | heads (kv) | headDim | nFfExp (shexp) | experts (top-k) | rope base | rms eps | tied | vocab |
+ * |---|---|---|---|---|---|---|---|---|---|---|
+ * | llama a | 128 | 2 | 4 (2) | 32 | 96 | 5 (2) | 1e4 | 1e-5 | yes | llama-spm 2000 |
+ * | llama b | 256 | 3 | 8 (2) | 64 | 256 | 8 (2) | 5e5 | 1e-5 | no | llama-bpe 3000 + 256 control |
+ * | qwen2moe a | 128 | 2 | 4 (1) | 32 | 64 (192) | 7 (3) | 1e6 | 1e-6 | no | qwen2 3000 + 3 control |
+ * | qwen2moe b | 256 | 2 | 8 (4) | 32 | 256 (512) | 6 (1) | 1e4 | 1e-5 | no | qwen2 3000 + 3 control |
+ * | qwen3moe a | 128 | 2 | 4 (2) | 48 | 64 | 5 (1) | 1e6 | 1e-6 | yes | qwen2 3000 + 3 control |
+ * | qwen3moe b | 256 | 3 | 4 (1) | 128 | 256 | 7 (3) | 1.5e5 | 1e-5 | no | qwen2 3000 + 3 control |
+ *
+ * Shape `b` has every row length a multiple of 256, so K-quant files hold real
+ * K-quant blocks; shape `a` has none, so llama.cpp falls back to
+ * Q5_0/Q5_1/Q8_0 there.
+ *
+ * @module
+ */
+
+import { type SyntheticArch, syntheticModel, type SyntheticSpec } from "../src/model/synthetic.ts";
+import { builtinTokenizer, tokenizerFromGguf, type TokenizerMetadata } from "../src/model/vocab.ts";
+import { readGgufHeader } from "../src/gguf/reader.ts";
+import { writeGgufFile } from "../src/gguf/writer.ts";
+import { REPO_ROOT, vocabPath } from "./ref/llama_src.ts";
+import { LlamaFtype, type LlamaFtypeName, loadReference } from "./ref/llama_cpp.ts";
+
+/** Where fixtures are cached. */
+export const FIXTURE_DIR = `${REPO_ROOT}/.cache/models`;
+
+/** The file types a fixture can have: written by the generator (F32, F16) or by llama.cpp's quantiser. */
+export const FIXTURE_TYPES = [
+  "F32",
+  "F16",
+  "Q8_0",
+  "Q4_0",
+  "Q4_1",
+  "Q5_0",
+  "Q5_1",
+  "Q2_K",
+  "Q3_K_M",
+  "Q4_K_M",
+  "Q5_K_M",
+  "Q6_K",
+] as const;
+
+/** One of {@linkcode FIXTURE_TYPES}. */
+export type FixtureType = (typeof FIXTURE_TYPES)[number];
+
+/** The named shape sets. */
+export type FixtureShape = "a" | "b";
+
+/**
+ * Where a fixture's vocabulary comes from: a llama.cpp vocabulary GGUF
+ * (`models/ggml-vocab-<name>.gguf` of its source, e.g. `qwen2`, `llama-spm`,
+ * `llama-bpe`) or the generator's built-in byte-level BPE (`builtin`).
+ */
+export type FixtureVocab = "builtin" | (string & Record<never, never>);
+
+/** A fixture's shape, without the vocabulary and weight type. */
+export type FixtureDims = Omit<SyntheticSpec, "arch" | "vocab" | "weightType" | "name">;
+
+/** A shape: its dimensions, and its vocabulary source and size. */
+export interface FixtureShapeSpec extends FixtureDims {
+  /** Vocabulary source. */
+  vocab: FixtureVocab;
+  /** Keep this many tokens (plus control tokens beyond them); absent or 0: the whole vocabulary. */
+  vocabSize?: number;
+}
+
+/** The shape sets, per architecture (see the module doc for the table). */
+export const FIXTURE_SHAPES: Record<SyntheticArch, Record<FixtureShape, FixtureShapeSpec>> = {
+  llama: {
+    a: {
+      nEmbd: 128,
+      nLayer: 2,
+      nHead: 4,
+      nHeadKv: 2,
+      headDim: 32,
+      nFfExp: 96,
+      nExpert: 5,
+      nExpertUsed: 2,
+      nCtx: 512,
+      ropeBase: 10_000,
+      rmsEps: 1e-5,
+      tiedOutput: true,
+      seed: 101,
+      vocab: "llama-spm",
+      vocabSize: 2000,
+    },
+    b: {
+      nEmbd: 256,
+      nLayer: 3,
+      nHead: 8,
+      nHeadKv: 2,
+      headDim: 64,
+      nFfExp: 256,
+      nExpert: 8,
+      nExpertUsed: 2,
+      nCtx: 2048,
+      ropeBase: 500_000,
+      rmsEps: 1e-5,
+      tiedOutput: false,
+      seed: 102,
+      vocab: "llama-bpe",
+      vocabSize: 3000,
+    },
+  },
+  qwen2moe: {
+    a: {
+      nEmbd: 128,
+      nLayer: 2,
+      nHead: 4,
+      nHeadKv: 1,
+      headDim: 32,
+      nFfExp: 64,
+      nFfShexp: 192,
+      nExpert: 7,
+      nExpertUsed: 3,
+      nCtx: 512,
+      ropeBase: 1_000_000,
+      rmsEps: 1e-6,
+      tiedOutput: false,
+      seed: 201,
+      vocab: "qwen2",
+      vocabSize: 3000,
+    },
+    b: {
+      nEmbd: 256,
+      nLayer: 2,
+      nHead: 8,
+      nHeadKv: 4,
+      headDim: 32,
+      nFfExp: 256,
+      nFfShexp: 512,
+      nExpert: 6,
+      nExpertUsed: 1,
+      nCtx: 2048,
+      ropeBase: 10_000,
+      rmsEps: 1e-5,
+      tiedOutput: false,
+      seed: 202,
+      vocab: "qwen2",
+      vocabSize: 3000,
+    },
+  },
+  qwen3moe: {
+    a: {
+      nEmbd: 128,
+      nLayer: 2,
+      nHead: 4,
+      nHeadKv: 2,
+      headDim: 48,
+      nFfExp: 64,
+      nExpert: 5,
+      nExpertUsed: 1,
+      nCtx: 512,
+      ropeBase: 1_000_000,
+      rmsEps: 1e-6,
+      tiedOutput: true,
+      seed: 301,
+      vocab: "qwen2",
+      vocabSize: 3000,
+    },
+    b: {
+      nEmbd: 256,
+      nLayer: 3,
+      nHead: 4,
+      nHeadKv: 1,
+      headDim: 128,
+      nFfExp: 256,
+      nExpert: 7,
+      nExpertUsed: 3,
+      nCtx: 2048,
+      ropeBase: 150_000,
+      rmsEps: 1e-5,
+      tiedOutput: false,
+      seed: 302,
+      vocab: "qwen2",
+      vocabSize: 3000,
+    },
+  },
+};
+
+/** What {@linkcode fixtureModel} is asked for: a shape and type, and any fields to override. */
+export interface FixtureOptions extends Partial<FixtureShapeSpec> {
+  /** Architecture. */
+  arch: SyntheticArch;
+  /** File type (default `"F32"`). */
+  type?: FixtureType;
+  /** Shape set the other fields start from (default `"a"`). */
+  shape?: FixtureShape;
+}
+
+/** A fixture's resolved definition: the shape with overrides applied. */
+export interface FixtureDefinition {
+  /** Architecture. */
+  arch: SyntheticArch;
+  /** File type. */
+  type: FixtureType;
+  /** Shape set it started from. */
+  shape: FixtureShape;
+  /** The dimensions and vocabulary source, overrides applied. */
+  spec: FixtureShapeSpec;
+}
+
+/** The shape of `options` with its overrides applied (no file is made). */
+export function fixtureDefinition(options: FixtureOptions): FixtureDefinition {
+  const { arch, type = "F32", shape = "a", ...overrides } = options;
+  const base = FIXTURE_SHAPES[arch]?.[shape];
+  if (base === undefined) {
+    throw new Error(
+      `no fixture shape ${arch}/${shape}; shapes: a, b for ${
+        Object.keys(FIXTURE_SHAPES).join(", ")
+      }`,
+    );
+  }
+  if (!(FIXTURE_TYPES as readonly string[]).includes(type)) {
+    throw new Error(`unknown fixture type ${type}; types: ${FIXTURE_TYPES.join(", ")}`);
+  }
+  const spec: FixtureShapeSpec = { ...base };
+  for (const [k, v] of Object.entries(overrides)) {
+    if (v !== undefined) (spec as unknown as Record<string, unknown>)[k] = v;
+  }
+  return { arch, type, shape, spec };
+}
+
+const vocabCache = new Map<string, Promise<TokenizerMetadata>>();
+
+/** The tokenizer of a vocabulary source cut to `size` tokens (cached per process). */
+export function fixtureVocab(vocab: FixtureVocab, size?: number): Promise<TokenizerMetadata> {
+  const key = `${vocab}:${size ?? "all"}`;
+  let p = vocabCache.get(key);
+  if (p === undefined) {
+    p = (async () => {
+      if (vocab === "builtin") return builtinTokenizer();
+      const header = readGgufHeader(await vocabPath(vocab));
+      return tokenizerFromGguf(header.metadata.entries, { maxTokens: size });
+    })();
+    p.catch(() => vocabCache.delete(key));
+    vocabCache.set(key, p);
+  }
+  return p;
+}
+
+/** The generator spec of a fixture (F32 or F16; quantised types start from F32). */
+export async function fixtureSpec(options: FixtureOptions): Promise<SyntheticSpec> {
+  const def = fixtureDefinition(options);
+  const { vocab, vocabSize, ...dims } = def.spec;
+  return {
+    ...dims,
+    arch: def.arch,
+    name: `od-moe fixture ${def.arch}/${def.shape}`,
+    weightType: def.type === "F16" ? "F16" : "F32",
+    vocab: await fixtureVocab(vocab, vocabSize || undefined),
+  };
+}
+
+let sourceHash: Promise<string> | undefined;
+
+/**
+ * A hash of the generator's source and of the reference package's version, so
+ * that changing either invalidates cached fixtures.
+ */
+function generatorHash(): Promise<string> {
+  sourceHash ??= (async () => {
+    const files = [
+      "src/model/synthetic.ts",
+      "src/model/vocab.ts",
+      "node_modules/@node-llama-cpp/linux-x64/package.json",
+    ];
+    const texts = await Promise.all(
+      files.map((f) => Deno.readTextFile(`${REPO_ROOT}/${f}`).catch(() => "")),
+    );
+    return await sha256(texts.join("\u0000"));
+  })();
+  return sourceHash;
+}
+
+async function sha256(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The cache path of a fixture: `<arch>-<shape>-<type>-<hash>.gguf`. */
+export async function fixturePath(options: FixtureOptions): Promise<string> {
+  const def = fixtureDefinition(options);
+  const sorted = Object.fromEntries(
+    Object.entries(def.spec).sort(([a], [b]) => a.localeCompare(b)),
+  );
+  const hash = await sha256(
+    JSON.stringify({ arch: def.arch, spec: sorted, gen: await generatorHash() }),
+  );
+  return `${FIXTURE_DIR}/${def.arch}-${def.shape}-${def.type}-${hash.slice(0, 12)}.gguf`;
+}
+
+const pending = new Map<string, Promise<string>>();
+
+/**
+ * The path of a fixture model, generating it (and, for a quantised type, its
+ * F32 source) if it is not cached yet.
+ *
+ * @throws if the vocabulary cannot be read (llama.cpp's source bundle is
+ * missing: run `deno install`), or, for quantised types, if the llama.cpp
+ * reference cannot load (`referenceUnavailableReason()` says why).
+ */
+export async function fixtureModel(options: FixtureOptions): Promise<string> {
+  const path = await fixturePath(options);
+  let p = pending.get(path);
+  if (p === undefined) {
+    p = makeFixture(options, path);
+    p.catch(() => pending.delete(path));
+    pending.set(path, p);
+  }
+  return p;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+function tempName(path: string): string {
+  return `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+}
+
+async function makeFixture(options: FixtureOptions, path: string): Promise<string> {
+  if (await exists(path)) return path;
+  await Deno.mkdir(FIXTURE_DIR, { recursive: true });
+  const type = options.type ?? "F32";
+  if (type === "F32" || type === "F16") {
+    // writeGgufFile writes to its own temporary name and renames.
+    await writeGgufFile(path, syntheticModel(await fixtureSpec(options)));
+    return path;
+  }
+  const source = await fixtureModel({ ...options, type: "F32" });
+  await quantizeInto(source, path, type);
+  return path;
+}
+
+/** The llama.cpp file type that makes a fixture type. */
+function llamaFtypeOf(type: Exclude<FixtureType, "F32">): LlamaFtypeName {
+  const name = `MOSTLY_${type}`;
+  if (!(name in LlamaFtype)) throw new Error(`llama.cpp has no file type ${name}`);
+  return name as LlamaFtypeName;
+}
+
+/** Runs llama.cpp's quantiser into a temporary name, then renames it to `path`. */
+async function quantizeInto(source: string, path: string, type: Exclude<FixtureType, "F32">) {
+  const tmp = tempName(path);
+  try {
+    loadReference().quantize(source, tmp, llamaFtypeOf(type));
+    await Deno.rename(tmp, path);
+  } finally {
+    await Deno.remove(tmp).catch(() => {});
+  }
+}
+
+/**
+ * PARITY.md's exact reference for a quantised fixture: an all-F32 copy
+ * written by llama.cpp's quantiser (`ALL_F32`, requantise allowed), so the
+ * dequantisation is llama.cpp's own. Cached beside the fixture.
+ */
+export async function fixtureDequantized(options: FixtureOptions): Promise<string> {
+  const quantized = await fixtureModel(options);
+  const path = quantized.replace(/\.gguf$/, "-dequant.gguf");
+  let p = pending.get(path);
+  if (p === undefined) {
+    p = (async () => {
+      if (await exists(path)) return path;
+      const tmp = tempName(path);
+      try {
+        loadReference().quantize(quantized, tmp, "ALL_F32", { allowRequantize: true });
+        await Deno.rename(tmp, path);
+      } finally {
+        await Deno.remove(tmp).catch(() => {});
+      }
+      return path;
+    })();
+    p.catch(() => pending.delete(path));
+    pending.set(path, p);
+  }
+  return p;
+}

@@ -1,0 +1,165 @@
+/**
+ * Every generated test model loads in llama.cpp and gives informative logits:
+ * each architecture × shape × {F32, F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q6_K}.
+ * Prints, per file, the tensor types llama.cpp's quantiser chose and how far
+ * the file's logits are from the F32 file's.
+ */
+
+import assert from "node:assert/strict";
+import { FIXTURE_SHAPES, fixtureModel, type FixtureShape, type FixtureType } from "./fixtures.ts";
+import { loadReference, referenceUnavailableReason } from "./ref/llama_cpp.ts";
+import { SYNTHETIC_ARCHS } from "../src/model/synthetic.ts";
+import { readGgufModel } from "../src/gguf/reader.ts";
+import { isExpertTensor } from "../src/gguf/names.ts";
+
+const unavailable = referenceUnavailableReason();
+if (unavailable !== null) console.warn(`skipping llama.cpp model loading tests: ${unavailable}`);
+
+const TYPES: FixtureType[] = ["F32", "F16", "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"];
+/** The K-quant type each K-quant file type is named after. */
+const K_BASE: Partial<Record<FixtureType, string>> = {
+  Q4_K_M: "Q4_K",
+  Q5_K_M: "Q5_K",
+  Q6_K: "Q6_K",
+};
+const K_TYPES = new Set(["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]);
+const PROMPT = "The quick brown fox jumps over the lazy dog, and 42 experts agree.";
+
+interface Row {
+  file: string;
+  types: string;
+  expertTypes: string;
+  range: number;
+  minGapPct: number;
+  medianGapPct: number;
+  vsF32Pct: [number, number];
+  ms: number;
+}
+const rows: Row[] = [];
+
+function typeCounts(names: string[]): string {
+  const m = new Map<string, number>();
+  for (const n of names) m.set(n, (m.get(n) ?? 0) + 1);
+  return [...m].sort(([a], [b]) => a.localeCompare(b)).map(([t, n]) => `${t}×${n}`).join(" ");
+}
+
+function topTwo(v: Float32Array): [number, number, number] {
+  let a = -Infinity;
+  let b = -Infinity;
+  let lo = Infinity;
+  for (const x of v) {
+    if (x > a) [a, b] = [x, a];
+    else if (x > b) b = x;
+    if (x < lo) lo = x;
+  }
+  return [a, b, lo];
+}
+
+for (const arch of SYNTHETIC_ARCHS) {
+  for (const shape of Object.keys(FIXTURE_SHAPES[arch]) as FixtureShape[]) {
+    Deno.test({
+      name: `${arch}/${shape}: every file type loads in llama.cpp with informative logits`,
+      ignore: unavailable !== null,
+      async fn() {
+        const ref = loadReference();
+        let f32Logits: Float32Array[] | undefined;
+        let prompt: number[] | undefined;
+        for (const type of TYPES) {
+          const t0 = performance.now();
+          const path = await fixtureModel({ arch, shape, type });
+          const file = `${arch}/${shape} ${type}`;
+          using model = ref.loadModel(path);
+          const gguf = readGgufModel(path);
+          const nVocab = gguf.metadata.strings("tokenizer.ggml.tokens")!.length;
+          assert.equal(model.nVocab, nVocab, file);
+          assert.equal(model.nLayer, FIXTURE_SHAPES[arch][shape].nLayer, file);
+          prompt ??= model.tokenize(PROMPT);
+          assert.ok(prompt.length >= 8, `${file}: prompt tokenised to ${prompt.length} tokens`);
+          const logits = model.logits(prompt);
+          const ms = performance.now() - t0;
+
+          let minRange = Infinity;
+          const gaps: number[] = [];
+          for (const [pos, l] of logits.entries()) {
+            assert.ok(l.every(Number.isFinite), `${file}: non-finite logit at position ${pos}`);
+            const [top1, top2, lo] = topTwo(l);
+            minRange = Math.min(minRange, top1 - lo);
+            gaps.push((top1 - top2) / (top1 - lo));
+          }
+          gaps.sort((a, b) => a - b);
+          const median = gaps[gaps.length >> 1]!;
+          // Informative: logits spread over many units, and typical top-1/top-2
+          // gaps far above numeric noise (PARITY.md asks ≥ 0.3% of the range).
+          assert.ok(minRange > 5, `${file}: logit range ${minRange} is too flat`);
+          assert.ok(median > 0.003, `${file}: median top-1/top-2 gap ${median} of the range`);
+
+          f32Logits ??= logits;
+          const diffs = logits.map((l, pos) => {
+            const base = f32Logits![pos]!;
+            const [hi, , lo] = topTwo(base);
+            let d = 0;
+            for (let i = 0; i < l.length; i++) d = Math.max(d, Math.abs(l[i]! - base[i]!));
+            return d / (hi - lo);
+          }).sort((a, b) => a - b);
+          const medianDiff = diffs[diffs.length >> 1]!;
+          // A file that loads but holds garbage would be as far from F32 as an
+          // unrelated model; a quantised one stays within a fraction of the
+          // range except where rounding flips an expert choice (the max).
+          assert.ok(
+            medianDiff < 0.25,
+            `${file}: logits differ from F32 by ${medianDiff} of the range`,
+          );
+
+          const types = gguf.tensors.map((t) => t.type.name);
+          const expertTypes = gguf.tensors.filter((t) => isExpertTensor(t.name)).map((t) =>
+            t.type.name
+          );
+          const kBase = K_BASE[type];
+          if (kBase !== undefined) {
+            const kCount = types.filter((t) => K_TYPES.has(t)).length;
+            if (shape === "b") {
+              // Every row is a multiple of 256: the file really is a K-quant file.
+              assert.ok(types.includes(kBase), `${file} holds no ${kBase} tensor: ${types}`);
+              assert.ok(
+                expertTypes.every((t) => K_TYPES.has(t)),
+                `${file}: experts ${expertTypes}`,
+              );
+            } else {
+              // No row is a multiple of 256: llama.cpp had to fall back everywhere.
+              assert.equal(kCount, 0, `${file}: K-quant tensors with rows < 256?`);
+            }
+          }
+          rows.push({
+            file,
+            types: typeCounts(types),
+            expertTypes: typeCounts(expertTypes),
+            range: minRange,
+            minGapPct: gaps[0]! * 100,
+            medianGapPct: median * 100,
+            vsF32Pct: [medianDiff * 100, diffs.at(-1)! * 100],
+            ms,
+          });
+        }
+      },
+    });
+  }
+}
+
+Deno.test({
+  name: "tensor types per generated file",
+  ignore: unavailable !== null,
+  fn() {
+    const lines = [
+      "file | tensor types | expert tensors | min logit range | top-1/top-2 gap min/median % | max |Δ| vs F32, % of range: median/worst position | ms",
+      ...rows.map((r) =>
+        `${r.file} | ${r.types} | ${r.expertTypes} | ${r.range.toFixed(1)} | ${
+          r.minGapPct.toFixed(2)
+        }/${r.medianGapPct.toFixed(1)} | ${r.vsF32Pct[0].toFixed(1)}/${
+          r.vsF32Pct[1].toFixed(1)
+        } | ${r.ms.toFixed(0)}`
+      ),
+    ];
+    console.log(`\n${lines.join("\n")}`);
+    assert.equal(rows.length, SYNTHETIC_ARCHS.length * 2 * TYPES.length);
+  },
+});
