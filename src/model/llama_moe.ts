@@ -19,8 +19,8 @@ export const llamaMoe: ArchSpec = {
     const c: ModelConfig = {
       ...common,
       ropeType: "normal",
-      nFfExp: md.number(archKey(Keys.expertFeedForwardLength, "llama"), 0) ||
-        md.number(archKey(Keys.feedForwardLength, "llama")),
+      // llama.cpp sizes llama's experts by feed_forward_length; expert_feed_forward_length is not read.
+      nFfExp: md.number(archKey(Keys.feedForwardLength, "llama")),
       nFfShexp: md.number(archKey(Keys.expertSharedFeedForwardLength, "llama"), 0),
       sharedExpertGated: false,
       gating: "softmax",

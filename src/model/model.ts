@@ -11,9 +11,9 @@ import { acquireGpu, type Gpu } from "../gpu/device.ts";
 import { createBuffer, readback, recordReadback, upload } from "../gpu/buffers.ts";
 import { STEP } from "../gpu/ops/op.ts";
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
-import type { ModelConfig } from "./config.ts";
+import { checkMoeConfig, type ModelConfig } from "./config.ts";
 import { archSpec } from "./registry.ts";
-import { checkTensorPlan, GpuWeights, type TensorBytes, uploadPlannedTensors } from "./weights.ts";
+import { checkTensorPlan, type GpuWeights, type TensorBytes, uploadPlannedTensors } from "./weights.ts";
 import { type ExpertSource, MoeTransformer } from "./transformer.ts";
 
 /** Options of {@linkcode loadModel}. */
@@ -26,6 +26,16 @@ export interface LoadModelOptions {
   maxBatch?: number;
   /** A device to use; default a new one. */
   gpu?: Gpu;
+  /**
+   * Hyperparameters to use instead of the file's (like llama.cpp's
+   * `--override-kv` or `--rope-freq-base`); shapes cannot change.
+   */
+  configOverride?: Partial<
+    Pick<
+      ModelConfig,
+      "ropeFreqBase" | "ropeFreqScale" | "rmsEps" | "nExpertUsed" | "expertWeightsScale"
+    >
+  >;
 }
 
 /** Statistics of one generation. */
@@ -98,7 +108,8 @@ export class Model {
   static async load(o: LoadModelOptions): Promise<Model> {
     const file = readGgufModel(o.model);
     const spec = archSpec(file.architecture);
-    const config = spec.readConfig(file.metadata);
+    const config: ModelConfig = { ...spec.readConfig(file.metadata), ...o.configOverride };
+    if (o.configOverride) checkMoeConfig(config);
     const plan = checkTensorPlan(file, spec.tensorPlan(config));
     const nCtx = o.nCtx ?? Math.min(4096, config.nCtxTrain || 4096);
     const maxBatch = o.maxBatch ?? 64;
