@@ -1,0 +1,74 @@
+// norm: RMSNorm of rows, y = x / sqrt(mean(x²) + eps) · w (ggml rms_norm, then
+// mul by the weight). A token holds nRows rows of length n, rowStride apart:
+// one row for attn/ffn/output norms and OLMoE's whole-projection q/k norms,
+// one per head for Qwen3's q/k norms (weight of length headDim).
+//
+// Bindings (inputs → outputs → params). x is read_write so that y may be x
+// (in place; each element is read and then written by the same invocation):
+//   @binding(0) x:      array<f32>  [T, nRows, n]: t * xStride + r * xRowStride + i
+//                                   from xOffset                                 (read)
+//   @binding(1) w:      array<f32>  [n] from wOffset; unused when hasWeight = 0   read
+//   @binding(2) y:      array<f32>  like x, with yOffset, yStride, yRowStride    (written)
+//   @binding(3) params: uniform, 4-byte units:
+//     [0] n: u32           row length
+//     [1] xOffset: u32     [2] xStride: u32   [3] xRowStride: u32
+//     [4] yOffset: u32     [5] yStride: u32   [6] yRowStride: u32
+//     [7] wOffset: u32     [8] hasWeight: u32 (0 | 1)
+//     [9] eps: f32
+//
+// Dispatch: [nRows, T]; one workgroup per row.
+
+struct Params {
+  n: u32,
+  xOffset: u32,
+  xStride: u32,
+  xRowStride: u32,
+  yOffset: u32,
+  yStride: u32,
+  yRowStride: u32,
+  wOffset: u32,
+  hasWeight: u32,
+  eps: f32,
+}
+
+override WG_SIZE: u32 = 64;
+
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<uniform> params: Params;
+
+var<workgroup> partial: array<f32, WG_SIZE>;
+
+@compute @workgroup_size(WG_SIZE)
+fn rms_norm(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let r = wid.x;
+  let t = wid.y;
+  let n = params.n;
+  let xb = params.xOffset + t * params.xStride + r * params.xRowStride;
+  let yb = params.yOffset + t * params.yStride + r * params.yRowStride;
+
+  var sum = 0.0;
+  for (var i = lid; i < n; i += WG_SIZE) {
+    let v = x[xb + i];
+    sum += v * v;
+  }
+  partial[lid] = sum;
+  workgroupBarrier();
+  for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      partial[lid] += partial[lid + s];
+    }
+    workgroupBarrier();
+  }
+  let mean = partial[0] / f32(n);
+  let scale = 1.0 / sqrt(mean + params.eps);
+
+  for (var i = lid; i < n; i += WG_SIZE) {
+    var v = x[xb + i] * scale;
+    if (params.hasWeight != 0u) {
+      v *= w[params.wOffset + i];
+    }
+    y[yb + i] = v;
+  }
+}
