@@ -1,0 +1,458 @@
+// quant: the dequantisers of every ggml weight type the matrix kernels read,
+// as a library of sections. This file is not a kernel: `src/gpu/ops/quant_wgsl.ts`
+// cuts the common part and one `//#type NAME` section out of it and splices
+// them into a kernel template (matmul.wgsl, get_rows.wgsl) at its QUANT
+// placeholder.
+//
+// Every section defines the same names, so kernels are written once:
+//   const QK: u32     elements per block (8 for the float types, whose "block"
+//                     is 8 consecutive elements)
+//   const QB: u32     bytes per block
+//   const NP: u32     pieces per block; a piece is 8 weights
+//   const TAIL: bool  rows may end inside a block (float types only); the
+//                     kernel then masks elements at or past n_cols
+//   fn xoff(p) -> vec2u            element offsets, within the block, of the
+//                                  4 weights in .a and of the 4 in .b
+//   fn deq(b, p) -> Piece          piece p of the block starting at byte b
+//
+// Dequantised values follow ggml's to_float (ggml-quants.c) in f32. Blocks
+// start at any byte address the type's size allows: types whose block size is
+// a multiple of 4 (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K, F32) are read with aligned
+// word loads; the others (18-, 22-, 34-, 110-, 210-byte blocks, MXFP4's 17,
+// F16/BF16 rows of odd length) with `ld32`, which reads any byte address.
+//
+// The kernel must declare `W: array<u32>` (the raw ggml bytes).
+
+struct Piece {
+  a: vec4f,
+  b: vec4f,
+}
+
+// The u32 at any byte address (little-endian). The second word may lie past
+// the binding; robust access returns some value, and it is shifted out when
+// the address is aligned.
+fn ld32(b: u32) -> u32 {
+  let i = b >> 2u;
+  let s = (b & 3u) << 3u;
+  return (W[i] >> s) | ((W[i + 1u] << 1u) << (31u - s));
+}
+
+// The byte at address b.
+fn ld8(b: u32) -> u32 {
+  return (W[b >> 2u] >> ((b & 3u) << 3u)) & 0xffu;
+}
+
+// The f16 at an even byte address, as f32.
+fn ldh(b: u32) -> f32 {
+  return unpack2x16float(W[b >> 2u] >> ((b & 2u) << 3u)).x;
+}
+
+// The four bytes of q, low first.
+fn bytes4(q: u32) -> vec4u {
+  return (vec4u(q) >> vec4u(0u, 8u, 16u, 24u)) & vec4u(0xffu);
+}
+
+// The four bytes of q as signed int8, in f32.
+fn sbytes4(q: u32) -> vec4f {
+  return vec4f((bitcast<vec4i>(vec4u(q) << vec4u(24u, 16u, 8u, 0u))) >> vec4u(24u));
+}
+
+// The low nibbles of the four bytes of q.
+fn nib_lo(q: u32) -> vec4u {
+  return (vec4u(q) >> vec4u(0u, 8u, 16u, 24u)) & vec4u(0xfu);
+}
+
+// The high nibbles of the four bytes of q.
+fn nib_hi(q: u32) -> vec4u {
+  return (vec4u(q) >> vec4u(4u, 12u, 20u, 28u)) & vec4u(0xfu);
+}
+
+// Piece p of a 32-block whose 16 quant bytes hold element j in the low nibble
+// of byte j and element j + 16 in the high nibble (Q4_0, Q4_1, Q5_*, IQ4_NL,
+// MXFP4): bytes 4p..4p+3.
+fn xoff_nibbles(p: u32) -> vec2u {
+  return vec2u(4u * p, 16u + 4u * p);
+}
+
+//#type f32
+const QK = 8u;
+const QB = 32u;
+const NP = 1u;
+const TAIL = true;
+
+fn xoff(p: u32) -> vec2u {
+  return vec2u(0u, 4u);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let i = b >> 2u;
+  return Piece(
+    bitcast<vec4f>(vec4u(W[i], W[i + 1u], W[i + 2u], W[i + 3u])),
+    bitcast<vec4f>(vec4u(W[i + 4u], W[i + 5u], W[i + 6u], W[i + 7u])),
+  );
+}
+
+//#type f16
+const QK = 8u;
+const QB = 16u;
+const NP = 1u;
+const TAIL = true;
+
+fn xoff(p: u32) -> vec2u {
+  return vec2u(0u, 4u);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  return Piece(
+    vec4f(unpack2x16float(ld32(b)), unpack2x16float(ld32(b + 4u))),
+    vec4f(unpack2x16float(ld32(b + 8u)), unpack2x16float(ld32(b + 12u))),
+  );
+}
+
+//#type bf16
+const QK = 8u;
+const QB = 16u;
+const NP = 1u;
+const TAIL = true;
+
+fn xoff(p: u32) -> vec2u {
+  return vec2u(0u, 4u);
+}
+
+fn bf16x2(q: u32) -> vec2f {
+  return bitcast<vec2f>(vec2u(q << 16u, q & 0xffff0000u));
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  return Piece(
+    vec4f(bf16x2(ld32(b)), bf16x2(ld32(b + 4u))),
+    vec4f(bf16x2(ld32(b + 8u)), bf16x2(ld32(b + 12u))),
+  );
+}
+
+//#type q4_0
+// Block: d f16, qs[16]. x = (q - 8) * d.
+const QK = 32u;
+const QB = 18u;
+const NP = 4u;
+const TAIL = false;
+
+fn xoff(p: u32) -> vec2u {
+  return xoff_nibbles(p);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let d = ldh(b);
+  let q = ld32(b + 2u + 4u * p);
+  return Piece((vec4f(nib_lo(q)) - 8.0) * d, (vec4f(nib_hi(q)) - 8.0) * d);
+}
+
+//#type q4_1
+// Block: d f16, m f16, qs[16]. x = q * d + m.
+const QK = 32u;
+const QB = 20u;
+const NP = 4u;
+const TAIL = false;
+
+fn xoff(p: u32) -> vec2u {
+  return xoff_nibbles(p);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let dm = unpack2x16float(W[b >> 2u]);
+  let q = W[(b >> 2u) + 1u + p];
+  return Piece(vec4f(nib_lo(q)) * dm.x + dm.y, vec4f(nib_hi(q)) * dm.x + dm.y);
+}
+
+//#type q5_0
+// Block: d f16, qh u32 (fifth bits: bit j for element j), qs[16]. x = (q - 16) * d.
+const QK = 32u;
+const QB = 22u;
+const NP = 4u;
+const TAIL = false;
+
+fn xoff(p: u32) -> vec2u {
+  return xoff_nibbles(p);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let d = ldh(b);
+  let qh = ld32(b + 2u);
+  let q = ld32(b + 6u + 4u * p);
+  let sh = vec4u(0u, 1u, 2u, 3u) + 4u * p;
+  let ha = ((vec4u(qh) >> sh) & vec4u(1u)) << vec4u(4u);
+  let hb = ((vec4u(qh) >> (sh + 16u)) & vec4u(1u)) << vec4u(4u);
+  return Piece((vec4f(nib_lo(q) | ha) - 16.0) * d, (vec4f(nib_hi(q) | hb) - 16.0) * d);
+}
+
+//#type q5_1
+// Block: d f16, m f16, qh u32, qs[16]. x = q * d + m.
+const QK = 32u;
+const QB = 24u;
+const NP = 4u;
+const TAIL = false;
+
+fn xoff(p: u32) -> vec2u {
+  return xoff_nibbles(p);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let i = b >> 2u;
+  let dm = unpack2x16float(W[i]);
+  let qh = W[i + 1u];
+  let q = W[i + 2u + p];
+  let sh = vec4u(0u, 1u, 2u, 3u) + 4u * p;
+  let ha = ((vec4u(qh) >> sh) & vec4u(1u)) << vec4u(4u);
+  let hb = ((vec4u(qh) >> (sh + 16u)) & vec4u(1u)) << vec4u(4u);
+  return Piece(vec4f(nib_lo(q) | ha) * dm.x + dm.y, vec4f(nib_hi(q) | hb) * dm.x + dm.y);
+}
+
+//#type q8_0
+// Block: d f16, qs int8[32]. x = q * d.
+const QK = 32u;
+const QB = 34u;
+const NP = 4u;
+const TAIL = false;
+
+fn xoff(p: u32) -> vec2u {
+  return vec2u(8u * p, 8u * p + 4u);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let d = ldh(b);
+  let o = b + 2u + 8u * p;
+  return Piece(sbytes4(ld32(o)) * d, sbytes4(ld32(o + 4u)) * d);
+}
+
+//#type iq4_nl
+// Block: d f16, qs[16] of indices into a non-linear table. x = d * kvalue.
+const QK = 32u;
+const QB = 18u;
+const NP = 4u;
+const TAIL = false;
+
+const KVALUES = array<f32, 16>(
+  -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0,
+  1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0,
+);
+
+fn xoff(p: u32) -> vec2u {
+  return xoff_nibbles(p);
+}
+
+fn kv4(n: vec4u) -> vec4f {
+  return vec4f(KVALUES[n.x], KVALUES[n.y], KVALUES[n.z], KVALUES[n.w]);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let d = ldh(b);
+  let q = ld32(b + 2u + 4u * p);
+  return Piece(kv4(nib_lo(q)) * d, kv4(nib_hi(q)) * d);
+}
+
+//#type mxfp4
+// Block: e E8M0 scale byte, qs[16] of E2M1 codes. x = kvalue * 2^(e - 128),
+// the table holding twice the E2M1 values as ggml's does.
+const QK = 32u;
+const QB = 17u;
+const NP = 4u;
+const TAIL = false;
+
+const KVALUES = array<f32, 16>(
+  0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0,
+  0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0,
+);
+
+fn xoff(p: u32) -> vec2u {
+  return xoff_nibbles(p);
+}
+
+fn kv4(n: vec4u) -> vec4f {
+  return vec4f(KVALUES[n.x], KVALUES[n.y], KVALUES[n.z], KVALUES[n.w]);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let e = ld8(b);
+  // 2^(e-128); e < 2 gives an f32 subnormal, which a GPU may flush to zero.
+  let d = bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u));
+  let q = ld32(b + 1u + 4u * p);
+  return Piece(kv4(nib_lo(q)) * d, kv4(nib_hi(q)) * d);
+}
+
+//#type q2_k
+// Super-block: scales[16] (4-bit scale | 4-bit min << 4), qs[64], d f16, dmin f16.
+// Element 128n + 32j + 16k + l = d*sc * ((qs[32n + 16k + l] >> 2j) & 3) - dmin*m,
+// with sub-block 8n + 2j + k. Piece p: qs word w = p/2, shifts 4(p%2) and +2.
+const QK = 256u;
+const QB = 84u;
+const NP = 32u;
+const TAIL = false;
+
+fn xoff(p: u32) -> vec2u {
+  let w = p >> 1u;
+  let a = 128u * (w >> 3u) + 64u * (p & 1u) + 16u * ((w >> 2u) & 1u) + 4u * (w & 3u);
+  return vec2u(a, a + 32u);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let i = b >> 2u;
+  let w = p >> 1u;
+  let j = 2u * (p & 1u);
+  let sub = 8u * (w >> 3u) + 2u * j + ((w >> 2u) & 1u);
+  let dm = unpack2x16float(W[i + 20u]);
+  let sa = (W[i + (sub >> 2u)] >> ((sub & 3u) << 3u)) & 0xffu;
+  let sb = (W[i + ((sub + 2u) >> 2u)] >> (((sub + 2u) & 3u) << 3u)) & 0xffu;
+  let q = bytes4(W[i + 4u + w]);
+  let qa = vec4f((q >> vec4u(2u * j)) & vec4u(3u));
+  let qb = vec4f((q >> vec4u(2u * j + 2u)) & vec4u(3u));
+  return Piece(
+    dm.x * f32(sa & 0xfu) * qa - dm.y * f32(sa >> 4u),
+    dm.x * f32(sb & 0xfu) * qb - dm.y * f32(sb >> 4u),
+  );
+}
+
+//#type q3_k
+// Super-block: hmask[32], qs[64], scales[12] (16 six-bit scales), d f16.
+// Element 128n + 32j + 16k + l = d*(sc - 32) * (((qs[32n + 16k + l] >> 2j) & 3)
+// - (hmask[16k + l] bit 4n + j ? 0 : 4)), with sub-block 8n + 2j + k.
+const QK = 256u;
+const QB = 110u;
+const NP = 32u;
+const TAIL = false;
+
+fn xoff(p: u32) -> vec2u {
+  let w = p >> 1u;
+  let a = 128u * (w >> 3u) + 64u * (p & 1u) + 16u * ((w >> 2u) & 1u) + 4u * (w & 3u);
+  return vec2u(a, a + 32u);
+}
+
+fn q3_scale(b: u32, s: u32) -> f32 {
+  let low = select(ld8(b + 96u + s - 8u) >> 4u, ld8(b + 96u + s) & 0xfu, s < 8u);
+  let high = (ld8(b + 104u + (s & 3u)) >> (2u * (s >> 2u))) & 3u;
+  return f32(i32(low | (high << 4u)) - 32);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let w = p >> 1u;
+  let n = w >> 3u;
+  let k = (w >> 2u) & 1u;
+  let j = 2u * (p & 1u);
+  let sub = 8u * n + 2u * j + k;
+  let d = ldh(b + 108u);
+  let q = bytes4(ld32(b + 32u + 4u * w));
+  let hm = bytes4(ld32(b + 16u * k + 4u * (w & 3u)));
+  let ba = 4u * n + j;
+  let qa = vec4f((q >> vec4u(2u * j)) & vec4u(3u)) -
+    select(vec4f(4.0), vec4f(0.0), ((hm >> vec4u(ba)) & vec4u(1u)) != vec4u(0u));
+  let qb = vec4f((q >> vec4u(2u * j + 2u)) & vec4u(3u)) -
+    select(vec4f(4.0), vec4f(0.0), ((hm >> vec4u(ba + 1u)) & vec4u(1u)) != vec4u(0u));
+  return Piece(d * q3_scale(b, sub) * qa, d * q3_scale(b, sub + 2u) * qb);
+}
+
+//#type q4_k
+// Super-block: d f16, dmin f16, scales[12] (8 six-bit scales and mins), qs[128].
+// Element 64j + l (l < 32): low nibble of qs[32j + l], sub-block 2j; element
+// 64j + 32 + l: its high nibble, sub-block 2j + 1. x = d*sc * q - dmin*m.
+const QK = 256u;
+const QB = 144u;
+const NP = 32u;
+const TAIL = false;
+
+fn xoff(p: u32) -> vec2u {
+  let a = 64u * (p >> 3u) + 4u * (p & 7u);
+  return vec2u(a, a + 32u);
+}
+
+// Scale (.x) and min (.y) of sub-block s (0..7) from the 12 bytes in s0, s1, s2.
+fn scale_min_k4(s0: u32, s1: u32, s2: u32, s: u32) -> vec2f {
+  let t = (s & 3u) << 3u;
+  let b0 = (s0 >> t) & 0xffu;
+  let b1 = (s1 >> t) & 0xffu;
+  let b2 = (s2 >> t) & 0xffu;
+  let lo = vec2u(b0 & 63u, b1 & 63u);
+  let hi = vec2u((b2 & 0xfu) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
+  return vec2f(select(hi, lo, s < 4u));
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let i = b >> 2u;
+  let j = p >> 3u;
+  let dm = unpack2x16float(W[i]);
+  let s0 = W[i + 1u];
+  let s1 = W[i + 2u];
+  let s2 = W[i + 3u];
+  let m1 = scale_min_k4(s0, s1, s2, 2u * j) * dm;
+  let m2 = scale_min_k4(s0, s1, s2, 2u * j + 1u) * dm;
+  let q = W[i + 4u + p];
+  return Piece(m1.x * vec4f(nib_lo(q)) - m1.y, m2.x * vec4f(nib_hi(q)) - m2.y);
+}
+
+//#type q5_k
+// Super-block: d f16, dmin f16, scales[12], qh[32], qs[128]. As Q4_K with a
+// fifth bit: qh[l] bit 2j for element 64j + l, bit 2j + 1 for 64j + 32 + l.
+const QK = 256u;
+const QB = 176u;
+const NP = 32u;
+const TAIL = false;
+
+fn xoff(p: u32) -> vec2u {
+  let a = 64u * (p >> 3u) + 4u * (p & 7u);
+  return vec2u(a, a + 32u);
+}
+
+fn scale_min_k4(s0: u32, s1: u32, s2: u32, s: u32) -> vec2f {
+  let t = (s & 3u) << 3u;
+  let b0 = (s0 >> t) & 0xffu;
+  let b1 = (s1 >> t) & 0xffu;
+  let b2 = (s2 >> t) & 0xffu;
+  let lo = vec2u(b0 & 63u, b1 & 63u);
+  let hi = vec2u((b2 & 0xfu) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
+  return vec2f(select(hi, lo, s < 4u));
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let i = b >> 2u;
+  let j = p >> 3u;
+  let dm = unpack2x16float(W[i]);
+  let s0 = W[i + 1u];
+  let s1 = W[i + 2u];
+  let s2 = W[i + 3u];
+  let m1 = scale_min_k4(s0, s1, s2, 2u * j) * dm;
+  let m2 = scale_min_k4(s0, s1, s2, 2u * j + 1u) * dm;
+  let h = bytes4(W[i + 4u + (p & 7u)]);
+  let q = W[i + 12u + p];
+  let qa = nib_lo(q) | (((h >> vec4u(2u * j)) & vec4u(1u)) << vec4u(4u));
+  let qb = nib_hi(q) | (((h >> vec4u(2u * j + 1u)) & vec4u(1u)) << vec4u(4u));
+  return Piece(m1.x * vec4f(qa) - m1.y, m2.x * vec4f(qb) - m2.y);
+}
+
+//#type q6_k
+// Super-block: ql[128], qh[64], scales int8[16], d f16. In half n (128
+// elements), for l < 32: elements l, l+32, l+64, l+96 take the low nibble of
+// ql[64n+l], the low of ql[64n+l+32], the high of ql[64n+l], the high of
+// ql[64n+l+32], and bits 0-1, 2-3, 4-5, 6-7 of qh[32n+l]; scale index
+// 8n + l/16 + 0, 2, 4, 6. x = d*sc * (q6 - 32).
+// Piece p: n = p/16, h = (p/8)%2 picks ql[64n + 32h + l0 ..], l0 = 4(p%8).
+const QK = 256u;
+const QB = 210u;
+const NP = 32u;
+const TAIL = false;
+
+fn xoff(p: u32) -> vec2u {
+  let a = 128u * (p >> 4u) + 32u * ((p >> 3u) & 1u) + 4u * (p & 7u);
+  return vec2u(a, a + 64u);
+}
+
+fn deq(b: u32, p: u32) -> Piece {
+  let n = p >> 4u;
+  let h = (p >> 3u) & 1u;
+  let l0 = 4u * (p & 7u);
+  let d = ldh(b + 208u);
+  let ql = ld32(b + 64u * n + 32u * h + l0);
+  let qh = bytes4(ld32(b + 128u + 32u * n + l0));
+  let sa = b + 192u + 8u * n + (l0 >> 4u) + 2u * h;
+  let sc = sbytes4(ld8(sa) | (ld8(sa + 4u) << 8u));
+  let qa = vec4i(nib_lo(ql) | (((qh >> vec4u(2u * h)) & vec4u(3u)) << vec4u(4u))) - 32;
+  let qb = vec4i(nib_hi(ql) | (((qh >> vec4u(2u * h + 4u)) & vec4u(3u)) << vec4u(4u))) - 32;
+  return Piece(d * sc.x * vec4f(qa), d * sc.y * vec4f(qb));
+}

@@ -1,0 +1,432 @@
+/**
+ * Quantised matrix products on the GPU, prepared once at build time:
+ * {@linkcode prepareMatmul} (`y = W·x`, ggml's mul_mat) and
+ * {@linkcode prepareMatmulId} (ggml's mul_mat_id, the routed experts).
+ * Weights stay in their ggml type and are dequantised in registers
+ * (`shaders/quant.wgsl`); products accumulate in f32.
+ *
+ * Each chunk of a weight gets two kernels: `matvec` for decode-sized batches
+ * (one workgroup per few rows and token, memory-bound) and `tiled` for
+ * prefill (a tile of rows × tokens per workgroup, so each weight is read once
+ * per 32 tokens). Both are returned as ops; the one that does not fit the
+ * batch size dispatches no workgroups.
+ *
+ * @module
+ */
+
+/// <reference lib="deno.webgpu" />
+
+import { ParamsBuffer } from "../buffers.ts";
+import type { Gpu } from "../device.ts";
+import type { BufferBinding } from "../dispatch.ts";
+import { getPipeline, type Kernel } from "../pipeline.ts";
+import type { ActView, GpuWeight, Op, WeightChunk } from "./op.ts";
+import {
+  isGpuWeightType,
+  kernelBlockSize,
+  quantVariant,
+  quantWgsl,
+  rowAlignment,
+  UnsupportedWeightTypeError,
+} from "./quant_wgsl.ts";
+import { bindView, bindWeightChunk } from "./weights.ts";
+
+/** Tunables of the matrix kernels (WGSL override constants and the path switch). */
+export interface MatmulTuning {
+  /** matvec: invocations per workgroup, a power of two. */
+  readonly wgMatvec: number;
+  /** matvec: rows per workgroup, 1 to 4. */
+  readonly rowsMatvec: number;
+  /** tiled: rows per workgroup, a multiple of 4. */
+  readonly tileRows: number;
+  /** tiled: tokens (entries) per workgroup, a multiple of 4. */
+  readonly tileTokens: number;
+  /** Batches of at most this many tokens take the matvec kernel, larger ones the tiled. */
+  readonly matvecMaxTokens: number;
+}
+
+/** The default tuning. */
+export const DEFAULT_MATMUL_TUNING: MatmulTuning = Object.freeze({
+  wgMatvec: 64,
+  rowsMatvec: 2,
+  tileRows: 64,
+  tileTokens: 32,
+  matvecMaxTokens: 1,
+});
+
+/** Options of {@linkcode prepareMatmul}. */
+export interface MatmulOptions {
+  /** The weight, `[nRows, nCols]` (one matrix, any number of chunks). */
+  readonly w: GpuWeight;
+  /** Input, f32 `[T, nCols]`. May share a buffer with `y` (disjoint ranges). */
+  readonly x: ActView;
+  /** Output, f32 `[T, nRows]`. */
+  readonly y: ActView;
+  /** The step buffer (STORAGE usage); the kernels read `T` at `STEP.nTokens`. */
+  readonly step: GPUBuffer;
+  /** `y += W·x` instead of `y = W·x`. */
+  readonly accumulate?: boolean;
+  /** Name for errors and timings. */
+  readonly label: string;
+  /** Override tunables (tests force a path with `matvecMaxTokens`). */
+  readonly tuning?: Partial<MatmulTuning>;
+}
+
+/** A view of u32 ids: `offset` (first element) and `stride` (elements between tokens). */
+export interface IdsView {
+  /** The buffer. */
+  readonly buffer: GPUBuffer;
+  /** First element. */
+  readonly offset: number;
+  /** Elements between tokens; default the number of ids per token. */
+  readonly stride?: number;
+}
+
+/** Options of {@linkcode prepareMatmulId}. */
+export interface MatmulIdOptions {
+  /** A stack of `nMats` matrices `[nRows, nCols]`, one chunk. */
+  readonly w: GpuWeight;
+  /** Matrix ids, u32 `[T, nUsed]`. */
+  readonly ids: IdsView;
+  /**
+   * The id of matrix 0 of `w` (default 0). Entries whose id is outside
+   * `[idBase, idBase + nMats)` are skipped and their `y` left untouched, so
+   * several stacks (pool arenas) can serve one batch, one op list each.
+   */
+  readonly idBase?: number;
+  /** Slots (chosen matrices) per token. */
+  readonly nUsed: number;
+  /** Input: f32 `[T, nCols]` shared by every slot, or `[T, nUsed, nCols]` when `xPerSlot`. */
+  readonly x: ActView;
+  /** Whether each slot has its own input row (down projection) or all share one (gate, up). */
+  readonly xPerSlot: boolean;
+  /** Elements between the slots of a token's x when `xPerSlot`; default `w.nCols`. */
+  readonly xSlotStride?: number;
+  /** Output, f32 `[T, nUsed, nRows]`. */
+  readonly y: ActView;
+  /** Elements between the slots of a token's y; default `w.nRows`. */
+  readonly ySlotStride?: number;
+  /** The step buffer (STORAGE usage); `T` at `STEP.nTokens`. */
+  readonly step: GPUBuffer;
+  /** `y += W·x` instead of `y = W·x`. */
+  readonly accumulate?: boolean;
+  /**
+   * Largest batch the op will be recorded for (sizes the routing scratch
+   * buffer); default what `y`'s buffer can hold.
+   */
+  readonly maxTokens?: number;
+  /** Name for errors and timings. */
+  readonly label: string;
+  /** Override tunables. */
+  readonly tuning?: Partial<MatmulTuning>;
+}
+
+const PARAMS_LAYOUT = {
+  w_off: "u32",
+  row_bytes: "u32",
+  mat_stride: "u32",
+  n_rows: "u32",
+  n_cols: "u32",
+  n_used: "u32",
+  n_mats: "u32",
+  id_base: "u32",
+  ids_off: "u32",
+  ids_stride: "u32",
+  x_off: "u32",
+  x_stride: "u32",
+  x_slot: "u32",
+  y_off: "u32",
+  y_stride: "u32",
+  y_slot: "u32",
+  accumulate: "u32",
+  tiles_off: "u32",
+  sorted_off: "u32",
+} as const;
+
+type MatmulParams = Record<keyof typeof PARAMS_LAYOUT, number>;
+
+function resolveTuning(t: Partial<MatmulTuning> | undefined, label: string): MatmulTuning {
+  const out = { ...DEFAULT_MATMUL_TUNING, ...t };
+  const pow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+  const bad = (what: string) => new RangeError(`${label}: tuning ${what}.`);
+  if (!pow2(out.wgMatvec)) throw bad(`wgMatvec ${out.wgMatvec} is not a power of two`);
+  if (!(out.rowsMatvec >= 1 && out.rowsMatvec <= 4 && Number.isInteger(out.rowsMatvec))) {
+    throw bad(`rowsMatvec ${out.rowsMatvec} is not 1..4`);
+  }
+  for (const [k, v] of [["tileRows", out.tileRows], ["tileTokens", out.tileTokens]] as const) {
+    if (!(Number.isInteger(v) && v >= 4 && v % 4 === 0)) {
+      throw bad(`${k} ${v} is not a multiple of 4`);
+    }
+  }
+  if (out.tileTokens >= 1 << 16) throw bad(`tileTokens ${out.tileTokens} is over 65535`);
+  if (!(Number.isInteger(out.matvecMaxTokens) && out.matvecMaxTokens >= 0)) {
+    throw bad(`matvecMaxTokens ${out.matvecMaxTokens} is not a count`);
+  }
+  return out;
+}
+
+function checkWeight(w: GpuWeight, label: string): void {
+  if (!isGpuWeightType(w.type.id)) throw new UnsupportedWeightTypeError(w.name, w.type.id);
+  const bs = kernelBlockSize(w.type);
+  if (w.type.quantized && w.nCols % bs !== 0) {
+    throw new RangeError(
+      `${label}: weight "${w.name}" has rows of ${w.nCols} ${w.type.name} elements, not a ` +
+        `whole number of ${bs}-element blocks.`,
+    );
+  }
+  const a = rowAlignment(w.type);
+  if (w.rowBytes % a !== 0 || (w.nMats > 1 && w.matStride % a !== 0)) {
+    throw new RangeError(
+      `${label}: weight "${w.name}" (${w.type.name}) has rowBytes ${w.rowBytes} / matStride ` +
+        `${w.matStride} not multiples of ${a}.`,
+    );
+  }
+  for (const c of w.chunks) {
+    if (c.byteOffset % a !== 0) {
+      throw new RangeError(
+        `${label}: weight "${w.name}" (${w.type.name}) chunk at rows ${c.rowStart}.. starts at ` +
+          `byte ${c.byteOffset}, not a multiple of ${a}.`,
+      );
+    }
+  }
+}
+
+function checkView(v: { offset: number; stride?: number }, what: string, label: string): void {
+  const ok = (n: number | undefined) => n === undefined || (Number.isSafeInteger(n) && n >= 0);
+  if (!ok(v.offset) || !ok(v.stride)) {
+    throw new RangeError(`${label}: ${what} offset/stride must be non-negative integers.`);
+  }
+}
+
+interface Kernels {
+  readonly matvec: Kernel;
+  readonly tiled: Kernel;
+}
+
+async function matmulKernels(gpu: Gpu, w: GpuWeight, t: MatmulTuning): Promise<Kernels> {
+  const variant = quantVariant(w.type, w.name);
+  const defines = { QUANT: await quantWgsl(w.type, w.name) };
+  const [matvec, tiled] = await Promise.all([
+    getPipeline(gpu, "matmul", {
+      variant,
+      defines,
+      entryPoint: "matvec",
+      constants: { WG_MV: t.wgMatvec, ROWS: t.rowsMatvec },
+    }),
+    getPipeline(gpu, "matmul", {
+      variant,
+      defines,
+      entryPoint: "tiled",
+      constants: { BM: t.tileRows, BN: t.tileTokens },
+    }),
+  ]);
+  return { matvec, tiled };
+}
+
+function chunkParams(
+  w: GpuWeight,
+  chunk: WeightChunk,
+  wOff: number,
+  rest: Omit<MatmulParams, "w_off" | "row_bytes" | "mat_stride" | "n_rows" | "n_cols">,
+): MatmulParams {
+  return {
+    w_off: wOff,
+    row_bytes: w.rowBytes,
+    mat_stride: w.nMats > 1 ? w.matStride : 0,
+    n_rows: chunk.nRows,
+    n_cols: w.nCols,
+    ...rest,
+  };
+}
+
+/**
+ * Prepares `y[t, r] (+)= Σ_c W[r, c] · x[t, c]` for `t < T`: one pair of ops
+ * per weight chunk (matvec for `T ≤ matvecMaxTokens`, tiled above; the other
+ * dispatches nothing), each writing only its chunk's rows. Params are
+ * written here, once.
+ *
+ * @throws {UnsupportedWeightTypeError} for a weight type the kernels cannot read.
+ * @throws {RangeError} for a stack (`nMats > 1`), bad views or tuning.
+ *
+ * @example
+ * ```ts ignore
+ * const ops = await prepareMatmul(gpu, { w, x: { buffer: xb, offset: 0, stride: w.nCols },
+ *   y: { buffer: yb, offset: 0, stride: w.nRows }, step, label: "blk.0.attn_q" });
+ * recordOps(encoder, ops, nTokens);
+ * ```
+ */
+export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]> {
+  const { w, x, y, step, label } = opts;
+  checkWeight(w, label);
+  if (w.nMats !== 1) {
+    throw new RangeError(
+      `${label}: prepareMatmul takes one matrix; "${w.name}" stacks ${w.nMats} (use prepareMatmulId).`,
+    );
+  }
+  checkView(x, "x", label);
+  checkView(y, "y", label);
+  const t = resolveTuning(opts.tuning, label);
+  const k = await matmulKernels(gpu, w, t);
+  const xb = bindView(gpu, x.buffer, x.offset);
+  const yb = bindView(gpu, y.buffer, y.offset);
+  const ops: Op[] = [];
+  w.chunks.forEach((chunk, i) => {
+    const wb = bindWeightChunk(gpu, w, chunk);
+    const name = w.chunks.length > 1 ? `${label}[${i}]` : label;
+    const params = new ParamsBuffer(gpu, `${name}.params`, PARAMS_LAYOUT);
+    params.write(chunkParams(w, chunk, wb.byteOffset, {
+      n_used: 1,
+      n_mats: 0,
+      id_base: 0,
+      ids_off: 0,
+      ids_stride: 0,
+      x_off: xb.offset,
+      x_stride: x.stride,
+      x_slot: 0,
+      y_off: yb.offset + chunk.rowStart,
+      y_stride: y.stride,
+      y_slot: 0,
+      accumulate: opts.accumulate ? 1 : 0,
+      tiles_off: 0,
+      sorted_off: 0,
+    }));
+    // ids and route are unused by a plain matmul; x and step stand in for them.
+    const bindings: BufferBinding[] = [
+      wb.binding,
+      xb.binding,
+      xb.binding,
+      step,
+      step,
+      yb.binding,
+      params.buffer,
+    ];
+    const rowGroups = Math.ceil(chunk.nRows / t.rowsMatvec);
+    const rowTiles = Math.ceil(chunk.nRows / t.tileRows);
+    ops.push({
+      label: `${name}.matvec`,
+      kernel: k.matvec,
+      bindings,
+      workgroups: (nTokens) => nTokens <= t.matvecMaxTokens ? rowGroups * nTokens : 0,
+    });
+    ops.push({
+      label: `${name}.tiled`,
+      kernel: k.tiled,
+      bindings,
+      workgroups: (nTokens) =>
+        nTokens > t.matvecMaxTokens ? rowTiles * Math.ceil(nTokens / t.tileTokens) : 0,
+    });
+  });
+  return ops;
+}
+
+/**
+ * Prepares ggml's mul_mat_id: for every token `t < T` and slot `s < nUsed`,
+ * `y[t, s, r] (+)= Σ_c W[ids[t, s] - idBase, r, c] · x[t, (s,) c]`, skipping
+ * slots whose id is not in this stack. Three ops: the matvec kernel (one
+ * workgroup per few rows and slot, for `T ≤ matvecMaxTokens`), and for
+ * larger batches a routing kernel that groups slots by matrix followed by
+ * the tiled kernel over those groups.
+ *
+ * @throws {UnsupportedWeightTypeError} for a weight type the kernels cannot read.
+ * @throws {RangeError} for a split stack, bad views or tuning; at record time,
+ *   for a batch over `maxTokens`.
+ */
+export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<Op[]> {
+  const { w, x, y, ids, step, label, nUsed } = opts;
+  checkWeight(w, label);
+  if (w.chunks.length !== 1) {
+    throw new RangeError(
+      `${label}: the stack "${w.name}" is split into ${w.chunks.length} chunks; ` +
+        `prepareMatmulId needs it in one binding.`,
+    );
+  }
+  if (!(Number.isInteger(nUsed) && nUsed >= 1)) {
+    throw new RangeError(`${label}: nUsed ${nUsed} is not a positive integer.`);
+  }
+  if (w.nMats >= 1 << 16) throw new RangeError(`${label}: ${w.nMats} matrices, over 65535.`);
+  const idBase = opts.idBase ?? 0;
+  if (!(Number.isInteger(idBase) && idBase >= 0 && idBase <= 0xffffffff)) {
+    throw new RangeError(`${label}: idBase ${idBase} is not a u32.`);
+  }
+  checkView(x, "x", label);
+  checkView(y, "y", label);
+  checkView(ids, "ids", label);
+  const t = resolveTuning(opts.tuning, label);
+  const xSlot = opts.xPerSlot ? opts.xSlotStride ?? w.nCols : 0;
+  const ySlot = opts.ySlotStride ?? w.nRows;
+  const maxTokens = opts.maxTokens ??
+    Math.max(
+      1,
+      Math.floor((y.buffer.size / 4 - y.offset - (nUsed - 1) * ySlot - w.nRows) / y.stride) + 1,
+    );
+  const maxEntries = maxTokens * nUsed;
+  const maxTiles = (nEntries: number) =>
+    Math.ceil(nEntries / t.tileTokens) + Math.min(w.nMats, nEntries);
+
+  const [k, route] = await Promise.all([
+    matmulKernels(gpu, w, t),
+    getPipeline(gpu, "matmul_route", { constants: { BN: t.tileTokens } }),
+  ]);
+  const chunk = w.chunks[0]!;
+  const wb = bindWeightChunk(gpu, w, chunk);
+  const xb = bindView(gpu, x.buffer, x.offset);
+  const yb = bindView(gpu, y.buffer, y.offset);
+  const ib = bindView(gpu, ids.buffer, ids.offset);
+  const sortedOff = 4 + 2 * w.nMats;
+  const tilesOff = sortedOff + maxEntries;
+  const routeBuffer = gpu.device.createBuffer({
+    label: `${label}.route`,
+    size: 4 * (tilesOff + 2 * maxTiles(maxEntries)),
+    usage: GPUBufferUsage.STORAGE,
+  });
+  const params = new ParamsBuffer(gpu, `${label}.params`, PARAMS_LAYOUT);
+  params.write(chunkParams(w, chunk, wb.byteOffset, {
+    n_used: nUsed,
+    n_mats: w.nMats,
+    id_base: idBase,
+    ids_off: ib.offset,
+    ids_stride: ids.stride ?? nUsed,
+    x_off: xb.offset,
+    x_stride: x.stride,
+    x_slot: xSlot,
+    y_off: yb.offset + chunk.rowStart,
+    y_stride: y.stride,
+    y_slot: ySlot,
+    accumulate: opts.accumulate ? 1 : 0,
+    tiles_off: tilesOff,
+    sorted_off: sortedOff,
+  }));
+  const checkTokens = (nTokens: number) => {
+    if (nTokens > maxTokens) {
+      throw new RangeError(
+        `${label}: a batch of ${nTokens} tokens exceeds maxTokens ${maxTokens} of this op.`,
+      );
+    }
+  };
+  const rowGroups = Math.ceil(chunk.nRows / t.rowsMatvec);
+  const rowTiles = Math.ceil(chunk.nRows / t.tileRows);
+  return [
+    {
+      label: `${label}.matvec`,
+      kernel: k.matvec,
+      bindings: [wb.binding, xb.binding, ib.binding, step, step, yb.binding, params.buffer],
+      workgroups: (nTokens) => nTokens <= t.matvecMaxTokens ? rowGroups * nTokens * nUsed : 0,
+    },
+    {
+      label: `${label}.route`,
+      kernel: route,
+      bindings: [ib.binding, step, routeBuffer, params.buffer],
+      workgroups: (nTokens) => {
+        checkTokens(nTokens);
+        return nTokens > t.matvecMaxTokens ? 1 : 0;
+      },
+    },
+    {
+      label: `${label}.tiled`,
+      kernel: k.tiled,
+      bindings: [wb.binding, xb.binding, ib.binding, routeBuffer, step, yb.binding, params.buffer],
+      workgroups: (nTokens) =>
+        nTokens > t.matvecMaxTokens ? rowTiles * maxTiles(nTokens * nUsed) : 0,
+    },
+  ];
+}

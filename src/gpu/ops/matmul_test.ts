@@ -1,0 +1,489 @@
+/// <reference lib="deno.webgpu" />
+// The matrix kernels against a CPU reference (src/gguf/dequant.ts, then f64
+// dots) for every GPU weight type, on whatever adapter this machine has
+// (llvmpipe in CI, so shapes stay small and each type is one submit and one
+// readback). Skipped, with the reason printed, without an adapter.
+
+import assert from "node:assert/strict";
+import { dequantize } from "../../gguf/dequant.ts";
+import { GgmlType, type GgmlTypeInfo, ggmlTypeName, requireGgmlType } from "../../gguf/types.ts";
+import { Rng } from "../../util/rng.ts";
+import { createBuffer, readback } from "../buffers.ts";
+import { acquireGpu, expectNoGpuErrors, type Gpu, GpuUnavailableError } from "../device.ts";
+import { type MatmulTuning, prepareMatmul, prepareMatmulId } from "./matmul.ts";
+import { type ActView, type GpuWeight, type Op, recordOps, STEP, type WeightChunk } from "./op.ts";
+import { GPU_WEIGHT_TYPES, UnsupportedWeightTypeError } from "./quant_wgsl.ts";
+import { randomWeightBytes, uploadWeight } from "./weights.ts";
+
+let gpu: Gpu | undefined;
+try {
+  gpu = await acquireGpu();
+} catch (error) {
+  if (!(error instanceof GpuUnavailableError)) throw error;
+  console.log(`matmul_test: skipping GPU tests: ${error.message}`);
+}
+
+function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void>): void {
+  Deno.test({ name, ignore: gpu === undefined, fn: () => fn(gpu!) });
+}
+
+const SENTINEL = -12345.5;
+const TOL = 1e-5;
+
+/** A prepared case: ops recorded for T tokens, then `check` on y read back. */
+interface Case {
+  readonly name: string;
+  readonly ops: Op[];
+  readonly nTokens: number;
+  readonly y: GPUBuffer;
+  readonly check: (y: Float32Array) => void;
+}
+
+function stepBuffer(gpu: Gpu, nTokens: number): GPUBuffer {
+  const words = new Uint32Array(STEP.length);
+  words[STEP.nTokens] = nTokens;
+  words[STEP.nKv] = nTokens;
+  return createBuffer(gpu, { label: "step", data: words });
+}
+
+function normals(rng: Rng, n: number): Float32Array {
+  return Float32Array.from({ length: n }, () => rng.normal());
+}
+
+/** A y buffer of `n` elements filled with SENTINEL (or `init`). */
+function outBuffer(gpu: Gpu, n: number, init?: Float32Array): GPUBuffer {
+  return createBuffer(gpu, { label: "y", data: init ?? new Float32Array(n).fill(SENTINEL) });
+}
+
+/** Σ w·x and Σ |w·x| in f64 over a row of `wf` starting at `wo` and x from `xo`. */
+function dot(
+  wf: Float32Array,
+  wo: number,
+  x: Float32Array,
+  xo: number,
+  n: number,
+): [number, number] {
+  let s = 0;
+  let a = 0;
+  for (let c = 0; c < n; c++) {
+    const p = wf[wo + c]! * x[xo + c]!;
+    s += p;
+    a += Math.abs(p);
+  }
+  return [s, a];
+}
+
+function assertNear(got: number, want: number, scale: number, where: string): void {
+  const err = Math.abs(got - want);
+  if (!(err <= TOL * scale + 1e-30)) {
+    assert.fail(`${where}: got ${got}, want ${want} (error ${err}, allowed ${TOL * scale})`);
+  }
+}
+
+/** Records every case into one encoder, submits once, reads every y back at once. */
+async function runCases(gpu: Gpu, cases: readonly Case[]): Promise<void> {
+  const outs = await expectNoGpuErrors(gpu.device, "matmul cases", async () => {
+    const encoder = gpu.device.createCommandEncoder();
+    for (const c of cases) recordOps(encoder, c.ops, c.nTokens);
+    gpu.submit(encoder);
+    return await readback(gpu, cases.map((c) => c.y));
+  });
+  cases.forEach((c, i) => {
+    try {
+      c.check(new Float32Array(outs[i]!));
+    } catch (error) {
+      throw new Error(`${c.name}: ${(error as Error).message}`, { cause: error });
+    }
+  });
+}
+
+interface MatmulCase {
+  type: GgmlTypeInfo;
+  nCols: number;
+  nRows: number;
+  nTokens: number;
+  tuning?: Partial<MatmulTuning>;
+  accumulate?: boolean;
+  /** Build the weight: default uploadWeight in one chunk. */
+  weight?: (bytes: Uint8Array) => GpuWeight;
+  seed: number;
+}
+
+/**
+ * y (offset 7, stride nRows + 2) = W x (x offset 5, stride nCols + 3); every
+ * other y element must keep its initial value.
+ */
+async function matmulCase(gpu: Gpu, spec: MatmulCase): Promise<Case> {
+  const { type, nCols, nRows, nTokens } = spec;
+  const rng = new Rng(spec.seed);
+  const bytes = randomWeightBytes(type, nCols * nRows, () => rng.next());
+  const w = spec.weight?.(bytes) ??
+    uploadWeight(gpu, `w.${type.name}`, type, [nCols, nRows], bytes);
+  const wf = dequantize(type.id, bytes, nCols * nRows);
+  const xv: ActView = { buffer: undefined!, offset: 5, stride: nCols + 3 };
+  const x = normals(rng, xv.offset + nTokens * xv.stride);
+  const yView = { offset: 7, stride: nRows + 2 };
+  const yLen = yView.offset + nTokens * yView.stride + 4;
+  const y0 = spec.accumulate ? normals(rng, yLen) : new Float32Array(yLen).fill(SENTINEL);
+  const xb = createBuffer(gpu, { label: "x", data: x });
+  const yb = outBuffer(gpu, yLen, y0);
+  const name =
+    `${type.name} [${nRows}x${nCols}] T=${nTokens} ${JSON.stringify(spec.tuning ?? {})}` +
+    (spec.accumulate ? " +=" : "");
+  const ops = await prepareMatmul(gpu, {
+    w,
+    x: { buffer: xb, offset: xv.offset, stride: xv.stride },
+    y: { buffer: yb, offset: yView.offset, stride: yView.stride },
+    step: stepBuffer(gpu, nTokens),
+    accumulate: spec.accumulate,
+    label: name,
+    tuning: spec.tuning,
+  });
+  return {
+    name,
+    ops,
+    nTokens,
+    y: yb,
+    check: (got) => {
+      const want = Float64Array.from(y0);
+      const scale = new Float64Array(yLen);
+      for (let t = 0; t < nTokens; t++) {
+        for (let r = 0; r < nRows; r++) {
+          const [s, a] = dot(wf, r * nCols, x, xv.offset + t * xv.stride, nCols);
+          const i = yView.offset + t * yView.stride + r;
+          want[i] = (spec.accumulate ? want[i]! : 0) + s;
+          scale[i] = a + (spec.accumulate ? Math.abs(y0[i]!) : 0);
+        }
+      }
+      for (let i = 0; i < yLen; i++) assertNear(got[i]!, want[i]!, scale[i]!, `y[${i}]`);
+    },
+  };
+}
+
+const MATVEC = { matvecMaxTokens: 64 } as const;
+
+/** Row lengths per type: one block and several (float types: a length that ends mid-piece). */
+function colsFor(type: GgmlTypeInfo): number[] {
+  if (!type.quantized) return [44, 160];
+  return type.blockSize === 256 ? [256, 768] : [32, 288];
+}
+
+gpuTest("matmul: every weight type, matvec and tiled kernels, odd shapes", async (gpu) => {
+  for (const id of GPU_WEIGHT_TYPES) {
+    const type = requireGgmlType(id);
+    const cases: Case[] = [];
+    let seed = id * 1000;
+    for (const nCols of colsFor(type)) {
+      for (const nRows of [37, 1]) {
+        for (const nTokens of [1, 3, 40]) {
+          cases.push(await matmulCase(gpu, { type, nCols, nRows, nTokens, seed: seed++ }));
+        }
+      }
+      // The matvec kernel on several tokens, and with 1 and 4 rows a workgroup.
+      cases.push(
+        await matmulCase(gpu, { type, nCols, nRows: 37, nTokens: 3, tuning: MATVEC, seed: seed++ }),
+      );
+      cases.push(
+        await matmulCase(gpu, {
+          type,
+          nCols,
+          nRows: 67,
+          nTokens: 1,
+          tuning: { rowsMatvec: 4, wgMatvec: 32 },
+          seed: seed++,
+        }),
+      );
+      cases.push(
+        await matmulCase(gpu, {
+          type,
+          nCols,
+          nRows: 67,
+          nTokens: 2,
+          tuning: { rowsMatvec: 1, matvecMaxTokens: 2 },
+          seed: seed++,
+        }),
+      );
+    }
+    await runCases(gpu, cases);
+  }
+});
+
+gpuTest("matmul: accumulate (y += W x) on both kernels, and other tile shapes", async (gpu) => {
+  const cases: Case[] = [];
+  let seed = 1;
+  for (const name of ["F16", "Q4_K", "Q5_0"] as const) {
+    const type = requireGgmlType(GgmlType[name]);
+    const nCols = colsFor(type)[1]!;
+    for (const nTokens of [1, 40]) {
+      cases.push(
+        await matmulCase(gpu, { type, nCols, nRows: 37, nTokens, accumulate: true, seed: seed++ }),
+      );
+    }
+    cases.push(
+      await matmulCase(gpu, {
+        type,
+        nCols,
+        nRows: 70,
+        nTokens: 41,
+        tuning: { tileRows: 32, tileTokens: 16 },
+        seed: seed++,
+      }),
+    );
+  }
+  await runCases(gpu, cases);
+});
+
+/** Hand-made chunks of `rowsPer` rows, one after another in one buffer at 4-aligned offsets. */
+function handChunks(
+  gpu: Gpu,
+  type: GgmlTypeInfo,
+  shape: [number, number],
+  bytes: Uint8Array,
+  rowsPer: number,
+): GpuWeight {
+  const [nCols, nRows] = shape;
+  const rb = bytes.length / nRows;
+  const chunks: { rowStart: number; nRows: number; byteOffset: number }[] = [];
+  let offset = 12; // not a multiple of the storage offset alignment
+  for (let r = 0; r < nRows; r += rowsPer) {
+    const n = Math.min(rowsPer, nRows - r);
+    chunks.push({ rowStart: r, nRows: n, byteOffset: offset });
+    offset += Math.ceil((n * rb + 8) / 4) * 4;
+  }
+  const buffer = createBuffer(gpu, { label: `chunks.${type.name}`, size: offset + 4 });
+  const staging = new Uint8Array(buffer.size).fill(0xff);
+  for (const c of chunks) {
+    staging.set(bytes.subarray(c.rowStart * rb, (c.rowStart + c.nRows) * rb), c.byteOffset);
+  }
+  gpu.device.queue.writeBuffer(buffer, 0, staging);
+  return {
+    name: `chunks.${type.name}`,
+    type,
+    nCols,
+    nRows,
+    nMats: 1,
+    matStride: nRows * rb,
+    rowBytes: rb,
+    chunks: chunks.map((c): WeightChunk => ({ buffer, ...c })),
+  };
+}
+
+gpuTest(
+  "matmul: weights split into chunks (uploadWeight and hand-made ranges of one buffer)",
+  async (gpu) => {
+    const cases: Case[] = [];
+    let seed = 77;
+    for (const name of ["Q4_0", "Q6_K", "F16", "MXFP4"] as const) {
+      const type = requireGgmlType(GgmlType[name]);
+      const nCols = colsFor(type)[1]!;
+      const nRows = 29;
+      const rb = (nCols / type.blockSize) * type.typeSize;
+      for (const nTokens of [1, 40]) {
+        cases.push(
+          await matmulCase(gpu, {
+            type,
+            nCols,
+            nRows,
+            nTokens,
+            seed: seed++,
+            weight: (bytes) => {
+              const w = uploadWeight(gpu, `split.${name}`, type, [nCols, nRows], bytes, {
+                maxBindingBytes: 8 * rb + 3,
+              });
+              assert.deepEqual(w.chunks.map((c) => c.nRows), [8, 8, 8, 5]);
+              return w;
+            },
+          }),
+        );
+        cases.push(
+          await matmulCase(gpu, {
+            type,
+            nCols,
+            nRows,
+            nTokens,
+            seed: seed++,
+            weight: (bytes) => handChunks(gpu, type, [nCols, nRows], bytes, 10),
+          }),
+        );
+      }
+    }
+    await runCases(gpu, cases);
+  },
+);
+
+interface IdCase {
+  type: GgmlTypeInfo;
+  nCols: number;
+  nRows: number;
+  nMats: number;
+  nUsed: number;
+  nTokens: number;
+  idBase: number;
+  xPerSlot: boolean;
+  tuning?: Partial<MatmulTuning>;
+  seed: number;
+}
+
+/**
+ * mul_mat_id with ids drawn from [idBase - 2, idBase + nMats + 2): repeats
+ * and ids of other stacks, whose y must keep the sentinel.
+ */
+async function idCase(gpu: Gpu, spec: IdCase): Promise<Case> {
+  const { type, nCols, nRows, nMats, nUsed, nTokens, idBase } = spec;
+  const rng = new Rng(spec.seed);
+  const bytes = randomWeightBytes(type, nCols * nRows * nMats, () => rng.next());
+  const w = uploadWeight(gpu, `stack.${type.name}`, type, [nCols, nRows, nMats], bytes);
+  const wf = dequantize(type.id, bytes, nCols * nRows * nMats);
+  const idsStride = nUsed + 1;
+  const ids = new Uint32Array(2 + nTokens * idsStride);
+  for (let i = 0; i < ids.length; i++) ids[i] = Math.max(0, idBase - 2 + rng.int(nMats + 4));
+  if (nTokens > 1) ids[2 + idsStride] = ids[2]!; // a repeat across tokens for sure
+  const xSlot = nCols + 1;
+  const xv = { offset: 3, stride: spec.xPerSlot ? nUsed * xSlot + 2 : nCols + 2 };
+  const x = normals(rng, xv.offset + nTokens * xv.stride);
+  const yv = { offset: 5, stride: nUsed * nRows + 3 };
+  const yLen = yv.offset + nTokens * yv.stride;
+  const xb = createBuffer(gpu, { label: "x", data: x });
+  const yb = outBuffer(gpu, yLen);
+  const ib = createBuffer(gpu, { label: "ids", data: ids });
+  const name = `id ${type.name} [${nMats}x${nRows}x${nCols}] used ${nUsed} T=${nTokens} ` +
+    `base ${idBase}${spec.xPerSlot ? " x per slot" : ""} ${JSON.stringify(spec.tuning ?? {})}`;
+  const ops = await prepareMatmulId(gpu, {
+    w,
+    ids: { buffer: ib, offset: 2, stride: idsStride },
+    idBase,
+    nUsed,
+    x: { buffer: xb, offset: xv.offset, stride: xv.stride },
+    xPerSlot: spec.xPerSlot,
+    xSlotStride: xSlot,
+    y: { buffer: yb, offset: yv.offset, stride: yv.stride },
+    step: stepBuffer(gpu, nTokens),
+    label: name,
+    tuning: spec.tuning,
+  });
+  return {
+    name,
+    ops,
+    nTokens,
+    y: yb,
+    check: (got) => {
+      const want = new Float64Array(yLen).fill(SENTINEL);
+      const scale = new Float64Array(yLen);
+      for (let t = 0; t < nTokens; t++) {
+        for (let s = 0; s < nUsed; s++) {
+          const m = ids[2 + t * idsStride + s]! - idBase;
+          if (m < 0 || m >= nMats) continue;
+          const xo = xv.offset + t * xv.stride + (spec.xPerSlot ? s * xSlot : 0);
+          for (let r = 0; r < nRows; r++) {
+            const [sum, a] = dot(wf, (m * nRows + r) * nCols, x, xo, nCols);
+            const i = yv.offset + t * yv.stride + s * nRows + r;
+            want[i] = sum;
+            scale[i] = a;
+          }
+        }
+      }
+      for (let i = 0; i < yLen; i++) assertNear(got[i]!, want[i]!, scale[i]!, `y[${i}]`);
+    },
+  };
+}
+
+gpuTest(
+  "matmul_id: repeated and out-of-range ids, idBase, shared and per-slot x, both kernels",
+  async (gpu) => {
+    const cases: Case[] = [];
+    let seed = 500;
+    for (const name of ["Q8_0", "Q4_K", "Q6_K", "F32", "MXFP4", "Q4_0"] as const) {
+      const type = requireGgmlType(GgmlType[name]);
+      const nCols = colsFor(type)[1]!;
+      for (const nTokens of [1, 3, 40]) {
+        for (const xPerSlot of [false, true]) {
+          cases.push(
+            await idCase(gpu, {
+              type,
+              nCols,
+              nRows: 19,
+              nMats: 5,
+              nUsed: 3,
+              nTokens,
+              idBase: nTokens === 3 ? 0 : 10,
+              xPerSlot,
+              seed: seed++,
+            }),
+          );
+        }
+      }
+      cases.push(
+        await idCase(gpu, {
+          type,
+          nCols,
+          nRows: 19,
+          nMats: 4,
+          nUsed: 2,
+          nTokens: 3,
+          idBase: 1,
+          xPerSlot: true,
+          tuning: MATVEC,
+          seed: seed++,
+        }),
+      );
+      // Many entries per matrix: tiles of 4 entries, several tiles per matrix.
+      cases.push(
+        await idCase(gpu, {
+          type,
+          nCols,
+          nRows: 9,
+          nMats: 3,
+          nUsed: 2,
+          nTokens: 33,
+          idBase: 2,
+          xPerSlot: false,
+          tuning: { tileTokens: 4, tileRows: 8 },
+          seed: seed++,
+        }),
+      );
+    }
+    await runCases(gpu, cases);
+  },
+);
+
+gpuTest("matmul: unsupported types and stacks are refused with the tensor's name", async (gpu) => {
+  const type = requireGgmlType(GgmlType.IQ2_XXS);
+  const buffer = createBuffer(gpu, { label: "w", size: 66 * 4 });
+  const w: GpuWeight = {
+    name: "blk.0.ffn_down",
+    type,
+    nCols: 256,
+    nRows: 4,
+    nMats: 1,
+    matStride: 66 * 4,
+    rowBytes: 66,
+    chunks: [{ buffer, byteOffset: 0, rowStart: 0, nRows: 4 }],
+  };
+  const view = { buffer, offset: 0, stride: 256 };
+  const step = stepBuffer(gpu, 1);
+  await assert.rejects(
+    prepareMatmul(gpu, { w, x: view, y: view, step, label: "down" }),
+    (e: unknown) =>
+      e instanceof UnsupportedWeightTypeError && e.message.includes("blk.0.ffn_down") &&
+      e.message.includes(ggmlTypeName(type.id)),
+  );
+  const q = requireGgmlType(GgmlType.Q8_0);
+  const stack = uploadWeight(gpu, "exps", q, [32, 2, 3], randomWeightBytes(q, 32 * 2 * 3));
+  await assert.rejects(
+    prepareMatmul(gpu, { w: stack, x: view, y: view, step, label: "exps" }),
+    /stacks 3/,
+  );
+});
+
+gpuTest("matmul: records with no new bind groups after the first token", async (gpu) => {
+  const type = requireGgmlType(GgmlType.Q4_0);
+  const c = await matmulCase(gpu, { type, nCols: 64, nRows: 8, nTokens: 1, seed: 3 });
+  const encoder = gpu.device.createCommandEncoder();
+  recordOps(encoder, c.ops, 1);
+  const before = gpu.stats.snapshot();
+  recordOps(encoder, c.ops, 1);
+  recordOps(encoder, c.ops, 1);
+  gpu.submit(encoder);
+  assert.equal(gpu.stats.since(before).bindGroupsCreated, 0);
+  await readback(gpu, [c.y]);
+});
