@@ -1,0 +1,873 @@
+/**
+ * The GPU expert pool: a fixed set of slots, each holding one routed
+ * expert's parts (gate, up, down, …), filled on demand from an
+ * {@link ExpertSource} and recycled by a pluggable eviction policy (LRU).
+ *
+ * Layout. Experts of the same shape (part types and sizes; normally every
+ * MoE layer) share a *slot group*. A group's slots live in *arenas*: one GPU
+ * buffer per part (a gate arena, an up arena, a down arena, …), each at
+ * most `maxStorageBufferBindingSize`, holding `slotsPerArena` slots; part
+ * `p` of slot `s` is at byte `(s % slotsPerArena) · partSlotBytes[p]` of
+ * arena `⌊s / slotsPerArena⌋`, with `partSlotBytes` the part's bytes
+ * rounded up to 4. Each arena exposes its parts as {@link GpuWeight} stacks
+ * of `nSlots` matrices and its `idBase` (first slot), so the engine prepares
+ * one `matmul_id` dispatch per arena.
+ *
+ * Residency table. An i32 GPU buffer `[nLayer, nExpert]` maps (layer,
+ * expert) → slot within the layer's group, or −1. The CPU keeps a mirror and
+ * rewrites only the entries a call changed (merged into few `writeBuffer`s).
+ *
+ * Budget. A group holds `⌊budgetShare / slotBytes⌋ + reserveSlots` slots,
+ * at most its number of experts; `budgetShare` splits `budgetBytes` in
+ * proportion to the groups' expert bytes. Every arena is allocated at
+ * construction, so the GPU bytes held for experts are fixed and never exceed
+ * {@link ExpertPool.limitBytes} = `budgetBytes + Σ reserveSlots · slotBytes`
+ * (the `--cache-size-gb` budget plus one layer's worth of experts of one
+ * batch). `budgetBytes = 0` is minimum mode: only the reserve. A budget that
+ * covers every expert gives every expert a slot ({@link ExpertPool.allResident});
+ * {@link ExpertPool.preloadAll} then fills them.
+ *
+ * Uploads are `queue.writeBuffer` straight from the source's (mapped) views,
+ * with one `gpu.flush()` per call. Writes are queue-ordered, so work already
+ * submitted still sees the slots and table as they were when it was queued.
+ *
+ * @example
+ * ```ts ignore
+ * const pool = new ExpertPool(gpu, source, { budgetBytes: 4 * 2 ** 30, reserveSlots: 8 });
+ * const { uploaded, evicted } = pool.ensure(layer, missingIds, { pinned });
+ * for (const arena of pool.arenasFor(layer)) {
+ *   // prepareMatmulId(gpu, { weight: arena.weights.gate, idBase: arena.idBase, … })
+ * }
+ * ```
+ *
+ * @module
+ */
+
+/// <reference lib="deno.webgpu" />
+
+import type { Gpu } from "../gpu/device.ts";
+import { align4, createBuffer, STORAGE_USAGE, upload } from "../gpu/buffers.ts";
+import type { GpuWeight } from "../gpu/ops/op.ts";
+import type { ExpertLayerShape, ExpertPartShape, ExpertSource } from "./source.ts";
+import { ExpertReadError } from "./source.ts";
+import { ExpertStats } from "./stats.ts";
+
+/** The key of an expert in pinned sets: `"layer:expert"`. */
+export function expertKey(layer: number, expert: number): string {
+  return `${layer}:${expert}`;
+}
+
+/** What an eviction policy may ask about the slots of its group. */
+export interface EvictionContext {
+  /** Slots of the group. */
+  readonly nSlots: number;
+  /** Layer of the expert in `slot`, or −1 when free. */
+  layerOf(slot: number): number;
+  /** Expert id in `slot`, or −1 when free. */
+  expertOf(slot: number): number;
+}
+
+/**
+ * Chooses which occupied slot to give up. The pool calls {@link touch} when
+ * a slot is filled or its expert used, {@link remove} when it is emptied,
+ * and {@link victim} when it needs a slot and none is free.
+ */
+export interface EvictionPolicy {
+  /** `slot` was filled or its expert was used. */
+  touch(slot: number): void;
+  /** `slot` was emptied. */
+  remove(slot: number): void;
+  /** The occupied slot to evict, skipping those for which `skip` is true; −1 if none. */
+  victim(skip: (slot: number) => boolean): number;
+}
+
+/** Builds a policy for one slot group. */
+export type EvictionPolicyFactory = (ctx: EvictionContext) => EvictionPolicy;
+
+/** Least recently used first: a doubly linked list over slot indices, O(1) per touch. */
+export class LruPolicy implements EvictionPolicy {
+  // Node `n` is the sentinel: next[n] is the most recent slot, prev[n] the least.
+  readonly #prev: Int32Array;
+  readonly #next: Int32Array;
+  readonly #in: Uint8Array;
+  readonly #head: number;
+
+  /** An empty list for `nSlots` slots. */
+  constructor(nSlots: number) {
+    this.#prev = new Int32Array(nSlots + 1);
+    this.#next = new Int32Array(nSlots + 1);
+    this.#in = new Uint8Array(nSlots);
+    this.#head = nSlots;
+    this.#prev[nSlots] = this.#next[nSlots] = nSlots;
+  }
+
+  /** Moves `slot` to the most recent end. */
+  touch(slot: number): void {
+    if (this.#in[slot]) this.#unlink(slot);
+    const h = this.#head;
+    const first = this.#next[h]!;
+    this.#prev[slot] = h;
+    this.#next[slot] = first;
+    this.#prev[first] = slot;
+    this.#next[h] = slot;
+    this.#in[slot] = 1;
+  }
+
+  /** Takes `slot` out of the list. */
+  remove(slot: number): void {
+    if (this.#in[slot]) this.#unlink(slot);
+  }
+
+  /** The least recently used slot not skipped, or −1. */
+  victim(skip: (slot: number) => boolean): number {
+    for (let s = this.#prev[this.#head]!; s !== this.#head; s = this.#prev[s]!) {
+      if (!skip(s)) return s;
+    }
+    return -1;
+  }
+
+  /** Slots from least to most recently used (for tests and debugging). */
+  order(): number[] {
+    const out: number[] = [];
+    for (let s = this.#prev[this.#head]!; s !== this.#head; s = this.#prev[s]!) out.push(s);
+    return out;
+  }
+
+  #unlink(slot: number): void {
+    const p = this.#prev[slot]!;
+    const n = this.#next[slot]!;
+    this.#next[p] = n;
+    this.#prev[n] = p;
+    this.#in[slot] = 0;
+  }
+}
+
+/** The default policy factory: an {@link LruPolicy} over the group's slots. */
+export function lruPolicy(ctx: EvictionContext): EvictionPolicy {
+  return new LruPolicy(ctx.nSlots);
+}
+
+/** One arena: a GPU buffer per part holding `nSlots` consecutive slots of a group. */
+export interface PoolArena {
+  /** Slot group index. */
+  readonly group: number;
+  /** Arena index within the group. */
+  readonly index: number;
+  /** Slot (within the group) of the arena's first slot: the kernels' `idBase`. */
+  readonly idBase: number;
+  /** Slots held. */
+  readonly nSlots: number;
+  /** One buffer per part, in the group's part order. */
+  readonly buffers: readonly GPUBuffer[];
+  /** One stack of `nSlots` matrices per part, in the group's part order. */
+  readonly parts: readonly GpuWeight[];
+  /**
+   * The stacks by part: `"gate"`, `"up"`, `"down"`, `"gate_up"` for weights,
+   * `"<role>.<kind>"` for the others (`"down.bias"`, `"down.scale"`).
+   */
+  readonly weights: Readonly<Record<string, GpuWeight>>;
+}
+
+/** A set of slots shared by the layers whose experts have the same shape. */
+export interface SlotGroup {
+  /** Index in {@link ExpertPool.groups}. */
+  readonly index: number;
+  /** The shape key (parts' role, kind, type and slice shape). */
+  readonly key: string;
+  /** The layers using this group. */
+  readonly layers: readonly number[];
+  /** Part shapes (from the group's first layer; tensor names differ per layer). */
+  readonly parts: readonly ExpertPartShape[];
+  /** Bytes of each part in a slot (its slice bytes rounded up to 4). */
+  readonly partSlotBytes: readonly number[];
+  /** File bytes of one expert (sum of slice bytes). */
+  readonly bytesPerExpert: number;
+  /** GPU bytes of one slot (sum of `partSlotBytes`). */
+  readonly slotBytes: number;
+  /** Slots in the group. */
+  readonly nSlots: number;
+  /** Slots per arena (the last arena may hold fewer). */
+  readonly slotsPerArena: number;
+  /** Slots kept beyond the budget share. */
+  readonly reserveSlots: number;
+  /** This group's share of the budget, in bytes. */
+  readonly budgetBytes: number;
+  /** The arenas. */
+  readonly arenas: readonly PoolArena[];
+}
+
+/** Options of {@link ExpertPool}. */
+export interface ExpertPoolOptions {
+  /** GPU bytes for cached experts (`--cache-size-gb` × 2^30); 0 = minimum mode. */
+  budgetBytes: number;
+  /**
+   * Slots beyond the budget: the distinct experts one layer of one batch
+   * can need, e.g. `min(nExpert, maxBatch × nExpertUsed)`. At least 1;
+   * capped at the layer's expert count.
+   */
+  reserveSlots: number;
+  /** Rows of the residency table (default: last expert layer + 1). */
+  nLayer?: number;
+  /** Eviction policy per slot group (default {@link lruPolicy}). */
+  policy?: EvictionPolicyFactory;
+  /** Cap on slots per arena (default: as many as one storage binding holds). */
+  maxSlotsPerArena?: number;
+  /** Counters to fill (default: new ones). */
+  stats?: ExpertStats;
+  /** Prefix of the GPU buffer labels (default `"experts"`). */
+  label?: string;
+}
+
+/** Options of {@link ExpertPool.ensure}. */
+export interface EnsureOptions {
+  /** Experts ({@link expertKey}) that must not be evicted, e.g. the rest of the batch's. */
+  pinned?: ReadonlySet<string>;
+  /**
+   * Flush the uploads to the GPU at the end (default true). Pass false to
+   * batch several calls, then call {@link ExpertPool.flush} once.
+   */
+  flush?: boolean;
+}
+
+/** What {@link ExpertPool.ensure} changed. */
+export interface EnsureResult {
+  /** Experts of the layer that were uploaded (the misses), in request order. */
+  readonly uploaded: number[];
+  /** Experts evicted to make room, as `[layer, expert]`. */
+  readonly evicted: [number, number][];
+}
+
+/** Options of {@link ExpertPool.prefetch}. */
+export interface PrefetchOptions extends EnsureOptions {
+  /** Most experts to evict for this call (default: no limit). */
+  maxEvict?: number;
+}
+
+/** What {@link ExpertPool.prefetch} changed, and the experts it could not read. */
+export interface PrefetchResult extends EnsureResult {
+  /** Experts whose read failed; they were skipped. */
+  readonly failed: { expert: number; error: ExpertReadError }[];
+}
+
+/** An {@link ExpertPool.ensure} asked for more experts than the pool can hold at once. */
+export class ExpertPoolFullError extends Error {
+  /** Builds the error. */
+  constructor(message: string) {
+    super(message);
+    this.name = "ExpertPoolFullError";
+  }
+}
+
+interface Group extends SlotGroup {
+  readonly arenas: PoolArena[];
+  readonly slotLayer: Int32Array;
+  readonly slotExpert: Int32Array;
+  readonly prefetched: Uint8Array;
+  readonly free: number[];
+  readonly policy: EvictionPolicy;
+  occupied: number;
+}
+
+const PRELOAD_FLUSH_BYTES = 256 * 2 ** 20;
+
+/** The GPU slot pool for routed experts (see the module doc). */
+export class ExpertPool {
+  /** The device. */
+  readonly gpu: Gpu;
+  /** Where experts are read from. */
+  readonly source: ExpertSource;
+  /** Hit/miss/upload counters. */
+  readonly stats: ExpertStats;
+  /** The cache budget in bytes. */
+  readonly budgetBytes: number;
+  /** Rows of the residency table. */
+  readonly nLayer: number;
+  /** Columns of the residency table: the largest expert count of any layer. */
+  readonly nExpert: number;
+  /** i32 [nLayer, nExpert]: slot within the layer's group, or −1 when absent. */
+  readonly residencyBuffer: GPUBuffer;
+  /** The slot groups (one for a model whose MoE layers share one expert shape). */
+  readonly groups: readonly SlotGroup[];
+  readonly #groups: Group[];
+  readonly #groupOf: (Group | undefined)[];
+  readonly #layerExperts: number[];
+  // [nLayer, nExpert] mirror of residencyBuffer.
+  readonly #table: Int32Array;
+  readonly #dirty = new Set<number>();
+  #pendingFlush = false;
+  #destroyed = false;
+
+  /** Allocates every arena and the residency table (all slots empty). */
+  constructor(gpu: Gpu, source: ExpertSource, options: ExpertPoolOptions) {
+    const { budgetBytes, reserveSlots } = options;
+    if (!Number.isFinite(budgetBytes) || budgetBytes < 0) {
+      throw new RangeError(`ExpertPool: budgetBytes must be ≥ 0, got ${budgetBytes}`);
+    }
+    if (!Number.isInteger(reserveSlots) || reserveSlots < 1) {
+      throw new RangeError(
+        `ExpertPool: reserveSlots must be an integer ≥ 1 (the experts one layer of one batch ` +
+          `needs), got ${reserveSlots}`,
+      );
+    }
+    if (source.layers.length === 0) {
+      throw new RangeError("ExpertPool: the source has no expert layers");
+    }
+    this.gpu = gpu;
+    this.source = source;
+    this.budgetBytes = budgetBytes;
+    const lastLayer = Math.max(...source.layers.map((l) => l.layer));
+    this.nLayer = options.nLayer ?? lastLayer + 1;
+    if (this.nLayer <= lastLayer) {
+      throw new RangeError(`ExpertPool: nLayer ${this.nLayer} but layer ${lastLayer} has experts`);
+    }
+    this.nExpert = Math.max(...source.layers.map((l) => l.nExpert));
+    this.stats = options.stats ?? new ExpertStats(this.nLayer);
+    this.#layerExperts = new Array(this.nLayer).fill(0);
+    for (const l of source.layers) this.#layerExperts[l.layer] = l.nExpert;
+
+    const byKey = new Map<string, ExpertLayerShape[]>();
+    for (const l of source.layers) {
+      const key = shapeKey(l);
+      byKey.set(key, [...byKey.get(key) ?? [], l]);
+    }
+    const totalBytes = source.layers.reduce((s, l) => s + l.nExpert * expertBytes(l), 0);
+    const label = options.label ?? "experts";
+    this.#groups = [...byKey.entries()].map(([key, layers], index) => {
+      const shape = layers[0]!;
+      const parts = shape.tensors;
+      const partSlotBytes = parts.map((t) => align4(t.sliceBytes));
+      const bytes = expertBytes(shape);
+      const slotBytes = partSlotBytes.reduce((s, b) => s + b, 0);
+      const experts = layers.reduce((s, l) => s + l.nExpert, 0);
+      const share = Math.floor(budgetBytes * (experts * bytes) / totalBytes);
+      const reserve = Math.min(reserveSlots, Math.max(...layers.map((l) => l.nExpert)));
+      const nSlots = Math.min(experts, Math.floor(share / slotBytes) + reserve);
+      const perBinding = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
+      const slotsPerArena = Math.min(
+        nSlots,
+        options.maxSlotsPerArena ?? Infinity,
+        ...partSlotBytes.map((b) => Math.floor(perBinding / b)),
+      );
+      if (slotsPerArena < 1) {
+        const big = parts.find((_, i) => partSlotBytes[i]! > perBinding)!;
+        throw new RangeError(
+          `ExpertPool: one expert's slice of ${big.name} is ${big.sliceBytes} bytes, over this ` +
+            `device's storage binding limit of ${perBinding} bytes`,
+        );
+      }
+      const group: Group = {
+        index,
+        key,
+        layers: layers.map((l) => l.layer),
+        parts,
+        partSlotBytes,
+        bytesPerExpert: bytes,
+        slotBytes,
+        nSlots,
+        slotsPerArena,
+        reserveSlots: reserve,
+        budgetBytes: share,
+        arenas: [],
+        slotLayer: new Int32Array(nSlots).fill(-1),
+        slotExpert: new Int32Array(nSlots).fill(-1),
+        prefetched: new Uint8Array(nSlots),
+        free: Array.from({ length: nSlots }, (_, i) => nSlots - 1 - i),
+        policy: undefined as unknown as EvictionPolicy,
+        occupied: 0,
+      };
+      (group as { policy: EvictionPolicy }).policy = (options.policy ?? lruPolicy)({
+        nSlots,
+        layerOf: (s) => group.slotLayer[s] ?? -1,
+        expertOf: (s) => group.slotExpert[s] ?? -1,
+      });
+      for (let idBase = 0, a = 0; idBase < nSlots; idBase += slotsPerArena, a++) {
+        group.arenas.push(makeArena(gpu, `${label}.g${index}.a${a}`, group, a, idBase));
+      }
+      return group;
+    });
+    this.groups = this.#groups;
+    this.#groupOf = new Array(this.nLayer).fill(undefined);
+    for (const g of this.#groups) for (const l of g.layers) this.#groupOf[l] = g;
+
+    this.#table = new Int32Array(this.nLayer * this.nExpert).fill(-1);
+    this.residencyBuffer = createBuffer(gpu, {
+      label: `${label}.residency`,
+      data: this.#table,
+      usage: STORAGE_USAGE,
+    });
+    this.#syncMemoryStats();
+  }
+
+  /** GPU bytes of every arena (fixed at construction). */
+  get allocatedBytes(): number {
+    let n = 0;
+    for (const g of this.#groups) for (const a of g.arenas) for (const b of a.buffers) n += b.size;
+    return n;
+  }
+
+  /** GPU bytes of the slots holding an expert now. */
+  get residentBytes(): number {
+    return this.#groups.reduce((s, g) => s + g.occupied * g.slotBytes, 0);
+  }
+
+  /** The largest {@link residentBytes} seen (since the stats were last reset). */
+  get peakBytes(): number {
+    return this.stats.peakBytes;
+  }
+
+  /**
+   * The most GPU bytes the pool may hold for experts: the budget plus each
+   * group's reserve. `allocatedBytes ≤ limitBytes` always.
+   */
+  get limitBytes(): number {
+    return this.budgetBytes + this.#groups.reduce((s, g) => s + g.reserveSlots * g.slotBytes, 0);
+  }
+
+  /** Slots over all groups. */
+  get nSlots(): number {
+    return this.#groups.reduce((s, g) => s + g.nSlots, 0);
+  }
+
+  /** Whether every expert of every layer has a slot (the budget covers them all). */
+  get allResident(): boolean {
+    return this.#groups.every((g) =>
+      g.nSlots === g.layers.reduce((s, l) => s + this.#layerExperts[l]!, 0)
+    );
+  }
+
+  /** The slot group of `layer`; `RangeError` when the layer has no routed experts. */
+  groupOf(layer: number): SlotGroup {
+    return this.#group(layer);
+  }
+
+  /** The arenas holding `layer`'s experts: one `matmul_id` dispatch each. */
+  arenasFor(layer: number): readonly PoolArena[] {
+    return this.#group(layer).arenas;
+  }
+
+  /** The slot (within the layer's group) of an expert, or −1 when absent. */
+  slotOf(layer: number, expert: number): number {
+    this.#checkExpert(layer, expert);
+    return this.#table[layer * this.nExpert + expert]!;
+  }
+
+  /** The resident experts of `layer`, ascending. */
+  residentExperts(layer: number): number[] {
+    const n = this.#layerExperts[layer] ?? 0;
+    const out: number[] = [];
+    for (let e = 0; e < n; e++) if (this.#table[layer * this.nExpert + e]! >= 0) out.push(e);
+    return out;
+  }
+
+  /** A copy of the CPU mirror of the residency table, i32 [nLayer, nExpert]. */
+  residencyTable(): Int32Array {
+    return this.#table.slice();
+  }
+
+  /**
+   * Makes `experts` of `layer` resident: counts a hit for each one already
+   * resident (and marks it used) and a miss for each other, which is read
+   * from the source and uploaded into a free slot or the slot of the least
+   * recently used expert that is neither requested here nor `pinned`. One
+   * flush at the end. Duplicates count once.
+   *
+   * All or nothing: throws {@link ExpertPoolFullError} (more distinct
+   * experts than slots, or too many slots pinned) or {@link ExpertReadError}
+   * (a missing expert cannot be read) before changing any slot.
+   */
+  ensure(layer: number, experts: readonly number[], options: EnsureOptions = {}): EnsureResult {
+    const g = this.#group(layer);
+    const wanted = this.#distinct(layer, experts);
+    if (wanted.length > g.nSlots) {
+      throw new ExpertPoolFullError(
+        `layer ${layer} needs ${wanted.length} distinct experts at once but the pool has ` +
+          `${g.nSlots} slots for them; raise reserveSlots to at least ${wanted.length} ` +
+          `(the experts one layer of one batch can route to) or --cache-size-gb`,
+      );
+    }
+    const missing = wanted.filter((e) => this.#slot(layer, e) < 0);
+    const isProtected = this.#protector(layer, wanted, options.pinned);
+    if (missing.length > 0) {
+      let protectedResident = 0;
+      for (let s = 0; s < g.nSlots; s++) {
+        if (g.slotLayer[s]! >= 0 && isProtected(s)) protectedResident++;
+      }
+      const available = g.nSlots - protectedResident;
+      if (missing.length > available) {
+        throw new ExpertPoolFullError(
+          `layer ${layer}: ${missing.length} experts to upload but only ${available} of ` +
+            `${g.nSlots} slots are free or evictable (${protectedResident} hold requested or ` +
+            `pinned experts); pin fewer experts or raise --cache-size-gb`,
+        );
+      }
+    }
+    let views: Uint8Array[][];
+    try {
+      views = missing.map((e) => this.#read(g, layer, e));
+    } catch (e) {
+      this.stats.recordReadError();
+      throw e;
+    }
+    for (const e of wanted) {
+      const s = this.#slot(layer, e);
+      if (s >= 0) this.#hit(g, layer, s);
+    }
+    const evicted: [number, number][] = [];
+    missing.forEach((e, i) => {
+      const slot = g.free.pop() ?? this.#evict(g, isProtected, evicted);
+      const { ms, cold } = this.#write(g, slot, layer, e, views[i]!);
+      this.#assign(g, slot, layer, e, false);
+      this.stats.recordMiss(layer, g.bytesPerExpert, ms, cold);
+    });
+    this.#commit(options.flush ?? true);
+    return { uploaded: missing, evicted };
+  }
+
+  /**
+   * Counts experts the GPU found resident (hits) and marks them used, for
+   * the eviction policy. Pass each routed expert once: either here (it was
+   * resident) or to {@link ensure} (it was missing), not both. An expert
+   * evicted since the GPU looked is still counted as a hit.
+   */
+  touch(layer: number, experts: readonly number[]): void {
+    const g = this.#group(layer);
+    for (const e of this.#distinct(layer, experts)) {
+      const s = this.#slot(layer, e);
+      if (s >= 0) this.#hit(g, layer, s);
+      else this.stats.recordHit(layer);
+    }
+  }
+
+  /**
+   * Best effort: uploads those of `experts` (in priority order) that are
+   * absent, into free slots or by evicting least recently used experts that
+   * are neither listed here nor `pinned`, at most `maxEvict` of them; stops
+   * when nothing more can be evicted. Experts already resident become most
+   * recently used. Not lookups: counted as prefetch uploads. An expert that
+   * cannot be read is skipped and reported in `failed`.
+   */
+  prefetch(
+    layer: number,
+    experts: readonly number[],
+    options: PrefetchOptions = {},
+  ): PrefetchResult {
+    const g = this.#group(layer);
+    const wanted = this.#distinct(layer, experts);
+    const maxEvict = options.maxEvict ?? Infinity;
+    const isProtected = this.#protector(layer, wanted, options.pinned);
+    for (const e of wanted) {
+      const s = this.#slot(layer, e);
+      if (s >= 0) g.policy.touch(s);
+    }
+    const uploaded: number[] = [];
+    const evicted: [number, number][] = [];
+    const failed: { expert: number; error: ExpertReadError }[] = [];
+    for (const e of wanted) {
+      if (this.#slot(layer, e) >= 0) continue;
+      if (g.free.length === 0 && (evicted.length >= maxEvict || g.policy.victim(isProtected) < 0)) {
+        break;
+      }
+      let views: Uint8Array[];
+      try {
+        views = this.#read(g, layer, e);
+      } catch (error) {
+        if (!(error instanceof ExpertReadError)) throw error;
+        this.stats.recordReadError();
+        failed.push({ expert: e, error });
+        continue;
+      }
+      const slot = g.free.pop() ?? this.#evict(g, isProtected, evicted);
+      const { ms, cold } = this.#write(g, slot, layer, e, views);
+      this.#assign(g, slot, layer, e, true);
+      this.stats.recordPrefetch(g.bytesPerExpert, ms, cold);
+      uploaded.push(e);
+    }
+    this.#commit(options.flush ?? true);
+    return { uploaded, evicted, failed };
+  }
+
+  /**
+   * Hints the source to start reading `experts` of `layer` into the page
+   * cache (`madvise(WILLNEED)`), without uploading: cheap, for predictions
+   * further ahead than the next prefetch.
+   */
+  advise(layer: number, experts: readonly number[]): void {
+    if (!this.source.willNeed) return;
+    for (const e of this.#distinct(layer, experts)) {
+      if (this.#slot(layer, e) < 0) this.source.willNeed(layer, e);
+    }
+  }
+
+  /**
+   * Fills every free slot with experts in layer order, evicting nothing, and
+   * returns how many were uploaded; with {@link allResident} that is every
+   * expert. Counted as prefetch uploads. Flushes every 256 MiB so the
+   * driver's staging memory stays bounded. Throws {@link ExpertReadError}
+   * (after flushing what was uploaded) when an expert cannot be read.
+   */
+  preloadAll(): number {
+    let count = 0;
+    let sinceFlush = 0;
+    try {
+      for (const g of this.#groups) {
+        for (const layer of g.layers) {
+          for (let e = 0; e < this.#layerExperts[layer]! && g.free.length > 0; e++) {
+            if (this.#slot(layer, e) >= 0) continue;
+            let views: Uint8Array[];
+            try {
+              views = this.#read(g, layer, e);
+            } catch (error) {
+              this.stats.recordReadError();
+              throw error;
+            }
+            const slot = g.free.pop()!;
+            const { ms, cold } = this.#write(g, slot, layer, e, views);
+            this.#assign(g, slot, layer, e, false);
+            this.stats.recordPrefetch(g.bytesPerExpert, ms, cold);
+            count++;
+            sinceFlush += g.bytesPerExpert;
+            if (sinceFlush >= PRELOAD_FLUSH_BYTES) {
+              this.#commit(true);
+              sinceFlush = 0;
+            }
+          }
+        }
+      }
+    } finally {
+      this.#commit(true);
+    }
+    return count;
+  }
+
+  /** Writes pending residency changes and flushes uploads left by calls with `flush: false`. */
+  flush(): void {
+    this.#commit(true);
+  }
+
+  /** The eviction policy of `layer`'s group (for tests and policies that take hints). */
+  policyOf(layer: number): EvictionPolicy {
+    return this.#group(layer).policy;
+  }
+
+  /** Frees every GPU buffer. The pool is unusable afterwards. */
+  destroy(): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    for (const g of this.#groups) for (const a of g.arenas) for (const b of a.buffers) b.destroy();
+    this.residencyBuffer.destroy();
+  }
+
+  #group(layer: number): Group {
+    if (this.#destroyed) throw new Error("ExpertPool: used after destroy()");
+    const g = Number.isInteger(layer) ? this.#groupOf[layer] : undefined;
+    if (!g) {
+      throw new RangeError(
+        `ExpertPool: layer ${layer} has no routed experts (expert layers: ${
+          this.source.layers.map((l) => l.layer).join(", ")
+        })`,
+      );
+    }
+    return g;
+  }
+
+  #checkExpert(layer: number, expert: number): void {
+    this.#group(layer);
+    const n = this.#layerExperts[layer]!;
+    if (!Number.isInteger(expert) || expert < 0 || expert >= n) {
+      throw new RangeError(
+        `ExpertPool: layer ${layer}: expert ${expert} is out of range [0, ${n})`,
+      );
+    }
+  }
+
+  #distinct(layer: number, experts: readonly number[]): number[] {
+    const seen = new Set<number>();
+    for (const e of experts) {
+      this.#checkExpert(layer, e);
+      seen.add(e);
+    }
+    return [...seen];
+  }
+
+  #slot(layer: number, expert: number): number {
+    return this.#table[layer * this.nExpert + expert]!;
+  }
+
+  #protector(
+    layer: number,
+    wanted: readonly number[],
+    pinned: ReadonlySet<string> | undefined,
+  ): (slot: number) => boolean {
+    const needed = new Set(wanted);
+    return (slot) => {
+      const g = this.#groupOf[layer]!;
+      const l = g.slotLayer[slot]!;
+      const e = g.slotExpert[slot]!;
+      return (l === layer && needed.has(e)) || (pinned?.has(expertKey(l, e)) ?? false);
+    };
+  }
+
+  #read(g: Group, layer: number, expert: number): Uint8Array[] {
+    const views = this.source.expertParts(layer, expert);
+    if (
+      views.length !== g.parts.length ||
+      views.some((v, i) => v.byteLength !== g.parts[i]!.sliceBytes)
+    ) {
+      throw new Error(
+        `ExpertPool: the source returned parts of [${
+          views.map((v) => v.byteLength).join(", ")
+        }] bytes for expert ${expert} of layer ${layer}; its layout says [${
+          g.parts.map((p) => p.sliceBytes).join(", ")
+        }]`,
+      );
+    }
+    return views;
+  }
+
+  #hit(g: Group, layer: number, slot: number): void {
+    this.stats.recordHit(layer);
+    g.policy.touch(slot);
+    if (g.prefetched[slot]) {
+      g.prefetched[slot] = 0;
+      this.stats.recordPrefetchHit();
+    }
+  }
+
+  #evict(g: Group, isProtected: (slot: number) => boolean, evicted: [number, number][]): number {
+    const slot = g.policy.victim(isProtected);
+    if (slot < 0 || g.slotLayer[slot]! < 0) {
+      throw new Error(`ExpertPool: the eviction policy found no victim (slot ${slot})`);
+    }
+    const layer = g.slotLayer[slot]!;
+    const expert = g.slotExpert[slot]!;
+    g.policy.remove(slot);
+    this.stats.recordEviction(g.prefetched[slot] === 1);
+    g.slotLayer[slot] = g.slotExpert[slot] = -1;
+    g.prefetched[slot] = 0;
+    g.occupied--;
+    this.#setEntry(layer, expert, -1);
+    evicted.push([layer, expert]);
+    return slot;
+  }
+
+  #assign(g: Group, slot: number, layer: number, expert: number, prefetched: boolean): void {
+    g.slotLayer[slot] = layer;
+    g.slotExpert[slot] = expert;
+    g.prefetched[slot] = prefetched ? 1 : 0;
+    g.policy.touch(slot);
+    g.occupied++;
+    this.#setEntry(layer, expert, slot);
+  }
+
+  #write(
+    g: Group,
+    slot: number,
+    layer: number,
+    expert: number,
+    views: readonly Uint8Array[],
+  ): { ms: number; cold: boolean | undefined } {
+    const inCache = this.source.residentBytes?.(layer, expert);
+    const cold = inCache === undefined ? undefined : inCache < g.bytesPerExpert;
+    const arena = g.arenas[Math.floor(slot / g.slotsPerArena)]!;
+    const local = slot - arena.idBase;
+    const t0 = performance.now();
+    views.forEach((v, p) => {
+      upload(this.gpu, arena.buffers[p]!, v, local * g.partSlotBytes[p]!);
+    });
+    this.#pendingFlush = true;
+    return { ms: performance.now() - t0, cold };
+  }
+
+  #setEntry(layer: number, expert: number, slot: number): void {
+    const i = layer * this.nExpert + expert;
+    this.#table[i] = slot;
+    this.#dirty.add(i);
+  }
+
+  // Writes the changed table entries, merging runs less than 16 entries
+  // apart (rewriting unchanged entries from the mirror is harmless).
+  #commit(flush: boolean): void {
+    if (this.#dirty.size > 0) {
+      const idx = [...this.#dirty].sort((a, b) => a - b);
+      this.#dirty.clear();
+      let start = idx[0]!;
+      let end = start + 1;
+      const write = () => {
+        this.gpu.device.queue.writeBuffer(
+          this.residencyBuffer,
+          start * 4,
+          this.#table.buffer,
+          start * 4,
+          (end - start) * 4,
+        );
+        this.gpu.stats.bytesUploaded += (end - start) * 4;
+      };
+      for (const i of idx.slice(1)) {
+        if (i - end < 16) {
+          end = i + 1;
+        } else {
+          write();
+          start = i;
+          end = i + 1;
+        }
+      }
+      write();
+      this.#pendingFlush = true;
+    }
+    this.#syncMemoryStats();
+    if (flush && this.#pendingFlush) {
+      this.gpu.flush();
+      this.#pendingFlush = false;
+    }
+  }
+
+  #syncMemoryStats(): void {
+    this.stats.setMemory({
+      residentBytes: this.residentBytes,
+      allocatedBytes: this.allocatedBytes,
+      budgetBytes: this.budgetBytes,
+    });
+  }
+}
+
+function expertBytes(l: ExpertLayerShape): number {
+  return l.tensors.reduce((s, t) => s + t.sliceBytes, 0);
+}
+
+function shapeKey(l: ExpertLayerShape): string {
+  return l.tensors.map((t) => `${t.role}.${t.kind}:${t.type.name}:${t.sliceShape.join("x")}`)
+    .join("|");
+}
+
+function partName(t: ExpertPartShape): string {
+  return t.kind === "weight" ? t.role : `${t.role}.${t.kind}`;
+}
+
+function makeArena(gpu: Gpu, label: string, g: Group, index: number, idBase: number): PoolArena {
+  const nSlots = Math.min(g.slotsPerArena, g.nSlots - idBase);
+  const buffers: GPUBuffer[] = [];
+  const parts: GpuWeight[] = [];
+  const weights: Record<string, GpuWeight> = {};
+  g.parts.forEach((t, p) => {
+    const name = partName(t);
+    const buffer = createBuffer(gpu, {
+      label: `${label}.${name}`,
+      size: nSlots * g.partSlotBytes[p]!,
+    });
+    const nRows = t.sliceShape.slice(1).reduce((a, b) => a * b, 1);
+    const w: GpuWeight = {
+      name: `${label}.${name}`,
+      type: t.type,
+      nCols: t.sliceShape[0] ?? 1,
+      nRows,
+      nMats: nSlots,
+      matStride: g.partSlotBytes[p]!,
+      rowBytes: t.sliceBytes / nRows,
+      chunks: [{ buffer, byteOffset: 0, rowStart: 0, nRows }],
+    };
+    buffers.push(buffer);
+    parts.push(w);
+    weights[name] = w;
+  });
+  return { group: g.index, index, idBase, nSlots, buffers, parts, weights };
+}

@@ -1,0 +1,463 @@
+/// <reference lib="deno.webgpu" />
+// The expert pool on the machine's WebGPU adapter (llvmpipe in CI): tiny
+// experts, a few dozen readbacks in all. Skipped, with the reason printed,
+// without an adapter.
+
+import assert from "node:assert/strict";
+import { acquireGpu, type Gpu, GpuUnavailableError } from "../gpu/device.ts";
+import { readback } from "../gpu/buffers.ts";
+import { type GgufTensorSpec, writeGgufFile } from "../gguf/writer.ts";
+import { GgmlType } from "../gguf/types.ts";
+import { gv } from "../gguf/value.ts";
+import { readGgufModel } from "../gguf/reader.ts";
+import { Rng } from "../util/rng.ts";
+import { ExpertReadError, GgufExpertSource } from "./source.ts";
+import { expertKey, ExpertPool, ExpertPoolFullError, type LruPolicy } from "./pool.ts";
+
+let gpu: Gpu | undefined;
+try {
+  gpu = await acquireGpu();
+} catch (error) {
+  if (!(error instanceof GpuUnavailableError)) throw error;
+  console.log(`pool_test: skipping GPU tests: ${error.message}`);
+}
+
+function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void>): void {
+  Deno.test({ name, ignore: gpu === undefined, fn: () => fn(gpu!) });
+}
+
+const N_EXPERT = 7;
+const LAYERS = [1, 2, 3]; // layer 0 is dense: the table still has its row
+// gate and up F32 [32, 6], down Q8_0 [32, 5] (170 bytes: padded to 172 in a
+// slot) and a down bias F32 [32]. Layout order: gate, up, down.bias, down.
+const PARTS = [
+  { suffix: "ffn_gate_exps.weight", type: GgmlType.F32, shape: [32, 6], bytes: 768 },
+  { suffix: "ffn_up_exps.weight", type: GgmlType.F32, shape: [32, 6], bytes: 768 },
+  { suffix: "ffn_down_exps.weight", type: GgmlType.Q8_0, shape: [32, 5], bytes: 170 },
+  { suffix: "ffn_down_exps.bias", type: GgmlType.F32, shape: [32], bytes: 128 },
+];
+const EXPERT_BYTES = 768 + 768 + 170 + 128;
+const SLOT_BYTES = 768 + 768 + 172 + 128;
+const TOTAL_BYTES = LAYERS.length * N_EXPERT * EXPERT_BYTES;
+
+interface Fixture {
+  dir: string;
+  shards: string[];
+  /** `expert(layer, e)`: the file bytes of each part, in layout order. */
+  expert(layer: number, e: number): Uint8Array[];
+}
+
+// Two shards: layers 1–2, then layer 3.
+async function makeFixture(seed = 1): Promise<Fixture> {
+  const dir = await Deno.makeTempDir({ prefix: "od-moe-pool-" });
+  const rng = new Rng(seed);
+  const data = new Map<number, Uint8Array[]>();
+  const shards: string[] = [];
+  for (const [i, layers] of [[1, 2], [3]].entries()) {
+    const tensors: GgufTensorSpec[] = [];
+    for (const layer of layers) {
+      data.set(
+        layer,
+        PARTS.map((p) => {
+          const bytes = Uint8Array.from({ length: p.bytes * N_EXPERT }, () => rng.int(256));
+          tensors.push({
+            name: `blk.${layer}.${p.suffix}`,
+            type: p.type,
+            shape: [...p.shape, N_EXPERT],
+            data: bytes,
+          });
+          return bytes;
+        }),
+      );
+    }
+    const path = `${dir}/m-0000${i + 1}-of-00002.gguf`;
+    await writeGgufFile(path, {
+      metadata: [
+        ["general.architecture", gv.str("qwen3moe")],
+        ["split.no", gv.u16(i)],
+        ["split.count", gv.u16(2)],
+      ],
+      tensors,
+    });
+    shards.push(path);
+  }
+  return {
+    dir,
+    shards,
+    expert(layer, e) {
+      const slice = (p: number) =>
+        data.get(layer)![p]!.subarray(e * PARTS[p]!.bytes, (e + 1) * PARTS[p]!.bytes);
+      return [slice(0), slice(1), slice(3), slice(2)];
+    },
+  };
+}
+
+async function withPool(
+  gpu: Gpu,
+  opts: { budgetBytes: number; reserveSlots: number; maxSlotsPerArena?: number },
+  fn: (pool: ExpertPool, f: Fixture, src: GgufExpertSource) => Promise<void>,
+): Promise<void> {
+  const f = await makeFixture();
+  const src = new GgufExpertSource(readGgufModel(f.shards[0]!));
+  const pool = new ExpertPool(gpu, src, opts);
+  try {
+    await fn(pool, f, src);
+  } finally {
+    pool.destroy();
+    src.close();
+    await Deno.remove(f.dir, { recursive: true });
+  }
+}
+
+/** Budget and stats invariants, checked after every call. */
+function checkInvariants(pool: ExpertPool): void {
+  const g = pool.groups[0]!;
+  const buffers = g.arenas.flatMap((a) => a.buffers);
+  assert.equal(pool.allocatedBytes, buffers.reduce((s, b) => s + b.size, 0));
+  assert.equal(pool.allocatedBytes, g.nSlots * SLOT_BYTES);
+  assert.ok(
+    pool.allocatedBytes <= pool.budgetBytes + g.reserveSlots * SLOT_BYTES,
+    `allocated ${pool.allocatedBytes} > budget ${pool.budgetBytes} + reserve`,
+  );
+  assert.equal(pool.limitBytes, pool.budgetBytes + g.reserveSlots * SLOT_BYTES);
+  let resident = 0;
+  for (const l of LAYERS) resident += pool.residentExperts(l).length;
+  assert.equal(pool.residentBytes, resident * SLOT_BYTES);
+  assert.ok(pool.residentBytes <= pool.allocatedBytes);
+  assert.ok(pool.peakBytes >= pool.residentBytes && pool.peakBytes <= pool.allocatedBytes);
+  const s = pool.stats.snapshot();
+  assert.equal(s.hits + s.misses, s.lookups);
+  assert.equal(s.bytesUploaded, s.misses * EXPERT_BYTES);
+  assert.equal(s.prefetchBytes, s.prefetchUploads * EXPERT_BYTES);
+  assert.equal(s.residentBytes, pool.residentBytes);
+  for (const l of s.layers) assert.equal(l.hits + l.misses, l.lookups);
+}
+
+/** Reads the arenas and the table back (one sync) and checks both against the file. */
+async function checkGpu(gpu: Gpu, pool: ExpertPool, f: Fixture): Promise<void> {
+  const g = pool.groups[0]!;
+  const buffers = g.arenas.flatMap((a) => a.buffers);
+  const got = await readback(gpu, [pool.residencyBuffer, ...buffers]);
+  const table = new Int32Array(got[0]!);
+  assert.deepEqual(table, pool.residencyTable(), "GPU table = CPU mirror");
+  assert.equal(table.length, 4 * N_EXPERT, "[nLayer, nExpert] with the dense layer 0");
+  const seen = new Set<number>();
+  for (let l = 0; l < 4; l++) {
+    for (let e = 0; e < N_EXPERT; e++) {
+      const slot = table[l * N_EXPERT + e]!;
+      assert.equal(slot, LAYERS.includes(l) ? pool.slotOf(l, e) : -1);
+      if (slot < 0) continue;
+      assert.ok(slot < g.nSlots && !seen.has(slot), `slot ${slot} of ${l}:${e}`);
+      seen.add(slot);
+      const a = Math.floor(slot / g.slotsPerArena);
+      assert.equal(g.arenas[a]!.idBase, a * g.slotsPerArena);
+      const local = slot - g.arenas[a]!.idBase;
+      f.expert(l, e).forEach((want, p) => {
+        const arena = new Uint8Array(got[1 + a * g.parts.length + p]!);
+        const at = local * g.partSlotBytes[p]!;
+        assert.deepEqual(arena.subarray(at, at + want.length), want, `${l}:${e} part ${p}`);
+      });
+    }
+  }
+}
+
+/** A reference LRU: keys from least to most recent; `"full"` where the pool must refuse. */
+class RefLru {
+  order: string[] = [];
+  constructor(readonly nSlots: number) {}
+  ensure(layer: number, experts: number[], pinned: Set<string>) {
+    const wanted = [...new Set(experts)];
+    const isProtected = (k: string) => {
+      const [l, x] = k.split(":").map(Number);
+      return pinned.has(k) || (l === layer && wanted.includes(x!));
+    };
+    const missing = wanted.filter((e) => !this.order.includes(expertKey(layer, e)));
+    if (missing.length > this.nSlots - this.order.filter(isProtected).length) return "full";
+    for (const e of wanted) {
+      const k = expertKey(layer, e);
+      if (this.order.includes(k)) this.order = [...this.order.filter((x) => x !== k), k];
+    }
+    const evicted: [number, number][] = [];
+    for (const e of missing) {
+      if (this.order.length === this.nSlots) {
+        const victim = this.order.find((k) => !isProtected(k))!;
+        this.order = this.order.filter((k) => k !== victim);
+        evicted.push(victim.split(":").map(Number) as [number, number]);
+      }
+      this.order.push(expertKey(layer, e));
+    }
+    return { uploaded: missing, evicted };
+  }
+}
+
+/** The pool's LRU order as keys, least recent first. */
+function lruKeys(pool: ExpertPool): string[] {
+  const keyOfSlot = new Map<number, string>();
+  for (const l of LAYERS) {
+    for (const e of pool.residentExperts(l)) keyOfSlot.set(pool.slotOf(l, e), expertKey(l, e));
+  }
+  return (pool.policyOf(LAYERS[0]!) as LruPolicy).order().map((s) => keyOfSlot.get(s)!);
+}
+
+for (const fraction of [0, 0.1, 0.5, 1]) {
+  gpuTest(
+    `pool: random ensures at budget ${fraction * 100}% keep GPU bytes, table and LRU exact`,
+    async (gpu) => {
+      const reserveSlots = 4;
+      await withPool(
+        gpu,
+        // 3 slots per arena: several arenas, the last one partial.
+        { budgetBytes: Math.floor(TOTAL_BYTES * fraction), reserveSlots, maxSlotsPerArena: 3 },
+        async (pool, f) => {
+          const g = pool.groups[0]!;
+          const budgetSlots = Math.floor(pool.budgetBytes / SLOT_BYTES);
+          assert.equal(g.nSlots, Math.min(21, budgetSlots + reserveSlots));
+          assert.equal(g.arenas.length, Math.ceil(g.nSlots / 3));
+          assert.equal(pool.allResident, fraction === 1);
+          const ref = new RefLru(g.nSlots);
+          const rng = new Rng(100 + fraction * 10);
+          const gpuStats = gpu.stats.snapshot();
+          let ensures = 0;
+          let full = 0;
+          let readbacks = 0;
+          checkInvariants(pool);
+          for (let step = 0; step < 40; step++) {
+            const layer = LAYERS[rng.int(3)]!;
+            const experts = Array.from({ length: 1 + rng.int(reserveSlots) }, () => rng.int(7));
+            // Pin one resident expert of another layer now and then.
+            const pinned = new Set<string>();
+            if (rng.next() < 0.3 && ref.order.length > 0) {
+              const k = ref.order[rng.int(ref.order.length)]!;
+              if (!k.startsWith(`${layer}:`)) pinned.add(k);
+            }
+            const want = ref.ensure(layer, experts, pinned);
+            ensures++;
+            if (want === "full") {
+              full++;
+              assert.throws(() => pool.ensure(layer, experts, { pinned }), ExpertPoolFullError);
+              continue;
+            }
+            const got = pool.ensure(layer, experts, { pinned });
+            assert.deepEqual(got, want, `step ${step}: layer ${layer} experts ${experts}`);
+            if (fraction === 1) assert.deepEqual(got.evicted, []);
+            for (const k of pinned) {
+              assert.ok(pool.slotOf(...(k.split(":").map(Number) as [number, number])) >= 0);
+            }
+            checkInvariants(pool);
+            if (step % 4 === 3) {
+              await checkGpu(gpu, pool, f);
+              readbacks++;
+            }
+          }
+          await checkGpu(gpu, pool, f);
+          readbacks++;
+          assert.deepEqual(lruKeys(pool), ref.order, "LRU order");
+          assert.ok(full < ensures / 4, `${full} refusals`);
+          const used = gpu.stats.since(gpuStats);
+          assert.ok(used.flushes <= ensures, "at most one flush per ensure");
+          assert.equal(used.submits, readbacks, "the pool submits no command buffers");
+        },
+      );
+    },
+  );
+}
+
+gpuTest(
+  "pool: LRU evicts the least recently used, touch refreshes, pinned and requested experts stay",
+  async (gpu) => {
+    await withPool(gpu, { budgetBytes: 2 * SLOT_BYTES, reserveSlots: 1 }, async (pool, f) => {
+      assert.equal(pool.nSlots, 3);
+      assert.deepEqual(pool.ensure(1, [0]), { uploaded: [0], evicted: [] });
+      assert.deepEqual(pool.ensure(1, [1]), { uploaded: [1], evicted: [] });
+      assert.deepEqual(pool.ensure(2, [2]), { uploaded: [2], evicted: [] });
+      pool.touch(1, [0]); // order now 1:1, 2:2, 1:0
+      assert.deepEqual(pool.ensure(3, [3]), { uploaded: [3], evicted: [[1, 1]] });
+      // 2:2 is the LRU but pinned: 1:0 goes instead.
+      assert.deepEqual(
+        pool.ensure(3, [4], { pinned: new Set([expertKey(2, 2)]) }),
+        { uploaded: [4], evicted: [[1, 0]] },
+      );
+      // Requested experts are never victims: 3:3 is LRU after 2:2 but requested.
+      assert.deepEqual(pool.ensure(3, [3, 5]), { uploaded: [5], evicted: [[2, 2]] });
+      assert.deepEqual(pool.ensure(3, [3, 4, 5]), { uploaded: [], evicted: [] });
+      const s = pool.stats.snapshot();
+      assert.equal(s.lookups, 11);
+      assert.equal(s.hits, 5);
+      assert.equal(s.misses, 6);
+      assert.equal(s.evictions, 3);
+      assert.equal(s.layers[3]!.hitRate, 4 / 7);
+      checkInvariants(pool);
+      await checkGpu(gpu, pool, f);
+    });
+  },
+);
+
+gpuTest(
+  "pool: a request larger than the pool, or blocked by pins, is a clear error that changes nothing",
+  async (gpu) => {
+    await withPool(gpu, { budgetBytes: 0, reserveSlots: 3 }, async (pool, f) => {
+      pool.ensure(1, [0, 1, 2]);
+      const before = pool.residencyTable();
+      const stats = pool.stats.snapshot();
+      assert.throws(
+        () => pool.ensure(2, [0, 1, 2, 3]),
+        (e: unknown) =>
+          e instanceof ExpertPoolFullError &&
+          /layer 2 needs 4 distinct experts at once but the pool has 3 slots/.test(e.message) &&
+          /raise reserveSlots to at least 4/.test(e.message),
+      );
+      assert.throws(
+        () => pool.ensure(2, [0, 1], { pinned: new Set(["1:0", "1:1"]) }),
+        /2 experts to upload but only 1 of 3 slots are free or evictable/,
+      );
+      assert.deepEqual(pool.residencyTable(), before);
+      assert.deepEqual(pool.stats.snapshot().lookups, stats.lookups);
+      assert.throws(() => pool.ensure(0, [0]), /layer 0 has no routed experts/);
+      assert.throws(() => pool.ensure(1, [7]), /expert 7 is out of range \[0, 7\)/);
+      // Duplicates count once.
+      assert.deepEqual(pool.ensure(2, [5, 5, 5]), { uploaded: [5], evicted: [[1, 0]] });
+      checkInvariants(pool);
+      await checkGpu(gpu, pool, f);
+    });
+  },
+);
+
+gpuTest(
+  "pool: unreadable experts raise ExpertReadError, change nothing, and the pool keeps serving others",
+  async (gpu) => {
+    await withPool(gpu, { budgetBytes: 0, reserveSlots: 3 }, async (pool, f) => {
+      pool.ensure(3, [0, 1]); // maps shard 2
+      const size = (await Deno.stat(f.shards[1]!)).size;
+      await Deno.truncate(f.shards[1]!, size - 64); // cuts layer 3 expert 6's bias
+      const before = pool.residencyTable();
+      const err = (() => {
+        try {
+          pool.ensure(3, [2, 6]);
+        } catch (e) {
+          return e;
+        }
+      })();
+      assert.ok(err instanceof ExpertReadError, String(err));
+      assert.deepEqual([err.file, err.layer, err.expert], [f.shards[1], 3, 6]);
+      assert.deepEqual(pool.residencyTable(), before, "nothing evicted or uploaded");
+      assert.equal(pool.stats.readErrors, 1);
+      assert.deepEqual(pool.ensure(3, [2, 5]), { uploaded: [2, 5], evicted: [[3, 0]] });
+      const pre = pool.prefetch(3, [6, 4]);
+      assert.deepEqual(pre.uploaded, [4]);
+      assert.deepEqual(pre.failed.map((x) => x.expert), [6]);
+      checkInvariants(pool);
+      await checkGpu(gpu, pool, f);
+    });
+  },
+);
+
+gpuTest(
+  "pool: a deleted shard fails its experts only; the other shard's experts still load",
+  async (gpu) => {
+    const f = await makeFixture(5);
+    const src = new GgufExpertSource(readGgufModel(f.shards[0]!));
+    const pool = new ExpertPool(gpu, src, { budgetBytes: 0, reserveSlots: 2 });
+    try {
+      await Deno.remove(f.shards[1]!);
+      assert.throws(() => pool.ensure(3, [1]), (e: unknown) => {
+        assert.ok(e instanceof ExpertReadError);
+        assert.deepEqual([e.file, e.layer, e.expert], [f.shards[1], 3, 1]);
+        assert.match(e.message, /m-00002-of-00002\.gguf/);
+        return true;
+      });
+      assert.deepEqual(pool.ensure(1, [1, 6]).uploaded, [1, 6]);
+      checkInvariants(pool);
+      await checkGpu(gpu, pool, f);
+    } finally {
+      pool.destroy();
+      src.close();
+      await Deno.remove(f.dir, { recursive: true });
+    }
+  },
+);
+
+gpuTest(
+  "pool: prefetch is best effort and counted apart; preloadAll fills an all-resident pool",
+  async (gpu) => {
+    await withPool(gpu, { budgetBytes: 2 * SLOT_BYTES, reserveSlots: 2 }, async (pool, f) => {
+      pool.ensure(1, [0, 1]);
+      // 4 slots, 2 used: two free, then at most one eviction (1:0 is pinned, 1:1 is LRU-free).
+      const r = pool.prefetch(2, [0, 1, 2, 3], { maxEvict: 1, pinned: new Set(["1:0"]) });
+      assert.deepEqual(r.uploaded, [0, 1, 2]);
+      assert.deepEqual(r.evicted, [[1, 1]]);
+      assert.deepEqual(pool.residentExperts(1), [0]);
+      // Nothing evictable: every slot is a prefetch request or pinned.
+      assert.deepEqual(
+        pool.prefetch(2, [0, 1, 2, 3], { pinned: new Set(["1:0"]) }).uploaded,
+        [],
+      );
+      pool.touch(2, [0]); // a prefetched expert used
+      assert.deepEqual(lruKeys(pool), ["1:0", "2:1", "2:2", "2:0"]);
+      assert.deepEqual(pool.ensure(3, [0, 1]).evicted, [[1, 0], [2, 1]]);
+      const s = pool.stats.snapshot();
+      assert.equal(s.prefetchUploads, 3);
+      assert.equal(s.prefetchHits, 1);
+      assert.equal(s.lookups, 5);
+      assert.equal(s.misses, 4);
+      assert.equal(s.prefetchUnused, 1);
+      checkInvariants(pool);
+      await checkGpu(gpu, pool, f);
+    });
+    await withPool(gpu, { budgetBytes: TOTAL_BYTES, reserveSlots: 2 }, async (pool, f) => {
+      assert.ok(pool.allResident);
+      assert.equal(pool.preloadAll(), 21);
+      assert.equal(pool.residentBytes, pool.allocatedBytes);
+      assert.deepEqual(pool.ensure(2, [6, 3]), { uploaded: [], evicted: [] });
+      assert.equal(pool.stats.snapshot().hitRate, 1);
+      checkInvariants(pool);
+      await checkGpu(gpu, pool, f);
+    });
+  },
+);
+
+gpuTest(
+  "pool: arenas expose GpuWeight stacks per part with their idBase, within the binding limit",
+  async (gpu) => {
+    await withPool(
+      gpu,
+      { budgetBytes: TOTAL_BYTES, reserveSlots: 1, maxSlotsPerArena: 8 },
+      (pool) => {
+        const arenas = pool.arenasFor(2);
+        assert.deepEqual(arenas.map((a) => [a.idBase, a.nSlots]), [[0, 8], [8, 8], [16, 5]]);
+        for (const a of arenas) {
+          assert.deepEqual(Object.keys(a.weights), ["gate", "up", "down.bias", "down"]);
+          const down = a.weights.down!;
+          assert.equal(down.type.name, "Q8_0");
+          assert.deepEqual([down.nCols, down.nRows, down.nMats, down.matStride, down.rowBytes], [
+            32,
+            5,
+            a.nSlots,
+            172,
+            34,
+          ]);
+          assert.equal(down.chunks[0]!.buffer.size, a.nSlots * 172);
+          assert.ok(a.buffers.every((b) => b.size <= gpu.limits.maxStorageBufferBindingSize));
+          const bias = a.weights["down.bias"]!;
+          assert.deepEqual([bias.nCols, bias.nRows, bias.matStride], [32, 1, 128]);
+        }
+        return Promise.resolve();
+      },
+    );
+  },
+);
+
+gpuTest("pool: residency writes are batched: one flush and few writes per ensure", async (gpu) => {
+  await withPool(gpu, { budgetBytes: 0, reserveSlots: 4 }, (pool) => {
+    pool.ensure(1, [0, 1, 2, 3]);
+    const before = gpu.stats.snapshot();
+    pool.ensure(3, [3, 4, 5, 6], { flush: false });
+    pool.prefetch(2, [0], { flush: false });
+    assert.equal(gpu.stats.since(before).flushes, 0);
+    pool.flush();
+    const used = gpu.stats.since(before);
+    assert.equal(used.flushes, 1);
+    // 5 experts × 4 parts + table runs (layer 3's row; layers 1 and 2 rows).
+    assert.ok(used.bytesUploaded < 5 * SLOT_BYTES + 3 * N_EXPERT * 4 * 2);
+    return Promise.resolve();
+  });
+});
