@@ -187,5 +187,3 @@ Deno.test({
     assert.throws(() => bindFrom(g, buf, 0, align + 1), /outside buffer "big"/);
   },
 });
-
-globalThis.addEventListener("unload", () => gpu?.destroy());

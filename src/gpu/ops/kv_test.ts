@@ -113,5 +113,3 @@ Deno.test({
     );
   },
 });
-
-globalThis.addEventListener("unload", () => gpu?.destroy());

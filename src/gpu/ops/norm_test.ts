@@ -194,5 +194,3 @@ Deno.test({
     assert.ok(!compareArrays(got, rmsNorm(xData, n, 1e-5), 1e-6, 2e-6).ok, "weight ignored?");
   },
 });
-
-globalThis.addEventListener("unload", () => gpu?.destroy());

@@ -152,5 +152,3 @@ Deno.test({
     });
   },
 });
-
-globalThis.addEventListener("unload", () => gpu?.destroy());

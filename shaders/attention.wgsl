@@ -1,0 +1,165 @@
+// attention: causal multi-head attention of a batch of queries against a
+// layer's KV cache, with grouped-query heads, an optional sliding window,
+// attention sinks and logit soft-capping. One workgroup per (head, token)
+// walks the visible keys in tiles of WG_SIZE with an online (running-max)
+// softmax, so any cache length works without scratch memory:
+//   s_j = scale · cap(q · k_j)           cap(x) = softcap · tanh(x / softcap), or x
+//   out = Σ_j e^(s_j − m) v_j / (Σ_j e^(s_j − m) + e^(sink − m)),  m = max(s, sink)
+// Token t (position qPos = pos0 + t) sees key j iff j ≤ qPos and, with a
+// window W > 0, qPos − j < W. Query head h reads kv head h / group.
+//
+// Bindings (inputs → outputs → params):
+//   @binding(0) q:      array<f32>  [T, nHead, D_K]: qOffset + t*qStride + h*qHeadStride + d   read
+//   @binding(1) k:      array<f32>  cache [nCtx, nHeadKv, D_K]:
+//                                   kOffset + j*kRowStride + kvh*kHeadStride + d               read
+//   @binding(2) v:      array<f32>  cache [nCtx, nHeadKv, D_V], likewise with v*               read
+//                                   (may be the K buffer: MLA's V is a prefix of its K rows)
+//   @binding(3) sinks:  array<f32>  [nHead] from sinksOffset; unused when hasSinks = 0        read
+//   @binding(4) out:    array<f32>  [T, nHead, D_V]: oOffset + t*oStride + h*oHeadStride + d  written
+//   @binding(5) step:   array<u32>  the step buffer: [0] = pos0                              read
+//   @binding(6) params: uniform, 4-byte units:
+//     [0] group: u32 (nHead / nHeadKv)
+//     [1] qOffset  [2] qStride     [3] qHeadStride: u32
+//     [4] kOffset  [5] kRowStride  [6] kHeadStride: u32
+//     [7] vOffset  [8] vRowStride  [9] vHeadStride: u32
+//     [10] oOffset [11] oStride    [12] oHeadStride: u32
+//     [13] window: u32 (0 = off)   [14] hasSinks: u32   [15] sinksOffset: u32
+//     [16] scale: f32              [17] softcap: f32 (0 = off)
+// Overrides: WG_SIZE (keys per tile, a power of two), D_K, D_V (head widths).
+//
+// Dispatch: [nHead, T].
+
+struct Params {
+  group: u32,
+  qOffset: u32,
+  qStride: u32,
+  qHeadStride: u32,
+  kOffset: u32,
+  kRowStride: u32,
+  kHeadStride: u32,
+  vOffset: u32,
+  vRowStride: u32,
+  vHeadStride: u32,
+  oOffset: u32,
+  oStride: u32,
+  oHeadStride: u32,
+  window: u32,
+  hasSinks: u32,
+  sinksOffset: u32,
+  scale: f32,
+  softcap: f32,
+}
+
+override WG_SIZE: u32 = 64;
+override D_K: u32 = 128;
+override D_V: u32 = 128;
+
+@group(0) @binding(0) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> k: array<f32>;
+@group(0) @binding(2) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read> sinks: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> step: array<u32>;
+@group(0) @binding(6) var<uniform> params: Params;
+
+var<workgroup> qs: array<f32, D_K>;
+var<workgroup> acc: array<f32, D_V>;
+var<workgroup> ps: array<f32, WG_SIZE>;
+var<workgroup> red: array<f32, WG_SIZE>;
+
+// Below any score; finite so that differences with it stay finite (e^(−big) = 0).
+const NEG_BIG: f32 = -3.0e38;
+
+@compute @workgroup_size(WG_SIZE)
+fn attend(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let h = wid.x;
+  let t = wid.y;
+  let kEnd = step[0] + t + 1u;
+  var kStart = 0u;
+  if (params.window > 0u && kEnd > params.window) {
+    kStart = kEnd - params.window;
+  }
+  let kvh = h / params.group;
+  let qb = params.qOffset + t * params.qStride + h * params.qHeadStride;
+  let kb = params.kOffset + kvh * params.kHeadStride;
+  let vb = params.vOffset + kvh * params.vHeadStride;
+
+  for (var d = lid; d < D_K; d += WG_SIZE) {
+    qs[d] = q[qb + d];
+  }
+  for (var d = lid; d < D_V; d += WG_SIZE) {
+    acc[d] = 0.0;
+  }
+  workgroupBarrier();
+
+  var m = NEG_BIG; // running max, the same in every invocation
+  var l = 0.0; // this invocation's share of the denominator, relative to m
+  for (var tile = kStart; tile < kEnd; tile += WG_SIZE) {
+    let key = tile + lid;
+    let valid = key < kEnd;
+    var s = NEG_BIG;
+    if (valid) {
+      let kr = kb + key * params.kRowStride;
+      var dot = 0.0;
+      for (var d = 0u; d < D_K; d++) {
+        dot += qs[d] * k[kr + d];
+      }
+      if (params.softcap > 0.0) {
+        dot = params.softcap * tanh(dot / params.softcap);
+      }
+      s = dot * params.scale;
+    }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var st = WG_SIZE / 2u; st > 0u; st >>= 1u) {
+      if (lid < st) {
+        red[lid] = max(red[lid], red[lid + st]);
+      }
+      workgroupBarrier();
+    }
+    let mNew = max(m, red[0]);
+    let alpha = exp(m - mNew);
+    var p = 0.0;
+    if (valid) {
+      p = exp(s - mNew);
+    }
+    l = l * alpha + p;
+    ps[lid] = p;
+    workgroupBarrier();
+    let nk = min(WG_SIZE, kEnd - tile);
+    for (var d = lid; d < D_V; d += WG_SIZE) {
+      var a = acc[d] * alpha;
+      var vr = vb + tile * params.vRowStride + d;
+      for (var j = 0u; j < nk; j++) {
+        a += ps[j] * v[vr];
+        vr += params.vRowStride;
+      }
+      acc[d] = a;
+    }
+    m = mNew;
+    // red and ps are rewritten by the next tile.
+    workgroupBarrier();
+  }
+
+  red[lid] = l;
+  workgroupBarrier();
+  for (var st = WG_SIZE / 2u; st > 0u; st >>= 1u) {
+    if (lid < st) {
+      red[lid] += red[lid + st];
+    }
+    workgroupBarrier();
+  }
+  var sum = red[0];
+  var corr = 1.0;
+  if (params.hasSinks != 0u) {
+    let sink = sinks[params.sinksOffset + h];
+    let mAll = max(m, sink);
+    corr = exp(m - mAll);
+    sum = sum * corr + exp(sink - mAll);
+  }
+  let inv = corr / sum;
+  let ob = params.oOffset + t * params.oStride + h * params.oHeadStride;
+  for (var d = lid; d < D_V; d += WG_SIZE) {
+    out[ob + d] = acc[d] * inv;
+  }
+}

@@ -1,0 +1,171 @@
+/**
+ * Attention against the KV cache (`shaders/attention.wgsl`): causal, with
+ * grouped-query heads, `headDimV` ≠ `headDimK` (MLA), an optional sliding
+ * window, GPT-OSS attention sinks and logit soft-capping. One workgroup per
+ * (head, token) walks the visible keys in tiles with an online softmax: no
+ * scratch buffer, no per-token allocation, decode and prefill alike.
+ *
+ * @module
+ */
+
+import type { Gpu } from "../device.ts";
+import { ParamsBuffer } from "../buffers.ts";
+import { getPipeline } from "../pipeline.ts";
+import {
+  bindFrom,
+  type BufRef,
+  checkInt,
+  placeholder,
+  resolveRef,
+  tokenGrid,
+} from "./elementwise.ts";
+import { cacheExtent } from "./kv.ts";
+import type { ActView, Op } from "./op.ts";
+
+const WG_SIZE = 64;
+
+/** Options of {@linkcode prepareAttention}. */
+export interface AttentionOptions {
+  /** Queries `[T, nHead, headDimK]` (token stride from the view). */
+  q: ActView;
+  /** Elements between query heads; default `headDimK`. */
+  qHeadStride?: number;
+  /** The layer's key cache `[nCtx, nHeadKv, headDimK]`. */
+  kCache: BufRef;
+  /** The layer's value cache `[nCtx, nHeadKv, headDimV]`; may be the key cache (MLA). */
+  vCache: BufRef;
+  /** Elements between key positions; default `nHeadKv · headDimK`. */
+  kRowStride?: number;
+  /** Elements between value positions; default `nHeadKv · headDimV`. */
+  vRowStride?: number;
+  /** Elements between kv heads in a key row; default `headDimK`. */
+  kHeadStride?: number;
+  /** Elements between kv heads in a value row; default `headDimV`. */
+  vHeadStride?: number;
+  /** Output `[T, nHead, headDimV]`; must not share a buffer with q or the caches. */
+  out: ActView;
+  /** Elements between output heads; default `headDimV`. */
+  outHeadStride?: number;
+  /** Query heads. */
+  nHead: number;
+  /** Key/value heads; `nHead` must be a multiple. */
+  nHeadKv: number;
+  /** Query/key head width. */
+  headDimK: number;
+  /** Value (and output) head width. */
+  headDimV: number;
+  /** Multiplies q·k (e.g. 1/√headDimK; MLA's YaRN mscale² folded in by the caller). */
+  scale: number;
+  /** Cache positions; the caches must hold this many. */
+  nCtx: number;
+  /** Sliding window: key j visible iff `0 ≤ pos − j < window`; 0 or omitted = off. */
+  window?: number;
+  /** f32 `[nHead]` sink logits (GPT-OSS), added to each softmax denominator. */
+  sinks?: BufRef;
+  /** Soft cap of the raw q·k (`cap · tanh(x / cap)`, Gemma-2/Grok); 0 or omitted = off. */
+  softcap?: number;
+  /** The step buffer (`STEP.pos0` is read; token t sees keys ≤ pos0 + t). */
+  step: GPUBuffer;
+  /** Name for errors and timings. */
+  label: string;
+}
+
+/** Prepares causal attention of the batch's queries against the cache: workgroups `[nHead, T]`. */
+export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<Op> {
+  checkInt(o.label, "nHead", o.nHead, 1);
+  checkInt(o.label, "nHeadKv", o.nHeadKv, 1);
+  checkInt(o.label, "headDimK", o.headDimK, 1);
+  checkInt(o.label, "headDimV", o.headDimV, 1);
+  checkInt(o.label, "nCtx", o.nCtx, 1);
+  checkInt(o.label, "window", o.window ?? 0, 0);
+  if (o.nHead % o.nHeadKv !== 0) {
+    throw new RangeError(`${o.label}: nHead ${o.nHead} is not a multiple of nHeadKv ${o.nHeadKv}.`);
+  }
+  const shared = (o.headDimK + o.headDimV + 2 * WG_SIZE) * 4;
+  if (shared > gpu.limits.maxComputeWorkgroupStorageSize) {
+    throw new RangeError(
+      `${o.label}: head widths ${o.headDimK}/${o.headDimV} need ${shared} bytes of workgroup ` +
+        `memory, over this device's ${gpu.limits.maxComputeWorkgroupStorageSize}.`,
+    );
+  }
+  const kRowStride = o.kRowStride ?? o.nHeadKv * o.headDimK;
+  const vRowStride = o.vRowStride ?? o.nHeadKv * o.headDimV;
+  const kHeadStride = o.kHeadStride ?? o.headDimK;
+  const vHeadStride = o.vHeadStride ?? o.headDimV;
+  const kc = resolveRef(o.kCache);
+  const vc = resolveRef(o.vCache);
+  const kb = bindFrom(
+    gpu,
+    kc.buffer,
+    kc.offset,
+    cacheExtent(o.nCtx, kRowStride, (o.nHeadKv - 1) * kHeadStride + o.headDimK),
+  );
+  const vb = bindFrom(
+    gpu,
+    vc.buffer,
+    vc.offset,
+    cacheExtent(o.nCtx, vRowStride, (o.nHeadKv - 1) * vHeadStride + o.headDimV),
+  );
+  const q = bindFrom(gpu, o.q.buffer, o.q.offset);
+  const out = bindFrom(gpu, o.out.buffer, o.out.offset);
+  const sk = o.sinks ? resolveRef(o.sinks) : undefined;
+  const sb = sk ? bindFrom(gpu, sk.buffer, sk.offset, o.nHead) : undefined;
+  const kernel = await getPipeline(gpu, "attention", {
+    entryPoint: "attend",
+    constants: { WG_SIZE, D_K: o.headDimK, D_V: o.headDimV },
+  });
+  const params = new ParamsBuffer(gpu, `${o.label}.params`, {
+    group: "u32",
+    qOffset: "u32",
+    qStride: "u32",
+    qHeadStride: "u32",
+    kOffset: "u32",
+    kRowStride: "u32",
+    kHeadStride: "u32",
+    vOffset: "u32",
+    vRowStride: "u32",
+    vHeadStride: "u32",
+    oOffset: "u32",
+    oStride: "u32",
+    oHeadStride: "u32",
+    window: "u32",
+    hasSinks: "u32",
+    sinksOffset: "u32",
+    scale: "f32",
+    softcap: "f32",
+  });
+  params.write({
+    group: o.nHead / o.nHeadKv,
+    qOffset: q.offset,
+    qStride: o.q.stride,
+    qHeadStride: o.qHeadStride ?? o.headDimK,
+    kOffset: kb.offset,
+    kRowStride,
+    kHeadStride,
+    vOffset: vb.offset,
+    vRowStride,
+    vHeadStride,
+    oOffset: out.offset,
+    oStride: o.out.stride,
+    oHeadStride: o.outHeadStride ?? o.headDimV,
+    window: o.window ?? 0,
+    hasSinks: sb ? 1 : 0,
+    sinksOffset: sb?.offset ?? 0,
+    scale: o.scale,
+    softcap: o.softcap ?? 0,
+  });
+  return {
+    label: o.label,
+    kernel,
+    bindings: [
+      q.binding,
+      kb.binding,
+      vb.binding,
+      sb?.binding ?? placeholder(gpu, "read"),
+      out.binding,
+      o.step,
+      params.buffer,
+    ],
+    workgroups: tokenGrid(o.nHead),
+  };
+}

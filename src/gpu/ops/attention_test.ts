@@ -1,0 +1,242 @@
+import assert from "node:assert/strict";
+import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
+import { createBuffer, readback } from "../buffers.ts";
+import { attention, type AttentionParams, compareArrays, makeRng, randomArray } from "./cpu_ref.ts";
+import { prepareAttention } from "./attention.ts";
+import { type Op, recordOps, STEP } from "./op.ts";
+
+let gpu: Gpu | undefined;
+try {
+  gpu = await acquireGpu();
+} catch (e) {
+  if (!(e instanceof GpuUnavailableError)) throw e;
+  console.log(`attention_test: no GPU, skipping: ${e.message}`);
+}
+
+function stepBuffer(g: Gpu, pos0: number, nTokens: number): GPUBuffer {
+  const s = new Uint32Array(STEP.length);
+  s[STEP.pos0] = pos0;
+  s[STEP.nTokens] = nTokens;
+  s[STEP.nKv] = pos0 + nTokens;
+  return createBuffer(g, { label: "step", data: s });
+}
+
+interface Case extends AttentionParams {
+  name: string;
+  nCtx: number;
+  /** Query magnitude: large values make the softmax peaky and stress the running max. */
+  qScale?: number;
+  /** V is the first dV elements of each K row (MLA's absorbed form). */
+  mla?: boolean;
+  /** Padding after each query token row. */
+  qPad?: number;
+}
+
+const CASES: Case[] = [
+  {
+    name: "decode, MHA",
+    nTokens: 1,
+    pos0: 37,
+    nHead: 4,
+    nHeadKv: 4,
+    dK: 32,
+    dV: 32,
+    nCtx: 64,
+    scale: 1 / Math.sqrt(32),
+  },
+  {
+    name: "prefill from 0, GQA 2, dV ≠ dK",
+    nTokens: 5,
+    pos0: 0,
+    nHead: 6,
+    nHeadKv: 3,
+    dK: 40,
+    dV: 24,
+    nCtx: 16,
+    scale: 0.15,
+    qPad: 3,
+  },
+  {
+    name: "GQA 4, pos0 130 (nKv not a tile multiple)",
+    nTokens: 3,
+    pos0: 130,
+    nHead: 8,
+    nHeadKv: 2,
+    dK: 16,
+    dV: 16,
+    nCtx: 140,
+    scale: 0.25,
+  },
+  {
+    name: "sliding window + sinks",
+    nTokens: 4,
+    pos0: 100,
+    nHead: 4,
+    nHeadKv: 2,
+    dK: 24,
+    dV: 24,
+    nCtx: 110,
+    scale: 0.2,
+    window: 50,
+    sinks: [0.5, -1, 3, 8],
+  },
+  {
+    name: "MLA: one kv head, V = prefix of K rows",
+    nTokens: 2,
+    pos0: 9,
+    nHead: 3,
+    nHeadKv: 1,
+    dK: 36,
+    dV: 28,
+    nCtx: 12,
+    scale: 0.1,
+    mla: true,
+  },
+  {
+    name: "soft cap",
+    nTokens: 2,
+    pos0: 6,
+    nHead: 2,
+    nHeadKv: 1,
+    dK: 8,
+    dV: 8,
+    nCtx: 8,
+    scale: 0.3,
+    softcap: 5,
+    qScale: 4,
+  },
+  {
+    name: "long context, peaky scores",
+    nTokens: 1,
+    pos0: 1000,
+    nHead: 2,
+    nHeadKv: 1,
+    dK: 64,
+    dV: 64,
+    nCtx: 1024,
+    scale: 1,
+    qScale: 3,
+  },
+];
+
+Deno.test({
+  name:
+    "attention: causal GQA attention matches the CPU (decode, prefill, window, sinks, MLA, softcap)",
+  ignore: !gpu,
+  async fn() {
+    const g = gpu!;
+    const rng = makeRng(7);
+    const ops: Op[] = [];
+    const outs: GPUBuffer[] = [];
+    const wants: Float32Array[] = [];
+    const data: { q: Float32Array; k: Float32Array; v: Float32Array }[] = [];
+    for (const c of CASES) {
+      const nKv = c.pos0 + c.nTokens;
+      const kRow = c.mla ? c.dK : c.nHeadKv * c.dK;
+      const vRow = c.mla ? c.dK : c.nHeadKv * c.dV;
+      // Positions past nKv hold NaN: reading any of them would poison the output.
+      const k = new Float32Array(c.nCtx * kRow).fill(NaN);
+      k.set(randomArray(nKv * kRow, rng));
+      const v = c.mla ? k : new Float32Array(c.nCtx * vRow).fill(NaN);
+      if (!c.mla) v.set(randomArray(nKv * vRow, rng));
+      const qRow = c.nHead * c.dK;
+      const qStride = qRow + (c.qPad ?? 0);
+      const qDense = randomArray(c.nTokens * qRow, rng, c.qScale ?? 1);
+      const qData = new Float32Array(1 + c.nTokens * qStride);
+      for (let t = 0; t < c.nTokens; t++) {
+        qData.set(qDense.subarray(t * qRow, (t + 1) * qRow), 1 + t * qStride);
+      }
+      data.push({ q: qDense, k, v });
+      const kBuf = createBuffer(g, { label: "k", data: k });
+      const vBuf = c.mla ? kBuf : createBuffer(g, { label: "v", data: v });
+      const out = createBuffer(g, { label: "out", size: c.nTokens * c.nHead * c.dV * 4 });
+      outs.push(out);
+      ops.push(
+        await prepareAttention(g, {
+          q: { buffer: createBuffer(g, { label: "q", data: qData }), offset: 1, stride: qStride },
+          kCache: kBuf,
+          vCache: vBuf,
+          vRowStride: c.mla ? c.dK : undefined,
+          out: { buffer: out, offset: 0, stride: c.nHead * c.dV },
+          nHead: c.nHead,
+          nHeadKv: c.nHeadKv,
+          headDimK: c.dK,
+          headDimV: c.dV,
+          scale: c.scale,
+          nCtx: c.nCtx,
+          window: c.window,
+          sinks: c.sinks
+            ? createBuffer(g, { label: "sinks", data: Float32Array.from(c.sinks) })
+            : undefined,
+          softcap: c.softcap,
+          step: stepBuffer(g, c.pos0, c.nTokens),
+          label: c.name,
+        }),
+      );
+      wants.push(attention(qDense, k, v, { ...c, vRowStride: c.mla ? c.dK : undefined }));
+    }
+    const enc = g.device.createCommandEncoder();
+    CASES.forEach((c, i) => recordOps(enc, [ops[i]!], c.nTokens));
+    g.submit(enc);
+    const got = (await readback(g, outs)).map((b) => new Float32Array(b));
+    CASES.forEach((c, i) => {
+      const r = compareArrays(got[i]!, wants[i]!, 2e-6, 1e-5);
+      assert.ok(r.ok, `${c.name}: ${r.message}`);
+    });
+
+    // What a wrong kernel would produce must not pass the same comparison.
+    const wrong = (i: number, change: Partial<AttentionParams>, what: string) => {
+      const c = CASES[i]!, d = data[i]!;
+      const w = attention(d.q, d.k, d.v, { ...c, ...change });
+      assert.ok(!compareArrays(got[i]!, w, 2e-6, 1e-5).ok, `${c.name}: ${what} gives the same`);
+    };
+    wrong(1, { pos0: 1 }, "seeing one key past the causal limit");
+    wrong(0, { pos0: 36 }, "missing the token's own key");
+    wrong(3, { window: 0 }, "no window");
+    wrong(3, { sinks: undefined }, "no sinks");
+    wrong(5, { softcap: 0 }, "no soft cap");
+  },
+});
+
+Deno.test({
+  name: "attention: kv head mapping is h / (nHead / nHeadKv), not h mod nHeadKv",
+  ignore: !gpu,
+  async fn() {
+    // With kv heads that differ wildly, mapping q head h to the wrong kv head is visible.
+    const g = gpu!;
+    const nHead = 4, nHeadKv = 2, d = 8, T = 1, pos0 = 3, nCtx = 4;
+    const rng = makeRng(8);
+    const q = randomArray(T * nHead * d, rng);
+    const k = randomArray(nCtx * nHeadKv * d, rng);
+    const v = Float32Array.from(
+      { length: nCtx * nHeadKv * d },
+      (_, i) => (Math.floor(i / d) % 2) * 10 + (i % d),
+    );
+    const out = createBuffer(g, { label: "out", size: nHead * d * 4 });
+    const op = await prepareAttention(g, {
+      q: { buffer: createBuffer(g, { label: "q", data: q }), offset: 0, stride: nHead * d },
+      kCache: createBuffer(g, { label: "k", data: k }),
+      vCache: createBuffer(g, { label: "v", data: v }),
+      out: { buffer: out, offset: 0, stride: nHead * d },
+      nHead,
+      nHeadKv,
+      headDimK: d,
+      headDimV: d,
+      scale: 0.3,
+      nCtx,
+      step: stepBuffer(g, pos0, T),
+      label: "gqa",
+    });
+    const enc = g.device.createCommandEncoder();
+    recordOps(enc, [op], T);
+    g.submit(enc);
+    const got = new Float32Array((await readback(g, [out]))[0]!);
+    // Heads 0, 1 read kv head 0 (values < 10); heads 2, 3 read kv head 1 (values ≥ 10).
+    for (let h = 0; h < nHead; h++) {
+      const v0 = got[h * d]!;
+      assert.ok(h < 2 ? v0 < 1e-3 : v0 > 9.999, `head ${h} read the wrong kv head: ${v0}`);
+    }
+    const want = attention(q, k, v, { nTokens: T, nHead, nHeadKv, dK: d, dV: d, pos0, scale: 0.3 });
+    assert.ok(compareArrays(got, want, 2e-6, 1e-5).ok);
+  },
+});
