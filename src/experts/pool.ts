@@ -508,6 +508,10 @@ export class ExpertPool {
       this.stats.recordReadError();
       throw e;
     }
+    // Cold experts: ask for all their pages at once, so the reads overlap
+    // each other and the copies instead of faulting in one readahead window
+    // at a time.
+    const cold = missing.map((e) => this.#coldRead(g, layer, e));
     for (const e of wanted) {
       const s = this.#slot(layer, e);
       if (s >= 0) this.#hit(g, layer, s);
@@ -515,9 +519,9 @@ export class ExpertPool {
     const evicted: [number, number][] = [];
     missing.forEach((e, i) => {
       const slot = g.free.pop() ?? this.#evict(g, isProtected, evicted);
-      const { ms, cold } = this.#write(g, slot, layer, e, views[i]!);
+      const ms = this.#write(g, slot, views[i]!);
       this.#assign(g, slot, layer, e, false);
-      this.stats.recordMiss(layer, g.bytesPerExpert, ms, cold);
+      this.stats.recordMiss(layer, g.bytesPerExpert, ms, cold[i]);
     });
     this.#commit(options.flush ?? true);
     return { uploaded: missing, evicted };
@@ -576,8 +580,9 @@ export class ExpertPool {
         failed.push({ expert: e, error });
         continue;
       }
+      const cold = this.#coldRead(g, layer, e);
       const slot = g.free.pop() ?? this.#evict(g, isProtected, evicted);
-      const { ms, cold } = this.#write(g, slot, layer, e, views);
+      const ms = this.#write(g, slot, views);
       this.#assign(g, slot, layer, e, true);
       this.stats.recordPrefetch(g.bytesPerExpert, ms, cold);
       uploaded.push(e);
@@ -620,8 +625,9 @@ export class ExpertPool {
               this.stats.recordReadError();
               throw error;
             }
+            const cold = this.#coldRead(g, layer, e);
             const slot = g.free.pop()!;
-            const { ms, cold } = this.#write(g, slot, layer, e, views);
+            const ms = this.#write(g, slot, views);
             this.#assign(g, slot, layer, e, false);
             this.stats.recordPrefetch(g.bytesPerExpert, ms, cold);
             count++;
@@ -759,15 +765,18 @@ export class ExpertPool {
     this.#setEntry(layer, expert, slot);
   }
 
-  #write(
-    g: Group,
-    slot: number,
-    layer: number,
-    expert: number,
-    views: readonly Uint8Array[],
-  ): { ms: number; cold: boolean | undefined } {
+  // Whether some of the expert's bytes are outside the page cache (undefined:
+  // the source cannot tell); if so, starts reading them all (WILLNEED).
+  #coldRead(g: Group, layer: number, expert: number): boolean | undefined {
     const inCache = this.source.residentBytes?.(layer, expert);
-    const cold = inCache === undefined ? undefined : inCache < g.bytesPerExpert;
+    if (inCache === undefined) return undefined;
+    const cold = inCache < g.bytesPerExpert;
+    if (cold) this.source.willNeed?.(layer, expert);
+    return cold;
+  }
+
+  // Copies the views into the slot; returns the CPU time of the copies (ms).
+  #write(g: Group, slot: number, views: readonly Uint8Array[]): number {
     const arena = g.arenas[Math.floor(slot / g.slotsPerArena)]!;
     const local = slot - arena.idBase;
     const t0 = performance.now();
@@ -775,7 +784,7 @@ export class ExpertPool {
       upload(this.gpu, arena.buffers[p]!, v, local * g.partSlotBytes[p]!);
     });
     this.#pendingFlush = true;
-    return { ms: performance.now() - t0, cold };
+    return performance.now() - t0;
   }
 
   #setEntry(layer: number, expert: number, slot: number): void {
