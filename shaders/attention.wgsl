@@ -1,8 +1,9 @@
 // attention: causal multi-head attention of a batch of queries against a
 // layer's KV cache, with grouped-query heads, an optional sliding window,
 // attention sinks and logit soft-capping. One workgroup per (head, token)
-// walks the visible keys in tiles of WG_SIZE with an online (running-max)
-// softmax, so any cache length works without scratch memory:
+// walks the visible keys in tiles of KPT · WG_SIZE (each invocation scores KPT
+// keys per tile) with an online (running-max) softmax, so any cache length
+// works without scratch memory:
 //   s_j = scale · cap(q · k_j)           cap(x) = softcap · tanh(x / softcap), or x
 //   out = Σ_j e^(s_j − m) v_j / (Σ_j e^(s_j − m) + e^(sink − m)),  m = max(s, sink)
 // Token t (position qPos = pos0 + t) sees key j iff j ≤ qPos and, with a
@@ -25,7 +26,7 @@
 //     [10] oOffset [11] oStride    [12] oHeadStride: u32
 //     [13] window: u32 (0 = off)   [14] hasSinks: u32   [15] sinksOffset: u32
 //     [16] scale: f32              [17] softcap: f32 (0 = off)
-// Overrides: WG_SIZE (keys per tile, a power of two), D_K, D_V (head widths).
+// Overrides: WG_SIZE (a power of two), D_K, D_V (head widths).
 //
 // Dispatch: [nHead, T].
 
@@ -54,6 +55,9 @@ override WG_SIZE: u32 = 64;
 override D_K: u32 = 128;
 override D_V: u32 = 128;
 
+// Keys scored per invocation per tile: more keys per round of barriers.
+const KPT: u32 = 4u;
+
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> k: array<f32>;
 @group(0) @binding(2) var<storage, read> v: array<f32>;
@@ -64,7 +68,7 @@ override D_V: u32 = 128;
 
 var<workgroup> qs: array<f32, D_K>;
 var<workgroup> acc: array<f32, D_V>;
-var<workgroup> ps: array<f32, WG_SIZE>;
+var<workgroup> ps: array<f32, KPT * WG_SIZE>;
 var<workgroup> red: array<f32, WG_SIZE>;
 
 // Below any score; finite so that differences with it stay finite (e^(−big) = 0).
@@ -94,22 +98,38 @@ fn attend(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li
 
   var m = NEG_BIG; // running max, the same in every invocation
   var l = 0.0; // this invocation's share of the denominator, relative to m
-  for (var tile = kStart; tile < kEnd; tile += WG_SIZE) {
-    let key = tile + lid;
-    let valid = key < kEnd;
-    var s = NEG_BIG;
-    if (valid) {
-      let kr = kb + key * params.kRowStride;
-      var dot = 0.0;
-      for (var d = 0u; d < D_K; d++) {
-        dot += qs[d] * k[kr + d];
+  // A tile is KPT · WG_SIZE keys: invocation lid scores keys tile + lid + i·WG_SIZE.
+  let tileKeys = KPT * WG_SIZE;
+  for (var tile = kStart; tile < kEnd; tile += tileKeys) {
+    // Each invocation scores KPT keys in one pass over q (one workgroup-memory read of q[d]
+    // serves KPT keys). Keys past the end read row kEnd − 1 again and are masked below.
+    var rows: array<u32, KPT>;
+    var dots: array<f32, KPT>;
+    for (var i = 0u; i < KPT; i++) {
+      let key = min(tile + lid + i * WG_SIZE, kEnd - 1u);
+      rows[i] = kb + key * params.kRowStride;
+      dots[i] = 0.0;
+    }
+    for (var d = 0u; d < D_K; d++) {
+      let qd = qs[d];
+      for (var i = 0u; i < KPT; i++) {
+        dots[i] += qd * k[rows[i] + d];
       }
+    }
+    var s: array<f32, KPT>;
+    var tmax = NEG_BIG;
+    for (var i = 0u; i < KPT; i++) {
+      var dot = dots[i];
       if (params.softcap > 0.0) {
         dot = params.softcap * tanh(dot / params.softcap);
       }
-      s = dot * params.scale;
+      s[i] = NEG_BIG;
+      if (tile + lid + i * WG_SIZE < kEnd) {
+        s[i] = dot * params.scale;
+        tmax = max(tmax, s[i]);
+      }
     }
-    red[lid] = s;
+    red[lid] = tmax;
     workgroupBarrier();
     for (var st = WG_SIZE / 2u; st > 0u; st >>= 1u) {
       if (lid < st) {
@@ -119,14 +139,17 @@ fn attend(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li
     }
     let mNew = max(m, red[0]);
     let alpha = exp(m - mNew);
-    var p = 0.0;
-    if (valid) {
-      p = exp(s - mNew);
+    l *= alpha;
+    for (var i = 0u; i < KPT; i++) {
+      var p = 0.0;
+      if (tile + lid + i * WG_SIZE < kEnd) {
+        p = exp(s[i] - mNew);
+      }
+      l += p;
+      ps[lid + i * WG_SIZE] = p;
     }
-    l = l * alpha + p;
-    ps[lid] = p;
     workgroupBarrier();
-    let nk = min(WG_SIZE, kEnd - tile);
+    let nk = min(tileKeys, kEnd - tile);
     for (var d = lid; d < D_V; d += WG_SIZE) {
       var a = acc[d] * alpha;
       var vr = vb + tile * params.vRowStride + d;

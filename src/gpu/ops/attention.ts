@@ -81,7 +81,8 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
   if (o.nHead % o.nHeadKv !== 0) {
     throw new RangeError(`${o.label}: nHead ${o.nHead} is not a multiple of nHeadKv ${o.nHeadKv}.`);
   }
-  const shared = (o.headDimK + o.headDimV + 2 * WG_SIZE) * 4;
+  // q, the output accumulator, 4 · WG_SIZE probabilities (KPT in the shader) and the reduction.
+  const shared = (o.headDimK + o.headDimV + 5 * WG_SIZE) * 4;
   if (shared > gpu.limits.maxComputeWorkgroupStorageSize) {
     throw new RangeError(
       `${o.label}: head widths ${o.headDimK}/${o.headDimV} need ${shared} bytes of workgroup ` +
