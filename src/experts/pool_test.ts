@@ -5,7 +5,11 @@
 
 import assert from "node:assert/strict";
 import { acquireGpu, type Gpu, GpuUnavailableError } from "../gpu/device.ts";
-import { readback } from "../gpu/buffers.ts";
+import { createBuffer, readback } from "../gpu/buffers.ts";
+import { prepareMatmulId } from "../gpu/ops/matmul.ts";
+import { recordOps, STEP } from "../gpu/ops/op.ts";
+import { randomWeightBytes } from "../gpu/ops/weights.ts";
+import { dequantize } from "../gguf/dequant.ts";
 import { type GgufTensorSpec, writeGgufFile } from "../gguf/writer.ts";
 import { GgmlType } from "../gguf/types.ts";
 import { gv } from "../gguf/value.ts";
@@ -461,3 +465,89 @@ gpuTest("pool: residency writes are batched: one flush and few writes per ensure
     return Promise.resolve();
   });
 });
+
+gpuTest(
+  "pool: mul_mat_id over the arenas (one dispatch per arena, idBase) computes each routed expert's product",
+  async (gpu) => {
+    // One layer, 7 experts: gate F32 [32, 6] and down Q8_0 [32, 5] (170-byte
+    // slices at a 172-byte stride in the slots), valid weights this time.
+    const dir = await Deno.makeTempDir({ prefix: "od-moe-pool-mm-" });
+    const rng = new Rng(3);
+    const random = () => rng.next();
+    const gate = randomWeightBytes(GgmlType.F32, 32 * 6 * N_EXPERT, random);
+    const down = randomWeightBytes(GgmlType.Q8_0, 32 * 5 * N_EXPERT, random);
+    await writeGgufFile(`${dir}/m.gguf`, {
+      metadata: [["general.architecture", gv.str("qwen3moe")]],
+      tensors: [
+        { name: "blk.0.ffn_gate_exps.weight", type: GgmlType.F32, shape: [32, 6, 7], data: gate },
+        { name: "blk.0.ffn_down_exps.weight", type: GgmlType.Q8_0, shape: [32, 5, 7], data: down },
+      ],
+    });
+    const src = GgufExpertSource.open(`${dir}/m.gguf`);
+    const pool = new ExpertPool(gpu, src, { budgetBytes: 0, reserveSlots: 4, maxSlotsPerArena: 3 });
+    try {
+      pool.ensure(0, [0, 2, 4, 6]);
+      pool.ensure(0, [1, 3, 5, 6]); // recycles slots: the stale bytes must not be read
+      const routed = [5, 1, 6, 3];
+      const slots = routed.map((e) => pool.slotOf(0, e));
+      assert.deepEqual(pool.arenasFor(0).map((a) => [a.idBase, a.nSlots]), [[0, 3], [3, 1]]);
+      assert.ok(new Set(slots.map((s) => s < 3)).size === 2, "both arenas used");
+      const x = Float32Array.from({ length: 32 }, () => rng.normal());
+      const xb = createBuffer(gpu, { label: "x", data: x });
+      const ids = createBuffer(gpu, { label: "ids", data: new Uint32Array(slots) });
+      const stepWords = new Uint32Array(STEP.length);
+      stepWords[STEP.nTokens] = stepWords[STEP.nKv] = 1;
+      const step = createBuffer(gpu, { label: "step", data: stepWords });
+      const outs: GPUBuffer[] = [];
+      const ops = [];
+      for (const [name, nRows] of [["gate", 6], ["down", 5]] as const) {
+        const y = createBuffer(gpu, { label: `y.${name}`, size: 4 * 4 * nRows });
+        outs.push(y);
+        for (const arena of pool.arenasFor(0)) {
+          ops.push(
+            ...await prepareMatmulId(gpu, {
+              w: arena.weights[name]!,
+              ids: { buffer: ids, offset: 0 },
+              idBase: arena.idBase,
+              nUsed: 4,
+              x: { buffer: xb, offset: 0, stride: 32 },
+              xPerSlot: false,
+              y: { buffer: y, offset: 0, stride: 4 * nRows },
+              step,
+              maxTokens: 1,
+              label: `mm.${name}.${arena.index}`,
+            }),
+          );
+        }
+      }
+      const enc = gpu.device.createCommandEncoder();
+      recordOps(enc, ops, 1);
+      gpu.submit(enc);
+      const [yGate, yDown] = (await readback(gpu, outs)).map((b) => new Float32Array(b));
+      for (
+        const [name, nRows, bytes, type, got] of [
+          ["gate", 6, 768, GgmlType.F32, yGate!],
+          ["down", 5, 170, GgmlType.Q8_0, yDown!],
+        ] as const
+      ) {
+        routed.forEach((e, s) => {
+          const stack = name === "gate" ? gate : down;
+          const w = dequantize(type, stack.subarray(e * bytes, (e + 1) * bytes), 32 * nRows);
+          for (let r = 0; r < nRows; r++) {
+            let want = 0;
+            for (let c = 0; c < 32; c++) want += w[r * 32 + c]! * x[c]!;
+            const g = got[s * nRows + r]!;
+            assert.ok(
+              Math.abs(g - want) <= 1e-4 * (1 + Math.abs(want)),
+              `${name} e${e} r${r}: ${g} vs ${want}`,
+            );
+          }
+        });
+      }
+    } finally {
+      pool.destroy();
+      src.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
