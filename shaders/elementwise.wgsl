@@ -7,26 +7,31 @@
 //   gelu(x)        = ggml's f16 table: 0 for x <= -10, x for x >= 10, else
 //                    f16(0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2)))) at x = f16(x)
 //   geglu(g, u)    = gelu(g) * u
+//   add_id         = a[t, r, :] + b[ids[t, r], :]  (ggml_add_id: per-expert biases of
+//                    GPT-OSS, rows r of length rowLen within a token)
 //
 // Bindings (inputs → outputs → params). Every activation binding is
 // read_write so that the output may alias an input (in-place ops):
 //   @binding(0) a:      array<f32>  [T, aStride] from aOffset   (read)
 //   @binding(1) b:      array<f32>  [T, bStride] from bOffset   (read; bStride 0 broadcasts
 //                                   one row, e.g. a bias; unused by unary ops)
-//   @binding(2) y:      array<f32>  [T, yStride] from yOffset   (written)
-//   @binding(3) params: uniform, 4-byte units:
+//   @binding(2) ids:    array<u32>  [T, idsStride] from idsOffset (add_id only)  read
+//   @binding(3) y:      array<f32>  [T, yStride] from yOffset   (written)
+//   @binding(4) params: uniform, 4-byte units:
 //     [0] n: u32        elements per token
 //     [1] aOffset: u32  [2] aStride: u32
 //     [3] bOffset: u32  [4] bStride: u32
 //     [5] yOffset: u32  [6] yStride: u32
 //     [7] s0: f32       scale (scale), alpha (swiglu_oai)
 //     [8] s1: f32       limit (swiglu_oai)
+//     [9] rowLen: u32   [10] idsOffset: u32  [11] idsStride: u32  [12] bRowStride: u32
+//                       (add_id: row r = i / rowLen of a token uses b row ids[t, r])
 //
 // Dispatch: [ceil(n / WG_SIZE), T]; workgroup (x, t) handles elements
 // x*WG_SIZE .. of token t.
 //
 // Entry points: add (y = a + b), scale (y = s0 * a), copy (y = a), silu,
-// gelu, swiglu (y = silu(a) * b), swiglu_oai, geglu (y = gelu(a) * b).
+// gelu, swiglu (y = silu(a) * b), swiglu_oai, geglu (y = gelu(a) * b), add_id.
 
 struct Params {
   n: u32,
@@ -38,14 +43,19 @@ struct Params {
   yStride: u32,
   s0: f32,
   s1: f32,
+  rowLen: u32,
+  idsOffset: u32,
+  idsStride: u32,
+  bRowStride: u32,
 }
 
 override WG_SIZE: u32 = 64;
 
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(2) var<storage, read> ids: array<u32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> params: Params;
 
 const GELU_COEF_A: f32 = 0.044715;
 const SQRT_2_OVER_PI: f32 = 0.79788456080286535587989211986876;
@@ -162,4 +172,17 @@ fn geglu(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid
   if (ix.ok) {
     y[ix.y] = gelu(a[ix.a]) * b[ix.b];
   }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn add_id(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let i = wid.x * WG_SIZE + lid;
+  let t = wid.y;
+  if (i >= params.n) {
+    return;
+  }
+  let r = i / params.rowLen;
+  let e = ids[params.idsOffset + t * params.idsStride + r];
+  let bi = params.bOffset + e * params.bRowStride + i % params.rowLen;
+  y[params.yOffset + t * params.yStride + i] = a[params.aOffset + t * params.aStride + i] + b[bi];
 }

@@ -581,6 +581,16 @@ export function geglu(g: Float32Array, u: Float32Array): Float32Array {
   return g.map((v, i) => f(gelu(v) * u[i]!));
 }
 
+/** ggml `add_id`: `y[t, r] = x[t, r] + bias[ids[t, r]]` for rows of length `n`, `k` per token. */
+export function addId(
+  x: Float32Array,
+  bias: Float32Array,
+  ids: ArrayLike<number>,
+  n: number,
+): Float32Array {
+  return x.map((v, i) => f(v + bias[ids[Math.floor(i / n)]! * n + (i % n)]!));
+}
+
 // ---------------------------------------------------------------- sampling
 
 /** The index of the largest value (the first of equal ones) and the value. */

@@ -1,8 +1,8 @@
 /**
  * Element-wise ops over `[T, n]` activations (`shaders/elementwise.wgsl`):
  * residual adds, broadcast bias, scale, copy, SiLU/GELU and the gated units
- * SwiGLU (with GPT-OSS's clamped variant) and GEGLU, with llama.cpp's CPU
- * formulas. Every activation binding is read_write, so an output may alias
+ * SwiGLU (with GPT-OSS's clamped variant) and GEGLU, and per-expert bias
+ * rows (`add_id`), with llama.cpp's CPU formulas. Every activation binding is read_write, so an output may alias
  * an input (in-place `y += bias`, SwiGLU written over the gate).
  *
  * Also the small plumbing the other launchers of this folder share:
@@ -119,6 +119,10 @@ const PARAMS = {
   yStride: "u32",
   s0: "f32",
   s1: "f32",
+  rowLen: "u32",
+  idsOffset: "u32",
+  idsStride: "u32",
+  bRowStride: "u32",
 } as const;
 
 interface Operand {
@@ -137,6 +141,9 @@ async function prepareElementwise(
     n: number;
     s0?: number;
     s1?: number;
+    ids?: Operand;
+    rowLen?: number;
+    bRowStride?: number;
     label: string;
     fixedTokens?: number;
   },
@@ -145,6 +152,7 @@ async function prepareElementwise(
   const kernel = await getPipeline(gpu, "elementwise", { entryPoint, constants: { WG_SIZE } });
   const a = bindFrom(gpu, o.a.buffer, o.a.offset);
   const b = o.b ? bindFrom(gpu, o.b.buffer, o.b.offset) : undefined;
+  const ids = o.ids ? bindFrom(gpu, o.ids.buffer, o.ids.offset) : undefined;
   const y = bindFrom(gpu, o.y.buffer, o.y.offset);
   const params = new ParamsBuffer(gpu, `${o.label}.params`, PARAMS);
   params.write({
@@ -157,11 +165,21 @@ async function prepareElementwise(
     yStride: o.y.stride,
     s0: o.s0 ?? 0,
     s1: o.s1 ?? 0,
+    rowLen: o.rowLen ?? o.n,
+    idsOffset: ids?.offset ?? 0,
+    idsStride: o.ids?.stride ?? 0,
+    bRowStride: o.bRowStride ?? 0,
   });
   return {
     label: o.label,
     kernel,
-    bindings: [a.binding, b?.binding ?? placeholder(gpu, "write"), y.binding, params.buffer],
+    bindings: [
+      a.binding,
+      b?.binding ?? placeholder(gpu, "write"),
+      ids?.binding ?? placeholder(gpu, "read"),
+      y.binding,
+      params.buffer,
+    ],
     workgroups: tokenGrid(Math.ceil(o.n / WG_SIZE), o.fixedTokens),
   };
 }
@@ -269,4 +287,43 @@ export function prepareSwiglu(gpu: Gpu, o: GluOptions & { oai?: SwigluOai }): Pr
 /** `out = gelu(gate) · up` (GEGLU, gelu as in {@linkcode prepareGelu}). */
 export function prepareGeglu(gpu: Gpu, o: GluOptions): Promise<Op> {
   return prepareElementwise(gpu, "geglu", { ...o, a: o.gate, b: o.up, y: o.out });
+}
+
+/** Options of {@linkcode prepareAddId}. */
+export interface AddIdOptions {
+  /** Input `[T, k, n]` (token stride from the view, rows of a token contiguous); default `y`. */
+  x?: ActView;
+  /** Output `[T, k, n]`. */
+  y: ActView;
+  /** f32 `[nExpert, n]` per-expert bias rows (`ffn_*_exps.bias`). */
+  bias: BufRef;
+  /** Elements between bias rows; default `n`. */
+  biasStride?: number;
+  /** u32 `[T, k]` expert ids choosing each row's bias (the router's ids, not pool slots). */
+  ids: ActView;
+  /** Rows per token (experts used). */
+  k: number;
+  /** Row length. */
+  n: number;
+  /** Name for errors and timings. */
+  label: string;
+  /** Run on this many tokens whatever the batch size. */
+  fixedTokens?: number;
+}
+
+/** `y[t, r] = x[t, r] + bias[ids[t, r]]` (ggml `add_id`: GPT-OSS's per-expert biases). */
+export function prepareAddId(gpu: Gpu, o: AddIdOptions): Promise<Op> {
+  checkInt(o.label, "k", o.k, 1);
+  const bias = resolveRef(o.bias);
+  return prepareElementwise(gpu, "add_id", {
+    a: o.x ?? o.y,
+    b: { ...bias, stride: 0 },
+    y: o.y,
+    ids: o.ids,
+    n: o.k * o.n,
+    rowLen: o.n,
+    bRowStride: o.biasStride ?? o.n,
+    label: o.label,
+    fixedTokens: o.fixedTokens,
+  });
 }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
 import { createBuffer, readback } from "../buffers.ts";
 import {
+  addId,
   compareArrays,
   geglu,
   gelu,
@@ -15,6 +16,7 @@ import {
   bindFrom,
   prepareAdd,
   prepareAddBias,
+  prepareAddId,
   prepareCopy,
   prepareGeglu,
   prepareGelu,
@@ -171,6 +173,33 @@ Deno.test({
     wantG.set(swiglu(x.subarray(0, n), u.subarray(0, n)));
     const r = compareArrays(gotG!, wantG, 1e-6, 4e-6);
     assert.ok(r.ok, r.message);
+  },
+});
+
+Deno.test({
+  name: "elementwise: add_id adds each expert's own bias row (GPT-OSS expert biases)",
+  ignore: !gpu,
+  async fn() {
+    const g = gpu!;
+    const rng = makeRng(14);
+    const T = 3, k = 2, n = 70, nExpert = 5;
+    const x = randomArray(T * k * n, rng), bias = randomArray(nExpert * n, rng);
+    const ids = Uint32Array.from({ length: T * k }, () => Math.floor(rng() * nExpert));
+    const y = createBuffer(g, { label: "y", size: x.byteLength });
+    const op = await prepareAddId(g, {
+      x: { buffer: createBuffer(g, { label: "x", data: x }), offset: 0, stride: k * n },
+      y: { buffer: y, offset: 0, stride: k * n },
+      bias: createBuffer(g, { label: "bias", data: bias }),
+      ids: { buffer: createBuffer(g, { label: "ids", data: ids }), offset: 0, stride: k },
+      k,
+      n,
+      label: "add_id",
+    });
+    const enc = g.device.createCommandEncoder();
+    recordOps(enc, [op], T);
+    g.submit(enc);
+    const got = new Float32Array((await readback(g, [y]))[0]!);
+    assert.deepEqual(got, addId(x, bias, ids, n));
   },
 });
 
