@@ -11,11 +11,16 @@ import { recordOps, STEP } from "../gpu/ops/op.ts";
 import { randomWeightBytes } from "../gpu/ops/weights.ts";
 import { dequantize } from "../gguf/dequant.ts";
 import { type GgufTensorSpec, writeGgufFile } from "../gguf/writer.ts";
-import { GgmlType } from "../gguf/types.ts";
+import { GgmlType, requireGgmlType } from "../gguf/types.ts";
 import { gv } from "../gguf/value.ts";
 import { readGgufModel } from "../gguf/reader.ts";
 import { Rng } from "../util/rng.ts";
-import { ExpertReadError, GgufExpertSource } from "./source.ts";
+import {
+  type ExpertLayerShape,
+  ExpertReadError,
+  type ExpertSource,
+  GgufExpertSource,
+} from "./source.ts";
 import { expertKey, ExpertPool, ExpertPoolFullError, type LruPolicy } from "./pool.ts";
 
 let gpu: Gpu | undefined;
@@ -548,6 +553,95 @@ gpuTest(
       pool.destroy();
       src.close();
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+/** An in-memory source, as the converter's per-expert files would provide. */
+class ArraySource implements ExpertSource {
+  readonly layers: ExpertLayerShape[] = [];
+  readonly data = new Map<string, Uint8Array[]>();
+  constructor(shapes: { layer: number; nExpert: number; rows: number }[], rng: Rng) {
+    for (const { layer, nExpert, rows } of shapes) {
+      const f32 = requireGgmlType(GgmlType.F32);
+      const part = (role: string, shape: number[]) => ({
+        name: `blk.${layer}.ffn_${role}_exps.weight`,
+        role,
+        kind: "weight",
+        type: f32,
+        sliceShape: shape,
+        sliceBytes: 4 * shape[0]! * shape[1]!,
+      });
+      const tensors = [part("gate", [8, rows]), part("down", [rows, 8])];
+      this.layers.push({ layer, nExpert, tensors });
+      for (let e = 0; e < nExpert; e++) {
+        this.data.set(
+          expertKey(layer, e),
+          tensors.map((t) => Uint8Array.from({ length: t.sliceBytes }, () => rng.int(256))),
+        );
+      }
+    }
+  }
+  expertParts(layer: number, expert: number): Uint8Array[] {
+    return this.data.get(expertKey(layer, expert))!;
+  }
+  close(): void {}
+  [Symbol.dispose](): void {}
+}
+
+gpuTest(
+  "pool: layers with different expert shapes get their own slot groups, budget split by bytes",
+  async (gpu) => {
+    const rng = new Rng(9);
+    // Layer 0: 8 experts of 2 × 128 bytes; layer 2: 4 experts of 2 × 64 bytes.
+    const src = new ArraySource([
+      { layer: 0, nExpert: 8, rows: 4 },
+      { layer: 2, nExpert: 4, rows: 2 },
+    ], rng);
+    const total = 8 * 256 + 4 * 128;
+    const pool = new ExpertPool(gpu, src, { budgetBytes: total / 2, reserveSlots: 2 });
+    try {
+      assert.equal(pool.groups.length, 2);
+      assert.equal(pool.nLayer, 3);
+      assert.equal(pool.nExpert, 8);
+      const [a, b] = pool.groups;
+      assert.deepEqual([a!.layers, a!.slotBytes, a!.budgetBytes, a!.nSlots], [[0], 256, 1024, 6]);
+      assert.deepEqual([b!.layers, b!.slotBytes, b!.budgetBytes, b!.nSlots], [[2], 128, 256, 4]);
+      assert.equal(pool.allocatedBytes, 6 * 256 + 4 * 128);
+      assert.equal(pool.limitBytes, total / 2 + 2 * 256 + 2 * 128);
+      assert.ok(pool.allocatedBytes <= pool.limitBytes);
+      assert.throws(() => pool.arenasFor(1), /layer 1 has no routed experts/);
+      for (let step = 0; step < 30; step++) {
+        const layer = rng.next() < 0.5 ? 0 : 2;
+        const n = layer === 0 ? 8 : 4;
+        pool.ensure(layer, [rng.int(n), rng.int(n)]);
+        assert.ok(pool.residentBytes <= pool.allocatedBytes);
+      }
+      const s = pool.stats.snapshot();
+      assert.equal(s.hits + s.misses, s.lookups);
+      assert.equal(s.bytesUploaded, s.layers[0]!.misses * 256 + s.layers[2]!.misses * 128);
+      const buffers = pool.groups.flatMap((g) => g.arenas.flatMap((x) => x.buffers));
+      const got = await readback(gpu, [pool.residencyBuffer, ...buffers]);
+      const table = new Int32Array(got[0]!);
+      assert.deepEqual(table, pool.residencyTable());
+      let at = 1;
+      for (const g of pool.groups) {
+        const arena = g.arenas[0]!;
+        assert.equal(g.arenas.length, 1);
+        const bytes = g.parts.map(() => new Uint8Array(got[at++]!));
+        for (const layer of g.layers) {
+          for (const e of pool.residentExperts(layer)) {
+            const slot = table[layer * 8 + e]!;
+            assert.ok(slot >= 0 && slot < arena.nSlots);
+            src.expertParts(layer, e).forEach((want, p) => {
+              const off = slot * g.partSlotBytes[p]!;
+              assert.deepEqual(bytes[p]!.subarray(off, off + want.length), want, `${layer}:${e}`);
+            });
+          }
+        }
+      }
+    } finally {
+      pool.destroy();
     }
   },
 );
