@@ -210,7 +210,7 @@ export interface ExpertPoolOptions {
   nLayer?: number;
   /** Eviction policy per slot group (default {@link lruPolicy}). */
   policy?: EvictionPolicyFactory;
-  /** Cap on slots per arena (default: as many as one storage binding holds). */
+  /** Cap on slots per arena (default: as many as one storage binding holds, ≤ 65535). */
   maxSlotsPerArena?: number;
   /** Counters to fill (default: new ones). */
   stats?: ExpertStats;
@@ -269,6 +269,8 @@ interface Group extends SlotGroup {
 }
 
 const PRELOAD_FLUSH_BYTES = 256 * 2 ** 20;
+// mul_mat_id takes stacks of fewer than 2^16 matrices.
+const MAX_SLOTS_PER_ARENA = 65535;
 
 /** The GPU slot pool for routed experts (see the module doc). */
 export class ExpertPool {
@@ -345,6 +347,7 @@ export class ExpertPool {
       const perBinding = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
       const slotsPerArena = Math.min(
         nSlots,
+        MAX_SLOTS_PER_ARENA,
         options.maxSlotsPerArena ?? Infinity,
         ...partSlotBytes.map((b) => Math.floor(perBinding / b)),
       );
