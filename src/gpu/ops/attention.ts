@@ -19,7 +19,7 @@ import {
   resolveRef,
   tokenGrid,
 } from "./elementwise.ts";
-import { cacheExtent } from "./kv.ts";
+import { cacheExtent, cachePositions } from "./kv.ts";
 import type { ActView, Op } from "./op.ts";
 
 const WG_SIZE = 64;
@@ -56,8 +56,8 @@ export interface AttentionOptions {
   headDimV: number;
   /** Multiplies q·k (e.g. 1/√headDimK; MLA's YaRN mscale² folded in by the caller). */
   scale: number;
-  /** Cache positions; the caches must hold this many. */
-  nCtx: number;
+  /** Cache positions; the caches must hold this many. Default: as many as they hold. */
+  nCtx?: number;
   /** Sliding window: key j visible iff `0 ≤ pos − j < window`; 0 or omitted = off. */
   window?: number;
   /** f32 `[nHead]` sink logits (GPT-OSS), added to each softmax denominator. */
@@ -76,7 +76,6 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
   checkInt(o.label, "nHeadKv", o.nHeadKv, 1);
   checkInt(o.label, "headDimK", o.headDimK, 1);
   checkInt(o.label, "headDimV", o.headDimV, 1);
-  checkInt(o.label, "nCtx", o.nCtx, 1);
   checkInt(o.label, "window", o.window ?? 0, 0);
   if (o.nHead % o.nHeadKv !== 0) {
     throw new RangeError(`${o.label}: nHead ${o.nHead} is not a multiple of nHeadKv ${o.nHeadKv}.`);
@@ -95,17 +94,24 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
   const vHeadStride = o.vHeadStride ?? o.headDimV;
   const kc = resolveRef(o.kCache);
   const vc = resolveRef(o.vCache);
+  const kWidth = (o.nHeadKv - 1) * kHeadStride + o.headDimK;
+  const vWidth = (o.nHeadKv - 1) * vHeadStride + o.headDimV;
+  const nCtx = o.nCtx ?? Math.min(
+    cachePositions(kc.buffer, kc.offset, kRowStride, kWidth),
+    cachePositions(vc.buffer, vc.offset, vRowStride, vWidth),
+  );
+  checkInt(o.label, "nCtx", nCtx, 1);
   const kb = bindFrom(
     gpu,
     kc.buffer,
     kc.offset,
-    cacheExtent(o.nCtx, kRowStride, (o.nHeadKv - 1) * kHeadStride + o.headDimK),
+    cacheExtent(nCtx, kRowStride, kWidth),
   );
   const vb = bindFrom(
     gpu,
     vc.buffer,
     vc.offset,
-    cacheExtent(o.nCtx, vRowStride, (o.nHeadKv - 1) * vHeadStride + o.headDimV),
+    cacheExtent(nCtx, vRowStride, vWidth),
   );
   const q = bindFrom(gpu, o.q.buffer, o.q.offset);
   const out = bindFrom(gpu, o.out.buffer, o.out.offset);

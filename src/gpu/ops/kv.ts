@@ -40,8 +40,8 @@ export interface KvStoreOptions {
   vRow?: number;
   /** Elements between cache positions of V; default `vRow`. */
   vCacheStride?: number;
-  /** Cache positions; the caches must hold this many rows. */
-  nCtx: number;
+  /** Cache positions; the caches must hold this many. Default: as many as they hold. */
+  nCtx?: number;
   /** The step buffer (`STEP.pos0` is read). */
   step: GPUBuffer;
   /** Name for errors and timings. */
@@ -51,6 +51,17 @@ export interface KvStoreOptions {
 /** Elements from a cache's first element to the end of its last position. */
 export function cacheExtent(nCtx: number, stride: number, width: number): number {
   return (nCtx - 1) * stride + width;
+}
+
+/** Positions of `width` elements, `stride` apart from element `offset`, that `buffer` holds. */
+export function cachePositions(
+  buffer: GPUBuffer,
+  offset: number,
+  stride: number,
+  width: number,
+): number {
+  const room = buffer.size / 4 - offset - width;
+  return room < 0 ? 0 : Math.floor(room / stride) + 1;
 }
 
 function checkCache(
@@ -71,18 +82,22 @@ function checkCache(
 /** Prepares the store of a batch's K (and V) rows into the cache at `pos0 + t`. */
 export async function prepareKvStore(gpu: Gpu, o: KvStoreOptions): Promise<Op> {
   checkInt(o.label, "kRow", o.kRow, 1);
-  checkInt(o.label, "nCtx", o.nCtx, 1);
   const vRow = o.v ? o.vRow ?? 0 : 0;
   if (o.v && (!o.vCache || vRow < 1)) {
     throw new TypeError(`${o.label}: v needs vCache and a positive vRow.`);
   }
   const kc = resolveRef(o.kCache);
   const kcStride = o.kCacheStride ?? o.kRow;
-  const kExtent = cacheExtent(o.nCtx, kcStride, o.kRow);
-  checkCache(o.label, "kCache", kc.buffer, kc.offset, kExtent);
   const vc = o.v && o.vCache ? resolveRef(o.vCache) : undefined;
   const vcStride = o.vCacheStride ?? vRow;
-  const vExtent = cacheExtent(o.nCtx, vcStride, vRow);
+  const nCtx = o.nCtx ?? Math.min(
+    cachePositions(kc.buffer, kc.offset, kcStride, o.kRow),
+    vc ? cachePositions(vc.buffer, vc.offset, vcStride, vRow) : Infinity,
+  );
+  checkInt(o.label, "nCtx", nCtx, 1);
+  const kExtent = cacheExtent(nCtx, kcStride, o.kRow);
+  checkCache(o.label, "kCache", kc.buffer, kc.offset, kExtent);
+  const vExtent = cacheExtent(nCtx, vcStride, vRow);
   if (vc) checkCache(o.label, "vCache", vc.buffer, vc.offset, vExtent);
 
   const kernel = await getPipeline(gpu, "kv", { entryPoint: "store", constants: { WG_SIZE } });

@@ -62,7 +62,7 @@ Deno.test({
         kCache: mlaCache,
         kRow: mlaRow,
         kCacheStride: mlaStride,
-        nCtx,
+        // nCtx omitted: as many positions as the buffer holds.
         step,
         label: "mla",
       }),
