@@ -159,7 +159,7 @@ Deno.test({
           const prompt = Array.from({ length: PROMPT }, () => rng.int(model.config.nVocab));
           const batched = await model.forward(prompt);
           model.reset();
-          let single = new Float32Array();
+          let single: Float32Array = new Float32Array();
           for (const t of prompt) single = await model.forward([t]);
           const { range: r } = range(batched);
           let maxDiff = 0;

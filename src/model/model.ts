@@ -13,7 +13,12 @@ import { STEP } from "../gpu/ops/op.ts";
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
 import { checkMoeConfig, type ModelConfig } from "./config.ts";
 import { archSpec } from "./registry.ts";
-import { checkTensorPlan, type GpuWeights, type TensorBytes, uploadPlannedTensors } from "./weights.ts";
+import {
+  checkTensorPlan,
+  type GpuWeights,
+  type TensorBytes,
+  uploadPlannedTensors,
+} from "./weights.ts";
 import { type ExpertSource, MoeTransformer } from "./transformer.ts";
 
 /** Options of {@linkcode loadModel}. */

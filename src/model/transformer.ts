@@ -15,7 +15,9 @@
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer } from "../gpu/buffers.ts";
 import { type ActView, type GpuWeight, type Op, recordOps, STEP } from "../gpu/ops/op.ts";
-import { prepareGetRows, prepareMatmul, prepareMatmulId } from "../gpu/ops/matmul.ts";
+import type { Workgroups } from "../gpu/dispatch.ts";
+import { prepareMatmul, prepareMatmulId } from "../gpu/ops/matmul.ts";
+import { prepareGetRows } from "../gpu/ops/get_rows.ts";
 import { prepareRmsNorm } from "../gpu/ops/norm.ts";
 import { prepareRope } from "../gpu/ops/rope.ts";
 import { prepareKvStore } from "../gpu/ops/kv.ts";
@@ -49,6 +51,8 @@ export interface ExpertSource {
 export class RunState {
   /** u32 [STEP.length]: position of the batch, tokens in it, keys after it. */
   readonly step: GPUBuffer;
+  /** u32 [STEP.length]: a constant batch of one token, for the output head. */
+  readonly stepOne: GPUBuffer;
   /** u32 [maxBatch]: the batch's token ids (the sampled id lands in [0]). */
   readonly tokens: GPUBuffer;
   /** f32 [maxBatch, nEmbd]: the residual stream. */
@@ -112,6 +116,11 @@ export class RunState {
       size: STEP.length * 4,
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     });
+    this.stepOne = createBuffer(gpu, {
+      label: "step_one",
+      data: new Uint32Array([0, 1, 1, 0]),
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
     this.tokens = f32("tokens", B);
     this.x = f32("x", B * c.nEmbd);
     this.xn = f32("xn", B * c.nEmbd);
@@ -155,6 +164,11 @@ const view = (buffer: GPUBuffer, stride: number, offset = 0): ActView => ({
   stride,
 });
 
+/** An op's workgroups for a fixed batch size, whatever batch is recorded. */
+function fixedBatch(op: Op, nTokens: number): Workgroups {
+  return typeof op.workgroups === "function" ? op.workgroups(nTokens) : op.workgroups;
+}
+
 /** The prepared forward pass of a MoE transformer. */
 export class MoeTransformer {
   /** Ops of one batch, embedding to argmax, in order. */
@@ -195,7 +209,7 @@ export class MoeTransformer {
       add(await prepareMatmul(gpu, { w: w.matrix(name), x, y, step, accumulate, label: name }));
     const bias = async (name: string, y: ActView, n: number) => {
       const b = w.maybeVector(name);
-      if (b) add(await prepareAddBias(gpu, { y, bias: b, n, step, label: name }));
+      if (b) add(await prepareAddBias(gpu, { y, bias: b, n, label: name }));
     };
 
     // token ids → embeddings
@@ -219,7 +233,6 @@ export class MoeTransformer {
           n: E,
           rowsPerToken: 1,
           eps: c.rmsEps,
-          step,
           label: `blk.${l}.attn_norm`,
         }),
       );
@@ -247,7 +260,6 @@ export class MoeTransformer {
               n: perHead ? c.headDimK : dim,
               rowsPerToken: perHead ? heads : 1,
               eps: c.rmsEps,
-              step,
               label: tn(t, l),
             }),
           );
@@ -288,6 +300,7 @@ export class MoeTransformer {
           vCache: s.vCache[l]!,
           kRow: kDim,
           vRow: vDim,
+          nCtx: o.nCtx,
           step,
           label: `blk.${l}.kv_store`,
         }),
@@ -321,7 +334,6 @@ export class MoeTransformer {
           n: E,
           rowsPerToken: 1,
           eps: c.rmsEps,
-          step,
           label: `blk.${l}.ffn_norm`,
         }),
       );
@@ -340,7 +352,6 @@ export class MoeTransformer {
           gating: c.gating,
           normalize: c.normTopK,
           scale: c.expertWeightsScale,
-          step,
           label: `blk.${l}.router`,
         }),
       );
@@ -366,7 +377,6 @@ export class MoeTransformer {
           up: view(s.up, K * c.nFfExp),
           out: view(s.gate, K * c.nFfExp),
           n: K * c.nFfExp,
-          step,
           label: `blk.${l}.swiglu_exps`,
         }),
       );
@@ -394,7 +404,6 @@ export class MoeTransformer {
             up: view(s.shUp!, F),
             out: view(s.shGate!, F),
             n: F,
-            step,
             label: `blk.${l}.swiglu_shexp`,
           }),
         );
@@ -411,18 +420,17 @@ export class MoeTransformer {
           y: view(s.expertOut, K * E),
           weights: view(s.expertWeights, K),
           out: view(s.x, E),
-          residual: true,
+          accumulate: true,
           shared,
           sharedGate,
           k: K,
           n: E,
-          step,
           label: `blk.${l}.moe_combine`,
         }),
       );
     }
 
-    // output head on the last token only
+    // output head on the last token only (a fixed batch of one, whatever the batch size)
     add(
       await prepareCopyLastRow(gpu, {
         x: view(s.x, E),
@@ -440,20 +448,19 @@ export class MoeTransformer {
         n: E,
         rowsPerToken: 1,
         eps: c.rmsEps,
-        step: null,
+        fixedTokens: 1,
         label: "output_norm",
       }),
     );
     const head = w.maybeMatrix(tn(Tensors.output)) ?? w.matrix(tn(Tensors.tokenEmbd));
-    add(
-      await prepareMatmul(gpu, {
-        w: head,
-        x: view(s.last, E),
-        y: view(s.logits, c.nVocab),
-        step: null,
-        label: "output",
-      }),
-    );
+    const headOps = await prepareMatmul(gpu, {
+      w: head,
+      x: view(s.last, E),
+      y: view(s.logits, c.nVocab),
+      step: s.stepOne,
+      label: "output",
+    });
+    add(headOps.map((op) => ({ ...op, workgroups: fixedBatch(op, 1) })));
     add(
       await prepareArgmax(gpu, {
         logits: view(s.logits, c.nVocab),
