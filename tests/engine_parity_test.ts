@@ -203,5 +203,3 @@ Deno.test({
     }
   },
 });
-
-globalThis.addEventListener("unload", () => gpu?.destroy());

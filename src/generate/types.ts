@@ -1,0 +1,96 @@
+/**
+ * The contract between the generation loop and its users (the CLI, the
+ * server, the JSR API): what a request asks for, what a stream yields, and
+ * the statistics a generation reports.
+ *
+ * @module
+ */
+
+/** How the next token is chosen. `temperature: 0` (or `greedy`) = argmax. */
+export interface SamplingParams {
+  /** Softmax temperature; 0 = greedy. Default 0.8. */
+  temperature?: number;
+  /** Keep the k most likely tokens (0 = off). Default 40. */
+  topK?: number;
+  /** Nucleus sampling: smallest set with cumulative probability ≥ p (1 = off). Default 0.95. */
+  topP?: number;
+  /** Drop tokens whose probability is below minP × the top one's (0 = off). Default 0.05. */
+  minP?: number;
+  /** Repetition penalty over the last `penaltyLastN` tokens (1 = off). Default 1. */
+  repeatPenalty?: number;
+  /** Presence penalty (0 = off). */
+  presencePenalty?: number;
+  /** Frequency penalty (0 = off). */
+  frequencyPenalty?: number;
+  /** Tokens the penalties look back over. Default 64. */
+  penaltyLastN?: number;
+  /** Random seed: the same seed and parameters give the same text. Default random. */
+  seed?: number;
+}
+
+/** One chat message. */
+export interface ChatMessage {
+  /** `system`, `user`, `assistant` or `tool`. */
+  role: string;
+  /** Text. */
+  content: string;
+}
+
+/** What to generate. */
+export interface GenerateRequest {
+  /** Raw text (tokenised with the model's tokenizer) or token ids. */
+  prompt?: string | number[];
+  /** Chat messages, rendered with the model's chat template (instead of `prompt`). */
+  messages?: ChatMessage[];
+  /** Tokens to generate at most. */
+  maxTokens: number;
+  /** Sampling. */
+  sampling?: SamplingParams;
+  /** Strings that end generation (not included in the text). */
+  stop?: string[];
+  /** Extra token ids that end generation (end-of-generation tokens always do). */
+  stopTokens?: number[];
+  /** Cancels the generation: the stream ends with finish reason "cancelled". */
+  signal?: AbortSignal;
+}
+
+/** Why a generation ended. */
+export type FinishReason = "stop" | "length" | "cancelled";
+
+/** A piece of streamed output. */
+export interface StreamChunk {
+  /** New text (whole UTF-8 characters only). */
+  text: string;
+  /** The token ids this text came from. */
+  tokens: number[];
+}
+
+/** Statistics of one generation. */
+export interface GenerationStats {
+  /** Prompt tokens. */
+  promptTokens: number;
+  /** Generated tokens. */
+  completionTokens: number;
+  /** Prompt processing time, ms. */
+  prefillMs: number;
+  /** Generation time after the first token, ms. */
+  decodeMs: number;
+  /** Prompt tokens per second. */
+  prefillTokensPerSecond: number;
+  /** Generated tokens per second (after the first). */
+  decodeTokensPerSecond: number;
+  /** GPU→CPU readbacks per generated token. */
+  syncsPerToken: number;
+  /** Expert lookups (token × layer × chosen expert). */
+  expertLookups: number;
+  /** Lookups that found the expert resident. */
+  expertHits: number;
+  /** Lookups that had to load the expert. */
+  expertMisses: number;
+  /** hits / lookups (1 when every expert is resident). */
+  cacheHitRate: number;
+  /** Bytes of experts uploaded. */
+  expertBytesUploaded: number;
+  /** Why it ended. */
+  finishReason: FinishReason;
+}
