@@ -11,7 +11,7 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { fixtureModel, type FixtureOptions, type FixtureType } from "./fixtures.ts";
+import { fixtureModel, type FixtureOptions, fixtureSpec, type FixtureType } from "./fixtures.ts";
 import { referenceUnavailableReason } from "./ref/llama_cpp.ts";
 import { type GgufModelFile, readGgufModel } from "../src/gguf/reader.ts";
 import { dequantize } from "../src/gguf/dequant.ts";
@@ -20,9 +20,10 @@ import { GgmlType } from "../src/gguf/types.ts";
 import { gv } from "../src/gguf/value.ts";
 import { writeGgufFile } from "../src/gguf/writer.ts";
 import { expertLayout, expertSliceRange } from "../src/experts/layout.ts";
+import type { ExpertLayerShape } from "../src/experts/source.ts";
 import { archSpec, supportedArchitectures } from "../src/model/registry.ts";
 import { checkTensorPlan } from "../src/model/weights.ts";
-import { SYNTHETIC_ARCHS, type SyntheticArch } from "../src/model/synthetic.ts";
+import { SYNTHETIC_ARCHS, type SyntheticArch, syntheticModel } from "../src/model/synthetic.ts";
 import { isTemporaryName } from "../src/safetensors/writer.ts";
 import { readSafetensorsHeader } from "../src/safetensors/reader.ts";
 import { DiskFullError, SafetensorsError } from "../src/safetensors/errors.ts";
@@ -168,6 +169,9 @@ function verifyConversion(
     return;
   }
   const experts = converted.experts!;
+  // The layers describe themselves as an expert source does (src/experts/source.ts).
+  const shapes: readonly ExpertLayerShape[] = experts.layers;
+  assert.deepEqual(shapes.map((l) => l.layer), expertLayout(model).map((l) => l.layer));
   for (const layer of expertLayout(model)) {
     const l = experts.layout(layer.layer);
     assert.equal(l.nExpert, layer.nExpert);
@@ -184,8 +188,10 @@ function verifyConversion(
       const parts: Uint8Array[] = [];
       for (const t of layer.tensors) {
         const got = file.tensor(t.role, t.kind)!;
-        assert.equal(got.source, t.name);
-        assert.deepEqual(got.shape, t.sliceShape);
+        assert.equal(got.name, t.name);
+        assert.equal(got.fileTensor, `ffn_${t.role}.${t.kind}`);
+        assert.deepEqual(got.sliceShape, t.sliceShape);
+        assert.equal(got.sliceBytes, got.bytes.length);
         const r = expertSliceRange(t, e);
         const want = expected(
           ggufBytes(model, r.offset, r.length, t.fileIndex),
@@ -688,6 +694,47 @@ Deno.test("convert --shard-size-gb: base split into shards that open as one mode
     verifyConversion(gguf, dir, "keep");
     using base = openBaseModel(`${dir}/base_model`);
     assert.equal(base.files.length, shards.length);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("convert: a split GGUF converts like one file", async () => {
+  const dir = await tempDir();
+  try {
+    const spec = syntheticModel(await fixtureSpec({ arch: "qwen2moe", shape: "a" }));
+    const n = spec.tensors.length;
+    const half = Math.ceil(n / 2);
+    const split = (i: number): [string, ReturnType<typeof gv.u16>][] => [
+      ["split.no", gv.u16(i)],
+      ["split.count", gv.u16(2)],
+      ["split.tensors.count", gv.i32(n)],
+    ];
+    await writeGgufFile(`${dir}/m-00001-of-00002.gguf`, {
+      metadata: [...spec.metadata, ...split(0)],
+      tensors: spec.tensors.slice(0, half),
+    });
+    await writeGgufFile(`${dir}/m-00002-of-00002.gguf`, {
+      metadata: [["general.architecture", gv.str("qwen2moe")], ...split(1)],
+      tensors: spec.tensors.slice(half),
+    });
+    const model = readGgufModel(`${dir}/m-00001-of-00002.gguf`);
+    assert.ok(model.tensors.some((t) => t.fileIndex === 1 && /_exps/.test(t.name)));
+    const r = await cli(
+      "--input",
+      `${dir}/m-00002-of-00002.gguf`,
+      "--output",
+      `${dir}/out`,
+      "--output-dtype",
+      "float16",
+    );
+    assert.equal(r.code, 0, r.stderr);
+    verifyConversion(`${dir}/m-00001-of-00002.gguf`, `${dir}/out`, "float16");
+    const m: Manifest = JSON.parse(Deno.readTextFileSync(`${dir}/out/manifest.json`));
+    assert.deepEqual(m.source.files.map((f) => f.name), [
+      "m-00001-of-00002.gguf",
+      "m-00002-of-00002.gguf",
+    ]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -367,12 +367,16 @@ export class BaseModel implements GgufModelFile {
   }
 }
 
-/** One tensor of an expert file. */
+/**
+ * One tensor of an expert file. Shaped like the expert sources'
+ * `ExpertPartShape` (`src/experts/source.ts`), so an {@link ExpertLayerLayout}
+ * can stand for an `ExpertLayerShape`.
+ */
 export interface ExpertTensor {
-  /** Name in the file (`ffn_gate.weight`). */
-  readonly name: string;
   /** The GGUF expert stack it was cut from (`blk.12.ffn_gate_exps.weight`). */
-  readonly source: string;
+  readonly name: string;
+  /** Its name inside the expert file (`ffn_gate.weight`). */
+  readonly fileTensor: string;
   /** `gate`, `up`, `down` or `gate_up`. */
   readonly role: string;
   /** `weight`, `bias` or `scale`. */
@@ -380,11 +384,11 @@ export interface ExpertTensor {
   /** ggml type of the bytes. */
   readonly type: GgmlTypeInfo;
   /** ggml-order shape of one expert's slice. */
-  readonly shape: readonly number[];
-  /** Absolute offset in the expert file. */
+  readonly sliceShape: readonly number[];
+  /** Bytes of the slice. */
+  readonly sliceBytes: number;
+  /** Absolute offset in the expert file (the same in every file of the layer). */
   readonly fileOffset: number;
-  /** Bytes. */
-  readonly nBytes: number;
 }
 
 /** The layout every expert file of one layer shares. */
@@ -419,7 +423,10 @@ export class ExpertFile {
     this.layer = layer;
     this.expert = expert;
     this.file = file;
-    this.tensors = layout.tensors.map((t) => ({ ...t, bytes: file.range(t.fileOffset, t.nBytes) }));
+    this.tensors = layout.tensors.map((t) => ({
+      ...t,
+      bytes: file.range(t.fileOffset, t.sliceBytes),
+    }));
   }
 
   /** The path of the file. */
@@ -482,8 +489,9 @@ export class ExpertDir {
   readonly dir: string;
   /** `general.architecture` of the source. */
   readonly architecture: string;
-  /** The layout of each MoE layer, by layer index. */
-  readonly layers: ReadonlyMap<number, ExpertLayerLayout>;
+  /** The layout of each MoE layer, in layer order (an `ExpertSource`'s `layers`). */
+  readonly layers: readonly ExpertLayerLayout[];
+  readonly #byLayer: ReadonlyMap<number, ExpertLayerLayout>;
   readonly #layerWidth: number;
   readonly #expertWidth: number;
 
@@ -496,7 +504,8 @@ export class ExpertDir {
   ) {
     this.dir = dir;
     this.architecture = architecture;
-    this.layers = layers;
+    this.#byLayer = layers;
+    this.layers = [...layers.values()].sort((a, b) => a.layer - b.layer);
     this.#layerWidth = layerWidth;
     this.#expertWidth = expertWidth;
   }
@@ -530,7 +539,7 @@ export class ExpertDir {
         throw new ConvertedModelError(path, `layer ${layer}: tensors must be a list`);
       }
       const tensors = (l.tensors as Record<string, unknown>[]).map((t): ExpertTensor => {
-        const name = String(t?.name);
+        const name = String(t?.source);
         const type = ggmlType(t?.ggml_type, path, name);
         const shape = ggmlShape(t?.shape, path, name);
         let nBytes: number;
@@ -544,13 +553,13 @@ export class ExpertDir {
         }
         const entry = {
           name,
-          source: String(t.source),
+          fileTensor: String(t.name),
           role: String(t.role),
           kind: String(t.kind),
           type,
-          shape,
+          sliceShape: shape,
+          sliceBytes: nBytes,
           fileOffset: at,
-          nBytes,
         };
         at += nBytes;
         return entry;
@@ -561,6 +570,7 @@ export class ExpertDir {
           `layer ${layer}: tensors end at ${at}, files are ${fileBytes} bytes`,
         );
       }
+      if (layers.has(layer)) throw new ConvertedModelError(path, `layer ${layer} is listed twice`);
       layers.set(layer, {
         layer,
         nExpert: num("n_expert"),
@@ -581,11 +591,13 @@ export class ExpertDir {
 
   /** The layout of `layer`; throws naming the layer when it has no routed experts. */
   layout(layer: number): ExpertLayerLayout {
-    const l = this.layers.get(layer);
+    const l = this.#byLayer.get(layer);
     if (!l) {
       throw new ConvertedModelError(
         this.dir,
-        `layer ${layer} has no routed experts (MoE layers: ${[...this.layers.keys()].join(", ")})`,
+        `layer ${layer} has no routed experts (MoE layers: ${
+          [...this.#byLayer.keys()].join(", ")
+        })`,
       );
     }
     return l;
@@ -633,11 +645,11 @@ export class ExpertDir {
         );
       }
       for (const t of layout.tensors) {
-        const s = h.tensorMap.get(t.name);
-        if (!s || s.fileOffset !== t.fileOffset || s.nBytes !== t.nBytes) {
+        const s = h.tensorMap.get(t.fileTensor);
+        if (!s || s.fileOffset !== t.fileOffset || s.nBytes !== t.sliceBytes) {
           throw new ConvertedModelError(
             path,
-            `tensor ${t.name} is missing or not where experts.json says`,
+            `tensor ${t.fileTensor} is missing or not where experts.json says`,
           );
         }
       }
