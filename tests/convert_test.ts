@@ -343,6 +343,7 @@ Deno.test("convert --dry-run on every generated model: prints the plan, writes n
         assert.match(r.stdout, new RegExp(`base: +${plan.base.tensors.length} tensors`));
         assert.match(r.stdout, /per expert: +[\d.]+ [KM]iB/);
         assert.match(r.stdout, /dry run: nothing written/);
+        assert.match(r.stdout, /output: +.*: new directory/);
         assert.ok(!exists(out), "dry run must not create the output directory");
         // The bytes it announces are the bytes a real run writes.
         const total = Number(/total: .*\((\d+) bytes/.exec(r.stdout)![1]);
@@ -350,6 +351,8 @@ Deno.test("convert --dry-run on every generated model: prints the plan, writes n
         const written: number = walk(out).filter((f) => f.endsWith(".safetensors"))
           .reduce((s, f) => s + Deno.statSync(`${out}/${f}`).size, 0);
         assert.equal(written, total);
+        const again = await cli("--input", gguf, "--output", out, "--dry-run");
+        assert.match(again.stdout, /output: +.*: already holds this conversion/);
       }
     }
     // float16 changes the sizes it reports.
@@ -533,6 +536,11 @@ Deno.test("convert: killed mid-run (SIGKILL, SIGINT) leaves nothing a reader tak
     assert.ok(kept >= 20, `${kept} complete files`);
     assert.throws(() => openExpertDir(`${out}/experts`), /expert index is missing/);
 
+    const dry = await cli(...args, "--dry-run");
+    assert.match(
+      dry.stdout,
+      /output: +.*: resumes an interrupted run \(\d+ files recorded as done\)/,
+    );
     const rerun = await cli(...args);
     assert.equal(rerun.code, 0, rerun.stderr);
     assert.match(rerun.stdout, /\d+ kept from an earlier run/);
@@ -640,6 +648,15 @@ Deno.test("convert: refuses foreign or mismatched output directories unless --ov
         /not empty and holds no od-moe conversion \(found: notes\.txt\)/.test(e.message) &&
         /--overwrite/.test(e.message),
     );
+    const dry = await cli("--input", gguf, "--output", dir, "--dry-run");
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.match(dry.stdout, /output: +.*: would be refused: .*not empty/);
+    const dryOverwrite = await cli("--input", gguf, "--output", dir, "--dry-run", "--overwrite");
+    assert.match(
+      dryOverwrite.stdout,
+      /--overwrite would replace base_model\/, experts\/ and manifest\.json/,
+    );
+    assert.deepEqual(walk(dir), ["notes.txt"]);
     const cliRefusal = await cli("--input", gguf, "--output", dir);
     assert.equal(cliRefusal.code, 1);
     assert.match(cliRefusal.stderr, /not empty/);

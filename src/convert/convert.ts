@@ -217,6 +217,15 @@ function sameOptions(a: RecordedOptions, b: RecordedOptions): boolean {
     a.shard_size_bytes === b.shard_size_bytes;
 }
 
+/** The options of a plan as a conversion records them. */
+export function recordedOptionsOf(plan: ConversionPlan): RecordedOptions {
+  return {
+    output_dtype: plan.outputDtype,
+    base_only: plan.baseOnly,
+    shard_size_bytes: plan.shardSizeBytes,
+  };
+}
+
 /** Whether `path` holds `size` bytes with SHA-256 `sha256`; reports bytes read to `onBytes`. */
 async function fileMatches(
   path: string,
@@ -659,6 +668,104 @@ function describeOptions(o: RecordedOptions | undefined): string {
   }`;
 }
 
+/** What an output directory holds, as a run with given source and options sees it. */
+export type OutputState =
+  /** Absent: it will be created. */
+  | { readonly kind: "new" }
+  /** An empty directory. */
+  | { readonly kind: "empty" }
+  /** Something that is not an od-moe conversion: refused without `overwrite`. */
+  | { readonly kind: "foreign"; readonly message: string }
+  /** An interrupted run of the same conversion: resumed. */
+  | { readonly kind: "partial"; readonly records: readonly FileRecord[] }
+  /** A finished run of the same conversion: verified, and completed if damaged. */
+  | { readonly kind: "complete"; readonly manifest: Manifest }
+  /** A conversion of another model or with other options: refused without `overwrite`. */
+  | { readonly kind: "mismatch"; readonly message: string };
+
+/**
+ * Looks at the output directory without changing it: is it new, empty,
+ * foreign, a partial or finished run of this conversion, or of another?
+ * Throws {@link ConvertError} when it is not a directory.
+ */
+export function outputState(
+  dir: string,
+  source: SourceIdentity,
+  options: RecordedOptions,
+): OutputState {
+  let names: string[];
+  try {
+    const stat = Deno.statSync(dir);
+    if (!stat.isDirectory) throw new ConvertError(`output ${dir} exists and is not a directory`);
+    names = [...Deno.readDirSync(dir)].map((e) => e.name);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return { kind: "new" };
+    throw e;
+  }
+  const manifest = parseJsonFile(`${dir}/${ConvertedFiles.manifest}`) as
+    | Manifest
+    | null
+    | undefined;
+  const journal = readJournal(`${dir}/${ConvertedFiles.journal}`);
+  if (manifest === undefined && journal === undefined) {
+    if (names.length === 0) return { kind: "empty" };
+    const shown = names.slice(0, 5).join(", ") + (names.length > 5 ? ", …" : "");
+    return {
+      kind: "foreign",
+      message:
+        `output directory ${dir} is not empty and holds no od-moe conversion (found: ${shown}); ` +
+        `choose an empty or new directory, or pass --overwrite to write into it ` +
+        `(replaces ${ConvertedFiles.baseDir}/, ${ConvertedFiles.expertDir}/ and ${ConvertedFiles.manifest})`,
+    };
+  }
+  if (
+    manifest === null || journal === null ||
+    (manifest !== undefined &&
+      (manifest.format !== ConvertedFormats.manifest || manifest.version !== CONVERTED_VERSION))
+  ) {
+    return {
+      kind: "mismatch",
+      message: `output directory ${dir} holds an unreadable ${
+        manifest === null ? ConvertedFiles.manifest : ConvertedFiles.journal
+      }; pass --overwrite to start again`,
+    };
+  }
+  const recorded = (manifest ?? journal?.header)!;
+  if (!sameSource(recorded.source, source) || !sameOptions(recorded.options, options)) {
+    return {
+      kind: "mismatch",
+      message: `output directory ${dir} holds a ${
+        manifest ? "finished" : "partial"
+      } conversion of ${describeSource(recorded.source)} with ${
+        describeOptions(recorded.options)
+      }; this run converts ${describeSource(source)} with ${
+        describeOptions(options)
+      }. Pass --overwrite to replace it, or choose another directory`,
+    };
+  }
+  if (manifest) return { kind: "complete", manifest };
+  return { kind: "partial", records: journal!.records };
+}
+
+/** One line saying what a run would do with the output directory (for `--dry-run`). */
+export function describeOutputState(state: OutputState, overwrite: boolean): string {
+  if (overwrite && state.kind !== "new" && state.kind !== "empty") {
+    return `exists; --overwrite would replace ${ConvertedFiles.baseDir}/, ${ConvertedFiles.expertDir}/ and ${ConvertedFiles.manifest}`;
+  }
+  switch (state.kind) {
+    case "new":
+      return "new directory";
+    case "empty":
+      return "empty directory";
+    case "partial":
+      return `resumes an interrupted run (${state.records.length} files recorded as done)`;
+    case "complete":
+      return "already holds this conversion (a run verifies it and rewrites only damaged files)";
+    default:
+      return `would be refused: ${state.message}`;
+  }
+}
+
 /**
  * Decides what to do with the output directory: create it, resume the run
  * recorded there, or refuse. Returns the files known from an earlier run,
@@ -670,13 +777,8 @@ function prepareOutput(
   options: RecordedOptions,
   overwrite: boolean,
 ): { known: FileRecord[]; manifest?: Manifest } {
-  let names: string[];
-  try {
-    const stat = Deno.statSync(dir);
-    if (!stat.isDirectory) throw new ConvertError(`output ${dir} exists and is not a directory`);
-    names = [...Deno.readDirSync(dir)].map((e) => e.name);
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  const state = outputState(dir, source, options);
+  if (state.kind === "new") {
     Deno.mkdirSync(dir, { recursive: true });
     return { known: [] };
   }
@@ -684,46 +786,19 @@ function prepareOutput(
     clearOutput(dir);
     return { known: [] };
   }
-  const manifest = parseJsonFile(`${dir}/${ConvertedFiles.manifest}`) as
-    | Manifest
-    | null
-    | undefined;
-  const journal = readJournal(`${dir}/${ConvertedFiles.journal}`);
-  if (manifest === undefined && journal === undefined) {
-    if (names.length === 0) return { known: [] };
-    const shown = names.slice(0, 5).join(", ") + (names.length > 5 ? ", …" : "");
-    throw new ConvertError(
-      `output directory ${dir} is not empty and holds no od-moe conversion (found: ${shown}); ` +
-        `choose an empty or new directory, or pass --overwrite to write into it ` +
-        `(replaces ${ConvertedFiles.baseDir}/, ${ConvertedFiles.expertDir}/ and ${ConvertedFiles.manifest})`,
-    );
+  switch (state.kind) {
+    case "empty":
+      return { known: [] };
+    case "foreign":
+    case "mismatch":
+      throw new ConvertError(state.message);
+    case "partial":
+      removeTemporaryFiles(dir);
+      return { known: [...state.records] };
+    case "complete":
+      removeTemporaryFiles(dir);
+      return { known: [...state.manifest.files], manifest: state.manifest };
   }
-  const recorded = manifest ?? journal?.header;
-  if (
-    manifest === null || journal === null ||
-    (manifest !== undefined &&
-      (manifest.format !== ConvertedFormats.manifest || manifest.version !== CONVERTED_VERSION))
-  ) {
-    throw new ConvertError(
-      `output directory ${dir} holds an unreadable ${
-        manifest === null ? ConvertedFiles.manifest : ConvertedFiles.journal
-      }; pass --overwrite to start again`,
-    );
-  }
-  if (!sameSource(recorded!.source, source) || !sameOptions(recorded!.options, options)) {
-    throw new ConvertError(
-      `output directory ${dir} holds a ${manifest ? "finished" : "partial"} conversion of ${
-        describeSource(recorded!.source)
-      } with ${describeOptions(recorded!.options)}; this run converts ${
-        describeSource(source)
-      } with ${
-        describeOptions(options)
-      }. Pass --overwrite to replace it, or choose another directory`,
-    );
-  }
-  removeTemporaryFiles(dir);
-  if (manifest) return { known: [...manifest.files], manifest };
-  return { known: journal!.records };
 }
 
 class Journal {
@@ -771,11 +846,7 @@ export async function convertGguf(options: ConvertOptions): Promise<ConvertResul
   const plan = planConversion(model, options);
   if (!plan.supported) throw plan.unsupported!;
   const source = sourceIdentity(model);
-  const recordedOptions: RecordedOptions = {
-    output_dtype: plan.outputDtype,
-    base_only: plan.baseOnly,
-    shard_size_bytes: plan.shardSizeBytes,
-  };
+  const recordedOptions = recordedOptionsOf(plan);
   const { known, manifest } = prepareOutput(
     dir,
     source,

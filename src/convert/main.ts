@@ -14,7 +14,13 @@
 
 import { parseArgs } from "node:util";
 import { readGgufModel } from "../gguf/reader.ts";
-import { convertGguf } from "./convert.ts";
+import {
+  convertGguf,
+  describeOutputState,
+  outputState,
+  recordedOptionsOf,
+  sourceIdentity,
+} from "./convert.ts";
 import {
   DEFAULT_SHARD_SIZE_GB,
   describePlan,
@@ -118,8 +124,13 @@ export async function main(argv: string[]): Promise<number> {
 
   if (args.dryRun) {
     try {
-      const plan = planConversion(readGgufModel(args.input), options);
+      const model = readGgufModel(args.input);
+      const plan = planConversion(model, options);
       for (const line of describePlan(plan, args.output)) console.log(line);
+      if (args.output !== undefined && plan.supported) {
+        const state = outputState(args.output, sourceIdentity(model), recordedOptionsOf(plan));
+        console.log(`output:        ${args.output}: ${describeOutputState(state, args.overwrite)}`);
+      }
       console.log("dry run: nothing written");
       if (!plan.supported) throw plan.unsupported!;
       return 0;
