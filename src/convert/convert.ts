@@ -30,6 +30,7 @@ import {
   writeSafetensors,
   type WrittenFile,
 } from "../safetensors/writer.ts";
+import { DiskFullError, isNoSpaceError } from "../safetensors/errors.ts";
 import { ConvertError } from "./errors.ts";
 import {
   CONVERTED_VERSION,
@@ -976,6 +977,9 @@ export async function convertGguf(options: ConvertOptions): Promise<ConvertResul
     };
   } catch (e) {
     progress.finish();
+    if (isNoSpaceError(e) && !(e instanceof DiskFullError)) {
+      throw new DiskFullError(dir, "free some space and rerun (finished files are kept)", e);
+    }
     throw e;
   } finally {
     journal?.close();
