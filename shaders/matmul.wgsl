@@ -12,10 +12,13 @@
 //          of quant.wgsl: QK, QB, NP, TAIL, xoff, deq; see there
 // Overrides (tunables):
 //   WG_MV  matvec: invocations per workgroup, a power of two (default 64)
-//   ROWS   matvec: rows per workgroup, 1..4 (default 2)
-//   BM     tiled: rows per workgroup, a multiple of 4 (default 64)
-//   BN     tiled: entries per workgroup, a multiple of 4 (default 32);
-//          BM * BN / 16 invocations, each computing 4 rows x 4 entries
+//   ROWS   matvec: rows per workgroup, 1..8 (default 2)
+//   TT     matvec: tokens per workgroup of a plain matmul, 1..8 (default 1);
+//          mul_mat_id takes one entry per workgroup
+//   BM     tiled: rows per workgroup, a multiple of TM (default 64)
+//   BN     tiled: entries per workgroup, a multiple of TN (default 32)
+//   TM, TN tiled: rows and entries per invocation, 4 or 8 (default 4, 4);
+//          (BM / TM) * (BN / TN) invocations
 //
 // Bindings (inputs -> outputs -> params):
 //   @binding(0) W:     array<u32>  raw ggml bytes of the stack        read
@@ -50,12 +53,16 @@
 //     in a dispatch).
 //
 // Entry points and dispatch (linear workgroup index wid.x + wid.y * nwg.x):
-//   matvec  decode: one workgroup per (ROWS rows, entry); the invocations
-//           stride over the row's 8-weight pieces and tree-reduce in
-//           workgroup memory. ceil(n_rows / ROWS) * T * n_used workgroups.
+//   matvec  decode: one workgroup per (ROWS rows, TT tokens) of a plain
+//           matmul or (ROWS rows, entry) of mul_mat_id; the invocations
+//           stride over the row's 8-weight pieces, dequantise each once for
+//           the TT tokens and tree-reduce in workgroup memory.
+//           ceil(n_rows / ROWS) * ceil(T / TT) (plain) or
+//           ceil(n_rows / ROWS) * T * n_used (mul_mat_id) workgroups.
 //   tiled   prefill: one workgroup per (BM rows, BN entries) with the
-//           dequantised weights and the x values of 4 pieces (32 columns)
-//           at a time in workgroup memory. Plain: ceil(n_rows / BM) *
+//           dequantised weights and the x values of KP = 4 pieces (32
+//           columns, in piece order) at a time in workgroup memory; each
+//           invocation accumulates TM rows x TN entries. Plain: ceil(n_rows / BM) *
 //           ceil(T / BN) workgroups; mul_mat_id: ceil(n_rows / BM) times
 //           the route's tile bound, tiles past route[0] return at once.
 
@@ -85,11 +92,17 @@ struct Params {
 
 override WG_MV: u32 = 64;
 override ROWS: u32 = 2;
+override TT: u32 = 1;
 override BM: u32 = 64;
 override BN: u32 = 32;
+override TM: u32 = 4;
+override TN: u32 = 4;
 
-const MAX_ROWS = 4u;
+const MAX_ROWS = 8u;
+const MAX_TT = 8u;
 const KP = 4u;
+const MAX_TN = 8u;
+const MAX_TM = 8u;
 const NONE = 0xffffffffu;
 
 @group(0) @binding(0) var<storage, read> W: array<u32>;
@@ -164,7 +177,7 @@ fn store_y(i: u32, v: f32) {
   }
 }
 
-var<workgroup> red: array<f32, WG_MV * ROWS>;
+var<workgroup> red: array<f32, WG_MV * ROWS * TT>;
 
 @compute @workgroup_size(WG_MV)
 fn matvec(
@@ -175,65 +188,87 @@ fn matvec(
   let n_rg = (P.n_rows + ROWS - 1u) / ROWS;
   let lin = wid.x + wid.y * nwg.x;
   let rg = lin % n_rg;
-  let e = lin / n_rg;
+  // A plain matmul takes TT consecutive tokens a workgroup, mul_mat_id one entry.
+  let per = select(1u, TT, P.n_mats == 0u);
+  let e0 = (lin / n_rg) * per;
+  let n_e = n_entries();
   var m = NONE;
-  if (e < n_entries()) {
-    m = entry_mat(e);
+  var ne = 0u;
+  if (e0 < n_e) {
+    m = entry_mat(e0);
+    ne = select(0u, min(per, n_e - e0), m != NONE);
   }
   let r0 = rg * ROWS;
-  var acc: array<f32, MAX_ROWS>;
-  if (m != NONE) {
-    let xb = x_base(e);
+  var acc: array<f32, MAX_ROWS * MAX_TT>;
+  if (ne > 0u) {
+    let xb = x_base(e0);
     let wb = P.w_off + m * P.mat_stride + r0 * P.row_bytes;
     let np = n_pieces();
     for (var g = lid; g < np; g += WG_MV) {
       let blk = g / NP;
       let p = g % NP;
       let o = xoff(p) + blk * QK;
-      let xa = load_x(xb, o.x);
-      let xc = load_x(xb, o.y);
+      var xv: array<vec4f, 2u * MAX_TT>;
+      for (var k = 0u; k < TT; k++) {
+        if (k < ne) {
+          xv[2u * k] = load_x(xb + k * P.x_stride, o.x);
+          xv[2u * k + 1u] = load_x(xb + k * P.x_stride, o.y);
+        }
+      }
       for (var r = 0u; r < ROWS; r++) {
         if (r0 + r < P.n_rows) {
           let pc = load_w(wb + r * P.row_bytes, blk, p);
-          acc[r] += dot(pc.a, xa) + dot(pc.b, xc);
+          for (var k = 0u; k < TT; k++) {
+            if (k < ne) {
+              acc[r * MAX_TT + k] += dot(pc.a, xv[2u * k]) + dot(pc.b, xv[2u * k + 1u]);
+            }
+          }
         }
       }
     }
   }
   for (var r = 0u; r < ROWS; r++) {
-    red[r * WG_MV + lid] = acc[r];
+    for (var k = 0u; k < TT; k++) {
+      red[(r * TT + k) * WG_MV + lid] = acc[r * MAX_TT + k];
+    }
   }
   for (var s = WG_MV / 2u; s > 0u; s >>= 1u) {
     workgroupBarrier();
     if (lid < s) {
-      for (var r = 0u; r < ROWS; r++) {
-        red[r * WG_MV + lid] += red[r * WG_MV + lid + s];
+      for (var i = 0u; i < ROWS * TT; i++) {
+        red[i * WG_MV + lid] += red[i * WG_MV + lid + s];
       }
     }
   }
-  if (lid == 0u && m != NONE) {
-    let yb = y_base(e) + r0;
-    for (var r = 0u; r < ROWS; r++) {
-      if (r0 + r < P.n_rows) {
-        store_y(yb + r, red[r * WG_MV]);
+  if (lid == 0u) {
+    for (var k = 0u; k < TT; k++) {
+      if (k < ne) {
+        let yb = y_base(e0) + k * P.y_stride + r0;
+        for (var r = 0u; r < ROWS; r++) {
+          if (r0 + r < P.n_rows) {
+            store_y(yb + r, red[(r * TT + k) * WG_MV]);
+          }
+        }
       }
     }
   }
 }
 
-// Workgroup tiles of the tiled kernel, [column k][quad]: four rows (ws) or
-// four entries (xs) per vec4.
-var<workgroup> ws: array<vec4f, 8u * KP * BM / 4u>;
-var<workgroup> xs: array<vec4f, 8u * KP * BN / 4u>;
+// Workgroup tiles of the tiled kernel: [row][column quad] (ws) and
+// [entry][column quad] (xs), rows padded to TS vec4s so that invocations
+// reading different rows at one column hit different banks.
+const TS = 2u * KP + 1u;
+var<workgroup> ws: array<vec4f, BM * TS>;
+var<workgroup> xs: array<vec4f, BN * TS>;
 var<workgroup> tile_entries: array<u32, BN>;
 
-@compute @workgroup_size(BM * BN / 16u)
+@compute @workgroup_size((BM / TM) * (BN / TN))
 fn tiled(
   @builtin(workgroup_id) wid: vec3u,
   @builtin(num_workgroups) nwg: vec3u,
   @builtin(local_invocation_index) lid: u32,
 ) {
-  let n_threads = BM * BN / 16u;
+  let n_threads = (BM / TM) * (BN / TN);
   let n_rt = (P.n_rows + BM - 1u) / BM;
   let lin = wid.x + wid.y * nwg.x;
   let rt = lin % n_rt;
@@ -267,9 +302,11 @@ fn tiled(
   let r0 = rt * BM;
   let wb = P.w_off + m * P.mat_stride;
   let np = n_pieces();
-  let tr = lid % (BM / 4u);
-  let te = lid / (BM / 4u);
-  var acc: array<vec4f, 4>;
+  // This invocation's TM rows and TN entries.
+  let tr = lid % (BM / TM);
+  let te = lid / (BM / TM);
+  // acc[j * MAX_TM + i]: entry te * TN + j, row tr * TM + i.
+  var acc: array<f32, MAX_TN * MAX_TM>;
   for (var g0 = 0u; g0 < np; g0 += KP) {
     workgroupBarrier();
     for (var i = lid; i < BM * KP; i += n_threads) {
@@ -280,12 +317,8 @@ fn tiled(
       if (r0 + r < P.n_rows && g < np) {
         pc = load_w(wb + (r0 + r) * P.row_bytes, g / NP, g % NP);
       }
-      let q = (8u * kp) * (BM / 4u) + r / 4u;
-      let c = r % 4u;
-      for (var k = 0u; k < 4u; k++) {
-        ws[q + k * (BM / 4u)][c] = pc.a[k];
-        ws[q + (k + 4u) * (BM / 4u)][c] = pc.b[k];
-      }
+      ws[r * TS + 2u * kp] = pc.a;
+      ws[r * TS + 2u * kp + 1u] = pc.b;
     }
     for (var i = lid; i < BN * KP; i += n_threads) {
       let kp = i % KP;
@@ -300,31 +333,31 @@ fn tiled(
         xa = load_x(xb, o.x);
         xc = load_x(xb, o.y);
       }
-      let q = (8u * kp) * (BN / 4u) + n / 4u;
-      let c = n % 4u;
-      for (var k = 0u; k < 4u; k++) {
-        xs[q + k * (BN / 4u)][c] = xa[k];
-        xs[q + (k + 4u) * (BN / 4u)][c] = xc[k];
-      }
+      xs[n * TS + 2u * kp] = xa;
+      xs[n * TS + 2u * kp + 1u] = xc;
     }
     workgroupBarrier();
-    for (var k = 0u; k < 8u * KP; k++) {
-      let w = ws[k * (BM / 4u) + tr];
-      let x = xs[k * (BN / 4u) + te];
-      acc[0] += w * x.x;
-      acc[1] += w * x.y;
-      acc[2] += w * x.z;
-      acc[3] += w * x.w;
+    for (var kq = 0u; kq < 2u * KP; kq++) {
+      var w: array<vec4f, MAX_TM>;
+      for (var i = 0u; i < TM; i++) {
+        w[i] = ws[(tr * TM + i) * TS + kq];
+      }
+      for (var j = 0u; j < TN; j++) {
+        let x = xs[(te * TN + j) * TS + kq];
+        for (var i = 0u; i < TM; i++) {
+          acc[j * MAX_TM + i] += dot(w[i], x);
+        }
+      }
     }
   }
-  for (var j = 0u; j < 4u; j++) {
-    let e = tile_entries[4u * te + j];
+  for (var j = 0u; j < TN; j++) {
+    let e = tile_entries[te * TN + j];
     if (e != NONE) {
       let yb = y_base(e);
-      for (var c = 0u; c < 4u; c++) {
-        let r = r0 + 4u * tr + c;
+      for (var i = 0u; i < TM; i++) {
+        let r = r0 + tr * TM + i;
         if (r < P.n_rows) {
-          store_y(yb + r, acc[j][c]);
+          store_y(yb + r, acc[j * MAX_TM + i]);
         }
       }
     }

@@ -6,10 +6,11 @@
  * (`shaders/quant.wgsl`); products accumulate in f32.
  *
  * Each chunk of a weight gets two kernels: `matvec` for decode-sized batches
- * (one workgroup per few rows and token, memory-bound) and `tiled` for
+ * (one workgroup per few rows and few tokens, memory-bound) and `tiled` for
  * prefill (a tile of rows × tokens per workgroup, so each weight is read once
  * per 32 tokens). Both are returned as ops; the one that does not fit the
- * batch size dispatches no workgroups.
+ * batch size dispatches no workgroups. Workgroup shapes and the switch point
+ * default per adapter ({@linkcode defaultMatmulTuning}).
  *
  * @module
  */
@@ -35,24 +36,71 @@ import { bindView, bindWeightChunk } from "./weights.ts";
 export interface MatmulTuning {
   /** matvec: invocations per workgroup, a power of two. */
   readonly wgMatvec: number;
-  /** matvec: rows per workgroup, 1 to 4. */
+  /** matvec: rows per workgroup, 1 to 8. */
   readonly rowsMatvec: number;
+  /** matvec: tokens per workgroup of a plain matmul (weights dequantised once for them), 1 to 8. */
+  readonly tokensMatvec: number;
   /** tiled: rows per workgroup, a multiple of 4. */
   readonly tileRows: number;
   /** tiled: tokens (entries) per workgroup, a multiple of 4. */
   readonly tileTokens: number;
+  /** tiled: rows per invocation, 4 or 8. */
+  readonly threadRows: number;
+  /** tiled: tokens per invocation, 4 or 8. */
+  readonly threadTokens: number;
   /** Batches of at most this many tokens take the matvec kernel, larger ones the tiled. */
   readonly matvecMaxTokens: number;
+  /** Folder of the `.wgsl` files (benchmarks compare kernel versions); default `shaders/`. */
+  readonly baseUrl?: URL;
 }
 
-/** The default tuning. */
+/**
+ * The default tuning for GPUs: 128 invocations reduce 4 rows (a workgroup
+ * reads 4 rows' blocks side by side, coalesced), 4 tokens per matvec
+ * workgroup, 64 × 32 tiles for prefill from 9 tokens on.
+ */
 export const DEFAULT_MATMUL_TUNING: MatmulTuning = Object.freeze({
-  wgMatvec: 64,
-  rowsMatvec: 2,
+  wgMatvec: 128,
+  rowsMatvec: 4,
+  tokensMatvec: 4,
   tileRows: 64,
   tileTokens: 32,
-  matvecMaxTokens: 1,
+  threadRows: 4,
+  threadTokens: 4,
+  matvecMaxTokens: 8,
 });
+
+/**
+ * The default tuning for CPU (software) adapters such as llvmpipe, where a
+ * workgroup runs as coroutines over one SIMD vector and every barrier
+ * switches between them: 8 invocations a workgroup (one AVX2 vector, cheap
+ * barriers) was 2.5× faster than 64 on llvmpipe, and the matvec kernel (8
+ * tokens a workgroup) beats the tiled one up to about 24 tokens.
+ */
+export const SOFTWARE_MATMUL_TUNING: MatmulTuning = Object.freeze({
+  wgMatvec: 8,
+  rowsMatvec: 4,
+  tokensMatvec: 8,
+  tileRows: 64,
+  tileTokens: 32,
+  threadRows: 4,
+  threadTokens: 4,
+  matvecMaxTokens: 24,
+});
+
+/** Whether `gpu` is a CPU implementation of WebGPU (llvmpipe, lavapipe, SwiftShader, WARP). */
+export function isSoftwareAdapter(gpu: Gpu): boolean {
+  const info = gpu.adapterInfo;
+  return info.isFallbackAdapter === true ||
+    /llvmpipe|lavapipe|swiftshader|softpipe|\bwarp\b|microsoft basic render/i.test(
+      `${info.description} ${info.vendor} ${info.architecture} ${info.device}`,
+    );
+}
+
+/** The default tuning for this adapter: {@linkcode SOFTWARE_MATMUL_TUNING} or {@linkcode DEFAULT_MATMUL_TUNING}. */
+export function defaultMatmulTuning(gpu: Gpu): MatmulTuning {
+  return isSoftwareAdapter(gpu) ? SOFTWARE_MATMUL_TUNING : DEFAULT_MATMUL_TUNING;
+}
 
 /** Options of {@linkcode prepareMatmul}. */
 export interface MatmulOptions {
@@ -145,17 +193,51 @@ const PARAMS_LAYOUT = {
 
 type MatmulParams = Record<keyof typeof PARAMS_LAYOUT, number>;
 
-function resolveTuning(t: Partial<MatmulTuning> | undefined, label: string): MatmulTuning {
-  const out = { ...DEFAULT_MATMUL_TUNING, ...t };
+function resolveTuning(
+  gpu: Gpu,
+  t: Partial<MatmulTuning> | undefined,
+  label: string,
+): MatmulTuning {
+  const out = { ...defaultMatmulTuning(gpu), ...t };
   const pow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
   const bad = (what: string) => new RangeError(`${label}: tuning ${what}.`);
   if (!pow2(out.wgMatvec)) throw bad(`wgMatvec ${out.wgMatvec} is not a power of two`);
-  if (!(out.rowsMatvec >= 1 && out.rowsMatvec <= 4 && Number.isInteger(out.rowsMatvec))) {
-    throw bad(`rowsMatvec ${out.rowsMatvec} is not 1..4`);
+  for (
+    const [k, v] of [["rowsMatvec", out.rowsMatvec], ["tokensMatvec", out.tokensMatvec]] as const
+  ) {
+    if (!(Number.isInteger(v) && v >= 1 && v <= 8)) throw bad(`${k} ${v} is not 1..8`);
   }
-  for (const [k, v] of [["tileRows", out.tileRows], ["tileTokens", out.tileTokens]] as const) {
-    if (!(Number.isInteger(v) && v >= 4 && v % 4 === 0)) {
-      throw bad(`${k} ${v} is not a multiple of 4`);
+  for (
+    const [k, v] of [["threadRows", out.threadRows], ["threadTokens", out.threadTokens]] as const
+  ) {
+    if (v !== 4 && v !== 8) throw bad(`${k} ${v} is not 4 or 8`);
+  }
+  for (
+    const [k, v, per] of [
+      ["tileRows", out.tileRows, out.threadRows],
+      ["tileTokens", out.tileTokens, out.threadTokens],
+    ] as const
+  ) {
+    if (!(Number.isInteger(v) && v >= per && v % per === 0)) {
+      throw bad(`${k} ${v} is not a multiple of ${per}`);
+    }
+  }
+  const limits = gpu.limits;
+  const tiledThreads = (out.tileRows / out.threadRows) * (out.tileTokens / out.threadTokens);
+  for (const [what, n] of [["matvec", out.wgMatvec], ["tiled", tiledThreads]] as const) {
+    if (n > limits.maxComputeInvocationsPerWorkgroup || n > limits.maxComputeWorkgroupSizeX) {
+      throw bad(`${what} workgroup of ${n} invocations exceeds this device's limits`);
+    }
+  }
+  // Tiles of 32 columns padded to 36 (matmul.wgsl's TS), the tile's entry list; the reduction.
+  const tiledBytes = 16 * 9 * (out.tileRows + out.tileTokens) + 4 * out.tileTokens;
+  const matvecBytes = 4 * out.wgMatvec * out.rowsMatvec * out.tokensMatvec;
+  for (const [what, n] of [["matvec", matvecBytes], ["tiled", tiledBytes]] as const) {
+    if (n > limits.maxComputeWorkgroupStorageSize) {
+      throw bad(
+        `${what} needs ${n} bytes of workgroup memory, over this device's ` +
+          `${limits.maxComputeWorkgroupStorageSize}`,
+      );
     }
   }
   if (out.tileTokens >= 1 << 16) throw bad(`tileTokens ${out.tileTokens} is over 65535`);
@@ -199,28 +281,36 @@ function checkView(v: { offset: number; stride?: number }, what: string, label: 
 }
 
 interface Kernels {
+  /** The matvec kernel for one token (decode). */
   readonly matvec: Kernel;
+  /** The matvec kernel for `tokensMatvec` tokens a workgroup (the same as `matvec` when 1). */
+  readonly matvecTokens: Kernel;
   readonly tiled: Kernel;
 }
 
 async function matmulKernels(gpu: Gpu, w: GpuWeight, t: MatmulTuning): Promise<Kernels> {
   const variant = quantVariant(w.type, w.name);
-  const defines = { QUANT: await quantWgsl(w.type, w.name) };
-  const [matvec, tiled] = await Promise.all([
+  const defines = { QUANT: await quantWgsl(w.type, w.name, t.baseUrl) };
+  const matvec = (tokens: number) =>
     getPipeline(gpu, "matmul", {
       variant,
       defines,
       entryPoint: "matvec",
-      constants: { WG_MV: t.wgMatvec, ROWS: t.rowsMatvec },
-    }),
+      constants: { WG_MV: t.wgMatvec, ROWS: t.rowsMatvec, TT: tokens },
+      baseUrl: t.baseUrl,
+    });
+  const [one, many, tiled] = await Promise.all([
+    matvec(1),
+    matvec(t.tokensMatvec),
     getPipeline(gpu, "matmul", {
       variant,
       defines,
       entryPoint: "tiled",
-      constants: { BM: t.tileRows, BN: t.tileTokens },
+      constants: { BM: t.tileRows, BN: t.tileTokens, TM: t.threadRows, TN: t.threadTokens },
+      baseUrl: t.baseUrl,
     }),
   ]);
-  return { matvec, tiled };
+  return { matvec: one, matvecTokens: many, tiled };
 }
 
 function chunkParams(
@@ -240,10 +330,11 @@ function chunkParams(
 }
 
 /**
- * Prepares `y[t, r] (+)= Σ_c W[r, c] · x[t, c]` for `t < T`: one pair of ops
- * per weight chunk (matvec for `T ≤ matvecMaxTokens`, tiled above; the other
- * dispatches nothing), each writing only its chunk's rows. Params are
- * written here, once.
+ * Prepares `y[t, r] (+)= Σ_c W[r, c] · x[t, c]` for `t < T`: per weight
+ * chunk, the matvec kernel for one token, the matvec kernel for several
+ * tokens a workgroup (`1 < T ≤ matvecMaxTokens`) and the tiled kernel
+ * (larger `T`); only the one that fits `T` dispatches workgroups. Each chunk
+ * writes only its rows. Params are written here, once.
  *
  * @throws {UnsupportedWeightTypeError} for a weight type the kernels cannot read.
  * @throws {RangeError} for a stack (`nMats > 1`), bad views or tuning.
@@ -265,7 +356,7 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
   }
   checkView(x, "x", label);
   checkView(y, "y", label);
-  const t = resolveTuning(opts.tuning, label);
+  const t = resolveTuning(gpu, opts.tuning, label);
   const k = await matmulKernels(gpu, w, t);
   const xb = bindView(gpu, x.buffer, x.offset);
   const yb = bindView(gpu, y.buffer, y.offset);
@@ -302,12 +393,26 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
     ];
     const rowGroups = Math.ceil(chunk.nRows / t.rowsMatvec);
     const rowTiles = Math.ceil(chunk.nRows / t.tileRows);
+    // Decode (T = 1), few tokens (TT a workgroup, weights dequantised once for them), prefill.
+    const few = t.tokensMatvec > 1 && t.matvecMaxTokens > 1;
     ops.push({
       label: `${name}.matvec`,
       kernel: k.matvec,
       bindings,
-      workgroups: (nTokens) => nTokens <= t.matvecMaxTokens ? rowGroups * nTokens : 0,
+      workgroups: (nTokens) =>
+        nTokens <= t.matvecMaxTokens && (nTokens === 1 || !few) ? rowGroups * nTokens : 0,
     });
+    if (few) {
+      ops.push({
+        label: `${name}.matvec_tokens`,
+        kernel: k.matvecTokens,
+        bindings,
+        workgroups: (nTokens) =>
+          nTokens > 1 && nTokens <= t.matvecMaxTokens
+            ? rowGroups * Math.ceil(nTokens / t.tokensMatvec)
+            : 0,
+      });
+    }
     ops.push({
       label: `${name}.tiled`,
       kernel: k.tiled,
@@ -351,7 +456,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
   checkView(x, "x", label);
   checkView(y, "y", label);
   checkView(ids, "ids", label);
-  const t = resolveTuning(opts.tuning, label);
+  const t = resolveTuning(gpu, opts.tuning, label);
   const xSlot = opts.xPerSlot ? opts.xSlotStride ?? w.nCols : 0;
   const ySlot = opts.ySlotStride ?? w.nRows;
   const maxTokens = opts.maxTokens ??
@@ -365,7 +470,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
 
   const [k, route] = await Promise.all([
     matmulKernels(gpu, w, t),
-    getPipeline(gpu, "matmul_route", { constants: { BN: t.tileTokens } }),
+    getPipeline(gpu, "matmul_route", { constants: { BN: t.tileTokens }, baseUrl: t.baseUrl }),
   ]);
   const chunk = w.chunks[0]!;
   const wb = bindWeightChunk(gpu, w, chunk);

@@ -10,7 +10,12 @@ import { GgmlType, type GgmlTypeInfo, ggmlTypeName, requireGgmlType } from "../.
 import { Rng } from "../../util/rng.ts";
 import { createBuffer, readback } from "../buffers.ts";
 import { acquireGpu, expectNoGpuErrors, type Gpu, GpuUnavailableError } from "../device.ts";
-import { type MatmulTuning, prepareMatmul, prepareMatmulId } from "./matmul.ts";
+import {
+  DEFAULT_MATMUL_TUNING,
+  type MatmulTuning,
+  prepareMatmul,
+  prepareMatmulId,
+} from "./matmul.ts";
 import { type ActView, type GpuWeight, type Op, recordOps, STEP, type WeightChunk } from "./op.ts";
 import { GPU_WEIGHT_TYPES, UnsupportedWeightTypeError } from "./quant_wgsl.ts";
 import { randomWeightBytes, uploadWeight } from "./weights.ts";
@@ -161,6 +166,7 @@ async function matmulCase(gpu: Gpu, spec: MatmulCase): Promise<Case> {
 }
 
 const MATVEC = { matvecMaxTokens: 64 } as const;
+const TILED = { matvecMaxTokens: 0 } as const;
 
 /** Row lengths per type: one block and several (float types: a length that ends mid-piece). */
 function colsFor(type: GgmlTypeInfo): number[] {
@@ -179,30 +185,21 @@ gpuTest("matmul: every weight type, matvec and tiled kernels, odd shapes", async
           cases.push(await matmulCase(gpu, { type, nCols, nRows, nTokens, seed: seed++ }));
         }
       }
-      // The matvec kernel on several tokens, and with 1 and 4 rows a workgroup.
-      cases.push(
-        await matmulCase(gpu, { type, nCols, nRows: 37, nTokens: 3, tuning: MATVEC, seed: seed++ }),
-      );
-      cases.push(
-        await matmulCase(gpu, {
-          type,
-          nCols,
-          nRows: 67,
-          nTokens: 1,
-          tuning: { rowsMatvec: 4, wgMatvec: 32 },
-          seed: seed++,
-        }),
-      );
-      cases.push(
-        await matmulCase(gpu, {
-          type,
-          nCols,
-          nRows: 67,
-          nTokens: 2,
-          tuning: { rowsMatvec: 1, matvecMaxTokens: 2 },
-          seed: seed++,
-        }),
-      );
+      // Each kernel away from its default range, and other workgroup shapes.
+      const more: [number, number, Partial<MatmulTuning>][] = [
+        [37, 3, TILED],
+        [37, 40, { matvecMaxTokens: 64, tokensMatvec: 8 }],
+        [67, 11, { matvecMaxTokens: 64, tokensMatvec: 4, rowsMatvec: 3, wgMatvec: 32 }],
+        [67, 2, { matvecMaxTokens: 2, tokensMatvec: 1, rowsMatvec: 1 }],
+        [67, 1, { rowsMatvec: 8, wgMatvec: 64 }],
+        // The GPU defaults, whatever this adapter is.
+        [37, 1, DEFAULT_MATMUL_TUNING],
+        [37, 6, DEFAULT_MATMUL_TUNING],
+        [37, 40, DEFAULT_MATMUL_TUNING],
+      ];
+      for (const [nRows, nTokens, tuning] of more) {
+        cases.push(await matmulCase(gpu, { type, nCols, nRows, nTokens, tuning, seed: seed++ }));
+      }
     }
     await runCases(gpu, cases);
   }
@@ -226,6 +223,16 @@ gpuTest("matmul: accumulate (y += W x) on both kernels, and other tile shapes", 
         nRows: 70,
         nTokens: 41,
         tuning: { tileRows: 32, tileTokens: 16 },
+        seed: seed++,
+      }),
+    );
+    cases.push(
+      await matmulCase(gpu, {
+        type,
+        nCols,
+        nRows: 70,
+        nTokens: 41,
+        tuning: { tileRows: 16, tileTokens: 8, threadRows: 8, threadTokens: 4 },
         seed: seed++,
       }),
     );
@@ -437,7 +444,7 @@ gpuTest(
           nTokens: 33,
           idBase: 2,
           xPerSlot: false,
-          tuning: { tileTokens: 4, tileRows: 8 },
+          tuning: { tileTokens: 4, tileRows: 8, threadRows: 4, threadTokens: 4 },
           seed: seed++,
         }),
       );

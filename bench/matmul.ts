@@ -1,0 +1,275 @@
+/**
+ * Benchmark of the quantised matrix kernels: achieved weight bandwidth of a
+ * decode-sized matvec and throughput of a prefill-sized matmul per type,
+ * against a reference measured in the same run on the same device: a plain
+ * f32 copy kernel and `copyBufferToBuffer` over the same number of bytes.
+ *
+ * Prints one JSON object. GPU times come from timestamp queries when the
+ * device has them, else from wall time over many submits with one final sync
+ * (minus the time of an empty sync).
+ *
+ * ```sh
+ * deno run -A bench/matmul.ts [--rows 4096] [--cols 4096] [--tokens 128]
+ *   [--prefill-rows 2048] [--prefill-cols 2048] [--iters 10] [--types F16,Q8_0,Q4_0,Q4_K,Q6_K]
+ * ```
+ *
+ * @module
+ */
+
+/// <reference lib="deno.webgpu" />
+
+import { parseArgs } from "node:util";
+import { GgmlType, type GgmlTypeName, requireGgmlType } from "../src/gguf/types.ts";
+import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
+import { createBuffer, readback } from "../src/gpu/buffers.ts";
+import { dispatch, type Workgroups } from "../src/gpu/dispatch.ts";
+import { getPipeline } from "../src/gpu/pipeline.ts";
+import { defineShaderText } from "../src/gpu/shaders.ts";
+import { GpuTimer } from "../src/gpu/timer.ts";
+import { prepareMatmul } from "../src/gpu/ops/matmul.ts";
+import { type Op, STEP } from "../src/gpu/ops/op.ts";
+import { randomWeightBytes, uploadWeight } from "../src/gpu/ops/weights.ts";
+import { Rng } from "../src/util/rng.ts";
+
+/** Options of {@linkcode runMatmulBench}. */
+export interface MatmulBenchOptions {
+  /** Rows of the decode matvec. */
+  rows: number;
+  /** Columns of the decode matvec. */
+  cols: number;
+  /** Rows of the prefill matmul. */
+  prefillRows: number;
+  /** Columns of the prefill matmul. */
+  prefillCols: number;
+  /** Tokens of the prefill matmul. */
+  tokens: number;
+  /** Timed repetitions per measurement (after one warm-up). */
+  iters: number;
+  /** ggml type names to measure. */
+  types: GgmlTypeName[];
+}
+
+/** One measured kernel. */
+export interface BenchResult {
+  /** ggml type name. */
+  type: string;
+  /** `"decode"` (T = 1) or `"prefill"`. */
+  kind: "decode" | "prefill";
+  /** Weight rows × columns and tokens. */
+  rows: number;
+  /** Weight columns. */
+  cols: number;
+  /** Tokens in the batch. */
+  tokens: number;
+  /** Bytes of the weight. */
+  weightBytes: number;
+  /** Mean GPU milliseconds per product. */
+  ms: number;
+  /** Weight bytes per second / 1e9. */
+  weightGBps: number;
+  /** GB/s of the f32 copy kernel over the same bytes, measured right after. */
+  copyKernelGBps: number;
+  /** GB/s of `copyBufferToBuffer` over the same bytes (wall time). */
+  copyBufferGBps: number;
+  /** `weightGBps` over the copy kernel's GB/s. */
+  ratioToCopy: number;
+  /** Multiply-adds × 2 per second / 1e9. */
+  gflops: number;
+}
+
+const COPY_WGSL = `
+@group(0) @binding(0) var<storage, read> src: array<vec4u>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4u>;
+override WG: u32 = 256;
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nwg.x) * WG + lid;
+  if (i < arrayLength(&src)) { dst[i] = src[i]; }
+}`;
+
+/** Times `record(encoder)` over `iters` passes: GPU timestamps if available, else wall time. */
+async function timePasses(
+  gpu: Gpu,
+  iters: number,
+  record: (encoder: GPUCommandEncoder, timestampWrites?: GPUComputePassTimestampWrites) => void,
+  sink: GPUBuffer,
+): Promise<{ ms: number; method: "timestamp" | "wall" }> {
+  // Warm-up (pipelines, bind groups, first-touch of memory).
+  let encoder = gpu.device.createCommandEncoder();
+  record(encoder);
+  gpu.submit(encoder);
+  await readback(gpu, [{ buffer: sink, offset: 0, size: 4 }]);
+  const timer = new GpuTimer(gpu, iters);
+  if (timer.enabled) {
+    encoder = gpu.device.createCommandEncoder();
+    for (let i = 0; i < iters; i++) record(encoder, timer.pass(`iter ${i}`));
+    timer.resolve(encoder);
+    gpu.submit(encoder);
+    const times = (await timer.read()).map((t) => t.ms).sort((a, b) => a - b);
+    timer.destroy();
+    return { ms: times[times.length >> 1]!, method: "timestamp" };
+  }
+  const t0 = performance.now();
+  await readback(gpu, [{ buffer: sink, offset: 0, size: 4 }]);
+  const syncMs = performance.now() - t0;
+  const t1 = performance.now();
+  for (let i = 0; i < iters; i++) {
+    encoder = gpu.device.createCommandEncoder();
+    record(encoder);
+    gpu.submit(encoder);
+  }
+  await readback(gpu, [{ buffer: sink, offset: 0, size: 4 }]);
+  return { ms: Math.max(0, performance.now() - t1 - syncMs) / iters, method: "wall" };
+}
+
+function count(wg: Workgroups): number {
+  return typeof wg === "number" ? wg : wg[0] * (wg[1] ?? 1) * (wg[2] ?? 1);
+}
+
+/** Records the ops that dispatch work for `nTokens`, with the pass's timestamps. */
+function recordTimed(
+  encoder: GPUCommandEncoder,
+  ops: readonly Op[],
+  nTokens: number,
+  timestampWrites?: GPUComputePassTimestampWrites,
+): void {
+  for (const op of ops) {
+    const wg = typeof op.workgroups === "function" ? op.workgroups(nTokens) : op.workgroups;
+    if (count(wg) === 0) continue;
+    dispatch(encoder, op.kernel, op.bindings, wg, { label: op.label, timestampWrites });
+  }
+}
+
+function stepBuffer(gpu: Gpu, nTokens: number): GPUBuffer {
+  const words = new Uint32Array(STEP.length);
+  words[STEP.nTokens] = nTokens;
+  return createBuffer(gpu, { label: "bench.step", data: words });
+}
+
+/** Runs the benchmark on `gpu` and returns the JSON-ready report. */
+export async function runMatmulBench(
+  gpu: Gpu,
+  opts: MatmulBenchOptions,
+): Promise<Record<string, unknown>> {
+  const rng = new Rng(42);
+  defineShaderText("bench_copy", COPY_WGSL);
+  const copyKernel = await getPipeline(gpu, "bench_copy", { constants: { WG: 256 } });
+
+  let method = "wall";
+  // Measured right after each kernel, on the same bytes: a shared machine's load moves both.
+  const copyReference = async (bytes: number) => {
+    const size = Math.ceil(bytes / 16) * 16;
+    const src = createBuffer(gpu, { label: "bench.copy.src", size });
+    const dst = createBuffer(gpu, { label: "bench.copy.dst", size });
+    const k = await timePasses(gpu, opts.iters, (enc, tw) => {
+      dispatch(enc, copyKernel, [src, dst], Math.ceil(size / 16 / 256), { timestampWrites: tw });
+    }, dst);
+    // copyBufferToBuffer has no pass to time: wall time, many copies, one sync.
+    const c0 = performance.now();
+    const enc = gpu.device.createCommandEncoder();
+    for (let i = 0; i < opts.iters; i++) enc.copyBufferToBuffer(src, 0, dst, 0, size);
+    gpu.submit(enc);
+    await readback(gpu, [{ buffer: dst, offset: 0, size: 4 }]);
+    const copyMs = (performance.now() - c0) / opts.iters;
+    src.destroy();
+    dst.destroy();
+    method = k.method;
+    return { kernelGBps: bytes / k.ms / 1e6, bufferCopyGBps: bytes / copyMs / 1e6, ms: k.ms };
+  };
+
+  const results: BenchResult[] = [];
+  for (const name of opts.types) {
+    const type = requireGgmlType(GgmlType[name]);
+    for (const kind of ["decode", "prefill"] as const) {
+      const rows = kind === "decode" ? opts.rows : opts.prefillRows;
+      const cols = kind === "decode" ? opts.cols : opts.prefillCols;
+      const tokens = kind === "decode" ? 1 : opts.tokens;
+      const bytes = randomWeightBytes(type, rows * cols, () => rng.next());
+      const w = uploadWeight(gpu, `bench.${name}`, type, [cols, rows], bytes);
+      const x = createBuffer(gpu, {
+        label: "bench.x",
+        data: Float32Array.from({ length: tokens * cols }, () => rng.normal()),
+      });
+      const y = createBuffer(gpu, { label: "bench.y", size: 4 * tokens * rows });
+      const ops = await prepareMatmul(gpu, {
+        w,
+        x: { buffer: x, offset: 0, stride: cols },
+        y: { buffer: y, offset: 0, stride: rows },
+        step: stepBuffer(gpu, tokens),
+        label: `bench.${name}.${kind}`,
+      });
+      const active = ops.filter((op) =>
+        count(typeof op.workgroups === "function" ? op.workgroups(tokens) : op.workgroups) > 0
+      );
+      if (active.length !== 1) {
+        throw new Error("bench expects one dispatching op (one weight chunk)");
+      }
+      const t = await timePasses(
+        gpu,
+        opts.iters,
+        (enc, tw) => recordTimed(enc, ops, tokens, tw),
+        y,
+      );
+      const ref = await copyReference(bytes.byteLength);
+      const weightGBps = bytes.byteLength / t.ms / 1e6;
+      results.push({
+        type: name,
+        kind,
+        rows,
+        cols,
+        tokens,
+        weightBytes: bytes.byteLength,
+        ms: t.ms,
+        weightGBps,
+        copyKernelGBps: ref.kernelGBps,
+        copyBufferGBps: ref.bufferCopyGBps,
+        ratioToCopy: weightGBps / ref.kernelGBps,
+        gflops: (2 * rows * cols * tokens) / t.ms / 1e6,
+      });
+      for (const c of w.chunks) c.buffer.destroy();
+      x.destroy();
+      y.destroy();
+    }
+  }
+  return {
+    bench: "matmul",
+    device: gpu.describe(),
+    timing: method,
+    iters: opts.iters,
+    note: "weightGBps = weight bytes / kernel time; reference = f32 copy kernel of the same " +
+      "bytes (read + write) in the same run; ratioToCopy = weightGBps / copy kernel GB/s",
+    results,
+  };
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      rows: { type: "string", default: "4096" },
+      cols: { type: "string", default: "4096" },
+      "prefill-rows": { type: "string", default: "2048" },
+      "prefill-cols": { type: "string", default: "2048" },
+      tokens: { type: "string", default: "128" },
+      iters: { type: "string", default: "10" },
+      types: { type: "string", default: "F16,Q8_0,Q4_0,Q4_K,Q6_K" },
+    },
+  });
+  const types = values.types.split(",").map((s) => s.trim().toUpperCase()) as GgmlTypeName[];
+  for (const t of types) {
+    if (!(t in GgmlType)) throw new Error(`--types: unknown ggml type ${t}`);
+  }
+  const gpu = await acquireGpu();
+  const report = await runMatmulBench(gpu, {
+    rows: Number(values.rows),
+    cols: Number(values.cols),
+    prefillRows: Number(values["prefill-rows"]),
+    prefillCols: Number(values["prefill-cols"]),
+    tokens: Number(values.tokens),
+    iters: Number(values.iters),
+    types,
+  });
+  console.log(JSON.stringify(report, null, 2));
+  gpu.destroy();
+}
