@@ -62,9 +62,10 @@
 //   tiled   prefill: one workgroup per (BM rows, BN entries) with the
 //           dequantised weights and the x values of KP = 4 pieces (32
 //           columns, in piece order) at a time in workgroup memory; each
-//           invocation accumulates TM rows x TN entries. Plain: ceil(n_rows / BM) *
-//           ceil(T / BN) workgroups; mul_mat_id: ceil(n_rows / BM) times
-//           the route's tile bound, tiles past route[0] return at once.
+//           invocation accumulates TM rows x TN entries. Plain:
+//           ceil(n_rows / BM) * ceil(T / BN) workgroups; mul_mat_id:
+//           ceil(n_rows / BM) times the route's tile bound, tiles past
+//           route[0] return at once.
 
 {{QUANT}}
 

@@ -11,7 +11,7 @@
 import { ParamsBuffer } from "../buffers.ts";
 import { getPipeline } from "../pipeline.ts";
 import type { Gpu } from "../device.ts";
-import type { IdsView } from "./matmul.ts";
+import { checkStepBuffer, type IdsView } from "./matmul.ts";
 import type { ActView, GpuWeight, Op } from "./op.ts";
 import {
   isGpuWeightType,
@@ -87,6 +87,7 @@ export async function prepareGetRows(gpu: Gpu, opts: GetRowsOptions): Promise<Op
       throw new RangeError(`${label}: ${what} offset ${v.offset} is not an element index.`);
     }
   }
+  checkStepBuffer(step, label);
   const kernel = await getPipeline(gpu, "get_rows", {
     variant: quantVariant(w.type, w.name),
     defines: { QUANT: await quantWgsl(w.type, w.name) },

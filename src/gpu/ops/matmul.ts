@@ -273,6 +273,16 @@ function checkWeight(w: GpuWeight, label: string): void {
   }
 }
 
+/** Throws unless `step` can be bound as a storage buffer. */
+export function checkStepBuffer(step: GPUBuffer, label: string): void {
+  if ((step.usage & GPUBufferUsage.STORAGE) === 0) {
+    throw new TypeError(
+      `${label}: the step buffer "${step.label}" lacks STORAGE usage; the kernels bind it ` +
+        `as a read-only storage buffer (create it with createBuffer's default usage).`,
+    );
+  }
+}
+
 function checkView(v: { offset: number; stride?: number }, what: string, label: string): void {
   const ok = (n: number | undefined) => n === undefined || (Number.isSafeInteger(n) && n >= 0);
   if (!ok(v.offset) || !ok(v.stride)) {
@@ -356,6 +366,7 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
   }
   checkView(x, "x", label);
   checkView(y, "y", label);
+  checkStepBuffer(step, label);
   const t = resolveTuning(gpu, opts.tuning, label);
   const k = await matmulKernels(gpu, w, t);
   const xb = bindView(gpu, x.buffer, x.offset);
@@ -456,6 +467,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
   checkView(x, "x", label);
   checkView(y, "y", label);
   checkView(ids, "ids", label);
+  checkStepBuffer(step, label);
   const t = resolveTuning(gpu, opts.tuning, label);
   const xSlot = opts.xPerSlot ? opts.xSlotStride ?? w.nCols : 0;
   const ySlot = opts.ySlotStride ?? w.nRows;

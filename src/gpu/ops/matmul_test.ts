@@ -494,3 +494,28 @@ gpuTest("matmul: records with no new bind groups after the first token", async (
   assert.equal(gpu.stats.since(before).bindGroupsCreated, 0);
   await readback(gpu, [c.y]);
 });
+
+gpuTest(
+  "uploadWeight: checks the byte count, splits rows into binding-sized chunks",
+  async (gpu) => {
+    const q = requireGgmlType(GgmlType.Q4_0);
+    assert.throws(
+      () => uploadWeight(gpu, "bad", q, [64, 3], new Uint8Array(10)),
+      /takes 108 bytes, got 10/,
+    );
+    assert.throws(() => uploadWeight(gpu, "odd", q, [40, 3], new Uint8Array(60)), /block size/);
+    const w = uploadWeight(gpu, "big", q, [64, 10], randomWeightBytes(q, 640), {
+      maxBindingBytes: 36 * 4,
+    });
+    assert.deepEqual(w.chunks.map((c) => [c.rowStart, c.nRows]), [[0, 4], [4, 4], [8, 2]]);
+    for (const c of w.chunks) assert.ok(c.buffer.size <= 36 * 4 && c.buffer.size % 4 === 0);
+    assert.throws(
+      () =>
+        uploadWeight(gpu, "stack", q, [64, 2, 3], randomWeightBytes(q, 384), {
+          maxBindingBytes: 100,
+        }),
+      /upload the matrices \(experts\) separately/,
+    );
+    await gpu.device.queue.onSubmittedWorkDone();
+  },
+);
