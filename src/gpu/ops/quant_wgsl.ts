@@ -90,8 +90,11 @@ export function rowAlignment(type: GgmlTypeInfo): number {
   return 1;
 }
 
-interface QuantLibrary {
+/** `shaders/quant.wgsl` cut into its parts. */
+export interface QuantLibrary {
+  /** The text before the first section: helpers every type uses. */
   readonly common: string;
+  /** Section name (`"q4_k"`) → its text. */
   readonly sections: ReadonlyMap<string, string>;
 }
 
