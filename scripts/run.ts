@@ -13,8 +13,9 @@
 import { parseArgs } from "node:util";
 import { loadModel } from "../src/model/model.ts";
 
-const USAGE = `usage: deno task run --model FILE.gguf --prompt-ids 1,2,3 [--max-tokens N] [--greedy] [--json]
-                     [--logits-out FILE] [--ctx-size N] [--batch-size N]`;
+const USAGE =
+  `usage: deno task run --model FILE.gguf --prompt-ids 1,2,3 [--max-tokens N] [--greedy] [--json]
+                     [--logits-out FILE] [--ctx-size N] [--batch-size N] [--cache-size-gb GB]`;
 
 function fail(msg: string): never {
   console.error(`run: ${msg}\n${USAGE}`);
@@ -42,6 +43,7 @@ async function main(): Promise<void> {
         "logits-out": { type: "string" },
         "ctx-size": { type: "string" },
         "batch-size": { type: "string" },
+        "cache-size-gb": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -63,6 +65,10 @@ async function main(): Promise<void> {
   const maxTokens = positiveInt("max-tokens", args["max-tokens"], 32);
   const nCtx = args["ctx-size"] ? positiveInt("ctx-size", args["ctx-size"], 0) : undefined;
   const maxBatch = positiveInt("batch-size", args["batch-size"], 64);
+  const cacheSizeGB = args["cache-size-gb"] === undefined ? 4 : Number(args["cache-size-gb"]);
+  if (!(cacheSizeGB >= 0)) {
+    fail(`--cache-size-gb must be a number ≥ 0, got "${args["cache-size-gb"]}"`);
+  }
   try {
     await Deno.stat(args.model);
   } catch {
@@ -70,7 +76,7 @@ async function main(): Promise<void> {
   }
 
   const t0 = performance.now();
-  const model = await loadModel({ model: args.model, nCtx, maxBatch });
+  const model = await loadModel({ model: args.model, nCtx, maxBatch, cacheSizeGB });
   const loadMs = performance.now() - t0;
   try {
     const r = await model.generate(prompt, {
@@ -79,9 +85,13 @@ async function main(): Promise<void> {
     });
     if (args["logits-out"] && r.promptLogits) {
       const l = r.promptLogits;
-      await Deno.writeFile(args["logits-out"], new Uint8Array(l.buffer, l.byteOffset, l.byteLength));
+      await Deno.writeFile(
+        args["logits-out"],
+        new Uint8Array(l.buffer, l.byteOffset, l.byteLength),
+      );
     }
     const s = r.stats;
+    const x = model.expertStats.snapshot();
     const decoded = Math.max(0, r.tokens.length - 1);
     const summary = {
       tokens: r.tokens,
@@ -91,6 +101,15 @@ async function main(): Promise<void> {
       decode_tokens_per_s: decoded > 0 ? decoded / (s.decodeMs / 1000) : 0,
       syncs_per_token: s.syncsPerToken,
       submits_per_token: s.submitsPerToken,
+      stalls: s.stalls,
+      cache_hit_rate: x.hitRate,
+      expert_lookups: x.lookups,
+      expert_hits: x.hits,
+      expert_misses: x.misses,
+      expert_bytes_uploaded: x.bytesUploaded,
+      peak_expert_bytes: x.peakBytes,
+      expert_budget_bytes: x.budgetBytes,
+      expert_pool_bytes: x.allocatedBytes,
       load_ms: loadMs,
       architecture: model.config.arch,
     };

@@ -34,3 +34,25 @@ fn copy_last_row(@builtin(global_invocation_id) gid: vec3u) {
   let last = max(step[1], 1u) - 1u;
   out[i] = x[params.offset + last * params.stride + i];
 }
+
+// save_if_clean: out[t, i] = x[t, i] for t < nTokens while no expert miss
+// has been recorded yet in this pass (misses[0] == 0). Placed before each MoE
+// step, it leaves `out` holding the residual stream that entered the first
+// MoE step that missed, which is where a repaired token resumes.
+//   Same bindings as copy_last_row, with the miss counter as binding 2
+//   (`step` there) and params [0] n (elements per token), [1] offset,
+//   [2] stride (of x and out alike). Dispatch: ceil(n * nTokens / WG_SIZE).
+@compute @workgroup_size(WG_SIZE)
+fn save_if_clean(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG_SIZE;
+  if (step[0] != 0u) {
+    return;
+  }
+  let t = i / params.n;
+  let j = i % params.n;
+  let total = arrayLength(&out);
+  let at = params.offset + t * params.stride + j;
+  if (at < total) {
+    out[at] = x[at];
+  }
+}

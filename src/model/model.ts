@@ -1,6 +1,10 @@
 /**
- * `loadModel`: a GGUF file → a model on the GPU that computes logits and
- * generates greedily, with one submit per batch and few syncs per token.
+ * `loadModel`: a GGUF file → a model whose base weights live on the GPU and
+ * whose routed experts stream from the memory-mapped file into a bounded
+ * pool of GPU slots. One submit per batch; the CPU reads back once per
+ * window of tokens — unless an expert was missing, in which case the token
+ * stalls at that layer, the missing experts are uploaded, and it resumes
+ * from there (stall and repair, DESIGN.md).
  *
  * @module
  */
@@ -8,9 +12,9 @@
 import { type GgufModelFile, type GgufTensorInfo, readGgufModel } from "../gguf/reader.ts";
 import { MappedFile } from "../../ffi/mmap.ts";
 import { acquireGpu, type Gpu } from "../gpu/device.ts";
-import { createBuffer, readback, recordReadback, upload } from "../gpu/buffers.ts";
-import { STEP } from "../gpu/ops/op.ts";
-import { tensorName as tn, Tensors } from "../gguf/names.ts";
+import { createBuffer, recordReadback, upload } from "../gpu/buffers.ts";
+import { type Op, STEP } from "../gpu/ops/op.ts";
+import type { BufferBinding } from "../gpu/dispatch.ts";
 import { checkMoeConfig, type ModelConfig } from "./config.ts";
 import { archSpec } from "./registry.ts";
 import {
@@ -19,7 +23,10 @@ import {
   type TensorBytes,
   uploadPlannedTensors,
 } from "./weights.ts";
-import { type ExpertSource, MoeTransformer } from "./transformer.ts";
+import { type ExpertStacks, MoeTransformer } from "./transformer.ts";
+import { type ExpertSource, GgufExpertSource } from "../experts/source.ts";
+import { ExpertPool } from "../experts/pool.ts";
+import type { ExpertStats } from "../experts/stats.ts";
 
 /** Options of {@linkcode loadModel}. */
 export interface LoadModelOptions {
@@ -32,14 +39,21 @@ export interface LoadModelOptions {
   /** A device to use; default a new one. */
   gpu?: Gpu;
   /**
+   * GPU memory for routed experts, GiB (default 4). 0 = minimum mode: only
+   * the experts of the layer being computed. When every expert fits, all are
+   * loaded at start and nothing streams.
+   */
+  cacheSizeGB?: number;
+  /** Where routed experts are read from; default the model's GGUF file(s). */
+  expertSource?: ExpertSource;
+  /** Tokens queued on the GPU before the CPU reads them back (decode); default 16. */
+  window?: number;
+  /**
    * Hyperparameters to use instead of the file's (like llama.cpp's
    * `--override-kv` or `--rope-freq-base`); shapes cannot change.
    */
   configOverride?: Partial<
-    Pick<
-      ModelConfig,
-      "ropeFreqBase" | "ropeFreqScale" | "rmsEps" | "nExpertUsed" | "expertWeightsScale"
-    >
+    Pick<ModelConfig, "ropeFreqBase" | "ropeFreqScale" | "rmsEps" | "expertWeightsScale">
   >;
 }
 
@@ -49,14 +63,16 @@ export interface GenerateStats {
   promptTokens: number;
   /** Tokens generated. */
   generatedTokens: number;
-  /** Prefill time, ms. */
+  /** Prefill time (to the first token), ms. */
   prefillMs: number;
-  /** Decode time, ms. */
+  /** Decode time (after the first token), ms. */
   decodeMs: number;
-  /** GPU→CPU readbacks during decode, per generated token. */
+  /** GPU→CPU readbacks during decode, per decoded token. */
   syncsPerToken: number;
-  /** Submits during decode, per generated token. */
+  /** Submits during decode, per decoded token. */
   submitsPerToken: number;
+  /** Batches that stalled on a missing expert and were repaired. */
+  stalls: number;
 }
 
 /** What {@linkcode Model.generate} returns. */
@@ -69,16 +85,20 @@ export interface GenerateResult {
   stats: GenerateStats;
 }
 
-/** Options of {@linkcode Model.generate}. */
+/** Options of {@linkcode Model.generate} and {@linkcode Model.generateSteps}. */
 export interface GenerateOptions {
   /** Tokens to generate at most. */
   maxTokens: number;
   /** Token ids that end generation (included in the output). */
   stopTokens?: readonly number[];
-  /** Tokens queued on the GPU before each readback; default 16 (no stop tokens: all). */
+  /** Tokens queued before each readback; default the model's window. */
   window?: number;
-  /** Also return the logits after the last prompt token (read in the same sync as the first token). */
+  /** Also return the logits after the last prompt token. */
   promptLogits?: boolean;
+  /** Sampling ops to run after the output head instead of argmax (they write tokens[0]). */
+  sample?: readonly Op[];
+  /** Called after each readback with the accepted tokens' positions, before the next window. */
+  onAccepted?: (fromPos: number, tokens: readonly number[]) => void;
 }
 
 class MappedTensors implements TensorBytes {
@@ -88,25 +108,42 @@ class MappedTensors implements TensorBytes {
   }
 }
 
+const GIB = 1024 ** 3;
+
 /** A loaded model. */
 export class Model {
   /** Tokens in the KV cache. */
   nPast = 0;
-  readonly #ring: GPUBuffer;
-  readonly #ringSize: number;
+  /** Batches repaired after a missing expert, since load. */
+  stalls = 0;
+  /** u32 [nCtx, nLayer, nExpertUsed]: the routes of every position. */
+  readonly #routeLog: GPUBuffer;
+  /** u32 [nCtx + 1]: the token sampled after each position (at the position it will take). */
+  readonly #tokenLog: GPUBuffer;
+  /** f32 [window, nEmbd]: each queued decode token's saved residual stream. */
+  readonly #savedRing: GPUBuffer;
+  readonly #window: number;
 
   private constructor(
     readonly gpu: Gpu,
     readonly file: GgufModelFile,
     readonly config: ModelConfig,
     readonly transformer: MoeTransformer,
+    readonly pool: ExpertPool,
     readonly nCtx: number,
     readonly maxBatch: number,
+    window: number,
     readonly ownsGpu: boolean,
     readonly weights: GpuWeights,
   ) {
-    this.#ringSize = nCtx;
-    this.#ring = createBuffer(gpu, { label: "sampled_ring", size: 4 * this.#ringSize });
+    const c = config;
+    this.#window = window;
+    this.#routeLog = createBuffer(gpu, {
+      label: "route_log",
+      size: 4 * nCtx * c.nLayer * c.nExpertUsed,
+    });
+    this.#tokenLog = createBuffer(gpu, { label: "token_log", size: 4 * (nCtx + 1) });
+    this.#savedRing = createBuffer(gpu, { label: "saved_ring", size: 4 * window * c.nEmbd });
   }
 
   /** Loads a model; see {@linkcode loadModel}. */
@@ -118,20 +155,54 @@ export class Model {
     const plan = checkTensorPlan(file, spec.tensorPlan(config));
     const nCtx = o.nCtx ?? Math.min(4096, config.nCtxTrain || 4096);
     const maxBatch = o.maxBatch ?? 64;
+    const window = Math.max(1, o.window ?? 16);
+    const cacheSizeGB = o.cacheSizeGB ?? 4;
+    if (!(cacheSizeGB >= 0)) throw new RangeError(`cacheSizeGB must be ≥ 0, got ${cacheSizeGB}`);
     const gpu = o.gpu ?? await acquireGpu();
     const mapped = file.files.map((f) => MappedFile.open(f.path));
     try {
-      const source = new MappedTensors(mapped);
-      const weights = uploadPlannedTensors(gpu, file, source, plan, ["base", "expert"]);
-      const experts = residentExperts(gpu, config, weights);
+      const weights = uploadPlannedTensors(gpu, file, new MappedTensors(mapped), plan, ["base"]);
+      const source = o.expertSource ?? new GgufExpertSource(file);
+      const pool = new ExpertPool(gpu, source, {
+        budgetBytes: Math.floor(cacheSizeGB * GIB),
+        reserveSlots: Math.min(config.nExpert, maxBatch * config.nExpertUsed),
+        nLayer: config.nLayer,
+      });
+      if (pool.allResident) pool.preloadAll();
+      const experts: ExpertStacks = {
+        residency: pool.residencyBuffer,
+        arenas: (l) =>
+          pool.arenasFor(l).map((a) => ({
+            idBase: a.idBase,
+            gate: a.weights["gate"]!,
+            up: a.weights["up"]!,
+            down: a.weights["down"]!,
+          })),
+      };
       const transformer = await MoeTransformer.build(gpu, config, weights, experts, {
         nCtx,
         maxBatch,
       });
-      return new Model(gpu, file, config, transformer, nCtx, maxBatch, !o.gpu, weights);
+      return new Model(
+        gpu,
+        file,
+        config,
+        transformer,
+        pool,
+        nCtx,
+        maxBatch,
+        window,
+        !o.gpu,
+        weights,
+      );
     } finally {
       for (const m of mapped) m.close();
     }
+  }
+
+  /** Expert cache statistics (hits, misses, bytes, latency, per layer). */
+  get expertStats(): ExpertStats {
+    return this.pool.stats;
   }
 
   /** Forgets the context (the KV cache is overwritten from position 0). */
@@ -165,112 +236,308 @@ export class Model {
     }
   }
 
-  /** Queues the batches of `tokens` (no sync). The last batch's argmax lands in the tokens buffer. */
-  #queuePrompt(tokens: readonly number[]): void {
+  get #routeWords(): number {
+    return this.config.nLayer * this.config.nExpertUsed;
+  }
+
+  /** Copies a batch's routes into the route log and the sampled token into the token log. */
+  #logBatch(enc: GPUCommandEncoder, pos: number, nTokens: number): void {
+    const w = this.#routeWords * 4;
+    enc.copyBufferToBuffer(this.transformer.state.routes, 0, this.#routeLog, pos * w, nTokens * w);
+    enc.copyBufferToBuffer(
+      this.transformer.state.tokens,
+      0,
+      this.#tokenLog,
+      4 * (pos + nTokens),
+      4,
+    );
+  }
+
+  /**
+   * The first layer from `fromLayer` on at which any of `nTokens` routes
+   * (token-major) names an expert that is not resident, with that layer's
+   * experts; null when every expert was resident. Layers before a repaired
+   * one are not looked at again: they ran with their experts present, which
+   * the repair's uploads may since have evicted.
+   */
+  #firstMiss(
+    routes: Uint32Array,
+    nTokens: number,
+    fromLayer = 0,
+  ): { layer: number; experts: number[] } | null {
+    const { nLayer: L, nExpertUsed: K } = this.config;
+    for (let l = fromLayer; l < L; l++) {
+      const wanted = new Set<number>();
+      for (let t = 0; t < nTokens; t++) {
+        for (let k = 0; k < K; k++) wanted.add(routes[(t * L + l) * K + k]!);
+      }
+      for (const e of wanted) {
+        if (this.pool.slotOf(l, e) < 0) return { layer: l, experts: [...wanted] };
+      }
+    }
+    return null;
+  }
+
+  /** Counts the lookups of settled routes: hits for every layer not repaired (those were counted by ensure). */
+  #account(routes: Uint32Array, nTokens: number, repaired: ReadonlySet<number>): void {
+    const { nLayer: L, nExpertUsed: K } = this.config;
+    for (let l = 0; l < L; l++) {
+      if (repaired.has(l)) continue;
+      const ids: number[] = [];
+      for (let t = 0; t < nTokens; t++) {
+        for (let k = 0; k < K; k++) ids.push(routes[(t * L + l) * K + k]!);
+      }
+      this.pool.touch(l, ids);
+    }
+  }
+
+  async #readRoutes(
+    pos: number,
+    nTokens: number,
+    extra: BufferBinding[] = [],
+  ): Promise<[Uint32Array, ArrayBuffer[]]> {
+    const w = this.#routeWords * 4;
+    const enc = this.gpu.device.createCommandEncoder();
+    const pending = recordReadback(this.gpu, enc, [
+      { buffer: this.#routeLog, offset: pos * w, size: nTokens * w },
+      ...extra,
+    ]);
+    this.gpu.submit(enc);
+    const [routes, ...rest] = await pending.read();
+    return [new Uint32Array(routes!), rest];
+  }
+
+  /**
+   * Repairs the batch at `pos` whose routes are `routes` until no expert is
+   * missing: upload the first missing layer's experts, resume from there.
+   * `restoreFrom` holds the batch's saved residual stream when it is not in
+   * the run state's `saved` buffer (decode windows). Returns the final routes.
+   */
+  async #repair(
+    pos: number,
+    nTokens: number,
+    routes: Uint32Array,
+    o: {
+      sample?: readonly Op[];
+      head: boolean;
+      restoreFrom?: { buffer: GPUBuffer; offset: number };
+    },
+  ): Promise<Uint32Array> {
+    const repaired = new Set<number>();
+    let miss = this.#firstMiss(routes, nTokens);
+    let first = true;
+    while (miss) {
+      this.stalls++;
+      this.pool.ensure(miss.layer, miss.experts);
+      repaired.add(miss.layer);
+      this.#writeStep(pos, nTokens);
+      const enc = this.gpu.device.createCommandEncoder();
+      if (first && o.restoreFrom) {
+        enc.copyBufferToBuffer(
+          o.restoreFrom.buffer,
+          o.restoreFrom.offset,
+          this.transformer.state.saved,
+          0,
+          4 * nTokens * this.config.nEmbd,
+        );
+      }
+      first = false;
+      this.transformer.record(enc, nTokens, {
+        fromLayer: miss.layer,
+        sample: o.sample,
+        head: o.head,
+      });
+      this.#logBatch(enc, pos, nTokens);
+      this.gpu.submit(enc);
+      [routes] = await this.#readRoutes(pos, nTokens);
+      miss = this.#firstMiss(routes, nTokens, miss.layer + 1);
+    }
+    this.#account(routes, nTokens, repaired);
+    return routes;
+  }
+
+  /** Runs the prompt batches; the last one's head and sampler run too. */
+  async #prefill(tokens: readonly number[], sample: readonly Op[] | undefined): Promise<void> {
+    const streaming = !this.pool.allResident;
     for (let i = 0; i < tokens.length; i += this.maxBatch) {
       const chunk = tokens.slice(i, i + this.maxBatch);
+      const last = i + this.maxBatch >= tokens.length;
+      const pos = this.nPast;
       upload(this.gpu, this.transformer.state.tokens, new Uint32Array(chunk));
-      this.#writeStep(this.nPast, chunk.length);
+      this.#writeStep(pos, chunk.length);
       const enc = this.gpu.device.createCommandEncoder();
-      this.transformer.record(enc, chunk.length);
+      this.transformer.record(enc, chunk.length, { sample: last ? sample : [], head: last });
+      this.#logBatch(enc, pos, chunk.length);
       this.gpu.submit(enc);
       this.nPast += chunk.length;
+      // With experts streaming, a batch must be whole before the next attends to its keys.
+      if (streaming) {
+        const [routes] = await this.#readRoutes(pos, chunk.length);
+        await this.#repair(pos, chunk.length, routes, { sample: last ? sample : [], head: last });
+      }
+    }
+    if (!streaming) {
+      // every expert resident: count the lookups in one readback at the end
+      const start = this.nPast - tokens.length;
+      const [routes] = await this.#readRoutes(start, tokens.length);
+      this.#account(routes, tokens.length, new Set());
     }
   }
 
   /**
    * Appends `tokens` to the context and returns the logits after the last
-   * one (f32 [nVocab]). One sync, however many batches.
+   * one (f32 [nVocab]).
    */
   async forward(tokens: readonly number[]): Promise<Float32Array> {
     if (tokens.length === 0) throw new RangeError("forward needs at least one token");
     this.#checkIds(tokens);
     this.#checkRoom(tokens.length);
-    this.#queuePrompt(tokens);
-    const [logits] = await readback(this.gpu, [this.transformer.state.logits]);
+    await this.#prefill(tokens, undefined);
+    const enc = this.gpu.device.createCommandEncoder();
+    const pending = recordReadback(this.gpu, enc, [this.transformer.state.logits]);
+    this.gpu.submit(enc);
+    const [logits] = await pending.read();
     return new Float32Array(logits!);
   }
 
   /**
-   * Greedy generation after `prompt` (appended to the context). Tokens are
-   * sampled on the GPU and fed back without a round trip; the CPU reads them
-   * back once per `window` tokens to check stop tokens.
+   * Generation after `prompt` (appended to the context), as an async
+   * generator of accepted token ids, a window at a time. Tokens are sampled
+   * on the GPU and fed back without a round trip; the CPU reads a window
+   * back at once, checks it for experts that were missing (repairing the
+   * first such token and dropping those queued after it), and yields it.
+   * Stopping the iteration early leaves the context at the tokens yielded.
    */
-  async generate(prompt: readonly number[], o: GenerateOptions): Promise<GenerateResult> {
+  async *generateSteps(
+    prompt: readonly number[],
+    o: GenerateOptions,
+  ): AsyncGenerator<number[], { promptLogits?: Float32Array }, void> {
     if (prompt.length === 0) throw new RangeError("generate needs a prompt of at least one token");
     if (!(o.maxTokens >= 1)) throw new RangeError(`maxTokens must be ≥ 1, got ${o.maxTokens}`);
     this.#checkIds(prompt);
     this.#checkRoom(prompt.length + o.maxTokens - 1);
     const s = this.transformer.state;
     const stop = new Set(o.stopTokens ?? []);
-    const window = stop.size ? Math.max(1, o.window ?? 16) : o.maxTokens;
-    const out: number[] = [];
-    const readRing = async (from: number, to: number) => {
-      const enc = this.gpu.device.createCommandEncoder();
-      const pending = recordReadback(this.gpu, enc, [{
-        buffer: this.#ring,
-        offset: 4 * from,
-        size: 4 * (to - from),
-      }]);
-      this.gpu.submit(enc);
-      const [ids] = await pending.read();
-      for (const id of new Uint32Array(ids!)) {
-        out.push(id);
-        if (stop.has(id)) return true;
-      }
-      return false;
-    };
-
-    // prefill: the last batch's argmax is the first generated token
-    const t0 = performance.now();
+    const maxWindow = Math.max(1, Math.min(o.window ?? this.#window, this.#window));
+    const streaming = !this.pool.allResident;
+    let emitted = 0;
     const startPos = this.nPast;
-    this.#queuePrompt(prompt);
-    const enc0 = this.gpu.device.createCommandEncoder();
-    const first = recordReadback(
-      this.gpu,
-      enc0,
-      o.promptLogits ? [s.tokens, s.logits] : [s.tokens],
-    );
-    this.gpu.submit(enc0);
-    const [firstId, logitsBytes] = await first.read();
-    const id0 = new Uint32Array(firstId!)[0]!;
-    out.push(id0);
-    let stopped = stop.has(id0);
-    const promptLogits = logitsBytes ? new Float32Array(logitsBytes) : undefined;
-    const prefillMs = performance.now() - t0;
+    try {
+      await this.#prefill(prompt, o.sample);
+      const posFirst = this.nPast; // the first generated token takes this position
+      const extra = o.promptLogits ? [s.logits] : [];
+      const enc0 = this.gpu.device.createCommandEncoder();
+      const first = recordReadback(this.gpu, enc0, [{
+        buffer: this.#tokenLog,
+        offset: 4 * posFirst,
+        size: 4,
+      }, ...extra]);
+      this.gpu.submit(enc0);
+      const [firstId, logitsBytes] = await first.read();
+      const t0 = new Uint32Array(firstId!)[0]!;
+      const promptLogits = logitsBytes ? new Float32Array(logitsBytes) : undefined;
+      emitted = 1;
+      o.onAccepted?.(posFirst, [t0]);
+      yield [t0];
+      if (stop.has(t0)) return { promptLogits };
 
-    // decode: each step feeds the token sampled by the step before, on the GPU
-    const before = this.gpu.stats.snapshot();
-    let produced = 1;
-    const enc1 = this.gpu.device.createCommandEncoder();
-    enc1.copyBufferToBuffer(s.tokens, 0, this.#ring, 0, 4);
-    this.gpu.submit(enc1);
-    while (!stopped && produced < o.maxTokens) {
-      const from = produced;
-      while (produced < o.maxTokens && produced - from < window) {
-        this.#writeStep(startPos + prompt.length + produced - 1, 1);
-        const enc = this.gpu.device.createCommandEncoder();
-        this.transformer.record(enc, 1);
-        enc.copyBufferToBuffer(s.tokens, 0, this.#ring, 4 * produced, 4);
-        this.gpu.submit(enc);
-        produced++;
+      let pos = posFirst; // position of the token to feed next
+      let window = streaming ? 1 : maxWindow;
+      while (emitted < o.maxTokens) {
+        const n = Math.min(window, o.maxTokens - emitted);
+        for (let j = 0; j < n; j++) {
+          this.#writeStep(pos + j, 1);
+          const enc = this.gpu.device.createCommandEncoder();
+          this.transformer.record(enc, 1, { sample: o.sample, head: true });
+          this.#logBatch(enc, pos + j, 1);
+          if (streaming) {
+            enc.copyBufferToBuffer(
+              s.saved,
+              0,
+              this.#savedRing,
+              4 * j * this.config.nEmbd,
+              4 * this.config.nEmbd,
+            );
+          }
+          this.gpu.submit(enc);
+        }
+        const [routes, [idsBytes]] = await this.#readRoutes(pos, n, [
+          { buffer: this.#tokenLog, offset: 4 * (pos + 1), size: 4 * n },
+        ]);
+        const ids = new Uint32Array(idsBytes!);
+        const accepted: number[] = [];
+        let stalled = false;
+        for (let j = 0; j < n; j++) {
+          const tokenRoutes = routes.subarray(j * this.#routeWords, (j + 1) * this.#routeWords);
+          if (streaming && this.#firstMiss(tokenRoutes, 1)) {
+            // repair this token; those queued after it computed from its wrong output
+            await this.#repair(pos + j, 1, tokenRoutes.slice(), {
+              sample: o.sample,
+              head: true,
+              restoreFrom: { buffer: this.#savedRing, offset: 4 * j * this.config.nEmbd },
+            });
+            const [, [fixed]] = await this.#readRoutes(pos + j, 1, [
+              { buffer: this.#tokenLog, offset: 4 * (pos + j + 1), size: 4 },
+            ]);
+            accepted.push(new Uint32Array(fixed!)[0]!);
+            stalled = true;
+            break;
+          }
+          if (streaming) this.#account(tokenRoutes, 1, new Set());
+          accepted.push(ids[j]!);
+        }
+        if (!streaming) this.#account(routes, n, new Set());
+        window = stalled ? 1 : Math.min(maxWindow, window * 2);
+        const stopAt = accepted.findIndex((t) => stop.has(t));
+        const take = stopAt >= 0 ? accepted.slice(0, stopAt + 1) : accepted;
+        this.nPast = pos + take.length;
+        emitted += take.length;
+        o.onAccepted?.(pos + 1, take);
+        yield take;
+        if (stopAt >= 0) break;
+        pos += take.length;
       }
-      stopped = await readRing(from, produced);
+      return { promptLogits };
+    } finally {
+      // every generated token but the last has been fed into the context
+      this.nPast = startPos + prompt.length + Math.max(0, emitted - 1);
     }
-    // every generated token but the last has been fed into the context
-    this.nPast = startPos + prompt.length + out.length - 1;
+  }
+
+  /** Generation to the end, with statistics; see {@linkcode Model.generateSteps}. */
+  async generate(prompt: readonly number[], o: GenerateOptions): Promise<GenerateResult> {
+    const t0 = performance.now();
+    const it = this.generateSteps(prompt, o);
+    const tokens: number[] = [];
+    let prefillMs = 0;
+    let before = this.gpu.stats.snapshot();
+    const stallsBefore = this.stalls;
+    let promptLogits: Float32Array | undefined;
+    for (;;) {
+      const r = await it.next();
+      if (r.done) {
+        promptLogits = r.value.promptLogits;
+        break;
+      }
+      if (tokens.length === 0) {
+        prefillMs = performance.now() - t0;
+        before = this.gpu.stats.snapshot();
+      }
+      tokens.push(...r.value);
+    }
     const after = this.gpu.stats.since(before);
-    const decoded = Math.max(1, out.length - 1);
+    const decoded = Math.max(1, tokens.length - 1);
     return {
-      tokens: out,
+      tokens,
       promptLogits,
       stats: {
         promptTokens: prompt.length,
-        generatedTokens: out.length,
+        generatedTokens: tokens.length,
         prefillMs,
         decodeMs: performance.now() - t0 - prefillMs,
         syncsPerToken: after.syncs / decoded,
         submitsPerToken: after.submits / decoded,
+        stalls: this.stalls - stallsBefore,
       },
     };
   }
@@ -279,33 +546,18 @@ export class Model {
   close(): void {
     this.transformer.destroy();
     this.weights.destroy();
-    this.#ring.destroy();
+    this.pool.destroy();
+    this.pool.source.close();
+    for (const b of [this.#routeLog, this.#tokenLog, this.#savedRing]) b.destroy();
     if (this.ownsGpu) this.gpu.destroy();
   }
-}
-
-/** Every expert resident: slot = expert id, the stacks are the GGUF tensors themselves. */
-function residentExperts(gpu: Gpu, c: ModelConfig, w: GpuWeights): ExpertSource {
-  const table = new Int32Array(c.nLayer * c.nExpert);
-  for (let l = 0; l < c.nLayer; l++) {
-    for (let e = 0; e < c.nExpert; e++) table[l * c.nExpert + e] = e;
-  }
-  const residency = createBuffer(gpu, { label: "residency", data: table });
-  return {
-    residency,
-    stacks: (l) => ({
-      gate: w.matrix(tn(Tensors.ffnGateExps, l)),
-      up: w.matrix(tn(Tensors.ffnUpExps, l)),
-      down: w.matrix(tn(Tensors.ffnDownExps, l)),
-    }),
-  };
 }
 
 /**
  * Loads a GGUF model onto the GPU.
  *
  * ```ts ignore
- * const model = await loadModel({ model: "qwen3moe.gguf" });
+ * const model = await loadModel({ model: "qwen3moe.gguf", cacheSizeGB: 1 });
  * const logits = await model.forward([1, 2, 3]);
  * const { tokens } = await model.generate([4, 5], { maxTokens: 8 });
  * model.close();

@@ -22,11 +22,11 @@ import { prepareRmsNorm } from "../gpu/ops/norm.ts";
 import { prepareRope } from "../gpu/ops/rope.ts";
 import { prepareKvStore } from "../gpu/ops/kv.ts";
 import { prepareAttention } from "../gpu/ops/attention.ts";
-import { prepareAddBias, prepareSwiglu } from "../gpu/ops/elementwise.ts";
+import { prepareAddBias, prepareCopy, prepareSwiglu } from "../gpu/ops/elementwise.ts";
 import { prepareRouter } from "../gpu/ops/router.ts";
 import { prepareMoeCombine } from "../gpu/ops/moe.ts";
 import { prepareArgmax } from "../gpu/ops/sample.ts";
-import { prepareCopyLastRow } from "../gpu/ops/rows.ts";
+import { prepareCopyLastRow, prepareSaveIfClean } from "../gpu/ops/rows.ts";
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
 import type { ModelConfig } from "./config.ts";
 import type { GpuWeights } from "./weights.ts";
@@ -39,10 +39,22 @@ export interface RunStateOptions {
   maxBatch: number;
 }
 
-/** Where the routed experts of each layer are read from. */
-export interface ExpertSource {
-  /** The gate/up/down stacks holding layer `l`'s experts (or pool arenas), by slot. */
-  stacks(layer: number): { gate: GpuWeight; up: GpuWeight; down: GpuWeight };
+/** One arena of routed-expert stacks: slots `idBase … idBase + nMats` of a layer's slot group. */
+export interface ExpertArena {
+  /** Slot of the arena's first matrix. */
+  readonly idBase: number;
+  /** Gate projections, a stack of slots. */
+  readonly gate: GpuWeight;
+  /** Up projections. */
+  readonly up: GpuWeight;
+  /** Down projections. */
+  readonly down: GpuWeight;
+}
+
+/** Where the routed experts of each layer live on the GPU. */
+export interface ExpertStacks {
+  /** The arenas holding layer `l`'s experts (one matmul_id dispatch each). */
+  arenas(layer: number): readonly ExpertArena[];
   /** i32 [nLayer, nExpert]: the slot of each expert, or −1 when absent. */
   readonly residency: GPUBuffer;
 }
@@ -69,14 +81,16 @@ export class RunState {
   readonly attn: GPUBuffer;
   /** f32 [maxBatch, nExpert]: router logits. */
   readonly routerLogits: GPUBuffer;
-  /** u32 [maxBatch, nExpertUsed]: chosen expert ids. */
-  readonly expertIds: GPUBuffer;
+  /** u32 [maxBatch, nLayer, nExpertUsed]: every layer's chosen expert ids (the routes), token-major. */
+  readonly routes: GPUBuffer;
   /** f32 [maxBatch, nExpertUsed]: their weights. */
   readonly expertWeights: GPUBuffer;
   /** u32 [maxBatch, nExpertUsed]: their pool slots. */
   readonly expertSlots: GPUBuffer;
   /** u32: miss counter and records (layer, token, expert). */
   readonly misses: GPUBuffer;
+  /** f32 [maxBatch, nEmbd]: the residual stream entering the first MoE step that missed. */
+  readonly saved: GPUBuffer;
   /** f32 [maxBatch, nExpertUsed, nFfExp]: gate projections, then SwiGLU output. */
   readonly gate: GPUBuffer;
   /** f32 [maxBatch, nExpertUsed, nFfExp]. */
@@ -129,10 +143,11 @@ export class RunState {
     this.v = f32("v", B * c.nHeadKv * c.headDimV);
     this.attn = f32("attn", B * c.nHead * c.headDimV);
     this.routerLogits = f32("router_logits", B * c.nExpert);
-    this.expertIds = f32("expert_ids", B * K);
+    this.routes = f32("routes", B * c.nLayer * K);
     this.expertWeights = f32("expert_weights", B * K);
     this.expertSlots = f32("expert_slots", B * K);
-    this.misses = f32("misses", 4 + 3 * B * K * c.nLayer);
+    this.misses = f32("misses", 4 + 3 * B * K);
+    this.saved = f32("saved", B * c.nEmbd);
     this.gate = f32("gate", B * K * c.nFfExp);
     this.up = f32("up", B * K * c.nFfExp);
     this.expertOut = f32("expert_out", B * K * c.nEmbd);
@@ -169,17 +184,29 @@ function fixedBatch(op: Op, nTokens: number): Workgroups {
   return typeof op.workgroups === "function" ? op.workgroups(nTokens) : op.workgroups;
 }
 
-/** The prepared forward pass of a MoE transformer. */
+/** The prepared forward pass of a MoE transformer, in segments a repaired token can resume from. */
 export class MoeTransformer {
-  /** Ops of one batch, embedding to argmax, in order. */
-  readonly ops: Op[] = [];
+  /** Token ids → embeddings. */
+  readonly embed: Op[] = [];
+  /** Per layer: attention, from attn_norm to the residual add. */
+  readonly attention: Op[][] = [];
+  /** Per layer: save the residual stream while no expert has missed. */
+  readonly save: Op[] = [];
+  /** Per layer: the MoE FFN, from ffn_norm to the residual add. */
+  readonly moe: Op[][] = [];
+  /** Last row → output_norm → lm_head (logits of the last token). */
+  readonly head: Op[] = [];
+  /** Greedy sampling: argmax of the logits into tokens[0]. */
+  readonly argmax: Op[] = [];
+  /** Restores the saved residual stream before resuming at a MoE step. */
+  restore!: Op;
 
   private constructor(
     readonly gpu: Gpu,
     readonly config: ModelConfig,
     readonly weights: GpuWeights,
     readonly state: RunState,
-    readonly experts: ExpertSource,
+    readonly experts: ExpertStacks,
   ) {}
 
   /** Builds the ops for a model; nothing is allocated after this. */
@@ -187,7 +214,7 @@ export class MoeTransformer {
     gpu: Gpu,
     config: ModelConfig,
     weights: GpuWeights,
-    experts: ExpertSource,
+    experts: ExpertStacks,
     o: RunStateOptions,
   ): Promise<MoeTransformer> {
     const m = new MoeTransformer(gpu, config, weights, new RunState(gpu, config, o), experts);
@@ -197,7 +224,7 @@ export class MoeTransformer {
 
   async #prepare(o: RunStateOptions): Promise<void> {
     const { gpu, config: c, weights: w, state: s } = this;
-    const ops = this.ops;
+    let ops: Op[] = this.embed;
     const step = s.step;
     const E = c.nEmbd;
     const K = c.nExpertUsed;
@@ -225,6 +252,7 @@ export class MoeTransformer {
 
     for (let l = 0; l < c.nLayer; l++) {
       // attention
+      this.attention.push(ops = []);
       add(
         await prepareRmsNorm(gpu, {
           x: view(s.x, E),
@@ -326,6 +354,16 @@ export class MoeTransformer {
       await bias(tn(Tensors.attnOut, l, "bias"), view(s.x, E), E);
 
       // MoE FFN
+      this.save.push(
+        await prepareSaveIfClean(gpu, {
+          x: view(s.x, E),
+          out: s.saved,
+          n: E,
+          misses: s.misses,
+          label: `blk.${l}.save`,
+        }),
+      );
+      this.moe.push(ops = []);
       add(
         await prepareRmsNorm(gpu, {
           x: view(s.x, E),
@@ -341,7 +379,8 @@ export class MoeTransformer {
       add(
         await prepareRouter(gpu, {
           logits: view(s.routerLogits, c.nExpert),
-          ids: view(s.expertIds, K),
+          // routes are token-major: [token, layer, k]
+          ids: { buffer: s.routes, offset: l * K, stride: c.nLayer * K },
           weights: view(s.expertWeights, K),
           slots: view(s.expertSlots, K),
           residency: this.experts.residency,
@@ -355,21 +394,24 @@ export class MoeTransformer {
           label: `blk.${l}.router`,
         }),
       );
-      const st = this.experts.stacks(l);
       const slots = { buffer: s.expertSlots, offset: 0 };
-      for (const [stack, out, name] of [[st.gate, s.gate, "gate"], [st.up, s.up, "up"]] as const) {
-        add(
-          await prepareMatmulId(gpu, {
-            w: stack,
-            ids: slots,
-            nUsed: K,
-            x: view(s.xn, E),
-            xPerSlot: false,
-            y: view(out, K * c.nFfExp),
-            step,
-            label: `blk.${l}.ffn_${name}_exps`,
-          }),
-        );
+      const arenas = this.experts.arenas(l);
+      for (const [part, out, name] of [["gate", s.gate, "gate"], ["up", s.up, "up"]] as const) {
+        for (const arena of arenas) {
+          add(
+            await prepareMatmulId(gpu, {
+              w: arena[part],
+              ids: slots,
+              idBase: arena.idBase,
+              nUsed: K,
+              x: view(s.xn, E),
+              xPerSlot: false,
+              y: view(out, K * c.nFfExp),
+              step,
+              label: `blk.${l}.ffn_${name}_exps@${arena.idBase}`,
+            }),
+          );
+        }
       }
       add(
         await prepareSwiglu(gpu, {
@@ -380,18 +422,21 @@ export class MoeTransformer {
           label: `blk.${l}.swiglu_exps`,
         }),
       );
-      add(
-        await prepareMatmulId(gpu, {
-          w: st.down,
-          ids: slots,
-          nUsed: K,
-          x: view(s.gate, K * c.nFfExp),
-          xPerSlot: true,
-          y: view(s.expertOut, K * E),
-          step,
-          label: `blk.${l}.ffn_down_exps`,
-        }),
-      );
+      for (const arena of arenas) {
+        add(
+          await prepareMatmulId(gpu, {
+            w: arena.down,
+            ids: slots,
+            idBase: arena.idBase,
+            nUsed: K,
+            x: view(s.gate, K * c.nFfExp),
+            xPerSlot: true,
+            y: view(s.expertOut, K * E),
+            step,
+            label: `blk.${l}.ffn_down_exps@${arena.idBase}`,
+          }),
+        );
+      }
       let shared: ActView | undefined;
       let sharedGate: ActView | undefined;
       if (c.nFfShexp > 0) {
@@ -411,7 +456,16 @@ export class MoeTransformer {
         shared = view(s.shOut!, E);
         if (c.sharedExpertGated) {
           // ffn_gate_inp_shexp is a vector [nEmbd]: a 1-row matrix.
-          await matmul(tn(Tensors.ffnGateInpShexp, l), view(s.xn, E), view(s.shGateLogit!, 1));
+          const name = tn(Tensors.ffnGateInpShexp, l);
+          add(
+            await prepareMatmul(gpu, {
+              w: w.vectorAsRow(name, E),
+              x: view(s.xn, E),
+              y: view(s.shGateLogit!, 1),
+              step,
+              label: name,
+            }),
+          );
           sharedGate = view(s.shGateLogit!, 1);
         }
       }
@@ -431,6 +485,7 @@ export class MoeTransformer {
     }
 
     // output head on the last token only (a fixed batch of one, whatever the batch size)
+    ops = this.head;
     add(
       await prepareCopyLastRow(gpu, {
         x: view(s.x, E),
@@ -461,6 +516,7 @@ export class MoeTransformer {
       label: "output",
     });
     add(headOps.map((op) => ({ ...op, workgroups: fixedBatch(op, 1) })));
+    ops = this.argmax;
     add(
       await prepareArgmax(gpu, {
         logits: view(s.logits, c.nVocab),
@@ -469,13 +525,48 @@ export class MoeTransformer {
         label: "argmax",
       }),
     );
+    this.restore = await prepareCopy(gpu, {
+      x: view(s.saved, E),
+      y: view(s.x, E),
+      n: E,
+      label: "restore",
+    });
   }
 
-  /** Records the whole forward pass of a batch of `nTokens` into one compute pass. */
-  record(encoder: GPUCommandEncoder, nTokens: number): void {
+  /**
+   * Records a batch of `nTokens` into one compute pass: the whole forward
+   * pass, or — to repair a batch whose experts missed at layer `fromLayer` —
+   * the saved residual stream restored and everything from that layer's MoE
+   * step on. Then, unless `head` is false, the output head and `sample`
+   * (default: argmax).
+   */
+  record(
+    encoder: GPUCommandEncoder,
+    nTokens: number,
+    o: { fromLayer?: number; sample?: readonly Op[]; head?: boolean } = {},
+  ): void {
+    encoder.clearBuffer(this.state.misses, 0, 16);
     const pass = encoder.beginComputePass({ label: `forward×${nTokens}` });
-    recordOps(pass, this.ops, nTokens);
+    const L = this.config.nLayer;
+    if (o.fromLayer === undefined) {
+      recordOps(pass, this.embed, nTokens);
+      for (let l = 0; l < L; l++) this.#layer(pass, l, nTokens);
+    } else {
+      recordOps(pass, [this.restore], nTokens);
+      recordOps(pass, this.moe[o.fromLayer]!, nTokens);
+      for (let l = o.fromLayer + 1; l < L; l++) this.#layer(pass, l, nTokens);
+    }
+    if (o.head !== false) {
+      recordOps(pass, this.head, nTokens);
+      recordOps(pass, o.sample ?? this.argmax, nTokens);
+    }
     pass.end();
+  }
+
+  #layer(pass: GPUComputePassEncoder, l: number, nTokens: number): void {
+    recordOps(pass, this.attention[l]!, nTokens);
+    recordOps(pass, [this.save[l]!], nTokens);
+    recordOps(pass, this.moe[l]!, nTokens);
   }
 
   /** Frees the run state (the weights belong to the caller). */

@@ -14,6 +14,7 @@ import { createBuffer } from "../gpu/buffers.ts";
 import type { GpuWeight } from "../gpu/ops/op.ts";
 import { uploadWeight } from "../gpu/ops/weights.ts";
 import type { TensorPlanEntry } from "./config.ts";
+import { GgmlType, requireGgmlType } from "../gguf/types.ts";
 
 /** A tensor failed the architecture's plan. */
 export class TensorPlanError extends Error {
@@ -89,6 +90,21 @@ export class GpuWeights {
     const v = this.vectors.get(name);
     if (!v) throw new TensorPlanError(`tensor ${name} was not loaded`);
     return v;
+  }
+
+  /** An f32 vector as a one-row f32 matrix (a dot product with each token's input). */
+  vectorAsRow(name: string, nCols: number): GpuWeight {
+    const buffer = this.vector(name);
+    return {
+      name,
+      type: requireGgmlType(GgmlType.F32),
+      nCols,
+      nRows: 1,
+      nMats: 1,
+      matStride: nCols * 4,
+      rowBytes: nCols * 4,
+      chunks: [{ buffer, byteOffset: 0, rowStart: 0, nRows: 1 }],
+    };
   }
 
   /** An f32 vector if present. */

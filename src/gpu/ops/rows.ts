@@ -35,3 +35,30 @@ export async function prepareCopyLastRow(
     workgroups: workgroupCount(a.n, WG_SIZE),
   };
 }
+
+/**
+ * `out[t] = x[t]` for every token row of the batch while `misses[0] == 0`:
+ * keeps the residual stream that entered the first MoE step that missed an
+ * expert, so the token can resume there once the expert is uploaded.
+ */
+export async function prepareSaveIfClean(
+  gpu: Gpu,
+  a: { x: ActView; out: GPUBuffer; n: number; misses: GPUBuffer; label: string },
+): Promise<Op> {
+  const kernel = await getPipeline(gpu, "rows", {
+    entryPoint: "save_if_clean",
+    constants: { WG_SIZE },
+  });
+  const params = new ParamsBuffer(gpu, `${a.label}.params`, {
+    n: "u32",
+    offset: "u32",
+    stride: "u32",
+  });
+  params.write({ n: a.n, offset: a.x.offset, stride: a.x.stride });
+  return {
+    label: a.label,
+    kernel,
+    bindings: [a.x.buffer, a.out, a.misses, params.buffer],
+    workgroups: (nTokens: number) => workgroupCount(a.n * nTokens, WG_SIZE),
+  };
+}
