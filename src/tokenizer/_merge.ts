@@ -116,11 +116,6 @@ class Symbols {
   }
 }
 
-/** The key of a merge pair in {@linkcode BpeMerger}'s rank table. */
-function pairKey(first: string, second: string): string {
-  return `${first.length}:${first}${second}`;
-}
-
 /** Options of {@linkcode BpeMerger}. */
 export interface BpeOptions {
   /** A word that is a token as a whole is that token, merges or not (Llama 3, Tekken…). */
@@ -147,17 +142,20 @@ export class BpeMerger {
   ) {
     this.#tokenToId = tokenToId;
     this.#options = options;
-    merges.forEach((m, rank) => {
-      const pos = m.indexOf(" ", 1);
-      const key = pos < 0 ? pairKey("", "") : pairKey(m.slice(0, pos), m.slice(pos + 1));
+    // Keyed by the merge string itself: llama.cpp splits it at the first space
+    // after the first character, so a pair whose first part has a space there
+    // cannot be a merge, and for any other pair `first + " " + second` is unique.
+    for (let rank = 0; rank < merges.length; rank++) {
+      const m = merges[rank]!;
       // llama.cpp's bpe_ranks.emplace keeps the first rank of a repeated pair.
-      if (!this.#ranks.has(key)) this.#ranks.set(key, rank);
-    });
+      if (m.indexOf(" ", 1) >= 0 && !this.#ranks.has(m)) this.#ranks.set(m, rank);
+    }
   }
 
   /** The merge rank of a pair, or undefined if the pair never merges. */
   rank(first: string, second: string): number | undefined {
-    return this.#ranks.get(pairKey(first, second));
+    if (first.length === 0 || first.indexOf(" ", 1) >= 0) return undefined;
+    return this.#ranks.get(`${first} ${second}`);
   }
 
   /** The tokens of one (already encoded) word. */
