@@ -126,13 +126,11 @@ export interface BpeOptions {
   newlineWords: boolean;
 }
 
-/** Byte-pair encoding of single words by merge rank, with a per-word cache. */
+/** Byte-pair encoding of single words by merge rank. */
 export class BpeMerger {
   readonly #tokenToId: ReadonlyMap<string, number>;
   readonly #ranks = new Map<string, number>();
   readonly #options: BpeOptions;
-  readonly #cache = new Map<string, readonly number[]>();
-  static readonly #CACHE_LIMIT = 1 << 17;
 
   /** `merges` are `"first second"` strings, split at the first space after the first character. */
   constructor(
@@ -158,14 +156,9 @@ export class BpeMerger {
     return this.#ranks.get(`${first} ${second}`);
   }
 
-  /** The tokens of one (already encoded) word. */
-  encodeWord(word: string): readonly number[] {
-    const hit = this.#cache.get(word);
-    if (hit !== undefined) return hit;
-    const ids = this.#encode(word);
-    if (this.#cache.size >= BpeMerger.#CACHE_LIMIT) this.#cache.clear();
-    this.#cache.set(word, ids);
-    return ids;
+  /** The tokens of one (already encoded) word. Callers cache: a word always gives the same tokens. */
+  encodeWord(word: string): number[] {
+    return this.#encode(word);
   }
 
   #encode(word: string): number[] {
@@ -238,6 +231,8 @@ export class SpmMerger {
   readonly #byteIds: Int32Array;
 
   /**
+   * A merger over a vocabulary's texts and scores.
+   *
    * @param byteIds the token of each byte (`<0xXX>`, or the one-character
    * token for ASCII), -1 where the vocabulary has none.
    */
