@@ -421,6 +421,7 @@ export class Model {
     const maxWindow = Math.max(1, Math.min(o.window ?? this.#window, this.#window));
     const streaming = !this.pool.allResident;
     let emitted = 0;
+    let failed = false;
     const startPos = this.nPast;
     try {
       await this.#prefill(prompt, o.sample);
@@ -498,9 +499,12 @@ export class Model {
         pos += take.length;
       }
       return { promptLogits };
+    } catch (e) {
+      failed = true;
+      throw e;
     } finally {
-      // every generated token but the last has been fed into the context
-      this.nPast = startPos + prompt.length + Math.max(0, emitted - 1);
+      // every generated token but the last has been fed into the context; a failure leaves it as it was
+      this.nPast = failed ? startPos : startPos + prompt.length + Math.max(0, emitted - 1);
     }
   }
 
