@@ -1,3 +1,5 @@
+import type { ChatMessage } from "../tokenizer/chat.ts";
+
 /**
  * The contract between the generation loop and its users (the CLI, the
  * server, the JSR API): what a request asks for, what a stream yields, and
@@ -28,13 +30,8 @@ export interface SamplingParams {
   seed?: number;
 }
 
-/** One chat message. */
-export interface ChatMessage {
-  /** `system`, `user`, `assistant` or `tool`. */
-  role: string;
-  /** Text. */
-  content: string;
-}
+/** One chat message (`role`, `content`, and whatever else the template reads). */
+export type { ChatMessage } from "../tokenizer/chat.ts";
 
 /** What to generate. */
 export interface GenerateRequest {

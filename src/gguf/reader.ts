@@ -189,7 +189,8 @@ class NeedMore {
   constructor(readonly end: number) {}
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: false });
+// ignoreBOM: a vocabulary entry may start with U+FEFF, which must be kept.
+const utf8 = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
 
 /** Parses a header from `buf`, the first `buf.length` bytes of a file of `fileSize` bytes. */
 class Parser {

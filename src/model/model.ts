@@ -99,6 +99,12 @@ export interface GenerateOptions {
   sample?: readonly Op[];
   /** Called after each readback with the accepted tokens' positions, before the next window. */
   onAccepted?: (fromPos: number, tokens: readonly number[]) => void;
+  /**
+   * Called before the next window is queued when a batch was repaired (its
+   * sampler ran more than once, and tokens queued after it were dropped):
+   * a sampler keeping a history on the GPU rewrites it here.
+   */
+  onStall?: () => void;
 }
 
 class MappedTensors implements TensorBytes {
@@ -424,6 +430,7 @@ export class Model {
     let failed = false;
     const startPos = this.nPast;
     try {
+      let stallsSeen = this.stalls;
       await this.#prefill(prompt, o.sample);
       const posFirst = this.nPast; // the first generated token takes this position
       const extra = o.promptLogits ? [s.logits] : [];
@@ -441,6 +448,10 @@ export class Model {
       o.onAccepted?.(posFirst, [t0]);
       yield [t0];
       if (stop.has(t0)) return { promptLogits };
+      if (this.stalls !== stallsSeen) {
+        stallsSeen = this.stalls;
+        o.onStall?.();
+      }
 
       let pos = posFirst; // position of the token to feed next
       let window = streaming ? 1 : maxWindow;
@@ -497,6 +508,10 @@ export class Model {
         yield take;
         if (stopAt >= 0) break;
         pos += take.length;
+        if (this.stalls !== stallsSeen) {
+          stallsSeen = this.stalls;
+          o.onStall?.();
+        }
       }
       return { promptLogits };
     } catch (e) {

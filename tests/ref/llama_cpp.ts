@@ -640,7 +640,7 @@ export class RefModel {
 
   /** One token's piece as text (a partial UTF-8 character decodes to U+FFFD). */
   tokenToPiece(id: number, options: { special?: boolean } = {}): string {
-    return new TextDecoder().decode(this.tokenToBytes(id, options));
+    return new TextDecoder("utf-8", { ignoreBOM: true }).decode(this.tokenToBytes(id, options));
   }
 
   /** llama.cpp's text for a token sequence (`llama_detokenize`). */
@@ -673,7 +673,7 @@ export class RefModel {
       );
     }
     if (n < 0) throw new Error(`llama_detokenize failed (${n}) for ${ids.length} tokens`);
-    return new TextDecoder().decode(buf.subarray(0, n));
+    return new TextDecoder("utf-8", { ignoreBOM: true }).decode(buf.subarray(0, n));
   }
 
   /**

@@ -1,0 +1,318 @@
+/**
+ * Text in, text out: a model, its tokenizer and chat template, and the GPU
+ * sampler, behind the generation layers (mlx-lm style):
+ * `generateStep` (token ids as they are accepted) → `streamGenerate` (text
+ * pieces that never split a character, stop strings, statistics) →
+ * `generate` (one call). One generation runs at a time; requests wait in
+ * order.
+ *
+ * @module
+ */
+
+import { type LoadModelOptions, Model } from "../model/model.ts";
+import { Tokenizer } from "../tokenizer/tokenizer.ts";
+import { renderChat } from "../tokenizer/chat.ts";
+import { type GpuSampler, prepareSampler } from "../gpu/ops/sample.ts";
+import { resolveSampling } from "./sampler_cpu.ts";
+import type { FinishReason, GenerateRequest, GenerationStats, StreamChunk } from "./types.ts";
+
+/** Options of {@linkcode Engine.load}: the model's, plus a display name. */
+export interface EngineOptions extends LoadModelOptions {
+  /** Name reported by the server (default: `general.name` or the file name). */
+  name?: string;
+}
+
+/** A request that cannot be served as given (the message names the field). */
+export class RequestError extends Error {
+  /** The request field at fault. */
+  readonly field: string;
+  /** Builds the error. */
+  constructor(field: string, message: string) {
+    super(message);
+    this.name = "RequestError";
+    this.field = field;
+  }
+}
+
+/** What {@linkcode Engine.generate} returns. */
+export interface GenerateOutput {
+  /** The generated text (stop string excluded). */
+  text: string;
+  /** The generated token ids. */
+  tokens: number[];
+  /** Statistics. */
+  stats: GenerationStats;
+}
+
+/** A loaded model ready to turn text into text. */
+export class Engine {
+  #queue: Promise<unknown> = Promise.resolve();
+  #pending = 0;
+
+  private constructor(
+    /** The model on the GPU. */
+    readonly model: Model,
+    /** Its tokenizer. */
+    readonly tokenizer: Tokenizer,
+    /** The GPU sampler (temperature, top-k/p, min-p, penalties, seed). */
+    readonly sampler: GpuSampler,
+    /** Display name. */
+    readonly name: string,
+  ) {}
+
+  /** Loads a model, its tokenizer and the sampler. */
+  static async load(o: EngineOptions): Promise<Engine> {
+    const model = await Model.load(o);
+    try {
+      const tokenizer = Tokenizer.fromGguf(model.file.metadata);
+      const s = model.transformer.state;
+      const sampler = await prepareSampler(model.gpu, {
+        logits: { buffer: s.logits, offset: 0, stride: model.config.nVocab },
+        n: model.config.nVocab,
+        params: resolveSampling({ seed: 0 }),
+        step: s.step,
+        out: { buffer: s.tokens, index: 0 },
+        label: "sampler",
+      });
+      const name = o.name ?? model.file.metadata.string("general.name", null) ??
+        o.model.split("/").pop()!.replace(/\.gguf$/, "");
+      return new Engine(model, tokenizer, sampler, name);
+    } catch (e) {
+      model.close();
+      throw e;
+    }
+  }
+
+  /** Architecture, context size and vocabulary, for `/health` and `/v1/models`. */
+  get info(): { name: string; architecture: string; contextLength: number; vocabSize: number } {
+    return {
+      name: this.name,
+      architecture: this.model.config.arch,
+      contextLength: this.model.nCtx,
+      vocabSize: this.model.config.nVocab,
+    };
+  }
+
+  /** Requests waiting for the model or running. */
+  get pending(): number {
+    return this.#pending;
+  }
+
+  /** The prompt's token ids: rendered chat, text (BOS as the file says) or ids as given. */
+  promptTokens(req: Pick<GenerateRequest, "prompt" | "messages">): number[] {
+    if (req.messages !== undefined) {
+      return this.tokenizer.encode(renderChat(this.tokenizer, req.messages));
+    }
+    const p = req.prompt;
+    if (p === undefined) throw new RequestError("prompt", "a prompt or messages are required");
+    if (typeof p === "string") return this.tokenizer.encode(p);
+    for (const id of p) {
+      if (!Number.isInteger(id) || id < 0 || id >= this.model.config.nVocab) {
+        throw new RequestError(
+          "prompt",
+          `token id ${id} is outside the vocabulary (0…${this.model.config.nVocab - 1})`,
+        );
+      }
+    }
+    return [...p];
+  }
+
+  /** Runs `fn` when the requests before it are done. */
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    this.#pending++;
+    const run = this.#queue.then(fn, fn);
+    this.#queue = run.catch(() => {});
+    return run.finally(() => this.#pending--);
+  }
+
+  /**
+   * Token ids as the GPU produces them (a window at a time), for one
+   * request; the context starts empty. Ends at an end-of-generation token,
+   * a stop token, `maxTokens` or cancellation. Must be iterated to the end
+   * or returned early (for-await with break does that).
+   */
+  async *generateStep(
+    req: GenerateRequest,
+  ): AsyncGenerator<number[], { promptTokens: number; finishReason: FinishReason }, void> {
+    const prompt = this.promptTokens(req);
+    const room = this.model.nCtx - prompt.length;
+    if (prompt.length === 0) throw new RequestError("prompt", "the prompt is empty");
+    if (room < 1) {
+      throw new RequestError(
+        "prompt",
+        `the prompt has ${prompt.length} tokens; the context holds ${this.model.nCtx}`,
+      );
+    }
+    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) {
+      throw new RequestError(
+        "max_tokens",
+        `max_tokens must be a positive integer, got ${req.maxTokens}`,
+      );
+    }
+    const params = resolveSampling(req.sampling);
+    const stop = new Set([...this.tokenizer.eogIds, ...(req.stopTokens ?? [])]);
+    const maxTokens = Math.min(req.maxTokens, room);
+    const model = this.model;
+    model.reset();
+    this.sampler.setParams(params);
+    this.sampler.resetHistory(prompt);
+    const accepted: number[] = [];
+    const it = model.generateSteps(prompt, {
+      maxTokens,
+      stopTokens: [...stop],
+      sample: this.sampler.ops,
+      onStall: () => this.sampler.resetHistory([...prompt, ...accepted]),
+    });
+    let finishReason: FinishReason = "length";
+    try {
+      for (;;) {
+        if (req.signal?.aborted) {
+          finishReason = "cancelled";
+          break;
+        }
+        const r = await it.next();
+        if (r.done) break;
+        accepted.push(...r.value);
+        const last = r.value[r.value.length - 1];
+        yield r.value;
+        if (last !== undefined && stop.has(last)) {
+          finishReason = "stop";
+          break;
+        }
+      }
+    } finally {
+      await it.return({});
+    }
+    return { promptTokens: prompt.length, finishReason };
+  }
+
+  /**
+   * Text pieces as they are generated, with stop strings applied (text that
+   * could be the start of a stop string is held back until it cannot), and
+   * the statistics as the generator's return value.
+   */
+  async *streamGenerate(req: GenerateRequest): AsyncGenerator<StreamChunk, GenerationStats, void> {
+    const t0 = performance.now();
+    const before = this.model.expertStats.snapshot();
+    const gpuBefore = this.model.gpu.stats.snapshot();
+    const decoder = this.tokenizer.createStreamDecoder({ skipSpecial: true });
+    const stops = (req.stop ?? []).filter((s) => s.length > 0);
+    const steps = this.generateStep(req);
+    let pending = ""; // decoded text not yet emitted (may hold a stop string's start)
+    let pendingTokens: number[] = [];
+    let tokens = 0;
+    let firstAt = 0;
+    let result: { promptTokens: number; finishReason: FinishReason } | undefined;
+    let stoppedByString = false;
+    try {
+      for (;;) {
+        const r = await steps.next();
+        if (r.done) {
+          result = r.value;
+          break;
+        }
+        if (tokens === 0) firstAt = performance.now();
+        tokens += r.value.length;
+        for (const id of r.value) {
+          pending += this.tokenizer.eogIds.has(id) ? "" : decoder.push(id);
+          pendingTokens.push(id);
+        }
+        const hit = firstStop(pending, stops);
+        if (hit >= 0) {
+          const text = pending.slice(0, hit);
+          if (text) yield { text, tokens: pendingTokens };
+          stoppedByString = true;
+          break;
+        }
+        const keep = heldBack(pending, stops);
+        const text = pending.slice(0, pending.length - keep);
+        if (text) {
+          yield { text, tokens: pendingTokens };
+          pending = pending.slice(text.length);
+          pendingTokens = [];
+        }
+      }
+    } finally {
+      if (!result) {
+        const r = await steps.return({ promptTokens: 0, finishReason: "cancelled" });
+        if (r.done) result = r.value;
+      }
+    }
+    if (!stoppedByString) {
+      pending += decoder.flush();
+      if (pending) yield { text: pending, tokens: pendingTokens };
+    }
+    const end = performance.now();
+    const x = this.model.expertStats.snapshot();
+    const gpu = this.model.gpu.stats.since(gpuBefore);
+    const lookups = x.lookups - before.lookups;
+    const hits = x.hits - before.hits;
+    const prefillMs = (firstAt || end) - t0;
+    const decodeMs = end - (firstAt || end);
+    const promptTokens = result?.promptTokens ?? 0;
+    return {
+      promptTokens,
+      completionTokens: tokens,
+      prefillMs,
+      decodeMs,
+      prefillTokensPerSecond: prefillMs > 0 ? promptTokens / (prefillMs / 1000) : 0,
+      decodeTokensPerSecond: tokens > 1 && decodeMs > 0 ? (tokens - 1) / (decodeMs / 1000) : 0,
+      syncsPerToken: tokens > 0 ? gpu.syncs / tokens : 0,
+      expertLookups: lookups,
+      expertHits: hits,
+      expertMisses: x.misses - before.misses,
+      cacheHitRate: lookups > 0 ? hits / lookups : 1,
+      expertBytesUploaded: x.bytesUploaded - before.bytesUploaded,
+      finishReason: stoppedByString ? "stop" : result?.finishReason ?? "cancelled",
+    };
+  }
+
+  /**
+   * Streams a request when the requests before it are done; `onChunk` sees
+   * each piece. Resolves with the whole text and the statistics.
+   */
+  generate(req: GenerateRequest, onChunk?: (c: StreamChunk) => void): Promise<GenerateOutput> {
+    return this.#exclusive(async () => {
+      const it = this.streamGenerate(req);
+      let text = "";
+      const tokens: number[] = [];
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return { text, tokens, stats: r.value };
+        text += r.value.text;
+        tokens.push(...r.value.tokens);
+        onChunk?.(r.value);
+      }
+    });
+  }
+
+  /** Frees the model. */
+  close(): void {
+    this.sampler.destroy();
+    this.model.close();
+  }
+}
+
+/** Index of the earliest stop string in `text`, or −1. */
+function firstStop(text: string, stops: readonly string[]): number {
+  let best = -1;
+  for (const s of stops) {
+    const i = text.indexOf(s);
+    if (i >= 0 && (best < 0 || i < best)) best = i;
+  }
+  return best;
+}
+
+/** Length of the longest suffix of `text` that is a proper prefix of a stop string. */
+function heldBack(text: string, stops: readonly string[]): number {
+  let keep = 0;
+  for (const s of stops) {
+    for (let n = Math.min(s.length - 1, text.length); n > keep; n--) {
+      if (text.endsWith(s.slice(0, n))) {
+        keep = n;
+        break;
+      }
+    }
+  }
+  return keep;
+}
