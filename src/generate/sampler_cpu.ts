@@ -105,11 +105,6 @@ function ordKey(v: number): number {
   return (b >>> 31) !== 0 ? (~b) >>> 0 : (b | 0x80000000) >>> 0;
 }
 
-// Ranking order: higher logit first, then lower id (the shader's 56-bit key).
-function ranksBefore(ka: number, a: number, kb: number, b: number): number {
-  return kb - ka || a - b;
-}
-
 // Whether (key, id) ranks at or above the cut (the shader's keyGE).
 function atOrAbove(key: number, id: number, cut: Cut): boolean {
   return key > cut.hi || (key === cut.hi && ID_MASK - id >= cut.lo);
@@ -121,17 +116,29 @@ interface Cut {
 }
 
 /**
- * Samples one token from `logits` (f32 `[n]`) with the constants of
- * {@linkcode deriveSampler}: `window` holds the tokens the penalties look
- * at (the last `c.penaltyLastN` of the history, any order), `position` is
- * the RNG counter (the position of the logits' token).
+ * The distribution a draw is made from: the candidates in id order (after
+ * top-k) with their weights exp((l − M)/T) (0 for those that top-p or
+ * min-p cut), or the greedy token.
  */
-export function sampleWith(
+export interface SamplerDistribution {
+  /** The token when the choice is greedy (temperature ≤ 0, or every logit −∞). */
+  greedy?: number;
+  /** Candidate ids, ascending. */
+  ids: Uint32Array;
+  /** Their unnormalised weights (f32), 0 for cut tokens. */
+  weights: Float32Array;
+}
+
+/**
+ * The penalised, truncated, tempered distribution of {@linkcode sampleWith}
+ * (everything but the draw): `window` holds the tokens the penalties look
+ * at (the last `c.penaltyLastN` of the history, any order).
+ */
+export function samplerDistribution(
   logits: ArrayLike<number>,
   c: SamplerConstants,
   window: readonly number[],
-  position: number,
-): SampleResult {
+): SamplerDistribution {
   const n = logits.length;
   const work = new Float32Array(n);
   for (let i = 0; i < n; i++) work[i] = sanitize(logits[i]!);
@@ -149,37 +156,33 @@ export function sampleWith(
   let arg = 0;
   for (let i = 1; i < n; i++) if (work[i]! > work[arg]!) arg = i;
   const max = work[arg]!;
-  if (c.greedy || max < -FLT_MAX) return { token: arg, prob: 1 };
+  if (c.greedy || max < -FLT_MAX) {
+    return { greedy: arg, ids: Uint32Array.of(arg), weights: Float32Array.of(1) };
+  }
+  const keys = new Uint32Array(n);
+  for (let i = 0; i < n; i++) keys[i] = ordKey(work[i]!);
+  const byRank = (a: number, b: number) => keys[b]! - keys[a]! || a - b;
 
   // top-k: the k highest-ranked ids, back in id order.
-  let list: number[] | Uint32Array;
-  if (c.topK > 0) {
-    const ids = Array.from({ length: n }, (_, i) => i);
-    const keys = new Uint32Array(n);
-    for (let i = 0; i < n; i++) keys[i] = ordKey(work[i]!);
-    ids.sort((a, b) => ranksBefore(keys[a]!, a, keys[b]!, b));
-    list = ids.slice(0, c.topK).sort((a, b) => a - b);
-  } else {
-    list = Uint32Array.from({ length: n }, (_, i) => i);
-  }
-  const m = list.length;
+  let ids = Uint32Array.from({ length: n }, (_, i) => i);
+  if (c.topK > 0) ids = ids.sort(byRank).subarray(0, c.topK).sort();
+  const m = ids.length;
 
   // top-p: Z over the list in the GPU's chunk order, then the ranked walk.
   const cut: Cut = { hi: 0, lo: 0 };
   if (c.topP < 1) {
-    const z = chunkSum(m, (j) => f(Math.exp(f(work[list[j]!]! - max))));
+    const e = (id: number) => f(Math.exp(f(work[id]! - max)));
+    const z = chunkSum(m, (j) => e(ids[j]!));
     const limit = f(c.topP * z);
-    const ranked = Array.from(list).sort((a, b) =>
-      ranksBefore(ordKey(work[a]!), a, ordKey(work[b]!), b)
-    );
+    const ranked = ids.slice().sort(byRank);
     let before = 0;
     let last = ranked[0]!;
     for (let r = 1; r < ranked.length; r++) {
-      before = f(before + f(Math.exp(f(work[ranked[r - 1]!]! - max))));
+      before = f(before + e(ranked[r - 1]!));
       if (!(before < limit)) break;
       last = ranked[r]!;
     }
-    cut.hi = ordKey(work[last]!);
+    cut.hi = keys[last]!;
     cut.lo = ID_MASK - last;
   }
   if (c.useMinP) {
@@ -189,34 +192,41 @@ export function sampleWith(
       cut.lo = 0;
     }
   }
+  const weights = new Float32Array(m);
+  for (let j = 0; j < m; j++) {
+    const id = ids[j]!;
+    if (atOrAbove(keys[id]!, id, cut)) weights[j] = Math.exp(f(f(work[id]! - max) * c.invTemp));
+  }
+  return { ids, weights };
+}
 
-  // Draw in id order, with the GPU's chunked sums.
-  const q = (j: number) => {
-    const id = list[j]!;
-    const l = work[id]!;
-    return atOrAbove(ordKey(l), id, cut) ? f(Math.exp(f(f(l - max) * c.invTemp))) : 0;
-  };
+/**
+ * Draws from a {@linkcode samplerDistribution} with the uniform number of
+ * (seed, position), walking the candidates in id order with the GPU's
+ * chunked f32 sums.
+ */
+export function drawFrom(d: SamplerDistribution, seed: number, position: number): SampleResult {
+  if (d.greedy !== undefined) return { token: d.greedy, prob: 1 };
+  const q = d.weights, m = q.length;
   const ch = Math.ceil(m / SAMPLER_WG_SIZE);
   const parts = new Float32Array(SAMPLER_WG_SIZE);
   for (let t = 0; t < SAMPLER_WG_SIZE; t++) {
     let s = 0;
-    for (let j = Math.min(t * ch, m); j < Math.min(t * ch + ch, m); j++) s = f(s + q(j));
+    for (let j = Math.min(t * ch, m); j < Math.min(t * ch + ch, m); j++) s = f(s + q[j]!);
     parts[t] = s;
   }
   let total = 0;
   for (const s of parts) total = f(total + s);
-  const goal = f(samplerUniform(c.seed, position) * total);
-  let pick = -1, pickQ = 0, excl = 0;
+  const goal = f(samplerUniform(seed, position) * total);
+  let pick = -1, excl = 0;
   for (let t = 0; t < SAMPLER_WG_SIZE && pick < 0; t++) {
     const next = f(excl + parts[t]!);
     if (parts[t]! > 0 && next > goal) {
       let r = 0;
       for (let j = t * ch; j < Math.min(t * ch + ch, m); j++) {
-        const qj = q(j);
-        r = f(r + qj);
-        if (qj > 0 && f(excl + r) > goal) {
+        r = f(r + q[j]!);
+        if (q[j]! > 0 && f(excl + r) > goal) {
           pick = j;
-          pickQ = qj;
           break;
         }
       }
@@ -224,16 +234,25 @@ export function sampleWith(
     excl = next;
   }
   if (pick < 0) {
-    for (let j = m - 1; j >= 0; j--) {
-      const qj = q(j);
-      if (qj > 0) {
-        pick = j;
-        pickQ = qj;
-        break;
-      }
-    }
+    pick = m - 1;
+    while (pick > 0 && !(q[pick]! > 0)) pick--;
   }
-  return { token: list[pick]!, prob: f(pickQ / total) };
+  return { token: d.ids[pick]!, prob: f(q[pick]! / total) };
+}
+
+/**
+ * Samples one token from `logits` (f32 `[n]`) with the constants of
+ * {@linkcode deriveSampler}: `window` holds the tokens the penalties look
+ * at (the last `c.penaltyLastN` of the history, any order), `position` is
+ * the RNG counter (the position of the logits' token).
+ */
+export function sampleWith(
+  logits: ArrayLike<number>,
+  c: SamplerConstants,
+  window: readonly number[],
+  position: number,
+): SampleResult {
+  return drawFrom(samplerDistribution(logits, c, window), c.seed, position);
 }
 
 // Σ weight(j) for j < m: WG_SIZE contiguous chunks summed in order, then the chunk sums.

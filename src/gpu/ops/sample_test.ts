@@ -376,7 +376,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "sampler: same seed → same tokens; other seeds → other tokens; setParams without rebuild",
+  name: "sampler: same seed → same tokens; other seeds → other tokens; setParams checks its input",
   ignore: !gpu,
   async fn() {
     const g = gpu!;
