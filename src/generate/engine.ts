@@ -75,7 +75,7 @@ export class Engine {
         label: "sampler",
       });
       const name = o.name ?? model.file.metadata.string("general.name", null) ??
-        o.model.split("/").pop()!.replace(/\.gguf$/, "");
+        (o.model ?? o.baseWeights ?? "model").split("/").pop()!.replace(/\.gguf$/, "");
       return new Engine(model, tokenizer, sampler, name);
     } catch (e) {
       model.close();

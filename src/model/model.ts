@@ -15,14 +15,17 @@ import { acquireGpu, type Gpu } from "../gpu/device.ts";
 import { createBuffer, recordReadback, upload } from "../gpu/buffers.ts";
 import { type Op, STEP } from "../gpu/ops/op.ts";
 import type { BufferBinding } from "../gpu/dispatch.ts";
-import { checkMoeConfig, type ModelConfig } from "./config.ts";
+import { checkMoeConfig, type ModelConfig, type TensorPlanEntry } from "./config.ts";
 import { archSpec } from "./registry.ts";
 import {
   checkTensorPlan,
   type GpuWeights,
   type TensorBytes,
+  TensorPlanError,
   uploadPlannedTensors,
 } from "./weights.ts";
+import { openBaseModel } from "../convert/converted.ts";
+import { ExpertDirSource } from "../experts/expert_dir_source.ts";
 import { type ExpertStacks, MoeTransformer } from "./transformer.ts";
 import { type ExpertSource, GgufExpertSource } from "../experts/source.ts";
 import { ExpertPool } from "../experts/pool.ts";
@@ -30,8 +33,14 @@ import type { ExpertStats } from "../experts/stats.ts";
 
 /** Options of {@linkcode loadModel}. */
 export interface LoadModelOptions {
-  /** Path of the GGUF file (any shard of a split model). */
-  model: string;
+  /** Path of the GGUF file holding everything (any shard of a split model). */
+  model?: string;
+  /** The converter's `DIR/base_model` (base weights), with `expertDir` or `ggufExperts`. */
+  baseWeights?: string;
+  /** The converter's `DIR/experts` (one safetensors file per expert). */
+  expertDir?: string;
+  /** A GGUF file to stream the routed experts from (with `baseWeights`). */
+  ggufExperts?: string;
   /** Context length (KV cache positions); default min(4096, the model's). */
   nCtx?: number;
   /** Most prompt tokens per batch; default 64. */
@@ -154,21 +163,23 @@ export class Model {
 
   /** Loads a model; see {@linkcode loadModel}. */
   static async load(o: LoadModelOptions): Promise<Model> {
-    const file = readGgufModel(o.model);
-    const spec = archSpec(file.architecture);
-    const config: ModelConfig = { ...spec.readConfig(file.metadata), ...o.configOverride };
-    if (o.configOverride) checkMoeConfig(config);
-    const plan = checkTensorPlan(file, spec.tensorPlan(config));
-    const nCtx = o.nCtx ?? Math.min(4096, config.nCtxTrain || 4096);
-    const maxBatch = o.maxBatch ?? 64;
-    const window = Math.max(1, o.window ?? 16);
-    const cacheSizeGB = o.cacheSizeGB ?? 4;
-    if (!(cacheSizeGB >= 0)) throw new RangeError(`cacheSizeGB must be ≥ 0, got ${cacheSizeGB}`);
-    const gpu = o.gpu ?? await acquireGpu();
-    const mapped = file.files.map((f) => MappedFile.open(f.path));
+    const { file, bytes, close } = openBase(o);
+    let source: ExpertSource | undefined;
     try {
-      const weights = uploadPlannedTensors(gpu, file, new MappedTensors(mapped), plan, ["base"]);
-      const source = o.expertSource ?? new GgufExpertSource(file);
+      const spec = archSpec(file.architecture);
+      const config: ModelConfig = { ...spec.readConfig(file.metadata), ...o.configOverride };
+      if (o.configOverride) checkMoeConfig(config);
+      const fullPlan = spec.tensorPlan(config);
+      const plan = checkTensorPlan(file, fullPlan.filter((e) => e.role === "base"));
+      const nCtx = o.nCtx ?? Math.min(4096, config.nCtxTrain || 4096);
+      const maxBatch = o.maxBatch ?? 64;
+      const window = Math.max(1, o.window ?? 16);
+      const cacheSizeGB = o.cacheSizeGB ?? 4;
+      if (!(cacheSizeGB >= 0)) throw new RangeError(`cacheSizeGB must be ≥ 0, got ${cacheSizeGB}`);
+      source = o.expertSource ?? openExperts(o, file);
+      checkExpertSource(source, fullPlan.filter((e) => e.role === "expert"));
+      const gpu = o.gpu ?? await acquireGpu();
+      const weights = uploadPlannedTensors(gpu, file, bytes, plan, ["base"]);
       const pool = new ExpertPool(gpu, source, {
         budgetBytes: Math.floor(cacheSizeGB * GIB),
         reserveSlots: Math.min(config.nExpert, maxBatch * config.nExpertUsed),
@@ -201,8 +212,11 @@ export class Model {
         !o.gpu,
         weights,
       );
+    } catch (e) {
+      source?.close();
+      throw e;
     } finally {
-      for (const m of mapped) m.close();
+      close();
     }
   }
 
@@ -569,6 +583,69 @@ export class Model {
     this.pool.source.close();
     for (const b of [this.#routeLog, this.#tokenLog, this.#savedRing]) b.destroy();
     if (this.ownsGpu) this.gpu.destroy();
+  }
+}
+
+/** The base weights' tensor table and bytes: the GGUF (`model`) or the converter's base directory. */
+function openBase(
+  o: LoadModelOptions,
+): { file: GgufModelFile; bytes: TensorBytes; close: () => void } {
+  if (o.baseWeights !== undefined) {
+    if (o.model !== undefined) throw new TypeError("give either model or baseWeights, not both");
+    if (o.expertDir === undefined && o.ggufExperts === undefined && o.expertSource === undefined) {
+      throw new TypeError(
+        "baseWeights holds no routed experts: add expertDir (the converter's DIR/experts) or ggufExperts (the GGUF)",
+      );
+    }
+    const base = openBaseModel(o.baseWeights);
+    // the mapped shards stay open: the tokenizer and metadata come from them too
+    return { file: base, bytes: base, close: () => {} };
+  }
+  if (o.model === undefined) {
+    throw new TypeError("a model is required: model (a GGUF) or baseWeights");
+  }
+  const file = readGgufModel(o.model);
+  const mapped = file.files.map((f) => MappedFile.open(f.path));
+  return {
+    file,
+    bytes: new MappedTensors(mapped),
+    close: () => mapped.forEach((m) => m.close()),
+  };
+}
+
+/** The routed experts' source for the options: an expert directory, a GGUF, or the model's own GGUF. */
+function openExperts(o: LoadModelOptions, file: GgufModelFile): ExpertSource {
+  if (o.expertDir !== undefined) return new ExpertDirSource(o.expertDir);
+  if (o.ggufExperts !== undefined) return new GgufExpertSource(readGgufModel(o.ggufExperts));
+  return new GgufExpertSource(file);
+}
+
+/** Checks that the expert source holds the experts the architecture plans, with the same shapes. */
+function checkExpertSource(source: ExpertSource, plan: readonly TensorPlanEntry[]): void {
+  const byName = new Map<string, { shape: readonly number[]; n: number }>();
+  for (const l of source.layers) {
+    for (const t of l.tensors) byName.set(t.name, { shape: t.sliceShape, n: l.nExpert });
+  }
+  for (const e of plan) {
+    const got = byName.get(e.name);
+    const want = e.shape.slice(0, -1);
+    const n = e.shape[e.shape.length - 1];
+    if (!got) {
+      if (e.optional) continue;
+      throw new TensorPlanError(
+        `the expert source has no ${e.name} (expected ${n} experts of ${JSON.stringify(want)})`,
+      );
+    }
+    if (
+      got.n !== n || got.shape.length !== want.length || got.shape.some((d, i) => d !== want[i])
+    ) {
+      throw new TensorPlanError(
+        `expert tensor ${e.name}: the expert source has ${got.n} experts of ${
+          JSON.stringify(got.shape)
+        }, ` +
+          `the model expects ${n} of ${JSON.stringify(want)} (experts from another model?)`,
+      );
+    }
   }
 }
 
