@@ -109,6 +109,8 @@ export class RunState {
   readonly last: GPUBuffer;
   /** f32 [nVocab]: logits of the last token. */
   readonly logits: GPUBuffer;
+  /** Per layer: f32 [maxBatch, nEmbd], the residual stream entering its MoE step. */
+  readonly hidden: GPUBuffer[] = [];
   /** Per layer: f32 [nCtx, nHeadKv, headDimK] keys and [nCtx, nHeadKv, headDimV] values. */
   readonly kCache: GPUBuffer[] = [];
   /** Values cache, per layer. */
@@ -160,6 +162,7 @@ export class RunState {
     this.last = f32("last", c.nEmbd);
     this.logits = f32("logits", c.nVocab);
     for (let l = 0; l < c.nLayer; l++) {
+      this.hidden.push(f32(`hidden.${l}`, B * c.nEmbd));
       this.kCache.push(f32(`k_cache.${l}`, o.nCtx * c.nHeadKv * c.headDimK));
       this.vCache.push(f32(`v_cache.${l}`, o.nCtx * c.nHeadKv * c.headDimV));
     }
@@ -169,7 +172,7 @@ export class RunState {
   /** Frees every buffer. */
   destroy(): void {
     for (const v of Object.values(this)) if (v instanceof GPUBuffer) v.destroy();
-    for (const b of [...this.kCache, ...this.vCache]) b.destroy();
+    for (const b of [...this.kCache, ...this.vCache, ...this.hidden]) b.destroy();
   }
 }
 
@@ -192,6 +195,8 @@ export class MoeTransformer {
   readonly attention: Op[][] = [];
   /** Per layer: save the residual stream while no expert has missed. */
   readonly save: Op[] = [];
+  /** Per layer: log the residual stream entering the MoE step (predictors read it). */
+  readonly logHidden: Op[] = [];
   /** Per layer: the MoE FFN, from ffn_norm to the residual add. */
   readonly moe: Op[][] = [];
   /** Last row → output_norm → lm_head (logits of the last token). */
@@ -361,6 +366,14 @@ export class MoeTransformer {
           n: E,
           misses: s.misses,
           label: `blk.${l}.save`,
+        }),
+      );
+      this.logHidden.push(
+        await prepareCopy(gpu, {
+          x: view(s.x, E),
+          y: view(s.hidden[l]!, E),
+          n: E,
+          label: `blk.${l}.log_hidden`,
         }),
       );
       this.moe.push(ops = []);
@@ -565,7 +578,7 @@ export class MoeTransformer {
 
   #layer(pass: GPUComputePassEncoder, l: number, nTokens: number): void {
     recordOps(pass, this.attention[l]!, nTokens);
-    recordOps(pass, [this.save[l]!], nTokens);
+    recordOps(pass, [this.save[l]!, this.logHidden[l]!], nTokens);
     recordOps(pass, this.moe[l]!, nTokens);
   }
 
