@@ -27,28 +27,32 @@
 //      (per-thread private counts and weights, combined by a fixed tree, so
 //      the sums do not depend on scheduling) and picks the bucket holding the
 //      k-th token; it stops as soon as the bucket is a single token or ends
-//      exactly at k. Typical: 3–6 passes over the vocabulary. The k kept ids
-//      are then compacted into scratch[n, n + k) in id order (per-thread
-//      contiguous chunks + a scan), and everything after works on that list.
+//      exactly at k. Measured on a 152k vocabulary: 5 passes (k = 40, 2000).
+//      Each pass reads the whole list; a token's weight is computed only when
+//      it shares the prefix. The k kept ids are then compacted into
+//      scratch[n, n + k) in id order (per-thread contiguous chunks + a scan),
+//      and everything after works on that list.
 //   5. top-p (p < 1): Z = Σ exp(l − M) over the list; the same descent with
 //      weights exp(l − M) finds the last token (in rank order) whose mass
 //      before it is < p·Z (the first token is always kept), as llama.cpp's
-//      "cumulative sum ≥ p, including the token that crosses". Only the
-//      tokens sharing the current prefix are weighed, so later passes touch
-//      few tokens.
+//      "cumulative sum ≥ p, including the token that crosses" (6–7 passes
+//      over a 152k vocabulary, 5 over a top-k list of 40).
 //   6. min-p: keep logit ≥ M + log(minP) (a key threshold too).
 //   7. Draw: q = exp((l − M)·invTemp) for the list tokens above both cuts,
 //      0 otherwise. The list is split into WG_SIZE contiguous chunks; each
 //      thread sums its chunk in order, thread 0 adds the chunk sums in order
-//      (total), takes u = hash(seed, position) ∈ [0, 1) (24 bits), target =
+//      (total), takes u = hash(seed, position) ∈ [0, 1) (24 bits), goal =
 //      u·total, and walks the chunks and then the chosen chunk's tokens in id
-//      order to the first token with q > 0 whose running sum exceeds target
+//      order to the first token with q > 0 whose running sum exceeds goal
 //      (the last token with q > 0 if rounding leaves none). The CPU reference
 //      (src/generate/sampler_cpu.ts) does the same sums in the same order.
 //   8. tokens[outOffset] = id, values[valueOffset] = q/total (if hasValue),
 //      and the id is appended to the history ring for the next step.
-// Work: one pass for the copy, one for the max, ≤ 14 (typically 3–6) for
-// each cut, two for the compaction, one each for Z and the draw: O(≈12·n).
+// Work over the vocabulary: one pass for the copy, one for the max, ≤ 14
+// (5–7 measured) per descent, two for the compaction, one each for Z and the
+// draw: with llama.cpp's defaults (top-k 40) 9 passes over n, the rest over 40.
+// All in one workgroup: simple and exact; a multi-workgroup histogram pass
+// would be the next step if the sampler ever shows in a GPU profile.
 // RNG: position = step[0] + max(step[1], 1) − 1 (the position of the row's
 // token); h = pcg(pcg(seed) + position) (PCG-RXS-M-XS hash); u = (h >> 8)·2^−24.
 //
@@ -62,9 +66,9 @@
 //                                    chosen token's probability, from valueOffset  written (if hasValue)
 //   @binding(5) scratch: array<u32>  [2n]: penalised logits (f32 bits), then
 //                                    the candidate list                      scratch (sample)
-//   @binding(6) params: array of 4-byte words, read (a storage buffer, not a
+//   @binding(6) params: struct Params of 4-byte fields, read-only storage (not a
 //     uniform: lavapipe re-optimises a shader at every dispatch when its
-//     loops depend on uniform-buffer values, ~16 ms for this one):
+//     loops depend on uniform-buffer values, ~16 ms per dispatch for this one):
 //     [0] n: u32  [1] offset: u32  [2] stride: u32  [3] mode: u32
 //     [4] outOffset: u32  [5] hasValue: u32  [6] valueOffset: u32
 //     (sample only, below)

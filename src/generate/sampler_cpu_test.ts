@@ -159,6 +159,40 @@ Deno.test("sampler_cpu: the same kept tokens and probabilities as llama.cpp's ch
   assert.equal(checked, 648);
 });
 
+Deno.test("sampler_cpu: llama.cpp's chain on a 20k vocabulary (partial rankings)", () => {
+  const rng = makeRng(12);
+  const n = 20_000;
+  let boundary = 0;
+  for (
+    const p of [
+      { topK: 40, topP: 0.9 },
+      { topK: 1000, topP: 0.5, minP: 0.01 },
+      { topP: 0.5 },
+      { topP: 0.99, temperature: 0.6 },
+      { minP: 0.1, temperature: 1.3 },
+    ]
+  ) {
+    const params = { ...OFF, ...p };
+    const logits = randomLogits(n, rng, 2.5);
+    const want = llamaChain(logits, params, []);
+    const got = samplerDistribution(logits, deriveSampler(params, n, 8), []);
+    const kept = new Set(Array.from(got.ids).filter((_, j) => got.weights[j]! > 0));
+    const wanted = new Set(want.probs.keys());
+    // llama.cpp sums thousands of f32 probabilities in a row, we sum in double: the
+    // last token of a long top-p set may differ, nothing else.
+    const diff = [...kept].filter((t) => !wanted.has(t))
+      .concat([...wanted].filter((t) => !kept.has(t)));
+    assert.ok(diff.length <= 1, `${JSON.stringify(p)}: ${diff.length} tokens differ`);
+    for (const t of diff) {
+      for (const u of new Set([...kept, ...wanted])) {
+        assert.ok(logits[u]! >= logits[t]!, `${JSON.stringify(p)}: ${t} is not the boundary`);
+      }
+    }
+    if (diff.length > 0) boundary++;
+  }
+  assert.ok(boundary <= 1);
+});
+
 Deno.test("sampler_cpu: greedy is the argmax of the penalised logits (ties → lower id)", () => {
   const logits = new Float32Array([1, 5, NaN, 5, -2, 4.9]);
   const greedy = deriveSampler({ ...OFF, temperature: 0 }, logits.length, 8);
