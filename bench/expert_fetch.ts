@@ -28,7 +28,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
 
 import { parseArgs } from "node:util";
 import { type GgmlTypeName, requireGgmlType, tensorBytes } from "../src/gguf/types.ts";

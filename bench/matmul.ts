@@ -16,7 +16,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
 
 import { parseArgs } from "node:util";
 import { GgmlType, type GgmlTypeName, requireGgmlType } from "../src/gguf/types.ts";

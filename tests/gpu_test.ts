@@ -1,4 +1,3 @@
-/// <reference lib="deno.webgpu" />
 // End-to-end tests of src/gpu on whatever adapter this machine has (llvmpipe
 // in CI, so sizes stay tiny). GPU tests are skipped, with the reason printed,
 // when there is no adapter; text-only tests always run.

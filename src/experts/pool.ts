@@ -43,7 +43,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
 
 import type { Gpu } from "../gpu/device.ts";
 import { align4, createBuffer, STORAGE_USAGE, upload } from "../gpu/buffers.ts";

@@ -1,4 +1,3 @@
-/// <reference lib="deno.webgpu" />
 // The expert pool on the machine's WebGPU adapter (llvmpipe in CI): tiny
 // experts, a few dozen readbacks in all. Skipped, with the reason printed,
 // without an adapter.

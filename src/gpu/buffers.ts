@@ -6,7 +6,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
 
 import type { Gpu } from "./device.ts";
 import type { BufferBinding } from "./dispatch.ts";

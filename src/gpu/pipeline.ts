@@ -17,7 +17,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
 
 import type { Gpu, GpuFeature } from "./device.ts";
 import { BindGroupCache } from "./dispatch.ts";

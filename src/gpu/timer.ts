@@ -5,7 +5,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
 
 import { type PendingReadback, recordReadback } from "./buffers.ts";
 import type { Gpu } from "./device.ts";

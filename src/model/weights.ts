@@ -67,9 +67,9 @@ export function checkTensorPlan(
 /** The base weights of a model on the GPU, by tensor name. */
 export class GpuWeights {
   /** Matrices (and expert stacks) in their ggml type. */
-  readonly matrices = new Map<string, GpuWeight>();
+  readonly matrices: Map<string, GpuWeight> = new Map();
   /** Vectors (norm weights, biases) as f32. */
-  readonly vectors = new Map<string, GPUBuffer>();
+  readonly vectors: Map<string, GPUBuffer> = new Map();
   /** Bytes of GPU memory held. */
   bytes = 0;
 

@@ -6,7 +6,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
 
 import { ParamsBuffer } from "../buffers.ts";
 import { getPipeline } from "../pipeline.ts";

@@ -1,4 +1,3 @@
-/// <reference lib="deno.webgpu" />
 // The row lookup (embedding) kernel against src/gguf/dequant.ts for every GPU
 // weight type, single- and multi-chunk, on whatever adapter this machine has.
 // Skipped, with the reason printed, without an adapter.

@@ -15,7 +15,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
 
 import { ParamsBuffer } from "../buffers.ts";
 import type { Gpu } from "../device.ts";

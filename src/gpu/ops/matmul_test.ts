@@ -1,4 +1,3 @@
-/// <reference lib="deno.webgpu" />
 // The matrix kernels against a CPU reference (src/gguf/dequant.ts, then f64
 // dots) for every GPU weight type, on whatever adapter this machine has
 // (llvmpipe in CI, so shapes stay small and each type is one submit and one

@@ -7,7 +7,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
 
 import { type GgmlTypeInfo, requireGgmlType, rowBytes as ggmlRowBytes } from "../../gguf/types.ts";
 import { f32ToBf16, f32ToF16 } from "../../gguf/f16.ts";
