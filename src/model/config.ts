@@ -11,8 +11,33 @@ import { archKey, Keys } from "../gguf/names.ts";
 /** How RoPE pairs dimensions: adjacent pairs (llama) or the two halves (GPT-NeoX, Qwen). */
 export type RopeType = "normal" | "neox";
 
-/** How router logits become expert probabilities. */
-export type GatingFunc = "softmax" | "sigmoid";
+/**
+ * How router logits become expert weights: softmax or sigmoid over every
+ * expert (then top-k), or GPT-OSS's top-k of the logits with a softmax over
+ * the k chosen (llama.cpp's `SOFTMAX_WEIGHT`).
+ */
+export type GatingFunc = "softmax" | "sigmoid" | "topk_softmax";
+
+/** The expert FFN's gated unit: SwiGLU, or GPT-OSS's clamped variant (`swiglu_oai`). */
+export type ExpertActivation = "swiglu" | "swiglu_oai";
+
+/**
+ * Multi-head latent attention (DeepSeek-V2/V3, Kimi-K2): keys and values are
+ * decompressed per head from one cached latent vector of `kvLoraRank`
+ * elements plus one shared rotated key part of `ropeDim` elements.
+ */
+export interface MlaConfig {
+  /** Rank of the query compression (`attention.q_lora_rank`); 0 = one `attn_q` (V2-Lite). */
+  readonly qLoraRank: number;
+  /** Width of the cached latent (`attention.kv_lora_rank`). */
+  readonly kvLoraRank: number;
+  /** Per-head width of the non-rotated part of q and k. */
+  readonly nopeDim: number;
+  /** Per-head width of the rotated part (`rope.dimension_count`). */
+  readonly ropeDim: number;
+  /** Per-head value width (`attention.value_length_mla`). */
+  readonly vHeadDim: number;
+}
 
 /** Everything the forward pass needs to know about a model's shape. */
 export interface ModelConfig {
@@ -28,11 +53,11 @@ export interface ModelConfig {
   readonly nCtxTrain: number;
   /** Query heads. */
   readonly nHead: number;
-  /** Key/value heads (grouped-query attention when < nHead). */
+  /** Key/value heads (grouped-query attention when < nHead; 1 with MLA: the shared latent). */
   readonly nHeadKv: number;
-  /** Key (and query) head width. */
+  /** Key (and query) head width (with MLA: decompressed, nope + rope). */
   readonly headDimK: number;
-  /** Value head width. */
+  /** Value head width (with MLA: decompressed). */
   readonly headDimV: number;
   /** Dimensions of each head that RoPE rotates. */
   readonly nRot: number;
@@ -74,6 +99,78 @@ export interface ModelConfig {
   readonly qkNorm: "none" | "head" | "full";
   /** Attention softmax scale. */
   readonly attnScale: number;
+  /** Leading blocks whose FFN is dense rather than routed (DeepSeek); default 0. */
+  readonly nLayerDenseLead?: number;
+  /** Width of those blocks' dense FFN. */
+  readonly nFf?: number;
+  /** Expert groups for group-limited routing (`expert_group_count`); default 1 (off). */
+  readonly nExpertGroups?: number;
+  /** Groups each token may route into (`expert_group_used_count`). */
+  readonly nExpertGroupsUsed?: number;
+  /** Multi-head latent attention; absent = grouped-query attention with a K/V cache. */
+  readonly mla?: MlaConfig;
+  /** Per layer: the sliding window (key visible iff 0 ≤ q − k < window), 0 = full; absent = none. */
+  readonly windows?: readonly number[];
+  /** RoPE frequency base of the sliding-window layers (`rope.freq_base_swa`); default ropeFreqBase. */
+  readonly ropeFreqBaseSwa?: number;
+  /** The routed experts' gated unit; default SwiGLU. */
+  readonly expertAct?: ExpertActivation;
+}
+
+/** Whether block `l` routes its FFN through experts (DeepSeek's leading blocks are dense). */
+export function isMoeLayer(c: ModelConfig, l: number): boolean {
+  return l >= (c.nLayerDenseLead ?? 0);
+}
+
+/**
+ * KV-cache bytes per token of context over all layers, with `bytesPerElement`
+ * per cached element (4 for this engine's f32 cache, 2 for f16). With MLA the
+ * cache holds the latent and the rotated key part once per layer; `naive`
+ * asks for the full per-head K/V cache the same model would need without it.
+ */
+export function kvCacheBytesPerToken(
+  c: Pick<ModelConfig, "nLayer" | "nHead" | "nHeadKv" | "headDimK" | "headDimV" | "mla">,
+  o: { bytesPerElement?: number; naive?: boolean } = {},
+): number {
+  const b = o.bytesPerElement ?? 4;
+  if (c.mla && !o.naive) return c.nLayer * (c.mla.kvLoraRank + c.mla.ropeDim) * b;
+  const heads = c.mla ? c.nHead : c.nHeadKv;
+  return c.nLayer * heads * (c.headDimK + c.headDimV) * b;
+}
+
+/**
+ * The magnitude factor llama.cpp passes to RoPE (`cparams.yarn_attn_factor`,
+ * llama-context.cpp): with YaRN, `get_mscale(factor, mscale) /
+ * get_mscale(factor, mscaleAllDims)` — or `get_mscale(factor, 1)` without a
+ * log multiplier — divided by `1 + 0.1·ln(factor)` because the RoPE kernel
+ * multiplies that back; always times `rope.scaling.attn_factor`.
+ * `yarnLogMul` is `rope.scaling.yarn_log_multiplier` as llama.cpp holds it
+ * (DeepSeek-V2's key divided by 0.1: mscale_all_dim); `mscaleIsLogMul` is
+ * DeepSeek-V2's special case (mscale = mscale_all_dim when it is not 1).
+ */
+export function yarnAttnFactor(
+  o: {
+    freqScale: number;
+    extFactor: number;
+    ropeAttnFactor: number;
+    yarnLogMul?: number;
+    mscaleIsLogMul?: boolean;
+  },
+): number {
+  let a = 1;
+  if (o.extFactor !== 0) {
+    const factor = 1 / o.freqScale;
+    const getMscale = (scale: number, m: number) => scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1;
+    const logMul = o.yarnLogMul ?? 0;
+    if (logMul !== 0) {
+      const mscale = o.mscaleIsLogMul && logMul !== 1 ? logMul : 1;
+      a = getMscale(factor, mscale) / getMscale(factor, logMul);
+    } else {
+      a = getMscale(factor, 1);
+    }
+    a /= 1 + 0.1 * Math.log(factor);
+  }
+  return a * o.ropeAttnFactor;
 }
 
 /** One tensor an architecture needs. */
@@ -111,8 +208,11 @@ export function readCommonConfig(md: GgufMetadata, arch: string) {
   const headDimK = md.number(k(Keys.keyLength), Math.floor(nEmbd / nHead));
   const headDimV = md.number(k(Keys.valueLength), Math.floor(nEmbd / nHead));
   const nCtxTrain = md.number(k(Keys.contextLength));
-  const scalingFactor = md.number(k(Keys.ropeScalingFactor), 0);
   const scalingType = md.string(k(Keys.ropeScalingType), "linear");
+  // llama.cpp never scales when the type is "none".
+  const scalingFactor = scalingType === "none" ? 0 : md.number(k(Keys.ropeScalingFactor), 0);
+  const ropeFreqScale = scalingFactor === 0 ? 1 : 1 / scalingFactor;
+  const yarnExtFactor = scalingType === "yarn" ? 1 : 0;
   const tokens = md.strings(Keys.tokenizerTokens);
   const nVocab = md.number(k(Keys.vocabSize), tokens?.length ?? 0);
   return {
@@ -127,16 +227,23 @@ export function readCommonConfig(md: GgufMetadata, arch: string) {
     headDimV,
     nRot: md.number(k(Keys.ropeDimensionCount), headDimK),
     ropeFreqBase: md.number(k(Keys.ropeFreqBase), 10000),
-    ropeFreqScale: scalingFactor === 0 ? 1 : 1 / scalingFactor,
-    yarnExtFactor: scalingType === "yarn" ? 1 : 0,
-    yarnAttnFactor: md.number(k(Keys.ropeScalingAttnFactor), 1),
-    yarnBetaFast: md.number(k(Keys.ropeScalingYarnBetaFast), 32),
-    yarnBetaSlow: md.number(k(Keys.ropeScalingYarnBetaSlow), 1),
+    ropeFreqScale,
+    yarnExtFactor,
+    yarnAttnFactor: yarnAttnFactor({
+      freqScale: ropeFreqScale,
+      extFactor: yarnExtFactor,
+      ropeAttnFactor: md.number(k(Keys.ropeScalingAttnFactor), 1),
+    }),
+    // llama.cpp reads the beta keys only for grok and mistral3: 32 and 1 elsewhere.
+    yarnBetaFast: 32,
+    yarnBetaSlow: 1,
     nCtxOrig: md.number(k(Keys.ropeScalingOrigCtx), nCtxTrain),
     rmsEps: md.number(k(Keys.layerNormRmsEps), 1e-5),
     nExpert: md.number(k(Keys.expertCount), 0),
     nExpertUsed: md.number(k(Keys.expertUsedCount), 0),
     expertWeightsScale: md.number(k(Keys.expertWeightsScale), 0),
+    nExpertGroups: md.number(k(Keys.expertGroupCount), 0) || 1,
+    nExpertGroupsUsed: md.number(k(Keys.expertGroupUsedCount), 0),
     attnScale: 1 / Math.sqrt(headDimK),
   };
 }
@@ -151,6 +258,32 @@ export function checkMoeConfig(c: ModelConfig): void {
   if (c.nRot > c.headDimK || c.nRot % 2 !== 0) {
     throw new ModelConfigError(
       `${c.arch}: rope.dimension_count ${c.nRot} must be even and ≤ key_length ${c.headDimK}`,
+    );
+  }
+  const groups = c.nExpertGroups ?? 1;
+  if (groups > 1) {
+    const used = c.nExpertGroupsUsed ?? groups;
+    if (c.nExpert % groups !== 0 || used < 1 || used > groups) {
+      throw new ModelConfigError(
+        `${c.arch}: expert_group_count ${groups} must divide expert_count ${c.nExpert}, and ` +
+          `expert_group_used_count ${used} must be in 1…${groups}`,
+      );
+    }
+    if (used * (c.nExpert / groups) < c.nExpertUsed) {
+      throw new ModelConfigError(
+        `${c.arch}: ${used} of ${groups} expert groups hold fewer experts than expert_used_count ${c.nExpertUsed}`,
+      );
+    }
+  }
+  const dense = c.nLayerDenseLead ?? 0;
+  if (!Number.isInteger(dense) || dense < 0 || dense >= c.nLayer) {
+    throw new ModelConfigError(
+      `${c.arch}: leading_dense_block_count ${dense} must leave at least one of ${c.nLayer} blocks with experts`,
+    );
+  }
+  if (dense > 0 && !((c.nFf ?? 0) > 0)) {
+    throw new ModelConfigError(
+      `${c.arch}: ${dense} leading dense blocks need feed_forward_length > 0`,
     );
   }
 }

@@ -1,35 +1,40 @@
 /**
- * The forward pass of a MoE transformer (Mixtral, Qwen2-MoE, Qwen3-MoE):
- * the config, the weights on the GPU, and the run state (every activation
- * buffer and the KV cache, allocated once), and the ops of one batch of
- * tokens prepared once and recorded into a single submit.
+ * The forward pass of a MoE transformer (Mixtral, Qwen2-MoE, Qwen3-MoE,
+ * OLMoE, GPT-OSS, DeepSeek-V2/V3 and Kimi-K2): the config, the weights on the
+ * GPU, and the run state (every activation buffer and the KV cache,
+ * allocated once), and the ops of one batch of tokens prepared once and
+ * recorded into a single submit.
  *
- * Per layer: attn_norm → q/k/v (+bias) → q/k norm → RoPE → KV cache →
- * attention → output (+residual) → ffn_norm → router (top-k on the GPU) →
- * routed experts (gate/up → SwiGLU → down) + shared expert → combine
- * (+residual). Then output_norm → lm_head → argmax.
+ * Per layer: attention — grouped-query ({@link gqaAttention}: attn_norm →
+ * q/k/v (+bias) → q/k norm → RoPE → KV cache → attention with sliding window
+ * and sinks where the model has them → output) or latent ({@link
+ * mlaAttention}: the cache holds the compressed latent and rotated key part)
+ * — added to the residual; then the FFN from its norm on — routed experts
+ * ({@link moeFfn}: router top-k on the GPU → gate/up → SwiGLU → down, plus
+ * shared experts → combine) or a dense FFN in DeepSeek's leading blocks
+ * ({@link denseFfn}) — added to the residual. Then output_norm → lm_head →
+ * argmax.
  *
  * @module
  */
 
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer } from "../gpu/buffers.ts";
-import { type ActView, type GpuWeight, type Op, recordOps, STEP } from "../gpu/ops/op.ts";
+import { type GpuWeight, type Op, recordOps, STEP } from "../gpu/ops/op.ts";
 import type { Workgroups } from "../gpu/dispatch.ts";
-import { prepareMatmul, prepareMatmulId } from "../gpu/ops/matmul.ts";
+import { prepareMatmul } from "../gpu/ops/matmul.ts";
 import { prepareGetRows } from "../gpu/ops/get_rows.ts";
 import { prepareRmsNorm } from "../gpu/ops/norm.ts";
-import { prepareRope } from "../gpu/ops/rope.ts";
-import { prepareKvStore } from "../gpu/ops/kv.ts";
-import { prepareAttention } from "../gpu/ops/attention.ts";
-import { prepareAddBias, prepareCopy, prepareSwiglu } from "../gpu/ops/elementwise.ts";
-import { prepareRouter } from "../gpu/ops/router.ts";
-import { prepareMoeCombine } from "../gpu/ops/moe.ts";
+import { prepareCopy } from "../gpu/ops/elementwise.ts";
 import { prepareArgmax } from "../gpu/ops/sample.ts";
 import { prepareCopyLastRow, prepareSaveIfClean } from "../gpu/ops/rows.ts";
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
-import type { ModelConfig } from "./config.ts";
+import { isMoeLayer, type ModelConfig } from "./config.ts";
 import type { GpuWeights } from "./weights.ts";
+import { OpBuilder, view } from "./blocks/builder.ts";
+import { gqaAttention } from "./blocks/attention.ts";
+import { mlaAttention } from "./blocks/mla.ts";
+import { denseFfn, moeFfn } from "./blocks/ffn.ts";
 
 /** Sizes of the run state. */
 export interface RunStateOptions {
@@ -49,11 +54,17 @@ export interface ExpertArena {
   readonly up: GpuWeight;
   /** Down projections. */
   readonly down: GpuWeight;
+  /** Per-slot f32 gate biases (`ffn_gate_exps.bias`, GPT-OSS), when the experts have them. */
+  readonly gateBias?: GpuWeight;
+  /** Per-slot up biases. */
+  readonly upBias?: GpuWeight;
+  /** Per-slot down biases. */
+  readonly downBias?: GpuWeight;
 }
 
 /** Where the routed experts of each layer live on the GPU. */
 export interface ExpertStacks {
-  /** The arenas holding layer `l`'s experts (one matmul_id dispatch each). */
+  /** The arenas holding layer `l`'s experts (one matmul_id dispatch each); asked only for MoE layers. */
   arenas(layer: number): readonly ExpertArena[];
   /** i32 [nLayer, nExpert]: the slot of each expert, or −1 when absent. */
   readonly residency: GPUBuffer;
@@ -71,14 +82,24 @@ export class RunState {
   readonly x: GPUBuffer;
   /** f32 [maxBatch, nEmbd]: normalised input of a sub-block. */
   readonly xn: GPUBuffer;
-  /** f32 [maxBatch, nHead · headDimK]. */
+  /** f32 [maxBatch, nHead · headDimK] (MLA: [maxBatch, nHead, nope + rope]). */
   readonly q: GPUBuffer;
-  /** f32 [maxBatch, nHeadKv · headDimK]. */
-  readonly k: GPUBuffer;
-  /** f32 [maxBatch, nHeadKv · headDimV]. */
-  readonly v: GPUBuffer;
+  /** f32 [maxBatch, nHeadKv · headDimK]; absent with MLA. */
+  readonly k?: GPUBuffer;
+  /** f32 [maxBatch, nHeadKv · headDimV]; absent with MLA. */
+  readonly v?: GPUBuffer;
   /** f32 [maxBatch, nHead · headDimV]: attention output before the projection. */
   readonly attn: GPUBuffer;
+  /** MLA: f32 [maxBatch, q_lora], the compressed query (when the model compresses it). */
+  readonly qA?: GPUBuffer;
+  /** MLA: f32 [maxBatch, kv_lora + rope], each token's [latent | k_pe] (the cached row). */
+  readonly kvA?: GPUBuffer;
+  /** MLA: f32 [maxBatch, nHead, kv_lora + rope], each head's [absorbed q_nope | q_pe]. */
+  readonly qMla?: GPUBuffer;
+  /** MLA: f32 [maxBatch, nHead, kv_lora], attention output in latent space. */
+  readonly attnLatent?: GPUBuffer;
+  /** MLA: u32 [nHead] = 0…nHead−1, the per-head matrices' ids for matmul_id. */
+  readonly headIds?: GPUBuffer;
   /** f32 [maxBatch, nExpert]: router logits. */
   readonly routerLogits: GPUBuffer;
   /** u32 [maxBatch, nLayer, nExpertUsed]: every layer's chosen expert ids (the routes), token-major. */
@@ -97,13 +118,13 @@ export class RunState {
   readonly up: GPUBuffer;
   /** f32 [maxBatch, nExpertUsed, nEmbd]: each chosen expert's output. */
   readonly expertOut: GPUBuffer;
-  /** f32 [maxBatch, nFfShexp] ×2 and [maxBatch, nEmbd], [maxBatch]: the shared expert. */
-  readonly shGate?: GPUBuffer;
-  /** Shared expert up projection. */
-  readonly shUp?: GPUBuffer;
-  /** Shared expert output. */
-  readonly shOut?: GPUBuffer;
-  /** Shared expert gate logit. */
+  /** f32 [maxBatch, max(nFfShexp, nFf)]: gate then SwiGLU of the shared expert or dense FFN. */
+  readonly ffGate?: GPUBuffer;
+  /** f32 [maxBatch, max(nFfShexp, nFf)]: their up projection. */
+  readonly ffUp?: GPUBuffer;
+  /** f32 [maxBatch, nEmbd]: the shared expert's output. */
+  readonly ffOut?: GPUBuffer;
+  /** f32 [maxBatch]: the shared expert's gate logit. */
   readonly shGateLogit?: GPUBuffer;
   /** f32 [nEmbd]: the last token's final hidden state. */
   readonly last: GPUBuffer;
@@ -111,7 +132,11 @@ export class RunState {
   readonly logits: GPUBuffer;
   /** Per layer: f32 [maxBatch, nEmbd], the residual stream entering its MoE step. */
   readonly hidden: GPUBuffer[] = [];
-  /** Per layer: f32 [nCtx, nHeadKv, headDimK] keys and [nCtx, nHeadKv, headDimV] values. */
+  /**
+   * Per layer: f32 [nCtx, nHeadKv, headDimK] keys and [nCtx, nHeadKv,
+   * headDimV] values; with MLA one [nCtx, kv_lora + rope] cache of
+   * [latent | k_pe] rows that serves as both (vCache[l] === kCache[l]).
+   */
   readonly kCache: GPUBuffer[] = [];
   /** Values cache, per layer. */
   readonly vCache: GPUBuffer[] = [];
@@ -127,6 +152,7 @@ export class RunState {
     };
     const B = o.maxBatch;
     const K = c.nExpertUsed;
+    const m = c.mla;
     this.step = createBuffer(gpu, {
       label: "step",
       size: STEP.length * 4,
@@ -140,10 +166,32 @@ export class RunState {
     this.tokens = f32("tokens", B);
     this.x = f32("x", B * c.nEmbd);
     this.xn = f32("xn", B * c.nEmbd);
-    this.q = f32("q", B * c.nHead * c.headDimK);
-    this.k = f32("k", B * c.nHeadKv * c.headDimK);
-    this.v = f32("v", B * c.nHeadKv * c.headDimV);
     this.attn = f32("attn", B * c.nHead * c.headDimV);
+    if (m) {
+      const kvRow = m.kvLoraRank + m.ropeDim;
+      this.q = f32("q", B * c.nHead * (m.nopeDim + m.ropeDim));
+      if (m.qLoraRank > 0) this.qA = f32("q_a", B * m.qLoraRank);
+      this.kvA = f32("kv_a", B * kvRow);
+      this.qMla = f32("q_mla", B * c.nHead * kvRow);
+      this.attnLatent = f32("attn_latent", B * c.nHead * m.kvLoraRank);
+      this.headIds = createBuffer(gpu, {
+        label: "head_ids",
+        data: Uint32Array.from({ length: c.nHead }, (_, h) => h),
+      });
+      for (let l = 0; l < c.nLayer; l++) {
+        const cache = f32(`kv_cache.${l}`, o.nCtx * kvRow);
+        this.kCache.push(cache);
+        this.vCache.push(cache);
+      }
+    } else {
+      this.q = f32("q", B * c.nHead * c.headDimK);
+      this.k = f32("k", B * c.nHeadKv * c.headDimK);
+      this.v = f32("v", B * c.nHeadKv * c.headDimV);
+      for (let l = 0; l < c.nLayer; l++) {
+        this.kCache.push(f32(`k_cache.${l}`, o.nCtx * c.nHeadKv * c.headDimK));
+        this.vCache.push(f32(`v_cache.${l}`, o.nCtx * c.nHeadKv * c.headDimV));
+      }
+    }
     this.routerLogits = f32("router_logits", B * c.nExpert);
     this.routes = f32("routes", B * c.nLayer * K);
     this.expertWeights = f32("expert_weights", B * K);
@@ -153,34 +201,26 @@ export class RunState {
     this.gate = f32("gate", B * K * c.nFfExp);
     this.up = f32("up", B * K * c.nFfExp);
     this.expertOut = f32("expert_out", B * K * c.nEmbd);
-    if (c.nFfShexp > 0) {
-      this.shGate = f32("sh_gate", B * c.nFfShexp);
-      this.shUp = f32("sh_up", B * c.nFfShexp);
-      this.shOut = f32("sh_out", B * c.nEmbd);
-      this.shGateLogit = f32("sh_gate_logit", B);
+    const ff = Math.max(c.nFfShexp, (c.nLayerDenseLead ?? 0) > 0 ? c.nFf ?? 0 : 0);
+    if (ff > 0) {
+      this.ffGate = f32("ff_gate", B * ff);
+      this.ffUp = f32("ff_up", B * ff);
     }
+    if (c.nFfShexp > 0) this.ffOut = f32("sh_out", B * c.nEmbd);
+    if (c.sharedExpertGated) this.shGateLogit = f32("sh_gate_logit", B);
     this.last = f32("last", c.nEmbd);
     this.logits = f32("logits", c.nVocab);
-    for (let l = 0; l < c.nLayer; l++) {
-      this.hidden.push(f32(`hidden.${l}`, B * c.nEmbd));
-      this.kCache.push(f32(`k_cache.${l}`, o.nCtx * c.nHeadKv * c.headDimK));
-      this.vCache.push(f32(`v_cache.${l}`, o.nCtx * c.nHeadKv * c.headDimV));
-    }
+    for (let l = 0; l < c.nLayer; l++) this.hidden.push(f32(`hidden.${l}`, B * c.nEmbd));
     this.bytes = bytes;
   }
 
   /** Frees every buffer. */
   destroy(): void {
-    for (const v of Object.values(this)) if (v instanceof GPUBuffer) v.destroy();
-    for (const b of [...this.kCache, ...this.vCache, ...this.hidden]) b.destroy();
+    const all = new Set<GPUBuffer>([...this.kCache, ...this.vCache, ...this.hidden]);
+    for (const v of Object.values(this)) if (v instanceof GPUBuffer) all.add(v);
+    for (const b of all) b.destroy();
   }
 }
-
-const view = (buffer: GPUBuffer, stride: number, offset = 0): ActView => ({
-  buffer,
-  offset,
-  stride,
-});
 
 /** An op's workgroups for a fixed batch size, whatever batch is recorded. */
 function fixedBatch(op: Op, nTokens: number): Workgroups {
@@ -197,7 +237,7 @@ export class MoeTransformer {
   readonly save: Op[] = [];
   /** Per layer: log the residual stream entering the MoE step (predictors read it). */
   readonly logHidden: Op[] = [];
-  /** Per layer: the MoE FFN, from ffn_norm to the residual add. */
+  /** Per layer: the FFN (routed experts, or dense in leading blocks), from its norm to the residual add. */
   readonly moe: Op[][] = [];
   /** Last row → output_norm → lm_head (logits of the last token). */
   readonly head: Op[] = [];
@@ -229,136 +269,24 @@ export class MoeTransformer {
 
   async #prepare(o: RunStateOptions): Promise<void> {
     const { gpu, config: c, weights: w, state: s } = this;
-    let ops: Op[] = this.embed;
-    const step = s.step;
+    const b = new OpBuilder({ gpu, c, w, s, experts: this.experts, nCtx: o.nCtx });
     const E = c.nEmbd;
-    const K = c.nExpertUsed;
-    const qDim = c.nHead * c.headDimK;
-    const kDim = c.nHeadKv * c.headDimK;
-    const vDim = c.nHeadKv * c.headDimV;
-    const add = (more: Op | Op[]) => ops.push(...(Array.isArray(more) ? more : [more]));
-    const matmul = async (name: string, x: ActView, y: ActView, accumulate = false) =>
-      add(await prepareMatmul(gpu, { w: w.matrix(name), x, y, step, accumulate, label: name }));
-    const bias = async (name: string, y: ActView, n: number) => {
-      const b = w.maybeVector(name);
-      if (b) add(await prepareAddBias(gpu, { y, bias: b, n, label: name }));
-    };
 
     // token ids → embeddings
-    add(
+    b.ops = this.embed;
+    b.add(
       await prepareGetRows(gpu, {
         w: w.matrix(tn(Tensors.tokenEmbd)),
         ids: { buffer: s.tokens, offset: 0 },
         out: view(s.x, E),
-        step,
+        step: s.step,
         label: "token_embd",
       }),
     );
 
     for (let l = 0; l < c.nLayer; l++) {
-      // attention
-      this.attention.push(ops = []);
-      add(
-        await prepareRmsNorm(gpu, {
-          x: view(s.x, E),
-          y: view(s.xn, E),
-          weight: w.vector(tn(Tensors.attnNorm, l)),
-          n: E,
-          rowsPerToken: 1,
-          eps: c.rmsEps,
-          label: `blk.${l}.attn_norm`,
-        }),
-      );
-      await matmul(tn(Tensors.attnQ, l), view(s.xn, E), view(s.q, qDim));
-      await matmul(tn(Tensors.attnK, l), view(s.xn, E), view(s.k, kDim));
-      await matmul(tn(Tensors.attnV, l), view(s.xn, E), view(s.v, vDim));
-      await bias(tn(Tensors.attnQ, l, "bias"), view(s.q, qDim), qDim);
-      await bias(tn(Tensors.attnK, l, "bias"), view(s.k, kDim), kDim);
-      await bias(tn(Tensors.attnV, l, "bias"), view(s.v, vDim), vDim);
-      if (c.qkNorm !== "none") {
-        for (
-          const [t, buf, heads, dim] of [[Tensors.attnQNorm, s.q, c.nHead, qDim], [
-            Tensors.attnKNorm,
-            s.k,
-            c.nHeadKv,
-            kDim,
-          ]] as const
-        ) {
-          const perHead = c.qkNorm === "head";
-          add(
-            await prepareRmsNorm(gpu, {
-              x: view(buf, dim),
-              y: view(buf, dim),
-              weight: w.vector(tn(t, l)),
-              n: perHead ? c.headDimK : dim,
-              rowsPerToken: perHead ? heads : 1,
-              eps: c.rmsEps,
-              label: tn(t, l),
-            }),
-          );
-        }
-      }
-      for (
-        const [buf, heads, dim, name] of [[s.q, c.nHead, qDim, "q"], [
-          s.k,
-          c.nHeadKv,
-          kDim,
-          "k",
-        ]] as const
-      ) {
-        add(
-          await prepareRope(gpu, {
-            x: view(buf, dim),
-            nHeads: heads,
-            headDim: c.headDimK,
-            nRot: c.nRot,
-            mode: c.ropeType,
-            freqBase: c.ropeFreqBase,
-            freqScale: c.ropeFreqScale,
-            extFactor: c.yarnExtFactor,
-            attnFactor: c.yarnAttnFactor,
-            betaFast: c.yarnBetaFast,
-            betaSlow: c.yarnBetaSlow,
-            nCtxOrig: c.nCtxOrig,
-            step,
-            label: `blk.${l}.rope_${name}`,
-          }),
-        );
-      }
-      add(
-        await prepareKvStore(gpu, {
-          k: view(s.k, kDim),
-          v: view(s.v, vDim),
-          kCache: s.kCache[l]!,
-          vCache: s.vCache[l]!,
-          kRow: kDim,
-          vRow: vDim,
-          nCtx: o.nCtx,
-          step,
-          label: `blk.${l}.kv_store`,
-        }),
-      );
-      add(
-        await prepareAttention(gpu, {
-          q: view(s.q, qDim),
-          kCache: s.kCache[l]!,
-          vCache: s.vCache[l]!,
-          out: view(s.attn, c.nHead * c.headDimV),
-          nHead: c.nHead,
-          nHeadKv: c.nHeadKv,
-          headDimK: c.headDimK,
-          headDimV: c.headDimV,
-          scale: c.attnScale,
-          nCtx: o.nCtx,
-          step,
-          label: `blk.${l}.attention`,
-        }),
-      );
-      // x += W_o · attn
-      await matmul(tn(Tensors.attnOut, l), view(s.attn, c.nHead * c.headDimV), view(s.x, E), true);
-      await bias(tn(Tensors.attnOut, l, "bias"), view(s.x, E), E);
-
-      // MoE FFN
+      this.attention.push(b.ops = []);
+      await (c.mla ? mlaAttention(b, l) : gqaAttention(b, l));
       this.save.push(
         await prepareSaveIfClean(gpu, {
           x: view(s.x, E),
@@ -376,139 +304,22 @@ export class MoeTransformer {
           label: `blk.${l}.log_hidden`,
         }),
       );
-      this.moe.push(ops = []);
-      add(
-        await prepareRmsNorm(gpu, {
-          x: view(s.x, E),
-          y: view(s.xn, E),
-          weight: w.vector(tn(Tensors.ffnNorm, l)),
-          n: E,
-          rowsPerToken: 1,
-          eps: c.rmsEps,
-          label: `blk.${l}.ffn_norm`,
-        }),
-      );
-      await matmul(tn(Tensors.ffnGateInp, l), view(s.xn, E), view(s.routerLogits, c.nExpert));
-      add(
-        await prepareRouter(gpu, {
-          logits: view(s.routerLogits, c.nExpert),
-          // routes are token-major: [token, layer, k]
-          ids: { buffer: s.routes, offset: l * K, stride: c.nLayer * K },
-          weights: view(s.expertWeights, K),
-          slots: view(s.expertSlots, K),
-          residency: this.experts.residency,
-          misses: s.misses,
-          layer: l,
-          nExpert: c.nExpert,
-          k: K,
-          gating: c.gating,
-          normalize: c.normTopK,
-          scale: c.expertWeightsScale,
-          label: `blk.${l}.router`,
-        }),
-      );
-      const slots = { buffer: s.expertSlots, offset: 0 };
-      const arenas = this.experts.arenas(l);
-      for (const [part, out, name] of [["gate", s.gate, "gate"], ["up", s.up, "up"]] as const) {
-        for (const arena of arenas) {
-          add(
-            await prepareMatmulId(gpu, {
-              w: arena[part],
-              ids: slots,
-              idBase: arena.idBase,
-              nUsed: K,
-              x: view(s.xn, E),
-              xPerSlot: false,
-              y: view(out, K * c.nFfExp),
-              step,
-              label: `blk.${l}.ffn_${name}_exps@${arena.idBase}`,
-            }),
-          );
-        }
-      }
-      add(
-        await prepareSwiglu(gpu, {
-          gate: view(s.gate, K * c.nFfExp),
-          up: view(s.up, K * c.nFfExp),
-          out: view(s.gate, K * c.nFfExp),
-          n: K * c.nFfExp,
-          label: `blk.${l}.swiglu_exps`,
-        }),
-      );
-      for (const arena of arenas) {
-        add(
-          await prepareMatmulId(gpu, {
-            w: arena.down,
-            ids: slots,
-            idBase: arena.idBase,
-            nUsed: K,
-            x: view(s.gate, K * c.nFfExp),
-            xPerSlot: true,
-            y: view(s.expertOut, K * E),
-            step,
-            label: `blk.${l}.ffn_down_exps@${arena.idBase}`,
-          }),
-        );
-      }
-      let shared: ActView | undefined;
-      let sharedGate: ActView | undefined;
-      if (c.nFfShexp > 0) {
-        const F = c.nFfShexp;
-        await matmul(tn(Tensors.ffnGateShexp, l), view(s.xn, E), view(s.shGate!, F));
-        await matmul(tn(Tensors.ffnUpShexp, l), view(s.xn, E), view(s.shUp!, F));
-        add(
-          await prepareSwiglu(gpu, {
-            gate: view(s.shGate!, F),
-            up: view(s.shUp!, F),
-            out: view(s.shGate!, F),
-            n: F,
-            label: `blk.${l}.swiglu_shexp`,
-          }),
-        );
-        await matmul(tn(Tensors.ffnDownShexp, l), view(s.shGate!, F), view(s.shOut!, E));
-        shared = view(s.shOut!, E);
-        if (c.sharedExpertGated) {
-          // ffn_gate_inp_shexp is a vector [nEmbd]: a 1-row matrix.
-          const name = tn(Tensors.ffnGateInpShexp, l);
-          add(
-            await prepareMatmul(gpu, {
-              w: w.vectorAsRow(name, E),
-              x: view(s.xn, E),
-              y: view(s.shGateLogit!, 1),
-              step,
-              label: name,
-            }),
-          );
-          sharedGate = view(s.shGateLogit!, 1);
-        }
-      }
-      add(
-        await prepareMoeCombine(gpu, {
-          y: view(s.expertOut, K * E),
-          weights: view(s.expertWeights, K),
-          out: view(s.x, E),
-          accumulate: true,
-          shared,
-          sharedGate,
-          k: K,
-          n: E,
-          label: `blk.${l}.moe_combine`,
-        }),
-      );
+      this.moe.push(b.ops = []);
+      await (isMoeLayer(c, l) ? moeFfn(b, l) : denseFfn(b, l));
     }
 
     // output head on the last token only (a fixed batch of one, whatever the batch size)
-    ops = this.head;
-    add(
+    b.ops = this.head;
+    b.add(
       await prepareCopyLastRow(gpu, {
         x: view(s.x, E),
         out: s.last,
         n: E,
-        step,
+        step: s.step,
         label: "last_row",
       }),
     );
-    add(
+    b.add(
       await prepareRmsNorm(gpu, {
         x: view(s.last, E),
         y: view(s.last, E),
@@ -528,9 +339,9 @@ export class MoeTransformer {
       step: s.stepOne,
       label: "output",
     });
-    add(headOps.map((op) => ({ ...op, workgroups: fixedBatch(op, 1) })));
-    ops = this.argmax;
-    add(
+    b.add(headOps.map((op) => ({ ...op, workgroups: fixedBatch(op, 1) })));
+    b.ops = this.argmax;
+    b.add(
       await prepareArgmax(gpu, {
         logits: view(s.logits, c.nVocab),
         n: c.nVocab,
