@@ -1,0 +1,920 @@
+/**
+ * The HTTP server: routes, handlers, the request queue, shutdown.
+ *
+ * | endpoint | what |
+ * |---|---|
+ * | `POST /generate` | `{prompt \| messages, max_tokens, temperature, top_p, top_k, min_p, seed, stop, stream, …}` → `{text, tokens, finish_reason, stats}`; `stream: true` → SSE |
+ * | `GET /health` | 503 `{"status":"loading"}` while loading, then 200 with model, architecture, uptime |
+ * | `GET /metrics` | JSON, or Prometheus text (`Accept: text/plain` or `?format=prometheus`) |
+ * | `GET /v1/models`, `GET /v1/models/{id}` | OpenAI model list / model |
+ * | `POST /v1/completions` | OpenAI completions (SSE with `stream`) |
+ * | `POST /v1/chat/completions` | OpenAI chat completions, the model's chat template applied (SSE with `stream`) |
+ *
+ * One model serves one request at a time, in arrival order; at most
+ * `maxQueue` wait behind the running one, the next gets 503 with
+ * `Retry-After`. A client that disconnects cancels its generation, queued
+ * or running. Errors are JSON `{"error": {"message", "type", "param",
+ * "code"}}` (OpenAI's shape) naming the field at fault.
+ *
+ * ```ts ignore
+ * import { startServer } from "./app.ts";
+ * const server = await startServer({ port: 0 }); // the demo model
+ * const r = await fetch(`${server.url}/generate`, {
+ *   method: "POST",
+ *   body: JSON.stringify({ prompt: "Hello", max_tokens: 8 }),
+ * });
+ * console.log(await r.json());
+ * await server.close();
+ * ```
+ *
+ * @module
+ */
+
+import { Engine, type EngineOptions, RequestError } from "../generate/engine.ts";
+import type {
+  ChatMessage,
+  GenerateRequest,
+  GenerationStats,
+  StreamChunk,
+} from "../generate/types.ts";
+import { ChatTemplateError } from "../tokenizer/chat.ts";
+import { ExpertReadError } from "../experts/source.ts";
+import {
+  metricsJson,
+  type MetricsView,
+  PROMETHEUS_CONTENT_TYPE,
+  prometheusText,
+  ServerMetrics,
+} from "./metrics.ts";
+import { sseStream } from "./sse.ts";
+import { ensureDemoModel } from "./demo.ts";
+import {
+  badRequest,
+  Fields,
+  HttpError,
+  MAX_BODY_BYTES,
+  type ModelLimits,
+  readJsonObject,
+  readMaxTokens,
+  readMessages,
+  readPrompt,
+  readSampling,
+  SAMPLING_FIELDS,
+} from "./validate.ts";
+
+/** Options of {@linkcode startServer}. */
+export interface ServerOptions {
+  /** An engine already loaded; the caller keeps it (close() does not close it). */
+  engine?: Engine;
+  /** Loads the engine (the server owns the result); default `Engine.load(engineOptions)`. */
+  load?: () => Promise<Engine>;
+  /** Options of `Engine.load`; without `engine`, `load` or these, the demo model. */
+  engineOptions?: EngineOptions;
+  /** Port (default 8080; 0 = any free port). */
+  port?: number;
+  /** Interface to listen on (default 127.0.0.1). */
+  hostname?: string;
+  /** When set, every endpoint but `/health` wants `Authorization: Bearer <apiKey>`. */
+  apiKey?: string;
+  /** Generation requests that may wait behind the running one (default 16). */
+  maxQueue?: number;
+  /** Largest request body, bytes (default 1 MiB). */
+  maxBodyBytes?: number;
+  /** Whether the prefetcher is on (reported by `/metrics`). */
+  prefetchEnabled?: boolean;
+  /** Resolve only once the model is loaded (default true); false = serve 503 while loading. */
+  waitForModel?: boolean;
+  /** How long a shutdown lets running generations go on before cancelling them, ms (default 5000). */
+  shutdownGraceMs?: number;
+  /** Where to cache the demo model (default `demoCacheDir()`). */
+  demoCacheDir?: string;
+  /** One line per request (method, path, status, ms) and server events; default none. */
+  log?: (line: string) => void;
+  /** Called once listening, before the model is loaded. */
+  onListen?: (addr: { hostname: string; port: number; url: string }) => void;
+}
+
+/** A running server. */
+export interface RunningServer {
+  /** `http://host:port`. */
+  readonly url: string;
+  /** The port listened on. */
+  readonly port: number;
+  /** The interface listened on. */
+  readonly hostname: string;
+  /** The engine (throws while the model is loading or if it failed to load). */
+  readonly engine: Engine;
+  /** Resolves with the engine once loaded; rejects if loading failed. */
+  readonly ready: Promise<Engine>;
+  /** Generation requests running or waiting. */
+  readonly inFlight: number;
+  /**
+   * Stops accepting connections, lets running generations go on for
+   * `graceMs` (default the server's `shutdownGraceMs`), cancels the rest,
+   * waits for every response to end and closes the engine it loaded.
+   */
+  close(o?: { graceMs?: number }): Promise<void>;
+  /** Resolves when the server has closed. */
+  readonly finished: Promise<void>;
+}
+
+/** A generation request admitted to the queue. */
+interface Ticket {
+  readonly t0: number;
+  readonly signal: AbortSignal;
+  abort(): void;
+  release(): void;
+}
+
+const DEFAULT_MAX_TOKENS = { generate: 128, completions: 16, chat: 256 } as const;
+
+const GENERATE_FIELDS = [
+  "prompt",
+  "messages",
+  "max_tokens",
+  "stop",
+  "stream",
+  ...SAMPLING_FIELDS,
+] as const;
+
+const OPENAI_COMMON = [
+  "model",
+  "max_tokens",
+  "stop",
+  "stream",
+  "stream_options",
+  "n",
+  "logprobs",
+  "logit_bias",
+  "user",
+  ...SAMPLING_FIELDS,
+] as const;
+
+const COMPLETION_FIELDS = [...OPENAI_COMMON, "prompt", "echo", "best_of", "suffix"] as const;
+
+const CHAT_FIELDS = [
+  ...OPENAI_COMMON,
+  "messages",
+  "max_completion_tokens",
+  "top_logprobs",
+  "response_format",
+  "tools",
+  "tool_choice",
+  "parallel_tool_calls",
+] as const;
+
+function errorBody(e: HttpError): Record<string, unknown> {
+  return {
+    error: {
+      message: e.message,
+      type: e.type,
+      param: e.field ?? null,
+      code: e.status === 413 ? "body_too_large" : e.status === 401 ? "invalid_api_key" : null,
+    },
+  };
+}
+
+function json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json; charset=utf-8", ...headers },
+  });
+}
+
+function errorResponse(e: HttpError): Response {
+  return json(errorBody(e), e.status, e.headers);
+}
+
+/** Turns what a generation threw into the HTTP error the client sees. */
+function toHttpError(e: unknown): HttpError {
+  if (e instanceof HttpError) return e;
+  if (e instanceof RequestError) return badRequest(e.field, e.message);
+  if (e instanceof ChatTemplateError) return badRequest("messages", e.message);
+  if (e instanceof ExpertReadError) {
+    return new HttpError(500, `expert read failed: ${e.message}`, { type: "expert_read_error" });
+  }
+  const msg = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+  return new HttpError(500, `generation failed: ${msg}`);
+}
+
+/** Constant-time comparison of two strings (as UTF-8). */
+function sameSecret(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a);
+  const y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < x.length; i++) diff |= x[i]! ^ (y[i % Math.max(1, y.length)] ?? 0);
+  return diff === 0;
+}
+
+function randomId(prefix: string): string {
+  const b = crypto.getRandomValues(new Uint8Array(12));
+  return prefix + Array.from(b, (v) => v.toString(16).padStart(2, "0")).join("");
+}
+
+type Handler = (req: Request, url: URL, params: string[]) => Promise<Response> | Response;
+
+interface Route {
+  pattern: RegExp;
+  /** Name used in metrics (bounded set). */
+  name: string;
+  methods: Record<string, Handler>;
+  /** Reachable without the API key. */
+  open?: boolean;
+}
+
+/** The server's state and handlers; {@linkcode startServer} wires it to `Deno.serve`. */
+class App {
+  readonly metrics: ServerMetrics = new ServerMetrics();
+  readonly startedAt: number = Date.now();
+  engine: Engine | undefined;
+  loadError: Error | undefined;
+  closing = false;
+  inFlight = 0;
+  readonly #shutdown = new AbortController();
+  readonly #routes: Route[];
+  /** Mean duration of recent generations, s (for Retry-After). */
+  #avgGenSeconds = 1;
+
+  constructor(readonly o: ServerOptions) {
+    this.#routes = [
+      { pattern: /^\/health$/, name: "/health", methods: { GET: () => this.health() }, open: true },
+      {
+        pattern: /^\/metrics$/,
+        name: "/metrics",
+        methods: { GET: (r, u) => this.metricsRoute(r, u) },
+      },
+      {
+        pattern: /^\/generate$/,
+        name: "/generate",
+        methods: { POST: (r) => this.generateRoute(r) },
+      },
+      { pattern: /^\/v1\/models$/, name: "/v1/models", methods: { GET: () => this.models() } },
+      {
+        pattern: /^\/v1\/models\/(.+)$/,
+        name: "/v1/models/{id}",
+        methods: { GET: (_r, _u, p) => this.model(p[0]!) },
+      },
+      {
+        pattern: /^\/v1\/completions$/,
+        name: "/v1/completions",
+        methods: { POST: (r) => this.completionsRoute(r) },
+      },
+      {
+        pattern: /^\/v1\/chat\/completions$/,
+        name: "/v1/chat/completions",
+        methods: { POST: (r) => this.chatRoute(r) },
+      },
+      { pattern: /^\/$/, name: "/", methods: { GET: () => this.index() }, open: true },
+    ];
+  }
+
+  get maxQueue(): number {
+    return this.o.maxQueue ?? 16;
+  }
+
+  get queueDepth(): number {
+    return Math.max(0, this.inFlight - 1);
+  }
+
+  /** Cancels every generation (shutdown past its grace). */
+  cancelAll(): void {
+    this.#shutdown.abort();
+  }
+
+  async handle(req: Request, info: Deno.ServeHandlerInfo): Promise<Response> {
+    const t0 = performance.now();
+    let url: URL;
+    try {
+      url = new URL(req.url);
+    } catch {
+      return errorResponse(new HttpError(400, "the request URL cannot be parsed"));
+    }
+    const route = this.#routes.find((r) => r.pattern.test(url.pathname));
+    let res: Response;
+    try {
+      res = await this.#dispatch(req, url, route);
+    } catch (e) {
+      res = errorResponse(toHttpError(e));
+    }
+    const name = route?.name ?? "other";
+    const status = res.status;
+    const done = () => {
+      const ms = performance.now() - t0;
+      this.metrics.recordRequest(name, status, ms / 1000);
+      this.o.log?.(`${req.method} ${url.pathname} ${status} ${ms.toFixed(0)}ms`);
+    };
+    info.completed.then(done, done);
+    return res;
+  }
+
+  async #dispatch(req: Request, url: URL, route: Route | undefined): Promise<Response> {
+    if (this.o.apiKey !== undefined && !route?.open) this.#checkKey(req);
+    if (!route) {
+      throw new HttpError(404, `no endpoint at ${url.pathname}`, { type: "not_found_error" });
+    }
+    const params = url.pathname.match(route.pattern)!.slice(1).map((p) => {
+      try {
+        return decodeURIComponent(p);
+      } catch {
+        return p;
+      }
+    });
+    const method = req.method === "HEAD" ? "GET" : req.method;
+    const h = route.methods[method];
+    if (!h) {
+      const allow = Object.keys(route.methods);
+      if (allow.includes("GET")) allow.push("HEAD");
+      throw new HttpError(405, `${url.pathname} does not accept ${req.method}`, {
+        type: "method_not_allowed",
+        headers: { allow: allow.join(", ") },
+      });
+    }
+    const res = await h(req, url, params);
+    if (req.method === "HEAD") {
+      await res.body?.cancel();
+      return new Response(null, { status: res.status, headers: res.headers });
+    }
+    return res;
+  }
+
+  #checkKey(req: Request): void {
+    const h = req.headers.get("authorization") ?? "";
+    const m = /^Bearer\s+(.+)$/i.exec(h.trim());
+    if (!m || !sameSecret(m[1]!, this.o.apiKey!)) {
+      throw new HttpError(
+        401,
+        m ? "the API key is wrong" : "an API key is required: send 'Authorization: Bearer <key>'",
+        { type: "authentication_error", headers: { "www-authenticate": 'Bearer realm="od-moe"' } },
+      );
+    }
+  }
+
+  /** The engine, or 503 while loading. */
+  #engine(): Engine {
+    if (this.engine) return this.engine;
+    if (this.loadError) {
+      throw new HttpError(503, `the model failed to load: ${this.loadError.message}`);
+    }
+    throw new HttpError(503, "the model is loading; retry shortly", {
+      type: "model_loading",
+      headers: { "retry-after": "2" },
+    });
+  }
+
+  #limits(e: Engine): ModelLimits {
+    return {
+      contextLength: e.info.contextLength,
+      vocabSize: e.info.vocabSize,
+      penaltyWindow: e.sampler.historyCapacity,
+    };
+  }
+
+  index(): Response {
+    return json({
+      name: "od-moe",
+      model: this.engine?.info.name ?? null,
+      endpoints: this.#routes.map((r) => `${Object.keys(r.methods).join("|")} ${r.name}`),
+    });
+  }
+
+  health(): Response {
+    const uptime = (Date.now() - this.startedAt) / 1000;
+    if (this.closing) return json({ status: "shutting_down", uptime_seconds: uptime }, 503);
+    if (this.loadError) {
+      return json({ status: "error", error: this.loadError.message, uptime_seconds: uptime }, 503);
+    }
+    const e = this.engine;
+    if (!e) return json({ status: "loading", uptime_seconds: uptime }, 503, { "retry-after": "2" });
+    return json({
+      status: "ok",
+      model: e.info.name,
+      architecture: e.info.architecture,
+      context_length: e.info.contextLength,
+      vocab_size: e.info.vocabSize,
+      uptime_seconds: uptime,
+      requests_in_flight: this.inFlight,
+      queue_depth: this.queueDepth,
+    });
+  }
+
+  metricsView(): MetricsView {
+    const e = this.engine;
+    return {
+      startedAt: this.startedAt,
+      model: e ? { name: e.info.name, architecture: e.info.architecture } : undefined,
+      inFlight: this.inFlight,
+      queueDepth: this.queueDepth,
+      maxQueue: this.maxQueue,
+      experts: e?.model.expertStats.snapshot(),
+      prefetchEnabled: this.o.prefetchEnabled ?? false,
+    };
+  }
+
+  metricsRoute(req: Request, url: URL): Response {
+    const format = url.searchParams.get("format");
+    if (format !== null && format !== "json" && format !== "prometheus") {
+      throw badRequest(
+        "format",
+        `'format' must be json or prometheus, got ${JSON.stringify(format)}`,
+      );
+    }
+    const accept = req.headers.get("accept") ?? "";
+    const prom = format === "prometheus" ||
+      (format === null && /text\/plain|application\/openmetrics-text/i.test(accept));
+    if (prom) {
+      return new Response(prometheusText(this.metrics, this.metricsView()), {
+        headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
+      });
+    }
+    return json(metricsJson(this.metrics, this.metricsView()));
+  }
+
+  #modelCard(e: Engine): Record<string, unknown> {
+    return {
+      id: e.info.name,
+      object: "model",
+      created: Math.floor(this.startedAt / 1000),
+      owned_by: "od-moe",
+      architecture: e.info.architecture,
+      context_length: e.info.contextLength,
+    };
+  }
+
+  models(): Response {
+    return json({ object: "list", data: [this.#modelCard(this.#engine())] });
+  }
+
+  model(id: string): Response {
+    const e = this.#engine();
+    if (id !== e.info.name) {
+      throw new HttpError(404, `no model '${id}'; this server serves '${e.info.name}'`, {
+        type: "not_found_error",
+        field: "model",
+      });
+    }
+    return json(this.#modelCard(e));
+  }
+
+  /**
+   * Admits a generation: 503 when shutting down or when `maxQueue`
+   * requests already wait. The ticket's signal aborts when the client
+   * disconnects or shutdown cancels; `release()` must be called once.
+   */
+  #admit(req: Request): Ticket {
+    if (this.closing) {
+      throw new HttpError(503, "the server is shutting down", {
+        type: "server_shutting_down",
+        headers: { connection: "close" },
+      });
+    }
+    if (this.inFlight >= this.maxQueue + 1) {
+      this.metrics.queueRejections++;
+      const wait = Math.min(60, Math.max(1, Math.ceil(this.#avgGenSeconds * this.queueDepth)));
+      throw new HttpError(
+        503,
+        `the queue is full (${this.queueDepth} requests waiting, --max-queue ${this.maxQueue}); ` +
+          `retry in ${wait} s`,
+        { type: "queue_full", headers: { "retry-after": String(wait) } },
+      );
+    }
+    this.inFlight++;
+    const ac = new AbortController();
+    const abort = () => ac.abort();
+    // unlinked on release: Deno also aborts request.signal after a response completes
+    req.signal.addEventListener("abort", abort);
+    this.#shutdown.signal.addEventListener("abort", abort);
+    if (req.signal.aborted || this.#shutdown.signal.aborted) ac.abort();
+    let released = false;
+    return {
+      t0: performance.now(),
+      signal: ac.signal,
+      abort,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.inFlight--;
+        req.signal.removeEventListener("abort", abort);
+        this.#shutdown.signal.removeEventListener("abort", abort);
+      },
+    };
+  }
+
+  /**
+   * Tokenises the prompt (or renders the chat) before queueing, so a bad
+   * prompt is refused at once rather than after the queue.
+   */
+  #prepare(
+    e: Engine,
+    p: { prompt?: string | number[]; messages?: ChatMessage[] },
+    limits: ModelLimits,
+  ): number[] {
+    let ids: number[];
+    try {
+      ids = e.promptTokens(p);
+    } catch (err) {
+      throw toHttpError(err);
+    }
+    const field = p.messages ? "messages" : "prompt";
+    if (ids.length === 0) throw badRequest(field, `the ${field} is empty`);
+    if (ids.length >= limits.contextLength) {
+      throw badRequest(
+        field,
+        `the ${field} has ${ids.length} tokens; the context holds ${limits.contextLength} ` +
+          `(start the server with a larger --ctx-size, or shorten it)`,
+      );
+    }
+    return ids;
+  }
+
+  /** Runs an admitted generation and records it. */
+  async #run(
+    t: Ticket,
+    req: GenerateRequest,
+    onChunk?: (c: StreamChunk) => void,
+  ): Promise<{ text: string; tokens: number[]; stats: GenerationStats }> {
+    const e = this.#engine();
+    let first = 0;
+    try {
+      const out = await e.generate({ ...req, signal: t.signal }, (c) => {
+        if (!first) first = performance.now();
+        onChunk?.(c);
+      });
+      const end = performance.now();
+      const totalMs = end - t.t0;
+      const s = out.stats;
+      this.metrics.recordGeneration({
+        stats: s,
+        totalMs,
+        ttftMs: (first || end) - t.t0,
+        queueMs: Math.max(0, totalMs - s.prefillMs - s.decodeMs),
+      });
+      if (s.finishReason !== "cancelled") {
+        this.#avgGenSeconds = 0.8 * this.#avgGenSeconds + 0.2 * (s.prefillMs + s.decodeMs) / 1000;
+      }
+      return out;
+    } catch (err) {
+      const h = toHttpError(err);
+      if (h.status >= 500) {
+        this.metrics.recordGenerationError();
+        this.o.log?.(`generation failed: ${h.message}`);
+      }
+      throw h;
+    }
+  }
+
+  /**
+   * Serves a generation: the JSON body from `finish`, or (stream) an SSE
+   * response with `chunk` per piece, `finish`'s events at the end, and
+   * `fail`'s event on an error after the headers went out.
+   */
+  #serve(
+    req: Request,
+    g: GenerateRequest,
+    stream: boolean,
+    shape: {
+      start?: () => [string, string | undefined][];
+      chunk: (c: StreamChunk) => [string, string | undefined][];
+      finish: (
+        out: { text: string; tokens: number[]; stats: GenerationStats },
+      ) => [string, string | undefined][];
+      body: (out: { text: string; tokens: number[]; stats: GenerationStats }) => unknown;
+      fail: (e: HttpError) => [string, string | undefined][];
+    },
+  ): Promise<Response> | Response {
+    const t = this.#admit(req);
+    if (!stream) {
+      return this.#run(t, g).then((out) => json(shape.body(out))).finally(() => t.release());
+    }
+    const sse = sseStream({ onCancel: () => t.abort() });
+    const emit = (events: [string, string | undefined][]) => {
+      for (const [data, event] of events) sse.send(data, event);
+    };
+    (async () => {
+      try {
+        if (shape.start) emit(shape.start());
+        const out = await this.#run(t, g, (c) => emit(shape.chunk(c)));
+        emit(shape.finish(out));
+      } catch (e) {
+        emit(shape.fail(toHttpError(e)));
+      } finally {
+        t.release();
+        sse.close();
+      }
+    })();
+    return sse.response;
+  }
+
+  async generateRoute(req: Request): Promise<Response> {
+    const e = this.#engine();
+    const body = await readJsonObject(req, this.o.maxBodyBytes ?? MAX_BODY_BYTES);
+    const limits = this.#limits(e);
+    const f = new Fields(body, GENERATE_FIELDS);
+    const prompt = readPrompt(f, "prompt", limits);
+    const messages = readMessages(f, "messages");
+    if ((prompt === undefined) === (messages === undefined)) {
+      throw badRequest(
+        prompt === undefined ? "prompt" : "messages",
+        prompt === undefined
+          ? "'prompt' (a string or token ids) or 'messages' is required"
+          : "send 'prompt' or 'messages', not both",
+      );
+    }
+    const g: GenerateRequest = {
+      maxTokens: readMaxTokens(f, "max_tokens", limits, DEFAULT_MAX_TOKENS.generate),
+      sampling: readSampling(f, limits),
+      stop: f.stop("stop"),
+    };
+    const stream = f.boolean("stream") ?? false;
+    g.prompt = this.#prepare(e, { prompt, messages }, limits);
+    const result = (out: { text: string; tokens: number[]; stats: GenerationStats }) => ({
+      text: out.text,
+      tokens: out.tokens,
+      finish_reason: out.stats.finishReason,
+      stats: statsJson(out.stats),
+    });
+    return this.#serve(req, g, stream, {
+      chunk: (c) => [[JSON.stringify({ text: c.text, tokens: c.tokens }), undefined]],
+      finish: (out) => {
+        const r = result(out);
+        return [[JSON.stringify({ finish_reason: r.finish_reason, stats: r.stats }), "done"]];
+      },
+      body: result,
+      fail: (h) => [[JSON.stringify(errorBody(h)), "error"]],
+    });
+  }
+
+  /** Fields every OpenAI endpoint reads the same way. */
+  #openaiCommon(f: Fields): { stream: boolean; includeUsage: boolean } {
+    f.string("model", 1000);
+    f.string("user", 1000);
+    f.only("n", [1], "is not supported: one choice per request");
+    f.only("logprobs", [false], "is not supported: no log probabilities");
+    const bias = f.object("logit_bias");
+    if (bias && Object.keys(bias).length > 0) {
+      throw badRequest("logit_bias", "'logit_bias' is not supported");
+    }
+    const stream = f.boolean("stream") ?? false;
+    let includeUsage = false;
+    const so = f.object("stream_options");
+    if (so) {
+      if (!stream) throw badRequest("stream_options", "'stream_options' needs 'stream': true");
+      includeUsage =
+        new Fields(so, ["include_usage"], "stream_options.").boolean("include_usage") ??
+          false;
+    }
+    return { stream, includeUsage };
+  }
+
+  async completionsRoute(req: Request): Promise<Response> {
+    const e = this.#engine();
+    const body = await readJsonObject(req, this.o.maxBodyBytes ?? MAX_BODY_BYTES);
+    const limits = this.#limits(e);
+    const f = new Fields(body, COMPLETION_FIELDS);
+    const { stream, includeUsage } = this.#openaiCommon(f);
+    f.only("echo", [false], "is not supported");
+    f.only("best_of", [1], "is not supported: one choice per request");
+    f.only("suffix", [""], "is not supported (no fill-in-the-middle)");
+    let raw = f.raw("prompt");
+    // a batch of one prompt is accepted as that prompt
+    if (Array.isArray(raw) && raw.length === 1 && typeof raw[0] !== "number") raw = raw[0];
+    if (Array.isArray(raw) && raw.length > 1 && typeof raw[0] !== "number") {
+      throw badRequest("prompt", "'prompt' holds several prompts; send one per request");
+    }
+    if (raw === undefined) throw badRequest("prompt", "'prompt' is required");
+    const prompt = readPrompt(new Fields({ prompt: raw }, ["prompt"]), "prompt", limits)!;
+    const g: GenerateRequest = {
+      maxTokens: readMaxTokens(f, "max_tokens", limits, DEFAULT_MAX_TOKENS.completions),
+      sampling: readSampling(f, limits),
+      stop: f.stop("stop"),
+    };
+    g.prompt = this.#prepare(e, { prompt }, limits);
+    const id = randomId("cmpl-");
+    const created = Math.floor(Date.now() / 1000);
+    const model = e.info.name;
+    const chunk = (text: string, finish: string | null) =>
+      JSON.stringify({
+        id,
+        object: "text_completion",
+        created,
+        model,
+        choices: [{ text, index: 0, logprobs: null, finish_reason: finish }],
+      });
+    return this.#serve(req, g, stream, {
+      chunk: (c) => [[chunk(c.text, null), undefined]],
+      finish: (out) => [
+        [chunk("", out.stats.finishReason), undefined],
+        ...usageChunk(includeUsage, { id, object: "text_completion", created, model }, out.stats),
+        ["[DONE]", undefined],
+      ],
+      body: (out) => ({
+        id,
+        object: "text_completion",
+        created,
+        model,
+        choices: [{
+          text: out.text,
+          index: 0,
+          logprobs: null,
+          finish_reason: out.stats.finishReason,
+        }],
+        usage: usage(out.stats),
+      }),
+      fail: (h) => [[JSON.stringify(errorBody(h)), undefined], ["[DONE]", undefined]],
+    });
+  }
+
+  async chatRoute(req: Request): Promise<Response> {
+    const e = this.#engine();
+    const body = await readJsonObject(req, this.o.maxBodyBytes ?? MAX_BODY_BYTES);
+    const limits = this.#limits(e);
+    const f = new Fields(body, CHAT_FIELDS);
+    const { stream, includeUsage } = this.#openaiCommon(f);
+    f.only("top_logprobs", [0], "is not supported: no log probabilities");
+    const tools = f.raw("tools");
+    if (tools !== undefined && !(Array.isArray(tools) && tools.length === 0)) {
+      throw badRequest("tools", "'tools' is not supported (no tool calling)");
+    }
+    f.only("tool_choice", ["none"], "is not supported (no tool calling)");
+    f.boolean("parallel_tool_calls");
+    const rf = f.object("response_format");
+    if (rf) {
+      const type = new Fields(rf, ["type"], "response_format.").string("type");
+      if (type !== "text") {
+        throw badRequest(
+          "response_format.type",
+          'only \'response_format\': {"type": "text"} is supported',
+        );
+      }
+    }
+    const messages = readMessages(f, "messages");
+    if (!messages) throw badRequest("messages", "'messages' is required");
+    if (f.has("max_tokens") && f.has("max_completion_tokens")) {
+      throw badRequest(
+        "max_completion_tokens",
+        "send 'max_tokens' or 'max_completion_tokens', not both",
+      );
+    }
+    const maxKey = f.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+    const g: GenerateRequest = {
+      maxTokens: readMaxTokens(f, maxKey, limits, DEFAULT_MAX_TOKENS.chat),
+      sampling: readSampling(f, limits),
+      stop: f.stop("stop"),
+    };
+    g.prompt = this.#prepare(e, { messages }, limits);
+    const id = randomId("chatcmpl-");
+    const created = Math.floor(Date.now() / 1000);
+    const model = e.info.name;
+    const head = { id, object: "chat.completion.chunk", created, model, system_fingerprint: null };
+    const chunk = (delta: Record<string, unknown>, finish: string | null) =>
+      JSON.stringify({
+        ...head,
+        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+      });
+    return this.#serve(req, g, stream, {
+      start: () => [[chunk({ role: "assistant", content: "" }, null), undefined]],
+      chunk: (c) => [[chunk({ content: c.text }, null), undefined]],
+      finish: (out) => [
+        [chunk({}, out.stats.finishReason), undefined],
+        ...usageChunk(includeUsage, head, out.stats),
+        ["[DONE]", undefined],
+      ],
+      body: (out) => ({
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        system_fingerprint: null,
+        choices: [{
+          index: 0,
+          message: { role: "assistant", content: out.text, refusal: null },
+          logprobs: null,
+          finish_reason: out.stats.finishReason,
+        }],
+        usage: usage(out.stats),
+      }),
+      fail: (h) => [[JSON.stringify(errorBody(h)), undefined], ["[DONE]", undefined]],
+    });
+  }
+}
+
+function usage(s: GenerationStats) {
+  return {
+    prompt_tokens: s.promptTokens,
+    completion_tokens: s.completionTokens,
+    total_tokens: s.promptTokens + s.completionTokens,
+  };
+}
+
+function usageChunk(
+  include: boolean,
+  head: Record<string, unknown>,
+  s: GenerationStats,
+): [string, string | undefined][] {
+  return include ? [[JSON.stringify({ ...head, choices: [], usage: usage(s) }), undefined]] : [];
+}
+
+/** The `stats` object of a `/generate` response. */
+export function statsJson(s: GenerationStats): Record<string, number> {
+  const seconds = (s.prefillMs + s.decodeMs) / 1000;
+  return {
+    prompt_tokens: s.promptTokens,
+    completion_tokens: s.completionTokens,
+    tokens_per_second: s.decodeTokensPerSecond ||
+      (seconds > 0 ? s.completionTokens / seconds : 0),
+    cache_hit_rate: s.cacheHitRate,
+    expert_loads: s.expertMisses,
+    syncs_per_token: s.syncsPerToken,
+    prefill_ms: s.prefillMs,
+    decode_ms: s.decodeMs,
+    prefill_tokens_per_second: s.prefillTokensPerSecond,
+    expert_lookups: s.expertLookups,
+    expert_hits: s.expertHits,
+    expert_bytes_uploaded: s.expertBytesUploaded,
+  };
+}
+
+/**
+ * Starts the server: listens at once (`/health` answers 503 "loading"),
+ * then loads the model. Resolves when listening and, unless
+ * `waitForModel: false`, loaded.
+ */
+export async function startServer(o: ServerOptions = {}): Promise<RunningServer> {
+  const app = new App(o);
+  let listening!: (addr: Deno.NetAddr) => void;
+  const listened = new Promise<Deno.NetAddr>((r) => listening = r);
+  const server = Deno.serve({
+    port: o.port ?? 8080,
+    hostname: o.hostname ?? "127.0.0.1",
+    onListen: (addr) => listening(addr as Deno.NetAddr),
+    onError: (e) => errorResponse(toHttpError(e)),
+  }, (req, info) => app.handle(req, info));
+  const addr = await listened;
+  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+  const url = `http://${host}:${addr.port}`;
+  o.onListen?.({ hostname: addr.hostname, port: addr.port, url });
+
+  const owned = !o.engine;
+  const ready = (async () => {
+    if (o.engine) return o.engine;
+    if (o.load) return await o.load();
+    const opts = o.engineOptions ?? {
+      model: await ensureDemoModel({ cacheDir: o.demoCacheDir, log: o.log }),
+    };
+    return await Engine.load(opts);
+  })();
+  ready.then((e) => {
+    if (app.closing && owned) e.close();
+    else app.engine = e;
+  }, (e) => {
+    app.loadError = e instanceof Error ? e : new Error(String(e));
+  });
+
+  let closed: Promise<void> | undefined;
+  const close = (c: { graceMs?: number } = {}): Promise<void> => {
+    if (closed) return closed;
+    app.closing = true;
+    const grace = c.graceMs ?? o.shutdownGraceMs ?? 5000;
+    const timer = setTimeout(() => app.cancelAll(), grace);
+    closed = (async () => {
+      // in-flight generations get the grace period; shutdown() waits for every response
+      const done = server.shutdown();
+      if (app.inFlight === 0) app.cancelAll();
+      await done;
+      clearTimeout(timer);
+      app.cancelAll();
+      if (owned) {
+        const e = await ready.catch(() => undefined);
+        e?.close();
+      }
+      app.engine = undefined;
+    })();
+    return closed;
+  };
+
+  const running: RunningServer = {
+    url,
+    port: addr.port,
+    hostname: addr.hostname,
+    get engine(): Engine {
+      if (!app.engine) throw new Error(app.loadError?.message ?? "the model is not loaded");
+      return app.engine;
+    },
+    ready,
+    get inFlight() {
+      return app.inFlight;
+    },
+    close,
+    finished: server.finished,
+  };
+  if (o.waitForModel ?? true) {
+    try {
+      await ready;
+    } catch (e) {
+      await close({ graceMs: 0 });
+      throw e;
+    }
+  } else {
+    ready.catch(() => {}); // reported by /health and the caller's own await
+  }
+  return running;
+}

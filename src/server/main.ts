@@ -1,0 +1,336 @@
+/**
+ * `deno task serve`: the HTTP server's command line.
+ *
+ * ```sh
+ * deno task serve                                   # the built-in demo model
+ * deno task serve --model qwen3-30b-a3b-q4_k_m.gguf --cache-size-gb 8
+ * deno task serve --base-weights out/base_model --expert-dir out/experts
+ * deno task serve --base-weights out/base_model --gguf-experts model.gguf
+ * ```
+ *
+ * Every path is checked before anything loads, and a wrong one is reported
+ * with the flag that gave it. The server listens at once (`/health` says
+ * "loading" until the model is ready). SIGINT or SIGTERM stops accepting
+ * connections, lets running generations finish for a few seconds, cancels
+ * what is left and exits 0; a second signal exits at once.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { Engine, type EngineOptions } from "../generate/engine.ts";
+import { type RunningServer, startServer } from "./app.ts";
+import { ensureDemoModel } from "./demo.ts";
+
+/** The usage text. */
+export const USAGE = `usage: deno task serve [model] [options]
+
+model (one of; none = the built-in demo model):
+  --model FILE.gguf              one GGUF holding the whole model
+  --base-weights DIR --expert-dir DIR
+                                 converter output: DIR/base_model and DIR/experts
+  --base-weights DIR --gguf-experts FILE.gguf
+                                 base weights from the converter, experts from the GGUF
+
+options:
+  --cache-size-gb GB             GPU memory for routed experts (default 4; 0 = minimum)
+  --enable-prefetch              upload experts before they are needed
+  --predictor-path FILE          a trained shadow predictor (implies --enable-prefetch)
+  --ctx-size N                   context length in tokens (default min(4096, the model's))
+  --port N                       port (default 8080; 0 = any free port)
+  --host ADDR                    interface (default 127.0.0.1)
+  --api-key KEY                  require 'Authorization: Bearer KEY' (or set ODMOE_API_KEY)
+  --max-queue N                  requests that may wait for the model (default 16)
+  --quiet                        no request log
+  -h, --help                     this text`;
+
+/** What the command line asks for. */
+export interface ServeConfig {
+  /** Where the model is, or undefined for the demo model. */
+  model: Pick<EngineOptions, "model" | "baseWeights" | "expertDir" | "ggufExperts"> | undefined;
+  /** `--cache-size-gb`. */
+  cacheSizeGB: number;
+  /** `--ctx-size`, when given. */
+  nCtx: number | undefined;
+  /** Port. */
+  port: number;
+  /** Interface. */
+  host: string;
+  /** Bearer token, when required. */
+  apiKey: string | undefined;
+  /** `--max-queue`. */
+  maxQueue: number;
+  /** `--enable-prefetch` (or `--predictor-path`). */
+  prefetch: boolean;
+  /** `--quiet`. */
+  quiet: boolean;
+}
+
+/** A command line that cannot be served; the message names the flag. */
+export class UsageError extends Error {
+  /** Builds the error. */
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** Engine options the engine does not take yet: flags accepted and checked, then refused. */
+const NOT_YET: readonly string[] = ["enable-prefetch", "predictor-path"];
+
+function int(flag: string, v: string | undefined, min: number, max: number): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === "" || !Number.isInteger(n) || n < min || n > max) {
+    throw new UsageError(`--${flag} must be an integer in ${min}…${max}, got "${v}"`);
+  }
+  return n;
+}
+
+async function checkPath(
+  flag: string,
+  path: string,
+  kind: "gguf" | "dir" | "any",
+  inside?: string,
+): Promise<void> {
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new UsageError(`--${flag}: no such file or directory: ${path}`);
+    }
+    throw new UsageError(`--${flag}: cannot read ${path}: ${(e as Error).message}`);
+  }
+  if (kind === "gguf") {
+    if (!st.isFile) {
+      throw new UsageError(`--${flag}: ${path} is not a file (expected a .gguf file)`);
+    }
+    let magic = "";
+    try {
+      using f = await Deno.open(path);
+      const b = new Uint8Array(4);
+      const n = await f.read(b);
+      magic = new TextDecoder().decode(b.subarray(0, n ?? 0));
+    } catch (e) {
+      throw new UsageError(`--${flag}: cannot read ${path}: ${(e as Error).message}`);
+    }
+    if (magic !== "GGUF") {
+      throw new UsageError(`--${flag}: ${path} is not a GGUF file (it does not start with "GGUF")`);
+    }
+  } else if (kind === "dir") {
+    if (!st.isDirectory) throw new UsageError(`--${flag}: ${path} is not a directory`);
+    if (inside) {
+      try {
+        await Deno.stat(`${path}/${inside}`);
+      } catch {
+        throw new UsageError(
+          `--${flag}: ${path} holds no ${inside}; is it the converter's output (deno task convert)?`,
+        );
+      }
+    }
+  }
+}
+
+/**
+ * Parses and checks the command line (every path exists and is the right
+ * kind of file or directory).
+ *
+ * @throws {UsageError} naming the flag at fault.
+ */
+export async function parseServeArgs(
+  args: string[],
+  env: (k: string) => string | undefined = (k) => Deno.env.get(k),
+): Promise<ServeConfig | "help"> {
+  let v;
+  try {
+    v = parseArgs({
+      args,
+      options: {
+        model: { type: "string" },
+        "gguf-experts": { type: "string" },
+        "base-weights": { type: "string" },
+        "expert-dir": { type: "string" },
+        "cache-size-gb": { type: "string" },
+        "enable-prefetch": { type: "boolean" },
+        "predictor-path": { type: "string" },
+        port: { type: "string" },
+        host: { type: "string" },
+        "api-key": { type: "string" },
+        "max-queue": { type: "string" },
+        "ctx-size": { type: "string" },
+        quiet: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  if (v.help) return "help";
+  const model = v.model;
+  const base = v["base-weights"];
+  const experts = v["expert-dir"];
+  const gguf = v["gguf-experts"];
+  if (model !== undefined && (base !== undefined || experts !== undefined || gguf !== undefined)) {
+    throw new UsageError(
+      `--model holds the whole model: drop ${
+        [base && "--base-weights", experts && "--expert-dir", gguf && "--gguf-experts"]
+          .filter(Boolean).join(" and ")
+      }, or drop --model`,
+    );
+  }
+  if (experts !== undefined && gguf !== undefined) {
+    throw new UsageError("give --expert-dir or --gguf-experts, not both");
+  }
+  if (base !== undefined && experts === undefined && gguf === undefined) {
+    throw new UsageError("--base-weights needs --expert-dir DIR or --gguf-experts FILE.gguf");
+  }
+  if (base === undefined && (experts !== undefined || gguf !== undefined)) {
+    throw new UsageError(
+      `${experts !== undefined ? "--expert-dir" : "--gguf-experts"} needs --base-weights DIR`,
+    );
+  }
+  const cacheText = v["cache-size-gb"];
+  const cacheSizeGB = cacheText === undefined ? 4 : Number(cacheText);
+  if (cacheText?.trim() === "" || !Number.isFinite(cacheSizeGB) || cacheSizeGB < 0) {
+    throw new UsageError(`--cache-size-gb must be a number ≥ 0, got "${cacheText}"`);
+  }
+  const port = int("port", v.port, 0, 65535) ?? 8080;
+  const maxQueue = int("max-queue", v["max-queue"], 0, 1_000_000) ?? 16;
+  const nCtx = int("ctx-size", v["ctx-size"], 16, 1 << 24);
+  const host = v.host ?? "127.0.0.1";
+  if (host.trim() === "") throw new UsageError("--host must not be empty");
+  const apiKey = v["api-key"] ?? (env("ODMOE_API_KEY") || undefined);
+  if (apiKey !== undefined && apiKey.trim() === "") {
+    throw new UsageError("--api-key must not be empty");
+  }
+
+  if (model !== undefined) await checkPath("model", model, "gguf");
+  if (base !== undefined) {
+    await checkPath("base-weights", base, "dir", "model.safetensors.index.json");
+  }
+  if (experts !== undefined) await checkPath("expert-dir", experts, "dir", "experts.json");
+  if (gguf !== undefined) await checkPath("gguf-experts", gguf, "gguf");
+  const predictor = v["predictor-path"];
+  if (predictor !== undefined) await checkPath("predictor-path", predictor, "any");
+  const prefetch = (v["enable-prefetch"] ?? false) || predictor !== undefined;
+  for (const flag of NOT_YET) {
+    if (
+      (flag === "enable-prefetch" && v["enable-prefetch"]) ||
+      (flag === "predictor-path" && predictor)
+    ) {
+      throw new UsageError(
+        `--${flag} is not supported yet: the engine has no prefetcher option to pass it to; ` +
+          `serve without it for now`,
+      );
+    }
+  }
+
+  return {
+    model: model !== undefined || base !== undefined
+      ? { model, baseWeights: base, expertDir: experts, ggufExperts: gguf }
+      : undefined,
+    cacheSizeGB,
+    nCtx,
+    port,
+    host,
+    apiKey,
+    maxQueue,
+    prefetch,
+    quiet: v.quiet ?? false,
+  };
+}
+
+/** Runs the command; resolves with the exit code. */
+export async function main(args: string[]): Promise<number> {
+  let config: ServeConfig | "help";
+  try {
+    config = await parseServeArgs(args);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    console.error(`serve: ${e.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (config === "help") {
+    console.log(USAGE);
+    return 0;
+  }
+  const log = config.quiet ? undefined : (line: string) => console.error(line);
+  const c = config;
+  const m = c.model;
+  const what = m
+    ? (m.model ?? `${m.baseWeights} + ${m.expertDir ?? m.ggufExperts}`)
+    : "the demo model";
+  // the demo model is generated after the server listens, so /health says "loading" meanwhile
+  const load = async () =>
+    await Engine.load({
+      ...(m ?? { model: await ensureDemoModel({ log: console.error }) }),
+      cacheSizeGB: c.cacheSizeGB,
+      nCtx: c.nCtx,
+    });
+  let server: RunningServer;
+  try {
+    server = await startServer({
+      load,
+      port: c.port,
+      hostname: c.host,
+      apiKey: c.apiKey,
+      maxQueue: c.maxQueue,
+      prefetchEnabled: c.prefetch,
+      waitForModel: false,
+      log,
+      onListen: ({ url }) => console.log(`od-moe listening on ${url} (loading ${what})`),
+    });
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    if (e instanceof Deno.errors.AddrInUse) {
+      console.error(`serve: --port ${c.port}: the address ${c.host}:${c.port} is in use`);
+    } else if (e instanceof Deno.errors.AddrNotAvailable || err.code === "EADDRNOTAVAIL") {
+      console.error(`serve: --host ${c.host}: cannot listen there: ${err.message}`);
+    } else {
+      console.error(`serve: cannot listen on ${c.host}:${c.port}: ${err.message}`);
+    }
+    return 1;
+  }
+
+  let signals = 0;
+  let stopping: Promise<void> | undefined;
+  const stop = (sig: Deno.Signal) => {
+    signals++;
+    if (signals > 1) {
+      console.error(`serve: ${sig} again: exiting now`);
+      Deno.exit(130);
+    }
+    console.error(`serve: ${sig}: finishing in-flight requests (send ${sig} again to quit now)`);
+    stopping = server.close();
+  };
+  const sigs: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  const handlers = sigs.map((s) => [s, () => stop(s)] as const);
+  for (const [s, h] of handlers) Deno.addSignalListener(s, h);
+
+  try {
+    const t0 = performance.now();
+    const engine = await server.ready;
+    const i = engine.info;
+    console.log(
+      `od-moe ready: ${i.name} (${i.architecture}, context ${i.contextLength}) loaded in ${
+        ((performance.now() - t0) / 1000).toFixed(1)
+      } s; try: curl ${server.url}/generate -d '{"prompt": "Hello", "max_tokens": 16}'`,
+    );
+  } catch (e) {
+    if (!stopping) {
+      console.error(`serve: cannot load ${what}: ${(e as Error).message}`);
+      await server.close({ graceMs: 0 });
+      return 1;
+    }
+  }
+  await server.finished;
+  await stopping;
+  for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+  console.error("serve: stopped");
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
