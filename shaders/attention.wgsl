@@ -18,7 +18,7 @@
 //   @binding(3) sinks:  array<f32>  [nHead] from sinksOffset; unused when hasSinks = 0        read
 //   @binding(4) out:    array<f32>  [T, nHead, D_V]: oOffset + t*oStride + h*oHeadStride + d  written
 //   @binding(5) step:   array<u32>  the step buffer: [0] = pos0                              read
-//   @binding(6) params: uniform, 4-byte units:
+//   @binding(6) params: read-only storage, 4-byte units:
 //     [0] group: u32 (nHead / nHeadKv)
 //     [1] qOffset  [2] qStride     [3] qHeadStride: u32
 //     [4] kOffset  [5] kRowStride  [6] kHeadStride: u32
@@ -64,7 +64,7 @@ const KPT: u32 = 4u;
 @group(0) @binding(3) var<storage, read> sinks: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read> step: array<u32>;
-@group(0) @binding(6) var<uniform> params: Params;
+@group(0) @binding(6) var<storage, read> params: Params;
 
 var<workgroup> qs: array<f32, D_K>;
 var<workgroup> acc: array<f32, D_V>;

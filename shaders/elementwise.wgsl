@@ -17,7 +17,7 @@
 //                                   one row, e.g. a bias; unused by unary ops)
 //   @binding(2) ids:    array<u32>  [T, idsStride] from idsOffset (add_id only)  read
 //   @binding(3) y:      array<f32>  [T, yStride] from yOffset   (written)
-//   @binding(4) params: uniform, 4-byte units:
+//   @binding(4) params: read-only storage, 4-byte units:
 //     [0] n: u32        elements per token
 //     [1] aOffset: u32  [2] aStride: u32
 //     [3] bOffset: u32  [4] bStride: u32
@@ -55,7 +55,7 @@ override WG_SIZE: u32 = 64;
 @group(0) @binding(1) var<storage, read_write> b: array<f32>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<uniform> params: Params;
+@group(0) @binding(4) var<storage, read> params: Params;
 
 const GELU_COEF_A: f32 = 0.044715;
 const SQRT_2_OVER_PI: f32 = 0.79788456080286535587989211986876;

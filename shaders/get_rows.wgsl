@@ -48,7 +48,7 @@ override WG: u32 = 64;
 @group(0) @binding(1) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(2) var<storage, read> step: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<uniform> P: Params;
+@group(0) @binding(4) var<storage, read> P: Params;
 
 fn store4(base: u32, col: u32, v: vec4f) {
   let i = base + col;

@@ -9,7 +9,7 @@
 //   @binding(2) kCache: array<f32>  [nCtx, kWidth] from kcOffset, kcStride apart  written
 //   @binding(3) vCache: array<f32>  [nCtx, vWidth] from vcOffset, vcStride apart  written
 //   @binding(4) step:   array<u32>  the step buffer: [0] = pos0                   read
-//   @binding(5) params: uniform, 4-byte units:
+//   @binding(5) params: read-only storage, 4-byte units:
 //     [0] kWidth: u32   [1] kOffset: u32   [2] kStride: u32   [3] kcOffset: u32  [4] kcStride: u32
 //     [5] vWidth: u32   [6] vOffset: u32   [7] vStride: u32   [8] vcOffset: u32  [9] vcStride: u32
 //
@@ -36,7 +36,7 @@ override WG_SIZE: u32 = 64;
 @group(0) @binding(2) var<storage, read_write> kCache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> vCache: array<f32>;
 @group(0) @binding(4) var<storage, read> step: array<u32>;
-@group(0) @binding(5) var<uniform> params: Params;
+@group(0) @binding(5) var<storage, read> params: Params;
 
 @compute @workgroup_size(WG_SIZE)
 fn store(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {

@@ -112,7 +112,7 @@ const NONE = 0xffffffffu;
 @group(0) @binding(3) var<storage, read> route: array<u32>;
 @group(0) @binding(4) var<storage, read> step: array<u32>;
 @group(0) @binding(5) var<storage, read_write> Y: array<f32>;
-@group(0) @binding(6) var<uniform> P: Params;
+@group(0) @binding(6) var<storage, read> P: Params;
 
 fn n_entries() -> u32 {
   return step[1] * P.n_used;

@@ -58,7 +58,7 @@ const NONE = 0xffffffffu;
 @group(0) @binding(0) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(1) var<storage, read> step: array<u32>;
 @group(0) @binding(2) var<storage, read_write> route: array<atomic<u32>>;
-@group(0) @binding(3) var<uniform> P: Params;
+@group(0) @binding(3) var<storage, read> P: Params;
 
 fn entry_mat(e: u32) -> u32 {
   let t = e / P.n_used;

@@ -11,7 +11,7 @@
 //   @binding(3) gate:     array<f32>  [T]: gOffset + t*gStride (if hasGate)                read
 //   @binding(4) residual: array<f32>  [T, n]: rOffset + t*rStride + i (if hasResidual)     read
 //   @binding(5) out:      array<f32>  [T, n]: oOffset + t*oStride + i                      written
-//   @binding(6) params: uniform, 4-byte units:
+//   @binding(6) params: read-only storage, 4-byte units:
 //     [0] n: u32          [1] k: u32
 //     [2] yOffset [3] yStride [4] yExpertStride: u32
 //     [5] wOffset [6] wStride: u32
@@ -51,7 +51,7 @@ override WG_SIZE: u32 = 64;
 @group(0) @binding(3) var<storage, read> gate: array<f32>;
 @group(0) @binding(4) var<storage, read_write> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<uniform> params: Params;
+@group(0) @binding(6) var<storage, read> params: Params;
 
 @compute @workgroup_size(WG_SIZE)
 fn combine(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {

@@ -9,7 +9,7 @@
 //                                   from xOffset                                 (read)
 //   @binding(1) w:      array<f32>  [n] from wOffset; unused when hasWeight = 0   read
 //   @binding(2) y:      array<f32>  like x, with yOffset, yStride, yRowStride    (written)
-//   @binding(3) params: uniform, 4-byte units:
+//   @binding(3) params: read-only storage, 4-byte units:
 //     [0] n: u32           row length
 //     [1] xOffset: u32     [2] xStride: u32   [3] xRowStride: u32
 //     [4] yOffset: u32     [5] yStride: u32   [6] yRowStride: u32
@@ -36,7 +36,7 @@ override WG_SIZE: u32 = 64;
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read> params: Params;
 
 var<workgroup> partial: array<f32, WG_SIZE>;
 

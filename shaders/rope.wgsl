@@ -21,7 +21,7 @@
 //   @binding(1) ff:     array<f32>  [nRot / 2] frequency factors from ffOffset;
 //                                   unused when hasFreqFactors = 0             read
 //   @binding(2) step:   array<u32>  the step buffer: [0] = pos0                read
-//   @binding(3) params: uniform, 4-byte units:
+//   @binding(3) params: read-only storage, 4-byte units:
 //     [0] nHeads: u32     [1] headStride: u32   [2] nRot: u32   [3] dimOffset: u32
 //     [4] offset: u32     [5] stride: u32       [6] mode: u32 (0 normal, 2 neox)
 //     [7] hasFreqFactors: u32                   [8] ffOffset: u32
@@ -54,7 +54,7 @@ override WG_SIZE: u32 = 64;
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read> ff: array<f32>;
 @group(0) @binding(2) var<storage, read> step: array<u32>;
-@group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read> params: Params;
 
 // 2π = C1 + C2 + C3 with C1 and C2 short enough that k·C1 and k·C2 are exact
 // for k < 2^16 (angles up to ~4e5), so theta − k·2π loses nothing.

@@ -24,7 +24,7 @@
 //   @binding(6) slots:     array<u32>  [T, K]: slotsOffset + t*slotsStride + r (if hasSlots) written
 //   @binding(7) misses:    array<atomic<u32>>  [0] miss count, [1..3] 0, then (layer, token,
 //                                      expert) triples (if hasResidency)               written
-//   @binding(8) params: uniform, 4-byte units:
+//   @binding(8) params: read-only storage, 4-byte units:
 //     [0] gating: u32 (0 softmax, 1 sigmoid, 2 top-k then softmax)   [1] normalize: u32
 //     [2] scale: f32
 //     [3] hasLogitBias [4] logitBiasOffset [5] hasSelBias [6] selBiasOffset: u32
@@ -72,7 +72,7 @@ override K: u32 = 2;
 @group(0) @binding(5) var<storage, read_write> weights: array<f32>;
 @group(0) @binding(6) var<storage, read_write> slots: array<u32>;
 @group(0) @binding(7) var<storage, read_write> misses: array<atomic<u32>>;
-@group(0) @binding(8) var<uniform> params: Params;
+@group(0) @binding(8) var<storage, read> params: Params;
 
 const NONE: u32 = 0xffffffffu;
 const NEG_BIG: f32 = -3.0e38;

@@ -5,7 +5,7 @@
 //   @binding(0) x:      array<f32>  [nTokens, stride] (from offset)   read
 //   @binding(1) out:    array<f32>  [n]                               read_write
 //   @binding(2) step:   array<u32>  the step buffer: [1] = nTokens    read
-//   @binding(3) params: uniform, 4-byte units:
+//   @binding(3) params: read-only storage, 4-byte units:
 //                       [0] n: u32       elements to copy
 //                       [1] offset: u32  first element of row 0 in x
 //                       [2] stride: u32  elements between rows
@@ -23,7 +23,7 @@ override WG_SIZE: u32 = 64;
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> step: array<u32>;
-@group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read> params: Params;
 
 @compute @workgroup_size(WG_SIZE)
 fn copy_last_row(@builtin(global_invocation_id) gid: vec3u) {

@@ -301,8 +301,13 @@ export class ParamsBuffer<L extends ParamsLayout = ParamsLayout> {
     this.buffer = gpu.device.createBuffer({
       label,
       size: bytes,
-      // COPY_SRC so that a test or a debug dump can read the params back.
-      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+      // Kernels bind params as read-only storage: llvmpipe (lavapipe) recompiles
+      // a pipeline at dispatch time when loop bounds come from a uniform buffer
+      // (16 ms a dispatch for a large shader), not when they come from storage.
+      // UNIFORM stays for shaders that still declare var<uniform>; COPY_SRC so
+      // that a test or a debug dump can read the params back.
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST |
+        GPUBufferUsage.COPY_SRC,
     });
   }
 
