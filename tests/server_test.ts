@@ -274,7 +274,12 @@ Deno.test({
           for (let i = 0; i < 3; i++) {
             const before = server.inFlight;
             started.push(
-              post(`${url}/generate`, { prompt: `q${i}`, max_tokens: 6, temperature: 0 })
+              // the first runs long enough for the others to queue behind it
+              post(`${url}/generate`, {
+                prompt: `q${i}`,
+                max_tokens: i === 0 ? 60 : 4,
+                temperature: 0,
+              })
                 .then(async (r) => {
                   assert.equal(r.status, 200);
                   await r.body?.cancel();

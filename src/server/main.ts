@@ -243,6 +243,17 @@ export async function parseServeArgs(
   };
 }
 
+/**
+ * One short generation before the server reports ready, so the first
+ * request does not pay for compiling the prefill and decode pipelines
+ * (seconds on a software adapter). It shows in `/metrics` like any other.
+ */
+export async function warmUp(engine: Engine): Promise<void> {
+  const text = "The quick brown fox jumps over the lazy dog. ".repeat(4);
+  const ids = engine.tokenizer.encode(text).slice(0, Math.max(1, engine.info.contextLength - 4));
+  await engine.generate({ prompt: ids, maxTokens: 3, sampling: { temperature: 0 } });
+}
+
 /** Runs the command; resolves with the exit code. */
 export async function main(args: string[]): Promise<number> {
   let config: ServeConfig | "help";
@@ -264,12 +275,20 @@ export async function main(args: string[]): Promise<number> {
     ? (m.model ?? `${m.baseWeights} + ${m.expertDir ?? m.ggufExperts}`)
     : "the demo model";
   // the demo model is generated after the server listens, so /health says "loading" meanwhile
-  const load = async () =>
-    await Engine.load({
+  const load = async () => {
+    const engine = await Engine.load({
       ...(m ?? { model: await ensureDemoModel({ log: console.error }) }),
       cacheSizeGB: c.cacheSizeGB,
       nCtx: c.nCtx,
     });
+    try {
+      await warmUp(engine);
+    } catch (e) {
+      engine.close();
+      throw e;
+    }
+    return engine;
+  };
   let server: RunningServer;
   try {
     server = await startServer({
