@@ -13,15 +13,15 @@ import type { ActView, Op } from "./op.ts";
 
 const WG_SIZE = 64;
 
-/** `out[i] = x[last token, i]` for `i < n`, the last token read from the step buffer. */
-export async function prepareCopyLastRow(
+/** One `rows.wgsl` entry point over `x` (a view) into `out`, with the given u32 buffer as binding 2. */
+async function prepareRowsOp(
   gpu: Gpu,
-  a: { x: ActView; out: GPUBuffer; n: number; step: GPUBuffer; label: string },
+  entryPoint: string,
+  a: { x: ActView; out: GPUBuffer; n: number; label: string },
+  control: GPUBuffer,
+  workgroups: Op["workgroups"],
 ): Promise<Op> {
-  const kernel = await getPipeline(gpu, "rows", {
-    entryPoint: "copy_last_row",
-    constants: { WG_SIZE },
-  });
+  const kernel = await getPipeline(gpu, "rows", { entryPoint, constants: { WG_SIZE } });
   const params = new ParamsBuffer(gpu, `${a.label}.params`, {
     n: "u32",
     offset: "u32",
@@ -31,9 +31,17 @@ export async function prepareCopyLastRow(
   return {
     label: a.label,
     kernel,
-    bindings: [a.x.buffer, a.out, a.step, params.buffer],
-    workgroups: workgroupCount(a.n, WG_SIZE),
+    bindings: [a.x.buffer, a.out, control, params.buffer],
+    workgroups,
   };
+}
+
+/** `out[i] = x[last token, i]` for `i < n`, the last token read from the step buffer. */
+export function prepareCopyLastRow(
+  gpu: Gpu,
+  a: { x: ActView; out: GPUBuffer; n: number; step: GPUBuffer; label: string },
+): Promise<Op> {
+  return prepareRowsOp(gpu, "copy_last_row", a, a.step, workgroupCount(a.n, WG_SIZE));
 }
 
 /**
@@ -41,24 +49,15 @@ export async function prepareCopyLastRow(
  * keeps the residual stream that entered the first MoE step that missed an
  * expert, so the token can resume there once the expert is uploaded.
  */
-export async function prepareSaveIfClean(
+export function prepareSaveIfClean(
   gpu: Gpu,
   a: { x: ActView; out: GPUBuffer; n: number; misses: GPUBuffer; label: string },
 ): Promise<Op> {
-  const kernel = await getPipeline(gpu, "rows", {
-    entryPoint: "save_if_clean",
-    constants: { WG_SIZE },
-  });
-  const params = new ParamsBuffer(gpu, `${a.label}.params`, {
-    n: "u32",
-    offset: "u32",
-    stride: "u32",
-  });
-  params.write({ n: a.n, offset: a.x.offset, stride: a.x.stride });
-  return {
-    label: a.label,
-    kernel,
-    bindings: [a.x.buffer, a.out, a.misses, params.buffer],
-    workgroups: (nTokens: number) => workgroupCount(a.n * nTokens, WG_SIZE),
-  };
+  return prepareRowsOp(
+    gpu,
+    "save_if_clean",
+    a,
+    a.misses,
+    (nTokens: number) => workgroupCount(a.n * nTokens, WG_SIZE),
+  );
 }
