@@ -460,63 +460,119 @@ Deno.test({
   },
 });
 
+/**
+ * Runs `deno task serve ARGS` on a free port, waits until /health says ok,
+ * calls `fn` with the URL, then sends SIGTERM and checks the exit code is 0.
+ * Returns stderr.
+ */
+async function serve(args: string[], fn: (url: string) => Promise<void>): Promise<string> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["task", "serve", "--port", "0", ...args],
+    cwd: REPO,
+    env: { XDG_CACHE_HOME: CACHE, NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  let url = "";
+  try {
+    const t0 = performance.now();
+    while (!url) {
+      const { value, done } = await lines.read();
+      if (done) throw new Error(`serve exited early:\n${out}\n${await stderr}`);
+      out += value;
+      url = /listening on (http:\/\/\S+)/.exec(out)?.[1] ?? "";
+      if (performance.now() - t0 > 60_000) throw new Error("serve did not listen");
+    }
+    for (;;) {
+      const h = await fetch(`${url}/health`);
+      await h.body?.cancel();
+      if (h.status === 200) break;
+      assert.equal(h.status, 503, "loading");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await fn(url);
+    child.kill("SIGTERM");
+    const status = await child.status;
+    const err = await stderr;
+    assert.equal(status.code, 0, `exit ${status.code}:\n${err}`);
+    assert.match(err, /SIGTERM/);
+    assert.doesNotMatch(err, /legacy behavior/);
+    return err;
+  } finally {
+    lines.releaseLock();
+    await child.stdout.cancel().catch(() => {});
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+    await child.status;
+  }
+}
+
 Deno.test({
   name: "server: `deno task serve` with no flags serves the demo model; SIGTERM exits 0",
   sanitizeResources: false,
   async fn() {
     await demo(); // the child finds it in XDG_CACHE_HOME
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["task", "serve", "--port", "0", "--ctx-size", "256"],
-      cwd: REPO,
-      env: { XDG_CACHE_HOME: CACHE, NO_COLOR: "1" },
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const stderr = new Response(child.stderr).text();
-    const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let out = "";
-    let url = "";
-    try {
-      const t0 = performance.now();
-      while (!url) {
-        const { value, done } = await lines.read();
-        if (done) throw new Error(`serve exited early:\n${out}\n${await stderr}`);
-        out += value;
-        url = /listening on (http:\/\/\S+)/.exec(out)?.[1] ?? "";
-        if (performance.now() - t0 > 60_000) throw new Error("serve did not listen");
-      }
-      // the README's example
-      for (;;) {
-        const h = await fetch(`${url}/health`);
-        await h.body?.cancel();
-        if (h.status === 200) break;
-        assert.equal(h.status, 503);
-        await new Promise((r) => setTimeout(r, 100));
-      }
+    await serve(["--ctx-size", "256"], async (url) => {
+      // the README's example, as curl sends it
       const r = await fetch(`${url}/generate`, {
         method: "POST",
-        headers: { "content-type": "application/x-www-form-urlencoded" }, // what curl -d sends
+        headers: { "content-type": "application/x-www-form-urlencoded" },
         body: '{"prompt": "Hello", "max_tokens": 16}',
       });
       assert.equal(r.status, 200);
       const b = await r.json();
       assert.equal(typeof b.text, "string");
       assert.ok(b.stats.completion_tokens > 0);
-      child.kill("SIGTERM");
-      const status = await child.status;
-      const err = await stderr;
-      assert.equal(status.code, 0, `exit ${status.code}:\n${err}`);
-      assert.match(err, /SIGTERM/);
-      assert.doesNotMatch(err, /legacy behavior/);
+    });
+  },
+});
+
+Deno.test({
+  name: "server: `deno task serve --base-weights --expert-dir` serves converter output",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const model = await demo();
+    const req = { prompt: "Hello there", max_tokens: 6, temperature: 0 };
+    const ref = await startServer({ port: 0, engineOptions: { model, nCtx: 256 } });
+    let want: number[];
+    try {
+      want = (await (await post(`${ref.url}/generate`, req)).json()).tokens;
     } finally {
-      lines.releaseLock();
-      await child.stdout.cancel().catch(() => {});
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // already gone
-      }
-      await child.status;
+      await ref.close();
+    }
+    const dir = await Deno.makeTempDir();
+    try {
+      const conv = await new Deno.Command(Deno.execPath(), {
+        args: ["task", "convert", "--input", model, "--output", `${dir}/out`],
+        cwd: REPO,
+        env: { NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(conv.code, 0, new TextDecoder().decode(conv.stderr));
+      await serve([
+        "--ctx-size",
+        "256",
+        "--base-weights",
+        `${dir}/out/base_model`,
+        "--expert-dir",
+        `${dir}/out/experts`,
+        "--cache-size-gb",
+        "0",
+      ], async (url) => {
+        const b = await (await post(`${url}/generate`, req)).json();
+        assert.deepEqual(b.tokens, want, "converter output gives the GGUF's tokens");
+        assert.ok(b.stats.expert_loads > 0, "experts streamed from the expert directory");
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });
