@@ -197,6 +197,25 @@ function toHttpError(e: unknown): HttpError {
   return new HttpError(500, `generation failed: ${msg}`);
 }
 
+/**
+ * Whether an `Accept` header prefers Prometheus text (`text/plain` or
+ * OpenMetrics) over JSON: a strictly higher quality, so a client that
+ * accepts both equally (axios sends `application/json, text/plain` and any type) gets JSON.
+ */
+export function wantsPrometheus(accept: string): boolean {
+  let text = 0;
+  let json = 0;
+  for (const part of accept.split(",")) {
+    const [type = "", ...params] = part.trim().toLowerCase().split(";").map((x) => x.trim());
+    const qp = params.find((p) => p.startsWith("q="));
+    const q = qp ? Number(qp.slice(2)) : 1;
+    if (!(q >= 0)) continue;
+    if (type === "text/plain" || type === "application/openmetrics-text") text = Math.max(text, q);
+    if (type === "application/json" || type === "application/*") json = Math.max(json, q);
+  }
+  return text > 0 && text > json;
+}
+
 /** Constant-time comparison of two strings (as UTF-8). */
 function sameSecret(a: string, b: string): boolean {
   const x = new TextEncoder().encode(a);
@@ -264,7 +283,7 @@ class App {
         name: "/v1/chat/completions",
         methods: { POST: (r) => this.chatRoute(r) },
       },
-      { pattern: /^\/$/, name: "/", methods: { GET: () => this.index() }, open: true },
+      { pattern: /^\/$/, name: "/", methods: { GET: () => this.index() } },
     ];
   }
 
@@ -418,9 +437,8 @@ class App {
         `'format' must be json or prometheus, got ${JSON.stringify(format)}`,
       );
     }
-    const accept = req.headers.get("accept") ?? "";
     const prom = format === "prometheus" ||
-      (format === null && /text\/plain|application\/openmetrics-text/i.test(accept));
+      (format === null && wantsPrometheus(req.headers.get("accept") ?? ""));
     if (prom) {
       return new Response(prometheusText(this.metrics, this.metricsView()), {
         headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
@@ -515,11 +533,12 @@ class App {
       throw toHttpError(err);
     }
     const field = p.messages ? "messages" : "prompt";
-    if (ids.length === 0) throw badRequest(field, `the ${field} is empty`);
+    const what = p.messages ? "prompt rendered from the messages" : "prompt";
+    if (ids.length === 0) throw badRequest(field, `the ${what} is empty`);
     if (ids.length >= limits.contextLength) {
       throw badRequest(
         field,
-        `the ${field} has ${ids.length} tokens; the context holds ${limits.contextLength} ` +
+        `the ${what} has ${ids.length} tokens; the context holds ${limits.contextLength} ` +
           `(start the server with a larger --ctx-size, or shorten it)`,
       );
     }

@@ -254,6 +254,11 @@ export async function warmUp(engine: Engine): Promise<void> {
   await engine.generate({ prompt: ids, maxTokens: 3, sampling: { temperature: 0 } });
 }
 
+/** Whether `host` names only this machine. */
+export function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || host === "[::1]" || /^127\./.test(host);
+}
+
 /** Runs the command; resolves with the exit code. */
 export async function main(args: string[]): Promise<number> {
   let config: ServeConfig | "help";
@@ -312,6 +317,13 @@ export async function main(args: string[]): Promise<number> {
       console.error(`serve: cannot listen on ${c.host}:${c.port}: ${err.message}`);
     }
     return 1;
+  }
+
+  if (!c.apiKey && !isLoopback(c.host)) {
+    console.error(
+      `serve: warning: listening on ${c.host} without --api-key: anyone who can reach this ` +
+        `address can use the model`,
+    );
   }
 
   let signals = 0;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { parseServeArgs, type ServeConfig, UsageError } from "./main.ts";
+import { isLoopback, parseServeArgs, type ServeConfig, UsageError } from "./main.ts";
 import { serializeGguf } from "../gguf/writer.ts";
 
 const noEnv = () => undefined;
@@ -117,4 +117,9 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("serve flags: loopback hosts", () => {
+  for (const h of ["127.0.0.1", "127.1.2.3", "localhost", "::1"]) assert.ok(isLoopback(h), h);
+  for (const h of ["0.0.0.0", "::", "192.168.1.2", "example.com"]) assert.ok(!isLoopback(h), h);
 });
