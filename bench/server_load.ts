@@ -16,7 +16,7 @@
  * demo model (RSS is then this process's); with `--url` it measures a
  * running server (RSS from `/proc/PID/status` when `--pid` is given).
  * Progress goes to stderr, one JSON report to stdout. A client that gets
- * 503 (queue full) waits 100 ms before its next request.
+ * 503 (queue full) waits as its `Retry-After` says before its next request.
  *
  * @module
  */
@@ -136,12 +136,18 @@ async function phase(url: string, o: ServerLoadOptions, clients: number, seconds
           signal: AbortSignal.timeout(120_000),
         });
         if (r.status === 200) {
-          tokens += await consume(r, o);
+          const n = await consume(r, o); // not `tokens += await …`: that loses other clients' adds
+          tokens += n;
           latencies.push(performance.now() - t);
         } else {
           await r.body?.cancel();
           errors[r.status] = (errors[r.status] ?? 0) + 1;
-          if (r.status === 503) await new Promise((res) => setTimeout(res, 100));
+          if (r.status === 503) {
+            // a polite client: wait as told (Retry-After, seconds), not past the deadline
+            const wait = Number(r.headers.get("retry-after") ?? "1") * 1000;
+            const left = end - performance.now();
+            await new Promise((res) => setTimeout(res, Math.max(0, Math.min(wait || 1000, left))));
+          }
         }
       } catch {
         errors.network = (errors.network ?? 0) + 1;
