@@ -22,6 +22,27 @@
  * | qwen2moe b | 256 | 2 | 8 (4) | 32 | 256 (512) | 6 (1) | 1e4 | 1e-5 | no | qwen2 3000 + 3 control |
  * | qwen3moe a | 128 | 2 | 4 (2) | 48 | 64 | 5 (1) | 1e6 | 1e-6 | yes | qwen2 3000 + 3 control |
  * | qwen3moe b | 256 | 3 | 4 (1) | 128 | 256 | 7 (3) | 1.5e5 | 1e-5 | no | qwen2 3000 + 3 control |
+ * | olmoe a | 128 | 2 | 4 (4) | 32 | 64 | 6 (2) | 1e4 | 1e-5 | no | gpt-neox 3000 |
+ * | olmoe b | 256 | 3 | 2 (2) | 128 | 256 | 8 (3) | 5e5 | 1e-6 | no | qwen2 3000 + 3 control |
+ * | gpt-oss a | 128 | 2 | 4 (2) | 32 | 64 | 4 (2) | 1.5e5 | 1e-5 | no | qwen2 3000 + 3 control |
+ * | gpt-oss b | 256 | 4 | 8 (2) | 64 | 256 | 8 (4) | 1.5e5 | 1e-5 | no | llama-bpe 3000 + 256 control |
+ * | deepseek2 a | 128 | 3 | 4 (1) | MLA | 64 (2 shared) | 7 (3) | 1e4 | 1e-6 | yes | deepseek-llm 3000 |
+ * | deepseek2 b | 256 | 3 | 4 (1) | MLA | 256 (1 shared) | 8 (2) | 1e4 | 1e-6 | no | qwen2 3000 + 3 control |
+ *
+ * GPT-OSS: sliding window 8 (a) / 12 (b) on the even blocks, attention sinks,
+ * biases everywhere, YaRN (factor 8 from 64 positions / 32 from 128).
+ * DeepSeek: `a` is DeepSeek-V2-Lite's shape — no q compression, softmax
+ * router, 2 shared experts, YaRN with mscale_all_dim 0.707 — and `b` is
+ * DeepSeek-V3's — q LoRA, sigmoid router with the selection bias
+ * `exp_probs_b`, 4 expert groups of which 2 are used, renormalised weights
+ * scaled by 2.5; both with one dense leading block and latent attention
+ * (a: kv_lora 64, nope 32, rope 16, v 32; b: q_lora 256, kv_lora 256, nope
+ * 64, rope 32, v 64).
+ *
+ * `MXFP4_MOE` files (llama.cpp's quantiser: experts MXFP4, every other
+ * matrix Q8_0) and `MXFP4_F16` files (the same MXFP4 experts with the F16
+ * file's other tensors) are made for architectures whose experts MXFP4 can
+ * hold (rows a multiple of 32); GPT-OSS ships that way.
  *
  * Shape `b` has every row length a multiple of 256, so K-quant files hold real
  * K-quant blocks; shape `a` has none, so llama.cpp falls back to
@@ -32,8 +53,9 @@
 
 import { type SyntheticArch, syntheticModel, type SyntheticSpec } from "../src/model/synthetic.ts";
 import { builtinTokenizer, tokenizerFromGguf, type TokenizerMetadata } from "../src/model/vocab.ts";
-import { readGgufHeader } from "../src/gguf/reader.ts";
-import { writeGgufFile } from "../src/gguf/writer.ts";
+import { readGgufHeader, readGgufModel } from "../src/gguf/reader.ts";
+import { type GgufTensorSpec, type GgufWriteSpec, writeGgufFile } from "../src/gguf/writer.ts";
+import { isExpertTensor } from "../src/gguf/names.ts";
 import { REPO_ROOT, vocabPath } from "./ref/llama_src.ts";
 import { LlamaFtype, type LlamaFtypeName, loadReference } from "./ref/llama_cpp.ts";
 
@@ -54,6 +76,8 @@ export const FIXTURE_TYPES = [
   "Q4_K_M",
   "Q5_K_M",
   "Q6_K",
+  "MXFP4_MOE",
+  "MXFP4_F16",
 ] as const;
 
 /** One of {@linkcode FIXTURE_TYPES}. */
@@ -188,6 +212,148 @@ export const FIXTURE_SHAPES: Record<SyntheticArch, Record<FixtureShape, FixtureS
       rmsEps: 1e-5,
       tiedOutput: false,
       seed: 302,
+      vocab: "qwen2",
+      vocabSize: 3000,
+    },
+  },
+  olmoe: {
+    a: {
+      nEmbd: 128,
+      nLayer: 2,
+      nHead: 4,
+      nHeadKv: 4,
+      headDim: 32,
+      nFfExp: 64,
+      nExpert: 6,
+      nExpertUsed: 2,
+      nCtx: 512,
+      ropeBase: 10_000,
+      rmsEps: 1e-5,
+      tiedOutput: false,
+      seed: 401,
+      vocab: "gpt-neox",
+      vocabSize: 3000,
+    },
+    b: {
+      nEmbd: 256,
+      nLayer: 3,
+      nHead: 2,
+      nHeadKv: 2,
+      headDim: 128,
+      nFfExp: 256,
+      nExpert: 8,
+      nExpertUsed: 3,
+      nCtx: 2048,
+      ropeBase: 500_000,
+      rmsEps: 1e-6,
+      tiedOutput: false,
+      seed: 402,
+      vocab: "qwen2",
+      vocabSize: 3000,
+    },
+  },
+  "gpt-oss": {
+    a: {
+      nEmbd: 128,
+      nLayer: 2,
+      nHead: 4,
+      nHeadKv: 2,
+      headDim: 32,
+      nFfExp: 64,
+      nExpert: 4,
+      nExpertUsed: 2,
+      nCtx: 512,
+      ropeBase: 150_000,
+      rmsEps: 1e-5,
+      tiedOutput: false,
+      slidingWindow: 8,
+      yarnFactor: 8,
+      yarnOrigCtx: 64,
+      seed: 501,
+      vocab: "qwen2",
+      vocabSize: 3000,
+    },
+    b: {
+      nEmbd: 256,
+      nLayer: 4,
+      nHead: 8,
+      nHeadKv: 2,
+      headDim: 64,
+      nFfExp: 256,
+      nExpert: 8,
+      nExpertUsed: 4,
+      nCtx: 2048,
+      ropeBase: 150_000,
+      rmsEps: 1e-5,
+      tiedOutput: false,
+      slidingWindow: 12,
+      yarnFactor: 32,
+      yarnOrigCtx: 128,
+      seed: 502,
+      vocab: "llama-bpe",
+      vocabSize: 3000,
+    },
+  },
+  deepseek2: {
+    a: {
+      nEmbd: 128,
+      nLayer: 3,
+      nHead: 4,
+      nHeadKv: 1,
+      qLoraRank: 0,
+      kvLoraRank: 64,
+      qkNopeDim: 32,
+      qkRopeDim: 16,
+      vHeadDim: 32,
+      nLayerDenseLead: 1,
+      nFf: 192,
+      nFfExp: 64,
+      nExpert: 7,
+      nExpertUsed: 3,
+      nExpertShared: 2,
+      gating: "softmax",
+      expertWeightsScale: 1,
+      nCtx: 512,
+      ropeBase: 10_000,
+      rmsEps: 1e-6,
+      yarnFactor: 4,
+      yarnOrigCtx: 128,
+      yarnMscaleAllDim: 0.707,
+      tiedOutput: true,
+      seed: 601,
+      vocab: "deepseek-llm",
+      vocabSize: 3000,
+    },
+    b: {
+      nEmbd: 256,
+      nLayer: 3,
+      nHead: 4,
+      nHeadKv: 1,
+      qLoraRank: 256,
+      kvLoraRank: 256,
+      qkNopeDim: 64,
+      qkRopeDim: 32,
+      vHeadDim: 64,
+      nLayerDenseLead: 1,
+      nFf: 512,
+      nFfExp: 256,
+      nExpert: 8,
+      nExpertUsed: 2,
+      nExpertShared: 1,
+      gating: "sigmoid",
+      expertWeightsNorm: true,
+      expertWeightsScale: 2.5,
+      nExpertGroups: 4,
+      nExpertGroupsUsed: 2,
+      expProbsBias: true,
+      nCtx: 2048,
+      ropeBase: 10_000,
+      rmsEps: 1e-6,
+      yarnFactor: 8,
+      yarnOrigCtx: 256,
+      yarnMscaleAllDim: 1,
+      tiedOutput: false,
+      seed: 602,
       vocab: "qwen2",
       vocabSize: 3000,
     },
@@ -350,20 +516,58 @@ async function makeFixture(options: FixtureOptions, path: string): Promise<strin
     await writeGgufFile(path, syntheticModel(await fixtureSpec(options)));
     return path;
   }
+  if (type === "MXFP4_F16") {
+    const [f16, mxfp4] = await Promise.all([
+      fixtureModel({ ...options, type: "F16" }),
+      fixtureModel({ ...options, type: "MXFP4_MOE" }),
+    ]);
+    await writeGgufFile(path, await mixExperts(f16, mxfp4));
+    return path;
+  }
   const source = await fixtureModel({ ...options, type: "F32" });
   await quantizeInto(source, path, type);
   return path;
 }
 
+/**
+ * The model of `basePath` with its routed-expert weight stacks taken from
+ * `expertsPath` (same tensors, another type): MXFP4 experts as llama.cpp's
+ * quantiser wrote them, every other tensor as the base file has it.
+ */
+async function mixExperts(basePath: string, expertsPath: string): Promise<GgufWriteSpec> {
+  const base = readGgufModel(basePath);
+  const experts = readGgufModel(expertsPath);
+  const [baseBytes, expertBytes] = await Promise.all([
+    Deno.readFile(basePath),
+    Deno.readFile(expertsPath),
+  ]);
+  const tensors: GgufTensorSpec[] = base.tensors.map((t) => {
+    const fromExperts = isExpertTensor(t.name) && t.name.endsWith(".weight");
+    const src = fromExperts ? experts.tensorMap.get(t.name)! : t;
+    const bytes = fromExperts ? expertBytes : baseBytes;
+    return {
+      name: t.name,
+      type: src.type.id,
+      shape: src.shape,
+      data: bytes.subarray(src.fileOffset, src.fileOffset + src.nBytes),
+    };
+  });
+  return { metadata: base.metadata.entries, tensors };
+}
+
 /** The llama.cpp file type that makes a fixture type. */
-function llamaFtypeOf(type: Exclude<FixtureType, "F32">): LlamaFtypeName {
+function llamaFtypeOf(type: Exclude<FixtureType, "F32" | "MXFP4_F16">): LlamaFtypeName {
   const name = `MOSTLY_${type}`;
   if (!(name in LlamaFtype)) throw new Error(`llama.cpp has no file type ${name}`);
   return name as LlamaFtypeName;
 }
 
 /** Runs llama.cpp's quantiser into a temporary name, then renames it to `path`. */
-async function quantizeInto(source: string, path: string, type: Exclude<FixtureType, "F32">) {
+async function quantizeInto(
+  source: string,
+  path: string,
+  type: Exclude<FixtureType, "F32" | "MXFP4_F16">,
+) {
   const tmp = tempName(path);
   try {
     loadReference().quantize(source, tmp, llamaFtypeOf(type));

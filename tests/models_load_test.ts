@@ -1,6 +1,7 @@
 /**
  * Every generated test model loads in llama.cpp and gives informative logits:
- * each architecture × shape × {F32, F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q6_K}.
+ * each architecture × shape × {F32, F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q6_K},
+ * and GPT-OSS also with MXFP4 experts (`MXFP4_MOE`, `MXFP4_F16`).
  * Prints, per file, the tensor types llama.cpp's quantiser chose and how far
  * the file's logits are from the F32 file's.
  */
@@ -8,7 +9,7 @@
 import assert from "node:assert/strict";
 import { FIXTURE_SHAPES, fixtureModel, type FixtureShape, type FixtureType } from "./fixtures.ts";
 import { loadReference, referenceUnavailableReason } from "./ref/llama_cpp.ts";
-import { SYNTHETIC_ARCHS } from "../src/model/synthetic.ts";
+import { SYNTHETIC_ARCHS, type SyntheticArch } from "../src/model/synthetic.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { isExpertTensor } from "../src/gguf/names.ts";
 
@@ -16,6 +17,11 @@ const unavailable = referenceUnavailableReason();
 if (unavailable !== null) console.warn(`skipping llama.cpp model loading tests: ${unavailable}`);
 
 const TYPES: FixtureType[] = ["F32", "F16", "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"];
+/** Extra file types per architecture: GPT-OSS ships with MXFP4 experts. */
+const EXTRA_TYPES: Partial<Record<SyntheticArch, FixtureType[]>> = {
+  "gpt-oss": ["MXFP4_MOE", "MXFP4_F16"],
+};
+const typesOf = (arch: SyntheticArch) => [...TYPES, ...EXTRA_TYPES[arch] ?? []];
 /** The K-quant type each K-quant file type is named after. */
 const K_BASE: Partial<Record<FixtureType, string>> = {
   Q4_K_M: "Q4_K",
@@ -64,7 +70,7 @@ for (const arch of SYNTHETIC_ARCHS) {
         const ref = loadReference();
         let f32Logits: Float32Array[] | undefined;
         let prompt: number[] | undefined;
-        for (const type of TYPES) {
+        for (const type of typesOf(arch)) {
           const t0 = performance.now();
           const path = await fixtureModel({ arch, shape, type });
           const file = `${arch}/${shape} ${type}`;
@@ -111,9 +117,20 @@ for (const arch of SYNTHETIC_ARCHS) {
           );
 
           const types = gguf.tensors.map((t) => t.type.name);
-          const expertTypes = gguf.tensors.filter((t) => isExpertTensor(t.name)).map((t) =>
-            t.type.name
-          );
+          // the expert matrices (GPT-OSS's expert biases stay F32)
+          const expertTypes = gguf.tensors
+            .filter((t) => isExpertTensor(t.name) && t.name.endsWith(".weight"))
+            .map((t) => t.type.name);
+          if (type.startsWith("MXFP4")) {
+            assert.ok(expertTypes.every((t) => t === "MXFP4"), `${file}: experts ${expertTypes}`);
+            const others = gguf.tensors.filter((t) => !isExpertTensor(t.name) && t.shape.length > 1)
+              .map((t) => t.type.name);
+            const want = type === "MXFP4_MOE" ? "Q8_0" : "F16";
+            assert.ok(
+              others.every((t) => t === want || t === "F32"),
+              `${file}: other matrices ${others}`,
+            );
+          }
           const kBase = K_BASE[type];
           if (kBase !== undefined) {
             const kCount = types.filter((t) => K_TYPES.has(t)).length;
@@ -160,6 +177,6 @@ Deno.test({
       ),
     ];
     console.log(`\n${lines.join("\n")}`);
-    assert.equal(rows.length, SYNTHETIC_ARCHS.length * 2 * TYPES.length);
+    assert.equal(rows.length, SYNTHETIC_ARCHS.reduce((n, a) => n + 2 * typesOf(a).length, 0));
   },
 });

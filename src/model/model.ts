@@ -194,6 +194,9 @@ export class Model {
             gate: a.weights["gate"]!,
             up: a.weights["up"]!,
             down: a.weights["down"]!,
+            gateBias: a.weights["gate.bias"],
+            upBias: a.weights["up.bias"],
+            downBias: a.weights["down.bias"],
           })),
       };
       const transformer = await MoeTransformer.build(gpu, config, weights, experts, {
@@ -286,7 +289,8 @@ export class Model {
     fromLayer = 0,
   ): { layer: number; experts: number[] } | null {
     const { nLayer: L, nExpertUsed: K } = this.config;
-    for (let l = fromLayer; l < L; l++) {
+    // leading dense blocks (DeepSeek) route nothing
+    for (let l = Math.max(fromLayer, this.config.nLayerDenseLead ?? 0); l < L; l++) {
       const wanted = new Set<number>();
       for (let t = 0; t < nTokens; t++) {
         for (let k = 0; k < K; k++) wanted.add(routes[(t * L + l) * K + k]!);
@@ -301,7 +305,7 @@ export class Model {
   /** Counts the lookups of settled routes: hits for every layer not repaired (those were counted by ensure). */
   #account(routes: Uint32Array, nTokens: number, repaired: ReadonlySet<number>): void {
     const { nLayer: L, nExpertUsed: K } = this.config;
-    for (let l = 0; l < L; l++) {
+    for (let l = this.config.nLayerDenseLead ?? 0; l < L; l++) {
       if (repaired.has(l)) continue;
       const ids: number[] = [];
       for (let t = 0; t < nTokens; t++) {

@@ -1,6 +1,7 @@
 /**
  * Tensor-plan building blocks shared by the architectures: the embedding and
- * output head, grouped-query attention, and the routed-expert FFN.
+ * output head, grouped-query and latent (MLA) attention, the routed-expert
+ * FFN and the dense FFN.
  *
  * @module
  */
@@ -52,15 +53,88 @@ export function attentionPlan(c: ModelConfig, i: number): TensorPlanEntry[] {
   return out;
 }
 
-/** The MoE FFN of block `i`: norm, router, routed experts, and the shared expert if any. */
-export function moePlan(c: ModelConfig, i: number): TensorPlanEntry[] {
+/**
+ * Latent attention of block `i` (DeepSeek-V2/V3, Kimi-K2), in the layout
+ * llama.cpp's converter writes: `attn_q` (no q compression) or `attn_q_a` +
+ * `attn_q_a_norm` + `attn_q_b`; `attn_kv_a_mqa` ([latent | k_pe]),
+ * `attn_kv_a_norm`, and `attn_kv_b` split per head into `attn_k_b` (stored
+ * transposed, for absorption into q) and `attn_v_b`.
+ */
+export function mlaAttentionPlan(c: ModelConfig, i: number): TensorPlanEntry[] {
+  const m = c.mla!;
+  const qDim = c.nHead * (m.nopeDim + m.ropeDim);
   const out: TensorPlanEntry[] = [
+    { name: tn(Tensors.attnNorm, i), shape: [c.nEmbd], role: "base" },
+  ];
+  if (m.qLoraRank > 0) {
+    out.push(
+      { name: tn(Tensors.attnQA, i), shape: [c.nEmbd, m.qLoraRank], role: "base" },
+      { name: tn(Tensors.attnQANorm, i), shape: [m.qLoraRank], role: "base" },
+      { name: tn(Tensors.attnQB, i), shape: [m.qLoraRank, qDim], role: "base" },
+    );
+  } else {
+    out.push({ name: tn(Tensors.attnQ, i), shape: [c.nEmbd, qDim], role: "base" });
+  }
+  out.push(
+    {
+      name: tn(Tensors.attnKvAMqa, i),
+      shape: [c.nEmbd, m.kvLoraRank + m.ropeDim],
+      role: "base",
+    },
+    { name: tn(Tensors.attnKvANorm, i), shape: [m.kvLoraRank], role: "base" },
+    { name: tn(Tensors.attnKB, i), shape: [m.nopeDim, m.kvLoraRank, c.nHead], role: "base" },
+    { name: tn(Tensors.attnVB, i), shape: [m.kvLoraRank, m.vHeadDim, c.nHead], role: "base" },
+    { name: tn(Tensors.attnOut, i), shape: [c.nHead * m.vHeadDim, c.nEmbd], role: "base" },
+  );
+  return out;
+}
+
+/** The dense SwiGLU FFN of block `i` (DeepSeek's leading blocks). */
+export function denseFfnPlan(c: ModelConfig, i: number): TensorPlanEntry[] {
+  const f = c.nFf!;
+  return [
     { name: tn(Tensors.ffnNorm, i), shape: [c.nEmbd], role: "base" },
+    { name: tn(Tensors.ffnGate, i), shape: [c.nEmbd, f], role: "base" },
+    { name: tn(Tensors.ffnUp, i), shape: [c.nEmbd, f], role: "base" },
+    { name: tn(Tensors.ffnDown, i), shape: [f, c.nEmbd], role: "base" },
+  ];
+}
+
+/** What a routed-expert FFN carries beyond the router and the three expert stacks. */
+export interface MoePlanOptions {
+  /** The FFN input norm's tensor (default `ffn_norm`; GPT-OSS: `post_attention_norm`). */
+  norm?: string;
+  /** `ffn_gate_inp.bias` and `ffn_{gate,up,down}_exps.bias` (GPT-OSS): required. */
+  biases?: boolean;
+  /** DeepSeek-V3's selection-only `exp_probs_b.bias` may be present. */
+  selectionBias?: boolean;
+}
+
+/** The MoE FFN of block `i`: norm, router, routed experts, and the shared expert if any. */
+export function moePlan(c: ModelConfig, i: number, o: MoePlanOptions = {}): TensorPlanEntry[] {
+  const out: TensorPlanEntry[] = [
+    { name: tn(o.norm ?? Tensors.ffnNorm, i), shape: [c.nEmbd], role: "base" },
     { name: tn(Tensors.ffnGateInp, i), shape: [c.nEmbd, c.nExpert], role: "base" },
     { name: tn(Tensors.ffnGateExps, i), shape: [c.nEmbd, c.nFfExp, c.nExpert], role: "expert" },
     { name: tn(Tensors.ffnUpExps, i), shape: [c.nEmbd, c.nFfExp, c.nExpert], role: "expert" },
     { name: tn(Tensors.ffnDownExps, i), shape: [c.nFfExp, c.nEmbd, c.nExpert], role: "expert" },
   ];
+  if (o.biases) {
+    out.push(
+      { name: tn(Tensors.ffnGateInp, i, "bias"), shape: [c.nExpert], role: "base" },
+      { name: tn(Tensors.ffnGateExps, i, "bias"), shape: [c.nFfExp, c.nExpert], role: "expert" },
+      { name: tn(Tensors.ffnUpExps, i, "bias"), shape: [c.nFfExp, c.nExpert], role: "expert" },
+      { name: tn(Tensors.ffnDownExps, i, "bias"), shape: [c.nEmbd, c.nExpert], role: "expert" },
+    );
+  }
+  if (o.selectionBias) {
+    out.push({
+      name: tn(Tensors.ffnExpProbsB, i, "bias"),
+      shape: [c.nExpert],
+      role: "base",
+      optional: true,
+    });
+  }
   if (c.nFfShexp > 0) {
     out.push(
       { name: tn(Tensors.ffnGateShexp, i), shape: [c.nEmbd, c.nFfShexp], role: "base" },

@@ -34,7 +34,14 @@ import { Rng } from "../util/rng.ts";
 import { builtinTokenizer, type TokenizerMetadata } from "./vocab.ts";
 
 /** The architectures the generator writes. */
-export const SYNTHETIC_ARCHS = ["llama", "qwen2moe", "qwen3moe"] as const;
+export const SYNTHETIC_ARCHS = [
+  "llama",
+  "qwen2moe",
+  "qwen3moe",
+  "olmoe",
+  "gpt-oss",
+  "deepseek2",
+] as const;
 
 /** One of {@linkcode SYNTHETIC_ARCHS}. */
 export type SyntheticArch = (typeof SYNTHETIC_ARCHS)[number];
@@ -44,7 +51,7 @@ export type SyntheticWeightType = "F32" | "F16";
 
 /** Everything that defines a synthetic model. */
 export interface SyntheticSpec {
-  /** `general.architecture`: `llama` (Mixtral-style experts), `qwen2moe` or `qwen3moe`. */
+  /** `general.architecture`: one of {@linkcode SYNTHETIC_ARCHS} (`llama` = Mixtral-style experts). */
   arch: SyntheticArch;
   /** `general.name` (default `"od-moe synthetic <arch>"`). */
   name?: string;
@@ -54,18 +61,55 @@ export interface SyntheticSpec {
   nLayer: number;
   /** Query heads. */
   nHead: number;
-  /** Key/value heads; must divide `nHead`. */
+  /** Key/value heads; must divide `nHead` (`olmoe`: equal it; `deepseek2`: 1, the shared latent). */
   nHeadKv: number;
   /**
    * Per-head size of q, k and v (default `nEmbd / nHead`). Written as
    * `attention.key_length`, `attention.value_length` and
-   * `rope.dimension_count`. `qwen2moe` requires `nHead * headDim === nEmbd`.
+   * `rope.dimension_count`. `qwen2moe` and `olmoe` require
+   * `nHead * headDim === nEmbd`. Unused by `deepseek2` (see the MLA fields).
    */
   headDim?: number;
   /** Width of one routed expert's FFN. */
   nFfExp: number;
   /** Width of the shared expert (`qwen2moe` only, where it is required). */
   nFfShexp?: number;
+  /** `deepseek2`: rank of the q compression; 0 = the V2-Lite shape, one `attn_q` (default 0). */
+  qLoraRank?: number;
+  /** `deepseek2`: width of the cached latent (`kv_lora_rank`), required. */
+  kvLoraRank?: number;
+  /** `deepseek2`: per-head width of the non-rotated q/k part, required. */
+  qkNopeDim?: number;
+  /** `deepseek2`: per-head width of the rotated part (`rope.dimension_count`), required, even. */
+  qkRopeDim?: number;
+  /** `deepseek2`: per-head value width, required. */
+  vHeadDim?: number;
+  /** `deepseek2`: leading blocks with a dense FFN instead of experts (default 0). */
+  nLayerDenseLead?: number;
+  /** `deepseek2`: width of that dense FFN (`feed_forward_length`). */
+  nFf?: number;
+  /** `deepseek2`: shared experts, each `nFfExp` wide (default 1; llama.cpp needs ≥ 1). */
+  nExpertShared?: number;
+  /** `deepseek2`: router probabilities, `expert_gating_func` (default softmax). */
+  gating?: "softmax" | "sigmoid";
+  /** `deepseek2`: renormalise the top-k weights (`expert_weights_norm`, default false). */
+  expertWeightsNorm?: boolean;
+  /** `deepseek2`: the routed scaling factor (`expert_weights_scale`; 0 = not written). */
+  expertWeightsScale?: number;
+  /** `deepseek2`: expert groups for group-limited routing (default 1 = none). */
+  nExpertGroups?: number;
+  /** `deepseek2`: groups a token may route into. */
+  nExpertGroupsUsed?: number;
+  /** `deepseek2`: write the selection-only expert bias `exp_probs_b` (default false). */
+  expProbsBias?: boolean;
+  /** YaRN scaling factor (`rope.scaling.factor` with type yarn; 0 = no scaling, the default). */
+  yarnFactor?: number;
+  /** YaRN's original context (`rope.scaling.original_context_length`). */
+  yarnOrigCtx?: number;
+  /** `deepseek2`: HF's `mscale_all_dim` (written × 0.1 as `rope.scaling.yarn_log_multiplier`; 0 = none). */
+  yarnMscaleAllDim?: number;
+  /** `gpt-oss`: the sliding window of its even blocks, required. */
+  slidingWindow?: number;
   /** Routed experts per layer. */
   nExpert: number;
   /** Experts chosen per token (top-k). */
@@ -146,10 +190,87 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): Required<SyntheticSpe
         (spec.headDim === undefined ? ` (nEmbd ${spec.nEmbd} / nHead ${spec.nHead})` : ""),
     );
   }
-  if (spec.arch === "qwen2moe" && headDim * spec.nHead !== spec.nEmbd) {
+  if ((spec.arch === "qwen2moe" || spec.arch === "olmoe") && headDim * spec.nHead !== spec.nEmbd) {
     bad(
-      `llama.cpp's qwen2moe needs nHead * headDim = nEmbd (its attn_q is nEmbd × nEmbd), got ${spec.nHead} * ${headDim} ≠ ${spec.nEmbd}`,
+      `llama.cpp's ${spec.arch} needs nHead * headDim = nEmbd (its attn_q is nEmbd × nEmbd), got ${spec.nHead} * ${headDim} ≠ ${spec.nEmbd}`,
     );
+  }
+  if (spec.arch === "olmoe" && spec.nHeadKv !== spec.nHead) {
+    bad(`llama.cpp's olmoe norms k with an nEmbd-wide weight: nHeadKv must equal nHead`);
+  }
+  const mla = {
+    qLoraRank: spec.qLoraRank ?? 0,
+    kvLoraRank: spec.kvLoraRank ?? 0,
+    qkNopeDim: spec.qkNopeDim ?? 0,
+    qkRopeDim: spec.qkRopeDim ?? 0,
+    vHeadDim: spec.vHeadDim ?? 0,
+  };
+  const nLayerDenseLead = spec.nLayerDenseLead ?? 0;
+  const nFf = spec.nFf ?? 0;
+  const nExpertShared = spec.nExpertShared ?? (spec.arch === "deepseek2" ? 1 : 0);
+  const nExpertGroups = spec.nExpertGroups ?? 1;
+  const nExpertGroupsUsed = spec.nExpertGroupsUsed ?? nExpertGroups;
+  if (spec.arch === "deepseek2") {
+    for (const k of ["kvLoraRank", "qkNopeDim", "qkRopeDim", "vHeadDim"] as const) {
+      if (!Number.isInteger(mla[k]) || mla[k] < 1) bad(`${k} must be a positive integer`);
+    }
+    if (!Number.isInteger(mla.qLoraRank) || mla.qLoraRank < 0) {
+      bad(`qLoraRank must be an integer ≥ 0, got ${mla.qLoraRank}`);
+    }
+    if (mla.qkRopeDim % 2 !== 0) bad(`qkRopeDim must be even (RoPE rotates pairs)`);
+    if (spec.nHeadKv !== 1) bad(`latent attention has one shared kv head: nHeadKv must be 1`);
+    if (!Number.isInteger(nExpertShared) || nExpertShared < 1) {
+      bad(`llama.cpp's deepseek2 always loads shared experts: nExpertShared must be ≥ 1`);
+    }
+    if (
+      !Number.isInteger(nLayerDenseLead) || nLayerDenseLead < 0 || nLayerDenseLead >= spec.nLayer
+    ) {
+      bad(`nLayerDenseLead must be in 0…nLayer − 1, got ${nLayerDenseLead}`);
+    }
+    if (nLayerDenseLead > 0 && !(Number.isInteger(nFf) && nFf > 0)) {
+      bad(`dense leading blocks need nFf > 0`);
+    }
+    if (
+      spec.nExpert % nExpertGroups !== 0 || nExpertGroupsUsed < 1 ||
+      nExpertGroupsUsed > nExpertGroups ||
+      nExpertGroupsUsed * (spec.nExpert / nExpertGroups) < spec.nExpertUsed
+    ) {
+      bad(
+        `${nExpertGroups} expert groups (${nExpertGroupsUsed} used) must divide ${spec.nExpert} experts and hold the top-${spec.nExpertUsed}`,
+      );
+    }
+  } else {
+    const fields = [
+      "qLoraRank",
+      "kvLoraRank",
+      "qkNopeDim",
+      "qkRopeDim",
+      "vHeadDim",
+      "nLayerDenseLead",
+      "nFf",
+      "nExpertShared",
+      "gating",
+      "expertWeightsNorm",
+      "expertWeightsScale",
+      "nExpertGroups",
+      "nExpertGroupsUsed",
+      "expProbsBias",
+      "yarnMscaleAllDim",
+    ] as const;
+    const set = fields.filter((f) => spec[f] !== undefined);
+    if (set.length > 0) bad(`${set.join(", ")} apply to deepseek2 only`);
+  }
+  const slidingWindow = spec.slidingWindow ?? 0;
+  if (spec.arch === "gpt-oss") {
+    if (!Number.isInteger(slidingWindow) || slidingWindow < 1) {
+      bad(`gpt-oss needs a sliding window ≥ 1, got ${slidingWindow}`);
+    }
+  } else if (spec.slidingWindow !== undefined) {
+    bad(`slidingWindow applies to gpt-oss only`);
+  }
+  const yarnFactor = spec.yarnFactor ?? 0;
+  if (yarnFactor !== 0 && !(yarnFactor > 1 && (spec.yarnOrigCtx ?? 0) >= 1)) {
+    bad(`YaRN needs yarnFactor > 1 and yarnOrigCtx ≥ 1`);
   }
   if (spec.nExpertUsed > spec.nExpert) {
     bad(`nExpertUsed (${spec.nExpertUsed}) exceeds nExpert (${spec.nExpert})`);
@@ -162,8 +283,8 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): Required<SyntheticSpe
   } else if (nFfShexp !== 0) {
     bad(`${spec.arch} has no shared expert in llama.cpp; leave nFfShexp unset`);
   }
-  if (spec.tiedOutput && spec.arch === "qwen2moe") {
-    bad("llama.cpp's qwen2moe requires output.weight: tiedOutput is not supported");
+  if (spec.tiedOutput && ["qwen2moe", "olmoe", "gpt-oss"].includes(spec.arch)) {
+    bad(`llama.cpp's ${spec.arch} requires output.weight: tiedOutput is not supported`);
   }
   if (!(spec.ropeBase > 0)) bad(`ropeBase must be > 0, got ${spec.ropeBase}`);
   if (!(spec.rmsEps > 0)) bad(`rmsEps must be > 0, got ${spec.rmsEps}`);
@@ -183,6 +304,20 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): Required<SyntheticSpe
     vocab,
     logitStd: spec.logitStd ?? 4,
     routerStd: spec.routerStd ?? 3,
+    ...mla,
+    nLayerDenseLead,
+    nFf,
+    nExpertShared,
+    gating: spec.gating ?? "softmax",
+    expertWeightsNorm: spec.expertWeightsNorm ?? false,
+    expertWeightsScale: spec.expertWeightsScale ?? 0,
+    nExpertGroups,
+    nExpertGroupsUsed,
+    expProbsBias: spec.expProbsBias ?? false,
+    yarnFactor,
+    yarnOrigCtx: spec.yarnOrigCtx ?? 0,
+    yarnMscaleAllDim: spec.yarnMscaleAllDim ?? 0,
+    slidingWindow,
   };
 }
 
@@ -193,7 +328,7 @@ type Init =
 
 interface PlannedTensor extends SyntheticTensorInfo {
   init: Init;
-  /** Matrices take the weight type; norms, biases and routers stay F32. */
+  /** Matrices take the weight type; norms, biases (even 2-D expert biases) and routers stay F32. */
   matrix: boolean;
 }
 
@@ -214,7 +349,7 @@ function plan(s: Required<SyntheticSpec>): PlannedTensor[] {
       name: tensorName(base, bid, suffix),
       shape,
       init,
-      matrix: shape.length >= 2 && base !== Tensors.ffnGateInp,
+      matrix: shape.length >= 2 && base !== Tensors.ffnGateInp && suffix === "weight",
     });
   };
   const normal = (fanIn: number, gain = 1): Init => ({
@@ -228,31 +363,80 @@ function plan(s: Required<SyntheticSpec>): PlannedTensor[] {
   // at full scale the model would only ever repeat its input.
   const embdStd = s.tiedOutput ? TIED_EMBD_STD : 1;
   add(Tensors.tokenEmbd, undefined, [nEmbd, nVocab], { kind: "normal", std: embdStd });
+  const bias = (std: number): Init => ({ kind: "normal", std });
   for (let i = 0; i < s.nLayer; i++) {
     add(Tensors.attnNorm, i, [nEmbd], norm());
-    add(Tensors.attnQ, i, [nEmbd, nQ], normal(nEmbd));
-    add(Tensors.attnK, i, [nEmbd, nKv], normal(nEmbd));
-    add(Tensors.attnV, i, [nEmbd, nKv], normal(nEmbd));
-    if (s.arch === "qwen2moe") {
-      add(Tensors.attnQ, i, [nQ], { kind: "normal", std: 0.5 }, "bias");
-      add(Tensors.attnK, i, [nKv], { kind: "normal", std: 0.5 }, "bias");
-      add(Tensors.attnV, i, [nKv], { kind: "normal", std: 0.5 }, "bias");
+    if (s.arch === "deepseek2") {
+      // latent attention, as llama.cpp's converter splits attn_kv_b into attn_k_b (transposed) and attn_v_b
+      const qHead = s.qkNopeDim + s.qkRopeDim;
+      if (s.qLoraRank > 0) {
+        add(Tensors.attnQA, i, [nEmbd, s.qLoraRank], normal(nEmbd));
+        add(Tensors.attnQANorm, i, [s.qLoraRank], norm());
+        add(Tensors.attnQB, i, [s.qLoraRank, nHead * qHead], normal(s.qLoraRank));
+      } else {
+        add(Tensors.attnQ, i, [nEmbd, nHead * qHead], normal(nEmbd));
+      }
+      add(Tensors.attnKvAMqa, i, [nEmbd, s.kvLoraRank + s.qkRopeDim], normal(nEmbd));
+      add(Tensors.attnKvANorm, i, [s.kvLoraRank], norm());
+      add(Tensors.attnKB, i, [s.qkNopeDim, s.kvLoraRank, nHead], normal(s.kvLoraRank));
+      add(Tensors.attnVB, i, [s.kvLoraRank, s.vHeadDim, nHead], normal(s.kvLoraRank));
+      add(Tensors.attnOut, i, [nHead * s.vHeadDim, nEmbd], normal(nHead * s.vHeadDim));
+    } else {
+      add(Tensors.attnQ, i, [nEmbd, nQ], normal(nEmbd));
+      add(Tensors.attnK, i, [nEmbd, nKv], normal(nEmbd));
+      add(Tensors.attnV, i, [nEmbd, nKv], normal(nEmbd));
+      if (s.arch === "qwen2moe" || s.arch === "gpt-oss") {
+        add(Tensors.attnQ, i, [nQ], bias(0.5), "bias");
+        add(Tensors.attnK, i, [nKv], bias(0.5), "bias");
+        add(Tensors.attnV, i, [nKv], bias(0.5), "bias");
+      }
+      if (s.arch === "qwen3moe") {
+        add(Tensors.attnQNorm, i, [headDim], norm(1, 0.2));
+        add(Tensors.attnKNorm, i, [headDim], norm(1, 0.2));
+      }
+      if (s.arch === "olmoe") {
+        add(Tensors.attnQNorm, i, [nQ], norm(1, 0.2));
+        add(Tensors.attnKNorm, i, [nKv], norm(1, 0.2));
+      }
+      add(Tensors.attnOut, i, [nQ, nEmbd], normal(nQ));
+      if (s.arch === "gpt-oss") {
+        add(Tensors.attnOut, i, [nEmbd], bias(0.5), "bias");
+        // one logit per head in each softmax's denominator: about as large as the scores
+        add(Tensors.attnSinks, i, [nHead], bias(2));
+      }
     }
-    if (s.arch === "qwen3moe") {
-      add(Tensors.attnQNorm, i, [headDim], norm(1, 0.2));
-      add(Tensors.attnKNorm, i, [headDim], norm(1, 0.2));
+    // GPT-OSS calls its FFN input norm post_attention_norm
+    add(s.arch === "gpt-oss" ? Tensors.attnPostNorm : Tensors.ffnNorm, i, [nEmbd], norm());
+    if (s.arch === "deepseek2" && i < s.nLayerDenseLead) {
+      add(Tensors.ffnGate, i, [nEmbd, s.nFf], normal(nEmbd));
+      add(Tensors.ffnUp, i, [nEmbd, s.nFf], normal(nEmbd));
+      add(Tensors.ffnDown, i, [s.nFf, nEmbd], normal(s.nFf));
+      continue;
     }
-    add(Tensors.attnOut, i, [nQ, nEmbd], normal(nQ));
-    add(Tensors.ffnNorm, i, [nEmbd], norm());
     add(Tensors.ffnGateInp, i, [nEmbd, nExpert], normal(nEmbd, s.routerStd));
-    add(Tensors.ffnGateExps, i, [nEmbd, nFfExp, nExpert], normal(nEmbd));
-    add(Tensors.ffnUpExps, i, [nEmbd, nFfExp, nExpert], normal(nEmbd));
-    add(Tensors.ffnDownExps, i, [nFfExp, nEmbd, nExpert], normal(nFfExp));
+    if (s.expProbsBias) add(Tensors.ffnExpProbsB, i, [nExpert], bias(0.5), "bias");
+    // GPT-OSS's clamp (gate ≤ 7, |up| ≤ 7) should bite: gate and up at 3× the unit scale
+    const gain = s.arch === "gpt-oss" ? 3 : 1;
+    add(Tensors.ffnGateExps, i, [nEmbd, nFfExp, nExpert], normal(nEmbd, gain));
+    add(Tensors.ffnUpExps, i, [nEmbd, nFfExp, nExpert], normal(nEmbd, gain));
+    add(Tensors.ffnDownExps, i, [nFfExp, nEmbd, nExpert], normal(nFfExp, 1 / gain));
+    if (s.arch === "gpt-oss") {
+      add(Tensors.ffnGateInp, i, [nExpert], bias(1), "bias");
+      add(Tensors.ffnGateExps, i, [nFfExp, nExpert], bias(0.5), "bias");
+      add(Tensors.ffnUpExps, i, [nFfExp, nExpert], bias(0.5), "bias");
+      add(Tensors.ffnDownExps, i, [nEmbd, nExpert], bias(0.5), "bias");
+    }
     if (s.arch === "qwen2moe") {
       add(Tensors.ffnGateInpShexp, i, [nEmbd], normal(nEmbd));
       add(Tensors.ffnGateShexp, i, [nEmbd, nFfShexp], normal(nEmbd));
       add(Tensors.ffnUpShexp, i, [nEmbd, nFfShexp], normal(nEmbd));
       add(Tensors.ffnDownShexp, i, [nFfShexp, nEmbd], normal(nFfShexp));
+    }
+    if (s.arch === "deepseek2") {
+      const f = nFfExp * s.nExpertShared;
+      add(Tensors.ffnGateShexp, i, [nEmbd, f], normal(nEmbd));
+      add(Tensors.ffnUpShexp, i, [nEmbd, f], normal(nEmbd));
+      add(Tensors.ffnDownShexp, i, [f, nEmbd], normal(f));
     }
   }
   // The output norm carries the logit scale: rows of the head have unit norm
@@ -275,11 +459,19 @@ export function syntheticTensors(spec: SyntheticSpec): SyntheticTensorInfo[] {
 /** The hyperparameter metadata llama.cpp reads for the architecture, as its converter writes it. */
 function hparams(s: Required<SyntheticSpec>): [string, GgufValue][] {
   const k = (key: string) => archKey(key, s.arch);
-  // llama (Mixtral) files give the expert width as feed_forward_length; the
-  // qwen MoE files give it as expert_feed_forward_length and keep
-  // feed_forward_length for a dense width that differs (so an engine reading
-  // the wrong key fails): the shared expert's for qwen2moe, as Qwen1.5-MoE.
-  const nFf = s.arch === "llama" ? s.nFfExp : s.arch === "qwen2moe" ? s.nFfShexp : 3 * s.nFfExp;
+  // llama (Mixtral) and olmoe files give the expert width as
+  // feed_forward_length; the others give it as expert_feed_forward_length
+  // and keep feed_forward_length for a dense width that differs (so an
+  // engine reading the wrong key fails): the shared expert's for qwen2moe,
+  // as Qwen1.5-MoE; the dense blocks' for deepseek2.
+  const expertsByFf = s.arch === "llama" || s.arch === "olmoe";
+  const nFf = expertsByFf
+    ? s.nFfExp
+    : s.arch === "qwen2moe"
+    ? s.nFfShexp
+    : s.arch === "deepseek2" && s.nLayerDenseLead > 0
+    ? s.nFf
+    : 3 * s.nFfExp;
   const out: [string, GgufValue][] = [
     [k(Keys.contextLength), gv.u32(s.nCtx)],
     [k(Keys.embeddingLength), gv.u32(s.nEmbd)],
@@ -287,19 +479,64 @@ function hparams(s: Required<SyntheticSpec>): [string, GgufValue][] {
     [k(Keys.feedForwardLength), gv.u32(nFf)],
     [k(Keys.headCount), gv.u32(s.nHead)],
     [k(Keys.headCountKv), gv.u32(s.nHeadKv)],
-    [k(Keys.keyLength), gv.u32(s.headDim)],
-    [k(Keys.valueLength), gv.u32(s.headDim)],
-    [k(Keys.ropeDimensionCount), gv.u32(s.headDim)],
+  ];
+  if (s.arch === "deepseek2") {
+    // the absorbed view (one kv head of [latent | k_pe]) and the decompressed one
+    out.push(
+      [k(Keys.keyLength), gv.u32(s.kvLoraRank + s.qkRopeDim)],
+      [k(Keys.valueLength), gv.u32(s.kvLoraRank)],
+      [k(Keys.keyLengthMla), gv.u32(s.qkNopeDim + s.qkRopeDim)],
+      [k(Keys.valueLengthMla), gv.u32(s.vHeadDim)],
+      [k(Keys.ropeDimensionCount), gv.u32(s.qkRopeDim)],
+      // llama.cpp reads q_lora_rank unconditionally for non-"lite" layer counts
+      [k(Keys.qLoraRank), gv.u32(s.qLoraRank)],
+      [k(Keys.kvLoraRank), gv.u32(s.kvLoraRank)],
+      [k(Keys.leadingDenseBlockCount), gv.u32(s.nLayerDenseLead)],
+      [k(Keys.expertSharedCount), gv.u32(s.nExpertShared)],
+      [k(Keys.expertGatingFunc), gv.u32(s.gating === "sigmoid" ? 2 : 1)],
+    );
+    if (s.expertWeightsNorm) out.push([k(Keys.expertWeightsNorm), gv.bool(true)]);
+    if (s.expertWeightsScale !== 0) {
+      out.push([k(Keys.expertWeightsScale), gv.f32(s.expertWeightsScale)]);
+    }
+    if (s.nExpertGroups > 1) {
+      out.push(
+        [k(Keys.expertGroupCount), gv.u32(s.nExpertGroups)],
+        [k(Keys.expertGroupUsedCount), gv.u32(s.nExpertGroupsUsed)],
+      );
+    }
+  } else {
+    out.push(
+      [k(Keys.keyLength), gv.u32(s.headDim)],
+      [k(Keys.valueLength), gv.u32(s.headDim)],
+      [k(Keys.ropeDimensionCount), gv.u32(s.headDim)],
+    );
+  }
+  out.push(
     [k(Keys.ropeFreqBase), gv.f32(s.ropeBase)],
     [k(Keys.layerNormRmsEps), gv.f32(s.rmsEps)],
     [k(Keys.expertCount), gv.u32(s.nExpert)],
     [k(Keys.expertUsedCount), gv.u32(s.nExpertUsed)],
-  ];
-  if (s.arch !== "llama") out.push([k(Keys.expertFeedForwardLength), gv.u32(s.nFfExp)]);
+  );
+  if (!expertsByFf) out.push([k(Keys.expertFeedForwardLength), gv.u32(s.nFfExp)]);
   if (s.arch === "qwen2moe") {
     out.push([k(Keys.expertSharedFeedForwardLength), gv.u32(s.nFfShexp)]);
   }
-  if (s.arch === "llama") out.push([k(Keys.vocabSize), gv.u32(s.vocab.nTokens)]);
+  if (s.arch === "gpt-oss") out.push([k(Keys.slidingWindow), gv.u32(s.slidingWindow)]);
+  if (s.yarnFactor !== 0) {
+    out.push(
+      [k(Keys.ropeScalingType), gv.str("yarn")],
+      [k(Keys.ropeScalingFactor), gv.f32(s.yarnFactor)],
+      [k(Keys.ropeScalingOrigCtx), gv.u32(s.yarnOrigCtx)],
+    );
+    if (s.yarnMscaleAllDim !== 0) {
+      // llama.cpp's converter writes 0.1 × mscale_all_dim (and its loader divides by 0.1)
+      out.push([k(Keys.ropeScalingYarnLogMul), gv.f32(0.1 * s.yarnMscaleAllDim)]);
+    }
+  }
+  if (s.arch === "llama" || s.arch === "deepseek2") {
+    out.push([k(Keys.vocabSize), gv.u32(s.vocab.nTokens)]);
+  }
   return out;
 }
 

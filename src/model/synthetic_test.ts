@@ -16,6 +16,27 @@ import { f16ToF32 } from "../gguf/f16.ts";
 const vocab = builtinTokenizer();
 
 function spec(arch: SyntheticArch, extra: Partial<SyntheticSpec> = {}): SyntheticSpec {
+  const perArch: Partial<Record<SyntheticArch, Partial<SyntheticSpec>>> = {
+    qwen2moe: { nFfShexp: 96 },
+    qwen3moe: { headDim: 24 },
+    olmoe: { nHeadKv: 4 },
+    "gpt-oss": { headDim: 16, slidingWindow: 4, yarnFactor: 8, yarnOrigCtx: 32 },
+    deepseek2: {
+      nHeadKv: 1,
+      nLayer: 3,
+      qLoraRank: 48,
+      kvLoraRank: 32,
+      qkNopeDim: 16,
+      qkRopeDim: 8,
+      vHeadDim: 24,
+      nLayerDenseLead: 1,
+      nFf: 80,
+      nExpertShared: 2,
+      gating: "sigmoid",
+      expProbsBias: true,
+      nExpertGroups: 1,
+    },
+  };
   return {
     arch,
     nEmbd: 64,
@@ -23,7 +44,6 @@ function spec(arch: SyntheticArch, extra: Partial<SyntheticSpec> = {}): Syntheti
     nHead: 4,
     nHeadKv: 2,
     nFfExp: 32,
-    nFfShexp: arch === "qwen2moe" ? 96 : undefined,
     nExpert: 5,
     nExpertUsed: 2,
     nCtx: 128,
@@ -31,14 +51,15 @@ function spec(arch: SyntheticArch, extra: Partial<SyntheticSpec> = {}): Syntheti
     rmsEps: 1e-6,
     seed: 7,
     vocab,
-    ...(arch === "qwen3moe" ? { headDim: 24 } : {}),
+    ...perArch[arch],
     ...extra,
   };
 }
 
 /**
- * The tensors llama.cpp's loader asks for (src/models/{llama,qwen2moe,qwen3moe}.cpp,
- * `create_tensor` calls), written out independently of the generator.
+ * The tensors llama.cpp's loader asks for (src/models/{llama,qwen2moe,qwen3moe,
+ * olmoe,openai-moe,deepseek2}.cpp, `create_tensor` calls), written out
+ * independently of the generator.
  */
 function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
   const hd = s.headDim ?? s.nEmbd / s.nHead;
@@ -51,19 +72,43 @@ function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
   for (let i = 0; i < s.nLayer; i++) {
     const b = `blk.${i}`;
     m.set(`${b}.attn_norm.weight`, [e]);
-    m.set(`${b}.attn_q.weight`, [e, q]);
-    m.set(`${b}.attn_k.weight`, [e, kv]);
-    m.set(`${b}.attn_v.weight`, [e, kv]);
-    m.set(`${b}.attn_output.weight`, [q, e]);
-    m.set(`${b}.ffn_norm.weight`, [e]);
+    if (s.arch === "deepseek2") {
+      const qHead = s.qkNopeDim! + s.qkRopeDim!;
+      if (s.qLoraRank) {
+        m.set(`${b}.attn_q_a.weight`, [e, s.qLoraRank]);
+        m.set(`${b}.attn_q_a_norm.weight`, [s.qLoraRank]);
+        m.set(`${b}.attn_q_b.weight`, [s.qLoraRank, s.nHead * qHead]);
+      } else {
+        m.set(`${b}.attn_q.weight`, [e, s.nHead * qHead]);
+      }
+      m.set(`${b}.attn_kv_a_mqa.weight`, [e, s.kvLoraRank! + s.qkRopeDim!]);
+      m.set(`${b}.attn_kv_a_norm.weight`, [s.kvLoraRank!]);
+      m.set(`${b}.attn_k_b.weight`, [s.qkNopeDim!, s.kvLoraRank!, s.nHead]);
+      m.set(`${b}.attn_v_b.weight`, [s.kvLoraRank!, s.vHeadDim!, s.nHead]);
+      m.set(`${b}.attn_output.weight`, [s.nHead * s.vHeadDim!, e]);
+    } else {
+      m.set(`${b}.attn_q.weight`, [e, q]);
+      m.set(`${b}.attn_k.weight`, [e, kv]);
+      m.set(`${b}.attn_v.weight`, [e, kv]);
+      m.set(`${b}.attn_output.weight`, [q, e]);
+    }
+    m.set(`${b}.${s.arch === "gpt-oss" ? "post_attention_norm" : "ffn_norm"}.weight`, [e]);
+    if (s.arch === "deepseek2" && i < (s.nLayerDenseLead ?? 0)) {
+      m.set(`${b}.ffn_gate.weight`, [e, s.nFf!]);
+      m.set(`${b}.ffn_up.weight`, [e, s.nFf!]);
+      m.set(`${b}.ffn_down.weight`, [s.nFf!, e]);
+      continue;
+    }
     m.set(`${b}.ffn_gate_inp.weight`, [e, s.nExpert]);
     m.set(`${b}.ffn_gate_exps.weight`, [e, s.nFfExp, s.nExpert]);
     m.set(`${b}.ffn_up_exps.weight`, [e, s.nFfExp, s.nExpert]);
     m.set(`${b}.ffn_down_exps.weight`, [s.nFfExp, e, s.nExpert]);
-    if (s.arch === "qwen2moe") {
+    if (s.arch === "qwen2moe" || s.arch === "gpt-oss") {
       m.set(`${b}.attn_q.bias`, [q]);
       m.set(`${b}.attn_k.bias`, [kv]);
       m.set(`${b}.attn_v.bias`, [kv]);
+    }
+    if (s.arch === "qwen2moe") {
       m.set(`${b}.ffn_gate_inp_shexp.weight`, [e]);
       m.set(`${b}.ffn_gate_shexp.weight`, [e, s.nFfShexp!]);
       m.set(`${b}.ffn_up_shexp.weight`, [e, s.nFfShexp!]);
@@ -72,6 +117,25 @@ function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
     if (s.arch === "qwen3moe") {
       m.set(`${b}.attn_q_norm.weight`, [hd]);
       m.set(`${b}.attn_k_norm.weight`, [hd]);
+    }
+    if (s.arch === "olmoe") {
+      m.set(`${b}.attn_q_norm.weight`, [e]);
+      m.set(`${b}.attn_k_norm.weight`, [e]);
+    }
+    if (s.arch === "gpt-oss") {
+      m.set(`${b}.attn_output.bias`, [e]);
+      m.set(`${b}.attn_sinks.weight`, [s.nHead]);
+      m.set(`${b}.ffn_gate_inp.bias`, [s.nExpert]);
+      m.set(`${b}.ffn_gate_exps.bias`, [s.nFfExp, s.nExpert]);
+      m.set(`${b}.ffn_up_exps.bias`, [s.nFfExp, s.nExpert]);
+      m.set(`${b}.ffn_down_exps.bias`, [e, s.nExpert]);
+    }
+    if (s.arch === "deepseek2") {
+      const f = s.nFfExp * (s.nExpertShared ?? 1);
+      if (s.expProbsBias) m.set(`${b}.exp_probs_b.bias`, [s.nExpert]);
+      m.set(`${b}.ffn_gate_shexp.weight`, [e, f]);
+      m.set(`${b}.ffn_up_shexp.weight`, [e, f]);
+      m.set(`${b}.ffn_down_shexp.weight`, [f, e]);
     }
   }
   return m;
@@ -95,9 +159,12 @@ function std(v: Float32Array, mean = 0): number {
   return Math.sqrt(s / v.length);
 }
 
+/** Archs whose llama.cpp loader falls back to token_embd when output.weight is absent. */
+const TIES: readonly SyntheticArch[] = ["llama", "qwen3moe", "deepseek2"];
+
 for (const arch of SYNTHETIC_ARCHS) {
   Deno.test(`${arch}: the file reads back with every tensor llama.cpp loads, shaped as it expects`, () => {
-    for (const tiedOutput of arch === "qwen2moe" ? [false] : [false, true]) {
+    for (const tiedOutput of TIES.includes(arch) ? [false, true] : [false]) {
       const s = spec(arch, { tiedOutput });
       const bytes = serializeGguf(syntheticModel(s));
       const h = parseGguf(bytes);
@@ -113,25 +180,47 @@ for (const arch of SYNTHETIC_ARCHS) {
 
       const md = h.metadata;
       const hd = s.headDim ?? s.nEmbd / s.nHead;
+      const key = (k: string) => md.number(`${arch}.${k}`);
       assert.equal(md.string("general.architecture"), arch);
       assert.equal(md.number("general.file_type"), 0);
-      assert.equal(md.number(`${arch}.context_length`), s.nCtx);
-      assert.equal(md.number(`${arch}.embedding_length`), s.nEmbd);
-      assert.equal(md.number(`${arch}.block_count`), s.nLayer);
-      assert.equal(md.number(`${arch}.attention.head_count`), s.nHead);
-      assert.equal(md.number(`${arch}.attention.head_count_kv`), s.nHeadKv);
-      assert.equal(md.number(`${arch}.attention.key_length`), hd);
-      assert.equal(md.number(`${arch}.attention.value_length`), hd);
-      assert.equal(md.number(`${arch}.rope.dimension_count`), hd);
-      assert.equal(md.number(`${arch}.rope.freq_base`), s.ropeBase);
-      assert.equal(md.number(`${arch}.attention.layer_norm_rms_epsilon`), Math.fround(s.rmsEps));
-      assert.equal(md.number(`${arch}.expert_count`), s.nExpert);
-      assert.equal(md.number(`${arch}.expert_used_count`), s.nExpertUsed);
-      // The expert width: feed_forward_length for llama (Mixtral), its own key for the qwens.
-      const ffKey = arch === "llama" ? "feed_forward_length" : "expert_feed_forward_length";
-      assert.equal(md.number(`${arch}.${ffKey}`), s.nFfExp);
+      assert.equal(key("context_length"), s.nCtx);
+      assert.equal(key("embedding_length"), s.nEmbd);
+      assert.equal(key("block_count"), s.nLayer);
+      assert.equal(key("attention.head_count"), s.nHead);
+      assert.equal(key("attention.head_count_kv"), s.nHeadKv);
+      if (arch === "deepseek2") {
+        // the absorbed (MQA) view, and the decompressed head sizes in the _mla keys
+        assert.equal(key("attention.key_length"), s.kvLoraRank! + s.qkRopeDim!);
+        assert.equal(key("attention.value_length"), s.kvLoraRank);
+        assert.equal(key("attention.key_length_mla"), s.qkNopeDim! + s.qkRopeDim!);
+        assert.equal(key("attention.value_length_mla"), s.vHeadDim);
+        assert.equal(key("rope.dimension_count"), s.qkRopeDim);
+        assert.equal(key("attention.q_lora_rank"), s.qLoraRank);
+        assert.equal(key("attention.kv_lora_rank"), s.kvLoraRank);
+        assert.equal(key("leading_dense_block_count"), s.nLayerDenseLead);
+        assert.equal(key("feed_forward_length"), s.nFf);
+        assert.equal(key("expert_shared_count"), s.nExpertShared);
+        assert.equal(key("expert_gating_func"), 2);
+      } else {
+        assert.equal(key("attention.key_length"), hd);
+        assert.equal(key("attention.value_length"), hd);
+        assert.equal(key("rope.dimension_count"), hd);
+      }
+      assert.equal(key("rope.freq_base"), s.ropeBase);
+      assert.equal(key("attention.layer_norm_rms_epsilon"), Math.fround(s.rmsEps));
+      assert.equal(key("expert_count"), s.nExpert);
+      assert.equal(key("expert_used_count"), s.nExpertUsed);
+      // The expert width: feed_forward_length for llama (Mixtral) and olmoe, its own key elsewhere.
+      const byFf = arch === "llama" || arch === "olmoe";
+      assert.equal(key(byFf ? "feed_forward_length" : "expert_feed_forward_length"), s.nFfExp);
       if (arch === "qwen2moe") {
-        assert.equal(md.number(`${arch}.expert_shared_feed_forward_length`), s.nFfShexp);
+        assert.equal(key("expert_shared_feed_forward_length"), s.nFfShexp);
+      }
+      if (arch === "gpt-oss") {
+        assert.equal(key("attention.sliding_window"), s.slidingWindow);
+        assert.equal(md.string(`${arch}.rope.scaling.type`), "yarn");
+        assert.equal(key("rope.scaling.factor"), s.yarnFactor);
+        assert.equal(key("rope.scaling.original_context_length"), s.yarnOrigCtx);
       }
       assert.equal(md.strings("tokenizer.ggml.tokens")?.length, vocab.nTokens);
     }
@@ -164,19 +253,22 @@ Deno.test("each tensor has its own stream: a bigger vocabulary changes only the 
 });
 
 Deno.test("F16 files hold the F32 values rounded; norms, biases and routers stay F32", () => {
-  const s = spec("qwen2moe");
-  const f32 = serializeGguf(syntheticModel(s));
-  const f16 = serializeGguf(syntheticModel({ ...s, weightType: "F16" }));
-  const h32 = parseGguf(f32);
-  const h16 = parseGguf(f16);
-  assert.equal(h16.metadata.number("general.file_type"), 1);
-  for (const t of h16.tensors) {
-    const matrix = t.shape.length >= 2 && !t.name.endsWith("ffn_gate_inp.weight");
-    assert.equal(t.type.name, matrix ? "F16" : "F32", t.name);
-    const x = floats(h32, f32, t.name);
-    const y = floats(h16, f16, t.name);
-    for (let i = 0; i < x.length; i++) {
-      assert.ok(Math.abs(x[i]! - y[i]!) <= Math.abs(x[i]!) * 2 ** -11 + 2 ** -24, t.name);
+  for (const arch of ["qwen2moe", "gpt-oss"] as const) {
+    const s = spec(arch);
+    const f32 = serializeGguf(syntheticModel(s));
+    const f16 = serializeGguf(syntheticModel({ ...s, weightType: "F16" }));
+    const h32 = parseGguf(f32);
+    const h16 = parseGguf(f16);
+    assert.equal(h16.metadata.number("general.file_type"), 1);
+    for (const t of h16.tensors) {
+      const matrix = t.shape.length >= 2 && !t.name.endsWith("ffn_gate_inp.weight") &&
+        t.name.endsWith(".weight");
+      assert.equal(t.type.name, matrix ? "F16" : "F32", t.name);
+      const x = floats(h32, f32, t.name);
+      const y = floats(h16, f16, t.name);
+      for (let i = 0; i < x.length; i++) {
+        assert.ok(Math.abs(x[i]! - y[i]!) <= Math.abs(x[i]!) * 2 ** -11 + 2 ** -24, t.name);
+      }
     }
   }
 });
@@ -209,7 +301,22 @@ Deno.test("specs llama.cpp would reject are rejected, saying why", () => {
     [{ arch: "qwen3moe", nExpertUsed: 6 }, /exceeds nExpert/],
     [{ arch: "qwen3moe", headDim: 15 }, /even integer/],
     [{ arch: "llama", nLayer: 0 }, /nLayer must be a positive integer/],
-    [{ arch: "mixtral" as SyntheticArch }, /supported: llama, qwen2moe, qwen3moe/],
+    [{ arch: "olmoe", nHeadKv: 2 }, /nHeadKv must equal nHead/],
+    [{ arch: "gpt-oss", tiedOutput: true }, /gpt-oss requires output\.weight/],
+    [{ arch: "gpt-oss", slidingWindow: undefined }, /sliding window/],
+    [{ arch: "llama", slidingWindow: 4 }, /gpt-oss only/],
+    [{ arch: "qwen3moe", kvLoraRank: 16 }, /deepseek2 only/],
+    [{ arch: "deepseek2", nHeadKv: 2 }, /nHeadKv must be 1/],
+    [{ arch: "deepseek2", qkRopeDim: 7 }, /qkRopeDim must be even/],
+    [{ arch: "deepseek2", vHeadDim: undefined }, /vHeadDim must be a positive integer/],
+    [{ arch: "deepseek2", nExpertShared: 0 }, /nExpertShared must be ≥ 1/],
+    [{ arch: "deepseek2", nLayerDenseLead: 3 }, /nLayerDenseLead must be in/],
+    [{ arch: "deepseek2", nExpertGroups: 2 }, /expert groups/],
+    [{ arch: "llama", yarnFactor: 4 }, /YaRN needs/],
+    [
+      { arch: "mixtral" as SyntheticArch },
+      /supported: llama, qwen2moe, qwen3moe, olmoe, gpt-oss, deepseek2/,
+    ],
   ];
   for (const [extra, re] of cases) {
     assert.throws(() => syntheticModel(spec(extra.arch, extra)), re, JSON.stringify(extra));
