@@ -15,7 +15,8 @@
 
 import assert from "node:assert/strict";
 import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
-import { readGgufModel } from "../src/gguf/reader.ts";
+import { GgufMetadata, readGgufModel } from "../src/gguf/reader.ts";
+import { archSpec } from "../src/model/registry.ts";
 import { kvCacheBytesPerToken, type ModelConfig } from "../src/model/config.ts";
 import { planConversion } from "../src/convert/plan.ts";
 import { inspectReport } from "../scripts/inspect.ts";
@@ -230,6 +231,17 @@ Deno.test("deepseek2: inspect and the converter's plan keep shared experts and d
   const planned = base.size + plan.experts.layers.reduce((s, l) => s + l.tensors.length, 0);
   assert.equal(planned, file.tensors.length);
   assert.ok(plan.tensorPlan!.every((e) => file.tensorMap.has(e.name) || e.optional));
+});
+
+Deno.test("deepseek2: an old conversion with an unsplit attn_kv_b is refused, saying what to do", async () => {
+  const path = await fixtureModel({ arch: "deepseek2", shape: "a", type: "F16" });
+  const entries = new Map(readGgufModel(path).metadata.entries);
+  entries.delete("deepseek2.attention.key_length_mla");
+  entries.delete("deepseek2.attention.value_length_mla");
+  assert.throws(
+    () => archSpec("deepseek2").readConfig(new GgufMetadata(entries, path)),
+    /unsplit attn_kv_b.*reconvert/,
+  );
 });
 
 Deno.test({

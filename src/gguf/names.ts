@@ -50,6 +50,8 @@ export const Keys = {
   kvLoraRank: "{arch}.attention.kv_lora_rank",
   slidingWindow: "{arch}.attention.sliding_window",
   slidingWindowPattern: "{arch}.attention.sliding_window_pattern",
+  attentionTemperatureScale: "{arch}.attention.temperature_scale",
+  nextnPredictLayers: "{arch}.nextn_predict_layers",
   ropeDimensionCount: "{arch}.rope.dimension_count",
   ropeFreqBase: "{arch}.rope.freq_base",
   ropeFreqBaseSwa: "{arch}.rope.freq_base_swa",

@@ -27,11 +27,11 @@ import {
   type ModelConfig,
   ModelConfigError,
   readCommonConfig,
+  type TensorPlanEntry,
   yarnAttnFactor,
 } from "./config.ts";
 import { denseFfnPlan, headPlan, mlaAttentionPlan, moePlan } from "./plan.ts";
 import type { ArchSpec } from "./registry.ts";
-import type { TensorPlanEntry } from "./config.ts";
 
 const ARCH = "deepseek2";
 
@@ -57,6 +57,19 @@ export const deepseek2: ArchSpec = {
         `${ARCH}: attention.key_length_mla / value_length_mla are missing: this is an older ` +
           "conversion with an unsplit attn_kv_b, which od-moe does not run; reconvert the model " +
           "with a current llama.cpp convert_hf_to_gguf.py (it writes attn_k_b and attn_v_b)",
+      );
+    }
+    // Mistral-Large-3's per-position query temperature and GLM's multi-token-prediction blocks
+    // also come as deepseek2 files; the engine computes neither.
+    if (md.number(k(Keys.attentionTemperatureScale), 0) !== 0) {
+      throw new ModelConfigError(
+        `${ARCH}: attention.temperature_scale (query temperature tuning) is not supported`,
+      );
+    }
+    if (md.number(k(Keys.nextnPredictLayers), 0) !== 0) {
+      throw new ModelConfigError(
+        `${ARCH}: nextn_predict_layers (multi-token-prediction blocks) is not supported; ` +
+          "convert without the MTP layers",
       );
     }
     const ropeDim = common.nRot;
