@@ -156,14 +156,17 @@ function forwardOps(model: Model): Op[] {
 
 /**
  * GPU time of each op of a forward pass of `nTokens` tokens at position
- * `pos` (each op in its own timed pass), and of the same ops in one pass;
- * medians over `reps`. Null when the device has no timestamp queries.
+ * `pos` (each op in its own timed pass), and, with `onePass`, of the same
+ * ops in one pass as the engine records them; medians over `reps`. Null
+ * when the device has no timestamp queries. Overwrites the KV cache at
+ * `pos…`: profile after the measured runs.
  */
-async function profileForward(
+export async function profileForward(
   model: Model,
   pos: number,
   nTokens: number,
   reps: number,
+  onePass = true,
 ): Promise<Record<string, unknown> | null> {
   const gpu = model.gpu;
   const s = model.transformer.state;
@@ -191,6 +194,7 @@ async function profileForward(
       timer.resolve(enc);
       gpu.submit(enc);
       (await timer.read()).forEach((t, i) => perOp[i]!.push(t.ms));
+      if (!onePass) continue;
       // the same ops in one pass, as the engine records them
       const enc2 = gpu.device.createCommandEncoder();
       enc2.clearBuffer(s.misses, 0, 16);
@@ -230,7 +234,7 @@ async function profileForward(
       tokens: nTokens,
       position: pos,
       dispatches: ops.length,
-      gpu_ms_one_pass: median(whole),
+      gpu_ms_one_pass: onePass ? median(whole) : null,
       gpu_ms_sum_of_ops: sum,
       matmul_fraction: matmulMs / sum,
       families,
@@ -382,12 +386,14 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
       note(`decode: profiling one decode token and one prefill batch`);
       const decodePos = prompt.length + (o.tokens >> 1);
       const wallMs = median(ours.map((x) => x.decodeMs / x.decoded));
-      const decodeProfile = await profileForward(model, decodePos, 1, 3);
+      const decodeProfile = await profileForward(model, decodePos, 1, 5);
+      // one repetition, ops apart only: a prefill batch takes seconds on a software adapter
       const prefillProfile = await profileForward(
         model,
         0,
         Math.min(o.maxBatch, prompt.length),
         1,
+        false,
       );
       const sync = await syncMs(gpu);
       const syncsPerToken = median(ours.map((x) => x.syncsPerToken ?? 0));
