@@ -28,7 +28,6 @@
  * @module
  */
 
-
 import { parseArgs } from "node:util";
 import { type GgmlTypeName, requireGgmlType, tensorBytes } from "../src/gguf/types.ts";
 import { GgmlType } from "../src/gguf/types.ts";

@@ -16,7 +16,6 @@
  * @module
  */
 
-
 import { parseArgs } from "node:util";
 import { GgmlType, type GgmlTypeName, requireGgmlType } from "../src/gguf/types.ts";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";

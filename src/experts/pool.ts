@@ -43,7 +43,6 @@
  * @module
  */
 
-
 import type { Gpu } from "../gpu/device.ts";
 import { align4, createBuffer, STORAGE_USAGE, upload } from "../gpu/buffers.ts";
 import type { GpuWeight } from "../gpu/ops/op.ts";

@@ -6,7 +6,6 @@
  * @module
  */
 
-
 import type { Gpu } from "./device.ts";
 import type { BufferBinding } from "./dispatch.ts";
 

@@ -17,7 +17,6 @@
  * @module
  */
 
-
 import type { Gpu, GpuFeature } from "./device.ts";
 import { BindGroupCache } from "./dispatch.ts";
 import {

@@ -5,7 +5,6 @@
  * @module
  */
 
-
 import { type PendingReadback, recordReadback } from "./buffers.ts";
 import type { Gpu } from "./device.ts";
 

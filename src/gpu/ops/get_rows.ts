@@ -6,7 +6,6 @@
  * @module
  */
 
-
 import { ParamsBuffer } from "../buffers.ts";
 import { getPipeline } from "../pipeline.ts";
 import type { Gpu } from "../device.ts";

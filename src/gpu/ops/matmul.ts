@@ -15,7 +15,6 @@
  * @module
  */
 
-
 import { ParamsBuffer } from "../buffers.ts";
 import type { Gpu } from "../device.ts";
 import type { BufferBinding } from "../dispatch.ts";

@@ -7,7 +7,6 @@
  * @module
  */
 
-
 import { type GgmlTypeInfo, requireGgmlType, rowBytes as ggmlRowBytes } from "../../gguf/types.ts";
 import { f32ToBf16, f32ToF16 } from "../../gguf/f16.ts";
 import { align4, createBuffer, upload } from "../buffers.ts";
