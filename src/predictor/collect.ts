@@ -28,6 +28,7 @@ import { Tokenizer } from "../tokenizer/mod.ts";
 import { Rng } from "../util/rng.ts";
 import { dequantizeRows } from "../gguf/dequant.ts";
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
+import { ffnNormOf } from "./lookahead.ts";
 import { rmsNormalizeRows, type RoutingDataset, writeDataset } from "./data.ts";
 
 /** Options of {@linkcode collectRoutingData}. */
@@ -153,15 +154,17 @@ export async function collectRoutingData(
 
 /**
  * Every layer's router with its `ffn_norm` weight folded in, f32 [nLayer,
- * nExpert, nEmbd], read back from the GPU (dequantised when quantised).
+ * nExpert, nEmbd], read back from the GPU (dequantised when quantised); the
+ * router's logit bias (GPT-OSS) is not included.
  */
 export async function foldedRouters(model: Model): Promise<Float32Array> {
   const { nLayer: L, nExpert: N, nEmbd: E } = model.config;
   const out = new Float32Array(L * N * E);
-  for (let l = 0; l < L; l++) {
+  // leading dense blocks (DeepSeek) have no router: zeros
+  for (let l = model.config.nLayerDenseLead ?? 0; l < L; l++) {
     const w = model.weights.matrix(tn(Tensors.ffnGateInp, l));
     const [norm, ...chunks] = await readback(model.gpu, [
-      model.weights.vector(tn(Tensors.ffnNorm, l)),
+      ffnNormOf(model.weights, l),
       ...w.chunks.map((c) => ({
         buffer: c.buffer,
         offset: c.byteOffset,

@@ -8,12 +8,17 @@
 import { NONE } from "./kernels.ts";
 import { shadowLayout, type ShadowShape } from "./shadow.ts";
 
-/** Forward pass of rows `x` ([R, nEmbd], normalised) read at `layers[r]`: hidden units and logits. */
+/**
+ * Forward pass of rows `x` ([R, nEmbd], normalised) read at `layers[r]`:
+ * hidden units and logits ([R, depth·nExpert]), plus `extra` (the residual
+ * mode's lookahead logits, laid out like the logits) when given.
+ */
 export function shadowForwardCpu(
   s: ShadowShape,
   p: Float32Array,
   x: Float32Array,
   layers: readonly number[],
+  extra?: Float64Array,
 ): { h: Float64Array; logits: Float64Array } {
   const lay = shadowLayout(s);
   const { nEmbd: E, hidden: H } = s;
@@ -31,7 +36,7 @@ export function shadowForwardCpu(
     for (let o = 0; o < DN; o++) {
       let v = p[lay.b2 + l * DN + o]!;
       for (let j = 0; j < H; j++) v += p[lay.w2 + (l * DN + o) * H + j]! * h[r * H + j]!;
-      logits[r * DN + o] = v;
+      logits[r * DN + o] = v + (extra?.[r * DN + o] ?? 0);
     }
   }
   return { h, logits };
@@ -40,7 +45,8 @@ export function shadowForwardCpu(
 /**
  * Mean softmax cross-entropy over the (row, distance) groups with targets
  * (`targets` u32 [R, depth, nExpertUsed], NONE pads) and its gradient with
- * respect to every parameter (flat, {@linkcode shadowLayout} order).
+ * respect to every parameter (flat, {@linkcode shadowLayout} order); `extra`
+ * as in {@linkcode shadowForwardCpu}.
  */
 export function shadowLossGradCpu(
   s: ShadowShape,
@@ -48,12 +54,13 @@ export function shadowLossGradCpu(
   x: Float32Array,
   layers: readonly number[],
   targets: Uint32Array,
+  extra?: Float64Array,
 ): { loss: number; grad: Float64Array; groups: number } {
   const lay = shadowLayout(s);
   const { nEmbd: E, hidden: H, nExpert: N, depth: D, nExpertUsed: K } = s;
   const DN = D * N;
   const R = layers.length;
-  const { h, logits } = shadowForwardCpu(s, p, x, layers);
+  const { h, logits } = shadowForwardCpu(s, p, x, layers, extra);
   const dLogits = new Float64Array(R * DN);
   let loss = 0;
   let groups = 0;

@@ -7,9 +7,10 @@
  * Qwen3-MoE models, as reported). Predicts within the token only: the next
  * token's first layers are left to another predictor.
  *
- * Top-k of the router logits is the top-k of the softmax or sigmoid
- * probabilities (both are monotonic); a selection bias (`exp_probs_b`) or
- * group-limited routing is not modelled.
+ * Top-k of the router logits (+ their bias, GPT-OSS) is the top-k of the
+ * softmax or sigmoid probabilities (both are monotonic); a selection bias
+ * (`exp_probs_b`, DeepSeek-V3) or group-limited routing is not modelled.
+ * Leading dense blocks (DeepSeek) have no router and are not predicted.
  *
  * @module
  */
@@ -21,6 +22,7 @@ import { createBuffer } from "../gpu/buffers.ts";
 import { type GpuWeight, type Op, recordOps } from "../gpu/ops/op.ts";
 import { prepareRmsNorm } from "../gpu/ops/norm.ts";
 import { prepareMatmul } from "../gpu/ops/matmul.ts";
+import { prepareAddBias } from "../gpu/ops/elementwise.ts";
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
 import { prepareTopk } from "./kernels.ts";
 import {
@@ -34,8 +36,75 @@ import {
 export interface RouterWeights {
   /** An f32 vector (`blk.N.ffn_norm.weight`). */
   vector(name: string): GPUBuffer;
+  /** An f32 vector if the model has it (`blk.N.ffn_gate_inp.bias`). */
+  maybeVector(name: string): GPUBuffer | undefined;
   /** A matrix (`blk.N.ffn_gate_inp.weight`). */
   matrix(name: string): GpuWeight;
+}
+
+/** Layer `l`'s FFN input norm: `ffn_norm`, or GPT-OSS's `post_attention_norm` (the same role). */
+export function ffnNormOf(w: RouterWeights, l: number): GPUBuffer {
+  return w.maybeVector(tn(Tensors.ffnNorm, l)) ?? w.vector(tn(Tensors.attnPostNorm, l));
+}
+
+/**
+ * Records, for each source layer l and distance d with a routed target
+ * layer t = l+1+d, `logits[token, l, d] (+)= router_t · ffn_norm_t(hidden_l)`
+ * (+ the router's logit bias), reusing one scratch row per token. Logits are
+ * f32 `[tokens, nLayer, depth·nExpert]`.
+ */
+export async function prepareLookaheadLogits(
+  gpu: Gpu,
+  w: RouterWeights,
+  source: HiddenSource,
+  o: {
+    nLayer: number;
+    nEmbd: number;
+    nExpert: number;
+    rmsEps: number;
+    depth: number;
+    nLayerDenseLead?: number;
+    xn: GPUBuffer;
+    logits: GPUBuffer;
+    accumulate: boolean;
+    label: string;
+  },
+): Promise<Op[]> {
+  const { nLayer: L, nEmbd: E, nExpert: N, depth: D } = o;
+  const ops: Op[] = [];
+  for (let l = 0; l < L; l++) {
+    for (let d = 0; d < D; d++) {
+      const t = l + 1 + d;
+      if (t >= L || t < (o.nLayerDenseLead ?? 0)) continue;
+      const y = { buffer: o.logits, offset: (l * D + d) * N, stride: L * D * N };
+      // One scratch row per token, reused: dispatches in a pass run in order.
+      ops.push(
+        await prepareRmsNorm(gpu, {
+          x: source.hidden(l),
+          y: { buffer: o.xn, offset: 0, stride: E },
+          n: E,
+          weight: ffnNormOf(w, t),
+          eps: o.rmsEps,
+          label: `${o.label}.${l}+${d + 1}.norm`,
+        }),
+        ...await prepareMatmul(gpu, {
+          w: w.matrix(tn(Tensors.ffnGateInp, t)),
+          x: { buffer: o.xn, offset: 0, stride: E },
+          y,
+          step: source.step,
+          accumulate: o.accumulate,
+          label: `${o.label}.${l}+${d + 1}.router`,
+        }),
+      );
+      const bias = w.maybeVector(tn(Tensors.ffnGateInp, t, "bias"));
+      if (bias) {
+        ops.push(
+          await prepareAddBias(gpu, { y, bias, n: N, label: `${o.label}.${l}+${d + 1}.bias` }),
+        );
+      }
+    }
+  }
+  return ops;
 }
 
 /** Options of {@linkcode LookaheadPredictor.create}. */
@@ -54,6 +123,8 @@ export interface LookaheadOptions {
   depth?: number;
   /** Experts kept per predicted layer (default 2 × nExpertUsed, at most nExpert). */
   topK?: number;
+  /** Leading blocks without a router (DeepSeek): not predicted. */
+  nLayerDenseLead?: number;
 }
 
 /** The lookahead on the GPU as an {@linkcode ExpertPredictor}. */
@@ -103,31 +174,14 @@ export class LookaheadPredictor implements ExpertPredictor {
     const xn = createBuffer(gpu, { label: "lookahead.xn", size: 4 * T * E }); // [T, E]
     const logits = createBuffer(gpu, { label: "lookahead.logits", size: 4 * T * L * D * N }); // [T, L, D, N]
     const output = createBuffer(gpu, { label: "lookahead.output", size: 4 * T * L * D * topK });
-    const ops: Op[] = [];
-    for (let l = 0; l < L; l++) {
-      for (let d = 0; d < D; d++) {
-        const target = l + 1 + d;
-        if (target >= L) continue;
-        // One scratch row per token, reused: dispatches in a pass run in order.
-        ops.push(
-          await prepareRmsNorm(gpu, {
-            x: source.hidden(l),
-            y: { buffer: xn, offset: 0, stride: E },
-            n: E,
-            weight: w.vector(tn(Tensors.ffnNorm, target)),
-            eps: o.rmsEps,
-            label: `lookahead.${l}+${d + 1}.norm`,
-          }),
-          ...await prepareMatmul(gpu, {
-            w: w.matrix(tn(Tensors.ffnGateInp, target)),
-            x: { buffer: xn, offset: 0, stride: E },
-            y: { buffer: logits, offset: (l * D + d) * N, stride: L * D * N },
-            step: source.step,
-            label: `lookahead.${l}+${d + 1}.router`,
-          }),
-        );
-      }
-    }
+    const ops = await prepareLookaheadLogits(gpu, w, source, {
+      ...o,
+      depth: D,
+      xn,
+      logits,
+      accumulate: false,
+      label: "lookahead",
+    });
     ops.push(
       await prepareTopk(gpu, {
         scores: logits,

@@ -48,10 +48,8 @@ import { type Op, recordOps } from "../gpu/ops/op.ts";
 import { prepareRmsNorm } from "../gpu/ops/norm.ts";
 import { openSafetensors, writeSafetensors } from "../safetensors/mod.ts";
 import { Rng } from "../util/rng.ts";
-import { prepareMatmul } from "../gpu/ops/matmul.ts";
-import { tensorName as tn, Tensors } from "../gguf/names.ts";
 import { prepareGemm, prepareTopk } from "./kernels.ts";
-import type { RouterWeights } from "./lookahead.ts";
+import { prepareLookaheadLogits, type RouterWeights } from "./lookahead.ts";
 import {
   decodePredictions,
   type ExpertPredictor,
@@ -269,6 +267,8 @@ export interface ShadowPredictorOptions {
   routers?: RouterWeights;
   /** The model's RMSNorm epsilon (residual mode; default 1e-6). */
   rmsEps?: number;
+  /** Leading blocks without a router (DeepSeek; residual mode). */
+  nLayerDenseLead?: number;
 }
 
 /** The shadow model on the GPU as an {@linkcode ExpertPredictor}. */
@@ -377,29 +377,20 @@ export class ShadowPredictor implements ExpertPredictor {
       }
       const xn = createBuffer(gpu, { label: "shadow.xn", size: 4 * T * E }); // [T, E]
       buffers.push(xn);
-      for (let l = 0; l < L; l++) {
-        for (let d = 0; d < s.depth && l + 1 + d < L; d++) {
-          const target = l + 1 + d;
-          ops.push(
-            await prepareRmsNorm(gpu, {
-              x: source.hidden(l),
-              y: { buffer: xn, offset: 0, stride: E },
-              n: E,
-              weight: o.routers.vector(tn(Tensors.ffnNorm, target)),
-              eps: o.rmsEps ?? 1e-6,
-              label: `shadow.lookahead.${l}+${d + 1}.norm`,
-            }),
-            ...await prepareMatmul(gpu, {
-              w: o.routers.matrix(tn(Tensors.ffnGateInp, target)),
-              x: { buffer: xn, offset: 0, stride: E },
-              y: { buffer: logits, offset: l * DN + d * s.nExpert, stride: L * DN },
-              step: source.step,
-              accumulate: true,
-              label: `shadow.lookahead.${l}+${d + 1}.router`,
-            }),
-          );
-        }
-      }
+      ops.push(
+        ...await prepareLookaheadLogits(gpu, o.routers, source, {
+          nLayer: L,
+          nEmbd: E,
+          nExpert: s.nExpert,
+          rmsEps: o.rmsEps ?? 1e-6,
+          depth: s.depth,
+          nLayerDenseLead: o.nLayerDenseLead,
+          xn,
+          logits,
+          accumulate: true,
+          label: "shadow.lookahead",
+        }),
+      );
     }
     ops.push(
       await prepareTopk(gpu, {

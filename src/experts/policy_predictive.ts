@@ -1,0 +1,123 @@
+/**
+ * A predictor-aware eviction policy for the expert pool: evict the expert
+ * whose next use is furthest away, as far as the engine can tell.
+ *
+ * A token visits the layers in order, 0 → nLayer−1, then the next token
+ * starts again at 0; so under memory pressure LRU evicts exactly the experts
+ * needed soonest (the layers visited longest ago are the next ones). This
+ * policy ranks a slot by:
+ *
+ * 1. whether a predictor expects its expert soon (kept; see
+ *    {@linkcode PredictivePolicy.setPredicted});
+ * 2. how many layers away its layer is from the one being computed (the
+ *    engine's cursor, {@linkcode PredictivePolicy.setCursor}): the layer just
+ *    computed is needed again only by the next token, the next layer now;
+ * 3. least recently used, to break ties.
+ *
+ * Victim selection scans the group's slots (O(slots) per eviction, with no
+ * allocation beyond the LRU order); touch and remove are O(1).
+ *
+ * @example
+ * ```ts ignore
+ * const pool = new ExpertPool(gpu, source, { budgetBytes, reserveSlots, policy: predictivePolicy(nLayer) });
+ * const p = pool.policyOf(layer) as PredictivePolicy;
+ * p.setCursor(layer);
+ * p.setPredicted(new Set(["5:3", "5:7"]));
+ * ```
+ *
+ * @module
+ */
+
+import {
+  type EvictionContext,
+  type EvictionPolicy,
+  type EvictionPolicyFactory,
+  expertKey,
+  LruPolicy,
+} from "./pool.ts";
+
+/** The eviction policies the engine can use. */
+export type EvictionPolicyName = "lru" | "predictive";
+
+/** The policy of the module doc, for one slot group. */
+export class PredictivePolicy implements EvictionPolicy {
+  readonly #ctx: EvictionContext;
+  readonly #lru: LruPolicy;
+  readonly #nLayer: number;
+  #cursor: number;
+  #predicted: ReadonlySet<string> = new Set();
+
+  /** A policy over `ctx`'s slots for a model of `nLayer` layers. */
+  constructor(ctx: EvictionContext, nLayer: number) {
+    if (!Number.isInteger(nLayer) || nLayer < 1) {
+      throw new RangeError(`PredictivePolicy: nLayer must be a positive integer, got ${nLayer}`);
+    }
+    this.#ctx = ctx;
+    this.#lru = new LruPolicy(ctx.nSlots);
+    this.#nLayer = nLayer;
+    this.#cursor = nLayer - 1;
+  }
+
+  /**
+   * The layer being computed (its experts of this token are requested, hence
+   * protected; its others are needed only by the next token). `nLayer − 1`
+   * (the initial value) means between tokens: layer 0 comes next.
+   */
+  setCursor(layer: number): void {
+    this.#cursor = ((layer % this.#nLayer) + this.#nLayer) % this.#nLayer;
+  }
+
+  /** The layer being computed. */
+  get cursor(): number {
+    return this.#cursor;
+  }
+
+  /** Experts ({@linkcode expertKey}) a predictor expects soon; replaces the previous set. */
+  setPredicted(keys: ReadonlySet<string>): void {
+    this.#predicted = keys;
+  }
+
+  /** Layers from the cursor to `layer`'s next visit minus one: 0 for the next layer, nLayer − 1 for the cursor's. */
+  distance(layer: number): number {
+    const L = this.#nLayer;
+    return (((layer - this.#cursor - 1) % L) + L) % L;
+  }
+
+  /** `slot` was filled or used. */
+  touch(slot: number): void {
+    this.#lru.touch(slot);
+  }
+
+  /** `slot` was emptied. */
+  remove(slot: number): void {
+    this.#lru.remove(slot);
+  }
+
+  /** The slot not skipped whose expert is not predicted, furthest from use, least recently used; −1 if none. */
+  victim(skip: (slot: number) => boolean): number {
+    let best = -1;
+    let bestPredicted = true;
+    let bestDistance = -1;
+    // oldest first, so the first of equals is the least recently used
+    for (const s of this.#lru.order()) {
+      if (skip(s)) continue;
+      const layer = this.#ctx.layerOf(s);
+      const predicted = this.#predicted.has(expertKey(layer, this.#ctx.expertOf(s)));
+      const d = this.distance(layer);
+      if (
+        best < 0 || (bestPredicted && !predicted) ||
+        (predicted === bestPredicted && d > bestDistance)
+      ) {
+        best = s;
+        bestPredicted = predicted;
+        bestDistance = d;
+      }
+    }
+    return best;
+  }
+}
+
+/** A factory for the pool's `policy` option: a {@linkcode PredictivePolicy} per slot group. */
+export function predictivePolicy(nLayer: number): EvictionPolicyFactory {
+  return (ctx) => new PredictivePolicy(ctx, nLayer);
+}
