@@ -9,10 +9,15 @@
  *
  * 1. whether a predictor expects its expert soon (kept; see
  *    {@linkcode PredictivePolicy.setPredicted});
- * 2. how many layers away its layer is from the one being computed (the
+ * 2. staleness: how many visits of its layer went by without using it (the
+ *    least stale are kept: recently used experts tend to be used again);
+ * 3. how many layers away its layer is from the one being computed (the
  *    engine's cursor, {@linkcode PredictivePolicy.setCursor}): the layer just
  *    computed is needed again only by the next token, the next layer now;
- * 3. least recently used, to break ties.
+ * 4. least recently used, to break ties.
+ *
+ * The engine moves the cursor before each repair's uploads and calls
+ * {@linkcode PredictivePolicy.nextToken} when a token is done.
  *
  * Victim selection scans the group's slots (O(slots) per eviction, with no
  * allocation beyond the LRU order); touch and remove are O(1).
@@ -46,6 +51,8 @@ export class PredictivePolicy implements EvictionPolicy {
   readonly #nLayer: number;
   #cursor: number;
   #predicted: ReadonlySet<string> = new Set();
+  #token = 0;
+  readonly #lastToken: Float64Array;
 
   /** A policy over `ctx`'s slots for a model of `nLayer` layers. */
   constructor(ctx: EvictionContext, nLayer: number) {
@@ -56,6 +63,22 @@ export class PredictivePolicy implements EvictionPolicy {
     this.#lru = new LruPolicy(ctx.nSlots);
     this.#nLayer = nLayer;
     this.#cursor = nLayer - 1;
+    this.#lastToken = new Float64Array(ctx.nSlots);
+  }
+
+  /** A token is done: the next one starts at layer 0 (cursor nLayer − 1). */
+  nextToken(): void {
+    this.#token++;
+    this.#cursor = this.#nLayer - 1;
+  }
+
+  /**
+   * Visits of the slot's layer since its expert was last used: tokens since,
+   * less one when the current token has not reached that layer yet.
+   */
+  staleness(slot: number): number {
+    const layer = this.#ctx.layerOf(slot);
+    return this.#token - this.#lastToken[slot]! - (layer > this.#cursor ? 1 : 0);
   }
 
   /**
@@ -86,6 +109,7 @@ export class PredictivePolicy implements EvictionPolicy {
   /** `slot` was filled or used. */
   touch(slot: number): void {
     this.#lru.touch(slot);
+    this.#lastToken[slot] = this.#token;
   }
 
   /** `slot` was emptied. */
@@ -93,23 +117,32 @@ export class PredictivePolicy implements EvictionPolicy {
     this.#lru.remove(slot);
   }
 
-  /** The slot not skipped whose expert is not predicted, furthest from use, least recently used; −1 if none. */
+  /**
+   * The slot not skipped that is not predicted, stalest, furthest from use,
+   * least recently used, in that order; −1 if every slot is skipped.
+   */
   victim(skip: (slot: number) => boolean): number {
     let best = -1;
     let bestPredicted = true;
+    let bestStale = -Infinity;
     let bestDistance = -1;
     // oldest first, so the first of equals is the least recently used
     for (const s of this.#lru.order()) {
       if (skip(s)) continue;
       const layer = this.#ctx.layerOf(s);
       const predicted = this.#predicted.has(expertKey(layer, this.#ctx.expertOf(s)));
+      const stale = this.staleness(s);
       const d = this.distance(layer);
-      if (
-        best < 0 || (bestPredicted && !predicted) ||
-        (predicted === bestPredicted && d > bestDistance)
-      ) {
+      const better = best < 0 ||
+        (predicted !== bestPredicted
+          ? !predicted
+          : stale !== bestStale
+          ? stale > bestStale
+          : d > bestDistance);
+      if (better) {
         best = s;
         bestPredicted = predicted;
+        bestStale = stale;
         bestDistance = d;
       }
     }

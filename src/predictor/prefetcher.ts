@@ -59,6 +59,11 @@ export interface PrefetchModel {
 
 /** Options of {@linkcode Prefetcher.create}. */
 export interface PrefetcherOptions {
+  /**
+   * Upload predicted experts (default true). Off, the prefetcher still
+   * counts stalls per token and moves a predictive policy's cursor.
+   */
+  enabled?: boolean;
   /** A trained shadow model (safetensors); default: the gate lookahead. */
   predictorPath?: string;
   /** Predictor to use instead of the default: `"lookahead"`, `"shadow"` (needs the path) or `"history"`. */
@@ -178,7 +183,9 @@ export class Prefetcher {
       decay: o.historyDecay,
     });
     let predictor: ExpertPredictor;
-    if (kind === "shadow") {
+    if (o.enabled === false) {
+      predictor = { name: "off", depth: 1, topK: 0, predict: () => [] };
+    } else if (kind === "shadow") {
       if (!o.predictorPath) throw new TypeError("the shadow predictor needs predictorPath");
       const w = loadShadow(o.predictorPath);
       checkShadowFits(w, m, o.predictorPath);
@@ -233,14 +240,26 @@ export class Prefetcher {
   }
 
   /**
-   * The predictions read back (u32 `[nTokens, words]`, or undefined when
-   * none were made) with the routes that go with them. `firstMiss`: a decode
-   * token's first pass, with its first layer that missed (nLayer when none).
+   * The predictions read back with the routes that go with them: `bytes`
+   * as read from {@linkcode readRange} (undefined when none were made),
+   * holding `nTokens` tokens from token `o.token` of the range. `o.firstMiss`:
+   * a decode token's first pass, with its first layer that missed (nLayer
+   * when none).
    */
-  seen(preds: Uint32Array | undefined, nTokens: number, firstMiss?: number): void {
-    this.#last = preds && preds.length >= nTokens * this.#words ? { preds, nTokens } : undefined;
-    if (firstMiss !== undefined) {
-      this.#firstPass = this.#last ? { preds: this.#last.preds, firstMiss } : undefined;
+  seen(
+    bytes: ArrayBuffer | undefined,
+    nTokens: number,
+    o: { token?: number; firstMiss?: number } = {},
+  ): void {
+    const off = 4 * (o.token ?? 0) * this.#words;
+    const ok = bytes !== undefined && bytes.byteLength >= off + 4 * nTokens * this.#words;
+    this.#last = ok
+      ? { preds: new Uint32Array(bytes, off, nTokens * this.#words), nTokens }
+      : undefined;
+    if (o.firstMiss !== undefined) {
+      this.#firstPass = this.#last
+        ? { preds: this.#last.preds, firstMiss: o.firstMiss }
+        : undefined;
     }
   }
 
@@ -256,6 +275,7 @@ export class Prefetcher {
    */
   onStall(layer: number, experts: readonly number[]): void {
     this.#stallsSinceSettle++;
+    if (!this.enabled) return;
     const L = this.#ctx.model.nLayer;
     const byLayer = new Map<number, number[][]>();
     const nTokens = this.#last?.nTokens ?? 1;
@@ -278,8 +298,7 @@ export class Prefetcher {
    * predictions, or the history's).
    */
   beforeNext(): void {
-    if (!this.#o.betweenTokens) return;
-    this.cursor(this.#ctx.model.nLayer - 1);
+    if (!this.enabled || !this.#o.betweenTokens) return;
     const byLayer = new Map<number, number[][]>();
     const L = this.#ctx.model.nLayer;
     // next-token predictions come from the last layers' hidden states
@@ -306,6 +325,7 @@ export class Prefetcher {
    */
   settle(routes: Uint32Array, nTokens: number, decode: boolean): void {
     this.history.observe(routes, nTokens);
+    for (const p of this.#policies) p.nextToken();
     if (!decode) {
       this.#stallsSinceSettle = 0;
       return;
@@ -321,7 +341,7 @@ export class Prefetcher {
     this.#pendingNext = [];
     const first = this.#firstPass;
     this.#firstPass = undefined;
-    if (!first || this.predictor === this.history) return;
+    if (!first || this.predictor === this.history || !this.enabled) return;
     const last = Math.min(first.firstMiss, L - 1);
     for (let src = 0; src <= last; src++) {
       for (const p of this.predictor.predict(src, first.preds, 0)) {
@@ -333,6 +353,11 @@ export class Prefetcher {
         }
       }
     }
+  }
+
+  /** Whether predicted experts are uploaded (false: statistics and the policy's cursor only). */
+  get enabled(): boolean {
+    return this.predictor.name !== "off";
   }
 
   /** Frees the predictor's buffers and the ring. */
