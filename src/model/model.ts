@@ -345,9 +345,12 @@ export class Model {
       sample?: readonly Op[];
       head: boolean;
       restoreFrom?: { buffer: GPUBuffer; offset: number };
+      /** Read back with the last routes, in the same sync (the repaired token's id). */
+      extra?: BufferBinding[];
     },
-  ): Promise<Uint32Array> {
+  ): Promise<{ routes: Uint32Array; extra: ArrayBuffer[] }> {
     const repaired = new Set<number>();
+    let extra: ArrayBuffer[] = [];
     let miss = this.#firstMiss(routes, nTokens);
     let first = true;
     while (miss) {
@@ -373,11 +376,11 @@ export class Model {
       });
       this.#logBatch(enc, pos, nTokens);
       this.gpu.submit(enc);
-      [routes] = await this.#readRoutes(pos, nTokens);
+      [routes, extra] = await this.#readRoutes(pos, nTokens, o.extra);
       miss = this.#firstMiss(routes, nTokens, miss.layer + 1);
     }
     this.#account(routes, nTokens, repaired);
-    return routes;
+    return { routes, extra };
   }
 
   /** Runs the prompt batches; the last one's head and sampler run too. */
@@ -501,14 +504,12 @@ export class Model {
           const tokenRoutes = routes.subarray(j * this.#routeWords, (j + 1) * this.#routeWords);
           if (streaming && this.#firstMiss(tokenRoutes, 1)) {
             // repair this token; those queued after it computed from its wrong output
-            await this.#repair(pos + j, 1, tokenRoutes.slice(), {
+            const { extra: [fixed] } = await this.#repair(pos + j, 1, tokenRoutes.slice(), {
               sample: o.sample,
               head: true,
               restoreFrom: { buffer: this.#savedRing, offset: 4 * j * this.config.nEmbd },
+              extra: [{ buffer: this.#tokenLog, offset: 4 * (pos + j + 1), size: 4 }],
             });
-            const [, [fixed]] = await this.#readRoutes(pos + j, 1, [
-              { buffer: this.#tokenLog, offset: 4 * (pos + j + 1), size: 4 },
-            ]);
             accepted.push(new Uint32Array(fixed!)[0]!);
             stalled = true;
             break;
