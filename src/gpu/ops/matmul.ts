@@ -50,6 +50,13 @@ export interface MatmulTuning {
   readonly matvecMaxTokens: number;
   /** Folder of the `.wgsl` files (benchmarks compare kernel versions); default `shaders/`. */
   readonly baseUrl?: URL;
+  /**
+   * mul_mat_id: batches up to this many tokens run the per-(token, slot)
+   * matvec instead of the routed tiles. Routed tiles pad each expert's
+   * rows to `tileTokens`; with many experts and few rows each, that
+   * padding is most of the work on an adapter that is compute-bound.
+   */
+  readonly idMatvecMaxTokens: number;
 }
 
 /**
@@ -66,6 +73,7 @@ export const DEFAULT_MATMUL_TUNING: MatmulTuning = Object.freeze({
   threadRows: 4,
   threadTokens: 4,
   matvecMaxTokens: 8,
+  idMatvecMaxTokens: 8,
 });
 
 /**
@@ -84,6 +92,7 @@ export const SOFTWARE_MATMUL_TUNING: MatmulTuning = Object.freeze({
   threadRows: 4,
   threadTokens: 4,
   matvecMaxTokens: 24,
+  idMatvecMaxTokens: 256,
 });
 
 /** Whether `gpu` is a CPU implementation of WebGPU (llvmpipe, lavapipe, SwiftShader, WARP). */
@@ -197,6 +206,10 @@ function resolveTuning(
   label: string,
 ): MatmulTuning {
   const out = { ...defaultMatmulTuning(gpu), ...t };
+  // A caller forcing a path with matvecMaxTokens forces it for mul_mat_id too.
+  if (t?.matvecMaxTokens !== undefined && t.idMatvecMaxTokens === undefined) {
+    out.idMatvecMaxTokens = t.matvecMaxTokens;
+  }
   const pow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
   const bad = (what: string) => new RangeError(`${label}: tuning ${what}.`);
   if (!pow2(out.wgMatvec)) throw bad(`wgMatvec ${out.wgMatvec} is not a power of two`);
@@ -239,8 +252,8 @@ function resolveTuning(
     }
   }
   if (out.tileTokens >= 1 << 16) throw bad(`tileTokens ${out.tileTokens} is over 65535`);
-  if (!(Number.isInteger(out.matvecMaxTokens) && out.matvecMaxTokens >= 0)) {
-    throw bad(`matvecMaxTokens ${out.matvecMaxTokens} is not a count`);
+  for (const k of ["matvecMaxTokens", "idMatvecMaxTokens"] as const) {
+    if (!(Number.isInteger(out[k]) && out[k] >= 0)) throw bad(`${k} ${out[k]} is not a count`);
   }
   return out;
 }
@@ -525,7 +538,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
       label: `${label}.matvec`,
       kernel: k.matvec,
       bindings: [wb.binding, xb.binding, ib.binding, step, step, yb.binding, params.buffer],
-      workgroups: (nTokens) => nTokens <= t.matvecMaxTokens ? rowGroups * nTokens * nUsed : 0,
+      workgroups: (nTokens) => nTokens <= t.idMatvecMaxTokens ? rowGroups * nTokens * nUsed : 0,
     },
     {
       label: `${label}.route`,
@@ -533,7 +546,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
       bindings: [ib.binding, step, routeBuffer, params.buffer],
       workgroups: (nTokens) => {
         checkTokens(nTokens);
-        return nTokens > t.matvecMaxTokens ? 1 : 0;
+        return nTokens > t.idMatvecMaxTokens ? 1 : 0;
       },
     },
     {
@@ -541,7 +554,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
       kernel: k.tiled,
       bindings: [wb.binding, xb.binding, ib.binding, routeBuffer, step, yb.binding, params.buffer],
       workgroups: (nTokens) =>
-        nTokens > t.matvecMaxTokens ? rowTiles * maxTiles(nTokens * nUsed) : 0,
+        nTokens > t.idMatvecMaxTokens ? rowTiles * maxTiles(nTokens * nUsed) : 0,
     },
   ];
 }
