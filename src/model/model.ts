@@ -28,8 +28,11 @@ import { openBaseModel } from "../convert/converted.ts";
 import { ExpertDirSource } from "../experts/expert_dir_source.ts";
 import { type ExpertStacks, MoeTransformer } from "./transformer.ts";
 import { type ExpertSource, GgufExpertSource } from "../experts/source.ts";
-import { ExpertPool } from "../experts/pool.ts";
+import { ExpertPool, lruPolicy } from "../experts/pool.ts";
 import type { ExpertStats } from "../experts/stats.ts";
+import { type EvictionPolicyName, predictivePolicy } from "../experts/policy_predictive.ts";
+import { Prefetcher, type PrefetcherOptions } from "../predictor/prefetcher.ts";
+import type { PrefetchStatsSnapshot } from "../predictor/stats.ts";
 
 /** Options of {@linkcode loadModel}. */
 export interface LoadModelOptions {
@@ -64,6 +67,18 @@ export interface LoadModelOptions {
   configOverride?: Partial<
     Pick<ModelConfig, "ropeFreqBase" | "ropeFreqScale" | "rmsEps" | "expertWeightsScale">
   >;
+  /**
+   * Upload the experts a predictor expects before they are needed (while
+   * experts stream): the gate lookahead, or the shadow model at
+   * `predictorPath`. Predictions never change the tokens, only the syncs.
+   */
+  enablePrefetch?: boolean;
+  /** A trained shadow predictor (`deno task train-shadow`); turns prefetch on. */
+  predictorPath?: string;
+  /** Prefetcher tuning: predictor kind, depth, experts per layer (`src/predictor/prefetcher.ts`). */
+  prefetch?: PrefetcherOptions;
+  /** The expert pool's eviction policy: `"predictive"` (default) or `"lru"`. */
+  evictionPolicy?: EvictionPolicyName;
 }
 
 /** Statistics of one generation. */
@@ -138,6 +153,7 @@ export class Model {
   /** f32 [window, nEmbd]: each queued decode token's saved residual stream. */
   readonly #savedRing: GPUBuffer;
   readonly #window: number;
+  readonly #prefetch?: Prefetcher;
 
   private constructor(
     readonly gpu: Gpu,
@@ -150,9 +166,11 @@ export class Model {
     window: number,
     readonly ownsGpu: boolean,
     readonly weights: GpuWeights,
+    prefetch?: Prefetcher,
   ) {
     const c = config;
     this.#window = window;
+    this.#prefetch = prefetch;
     this.#routeLog = createBuffer(gpu, {
       label: "route_log",
       size: 4 * nCtx * c.nLayer * c.nExpertUsed,
@@ -184,6 +202,7 @@ export class Model {
         budgetBytes: Math.floor(cacheSizeGB * GIB),
         reserveSlots: Math.min(config.nExpert, maxBatch * config.nExpertUsed),
         nLayer: config.nLayer,
+        policy: o.evictionPolicy === "lru" ? lruPolicy : predictivePolicy(config.nLayer),
       });
       if (pool.allResident) pool.preloadAll();
       const experts: ExpertStacks = {
@@ -203,6 +222,24 @@ export class Model {
         nCtx,
         maxBatch,
       });
+      // while experts stream: prefetch, or with it off the stall statistics and the policy's cursor
+      const prefetch = !pool.allResident
+        ? await Prefetcher.create({
+          gpu,
+          model: config,
+          weights,
+          hidden: transformer.state.hidden,
+          step: transformer.state.step,
+          pool,
+          window,
+          maxBatch,
+          policy: o.evictionPolicy ?? "predictive",
+        }, {
+          enabled: o.enablePrefetch === true || o.predictorPath !== undefined,
+          predictorPath: o.predictorPath,
+          ...o.prefetch,
+        })
+        : undefined;
       return new Model(
         gpu,
         file,
@@ -214,6 +251,7 @@ export class Model {
         window,
         !o.gpu,
         weights,
+        prefetch,
       );
     } catch (e) {
       source?.close();
@@ -226,6 +264,19 @@ export class Model {
   /** Expert cache statistics (hits, misses, bytes, latency, per layer). */
   get expertStats(): ExpertStats {
     return this.pool.stats;
+  }
+
+  /**
+   * Prefetch statistics (accuracy, recall@k per distance, wasted bytes,
+   * stalls per token) while experts stream; none when every expert fits.
+   */
+  get prefetchStats(): PrefetchStatsSnapshot | undefined {
+    return this.#prefetch?.stats.snapshot();
+  }
+
+  /** The prefetcher (prefetch on or off) while experts stream. */
+  get prefetcher(): Prefetcher | undefined {
+    return this.#prefetch;
   }
 
   /** Forgets the context (the KV cache is overwritten from position 0). */
@@ -353,9 +404,13 @@ export class Model {
     let extra: ArrayBuffer[] = [];
     let miss = this.#firstMiss(routes, nTokens);
     let first = true;
+    const p = this.#prefetch;
+    const nExtra = o.extra?.length ?? 0;
     while (miss) {
       this.stalls++;
+      p?.cursor(miss.layer);
       this.pool.ensure(miss.layer, miss.experts);
+      p?.onStall(miss.layer, miss.experts);
       repaired.add(miss.layer);
       this.#writeStep(pos, nTokens);
       const enc = this.gpu.device.createCommandEncoder();
@@ -374,13 +429,18 @@ export class Model {
         sample: o.sample,
         head: o.head,
       });
+      p?.record(enc, nTokens, p.batchSlot);
       this.#logBatch(enc, pos, nTokens);
       this.gpu.submit(enc);
-      [routes, extra] = await this.#readRoutes(pos, nTokens, o.extra);
+      [routes, extra] = await this.#readRoutes(pos, nTokens, [
+        ...o.extra ?? [],
+        ...p?.readRange(p.batchSlot, nTokens) ?? [],
+      ]);
+      p?.seen(extra[nExtra], nTokens);
       miss = this.#firstMiss(routes, nTokens, miss.layer + 1);
     }
     this.#account(routes, nTokens, repaired);
-    return { routes, extra };
+    return { routes, extra: extra.slice(0, nExtra) };
   }
 
   /** Runs the prompt batches; the last one's head and sampler run too. */
@@ -394,13 +454,24 @@ export class Model {
       this.#writeStep(pos, chunk.length);
       const enc = this.gpu.device.createCommandEncoder();
       this.transformer.record(enc, chunk.length, { sample: last ? sample : [], head: last });
+      const p = this.#prefetch;
+      p?.record(enc, chunk.length, p.batchSlot);
       this.#logBatch(enc, pos, chunk.length);
       this.gpu.submit(enc);
       this.nPast += chunk.length;
       // With experts streaming, a batch must be whole before the next attends to its keys.
       if (streaming) {
-        const [routes] = await this.#readRoutes(pos, chunk.length);
-        await this.#repair(pos, chunk.length, routes, { sample: last ? sample : [], head: last });
+        const [routes, [preds]] = await this.#readRoutes(
+          pos,
+          chunk.length,
+          p?.readRange(p.batchSlot, chunk.length),
+        );
+        p?.seen(preds, chunk.length);
+        const settled = await this.#repair(pos, chunk.length, routes, {
+          sample: last ? sample : [],
+          head: last,
+        });
+        p?.settle(settled.routes, chunk.length, false);
       }
     }
     if (!streaming) {
@@ -476,12 +547,15 @@ export class Model {
 
       let pos = posFirst; // position of the token to feed next
       let window = streaming ? 1 : maxWindow;
+      const p = this.#prefetch;
       while (emitted < o.maxTokens) {
         const n = Math.min(window, o.maxTokens - emitted);
+        p?.beforeNext();
         for (let j = 0; j < n; j++) {
           this.#writeStep(pos + j, 1);
           const enc = this.gpu.device.createCommandEncoder();
           this.transformer.record(enc, 1, { sample: o.sample, head: true });
+          p?.record(enc, 1, j);
           this.#logBatch(enc, pos + j, 1);
           if (streaming) {
             enc.copyBufferToBuffer(
@@ -494,27 +568,32 @@ export class Model {
           }
           this.gpu.submit(enc);
         }
-        const [routes, [idsBytes]] = await this.#readRoutes(pos, n, [
+        const [routes, [idsBytes, preds]] = await this.#readRoutes(pos, n, [
           { buffer: this.#tokenLog, offset: 4 * (pos + 1), size: 4 * n },
+          ...p?.readRange(0, n) ?? [],
         ]);
         const ids = new Uint32Array(idsBytes!);
         const accepted: number[] = [];
         let stalled = false;
         for (let j = 0; j < n; j++) {
           const tokenRoutes = routes.subarray(j * this.#routeWords, (j + 1) * this.#routeWords);
-          if (streaming && this.#firstMiss(tokenRoutes, 1)) {
+          const miss = streaming ? this.#firstMiss(tokenRoutes, 1) : null;
+          p?.seen(preds, 1, { token: j, firstMiss: miss?.layer ?? this.config.nLayer });
+          if (miss) {
             // repair this token; those queued after it computed from its wrong output
-            const { extra: [fixed] } = await this.#repair(pos + j, 1, tokenRoutes.slice(), {
+            const repaired = await this.#repair(pos + j, 1, tokenRoutes.slice(), {
               sample: o.sample,
               head: true,
               restoreFrom: { buffer: this.#savedRing, offset: 4 * j * this.config.nEmbd },
               extra: [{ buffer: this.#tokenLog, offset: 4 * (pos + j + 1), size: 4 }],
             });
-            accepted.push(new Uint32Array(fixed!)[0]!);
+            p?.settle(repaired.routes, 1, true);
+            accepted.push(new Uint32Array(repaired.extra[0]!)[0]!);
             stalled = true;
             break;
           }
           if (streaming) this.#account(tokenRoutes, 1, new Set());
+          p?.settle(tokenRoutes, 1, true);
           accepted.push(ids[j]!);
         }
         if (!streaming) this.#account(routes, n, new Set());
@@ -584,6 +663,7 @@ export class Model {
   close(): void {
     this.transformer.destroy();
     this.weights.destroy();
+    this.#prefetch?.destroy();
     this.pool.destroy();
     this.pool.source.close();
     for (const b of [this.#routeLog, this.#tokenLog, this.#savedRing]) b.destroy();

@@ -1,0 +1,164 @@
+/**
+ * Prefetch and eviction: the predictive policy's order, and on a generated
+ * model with experts streaming — the same tokens with prefetch off, with the
+ * gate lookahead and with a trained shadow model, under LRU and the
+ * predictive policy; the pool within its budget; prefetch never evicting an
+ * expert the current token still needs; statistics that add up; and fewer
+ * stalls with prediction than without.
+ */
+
+import assert from "node:assert/strict";
+import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
+import type { EvictionContext } from "../src/experts/pool.ts";
+import { PredictivePolicy } from "../src/experts/policy_predictive.ts";
+import { loadModel } from "../src/model/model.ts";
+import { expertLayout } from "../src/experts/layout.ts";
+import { readGgufModel } from "../src/gguf/reader.ts";
+import { predictorDemoModel } from "../src/predictor/demo_model.ts";
+import { collectRoutingData, syntheticPrompts } from "../src/predictor/collect.ts";
+import { trainShadow } from "../src/predictor/trainer.ts";
+import { saveShadow } from "../src/predictor/shadow.ts";
+
+let gpu: Gpu | undefined;
+const device = async () => gpu ??= await acquireGpu();
+
+/** Slots holding (layer, expert) pairs. */
+function context(slots: [number, number][]): EvictionContext {
+  return {
+    nSlots: slots.length,
+    layerOf: (s) => slots[s]![0],
+    expertOf: (s) => slots[s]![1],
+  };
+}
+
+Deno.test("predictive policy: keeps predicted, evicts the stalest, then the furthest layer, then LRU", () => {
+  // 4 layers; slots 0..5
+  const ctx = context([[0, 1], [1, 1], [2, 1], [3, 1], [1, 2], [2, 2]]);
+  const p = new PredictivePolicy(ctx, 4);
+  for (const s of [0, 1, 2, 3, 4, 5]) p.touch(s);
+  const none = () => false;
+  // between tokens (cursor 3): layer 3 is needed last
+  assert.equal(p.victim(none), 3);
+  // repairing layer 1: layer 1's other experts are needed only by the next token
+  p.setCursor(1);
+  assert.equal(p.distance(2), 0);
+  assert.equal(p.distance(1), 3);
+  assert.equal(p.victim(none), 1, "layer 1, least recently used of its two");
+  assert.equal(p.victim((s) => s === 1 || s === 4), 0, "then layer 0");
+  p.setPredicted(new Set(["1:1", "1:2", "0:1"]));
+  assert.equal(p.victim(none), 3, "predicted experts are kept while others remain");
+  p.setPredicted(new Set());
+  // a token later, slot 5 (layer 2) was used again; slot 2 (layer 2) was not
+  p.nextToken();
+  p.touch(5);
+  p.nextToken();
+  p.setCursor(0);
+  assert.equal(p.staleness(5), 0, "used by the last visit of layer 2");
+  assert.equal(p.staleness(2), 1, "one visit of layer 2 without it");
+  assert.equal(p.victim((s) => s !== 2 && s !== 5), 2, "the stalest goes first");
+  assert.equal(p.victim(() => true), -1);
+});
+
+function expertBytes(path: string): number {
+  return expertLayout(readGgufModel(path)).reduce((s, l) => s + l.nExpert * l.bytesPerExpert, 0);
+}
+
+Deno.test({
+  name:
+    "prefetch: same tokens off / lookahead / shadow × LRU / predictive, within budget, pinned experts kept, fewer stalls",
+  sanitizeResources: false,
+  async fn() {
+    const g = await device();
+    const path = await predictorDemoModel();
+    const dir = await Deno.makeTempDir();
+    try {
+      // a quickly trained shadow model: enough to predict, not to be the best
+      const shadowPath = `${dir}/shadow.safetensors`;
+      {
+        const m = await loadModel({ model: path, gpu: g, nCtx: 128, maxBatch: 64, cacheSizeGB: 1 });
+        try {
+          const data = await collectRoutingData(
+            m,
+            syntheticPrompts(40, 64, m.config.nVocab, 21),
+            { numSamples: 1000, newTokens: 0 },
+          );
+          const r = await trainShadow(g, data, { epochs: 2, batchSize: 64, lr: 5e-4 });
+          await saveShadow(shadowPath, r.weights);
+        } finally {
+          m.close();
+        }
+      }
+      const total = expertBytes(path);
+      const prompt = [5, 17, 99, 230, 41, 7, 300, 12];
+      const runs: { name: string; tokens: number[]; stalls: number }[] = [];
+      for (const frac of [0.1, 0.25]) {
+        for (const policy of ["lru", "predictive"] as const) {
+          for (const predictor of ["off", "lookahead", "shadow"] as const) {
+            const name = `${frac * 100}% ${policy} ${predictor}`;
+            const model = await loadModel({
+              model: path,
+              gpu: g,
+              nCtx: 128,
+              maxBatch: 4,
+              cacheSizeGB: (frac * total) / 2 ** 30,
+              evictionPolicy: policy,
+              enablePrefetch: predictor !== "off",
+              predictorPath: predictor === "shadow" ? shadowPath : undefined,
+            });
+            try {
+              const pool = model.pool;
+              const limit = pool.budgetBytes +
+                pool.groups.reduce((a, gr) => a + gr.reserveSlots * gr.slotBytes, 0);
+              // every prefetch keeps what it was told to keep, and the pool within its bytes
+              const prefetch = pool.prefetch.bind(pool);
+              let calls = 0;
+              pool.prefetch = (layer, experts, o = {}) => {
+                const r = prefetch(layer, experts, o);
+                calls++;
+                for (const key of o.pinned ?? []) {
+                  const [l, e] = key.split(":").map(Number);
+                  assert.ok(pool.slotOf(l!, e!) >= 0, `${name}: pinned ${key} was evicted`);
+                }
+                assert.ok(pool.residentBytes <= limit, `${name}: ${pool.residentBytes} > ${limit}`);
+                return r;
+              };
+              const r = await model.generate(prompt, { maxTokens: 24 });
+              const s = model.expertStats.snapshot();
+              const p = model.prefetchStats!;
+              assert.ok(s.peakBytes <= limit, `${name}: peak ${s.peakBytes} over ${limit}`);
+              assert.equal(s.hits + s.misses, s.lookups, `${name}: hits + misses = lookups`);
+              assert.equal(p.predictor, predictor);
+              assert.equal(p.evictionPolicy, policy);
+              assert.equal(p.tokens, r.tokens.length - 1, `${name}: every decoded token counted`);
+              if (predictor === "off") {
+                assert.equal(p.prefetchUploads, 0);
+                assert.equal(calls, 0);
+              } else {
+                assert.ok(p.prefetchUploads > 0, `${name}: nothing prefetched`);
+                assert.ok(p.prefetchAccuracy > 0 && p.prefetchAccuracy <= 1, `${name}: accuracy`);
+                assert.ok(p.recallByDistance[0]! > 0.3, `${name}: recall ${p.recallByDistance[0]}`);
+                assert.ok(p.prefetchHits + p.prefetchUnused <= p.prefetchUploads);
+              }
+              runs.push({ name, tokens: r.tokens, stalls: p.stalls });
+            } finally {
+              model.close();
+            }
+          }
+        }
+      }
+      for (const run of runs) {
+        assert.deepEqual(run.tokens, runs[0]!.tokens, `${run.name}: tokens differ`);
+      }
+      const stalls = (n: string) => runs.find((r) => r.name === n)!.stalls;
+      console.log(runs.map((r) => `${r.name}: ${r.stalls} stalls`).join("; "));
+      for (const frac of [10, 25]) {
+        assert.ok(
+          stalls(`${frac}% predictive lookahead`) < stalls(`${frac}% lru off`),
+          `${frac}%: prediction and the predictive policy should stall less than LRU alone`,
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
