@@ -33,7 +33,7 @@ export function predictorDemoSpec(): SyntheticSpec {
   };
 }
 
-/** Where the demo model is cached: `<repo>/.cache/predictor/demo-v1.gguf`. */
+/** Where the demo model is cached (bump the version when the spec changes). */
 export const DEMO_MODEL_PATH: string =
   new URL("../../.cache/predictor/demo-v1.gguf", import.meta.url)
     .pathname;
