@@ -340,6 +340,14 @@ Deno.test({
   },
 });
 
+Deno.test("shadow model size: under 500 MB for the largest supported shape (Kimi-K2 / DeepSeek-V3)", () => {
+  // 61 layers, 7168 wide, 384 experts (top-8); the trainer's defaults (hidden 256, depth 2)
+  // and a generous one (hidden 1024, depth 3)
+  const kimi = { nEmbd: 7168, nLayer: 61, nExpert: 384, nExpertUsed: 8, residual: true };
+  assert.equal(shadowBytes({ ...kimi, hidden: 256, depth: 2 }), 55_562_240);
+  assert.ok(shadowBytes({ ...kimi, hidden: 1024, depth: 3 }) < 500e6);
+});
+
 Deno.test("history predictor: recent tokens weigh more, unseen experts are never predicted", () => {
   const h = new HistoryPredictor(2, 5, 1, { topK: 3, decay: 0.5, depth: 2 });
   const token = (a: number, b: number) => new Uint32Array([a, b]);
