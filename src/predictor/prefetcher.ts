@@ -409,5 +409,12 @@ export class Prefetcher {
       for (const e of want) if (pool.slotOf(layer, e) >= 0) pinned.add(expertKey(layer, e));
     }
     pool.flush();
+    // The pool's slots are allocated once, so this cannot fail; say so if it ever does.
+    if (pool.residentBytes > pool.limitBytes) {
+      throw new Error(
+        `prefetch left ${pool.residentBytes} expert bytes on the GPU, over the pool's limit of ` +
+          `${pool.limitBytes} (budget plus one layer's reserve)`,
+      );
+    }
   }
 }
