@@ -592,3 +592,37 @@ Deno.test({
     assert.match(err, /--model: no such file or directory: \/nonexistent\/m\.gguf/);
   },
 });
+
+Deno.test({
+  name: "server: with experts streaming and prefetch on, /metrics reports the prefetcher",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const model = await ensureDemoModel();
+    const server = await startServer({
+      port: 0,
+      prefetchEnabled: true,
+      engineOptions: { model, nCtx: 256, maxBatch: 4, cacheSizeGB: 0, enablePrefetch: true },
+    });
+    try {
+      const r = await fetch(`${server.url}/generate`, {
+        method: "POST",
+        body: JSON.stringify({ prompt: "Hello there", max_tokens: 8, temperature: 0 }),
+      });
+      assert.equal(r.status, 200, await r.clone().text());
+      const body = await r.json();
+      assert.equal(body.tokens.length, 8);
+      assert.ok(body.stats.expert_loads > 0, "minimum mode streams experts");
+      const m = await (await fetch(`${server.url}/metrics`)).json();
+      assert.equal(m.prefetch_enabled, true);
+      assert.equal(m.prefetch.predictor, "lookahead");
+      assert.ok(m.prefetch.uploads > 0, JSON.stringify(m.prefetch));
+      assert.ok(m.prefetch_accuracy >= 0 && m.prefetch_accuracy <= 1);
+      assert.ok(Array.isArray(m.prefetch.recall_by_distance));
+      const prom = await (await fetch(`${server.url}/metrics?format=prometheus`)).text();
+      assert.match(prom, /odmoe_prefetch_accuracy_ratio [\d.]+/);
+    } finally {
+      await server.close();
+    }
+  },
+});

@@ -426,6 +426,7 @@ class App {
       maxQueue: this.maxQueue,
       experts: e?.model.expertStats.snapshot(),
       prefetchEnabled: this.o.prefetchEnabled ?? false,
+      prefetch: e?.model.prefetchStats,
     };
   }
 

@@ -62,6 +62,8 @@ export interface ServeConfig {
   maxQueue: number;
   /** `--enable-prefetch` (or `--predictor-path`). */
   prefetch: boolean;
+  /** `--predictor-path`: a trained shadow predictor. */
+  predictorPath?: string;
   /** `--quiet`. */
   quiet: boolean;
 }
@@ -76,7 +78,6 @@ export class UsageError extends Error {
 }
 
 /** Engine options the engine does not take yet: flags accepted and checked, then refused. */
-const NOT_YET: readonly string[] = ["enable-prefetch", "predictor-path"];
 
 function int(flag: string, v: string | undefined, min: number, max: number): number | undefined {
   if (v === undefined) return undefined;
@@ -216,17 +217,6 @@ export async function parseServeArgs(
   const predictor = v["predictor-path"];
   if (predictor !== undefined) await checkPath("predictor-path", predictor, "any");
   const prefetch = (v["enable-prefetch"] ?? false) || predictor !== undefined;
-  for (const flag of NOT_YET) {
-    if (
-      (flag === "enable-prefetch" && v["enable-prefetch"]) ||
-      (flag === "predictor-path" && predictor)
-    ) {
-      throw new UsageError(
-        `--${flag} is not supported yet: the engine has no prefetcher option to pass it to; ` +
-          `serve without it for now`,
-      );
-    }
-  }
 
   return {
     model: model !== undefined || base !== undefined
@@ -239,6 +229,7 @@ export async function parseServeArgs(
     apiKey,
     maxQueue,
     prefetch,
+    predictorPath: predictor,
     quiet: v.quiet ?? false,
   };
 }
@@ -285,6 +276,8 @@ export async function main(args: string[]): Promise<number> {
       ...(m ?? { model: await ensureDemoModel({ log: console.error }) }),
       cacheSizeGB: c.cacheSizeGB,
       nCtx: c.nCtx,
+      enablePrefetch: c.prefetch,
+      predictorPath: c.predictorPath,
     });
     try {
       await warmUp(engine);

@@ -19,6 +19,7 @@
  */
 
 import { type ExpertStatsSnapshot, LatencyRing, type LatencySummary } from "../experts/stats.ts";
+import type { PrefetchStatsSnapshot } from "../predictor/stats.ts";
 import type { GenerationStats } from "../generate/types.ts";
 
 /** Upper bounds (seconds) of the latency histograms' buckets. */
@@ -192,6 +193,8 @@ export interface MetricsView {
   experts?: ExpertStatsSnapshot;
   /** Whether `--enable-prefetch` is on. */
   prefetchEnabled: boolean;
+  /** The prefetcher's statistics while experts stream (prefetch on or off). */
+  prefetch?: PrefetchStatsSnapshot;
 }
 
 /** The JSON `/metrics` body. */
@@ -206,6 +209,18 @@ export interface MetricsJson {
   cache_hit_rate: number;
   /** Prefetched experts used before eviction, of those whose fate is known (0 before any). */
   prefetch_accuracy: number;
+  /** Prefetcher detail while experts stream: stalls per token, wasted bytes, recall@k per distance. */
+  prefetch: {
+    predictor: string;
+    eviction_policy: string;
+    stalls_per_token: number;
+    uploads: number;
+    upload_bytes: number;
+    wasted_upload_bytes: number;
+    recall_k: number;
+    recall_by_distance: readonly number[];
+    recall_next_token: number | null;
+  } | null;
   /** Whether the prefetcher is on. */
   prefetch_enabled: boolean;
   /** Mean time to upload one expert (recent uploads), ms. */
@@ -261,7 +276,8 @@ export interface MetricsJson {
   } | null;
 }
 
-function prefetchAccuracy(x: ExpertStatsSnapshot | undefined): number {
+function prefetchAccuracy(x: ExpertStatsSnapshot | undefined, p?: PrefetchStatsSnapshot): number {
+  if (p && p.prefetchUploads > 0) return p.prefetchAccuracy;
   if (!x) return 0;
   const decided = x.prefetchHits + x.prefetchUnused;
   return decided > 0 ? x.prefetchHits / decided : 0;
@@ -285,8 +301,23 @@ export function metricsJson(m: ServerMetrics, v: MetricsView): MetricsJson {
     architecture: v.model?.architecture ?? null,
     uptime_seconds: (Date.now() - v.startedAt) / 1000,
     cache_hit_rate: x?.hitRate ?? 0,
-    prefetch_accuracy: prefetchAccuracy(x),
+    prefetch_accuracy: prefetchAccuracy(x, v.prefetch),
     prefetch_enabled: v.prefetchEnabled,
+    prefetch: v.prefetch
+      ? {
+        predictor: v.prefetch.predictor,
+        eviction_policy: v.prefetch.evictionPolicy,
+        stalls_per_token: v.prefetch.stallsPerToken,
+        uploads: v.prefetch.prefetchUploads,
+        upload_bytes: v.prefetch.prefetchBytes,
+        wasted_upload_bytes: v.prefetch.wastedUploadBytes,
+        recall_k: v.prefetch.recallK,
+        recall_by_distance: v.prefetch.recallByDistance,
+        recall_next_token: Number.isFinite(v.prefetch.recallNextToken)
+          ? v.prefetch.recallNextToken
+          : null,
+      }
+      : null,
     avg_expert_load_time: x?.uploadLatency.all.meanMs ?? 0,
     tokens_per_second: m.tokensPerSecond,
     syncs_per_token: m.syncsPerToken,
@@ -458,7 +489,7 @@ export function prometheusText(m: ServerMetrics, v: MetricsView): string {
     "odmoe_prefetch_accuracy_ratio",
     "gauge",
     "Prefetched experts used before eviction, of those whose fate is known.",
-    prefetchAccuracy(x),
+    prefetchAccuracy(x, v.prefetch),
   );
   e.one(
     "odmoe_prefetch_enabled",
