@@ -31,6 +31,8 @@ import {
   cacheHitRateSummary,
   runCacheHitRateBench,
 } from "./cache_hit_rate.ts";
+import { prefetchBenchOptions, prefetchSummary, runPrefetchBench } from "./prefetch.ts";
+import { runServerLoadBench, serverLoadSummary } from "./server_load.ts";
 import { note } from "./_util.ts";
 
 type Report = Record<string, unknown>;
@@ -107,6 +109,25 @@ export const BENCHES: Record<string, Bench> = {
       return runCacheHitRateBench({ ...cacheHitRateOptions([], quick), model });
     },
     summary: cacheHitRateSummary,
+  },
+  prefetch: {
+    run(quick) {
+      return runPrefetchBench(prefetchBenchOptions(quick));
+    },
+    summary: prefetchSummary,
+  },
+  server_load: {
+    run(quick) {
+      return runServerLoadBench({
+        clients: quick ? 4 : 8,
+        durationS: quick ? 10 : 20,
+        maxTokens: 8,
+        endpoint: "generate",
+        stream: false,
+        maxQueue: 16,
+      });
+    },
+    summary: serverLoadSummary,
   },
 };
 
