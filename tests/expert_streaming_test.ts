@@ -134,6 +134,12 @@ Deno.test({
         "bytes uploaded = misses × expert bytes",
       );
       assert.ok(s.misses > 16, `only ${s.misses} misses: the model is not streaming`);
+      assert.equal(s.tokens, got.length - 1, "every decoded token is counted once");
+      assert.ok(
+        s.syncsPerToken >= 1,
+        `${s.syncsPerToken} syncs per token while streaming every layer`,
+      );
+      assert.ok(s.missesPerToken > 0);
       const skip = referenceUnavailableReason();
       if (skip) {
         console.log(`llama.cpp comparison skipped: ${skip}`);

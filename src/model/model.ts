@@ -550,6 +550,8 @@ export class Model {
       const p = this.#prefetch;
       while (emitted < o.maxTokens) {
         const n = Math.min(window, o.maxTokens - emitted);
+        const syncsBefore = this.gpu.stats.syncs;
+        const missesBefore = this.pool.stats.snapshot().misses;
         p?.beforeNext();
         for (let j = 0; j < n; j++) {
           this.#writeStep(pos + j, 1);
@@ -597,6 +599,11 @@ export class Model {
           accepted.push(ids[j]!);
         }
         if (!streaming) this.#account(routes, n, new Set());
+        // per-token syncs and misses, shared out over the window's accepted tokens
+        const share = 1 / accepted.length;
+        const syncs = (this.gpu.stats.syncs - syncsBefore) * share;
+        const misses = (this.pool.stats.snapshot().misses - missesBefore) * share;
+        for (let j = 0; j < accepted.length; j++) this.pool.stats.recordToken({ syncs, misses });
         window = stalled ? 1 : Math.min(maxWindow, window * 2);
         const stopAt = accepted.findIndex((t) => stop.has(t));
         const take = stopAt >= 0 ? accepted.slice(0, stopAt + 1) : accepted;
