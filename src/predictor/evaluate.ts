@@ -9,8 +9,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
-
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer, readback, upload } from "../gpu/buffers.ts";
 import { STEP } from "../gpu/ops/op.ts";

@@ -12,8 +12,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
-
 import type { Gpu } from "../gpu/device.ts";
 import { ParamsBuffer } from "../gpu/buffers.ts";
 import { getPipeline } from "../gpu/pipeline.ts";

@@ -15,8 +15,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
-
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer } from "../gpu/buffers.ts";
 import { type GpuWeight, type Op, recordOps } from "../gpu/ops/op.ts";

@@ -19,8 +19,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
-
 import type { ActView } from "../gpu/ops/op.ts";
 import { NONE } from "./kernels.ts";
 

@@ -24,8 +24,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
-
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer } from "../gpu/buffers.ts";
 import type { BufferBinding } from "../gpu/dispatch.ts";

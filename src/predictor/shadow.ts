@@ -40,8 +40,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
-
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer, upload } from "../gpu/buffers.ts";
 import { type Op, recordOps } from "../gpu/ops/op.ts";

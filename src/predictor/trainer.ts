@@ -16,8 +16,6 @@
  * @module
  */
 
-/// <reference lib="deno.webgpu" />
-
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer, readback, upload } from "../gpu/buffers.ts";
 import { type Op, recordOps } from "../gpu/ops/op.ts";
