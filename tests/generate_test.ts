@@ -182,3 +182,122 @@ Deno.test({
     assert.match(new TextDecoder().decode(bad.stderr), /--model: no such file: \/nope\.gguf/);
   },
 });
+
+Deno.test({
+  name:
+    "generate: penalties and seeded sampling give the same tokens whether experts stream or not",
+  sanitizeResources: false,
+  async fn() {
+    gpu ??= await acquireGpu();
+    const model = await fixtureModel({
+      arch: "qwen3moe",
+      type: "Q8_0",
+      shape: "a",
+      nExpert: 32,
+      nExpertUsed: 2,
+    });
+    const settings = [
+      { temperature: 0, repeatPenalty: 3 },
+      { temperature: 0, presencePenalty: 5, frequencyPenalty: 5 },
+      { temperature: 1.5, repeatPenalty: 3, seed: 7 },
+    ];
+    const runs: number[][][] = [];
+    for (const [cacheSizeGB, maxBatch] of [[4, 64], [0, 1], [0, 64]] as const) {
+      const e = await Engine.load({ model, gpu, nCtx: 128, maxBatch, cacheSizeGB });
+      try {
+        const out: number[][] = [];
+        for (const sampling of settings) {
+          out.push((await e.generate({ prompt: PROMPT, maxTokens: 24, sampling })).tokens);
+        }
+        if (cacheSizeGB === 0) assert.ok(e.model.stalls > 0, "experts did not stream");
+        runs.push(out);
+      } finally {
+        e.close();
+      }
+    }
+    assert.deepEqual(runs[1], runs[0], "budget 0, batch 1");
+    assert.deepEqual(runs[2], runs[0], "budget 0, batch 64");
+  },
+});
+
+Deno.test({
+  name:
+    "generate: a stop string's tokens and counts do not depend on the readback window; EOG stays in the tokens",
+  sanitizeResources: false,
+  async fn() {
+    gpu ??= await acquireGpu();
+    const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
+    const outs = [];
+    for (const window of [1, 16]) {
+      const e = await Engine.load({ model, gpu, nCtx: 256, window });
+      try {
+        const free = await e.generate({
+          prompt: PROMPT,
+          maxTokens: 30,
+          sampling: { temperature: 0 },
+        });
+        const stop = free.text.slice(6, 9);
+        const cut = await e.generate({
+          prompt: PROMPT,
+          maxTokens: 30,
+          sampling: { temperature: 0 },
+          stop: [stop],
+        });
+        assert.equal(cut.stats.completionTokens, cut.tokens.length, `window ${window}`);
+        outs.push(cut);
+      } finally {
+        e.close();
+      }
+    }
+    assert.equal(outs[0]!.text, outs[1]!.text);
+    assert.deepEqual(outs[0]!.tokens, outs[1]!.tokens);
+    // an end-of-generation token (no text) is still reported among the tokens, however the
+    // GPU's readback windows group the ids
+    const e = await getEngine();
+    const eog = [...e.tokenizer.eogIds][0]!;
+    const word = e.tokenizer.encode("fox", { addSpecial: false })[0]!;
+    for (const groups of [[[word], [eog]], [[word, eog]]]) {
+      const steps = e.generateStep;
+      e.generateStep = async function* () {
+        for (const g of groups) yield g;
+        return { promptTokens: 1, finishReason: "stop" as const };
+      };
+      try {
+        const r = await e.generate({ prompt: "x", maxTokens: 4 });
+        assert.deepEqual(r.tokens, [word, eog], JSON.stringify(groups));
+        assert.equal(r.stats.completionTokens, 2);
+        assert.equal(r.text, e.tokenizer.decode([word]));
+      } finally {
+        e.generateStep = steps;
+      }
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "generate: a prompt filling the context still generates one token; max_tokens is clamped to the room",
+  sanitizeResources: false,
+  async fn() {
+    gpu ??= await acquireGpu();
+    const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
+    const e = await Engine.load({ model, gpu, nCtx: 32 });
+    try {
+      const ids = Array.from({ length: 32 }, (_, i) => 100 + i);
+      const full = await e.generate({ prompt: ids, maxTokens: 10, sampling: { temperature: 0 } });
+      assert.equal(full.tokens.length, 1);
+      const r = await e.generate({
+        prompt: ids.slice(0, 20),
+        maxTokens: 100,
+        sampling: { temperature: 0 },
+      });
+      assert.equal(r.tokens.length, 13, "20 prompt + 13 generated − 1 fed = 32 positions");
+      await assert.rejects(
+        () => e.generate({ prompt: [...ids, 1], maxTokens: 1 }),
+        /33 tokens; the context holds 32/,
+      );
+    } finally {
+      e.close();
+    }
+  },
+});

@@ -135,7 +135,8 @@ export class Engine {
     req: GenerateRequest,
   ): AsyncGenerator<number[], { promptTokens: number; finishReason: FinishReason }, void> {
     const prompt = this.promptTokens(req);
-    const room = this.model.nCtx - prompt.length;
+    // the last generated token is never fed back, so it needs no cache room
+    const room = this.model.nCtx - prompt.length + 1;
     if (prompt.length === 0) throw new RequestError("prompt", "the prompt is empty");
     if (room < 1) {
       throw new RequestError(
@@ -162,6 +163,7 @@ export class Engine {
       stopTokens: [...stop],
       sample: this.sampler.ops,
       onStall: () => this.sampler.resetHistory([...prompt, ...accepted]),
+      onResample: (generated) => this.sampler.resetHistory([...prompt, ...generated]),
     });
     let finishReason: FinishReason = "length";
     try {
@@ -200,10 +202,23 @@ export class Engine {
     const steps = this.generateStep(req);
     let pending = ""; // decoded text not yet emitted (may hold a stop string's start)
     let pendingTokens: number[] = [];
-    let tokens = 0;
+    let pendingStarts: number[] = []; // where each pending token's text starts in `pending`
+    let tokens = 0; // tokens generated
+    let emittedTokens = 0; // tokens handed out in chunks
     let firstAt = 0;
     let result: { promptTokens: number; finishReason: FinishReason } | undefined;
     let stoppedByString = false;
+    /** Takes the first `n` characters of `pending` with the tokens whose text starts there. */
+    const take = (n: number): StreamChunk => {
+      let k = 0;
+      while (k < pendingTokens.length && pendingStarts[k]! < n) k++;
+      const chunk = { text: pending.slice(0, n), tokens: pendingTokens.slice(0, k) };
+      pending = pending.slice(n);
+      pendingTokens = pendingTokens.slice(k);
+      pendingStarts = pendingStarts.slice(k).map((p) => p - n);
+      emittedTokens += chunk.tokens.length;
+      return chunk;
+    };
     try {
       for (;;) {
         const r = await steps.next();
@@ -214,23 +229,19 @@ export class Engine {
         if (tokens === 0) firstAt = performance.now();
         tokens += r.value.length;
         for (const id of r.value) {
+          pendingStarts.push(pending.length);
           pending += this.tokenizer.eogIds.has(id) ? "" : decoder.push(id);
           pendingTokens.push(id);
         }
         const hit = firstStop(pending, stops);
         if (hit >= 0) {
-          const text = pending.slice(0, hit);
-          if (text) yield { text, tokens: pendingTokens };
+          const chunk = take(hit);
+          if (chunk.text || chunk.tokens.length) yield chunk;
           stoppedByString = true;
           break;
         }
         const keep = heldBack(pending, stops);
-        const text = pending.slice(0, pending.length - keep);
-        if (text) {
-          yield { text, tokens: pendingTokens };
-          pending = pending.slice(text.length);
-          pendingTokens = [];
-        }
+        if (pending.length - keep > 0) yield take(pending.length - keep);
       }
     } finally {
       if (!result) {
@@ -240,7 +251,8 @@ export class Engine {
     }
     if (!stoppedByString) {
       pending += decoder.flush();
-      if (pending) yield { text: pending, tokens: pendingTokens };
+      // tokens without text (an end-of-generation token) still belong to the output
+      if (pending || pendingTokens.length) yield take(pending.length + 1);
     }
     const end = performance.now();
     const x = this.model.expertStats.snapshot();
@@ -252,7 +264,7 @@ export class Engine {
     const promptTokens = result?.promptTokens ?? 0;
     return {
       promptTokens,
-      completionTokens: tokens,
+      completionTokens: stoppedByString ? emittedTokens : tokens,
       prefillMs,
       decodeMs,
       prefillTokensPerSecond: prefillMs > 0 ? promptTokens / (prefillMs / 1000) : 0,

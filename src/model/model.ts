@@ -129,6 +129,12 @@ export interface GenerateOptions {
    * a sampler keeping a history on the GPU rewrites it here.
    */
   onStall?: () => void;
+  /**
+   * Called before a repaired batch runs the sampler again, with the tokens
+   * generated before the one being resampled: a sampler keeping a history on
+   * the GPU rewrites it here (the stalled pass appended a wrong token).
+   */
+  onResample?: (generated: readonly number[]) => void;
 }
 
 class MappedTensors implements TensorBytes {
@@ -191,7 +197,10 @@ export class Model {
       const plan = checkTensorPlan(file, fullPlan.filter((e) => e.role === "base"));
       const nCtx = o.nCtx ?? Math.min(4096, config.nCtxTrain || 4096);
       const maxBatch = o.maxBatch ?? 64;
-      const window = Math.max(1, o.window ?? 16);
+      const window = o.window ?? 16;
+      if (!(Number.isInteger(window) && window >= 1)) {
+        throw new RangeError(`window must be an integer ≥ 1, got ${o.window}`);
+      }
       const cacheSizeGB = o.cacheSizeGB ?? 4;
       if (!(cacheSizeGB >= 0)) throw new RangeError(`cacheSizeGB must be ≥ 0, got ${cacheSizeGB}`);
       source = o.expertSource ?? openExperts(o, file);
@@ -398,6 +407,8 @@ export class Model {
       restoreFrom?: { buffer: GPUBuffer; offset: number };
       /** Read back with the last routes, in the same sync (the repaired token's id). */
       extra?: BufferBinding[];
+      /** Runs before each repair submit that samples (see {@linkcode GenerateOptions.onResample}). */
+      beforeSample?: () => void;
     },
   ): Promise<{ routes: Uint32Array; extra: ArrayBuffer[] }> {
     const repaired = new Set<number>();
@@ -412,6 +423,7 @@ export class Model {
       this.pool.ensure(miss.layer, miss.experts);
       p?.onStall(miss.layer, miss.experts);
       repaired.add(miss.layer);
+      if (o.head) o.beforeSample?.();
       this.#writeStep(pos, nTokens);
       const enc = this.gpu.device.createCommandEncoder();
       if (first && o.restoreFrom) {
@@ -444,7 +456,11 @@ export class Model {
   }
 
   /** Runs the prompt batches; the last one's head and sampler run too. */
-  async #prefill(tokens: readonly number[], sample: readonly Op[] | undefined): Promise<void> {
+  async #prefill(
+    tokens: readonly number[],
+    sample: readonly Op[] | undefined,
+    beforeSample?: () => void,
+  ): Promise<void> {
     const streaming = !this.pool.allResident;
     for (let i = 0; i < tokens.length; i += this.maxBatch) {
       const chunk = tokens.slice(i, i + this.maxBatch);
@@ -470,6 +486,7 @@ export class Model {
         const settled = await this.#repair(pos, chunk.length, routes, {
           sample: last ? sample : [],
           head: last,
+          beforeSample,
         });
         p?.settle(settled.routes, chunk.length, false);
       }
@@ -516,14 +533,18 @@ export class Model {
     this.#checkRoom(prompt.length + o.maxTokens - 1);
     const s = this.transformer.state;
     const stop = new Set(o.stopTokens ?? []);
+    if (o.window !== undefined && !(Number.isInteger(o.window) && o.window >= 1)) {
+      throw new RangeError(`window must be an integer ≥ 1, got ${o.window}`);
+    }
     const maxWindow = Math.max(1, Math.min(o.window ?? this.#window, this.#window));
     const streaming = !this.pool.allResident;
     let emitted = 0;
+    const generated: number[] = []; // tokens yielded so far
     let failed = false;
     const startPos = this.nPast;
     try {
       let stallsSeen = this.stalls;
-      await this.#prefill(prompt, o.sample);
+      await this.#prefill(prompt, o.sample, () => o.onResample?.([]));
       const posFirst = this.nPast; // the first generated token takes this position
       const extra = o.promptLogits ? [s.logits] : [];
       const enc0 = this.gpu.device.createCommandEncoder();
@@ -537,6 +558,7 @@ export class Model {
       const t0 = new Uint32Array(firstId!)[0]!;
       const promptLogits = logitsBytes ? new Float32Array(logitsBytes) : undefined;
       emitted = 1;
+      generated.push(t0);
       o.onAccepted?.(posFirst, [t0]);
       yield [t0];
       if (stop.has(t0)) return { promptLogits };
@@ -588,6 +610,7 @@ export class Model {
               head: true,
               restoreFrom: { buffer: this.#savedRing, offset: 4 * j * this.config.nEmbd },
               extra: [{ buffer: this.#tokenLog, offset: 4 * (pos + j + 1), size: 4 }],
+              beforeSample: () => o.onResample?.([...generated, ...accepted]),
             });
             p?.settle(repaired.routes, 1, true);
             accepted.push(new Uint32Array(repaired.extra[0]!)[0]!);
@@ -609,6 +632,7 @@ export class Model {
         const take = stopAt >= 0 ? accepted.slice(0, stopAt + 1) : accepted;
         this.nPast = pos + take.length;
         emitted += take.length;
+        generated.push(...take);
         o.onAccepted?.(pos + 1, take);
         yield take;
         if (stopAt >= 0) break;

@@ -536,7 +536,7 @@ class App {
     const field = p.messages ? "messages" : "prompt";
     const what = p.messages ? "prompt rendered from the messages" : "prompt";
     if (ids.length === 0) throw badRequest(field, `the ${what} is empty`);
-    if (ids.length >= limits.contextLength) {
+    if (ids.length > limits.contextLength) {
       throw badRequest(
         field,
         `the ${what} has ${ids.length} tokens; the context holds ${limits.contextLength} ` +
