@@ -22,7 +22,7 @@ const USAGE =
          (--prompt TEXT | --chat | --prompt-ids 1,2,3)
          [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]
          [--seed S] [--greedy] [--json] [--logits-out FILE] [--ctx-size N] [--batch-size N]
-         [--cache-size-gb GB] [--system TEXT]`;
+         [--cache-size-gb GB] [--enable-prefetch] [--predictor-path FILE] [--system TEXT]`;
 
 function fail(msg: string): never {
   console.error(`run: ${msg}\n${USAGE}`);
@@ -100,6 +100,8 @@ async function main(): Promise<void> {
         "ctx-size": { type: "string" },
         "batch-size": { type: "string" },
         "cache-size-gb": { type: "string" },
+        "enable-prefetch": { type: "boolean" },
+        "predictor-path": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -120,6 +122,7 @@ async function main(): Promise<void> {
   await checkPath("base-weights", args["base-weights"], "dir");
   await checkPath("expert-dir", args["expert-dir"], "dir");
   await checkPath("gguf-experts", args["gguf-experts"], "file");
+  await checkPath("predictor-path", args["predictor-path"], "file");
   const load: LoadModelOptions = {
     model: args.model,
     baseWeights: args["base-weights"],
@@ -128,6 +131,8 @@ async function main(): Promise<void> {
     nCtx: num("ctx-size", args["ctx-size"], { int: true, min: 1 }),
     maxBatch: num("batch-size", args["batch-size"], { int: true, min: 1 }),
     cacheSizeGB: num("cache-size-gb", args["cache-size-gb"], { min: 0 }),
+    enablePrefetch: args["enable-prefetch"] || args["predictor-path"] !== undefined,
+    predictorPath: args["predictor-path"],
   };
   const maxTokens = num("max-tokens", args["max-tokens"], { int: true, min: 1 }) ??
     (args.chat ? 512 : 32);
@@ -206,6 +211,14 @@ async function runIds(
       peak_expert_bytes: x.peakBytes,
       expert_budget_bytes: x.budgetBytes,
       expert_pool_bytes: x.allocatedBytes,
+      prefetch: model.prefetchStats
+        ? {
+          predictor: model.prefetchStats.predictor,
+          accuracy: model.prefetchStats.prefetchAccuracy,
+          uploads: model.prefetchStats.prefetchUploads,
+          wasted_upload_bytes: model.prefetchStats.wastedUploadBytes,
+        }
+        : null,
       load_ms: loadMs,
       architecture: model.config.arch,
     };
