@@ -8,7 +8,8 @@
 
 import assert from "node:assert/strict";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
-import { loadModel, type Model } from "../src/model/model.ts";
+import { loadModel, type LoadModelOptions, type Model } from "../src/model/model.ts";
+import { fixtureDequantized, fixtureModel, type FixtureOptions } from "./fixtures.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { Rng } from "../src/util/rng.ts";
@@ -218,4 +219,45 @@ export async function checkBudgets(
     }`,
   );
   return out;
+}
+
+/** Options of {@linkcode parityRun}. */
+export interface ParityRunOptions {
+  /** Prompt batch size (default 16). */
+  maxBatch?: number;
+  /** Prompt tokens (default {@linkcode PROMPT}). */
+  promptLength?: number;
+  /** Greedy tokens to compare (default {@linkcode GENERATE}). */
+  generate?: number;
+  /** Config fields to break on purpose (spread over the file's config by the loader). */
+  override?: object;
+  /** Checks on the loaded model before the comparison. */
+  check?: (model: Model) => void;
+}
+
+/**
+ * Loads a fixture on the shared device and compares it with llama.cpp (on
+ * the file itself for F32, on llama.cpp's all-F32 copy otherwise).
+ */
+export async function parityRun(
+  opts: FixtureOptions,
+  label: string,
+  seed: number,
+  o: ParityRunOptions = {},
+): Promise<ParityResult> {
+  const path = await fixtureModel(opts);
+  const refPath = (opts.type ?? "F32") === "F32" ? path : await fixtureDequantized(opts);
+  const model = await loadModel({
+    model: path,
+    gpu: await device(),
+    nCtx: 64,
+    maxBatch: o.maxBatch ?? 16,
+    configOverride: o.override as LoadModelOptions["configOverride"],
+  });
+  try {
+    o.check?.(model);
+    return await compare(model, refPath, label, seed, o);
+  } finally {
+    model.close();
+  }
 }

@@ -14,7 +14,7 @@
  */
 
 import assert from "node:assert/strict";
-import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
+import { loadModel } from "../src/model/model.ts";
 import { GgufMetadata, readGgufModel } from "../src/gguf/reader.ts";
 import { archSpec } from "../src/model/registry.ts";
 import { kvCacheBytesPerToken, type ModelConfig } from "../src/model/config.ts";
@@ -23,13 +23,18 @@ import { inspectReport } from "../scripts/inspect.ts";
 import { Rng } from "../src/util/rng.ts";
 import { referenceUnavailableReason } from "./ref/llama_cpp.ts";
 import {
-  fixtureDequantized,
   fixtureModel,
   type FixtureOptions,
   type FixtureShape,
   type FixtureType,
 } from "./fixtures.ts";
-import { checkBudgets, compare, device, type ParityResult } from "./_parity.ts";
+import {
+  checkBudgets,
+  device,
+  type ParityResult,
+  parityRun,
+  type ParityRunOptions,
+} from "./_parity.ts";
 
 const TYPES: FixtureType[] = ["F32", "F16", "Q8_0", "Q4_K_M"];
 const SHAPES: FixtureShape[] = ["a", "b"];
@@ -39,28 +44,8 @@ if (skip) console.log(`skipping deepseek2 parity tests: ${skip}`);
 
 const results: (ParityResult & { label: string })[] = [];
 
-async function parity(
-  opts: FixtureOptions,
-  label: string,
-  seed: number,
-  o: { maxBatch?: number; promptLength?: number; generate?: number; override?: object } = {},
-) {
-  const path = await fixtureModel(opts);
-  const refPath = (opts.type ?? "F32") === "F32" ? path : await fixtureDequantized(opts);
-  const model = await loadModel({
-    model: path,
-    gpu: await device(),
-    nCtx: 64,
-    maxBatch: o.maxBatch ?? 16,
-    // The loader spreads the override over the file's config: any field can be broken on purpose.
-    configOverride: o.override as LoadModelOptions["configOverride"],
-  });
-  try {
-    const r = await compare(model, refPath, label, seed, o);
-    results.push({ ...r, label });
-  } finally {
-    model.close();
-  }
+async function parity(opts: FixtureOptions, label: string, seed: number, o: ParityRunOptions = {}) {
+  results.push({ ...(await parityRun(opts, label, seed, o)), label });
 }
 
 for (const shape of SHAPES) {

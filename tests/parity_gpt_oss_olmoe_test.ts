@@ -12,18 +12,17 @@
  */
 
 import assert from "node:assert/strict";
-import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
+import type { Model } from "../src/model/model.ts";
 import type { ModelConfig } from "../src/model/config.ts";
 import { Rng } from "../src/util/rng.ts";
 import { referenceUnavailableReason } from "./ref/llama_cpp.ts";
 import {
-  fixtureDequantized,
   fixtureModel,
   type FixtureOptions,
   type FixtureShape,
   type FixtureType,
 } from "./fixtures.ts";
-import { checkBudgets, compare, device, type ParityResult } from "./_parity.ts";
+import { checkBudgets, type ParityResult, parityRun, type ParityRunOptions } from "./_parity.ts";
 
 const SHAPES: FixtureShape[] = ["a", "b"];
 const TYPES: Record<"gpt-oss" | "olmoe", FixtureType[]> = {
@@ -36,33 +35,14 @@ if (skip) console.log(`skipping gpt-oss/olmoe parity tests: ${skip}`);
 
 const results: (ParityResult & { label: string })[] = [];
 
-async function parity(
-  opts: FixtureOptions,
-  label: string,
-  seed: number,
-  o: { maxBatch?: number; promptLength?: number; generate?: number; override?: object } = {},
-) {
-  const path = await fixtureModel(opts);
-  const refPath = (opts.type ?? "F32") === "F32" ? path : await fixtureDequantized(opts);
-  const model = await loadModel({
-    model: path,
-    gpu: await device(),
-    nCtx: 64,
-    maxBatch: o.maxBatch ?? 16,
-    // The loader spreads the override over the file's config: any field can be broken on purpose.
-    configOverride: o.override as LoadModelOptions["configOverride"],
-  });
-  try {
-    if (opts.arch === "gpt-oss") {
-      // the prompt must reach past the sliding window for the window to matter
-      const window = Math.max(...model.config.windows!);
-      assert.ok((o.promptLength ?? 16) > window, `prompt within the window ${window}`);
-    }
-    const r = await compare(model, refPath, label, seed, o);
-    results.push({ ...r, label });
-  } finally {
-    model.close();
-  }
+async function parity(opts: FixtureOptions, label: string, seed: number, o: ParityRunOptions = {}) {
+  const check = (model: Model) => {
+    if (opts.arch !== "gpt-oss") return;
+    // the prompt must reach past the sliding window for the window to matter
+    const window = Math.max(...model.config.windows!);
+    assert.ok((o.promptLength ?? 16) > window, `prompt within the window ${window}`);
+  };
+  results.push({ ...(await parityRun(opts, label, seed, { ...o, check })), label });
 }
 
 for (const arch of ["gpt-oss", "olmoe"] as const) {
