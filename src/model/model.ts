@@ -13,7 +13,7 @@ import { type GgufModelFile, type GgufTensorInfo, readGgufModel } from "../gguf/
 import { MappedFile } from "../../ffi/mmap.ts";
 import { acquireGpu, type Gpu } from "../gpu/device.ts";
 import { createBuffer, recordReadback, upload } from "../gpu/buffers.ts";
-import { type Op, STEP } from "../gpu/ops/op.ts";
+import { type Op, stepWords } from "../gpu/ops/op.ts";
 import type { BufferBinding } from "../gpu/dispatch.ts";
 import { checkMoeConfig, type ModelConfig, type TensorPlanEntry } from "./config.ts";
 import { archSpec } from "./registry.ts";
@@ -294,11 +294,7 @@ export class Model {
   }
 
   #writeStep(pos0: number, nTokens: number): void {
-    const s = new Uint32Array(STEP.length);
-    s[STEP.pos0] = pos0;
-    s[STEP.nTokens] = nTokens;
-    s[STEP.nKv] = pos0 + nTokens;
-    upload(this.gpu, this.transformer.state.step, s);
+    upload(this.gpu, this.transformer.state.step, stepWords(pos0, nTokens));
   }
 
   #checkRoom(n: number): void {

@@ -3,7 +3,7 @@ import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
 import { createBuffer, readback } from "../buffers.ts";
 import { attention, type AttentionParams, compareArrays, makeRng, randomArray } from "./cpu_ref.ts";
 import { prepareAttention } from "./attention.ts";
-import { type Op, recordOps, STEP } from "./op.ts";
+import { type Op, recordOps, stepWords } from "./op.ts";
 
 let gpu: Gpu | undefined;
 try {
@@ -14,11 +14,7 @@ try {
 }
 
 function stepBuffer(g: Gpu, pos0: number, nTokens: number): GPUBuffer {
-  const s = new Uint32Array(STEP.length);
-  s[STEP.pos0] = pos0;
-  s[STEP.nTokens] = nTokens;
-  s[STEP.nKv] = pos0 + nTokens;
-  return createBuffer(g, { label: "step", data: s });
+  return createBuffer(g, { label: "step", data: stepWords(pos0, nTokens) });
 }
 
 interface Case extends AttentionParams {

@@ -9,7 +9,7 @@ import { Rng } from "../../util/rng.ts";
 import { createBuffer, readback } from "../buffers.ts";
 import { acquireGpu, expectNoGpuErrors, type Gpu, GpuUnavailableError } from "../device.ts";
 import { prepareGetRows } from "./get_rows.ts";
-import { type GpuWeight, type Op, recordOps, STEP } from "./op.ts";
+import { type GpuWeight, type Op, recordOps, stepWords } from "./op.ts";
 import { GPU_WEIGHT_TYPES, UnsupportedWeightTypeError } from "./quant_wgsl.ts";
 import { randomWeightBytes, uploadWeight } from "./weights.ts";
 
@@ -28,9 +28,7 @@ function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void>): void {
 const SENTINEL = -777.25;
 
 function stepBuffer(gpu: Gpu, nTokens: number): GPUBuffer {
-  const words = new Uint32Array(STEP.length);
-  words[STEP.nTokens] = nTokens;
-  return createBuffer(gpu, { label: "step", data: words });
+  return createBuffer(gpu, { label: "step", data: stepWords(0, nTokens) });
 }
 
 interface Case {

@@ -15,7 +15,14 @@ import {
   prepareMatmul,
   prepareMatmulId,
 } from "./matmul.ts";
-import { type ActView, type GpuWeight, type Op, recordOps, STEP, type WeightChunk } from "./op.ts";
+import {
+  type ActView,
+  type GpuWeight,
+  type Op,
+  recordOps,
+  stepWords,
+  type WeightChunk,
+} from "./op.ts";
 import { GPU_WEIGHT_TYPES, UnsupportedWeightTypeError } from "./quant_wgsl.ts";
 import { randomWeightBytes, uploadWeight } from "./weights.ts";
 
@@ -44,10 +51,7 @@ interface Case {
 }
 
 function stepBuffer(gpu: Gpu, nTokens: number): GPUBuffer {
-  const words = new Uint32Array(STEP.length);
-  words[STEP.nTokens] = nTokens;
-  words[STEP.nKv] = nTokens;
-  return createBuffer(gpu, { label: "step", data: words });
+  return createBuffer(gpu, { label: "step", data: stepWords(0, nTokens) });
 }
 
 function normals(rng: Rng, n: number): Float32Array {

@@ -47,6 +47,15 @@ export function recordOps(
  */
 export const STEP = { pos0: 0, nTokens: 1, nKv: 2, length: 4 } as const;
 
+/** The step buffer's words for a batch of `nTokens` starting at position `pos0`. */
+export function stepWords(pos0: number, nTokens: number): Uint32Array {
+  const s = new Uint32Array(STEP.length);
+  s[STEP.pos0] = pos0;
+  s[STEP.nTokens] = nTokens;
+  s[STEP.nKv] = pos0 + nTokens;
+  return s;
+}
+
 /** A region of an f32 (or u32) activation buffer: `offset` and `stride` are in elements. */
 export interface ActView {
   /** The buffer. */

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
 import { createBuffer, readback } from "../buffers.ts";
 import { compareArrays, makeRng, randomArray, rope, type RopeParams } from "./cpu_ref.ts";
-import { type Op, recordOps, STEP } from "./op.ts";
+import { type Op, recordOps, stepWords } from "./op.ts";
 import { prepareRope } from "./rope.ts";
 
 let gpu: Gpu | undefined;
@@ -14,11 +14,7 @@ try {
 }
 
 function stepBuffer(g: Gpu, pos0: number, nTokens: number): GPUBuffer {
-  const s = new Uint32Array(STEP.length);
-  s[STEP.pos0] = pos0;
-  s[STEP.nTokens] = nTokens;
-  s[STEP.nKv] = pos0 + nTokens;
-  return createBuffer(g, { label: "step", data: s });
+  return createBuffer(g, { label: "step", data: stepWords(pos0, nTokens) });
 }
 
 type Case = RopeParams & { name: string; offset: number; tokenStride: number };
