@@ -14,6 +14,9 @@
  *    for GPT-OSS, Tekken, …) run on GPT-2's vocabulary relabelled with their
  *    `tokenizer.ggml.pre`, against llama.cpp on the same file.
  * 4. The regexes and the Unicode table are llama.cpp's, read from its source.
+ * 5. Kimi-K2's hand-written splitter and SuperBPE run on Qwen2's vocabulary
+ *    (it has CJK merges) relabelled, on a corpus aimed at where Kimi's splitter
+ *    departs from a regex: 2000 strings × 4 flag sets, and decode.
  *
  * Parts 1 and 4 need only the source bundle; 2 and 3 also need the
  * reference libraries. Both are skipped with a printed reason when missing.
@@ -267,7 +270,7 @@ srcTest("each pre-tokenizer family has llama.cpp's regexes, in order", async () 
       (JSON.stringify(s.regexes) === JSON.stringify(g.regexes) && s.byteEncode === g.byteEncode)
     );
   const missing = groups.filter((g) => !covered(g)).map((g) => g.types.join("/"));
-  assert.deepEqual(missing.sort(), ["KIMI_K2", "SUPERBPE", "WHITESPACE"]);
+  assert.deepEqual(missing.sort(), ["WHITESPACE"]);
 });
 
 // ---------------------------------------------------------------------------
@@ -691,6 +694,160 @@ refTest("pre-tokenizers without a bundled vocabulary, on GPT-2's relabelled", as
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** Pieces aimed at Kimi-K2's splitter and SuperBPE's digit grouping. */
+const K2_POOLS: Readonly<Record<string, readonly string[]>> = {
+  han: [
+    "你好",
+    "世界",
+    "中文测试",
+    "漢字",
+    "㐀㐁",
+    "𠀀𠀁",
+    "豈更",
+    "\u{2F800}",
+    "\u{2A700}",
+    "\u{2EBE0}",
+    "〇",
+    "々",
+    "⺀",
+    "⼀",
+    "\u{30000}",
+    "\u{31350}",
+  ],
+  kana: ["ひらがな", "カタカナ", "ｶﾀｶﾅ", "한국어", "안녕", "ー", "・"],
+  cased: [
+    "Hello",
+    "world",
+    "HelloWorld",
+    "camelCase",
+    "HTTPServer",
+    "iPhone",
+    "ÉCOLEétudiant",
+    "ǅemal",
+    "ΑβΓδ",
+    "ПриВет",
+    "straße",
+    "İstanbul",
+    "ﬁne",
+    "x",
+    "Q",
+  ],
+  marks: [
+    "e\u0301",
+    "a\u0308\u0304",
+    "n\u0303o",
+    "\u0301",
+    "\u0301\u0302",
+    "क्ष",
+    "नमस्ते",
+    "தமிழ்",
+    "\u200d",
+    "\u20dd",
+  ],
+  digits: [
+    "0",
+    "12",
+    "123",
+    "1234",
+    "123456",
+    "1234567",
+    "12345678901",
+    "٣٤٥",
+    "१२३",
+    "３４５",
+    "½",
+    "Ⅻ",
+    "²",
+    "a1b2c3",
+    "v1.2.3",
+    "2024年",
+    "第3章",
+  ],
+  emoji: ["😀", "👍🏽", "👨‍👩‍👧‍👦", "🇫🇷", "❤️", "1️⃣", "©", "∑", "→", "€"],
+  ws: [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n", "    \n", "\u00a0", "\u3000", "\v"],
+  unassigned: ["\u0378", "\u0380", "\u{E0080}", "\u{2FFFE}", "\u0897", "\u{1FAE9}", "\uffff"],
+  contractions: ["'s", "'S", "'ll", "'LL", "'re", "'Ve", "'m", "'d", "don't", "I'M", "l'été", "'"],
+  punct: [".", ",", "!", "。", "，", "「", "」", "...", "—", "(", ")", "$", "+", "\\", "#"],
+  special: ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_start", "<|"],
+};
+
+/** A seeded corpus for Kimi-K2/SuperBPE: pieces glued together, often with nothing between. */
+function k2Corpus(seed: number, count: number): string[] {
+  const r = rng(seed);
+  const pick = <T>(a: readonly T[]): T => a[Math.floor(r() * a.length)]!;
+  const names = Object.keys(K2_POOLS);
+  const out: string[] = [];
+  for (let i = 0; i < count; i++) {
+    let s = r() < 0.1 ? pick(K2_POOLS.ws!) : "";
+    for (let k = 1 + Math.floor(r() * 10); k > 0; k--) {
+      s += pick(K2_POOLS[pick(names)]!);
+      const sep = r();
+      if (sep < 0.25) s += " ";
+      else if (sep < 0.35) s += pick(K2_POOLS.ws!);
+      else if (sep < 0.45) s += pick(K2_POOLS.punct!);
+    }
+    out.push(s);
+  }
+  return out;
+}
+
+refTest(
+  "kimi-k2 and superbpe equal llama.cpp on Qwen2's vocabulary relabelled (2000 strings × 4, decode)",
+  async (t) => {
+    const ref = loadReference();
+    const base = readGgufModel(await vocabPath("qwen2"));
+    const strings = k2Corpus(20261202, 2000);
+    const dir = await Deno.makeTempDir({ prefix: "odmoe-k2-" });
+    const cases = [
+      { pre: "kimi-k2", merges: true },
+      { pre: "superbpe", merges: true },
+      // llama.cpp loads a Kimi-K2 vocabulary without merges (words fall apart into characters).
+      { pre: "kimi-k2", merges: false },
+    ];
+    try {
+      for (const { pre, merges } of cases) {
+        const label = merges ? pre : `${pre} without merges`;
+        await t.step(label, async () => {
+          const path = `${dir}/${pre}-${merges}.gguf`;
+          const metadata = [...base.metadata.entries].filter(([k]) =>
+            k !== Keys.tokenizerPre && (merges || k !== Keys.tokenizerMerges)
+          );
+          metadata.push([Keys.tokenizerPre, gv.str(pre)]);
+          await writeGgufFile(path, { metadata, tensors: [] });
+          const tok = loadTokenizer(path);
+          using model = ref.loadModel(path, { vocabOnly: true });
+          const enc = compareEncode(tok, model, strings, label);
+          let decoded = 0;
+          const badDecode: string[] = [];
+          for (const s of strings) {
+            const ids = model.tokenize(s, { addSpecial: true, parseSpecial: true });
+            for (const skipSpecial of [false, true]) {
+              for (const removeSpecial of [false, true]) {
+                const got = tok.decode(ids, { skipSpecial, removeSpecial });
+                const want = model.detokenize(ids, { removeSpecial, unparseSpecial: !skipSpecial });
+                if (got === want) decoded++;
+                else if (badDecode.length < 5) {
+                  badDecode.push(
+                    `${JSON.stringify(s)} skip=${skipSpecial} remove=${removeSpecial}`,
+                  );
+                }
+              }
+            }
+          }
+          assert.deepEqual(badDecode, [], `${label}: decode differs from llama_detokenize`);
+          console.log(
+            `  ${label}: encode ${enc.matched}/${enc.total}, decode ${decoded}/${
+              strings.length * 4
+            }`,
+          );
+        });
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
 
 refTest("deno task tokenize prints llama.cpp's ids", async () => {
   const script = new URL("../scripts/tokenize.ts", import.meta.url).pathname;

@@ -42,6 +42,8 @@ const DEEPSEEK3_MAIN =
   "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
 const CJK_DEEPSEEK = "[\u4E00-\u9FA5\u0800-\u4E00\uAC00-\uD7FF]+";
 const PORO = " ?[^(\\s|.,!?\u2026\u3002\uFF0C\u3001\u0964\u06D4\u060C)]+";
+/** Not a regex llama.cpp runs: the key that selects its hand-written Kimi-K2 splitter. */
+const KIMI_K2 = "\\p{Han}+";
 
 /** A BPE pre-tokenizer: llama.cpp's regexes for one `tokenizer.ggml.pre` family. */
 export interface PreTokenizerSpec {
@@ -141,6 +143,8 @@ export const PRE_TOKENIZERS: Readonly<Record<string, PreTokenizerSpec>> = {
   ]),
   gemma4: spec("gemma4", [NEWLINES], false),
   "sarvam-moe": spec("sarvam-moe", [NEWLINES], false),
+  "kimi-k2": spec("kimi-k2", [KIMI_K2]),
+  superbpe: spec("superbpe", ["\\p{N}+", "(?=(\\d{3})+(?!\\d))"]),
   minicpm5: spec("minicpm5", [
     "\\p{N}{1,3}",
     CONTRACTIONS +
@@ -378,6 +382,99 @@ const splitAfmoeDigits: Splitter = (cpts, offsets) =>
     add(end);
   });
 
+/**
+ * Han as llama.cpp's `unicode_cpt_is_han` has it: a fixed list of CJK
+ * ideograph blocks, not the Unicode script (U+3005, U+3007, radicals and
+ * Extensions G–I are not Han here).
+ */
+const HAN: readonly (readonly [number, number])[] = [
+  [0x4e00, 0x9fff], // CJK Unified Ideographs
+  [0x3400, 0x4dbf], // Extension A
+  [0x20000, 0x2a6df], // Extension B
+  [0x2a700, 0x2b73f], // Extension C
+  [0x2b740, 0x2b81f], // Extension D
+  [0x2b820, 0x2ceaf], // Extension E
+  [0x2ceb0, 0x2ebef], // Extension F
+  [0xf900, 0xfaff], // Compatibility Ideographs
+  [0x2f800, 0x2fa1f], // Compatibility Ideographs Supplement
+];
+const isHan = (c: number) => HAN.some(([lo, hi]) => c >= lo && c <= hi);
+
+/**
+ * Kimi-K2 (`unicode_regex_split_custom_kimi_k2`). It stands for Kimi's regex
+ * `[\p{Han}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}…]+(?i:'s|…)?|…`
+ * but is not it, and llama.cpp's behaviour is the one to match: Han runs are
+ * words; otherwise an optional non-letter/non-number/non-CR/LF lead plus a
+ * run of non-Han letters of any case (case does not split; marks are not
+ * letters) plus a contraction; then digits in threes, punctuation runs and
+ * whitespace as Llama 3; a codepoint with no flags (unassigned) is a word
+ * of its own.
+ */
+const splitKimiK2: Splitter = (cpts, offsets) =>
+  eachPiece(cpts, offsets, (ini, end, cpt, flags, add) => {
+    const wordLetter = (pos: number) => (flags(pos) & L) !== 0 && !isHan(cpt(pos));
+    for (let pos = ini; pos < end;) {
+      const c = cpt(pos);
+      const f = flags(pos);
+      if (isHan(c)) {
+        while (isHan(cpt(pos))) pos++;
+        add(pos);
+        continue;
+      }
+      const lead = !(c === CR || c === LF || f & (L | N));
+      if ((f & L) !== 0 || (lead && wordLetter(pos + 1))) {
+        if (lead) pos++;
+        while (wordLetter(pos)) pos++;
+        pos += contraction(pos, end, cpt, true);
+        add(pos);
+        continue;
+      }
+      if (f & N) {
+        let first = pos;
+        while (flags(pos) & N) {
+          if (++pos - first >= 3) {
+            add(pos);
+            first = pos;
+          }
+        }
+        add(pos);
+        continue;
+      }
+      let f2 = c === SPACE ? flags(pos + 1) : f;
+      if (!(f2 & (WS | L | N)) && f2) {
+        pos += c === SPACE ? 1 : 0;
+        while (!(f2 & (WS | L | N)) && f2) f2 = flags(++pos);
+        let c2 = cpt(pos);
+        while (c2 === CR || c2 === LF) c2 = cpt(++pos);
+        add(pos);
+        continue;
+      }
+      let nws = 0;
+      let lastCrLf = 0;
+      while (flags(pos + nws) & WS) {
+        const c2 = cpt(pos + nws);
+        if (c2 === CR || c2 === LF) lastCrLf = pos + nws + 1;
+        nws++;
+      }
+      if (lastCrLf > 0) {
+        pos = lastCrLf;
+        add(pos);
+        continue;
+      }
+      if (nws > 1 && cpt(pos + nws) !== OUT_OF_RANGE) {
+        pos += nws - 1;
+        add(pos);
+        continue;
+      }
+      if (nws > 0) {
+        pos += nws;
+        add(pos);
+        continue;
+      }
+      add(++pos);
+    }
+  });
+
 /** `[^\n]+|[\n]+` */
 const splitNewlines: Splitter = (cpts, offsets) => {
   const out: number[] = [];
@@ -403,6 +500,7 @@ const CUSTOM: ReadonlyMap<string, Splitter> = new Map([
   [AFMOE_DIGITS, splitAfmoeDigits],
   [TINY_AYA_DIGITS, splitAfmoeDigits],
   [NEWLINES, splitNewlines],
+  [KIMI_K2, splitKimiK2],
 ]);
 
 // ---------------------------------------------------------------------------

@@ -79,6 +79,8 @@ interface PreConfig {
   noBos?: boolean;
   /** Spaces are ▁ in the vocabulary (SentencePiece-style BPE). */
   escapeWhitespace?: boolean;
+  /** A file without `tokenizer.ggml.merges` is accepted (llama.cpp allows it for Kimi-K2 only). */
+  mergesOptional?: boolean;
 }
 
 const NO_CLEAN = { cleanSpaces: false } as const;
@@ -163,6 +165,8 @@ const PRE_NAMES: Readonly<Record<string, PreConfig>> = (() => {
   add(["seed-coder"], { family: "seed-coder", ...NO_CLEAN });
   add(["afmoe"], { family: "afmoe", ...NO_CLEAN });
   add(["laguna"], { family: "laguna", ...NO_CLEAN });
+  add(["kimi-k2"], { family: "kimi-k2", ...NO_CLEAN, mergesOptional: true });
+  add(["superbpe"], { family: "superbpe", ...NO_CLEAN });
   return t;
 })();
 
@@ -520,7 +524,8 @@ export class Tokenizer {
     }
 
     if (this.type === "bpe") {
-      const merges = meta.strings(Keys.tokenizerMerges);
+      const merges = meta.strings(Keys.tokenizerMerges) ??
+        (cfg!.mergesOptional ? [] : undefined);
       if (merges === undefined) {
         throw new Error(
           `metadata key ${Keys.tokenizerMerges} is missing: a BPE vocabulary needs it`,

@@ -185,10 +185,12 @@ Deno.test("unsupported tokenizers fail naming the key and the supported values",
     /tokenizer\.ggml\.model = "bert".*supported: gpt2, llama, gemma4/,
   );
   assert.throws(
-    () => tinyBpe([[Keys.tokenizerPre, gv.str("kimi-k2")]]),
-    /tokenizer\.ggml\.pre = "kimi-k2".*supported: .*qwen2/,
+    () => tinyBpe([[Keys.tokenizerPre, gv.str("no-such-pre")]]),
+    /tokenizer\.ggml\.pre = "no-such-pre".*supported: .*qwen2/,
   );
   assert.ok(SUPPORTED_PRE_TOKENIZERS.includes("deepseek-v3"));
+  assert.ok(SUPPORTED_PRE_TOKENIZERS.includes("kimi-k2"));
+  assert.ok(SUPPORTED_PRE_TOKENIZERS.includes("superbpe"));
   assert.ok(SUPPORTED_PRE_TOKENIZERS.includes("gpt-4o"));
   assert.throws(
     () => Tokenizer.fromGguf(meta([[Keys.tokenizerModel, gv.str("llama")]])),
