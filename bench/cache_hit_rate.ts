@@ -24,8 +24,8 @@
 
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { fixtureModel, type FixtureOptions } from "../tests/fixtures.ts";
-import { loadReference } from "../tests/ref/llama_cpp.ts";
+import { fixtureModel, type FixtureOptions } from "../dev/fixtures.ts";
+import { loadReference } from "../dev/ref/llama_cpp.ts";
 import { loadModel, type Model } from "../src/model/model.ts";
 import { acquireGpu } from "../src/gpu/device.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";

@@ -25,8 +25,8 @@
 
 import { parseArgs } from "node:util";
 import process from "node:process";
-import { fixtureModel, type FixtureOptions, type FixtureType } from "../tests/fixtures.ts";
-import { loadReference } from "../tests/ref/llama_cpp.ts";
+import { fixtureModel, type FixtureOptions, type FixtureType } from "../dev/fixtures.ts";
+import { loadReference } from "../dev/ref/llama_cpp.ts";
 import { loadModel, type Model } from "../src/model/model.ts";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { readback, upload } from "../src/gpu/buffers.ts";

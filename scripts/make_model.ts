@@ -10,9 +10,9 @@
  * ```
  *
  * Dimensions start from the test fixture shape `--shape` (default `a`, see
- * `tests/fixtures.ts`); flags override them. F32 and F16 are written by the
+ * `dev/fixtures.ts`); flags override them. F32 and F16 are written by the
  * generator; other types are quantised from an F32 temporary by llama.cpp's
- * own quantiser (`llama_model_quantize` through `tests/ref/llama_cpp.ts`), so
+ * own quantiser (`llama_model_quantize` through `dev/ref/llama_cpp.ts`), so
  * the file is what llama.cpp itself would make. Prints one summary line.
  *
  * @module
@@ -23,8 +23,8 @@ import { SYNTHETIC_ARCHS, type SyntheticArch, syntheticModel } from "../src/mode
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { isExpertTensor } from "../src/gguf/names.ts";
 import { writeGgufFile } from "../src/gguf/writer.ts";
-import { type FixtureShape, fixtureSpec } from "../tests/fixtures.ts";
-import { LlamaFtype, type LlamaFtypeName, loadReference } from "../tests/ref/llama_cpp.ts";
+import { type FixtureShape, fixtureSpec } from "../dev/fixtures.ts";
+import { LlamaFtype, type LlamaFtypeName, loadReference } from "../dev/ref/llama_cpp.ts";
 
 const USAGE = `usage: deno task make-model --arch ${SYNTHETIC_ARCHS.join("|")} --out FILE
   [--type F32|F16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q2_K|Q3_K_M|Q4_K_M|Q5_K_M|Q6_K|…]  (default F32)

@@ -9,11 +9,11 @@
 import assert from "node:assert/strict";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { loadModel, type LoadModelOptions, type Model } from "../src/model/model.ts";
-import { fixtureDequantized, fixtureModel, type FixtureOptions } from "./fixtures.ts";
+import { fixtureDequantized, fixtureModel, type FixtureOptions } from "../dev/fixtures.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { Rng } from "../src/util/rng.ts";
-import { loadReference } from "./ref/llama_cpp.ts";
+import { loadReference } from "../dev/ref/llama_cpp.ts";
 
 /** Prompt tokens of a parity run. */
 export const PROMPT = 16;

@@ -7,7 +7,12 @@
  */
 
 import assert from "node:assert/strict";
-import { LLAMA_BUNDLE_PATH, LLAMA_SOURCE_DIR, llamaSourceDir, vocabPath } from "./ref/llama_src.ts";
+import {
+  LLAMA_BUNDLE_PATH,
+  LLAMA_SOURCE_DIR,
+  llamaSourceDir,
+  vocabPath,
+} from "../dev/ref/llama_src.ts";
 import {
   applyChatTemplate,
   type ChatMessage,

@@ -11,8 +11,13 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { fixtureModel, type FixtureOptions, fixtureSpec, type FixtureType } from "./fixtures.ts";
-import { referenceUnavailableReason } from "./ref/llama_cpp.ts";
+import {
+  fixtureModel,
+  type FixtureOptions,
+  fixtureSpec,
+  type FixtureType,
+} from "../dev/fixtures.ts";
+import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import { type GgufModelFile, readGgufModel } from "../src/gguf/reader.ts";
 import { dequantize } from "../src/gguf/dequant.ts";
 import { f32ToBf16Array, f32ToF16Array } from "../src/gguf/f16.ts";
@@ -42,7 +47,7 @@ const MAIN = new URL("../src/convert/main.ts", import.meta.url).pathname;
 const dec = new TextDecoder();
 
 /** The quantised type to test with: a real K-quant file when llama.cpp's quantiser is available. */
-const QUANT: FixtureType = referenceUnavailableReason() === undefined ? "Q4_K_M" : "F16";
+const QUANT: FixtureType = referenceUnavailableReason() === null ? "Q4_K_M" : "F16";
 
 async function cli(...args: string[]) {
   const out = await new Deno.Command(Deno.execPath(), {

@@ -10,9 +10,9 @@ import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
 import { convertGguf } from "../src/convert/convert.ts";
 import { Rng } from "../src/util/rng.ts";
-import { fixtureDequantized, fixtureModel } from "./fixtures.ts";
+import { fixtureDequantized, fixtureModel } from "../dev/fixtures.ts";
 import type { SyntheticArch } from "../src/model/synthetic.ts";
-import { loadReference, referenceUnavailableReason } from "./ref/llama_cpp.ts";
+import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 
 let gpu: Gpu | undefined;
 const device = async () => gpu ??= await acquireGpu();

@@ -19,7 +19,7 @@ import {
   ggmlToFloat,
   ggmlTraits,
   ggmlUnavailableReason,
-} from "./ref/ggml.ts";
+} from "../dev/ref/ggml.ts";
 
 const reason = ggmlUnavailableReason();
 if (reason) console.warn(`dequant parity tests skipped: ${reason}`);

@@ -10,13 +10,13 @@
 import assert from "node:assert/strict";
 import { loadModel } from "../src/model/model.ts";
 import { Rng } from "../src/util/rng.ts";
-import { referenceUnavailableReason } from "./ref/llama_cpp.ts";
+import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import {
   fixtureDequantized,
   fixtureModel,
   type FixtureShape,
   type FixtureType,
-} from "./fixtures.ts";
+} from "../dev/fixtures.ts";
 import type { SyntheticArch } from "../src/model/synthetic.ts";
 import { argmax, compare, device, PROMPT, range } from "./_parity.ts";
 

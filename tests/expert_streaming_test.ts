@@ -11,8 +11,8 @@ import { readGgufModel } from "../src/gguf/reader.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { ExpertReadError } from "../src/experts/source.ts";
 import { Rng } from "../src/util/rng.ts";
-import { fixtureDequantized, fixtureModel, type FixtureOptions } from "./fixtures.ts";
-import { loadReference, referenceUnavailableReason } from "./ref/llama_cpp.ts";
+import { fixtureDequantized, fixtureModel, type FixtureOptions } from "../dev/fixtures.ts";
+import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 
 const GIB = 1024 ** 3;
 let gpu: Gpu | undefined;

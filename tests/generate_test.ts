@@ -8,8 +8,8 @@
 import assert from "node:assert/strict";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { Engine } from "../src/generate/engine.ts";
-import { fixtureModel } from "./fixtures.ts";
-import { loadReference, referenceUnavailableReason } from "./ref/llama_cpp.ts";
+import { fixtureModel } from "../dev/fixtures.ts";
+import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 
 let gpu: Gpu | undefined;
 let engine: Engine | undefined;

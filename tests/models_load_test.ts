@@ -7,8 +7,13 @@
  */
 
 import assert from "node:assert/strict";
-import { FIXTURE_SHAPES, fixtureModel, type FixtureShape, type FixtureType } from "./fixtures.ts";
-import { loadReference, referenceUnavailableReason } from "./ref/llama_cpp.ts";
+import {
+  FIXTURE_SHAPES,
+  fixtureModel,
+  type FixtureShape,
+  type FixtureType,
+} from "../dev/fixtures.ts";
+import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import { SYNTHETIC_ARCHS, type SyntheticArch } from "../src/model/synthetic.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { isExpertTensor } from "../src/gguf/names.ts";

@@ -21,13 +21,13 @@ import { kvCacheBytesPerToken, type ModelConfig } from "../src/model/config.ts";
 import { planConversion } from "../src/convert/plan.ts";
 import { inspectReport } from "../scripts/inspect.ts";
 import { Rng } from "../src/util/rng.ts";
-import { referenceUnavailableReason } from "./ref/llama_cpp.ts";
+import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import {
   fixtureModel,
   type FixtureOptions,
   type FixtureShape,
   type FixtureType,
-} from "./fixtures.ts";
+} from "../dev/fixtures.ts";
 import {
   checkBudgets,
   device,

@@ -15,13 +15,13 @@ import assert from "node:assert/strict";
 import type { Model } from "../src/model/model.ts";
 import type { ModelConfig } from "../src/model/config.ts";
 import { Rng } from "../src/util/rng.ts";
-import { referenceUnavailableReason } from "./ref/llama_cpp.ts";
+import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import {
   fixtureModel,
   type FixtureOptions,
   type FixtureShape,
   type FixtureType,
-} from "./fixtures.ts";
+} from "../dev/fixtures.ts";
 import { checkBudgets, type ParityResult, parityRun, type ParityRunOptions } from "./_parity.ts";
 
 const SHAPES: FixtureShape[] = ["a", "b"];

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import OpenAI from "openai";
+import { OpenAI } from "../dev/ref/packages.ts";
 import { startServer } from "../src/server/app.ts";
 import { ensureDemoModel } from "../src/server/demo.ts";
 

@@ -23,8 +23,13 @@
  */
 
 import assert from "node:assert/strict";
-import { loadReference, referenceUnavailableReason, type RefModel } from "./ref/llama_cpp.ts";
-import { LLAMA_BUNDLE_PATH, LLAMA_SOURCE_DIR, llamaSourceDir, vocabPath } from "./ref/llama_src.ts";
+import { loadReference, referenceUnavailableReason, type RefModel } from "../dev/ref/llama_cpp.ts";
+import {
+  LLAMA_BUNDLE_PATH,
+  LLAMA_SOURCE_DIR,
+  llamaSourceDir,
+  vocabPath,
+} from "../dev/ref/llama_src.ts";
 import { parseGguf, readGgufModel } from "../src/gguf/reader.ts";
 import { serializeGguf, writeGgufFile } from "../src/gguf/writer.ts";
 import { gv } from "../src/gguf/value.ts";

@@ -859,7 +859,7 @@ function checkLayouts(lib: LlamaLib): void {
       if (got !== value) {
         throw new Error(
           `${what}.${name} reads ${got}, expected the default ${value}: ` +
-            `the llama.cpp libraries in ${LLAMA_LIB_DIR} do not match the layouts in tests/ref/llama_cpp.ts`,
+            `the llama.cpp libraries in ${LLAMA_LIB_DIR} do not match the layouts in dev/ref/llama_cpp.ts`,
         );
       }
     }
