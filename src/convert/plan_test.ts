@@ -39,11 +39,17 @@ Deno.test("tensorOutput: float targets dequantise matrices and keep vectors in F
   assert.deepEqual([vh.dtype, vh.dequantize], ["F32", true]);
   const same = tensorOutput("w", t(GgmlType.F16), [64, 2], "float16");
   assert.equal(same.dequantize, false);
+  const iq = tensorOutput("blk.0.ffn_up_exps.weight", t(GgmlType.IQ2_XXS), [256, 2], "float16");
+  assert.deepEqual([iq.dtype, iq.nBytes, iq.dequantize], ["F16", 1024, true]);
+  const iqKeep = tensorOutput("blk.0.ffn_up_exps.weight", t(GgmlType.IQ1_M), [256, 2], "keep");
+  assert.deepEqual([iqKeep.dtype, iqKeep.nBytes, iqKeep.ggmlType.name], ["U8", 112, "IQ1_M"]);
+  // A type without a CPU dequantiser (ggml's retired interleaved Q4_0_4_4, id 31).
+  const retired = { id: 31, name: "Q4_0_4_4", blockSize: 32, typeSize: 18, quantized: true };
   assert.throws(
-    () => tensorOutput("blk.0.ffn_up_exps.weight", t(GgmlType.IQ2_XXS), [256, 2], "float16"),
+    () => tensorOutput("blk.0.ffn_up_exps.weight", retired, [256, 2], "float16"),
     (e: unknown) =>
       e instanceof ConvertError &&
-      /blk\.0\.ffn_up_exps\.weight: ggml type IQ2_XXS has no CPU dequantiser.*--output-dtype keep/
+      /blk\.0\.ffn_up_exps\.weight: ggml type Q4_0_4_4 has no CPU dequantiser.*--output-dtype keep/
         .test(e.message),
   );
 });

@@ -35,6 +35,7 @@
  */
 
 import { F16_TO_F32 } from "./f16.ts";
+import { IQ1S, IQ2S, IQ2XS, IQ2XXS, IQ3S, IQ3XXS, KSIGNS } from "./iq_grids.ts";
 import { GgmlType, ggmlTypeName, requireGgmlType } from "./types.ts";
 
 /**
@@ -426,6 +427,187 @@ const iq4_xs: Kernel = (src, so, nb, out, oo) => {
   }
 };
 
+// --- I-quants: 8 (IQ3: 4) values at a time from a lattice grid (iq_grids.ts) ---
+//
+// Every product below is exact in float32 (a half scale times a sub-block
+// scale of at most 5 bits, times a grid value of at most 6 bits), so float64
+// arithmetic rounded at the store gives ggml's bits.
+
+const G2XXS = IQ2XXS.bytes;
+const G2XS = IQ2XS.bytes;
+const G2S = IQ2S.bytes;
+const G3XXS = IQ3XXS.bytes;
+const G3S = IQ3S.bytes;
+const G1S = new Int8Array(IQ1S.bytes.buffer, IQ1S.bytes.byteOffset, IQ1S.bytes.length);
+
+/**
+ * Eight values `dl * grid[g + j]`, negated where bit j of `signs` is set.
+ * ggml's `* (sign ? -1.f : 1.f)` compiles to a sign flip, which flips a NaN's
+ * sign too; so does unary minus here.
+ */
+function grid8(
+  out: Float32Array,
+  oo: number,
+  dl: number,
+  grid: Uint8Array,
+  g: number,
+  signs: number,
+) {
+  for (let j = 0; j < 8; j++) {
+    const v = dl * grid[g + j]!;
+    out[oo + j] = signs & (1 << j) ? -v : v;
+  }
+}
+
+// Super-block: d f16, then per 32: 4 grid index bytes, a u32 of 4 × 7 sign
+// bits and a 4-bit scale on top. x = d * (0.5 + s) * 0.25 * grid * sign.
+const iq2_xxs: Kernel = (src, so, nb, out, oo) => {
+  for (let b = 0; b < nb; b++, so += 66) {
+    const d = half(src, so);
+    for (let ib = 0; ib < 8; ib++) {
+      const o = so + 2 + 8 * ib;
+      const aux = u32le(src, o + 4);
+      const db = d * (0.5 + (aux >>> 28)) * 0.25;
+      for (let l = 0; l < 4; l++, oo += 8) {
+        grid8(out, oo, db, G2XXS, 8 * src[o + l]!, KSIGNS[(aux >>> (7 * l)) & 127]!);
+      }
+    }
+  }
+};
+
+// Super-block: d f16, qs u16[32] (9-bit grid index | 7 sign bits << 9), scales[8]
+// (two 4-bit scales per 32). x = d * (0.5 + s) * 0.25 * grid * sign.
+const iq2_xs: Kernel = (src, so, nb, out, oo) => {
+  for (let b = 0; b < nb; b++, so += 74) {
+    const d = half(src, so);
+    for (let ib = 0; ib < 8; ib++) {
+      const sc = src[so + 66 + ib]!;
+      const db0 = d * (0.5 + (sc & 0xf)) * 0.25;
+      const db1 = d * (0.5 + (sc >> 4)) * 0.25;
+      for (let l = 0; l < 4; l++, oo += 8) {
+        const o = so + 2 + 2 * (4 * ib + l);
+        const q = src[o]! | (src[o + 1]! << 8);
+        grid8(out, oo, l < 2 ? db0 : db1, G2XS, 8 * (q & 511), KSIGNS[q >> 9]!);
+      }
+    }
+  }
+};
+
+// Super-block: d f16, qs[32] grid index low bytes, signs[32], qh[8] (2 high
+// index bits per 8), scales[8]. x = d * (0.5 + s) * 0.25 * grid * sign.
+const iq2_s: Kernel = (src, so, nb, out, oo) => {
+  for (let b = 0; b < nb; b++, so += 82) {
+    const d = half(src, so);
+    for (let ib = 0; ib < 8; ib++) {
+      const sc = src[so + 74 + ib]!;
+      const qh = src[so + 66 + ib]!;
+      const db0 = d * (0.5 + (sc & 0xf)) * 0.25;
+      const db1 = d * (0.5 + (sc >> 4)) * 0.25;
+      for (let l = 0; l < 4; l++, oo += 8) {
+        const g = src[so + 2 + 4 * ib + l]! | ((qh << (8 - 2 * l)) & 0x300);
+        grid8(out, oo, l < 2 ? db0 : db1, G2S, 8 * g, src[so + 34 + 4 * ib + l]!);
+      }
+    }
+  }
+};
+
+// Super-block: d f16, qs[64] grid indices (4 values each), then per 32 a u32
+// of 4 × 7 sign bits and a 4-bit scale. x = d * (0.5 + s) * 0.5 * grid * sign.
+const iq3_xxs: Kernel = (src, so, nb, out, oo) => {
+  for (let b = 0; b < nb; b++, so += 98) {
+    const d = half(src, so);
+    for (let ib = 0; ib < 8; ib++) {
+      const aux = u32le(src, so + 66 + 4 * ib);
+      const db = d * (0.5 + (aux >>> 28)) * 0.5;
+      for (let l = 0; l < 4; l++, oo += 8) {
+        const signs = KSIGNS[(aux >>> (7 * l)) & 127]!;
+        const g1 = 4 * src[so + 2 + 8 * ib + 2 * l]!;
+        const g2 = 4 * src[so + 2 + 8 * ib + 2 * l + 1]!;
+        for (let j = 0; j < 4; j++) {
+          const v1 = db * G3XXS[g1 + j]!;
+          const v2 = db * G3XXS[g2 + j]!;
+          out[oo + j] = signs & (1 << j) ? -v1 : v1;
+          out[oo + j + 4] = signs & (16 << j) ? -v2 : v2;
+        }
+      }
+    }
+  }
+};
+
+// Super-block: d f16, qs[64] grid index low bytes, qh[8] (ninth bits),
+// signs[32], scales[4] (4 bits per 32). x = d * (1 + 2s) * grid * sign.
+const iq3_s: Kernel = (src, so, nb, out, oo) => {
+  for (let b = 0; b < nb; b++, so += 110) {
+    const d = half(src, so);
+    for (let ib = 0; ib < 8; ib++) {
+      const db = d * (1 + 2 * ((src[so + 106 + (ib >> 1)]! >> (4 * (ib & 1))) & 0xf));
+      const qh = src[so + 66 + ib]!;
+      for (let l = 0; l < 4; l++, oo += 8) {
+        const signs = src[so + 74 + 4 * ib + l]!;
+        const g1 = 4 * (src[so + 2 + 8 * ib + 2 * l]! | ((qh << (8 - 2 * l)) & 256));
+        const g2 = 4 * (src[so + 2 + 8 * ib + 2 * l + 1]! | ((qh << (7 - 2 * l)) & 256));
+        for (let j = 0; j < 4; j++) {
+          const v1 = db * G3S[g1 + j]!;
+          const v2 = db * G3S[g2 + j]!;
+          out[oo + j] = signs & (1 << j) ? -v1 : v1;
+          out[oo + j + 4] = signs & (16 << j) ? -v2 : v2;
+        }
+      }
+    }
+  }
+};
+
+const IQ1_DELTA = 0.125;
+
+/** Eight values `dl * (grid[g + j] + delta)` of the signed IQ1 grid. */
+function grid8iq1(out: Float32Array, oo: number, dl: number, g: number, delta: number) {
+  for (let j = 0; j < 8; j++) out[oo + j] = dl * (G1S[g + j]! + delta);
+}
+
+// Super-block: d f16, qs[32] grid index low bytes, qh u16[8] per 32: three
+// high index bits per 8, a 3-bit scale at bit 12, the delta's sign at bit 15.
+// x = d * (2s + 1) * (grid ± 0.125).
+const iq1_s: Kernel = (src, so, nb, out, oo) => {
+  for (let b = 0; b < nb; b++, so += 50) {
+    const d = half(src, so);
+    for (let ib = 0; ib < 8; ib++) {
+      const qh = src[so + 34 + 2 * ib]! | (src[so + 35 + 2 * ib]! << 8);
+      const dl = d * (2 * ((qh >> 12) & 7) + 1);
+      const delta = qh & 0x8000 ? -IQ1_DELTA : IQ1_DELTA;
+      for (let l = 0; l < 4; l++, oo += 8) {
+        grid8iq1(
+          out,
+          oo,
+          dl,
+          8 * (src[so + 2 + 4 * ib + l]! | (((qh >> (3 * l)) & 7) << 8)),
+          delta,
+        );
+      }
+    }
+  }
+};
+
+// Super-block: qs[32] grid index low bytes, qh[16] (per 8: 3 high index bits
+// and the delta's sign), scales u16[4]: 3-bit scales (two per 32, 6 bits a
+// 32) and, in the top nibbles, the f16 super-block scale.
+// x = d * (2s + 1) * (grid ± 0.125).
+const iq1_m: Kernel = (src, so, nb, out, oo) => {
+  for (let b = 0; b < nb; b++, so += 56) {
+    const sc = (i: number) => src[so + 48 + 2 * i]! | (src[so + 49 + 2 * i]! << 8);
+    const d = H[(sc(0) >> 12) | ((sc(1) >> 8) & 0xf0) | ((sc(2) >> 4) & 0xf00) | (sc(3) & 0xf000)]!;
+    for (let ib = 0; ib < 8; ib++) {
+      const s = sc(ib >> 1) >> (6 * (ib & 1));
+      const dl1 = d * (2 * (s & 7) + 1);
+      const dl2 = d * (2 * ((s >> 3) & 7) + 1);
+      for (let l = 0; l < 4; l++, oo += 8) {
+        const qh = src[so + 32 + 2 * ib + (l >> 1)]! >> (4 * (l & 1));
+        const g = 8 * (src[so + 4 * ib + l]! | ((qh & 7) << 8));
+        grid8iq1(out, oo, l < 2 ? dl1 : dl2, g, qh & 8 ? -IQ1_DELTA : IQ1_DELTA);
+      }
+    }
+  }
+};
+
 /** Turns a 3^k-scaled trit byte back into the trit at the top: ((q * 3) >> 8) - 1. */
 function tritAt(byte: number, pow3: number): number {
   return ((((byte * pow3) & 0xff) * 3) >> 8) - 1;
@@ -477,6 +659,13 @@ const kernels = new Map<number, Kernel>([
   [GgmlType.Q5_K, q5_K],
   [GgmlType.Q6_K, q6_K],
   [GgmlType.Q8_K, q8_K],
+  [GgmlType.IQ2_XXS, iq2_xxs],
+  [GgmlType.IQ2_XS, iq2_xs],
+  [GgmlType.IQ2_S, iq2_s],
+  [GgmlType.IQ3_XXS, iq3_xxs],
+  [GgmlType.IQ3_S, iq3_s],
+  [GgmlType.IQ1_S, iq1_s],
+  [GgmlType.IQ1_M, iq1_m],
   [GgmlType.IQ4_NL, iq4_nl],
   [GgmlType.IQ4_XS, iq4_xs],
   [GgmlType.TQ1_0, tq1_0],

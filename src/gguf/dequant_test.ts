@@ -318,8 +318,8 @@ Deno.test("dequantizeRows decodes a row range the same as the whole tensor", () 
 
 Deno.test("dequantize rejects unsupported types and short or ragged input, naming sizes", () => {
   assert.throws(
-    () => dequantize(GgmlType.IQ2_XXS, new Uint8Array(66), 256),
-    /no dequantiser for ggml type IQ2_XXS \(id 16\); supported: F32, F16, Q4_0/,
+    () => dequantize(GgmlType.F64, new Uint8Array(64), 8),
+    /no dequantiser for ggml type F64 \(id 28\); supported: F32, F16, Q4_0.*IQ1_M/,
   );
   assert.throws(() => dequantize(999, new Uint8Array(4), 1), /type#999/);
   assert.throws(
@@ -361,14 +361,23 @@ Deno.test("the supported set covers the types od-moe needs", () => {
       "Q4_K",
       "Q5_K",
       "Q6_K",
+      "IQ1_S",
+      "IQ1_M",
+      "IQ2_XXS",
+      "IQ2_XS",
+      "IQ2_S",
+      "IQ3_XXS",
+      "IQ3_S",
       "IQ4_NL",
       "IQ4_XS",
+      "TQ1_0",
+      "TQ2_0",
       "MXFP4",
     ] as const
   ) {
     assert.ok(canDequantize(GgmlType[name]), name);
     assert.ok(DEQUANTIZABLE_TYPES.includes(GgmlType[name]), name);
   }
-  assert.equal(canDequantize(GgmlType.IQ2_XXS), false);
+  assert.equal(canDequantize(GgmlType.F64), false);
   assert.equal(dequantize(GgmlType.Q8_0, new Uint8Array(0), 0).length, 0);
 });
