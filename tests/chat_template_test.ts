@@ -130,6 +130,117 @@ srcTest("Llama 3.1 and Kimi K2 render their own headers", async () => {
   assert.ok(kimi.endsWith("<|im_assistant|>assistant<|im_middle|>"));
 });
 
+/** A conversation with a tool call and its result, as an OpenAI client sends it. */
+const TOOL_CHAT: ChatMessage[] = [
+  { role: "system", content: "You are helpful." },
+  { role: "user", content: "Weather in Paris?" },
+  {
+    role: "assistant",
+    content: "",
+    tool_calls: [{
+      id: "functions.get_weather:0",
+      type: "function",
+      function: { name: "get_weather", arguments: '{"city": "Paris"}' },
+    }],
+  },
+  { role: "tool", tool_call_id: "functions.get_weather:0", content: "18°C, sunny" },
+  { role: "assistant", content: "It is 18°C and sunny." },
+  { role: "user", content: "Thanks" },
+];
+const TOOLS = [{
+  type: "function",
+  function: {
+    name: "get_weather",
+    description: "Get the weather",
+    parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] },
+  },
+}];
+
+srcTest(
+  "Kimi-K2 (K2, Instruct, Thinking): system, user, assistant tool call, tool result, tools",
+  async () => {
+    for (const name of ["moonshotai-Kimi-K2", "Kimi-K2-Instruct", "Kimi-K2-Thinking"]) {
+      const src = await template(name);
+      const out = applyChatTemplate(src, TOOL_CHAT);
+      assert.ok(out.startsWith("<|im_system|>system<|im_middle|>You are helpful.<|im_end|>"), name);
+      assert.match(out, /<\|im_user\|>user<\|im_middle\|>Weather in Paris\?<\|im_end\|>/);
+      // Arguments reach the template as an object, as llama.cpp passes them: not re-quoted.
+      assert.ok(
+        out.includes(
+          "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0" +
+            '<|tool_call_argument_begin|>{"city": "Paris"}<|tool_call_end|>' +
+            "<|tool_calls_section_end|><|im_end|>",
+        ),
+        `${name}: ${out}`,
+      );
+      // The tool result names the call it answers (Instruct/Thinking pop it from a queue).
+      assert.match(out, /<\|im_system\|>tool<\|im_middle\|>## Return of functions\.get_weather:0/);
+      assert.match(out, /18°C, sunny<\|im_end\|>/);
+      assert.ok(
+        out.endsWith(
+          "<|im_user|>user<|im_middle|>Thanks<|im_end|><|im_assistant|>assistant<|im_middle|>",
+        ),
+      );
+      const withTools = applyChatTemplate(src, TOOL_CHAT, { tools: TOOLS });
+      assert.ok(
+        withTools.startsWith('<|im_system|>tool_declare<|im_middle|>[{"type": "function"'),
+        `${name}: ${withTools.slice(0, 80)}`,
+      );
+      // A string that is not JSON cannot become the object the template reads.
+      const bad = structuredClone(TOOL_CHAT);
+      (bad[2]!.tool_calls as { function: { arguments: string } }[])[0]!.function.arguments =
+        "{city";
+      assert.throws(
+        () => applyChatTemplate(src, bad),
+        (e) =>
+          e instanceof ChatTemplateError &&
+          /messages\[2\]\.tool_calls\[0\]\.function\.arguments is not JSON/.test(e.message),
+      );
+    }
+  },
+);
+
+srcTest("DeepSeek-V3.1 and V3.2: tool calls and their results", async () => {
+  const special = { bosToken: "<｜begin▁of▁sentence｜>", eosToken: "<｜end▁of▁sentence｜>" };
+  const v31 = applyChatTemplate(await template("deepseek-ai-DeepSeek-V3.1"), TOOL_CHAT, special);
+  assert.equal(
+    v31,
+    "<｜begin▁of▁sentence｜>You are helpful.<｜User｜>Weather in Paris?<｜Assistant｜><think></think>" +
+      "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>" +
+      '{"city": "Paris"}<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>' +
+      "<｜tool▁output▁begin｜>18°C, sunny<｜tool▁output▁end｜>It is 18°C and sunny." +
+      "<｜end▁of▁sentence｜><｜User｜>Thanks<｜Assistant｜><think></think>",
+  );
+  // V3.2 turns object arguments into DSML parameters (a string would need `from_json`).
+  const v32src = await template("deepseek-ai-DeepSeek-V3.2");
+  const v32 = applyChatTemplate(v32src, TOOL_CHAT, special);
+  assert.ok(
+    v32.includes(
+      '<｜DSML｜invoke name="get_weather">\n<｜DSML｜parameter name="city" string="true">Paris' +
+        "</｜DSML｜parameter>",
+    ),
+    v32,
+  );
+  assert.match(v32, /<result>18°C, sunny<\/result>/);
+  assert.ok(v32.endsWith("<｜User｜>Thanks<｜Assistant｜><think></think>"));
+  const v32tools = applyChatTemplate(v32src, TOOL_CHAT, { ...special, tools: TOOLS });
+  assert.match(v32tools, /<functions>\n\{"name": "get_weather", "description": "Get the weather"/);
+});
+
+Deno.test("templates may use Python's list methods (append, pop, insert, extend)", () => {
+  const out = applyChatTemplate(
+    "{% set q = namespace(ids=[]) %}{% set _ = q.ids.append('a') %}{% set _ = q.ids.append('b') %}" +
+      "{% set _ = q.ids.insert(0, 'z') %}{% set _ = q.ids.extend(['c']) %}" +
+      "{{ q.ids | length }} {{ q.ids.pop(0) }} {{ q.ids.pop() }} {{ q.ids }}",
+    CHAT,
+  );
+  assert.equal(out, '4 z c ["a", "b"]');
+  assert.throws(
+    () => applyChatTemplate("{% set l = [] %}{{ l.pop() }}", CHAT),
+    /failed to render: list\.pop: pop from empty list/,
+  );
+});
+
 Deno.test("no template: ChatML, without BOS", () => {
   const want =
     "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n" +

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { Template } from "@huggingface/jinja";
+import { Environment, Template } from "@huggingface/jinja";
 import type { Tokenizer } from "./tokenizer.ts";
 
 /** One chat message. Extra fields (`tool_calls`, `reasoning_content`, …) reach the template as they are. */
@@ -68,6 +68,81 @@ export class ChatTemplateError extends Error {
   }
 }
 
+/**
+ * Python's list methods that real templates call and `@huggingface/jinja`
+ * (0.5.11, also 0.5.13) lacks: Kimi-K2-Instruct and Kimi-K2-Thinking keep a
+ * queue of tool-call ids with `ids.append(x)` and `ids.pop(0)`, and fail
+ * with "Cannot call something that is not a function" without them. The
+ * library does not export its value classes, so they are taken from the
+ * values its own `Environment` creates, and the array prototype's
+ * `builtins` gains `append`, `pop`, `insert` and `extend` (Python's
+ * semantics: in place, `pop()` takes the last, negative indices count from
+ * the end). `length` is recomputed on each access, since a list can now
+ * change length. Reported upstream in issue 18's note.
+ */
+function addListMethods(): void {
+  const env = new Environment();
+  type Value = { type: string; value: unknown };
+  const probe = env.set("a", []) as unknown as { value: Value[] };
+  const arrayProto = Object.getPrototypeOf(probe) as object;
+  if (Object.getOwnPropertyDescriptor(arrayProto, "__odmoeListMethods") !== undefined) return;
+  const ctor = (v: unknown) =>
+    (env.set(`probe${String(v)}`, v) as unknown as { constructor: unknown })
+      .constructor as new (v?: unknown) => Value;
+  const NullValue = ctor(null);
+  const UndefinedValue = ctor(undefined);
+  const IntegerValue = ctor(1);
+  const FunctionValue = (env.variables.get("namespace") as unknown as { constructor: unknown })
+    .constructor as new (fn: (args: Value[]) => Value) => Value;
+  const original = Object.getOwnPropertyDescriptor(arrayProto, "builtins")?.get;
+  if (original === undefined) return; // a library version without it: leave it alone
+  const index = (items: Value[], at: Value | undefined, what: string, insert = false): number => {
+    const i = at === undefined ? (insert ? items.length : -1) : Number(at.value);
+    if (!Number.isInteger(i)) throw new Error(`list.${what}: index must be an integer`);
+    const j = i < 0 ? items.length + i : i;
+    if (insert) return Math.max(0, Math.min(items.length, j));
+    if (j < 0 || j >= items.length) {
+      throw new Error(`list.${what}: index ${i} out of range (length ${items.length})`);
+    }
+    return j;
+  };
+  Object.defineProperty(arrayProto, "__odmoeListMethods", { value: true });
+  Object.defineProperty(arrayProto, "builtins", {
+    configurable: true,
+    get(this: { value: Value[] }) {
+      const items = this.value;
+      const none = () => new NullValue(null);
+      return new Map<string, unknown>([
+        ["length", new IntegerValue(items.length)],
+        ["append", new FunctionValue(([x]) => (items.push(x ?? new UndefinedValue()), none()))],
+        [
+          "extend",
+          new FunctionValue(([xs]) => {
+            if (!Array.isArray(xs?.value)) throw new Error("list.extend: argument is not a list");
+            items.push(...(xs.value as Value[]));
+            return none();
+          }),
+        ],
+        [
+          "insert",
+          new FunctionValue(([at, x]) => {
+            items.splice(index(items, at, "insert", true), 0, x ?? new UndefinedValue());
+            return none();
+          }),
+        ],
+        [
+          "pop",
+          new FunctionValue(([at]) => {
+            if (items.length === 0) throw new Error("list.pop: pop from empty list");
+            return items.splice(index(items, at, "pop"), 1)[0]!;
+          }),
+        ],
+      ]);
+    },
+  });
+}
+addListMethods();
+
 const BLOCKS: Readonly<Record<string, string>> = {
   for: "endfor",
   if: "endif",
@@ -113,6 +188,7 @@ export class ChatTemplate {
   /** True when the file had no template and {@linkcode CHATML_TEMPLATE} is used. */
   readonly isFallback: boolean;
   readonly #template: Template;
+  #objectArguments: boolean | undefined;
 
   /**
    * Parses `source`; `null`, `undefined` or blank means {@linkcode CHATML_TEMPLATE}.
@@ -146,7 +222,7 @@ export class ChatTemplate {
   render(messages: readonly ChatMessage[], options: ChatTemplateOptions = {}): string {
     const vars: Record<string, unknown> = {
       ...options.variables,
-      messages,
+      messages: this.#toolCallsForTemplate(messages),
       add_generation_prompt: options.addGenerationPrompt ?? true,
       bos_token: options.bosToken ?? "",
       eos_token: options.eosToken ?? "",
@@ -168,6 +244,69 @@ export class ChatTemplate {
         cause: e,
       });
     }
+  }
+
+  /**
+   * Messages with tool calls as llama.cpp's server hands them to a template:
+   * a missing content becomes `""`, and OpenAI's JSON-string arguments
+   * become objects when the template reads objects (Kimi-K2 and DeepSeek-V3.1
+   * write `arguments | tojson`, which would otherwise print the string
+   * quoted and escaped; DeepSeek-V3.2 would need a `from_json` filter).
+   */
+  #toolCallsForTemplate(messages: readonly ChatMessage[]): readonly ChatMessage[] {
+    if (!messages.some((m) => Array.isArray(m.tool_calls))) return messages;
+    this.#objectArguments ??= readsObjectArguments(this.#template);
+    const objectArguments = this.#objectArguments;
+    return messages.map((m, i) => {
+      if (!Array.isArray(m.tool_calls)) return m;
+      const calls = (m.tool_calls as unknown[]).map((call, j) => {
+        const fn = (call as { function?: { arguments?: unknown } } | null)?.function;
+        if (!objectArguments || typeof fn?.arguments !== "string") return call;
+        let args: unknown;
+        try {
+          args = JSON.parse(fn.arguments);
+        } catch (e) {
+          throw new ChatTemplateError(
+            "render",
+            `messages[${i}].tool_calls[${j}].function.arguments is not JSON (${
+              e instanceof Error ? e.message : e
+            }); this template needs the arguments as a JSON object`,
+          );
+        }
+        return { ...(call as object), function: { ...fn, arguments: args } };
+      });
+      return { ...m, content: m.content ?? "", tool_calls: calls };
+    });
+  }
+}
+
+/**
+ * Whether the template reads tool-call arguments as an object (`arguments |
+ * tojson`, `arguments.items()`), found as llama.cpp's capability probe does:
+ * render one call whose arguments are an object and look for its value.
+ */
+function readsObjectArguments(template: Template): boolean {
+  const marker = "od-moe-argument-probe";
+  try {
+    return template.render({
+      messages: [
+        { role: "user", content: "User message" },
+        {
+          role: "assistant",
+          content: "",
+          tool_calls: [{
+            id: "call00001",
+            type: "function",
+            function: { name: "tool1", arguments: { arg: marker } },
+          }],
+        },
+      ],
+      add_generation_prompt: false,
+      bos_token: "",
+      eos_token: "",
+    }).includes(marker);
+  } catch {
+    return false;
   }
 }
 
