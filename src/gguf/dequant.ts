@@ -35,7 +35,7 @@
  */
 
 import { F16_TO_F32 } from "./f16.ts";
-import { IQ1S, IQ2S, IQ2XS, IQ2XXS, IQ3S, IQ3XXS, KSIGNS } from "./iq_grids.ts";
+import { IQ1S, IQ2S, IQ2XS, IQ2XXS, IQ3S, IQ3XXS, KSIGNS, KVALUES_IQ4 } from "./iq_grids.ts";
 import { GgmlType, ggmlTypeName, requireGgmlType } from "./types.ts";
 
 /**
@@ -61,9 +61,7 @@ function i8(b: number): number {
 // --- lookup tables (ggml-common.h) ---
 
 /** IQ4_NL / IQ4_XS non-linear 4-bit values. */
-const KVALUES_IQ4NL = Int8Array.from(
-  [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
-);
+const KVALUES_IQ4NL = KVALUES_IQ4;
 
 /** E2M1 values doubled, shared by MXFP4 and NVFP4 (the block scale is halved to match). */
 const KVALUES_FP4 = Int8Array.of(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);

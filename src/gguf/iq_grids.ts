@@ -1,5 +1,5 @@
 /**
- * The I-quant lattice grids and sign table as byte arrays, decoded once from
+ * The I-quant lattice grids, sign table and IQ4 values as byte arrays, decoded once from
  * the generated hex in `iq_tables.ts`. One source for the CPU dequantisers
  * (`dequant.ts`) and the WGSL kernels (`src/gpu/ops/quant_wgsl.ts`, which
  * writes these bytes into the shader as constants).
@@ -20,6 +20,7 @@ import {
   IQ3S_GRID,
   IQ3XXS_GRID,
   KSIGNS_IQ2XS,
+  KVALUES_IQ4NL,
 } from "./iq_tables.ts";
 
 /** One decoded grid. */
@@ -65,3 +66,8 @@ export const IQ1S: IqGrid = decode("iq1s_grid", IQ1S_GRID, 8);
  * making the count of minus signs even. Bit `j` set: element `j` is negated.
  */
 export const KSIGNS: Uint8Array = decode("ksigns_iq2xs", KSIGNS_IQ2XS, 1).bytes;
+
+/** ggml's `kvalues_iq4nl`: the 16 non-linear values of IQ4_NL and IQ4_XS. */
+export const KVALUES_IQ4: Int8Array = new Int8Array(
+  decode("kvalues_iq4nl", KVALUES_IQ4NL, 1).bytes.buffer,
+);

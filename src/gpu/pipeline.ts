@@ -21,6 +21,7 @@ import type { Gpu, GpuFeature } from "./device.ts";
 import { BindGroupCache } from "./dispatch.ts";
 import {
   type BindingKind,
+  expandIncludes,
   loadShaderText,
   parseBindings,
   requiredFeatures,
@@ -240,8 +241,13 @@ export class PipelineCache {
     name: string,
     opts: PipelineOptions,
   ): Promise<ModuleEntry> {
-    const raw = await loadShaderText(name, opts.baseUrl ?? SHADER_DIR);
-    const code = substituteDefines(raw, opts.defines ?? {}, moduleKey);
+    const baseUrl = opts.baseUrl ?? SHADER_DIR;
+    const raw = await loadShaderText(name, baseUrl);
+    const code = await expandIncludes(
+      substituteDefines(raw, opts.defines ?? {}, moduleKey),
+      baseUrl,
+      moduleKey,
+    );
     for (const feature of requiredFeatures(code)) {
       if (!this.gpu.has(feature)) throw new GpuFeatureError(moduleKey, feature, this.gpu);
     }

@@ -1,7 +1,8 @@
 /**
  * WGSL source loading from the package's `shaders/` folder (local files or,
  * when imported from JSR, over HTTP), `{{NAME}}` substitution for dtype
- * variants, and the small amount of WGSL reading the pipeline cache needs:
+ * variants, `//#include NAME` of `shaders/lib/NAME.wgsl` or of generated
+ * libraries ({@linkcode expandIncludes}), and the small amount of WGSL reading the pipeline cache needs:
  * binding declarations and `enable` directives.
  *
  * Tunables (workgroup size, tile sizes) are WGSL `override` constants set at
@@ -79,6 +80,90 @@ export function defineShaderText(name: string, text: string, baseUrl: URL = SHAD
 /** Forgets every cached shader text (files are read again on next load). */
 export function clearShaderTextCache(): void {
   texts.clear();
+}
+
+/** The `shaders/lib/` folder of includable WGSL under `baseUrl`. */
+export function shaderLibUrl(baseUrl: URL = SHADER_DIR): URL {
+  return new URL("lib/", baseUrl);
+}
+
+const generatedLibs = new Map<string, () => string>();
+const generatedTexts = new Map<string, string>();
+
+/**
+ * Registers a generated include: `//#include NAME` then resolves to the text
+ * `make()` returns (called once, on first use) instead of
+ * `shaders/lib/NAME.wgsl`. For WGSL written from data the TypeScript side
+ * also uses (the I-quant grids), so the data exists once.
+ */
+export function defineShaderLib(name: string, make: () => string): void {
+  if (!SHADER_NAME.test(name)) {
+    throw new ShaderSourceError(`Shader library name "${name}" is not snake_case [a-z0-9_]+.`);
+  }
+  generatedLibs.set(name, make);
+  generatedTexts.delete(name);
+}
+
+const INCLUDE = /^[ \t]*\/\/#include[ \t]+(\S+)[ \t]*$/gm;
+
+/**
+ * Replaces every `//#include NAME` line of `text` with the library NAME: a
+ * generated one ({@linkcode defineShaderLib}) or `shaders/lib/NAME.wgsl`
+ * (read once, like any shader), recursively. Each library is included at
+ * most once per expansion (a later `//#include` of it becomes empty), so
+ * libraries can include the helpers they need without clashing. A missing
+ * library or an include cycle throws, naming the chain.
+ */
+export async function expandIncludes(
+  text: string,
+  baseUrl: URL = SHADER_DIR,
+  shaderName = "shader",
+): Promise<string> {
+  const seen = new Set<string>();
+  const expand = async (src: string, chain: readonly string[]): Promise<string> => {
+    const parts: string[] = [];
+    let last = 0;
+    for (const m of src.matchAll(INCLUDE)) {
+      parts.push(src.slice(last, m.index));
+      last = m.index! + m[0].length;
+      const name = m[1]!;
+      const where = [shaderName, ...chain].join(" → ");
+      if (chain.includes(name)) {
+        throw new ShaderSourceError(`${where}: include cycle through "${name}".`);
+      }
+      if (seen.has(name)) continue;
+      seen.add(name);
+      const lib = await libText(name, baseUrl, where);
+      parts.push(`// ---- lib ${name} ----\n${await expand(lib, [...chain, name])}`);
+    }
+    parts.push(src.slice(last));
+    return parts.join("");
+  };
+  return await expand(text, []);
+}
+
+async function libText(name: string, baseUrl: URL, where: string): Promise<string> {
+  const make = generatedLibs.get(name);
+  if (make) {
+    let text = generatedTexts.get(name);
+    if (text === undefined) {
+      text = make();
+      generatedTexts.set(name, text);
+    }
+    return text;
+  }
+  if (!SHADER_NAME.test(name)) {
+    throw new ShaderSourceError(`${where}: include name "${name}" is not snake_case [a-z0-9_]+.`);
+  }
+  try {
+    return await loadShaderText(name, shaderLibUrl(baseUrl));
+  } catch (cause) {
+    throw new ShaderSourceError(
+      `${where}: "//#include ${name}" names neither a generated library nor ` +
+        `shaders/lib/${name}.wgsl (${(cause as Error).message}).`,
+      { cause },
+    );
+  }
 }
 
 const PLACEHOLDER = /\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}/g;
