@@ -136,6 +136,62 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "mistral4 (Mistral-Small-4) parity: the deepseek2 graph under its own name = llama.cpp",
+  ignore: skip !== null,
+  sanitizeResources: false,
+  async fn() {
+    await parity(
+      { arch: "deepseek2", shape: "b", type: "Q8_0", archName: "mistral4" },
+      "mistral4/b/Q8_0",
+      8,
+      {
+        check: (m) => {
+          assert.equal(m.config.arch, "mistral4");
+          assert.equal(m.config.mla?.qLoraRank, 256);
+        },
+      },
+    );
+  },
+});
+
+Deno.test({
+  name:
+    "deepseek2 with a multi-token-prediction block (GLM-4.7-Flash): skipped as llama.cpp does, tokens = llama.cpp",
+  ignore: skip !== null,
+  sanitizeResources: false,
+  async fn() {
+    const opts = { arch: "deepseek2", shape: "a", type: "F16", nNextn: 1 } as const;
+    const file = readGgufModel(await fixtureModel(opts));
+    assert.equal(file.metadata.number("deepseek2.block_count"), 4);
+    assert.ok(file.tensorMap.has("blk.3.nextn.eh_proj.weight"));
+    assert.ok(file.tensorMap.has("blk.3.ffn_up_exps.weight"));
+    await parity(opts, "deepseek2/a-mtp/F16", 9, {
+      check: (m) => {
+        assert.equal(m.config.nLayer, 3, "the trunk has block_count − nextn_predict_layers blocks");
+        assert.ok(
+          !archSpec("deepseek2").tensorPlan(m.config).some((e) => e.name.startsWith("blk.3.")),
+          "nothing of the MTP block is planned",
+        );
+        assert.deepEqual(m.pool.source.layers.map((l) => l.layer), [1, 2], "MTP experts left out");
+      },
+    });
+    const rng = new Rng(12);
+    await checkBudgets(await fixtureModel(opts), [0, 0.25, 1], {
+      prompt: Array.from({ length: 8 }, () => rng.int(3000)),
+      maxTokens: 12,
+      label: "deepseek2/a-mtp/F16",
+    });
+    // more MTP blocks than the file has blocks: a clear error
+    const entries = new Map(file.metadata.entries);
+    entries.set("deepseek2.nextn_predict_layers", entries.get("deepseek2.block_count")!);
+    assert.throws(
+      () => archSpec("deepseek2").readConfig(new GgufMetadata(entries, "x.gguf")),
+      /nextn_predict_layers 4 must be an integer in 0…block_count − 1 \(block_count 4\)/,
+    );
+  },
+});
+
 /** Kimi-K2 (moonshotai/Kimi-K2-Instruct config.json): the attention shapes that size its cache. */
 const KIMI_K2 = {
   nLayer: 61,

@@ -117,6 +117,12 @@ export const Tensors = {
   ffnUpShexp: "blk.{bid}.ffn_up_shexp",
   ffnDownShexp: "blk.{bid}.ffn_down_shexp",
   ffnGateInpShexp: "blk.{bid}.ffn_gate_inp_shexp",
+  // Multi-token-prediction (nextn) blocks after the trunk (GLM-4.x, DeepSeek-V3 conversions).
+  nextnEhProj: "blk.{bid}.nextn.eh_proj",
+  nextnEnorm: "blk.{bid}.nextn.enorm",
+  nextnHnorm: "blk.{bid}.nextn.hnorm",
+  nextnSharedHeadNorm: "blk.{bid}.nextn.shared_head_norm",
+  nextnSharedHeadHead: "blk.{bid}.nextn.shared_head_head",
 } as const;
 
 /** A per-architecture key with `{arch}` filled in. */

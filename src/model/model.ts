@@ -203,7 +203,7 @@ export class Model {
       }
       const cacheSizeGB = o.cacheSizeGB ?? 4;
       if (!(cacheSizeGB >= 0)) throw new RangeError(`cacheSizeGB must be ≥ 0, got ${cacheSizeGB}`);
-      source = o.expertSource ?? openExperts(o, file);
+      source = trunkLayers(o.expertSource ?? openExperts(o, file), config.nLayer);
       checkExpertSource(source, fullPlan.filter((e) => e.role === "expert"));
       const gpu = o.gpu ?? await acquireGpu();
       const weights = uploadPlannedTensors(gpu, file, bytes, plan, ["base"]);
@@ -730,6 +730,24 @@ function openExperts(o: LoadModelOptions, file: GgufModelFile): ExpertSource {
   if (o.expertDir !== undefined) return new ExpertDirSource(o.expertDir);
   if (o.ggufExperts !== undefined) return new GgufExpertSource(readGgufModel(o.ggufExperts));
   return new GgufExpertSource(file);
+}
+
+/**
+ * The source with the layers the trunk runs: experts of multi-token-prediction
+ * blocks after it (deepseek2's `nextn_predict_layers`) are never routed to, so
+ * the pool neither sizes for them nor loads them.
+ */
+function trunkLayers(source: ExpertSource, nLayer: number): ExpertSource {
+  if (source.layers.every((l) => l.layer < nLayer)) return source;
+  return {
+    layers: source.layers.filter((l) => l.layer < nLayer),
+    expertParts: (layer, expert) => source.expertParts(layer, expert),
+    residentBytes: source.residentBytes &&
+      ((layer, expert) => source.residentBytes!(layer, expert)),
+    willNeed: source.willNeed && ((layer, expert) => source.willNeed!(layer, expert)),
+    close: () => source.close(),
+    [Symbol.dispose]: () => source.close(),
+  };
 }
 
 /** Checks that the expert source holds the experts the architecture plans, with the same shapes. */

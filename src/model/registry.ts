@@ -9,7 +9,7 @@ import type { ModelConfig, TensorPlanEntry } from "./config.ts";
 import { llamaMoe } from "./llama_moe.ts";
 import { qwen2Moe } from "./qwen2_moe.ts";
 import { qwen3Moe } from "./qwen3_moe.ts";
-import { deepseek2 } from "./deepseek2.ts";
+import { deepseek2, mistral4 } from "./deepseek2.ts";
 import { gptOss } from "./gpt_oss.ts";
 import { olmoe } from "./olmoe.ts";
 
@@ -24,7 +24,7 @@ export interface ArchSpec {
 }
 
 const registry: ReadonlyMap<string, ArchSpec> = new Map(
-  [llamaMoe, qwen2Moe, qwen3Moe, olmoe, gptOss, deepseek2].map((a) => [a.name, a]),
+  [llamaMoe, qwen2Moe, qwen3Moe, olmoe, gptOss, deepseek2, mistral4].map((a) => [a.name, a]),
 );
 
 /** Names of the supported architectures. */

@@ -102,6 +102,18 @@ export interface SyntheticSpec {
   nExpertGroupsUsed?: number;
   /** `deepseek2`: write the selection-only expert bias `exp_probs_b` (default false). */
   expProbsBias?: boolean;
+  /**
+   * `deepseek2`: the `general.architecture` written, for files of other
+   * models that llama.cpp runs with the deepseek2 graph (`"mistral4"`,
+   * Mistral-Small-4; default `"deepseek2"`). Keys take its prefix.
+   */
+  archName?: string;
+  /**
+   * `deepseek2`: multi-token-prediction blocks after the `nLayer` trunk
+   * blocks (`nextn_predict_layers`, GLM-4.7-Flash has 1; default 0). Each is
+   * a full MoE block plus its `nextn.*` tensors; `block_count` counts them.
+   */
+  nNextn?: number;
   /** YaRN scaling factor (`rope.scaling.factor` with type yarn; 0 = no scaling, the default). */
   yarnFactor?: number;
   /** YaRN's original context (`rope.scaling.original_context_length`). */
@@ -210,7 +222,13 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): Required<SyntheticSpe
   const nExpertShared = spec.nExpertShared ?? (spec.arch === "deepseek2" ? 1 : 0);
   const nExpertGroups = spec.nExpertGroups ?? 1;
   const nExpertGroupsUsed = spec.nExpertGroupsUsed ?? nExpertGroups;
+  const nNextn = spec.nNextn ?? 0;
+  const archName = spec.archName ?? spec.arch;
   if (spec.arch === "deepseek2") {
+    if (!Number.isInteger(nNextn) || nNextn < 0) bad(`nNextn must be an integer ≥ 0`);
+    if (archName !== "deepseek2" && archName !== "mistral4") {
+      bad(`archName must be deepseek2 or mistral4, got ${archName}`);
+    }
     for (const k of ["kvLoraRank", "qkNopeDim", "qkRopeDim", "vHeadDim"] as const) {
       if (!Number.isInteger(mla[k]) || mla[k] < 1) bad(`${k} must be a positive integer`);
     }
@@ -256,6 +274,8 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): Required<SyntheticSpe
       "nExpertGroupsUsed",
       "expProbsBias",
       "yarnMscaleAllDim",
+      "archName",
+      "nNextn",
     ] as const;
     const set = fields.filter((f) => spec[f] !== undefined);
     if (set.length > 0) bad(`${set.join(", ")} apply to deepseek2 only`);
@@ -314,6 +334,8 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): Required<SyntheticSpe
     nExpertGroups,
     nExpertGroupsUsed,
     expProbsBias: spec.expProbsBias ?? false,
+    archName,
+    nNextn,
     yarnFactor,
     yarnOrigCtx: spec.yarnOrigCtx ?? 0,
     yarnMscaleAllDim: spec.yarnMscaleAllDim ?? 0,
@@ -364,7 +386,7 @@ function plan(s: Required<SyntheticSpec>): PlannedTensor[] {
   const embdStd = s.tiedOutput ? TIED_EMBD_STD : 1;
   add(Tensors.tokenEmbd, undefined, [nEmbd, nVocab], { kind: "normal", std: embdStd });
   const bias = (std: number): Init => ({ kind: "normal", std });
-  for (let i = 0; i < s.nLayer; i++) {
+  for (let i = 0; i < s.nLayer + s.nNextn; i++) {
     add(Tensors.attnNorm, i, [nEmbd], norm());
     if (s.arch === "deepseek2") {
       // latent attention, as llama.cpp's converter splits attn_kv_b into attn_k_b (transposed) and attn_v_b
@@ -438,6 +460,14 @@ function plan(s: Required<SyntheticSpec>): PlannedTensor[] {
       add(Tensors.ffnUpShexp, i, [nEmbd, f], normal(nEmbd));
       add(Tensors.ffnDownShexp, i, [f, nEmbd], normal(f));
     }
+    if (i >= s.nLayer) {
+      // the MTP head: [embedding | hidden] → hidden, its norms, its own output head
+      add(Tensors.nextnEhProj, i, [2 * nEmbd, nEmbd], normal(2 * nEmbd));
+      add(Tensors.nextnEnorm, i, [nEmbd], norm());
+      add(Tensors.nextnHnorm, i, [nEmbd], norm());
+      add(Tensors.nextnSharedHeadNorm, i, [nEmbd], norm());
+      add(Tensors.nextnSharedHeadHead, i, [nEmbd, nVocab], normal(nEmbd));
+    }
   }
   // The output norm carries the logit scale: rows of the head have unit norm
   // (untied: N(0, 1/nEmbd)) or norm embdStd·√nEmbd (tied: the embeddings).
@@ -458,7 +488,7 @@ export function syntheticTensors(spec: SyntheticSpec): SyntheticTensorInfo[] {
 
 /** The hyperparameter metadata llama.cpp reads for the architecture, as its converter writes it. */
 function hparams(s: Required<SyntheticSpec>): [string, GgufValue][] {
-  const k = (key: string) => archKey(key, s.arch);
+  const k = (key: string) => archKey(key, s.archName);
   // llama (Mixtral) and olmoe files give the expert width as
   // feed_forward_length; the others give it as expert_feed_forward_length
   // and keep feed_forward_length for a dense width that differs (so an
@@ -475,7 +505,7 @@ function hparams(s: Required<SyntheticSpec>): [string, GgufValue][] {
   const out: [string, GgufValue][] = [
     [k(Keys.contextLength), gv.u32(s.nCtx)],
     [k(Keys.embeddingLength), gv.u32(s.nEmbd)],
-    [k(Keys.blockCount), gv.u32(s.nLayer)],
+    [k(Keys.blockCount), gv.u32(s.nLayer + s.nNextn)],
     [k(Keys.feedForwardLength), gv.u32(nFf)],
     [k(Keys.headCount), gv.u32(s.nHead)],
     [k(Keys.headCountKv), gv.u32(s.nHeadKv)],
@@ -495,6 +525,7 @@ function hparams(s: Required<SyntheticSpec>): [string, GgufValue][] {
       [k(Keys.expertSharedCount), gv.u32(s.nExpertShared)],
       [k(Keys.expertGatingFunc), gv.u32(s.gating === "sigmoid" ? 2 : 1)],
     );
+    if (s.nNextn > 0) out.push([k(Keys.nextnPredictLayers), gv.u32(s.nNextn)]);
     if (s.expertWeightsNorm) out.push([k(Keys.expertWeightsNorm), gv.bool(true)]);
     if (s.expertWeightsScale !== 0) {
       out.push([k(Keys.expertWeightsScale), gv.f32(s.expertWeightsScale)]);
@@ -575,7 +606,7 @@ function fillValues(init: Init, n: number, rng: Rng): Float32Array {
 export function syntheticModel(spec: SyntheticSpec): GgufWriteSpec {
   const s = resolveSyntheticSpec(spec);
   const metadata: [string, GgufValue][] = [
-    [Keys.architecture, gv.str(s.arch)],
+    [Keys.architecture, gv.str(s.archName)],
     [Keys.name, gv.str(s.name)],
     ...hparams(s),
     [Keys.fileType, gv.u32(FILE_TYPE[s.weightType])],
