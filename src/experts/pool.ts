@@ -247,6 +247,23 @@ export interface PrefetchResult extends EnsureResult {
   readonly failed: { expert: number; error: ExpertReadError }[];
 }
 
+/**
+ * One change in the pool, told to {@link ExpertPool.listen}ers as it happens
+ * (for live views such as the server's `/v1/experts/events`).
+ */
+export interface PoolEvent {
+  /**
+   * `hit`: a lookup found the expert resident; `load`: uploaded for a miss
+   * (or by preload); `prefetch`: uploaded ahead of use by
+   * {@link ExpertPool.prefetch}; `evict`: its slot was given up.
+   */
+  readonly kind: "hit" | "load" | "prefetch" | "evict";
+  /** Layer (block) index. */
+  readonly layer: number;
+  /** Expert id within the layer. */
+  readonly expert: number;
+}
+
 /** An {@link ExpertPool.ensure} asked for more experts than the pool can hold at once. */
 export class ExpertPoolFullError extends Error {
   /** Builds the error. */
@@ -294,6 +311,7 @@ export class ExpertPool {
   // [nLayer, nExpert] mirror of residencyBuffer.
   readonly #table: Int32Array;
   readonly #dirty = new Set<number>();
+  readonly #listeners = new Set<(e: PoolEvent) => void>();
   #pendingFlush = false;
   #destroyed = false;
 
@@ -651,6 +669,16 @@ export class ExpertPool {
     this.#commit(true);
   }
 
+  /**
+   * Calls `listener` on every hit, load, prefetch upload and eviction, from
+   * inside the pool's calls (keep it cheap; it must not call the pool).
+   * Returns the function that removes it. Without listeners nothing is built.
+   */
+  listen(listener: (e: PoolEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
   /** The eviction policy of `layer`'s group (for tests and policies that take hints). */
   policyOf(layer: number): EvictionPolicy {
     return this.#group(layer).policy;
@@ -731,8 +759,14 @@ export class ExpertPool {
     return views;
   }
 
+  #emit(kind: PoolEvent["kind"], layer: number, expert: number): void {
+    const e: PoolEvent = { kind, layer, expert };
+    for (const l of this.#listeners) l(e);
+  }
+
   #hit(g: Group, layer: number, slot: number): void {
     this.stats.recordHit(layer);
+    if (this.#listeners.size) this.#emit("hit", layer, g.slotExpert[slot]!);
     g.policy.touch(slot);
     if (g.prefetched[slot]) {
       g.prefetched[slot] = 0;
@@ -753,6 +787,7 @@ export class ExpertPool {
     g.prefetched[slot] = 0;
     g.occupied--;
     this.#setEntry(layer, expert, -1);
+    if (this.#listeners.size) this.#emit("evict", layer, expert);
     evicted.push([layer, expert]);
     return slot;
   }
@@ -764,6 +799,7 @@ export class ExpertPool {
     g.policy.touch(slot);
     g.occupied++;
     this.#setEntry(layer, expert, slot);
+    if (this.#listeners.size) this.#emit(prefetched ? "prefetch" : "load", layer, expert);
   }
 
   // Whether some of the expert's bytes are outside the page cache (undefined:
