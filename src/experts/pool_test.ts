@@ -645,27 +645,30 @@ gpuTest(
   },
 );
 
-gpuTest("pool: listeners hear hits, loads, prefetches and evictions as they happen", async (gpu) => {
-  await withPool(gpu, { budgetBytes: 0, reserveSlots: 2 }, async (pool) => {
-    const heard: string[] = [];
-    const stop = pool.listen((e) => heard.push(`${e.kind} ${e.layer}:${e.expert}`));
-    pool.ensure(1, [0, 1]);
-    pool.ensure(1, [1, 2]); // 1 hit, 2 loaded into 0's slot
-    pool.prefetch(2, [5], { maxEvict: 1 }); // evicts the least recent (1:1)
-    assert.deepEqual(heard, [
-      "load 1:0",
-      "load 1:1",
-      "hit 1:1",
-      "evict 1:0",
-      "load 1:2",
-      "evict 1:1",
-      "prefetch 2:5",
-    ]);
-    const s = pool.stats.snapshot();
-    assert.equal(heard.filter((h) => h.startsWith("hit")).length, s.hits);
-    assert.equal(heard.filter((h) => h.startsWith("load")).length, s.misses);
-    stop();
-    pool.ensure(2, [5]);
-    assert.equal(heard.length, 7, "a removed listener hears nothing");
-  });
-});
+gpuTest(
+  "pool: listeners hear hits, loads, prefetches and evictions as they happen",
+  async (gpu) => {
+    await withPool(gpu, { budgetBytes: 0, reserveSlots: 2 }, async (pool) => {
+      const heard: string[] = [];
+      const stop = pool.listen((e) => heard.push(`${e.kind} ${e.layer}:${e.expert}`));
+      pool.ensure(1, [0, 1]);
+      pool.ensure(1, [1, 2]); // 1 hit, 2 loaded into 0's slot
+      pool.prefetch(2, [5], { maxEvict: 1 }); // evicts the least recent (1:1)
+      assert.deepEqual(heard, [
+        "load 1:0",
+        "load 1:1",
+        "hit 1:1",
+        "evict 1:0",
+        "load 1:2",
+        "evict 1:1",
+        "prefetch 2:5",
+      ]);
+      const s = pool.stats.snapshot();
+      assert.equal(heard.filter((h) => h.startsWith("hit")).length, s.hits);
+      assert.equal(heard.filter((h) => h.startsWith("load")).length, s.misses);
+      stop();
+      pool.ensure(2, [5]);
+      assert.equal(heard.length, 7, "a removed listener hears nothing");
+    });
+  },
+);

@@ -9,6 +9,10 @@
  * | `GET /v1/models`, `GET /v1/models/{id}` | OpenAI model list / model |
  * | `POST /v1/completions` | OpenAI completions (SSE with `stream`) |
  * | `POST /v1/chat/completions` | OpenAI chat completions, the model's chat template applied (SSE with `stream`) |
+ * | `GET /v1/experts` | the experts view: layers, resident experts, cache counters (`experts_feed.ts`) |
+ * | `GET /v1/experts/events` | SSE: a snapshot, then throttled frames of hits, loads, prefetches, evictions |
+ * | `GET /` | the chat page to a browser (`Accept: text/html`), else JSON naming the endpoints |
+ * | `GET /ui/*` | the page's script and style |
  *
  * One model serves one request at a time, in arrival order; at most
  * `maxQueue` wait behind the running one, the next gets 503 with
@@ -47,6 +51,8 @@ import {
   ServerMetrics,
 } from "./metrics.ts";
 import { sseStream } from "./sse.ts";
+import { ExpertsFeed } from "./experts_feed.ts";
+import { UI_ASSET_PATTERN, uiResponse, wantsHtml } from "./ui.ts";
 import { ensureDemoModel } from "./demo.ts";
 import {
   badRequest,
@@ -253,6 +259,7 @@ class App {
   readonly #routes: Route[];
   /** Mean duration of recent generations, s (for Retry-After). */
   #avgGenSeconds = 1;
+  #feed: ExpertsFeed | undefined;
 
   constructor(readonly o: ServerOptions) {
     this.#routes = [
@@ -283,7 +290,24 @@ class App {
         name: "/v1/chat/completions",
         methods: { POST: (r) => this.chatRoute(r) },
       },
-      { pattern: /^\/$/, name: "/", methods: { GET: () => this.index() } },
+      {
+        pattern: /^\/v1\/experts$/,
+        name: "/v1/experts",
+        methods: { GET: () => json(this.#experts().snapshot()) },
+      },
+      {
+        pattern: /^\/v1\/experts\/events$/,
+        name: "/v1/experts/events",
+        methods: { GET: () => this.#experts().subscribe() },
+      },
+      // the page asks for the API key itself; its JSON twin checks it in index()
+      { pattern: /^\/$/, name: "/", methods: { GET: (r) => this.index(r) }, open: true },
+      {
+        pattern: UI_ASSET_PATTERN,
+        name: "/ui/*",
+        methods: { GET: (_r, u) => uiResponse(u.pathname) },
+        open: true,
+      },
     ];
   }
 
@@ -298,6 +322,18 @@ class App {
   /** Cancels every generation (shutdown past its grace). */
   cancelAll(): void {
     this.#shutdown.abort();
+  }
+
+  /** Ends the experts event streams (they would otherwise hold shutdown open). */
+  closeStreams(): void {
+    this.#feed?.close();
+  }
+
+  #experts(): ExpertsFeed {
+    if (this.closing) {
+      throw new HttpError(503, "the server is shutting down", { type: "server_shutting_down" });
+    }
+    return this.#feed ??= new ExpertsFeed(this.#engine().model);
   }
 
   async handle(req: Request, info: Deno.ServeHandlerInfo): Promise<Response> {
@@ -388,7 +424,9 @@ class App {
     };
   }
 
-  index(): Response {
+  index(req: Request): Promise<Response> | Response {
+    if (wantsHtml(req.headers.get("accept") ?? "")) return uiResponse("/");
+    if (this.o.apiKey !== undefined) this.#checkKey(req);
     return json({
       name: "od-moe",
       model: this.engine?.info.name ?? null,
@@ -898,6 +936,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     closed = (async () => {
       // in-flight generations get the grace period; shutdown() waits for every response
       const done = server.shutdown();
+      app.closeStreams();
       if (app.inFlight === 0) app.cancelAll();
       await done;
       clearTimeout(timer);
