@@ -116,7 +116,7 @@ export class ExpertsFeed {
   // (layer · nExpert + expert) → flags gathered since the last frame
   readonly #pending = new Map<number, number>();
   #unlisten: (() => void) | undefined;
-  #timer: ReturnType<typeof setInterval> | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
   #last: { t: number; stats: ExpertStatsSnapshot; tokens: number; quietSince: number } | undefined;
   readonly #t0 = performance.now();
 
@@ -190,13 +190,21 @@ export class ExpertsFeed {
     const now = performance.now();
     const stats = pool.stats.snapshot();
     this.#last = { t: now, stats, tokens: this.#tokens(stats), quietSince: now };
-    this.#timer = setInterval(() => this.#tick(), this.intervalMs);
+    this.#schedule();
+  }
+
+  // a timeout chain, not an interval: frames are never closer than intervalMs
+  #schedule(): void {
+    this.#timer = setTimeout(() => {
+      this.#tick();
+      if (this.#unlisten) this.#schedule();
+    }, this.intervalMs);
   }
 
   #stop(): void {
     this.#unlisten?.();
     this.#unlisten = undefined;
-    if (this.#timer !== undefined) clearInterval(this.#timer);
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
     this.#pending.clear();
     this.#last = undefined;
