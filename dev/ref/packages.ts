@@ -20,4 +20,4 @@
 export type {} from "npm:node-llama-cpp@3.21.1";
 export type {} from "npm:@node-llama-cpp/linux-x64@3.21.1";
 export { default as OpenAI } from "npm:openai@7.57.0";
-export { chromium } from "npm:playwright-core@1.65.1";
+export { type BrowserContext, chromium, type Page } from "npm:playwright-core@1.65.1";

@@ -648,7 +648,7 @@ gpuTest(
 gpuTest(
   "pool: listeners hear hits, loads, prefetches and evictions as they happen",
   async (gpu) => {
-    await withPool(gpu, { budgetBytes: 0, reserveSlots: 2 }, async (pool) => {
+    await withPool(gpu, { budgetBytes: 0, reserveSlots: 2 }, (pool) => {
       const heard: string[] = [];
       const stop = pool.listen((e) => heard.push(`${e.kind} ${e.layer}:${e.expert}`));
       pool.ensure(1, [0, 1]);
@@ -669,6 +669,7 @@ gpuTest(
       stop();
       pool.ensure(2, [5]);
       assert.equal(heard.length, 7, "a removed listener hears nothing");
+      return Promise.resolve();
     });
   },
 );
