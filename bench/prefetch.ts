@@ -9,7 +9,7 @@
  * Every configuration must generate the same tokens (`tokens_identical`),
  * and the pool must stay within its budget plus reserve (`within_budget`).
  *
- * The model is `src/predictor/demo_model.ts` (qwen3moe, 64 wide, 6 layers,
+ * The model is `src/training/demo_model.ts` (qwen3moe, 64 wide, 6 layers,
  * 16 experts, top-2; cached in `.cache/predictor/`); the shadow model is
  * trained on routing data collected from random prompts (a few seconds).
  *
@@ -30,9 +30,9 @@ import { loadModel } from "../src/model/model.ts";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
-import { predictorDemoModel } from "../src/predictor/demo_model.ts";
-import { collectRoutingData, syntheticPrompts } from "../src/predictor/collect.ts";
-import { trainShadow } from "../src/predictor/trainer.ts";
+import { predictorDemoModel } from "../src/training/demo_model.ts";
+import { collectRoutingData, syntheticPrompts } from "../src/training/collect.ts";
+import { trainShadow } from "../src/training/trainer.ts";
 import { saveShadow } from "../src/predictor/shadow.ts";
 import {
   benchPrompt,

@@ -31,12 +31,12 @@ import { acquireGpu } from "../src/gpu/device.ts";
 import { loadModel } from "../src/model/model.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
-import { predictorDemoModel } from "../src/predictor/demo_model.ts";
-import { collectRoutingData, syntheticPrompts } from "../src/predictor/collect.ts";
-import { formatRecall, trainShadow } from "../src/predictor/trainer.ts";
+import { predictorDemoModel } from "../src/training/demo_model.ts";
+import { collectRoutingData, syntheticPrompts } from "../src/training/collect.ts";
+import { formatRecall, trainShadow } from "../src/training/trainer.ts";
 import { saveShadow, shadowBytes, ShadowPredictor } from "../src/predictor/shadow.ts";
 import { LookaheadPredictor } from "../src/predictor/lookahead.ts";
-import { evaluateGpuPredictor, evaluateHistory } from "../src/predictor/evaluate.ts";
+import { evaluateGpuPredictor, evaluateHistory } from "../src/training/evaluate.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,

@@ -38,10 +38,10 @@ import {
   openBaseModel,
   openConvertedModel,
   openExpertDir,
-} from "../src/convert/converted.ts";
+} from "../src/converted/reader.ts";
 import { ConvertedModelError, ConvertError } from "../src/convert/errors.ts";
 import { type OutputDtype, planConversion } from "../src/convert/plan.ts";
-import { encodeGgufValue } from "../src/convert/values.ts";
+import { encodeGgufValue } from "../src/converted/values.ts";
 
 const MAIN = new URL("../src/convert/main.ts", import.meta.url).pathname;
 const dec = new TextDecoder();
@@ -136,7 +136,7 @@ function verifyConversion(
   const base = converted.base;
 
   // Hyperparameters and metadata (tokenizer and chat template included) survive.
-  assert.deepEqual(converted.config, config);
+  assert.deepEqual(spec.readConfig(converted.metadata), config);
   for (const [key, value] of model.metadata.entries) {
     if (key.startsWith("split.") || key === "general.alignment") continue;
     const got = base.metadata.get(key);

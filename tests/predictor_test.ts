@@ -13,7 +13,7 @@ import { createBuffer, readback } from "../src/gpu/buffers.ts";
 import { recordOps } from "../src/gpu/ops/op.ts";
 import { Rng } from "../src/util/rng.ts";
 import { adamStep, NONE, prepareGemm, prepareTopk } from "../src/predictor/kernels.ts";
-import { ShadowTrainer, TrainingBudgetError, trainShadow } from "../src/predictor/trainer.ts";
+import { ShadowTrainer, TrainingBudgetError, trainShadow } from "../src/training/trainer.ts";
 import {
   checkShadowFits,
   initShadow,
@@ -32,12 +32,12 @@ import {
   subsetDataset,
   targetsFor,
   writeDataset,
-} from "../src/predictor/data.ts";
+} from "../src/training/data.ts";
 import { HistoryPredictor } from "../src/predictor/predictor.ts";
-import { collectRoutingData, syntheticPrompts } from "../src/predictor/collect.ts";
-import { evaluateGpuPredictor, evaluateHistory } from "../src/predictor/evaluate.ts";
+import { collectRoutingData, syntheticPrompts } from "../src/training/collect.ts";
+import { evaluateGpuPredictor, evaluateHistory } from "../src/training/evaluate.ts";
 import { LookaheadPredictor } from "../src/predictor/lookahead.ts";
-import { predictorDemoModel } from "../src/predictor/demo_model.ts";
+import { predictorDemoModel } from "../src/training/demo_model.ts";
 import { loadModel } from "../src/model/model.ts";
 
 let gpu: Gpu | undefined;

@@ -14,9 +14,9 @@ import { PredictivePolicy } from "../src/experts/policy_predictive.ts";
 import { loadModel } from "../src/model/model.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
-import { predictorDemoModel } from "../src/predictor/demo_model.ts";
-import { collectRoutingData, syntheticPrompts } from "../src/predictor/collect.ts";
-import { trainShadow } from "../src/predictor/trainer.ts";
+import { predictorDemoModel } from "../src/training/demo_model.ts";
+import { collectRoutingData, syntheticPrompts } from "../src/training/collect.ts";
+import { trainShadow } from "../src/training/trainer.ts";
 import { saveShadow } from "../src/predictor/shadow.ts";
 
 let gpu: Gpu | undefined;

@@ -38,7 +38,7 @@ import {
   ConvertedFormats,
   expertPath,
   layerDirName,
-} from "./layout.ts";
+} from "../converted/layout.ts";
 import {
   type ConversionPlan,
   expertFileMetadata,
@@ -48,7 +48,46 @@ import {
   type TensorOutput,
 } from "./plan.ts";
 import { type Progress, silentProgress } from "./progress.ts";
-import { encodeMetadata } from "./values.ts";
+import { encodeMetadata } from "../converted/values.ts";
+import type {
+  FileRecord,
+  Manifest,
+  RecordedOptions,
+  SourceIdentity,
+} from "../converted/manifest.ts";
+
+export type { FileRecord, Manifest, RecordedOptions, SourceIdentity };
+
+const encoder = new TextEncoder();
+
+function json(value: unknown): Uint8Array {
+  return encoder.encode(JSON.stringify(value, null, 1) + "\n");
+}
+
+function hex(hash: ReturnType<typeof createHash>): string {
+  return hash.digest("hex");
+}
+
+function basename(path: string): string {
+  return path.slice(path.lastIndexOf("/") + 1);
+}
+
+/** Reads `[0, length)` of a file. */
+function readPrefix(path: string, length: number): Uint8Array {
+  const file = Deno.openSync(path, { read: true });
+  try {
+    const buf = new Uint8Array(length);
+    let got = 0;
+    while (got < length) {
+      const n = file.readSync(buf.subarray(got));
+      if (n === null || n === 0) break;
+      got += n;
+    }
+    return buf.subarray(0, got);
+  } finally {
+    file.close();
+  }
+}
 
 /** Options of {@link convertGguf}. */
 export interface ConvertOptions extends PlanOptions {
@@ -82,114 +121,6 @@ export interface ConvertResult {
   readonly alreadyComplete: boolean;
   /** Wall time in seconds. */
   readonly seconds: number;
-}
-
-/** One output file recorded in the journal and the manifest. */
-export interface FileRecord {
-  /** Path relative to the output directory. */
-  readonly path: string;
-  /** Size in bytes. */
-  readonly size: number;
-  /** SHA-256, hex. */
-  readonly sha256: string;
-}
-
-/** Identifies the source model: per shard its size and the SHA-256 of its header. */
-export interface SourceIdentity {
-  /** Absolute path of the first shard. */
-  readonly path: string;
-  /** `general.architecture`. */
-  readonly architecture: string;
-  /** Each shard's name, size, header length and header checksum. */
-  readonly files: readonly {
-    readonly name: string;
-    readonly size: number;
-    readonly header_bytes: number;
-    readonly header_sha256: string;
-  }[];
-}
-
-/** The options recorded with a conversion; a resume must use the same. */
-export interface RecordedOptions {
-  /** `--output-dtype`. */
-  readonly output_dtype: string;
-  /** `--base-only`. */
-  readonly base_only: boolean;
-  /** `--shard-size-gb` in bytes. */
-  readonly shard_size_bytes: number;
-}
-
-/** The content of `manifest.json`. */
-export interface Manifest {
-  /** {@link ConvertedFormats.manifest}. */
-  readonly format: string;
-  /** {@link CONVERTED_VERSION}. */
-  readonly version: number;
-  /** Always true: the manifest is written only when everything else is. */
-  readonly complete: true;
-  /** When the conversion finished (ISO 8601). */
-  readonly created: string;
-  /** The source model. */
-  readonly source: SourceIdentity;
-  /** The options used. */
-  readonly options: RecordedOptions;
-  /** The base: directory, tensor → file map and sizes. */
-  readonly base: {
-    readonly dir: string;
-    readonly tensor_count: number;
-    readonly bytes: number;
-    readonly tensors: Record<
-      string,
-      { file: string; dtype: string; ggml_type: string; shape: readonly number[]; bytes: number }
-    >;
-  };
-  /** The experts (null with `--base-only`): each GGUF expert stack → its per-expert files. */
-  readonly experts: null | {
-    readonly dir: string;
-    readonly layers: number;
-    readonly file_count: number;
-    readonly bytes: number;
-    readonly tensors: Record<string, {
-      file_pattern: string;
-      tensor: string;
-      ggml_type: string;
-      slice_shape: readonly number[];
-      bytes_per_expert: number;
-    }>;
-  };
-  /** Every file written, with size and checksum. */
-  readonly files: readonly FileRecord[];
-}
-
-const encoder = new TextEncoder();
-
-function json(value: unknown): Uint8Array {
-  return encoder.encode(JSON.stringify(value, null, 1) + "\n");
-}
-
-function hex(hash: ReturnType<typeof createHash>): string {
-  return hash.digest("hex");
-}
-
-function basename(path: string): string {
-  return path.slice(path.lastIndexOf("/") + 1);
-}
-
-/** Reads `[0, length)` of a file. */
-function readPrefix(path: string, length: number): Uint8Array {
-  const file = Deno.openSync(path, { read: true });
-  try {
-    const buf = new Uint8Array(length);
-    let got = 0;
-    while (got < length) {
-      const n = file.readSync(buf.subarray(got));
-      if (n === null || n === 0) break;
-      got += n;
-    }
-    return buf.subarray(0, got);
-  } finally {
-    file.close();
-  }
 }
 
 /** The identity of a model: per shard, its size and the checksum of its header. */

@@ -1,5 +1,5 @@
 /**
- * Errors of the converter and of the converted-model reader.
+ * Errors of the converter (the reader's {@link ConvertedModelError} is re-exported).
  *
  * @module
  */
@@ -13,15 +13,4 @@ export class ConvertError extends Error {
   }
 }
 
-/** A converted model directory is incomplete or inconsistent. */
-export class ConvertedModelError extends Error {
-  /** The file or directory concerned. */
-  readonly path: string;
-
-  /** Builds the error; `detail` says what was wrong. */
-  constructor(path: string, detail: string, options?: ErrorOptions) {
-    super(`${path}: ${detail}`, options);
-    this.name = "ConvertedModelError";
-    this.path = path;
-  }
-}
+export { ConvertedModelError } from "../converted/errors.ts";

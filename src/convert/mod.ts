@@ -9,9 +9,7 @@
  */
 
 export * from "./convert.ts";
-export * from "./converted.ts";
 export * from "./errors.ts";
-export * from "./layout.ts";
 export * from "./plan.ts";
 export * from "./progress.ts";
-export * from "./values.ts";
+export * from "../converted/mod.ts";

@@ -25,7 +25,7 @@ import {
   expertTensorName,
   MetadataKeys,
   nameWidth,
-} from "./layout.ts";
+} from "../converted/layout.ts";
 
 /** What `--output-dtype` asks for. */
 export type OutputDtype = "keep" | "float16" | "bfloat16" | "float32";

@@ -4,7 +4,7 @@ import { parseGguf } from "../gguf/reader.ts";
 import { serializeGguf } from "../gguf/writer.ts";
 import { gv } from "../gguf/value.ts";
 import { ConvertError } from "./errors.ts";
-import { baseShardName, expertPath } from "./layout.ts";
+import { baseShardName, expertPath } from "../converted/layout.ts";
 import { planConversion, tensorOutput } from "./plan.ts";
 
 const t = requireGgmlType;

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type ExpertDir, type ExpertFile, openExpertDir } from "../convert/converted.ts";
+import { type ExpertDir, type ExpertFile, openExpertDir } from "../converted/reader.ts";
 import { type ExpertLayerShape, ExpertReadError, type ExpertSource } from "./source.ts";
 
 /** How many expert files stay mapped at once (views handed out stay valid until evicted). */

@@ -24,15 +24,15 @@ import {
   TensorPlanError,
   uploadPlannedTensors,
 } from "./weights.ts";
-import { openBaseModel } from "../convert/converted.ts";
+import { openBaseModel } from "../converted/reader.ts";
 import { ExpertDirSource } from "../experts/expert_dir_source.ts";
 import { type ExpertStacks, MoeTransformer } from "./transformer.ts";
 import { type ExpertSource, GgufExpertSource } from "../experts/source.ts";
 import { ExpertPool, lruPolicy } from "../experts/pool.ts";
 import type { ExpertStats } from "../experts/stats.ts";
 import { type EvictionPolicyName, predictivePolicy } from "../experts/policy_predictive.ts";
-import { Prefetcher, type PrefetcherOptions } from "../predictor/prefetcher.ts";
-import type { PrefetchStatsSnapshot } from "../predictor/stats.ts";
+import { Prefetcher, type PrefetcherOptions } from "../experts/prefetcher.ts";
+import type { PrefetchStatsSnapshot } from "../experts/prefetch_stats.ts";
 
 /** Options of {@linkcode loadModel}. */
 export interface LoadModelOptions {
@@ -75,7 +75,7 @@ export interface LoadModelOptions {
   enablePrefetch?: boolean;
   /** A trained shadow predictor (`deno task train-shadow`); turns prefetch on. */
   predictorPath?: string;
-  /** Prefetcher tuning: predictor kind, depth, experts per layer (`src/predictor/prefetcher.ts`). */
+  /** Prefetcher tuning: predictor kind, depth, experts per layer (`src/experts/prefetcher.ts`). */
   prefetch?: PrefetcherOptions;
   /** The expert pool's eviction policy: `"predictive"` (default) or `"lru"`. */
   evictionPolicy?: EvictionPolicyName;

@@ -19,7 +19,7 @@
  */
 
 import { type ExpertStatsSnapshot, LatencyRing, type LatencySummary } from "../experts/stats.ts";
-import type { PrefetchStatsSnapshot } from "../predictor/stats.ts";
+import type { PrefetchStatsSnapshot } from "../experts/prefetch_stats.ts";
 import type { GenerationStats } from "../generate/types.ts";
 
 /** Upper bounds (seconds) of the latency histograms' buckets. */

@@ -22,11 +22,11 @@
  *
  * @example
  * ```ts ignore
- * import { openConvertedModel } from "./converted.ts";
+ * import { openConvertedModel } from "./reader.ts";
  * using model = openConvertedModel("out");
  * const embd = model.base.tensorBytes("token_embd.weight");
  * using expert = model.experts!.open(0, 3);
- * console.log(model.config.nExpert, embd.length, expert.gate.type.name, expert.down.bytes.length);
+ * console.log(model.base.architecture, embd.length, expert.gate.type.name, expert.down.bytes.length);
  * ```
  *
  * @module
@@ -41,8 +41,6 @@ import {
 import { Keys } from "../gguf/names.ts";
 import { allGgmlTypes, type GgmlTypeInfo, tensorBytes } from "../gguf/types.ts";
 import type { GgufValue } from "../gguf/value.ts";
-import type { ModelConfig } from "../model/config.ts";
-import { archSpec } from "../model/registry.ts";
 import { SafetensorsError } from "../safetensors/errors.ts";
 import { openSafetensors, type SafetensorsFile } from "../safetensors/reader.ts";
 import { ConvertedModelError } from "./errors.ts";
@@ -54,7 +52,7 @@ import {
   layerDirName,
   MetadataKeys,
 } from "./layout.ts";
-import type { Manifest } from "./convert.ts";
+import type { Manifest } from "./manifest.ts";
 import { decodeMetadata, GgufJsonError } from "./values.ts";
 
 const typesByName: ReadonlyMap<string, GgmlTypeInfo> = new Map(
@@ -205,8 +203,6 @@ export class BaseModel implements GgufModelFile {
   readonly tensorMap: ReadonlyMap<string, GgufTensorInfo>;
   /** `general.architecture`. */
   readonly architecture: string;
-  /** Hyperparameters, read from the metadata by the architecture's own reader. */
-  readonly config: ModelConfig;
   /** The parsed `config.json`. */
   readonly configJson: Readonly<Record<string, unknown>>;
   /** The parsed `tokenizer.json`. */
@@ -238,13 +234,13 @@ export class BaseModel implements GgufModelFile {
       alignment: 1,
       dataOffset: s.header.dataOffset,
     }));
-    this.config = archSpec(this.architecture).readConfig(metadata);
   }
 
   /**
    * Opens `dir` (a converted model's `base_model/`). Throws
-   * {@link ConvertedModelError} when it is incomplete or inconsistent, and
-   * `UnsupportedArchitectureError` for an architecture od-moe does not run.
+   * {@link ConvertedModelError} when it is incomplete or inconsistent. Whether
+   * the architecture is one od-moe runs is the engine's question, asked when
+   * it reads the hyperparameters (`archSpec(base.architecture)`).
    */
   static open(dir: string): BaseModel {
     const d = dir.replace(/\/+$/, "");
@@ -678,11 +674,6 @@ export class ConvertedModel {
     this.manifest = manifest;
     this.base = base;
     this.experts = experts;
-  }
-
-  /** Hyperparameters. */
-  get config(): ModelConfig {
-    return this.base.config;
   }
 
   /** The source metadata (tokenizer included). */

@@ -28,7 +28,7 @@ import { Tokenizer } from "../tokenizer/mod.ts";
 import { Rng } from "../util/rng.ts";
 import { dequantizeRows } from "../gguf/dequant.ts";
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
-import { ffnNormOf } from "./lookahead.ts";
+import { ffnNormOf } from "../predictor/lookahead.ts";
 import { rmsNormalizeRows, type RoutingDataset, writeDataset } from "./data.ts";
 
 /** Options of {@linkcode collectRoutingData}. */

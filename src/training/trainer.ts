@@ -29,7 +29,7 @@ import {
   prepareGather,
   prepareGemm,
   prepareLoss,
-} from "./kernels.ts";
+} from "../predictor/kernels.ts";
 import { type RoutingDataset, splitBySequence, targetsFor } from "./data.ts";
 import {
   checkShadowShape,
@@ -37,7 +37,7 @@ import {
   shadowLayout,
   type ShadowShape,
   type ShadowWeights,
-} from "./shadow.ts";
+} from "../predictor/shadow.ts";
 
 /** Options of {@linkcode trainShadow}. */
 export interface TrainShadowOptions {

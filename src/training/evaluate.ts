@@ -13,7 +13,11 @@ import type { Gpu } from "../gpu/device.ts";
 import { createBuffer, readback, upload } from "../gpu/buffers.ts";
 import { STEP } from "../gpu/ops/op.ts";
 import type { RoutingDataset } from "./data.ts";
-import { type ExpertPredictor, type HiddenSource, HistoryPredictor } from "./predictor.ts";
+import {
+  type ExpertPredictor,
+  type HiddenSource,
+  HistoryPredictor,
+} from "../predictor/predictor.ts";
 
 /** Recall figures of one predictor. */
 export interface RecallFigures {

@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { ExpertPool } from "../experts/pool.ts";
+import type { ExpertPool } from "./pool.ts";
 
 /** A JSON-ready copy of {@linkcode PrefetchStats}. */
 export interface PrefetchStatsSnapshot {

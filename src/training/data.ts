@@ -17,7 +17,7 @@
 import { f16ToF32, f32ToF16Array } from "../gguf/f16.ts";
 import { openSafetensors, writeSafetensors } from "../safetensors/mod.ts";
 import { Rng } from "../util/rng.ts";
-import { NONE } from "./kernels.ts";
+import { NONE } from "../predictor/kernels.ts";
 
 /** A routing dataset in memory. */
 export interface RoutingDataset {

@@ -27,17 +27,17 @@
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer } from "../gpu/buffers.ts";
 import type { BufferBinding } from "../gpu/dispatch.ts";
-import { expertKey, type ExpertPool } from "../experts/pool.ts";
-import { type EvictionPolicyName, PredictivePolicy } from "../experts/policy_predictive.ts";
-import { LookaheadPredictor, type RouterWeights } from "./lookahead.ts";
-import { checkShadowFits, loadShadow, ShadowPredictor } from "./shadow.ts";
+import { expertKey, type ExpertPool } from "./pool.ts";
+import { type EvictionPolicyName, PredictivePolicy } from "./policy_predictive.ts";
+import { LookaheadPredictor, type RouterWeights } from "../predictor/lookahead.ts";
+import { checkShadowFits, loadShadow, ShadowPredictor } from "../predictor/shadow.ts";
 import {
   type ExpertPredictor,
   HistoryPredictor,
   type LayerPrediction,
   predictionWords,
-} from "./predictor.ts";
-import { PrefetchStats } from "./stats.ts";
+} from "../predictor/predictor.ts";
+import { PrefetchStats } from "./prefetch_stats.ts";
 
 /** The model facts the prefetcher needs. */
 export interface PrefetchModel {

@@ -20,7 +20,7 @@
 import { parseArgs } from "node:util";
 import { acquireGpu } from "../gpu/device.ts";
 import { readDataset } from "./data.ts";
-import { saveShadow, shadowBytes } from "./shadow.ts";
+import { saveShadow, shadowBytes } from "../predictor/shadow.ts";
 import { trainShadow } from "./trainer.ts";
 
 const USAGE = `usage: deno task train-shadow --data data.safetensors --output shadow.safetensors
