@@ -24,7 +24,7 @@
 
 import type { ExpertPool } from "../experts/pool.ts";
 import type { ExpertStatsSnapshot } from "../experts/stats.ts";
-import type { PrefetchStatsSnapshot } from "../predictor/stats.ts";
+import type { PrefetchStatsSnapshot } from "../experts/prefetch_stats.ts";
 import { sseStream } from "./sse.ts";
 
 /** Bits of a change's `flags` in an `experts` frame. */
