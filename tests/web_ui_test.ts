@@ -128,6 +128,7 @@ Deno.test({
         // the grid: 4 expert layers × 8 experts, 8 pixels or more a cell
         await page.waitForSelector("#grid[data-resident]");
         assert.match((await page.textContent("#experts-shape"))!, /4 layers × 8 experts/);
+        assert.ok(await page.locator("#all-resident").isHidden(), "experts stream at budget 0");
         const box = await page.evaluate(() => {
           const c = document.getElementById("grid") as HTMLCanvasElement;
           return { w: c.width, h: c.height };
@@ -276,6 +277,7 @@ Deno.test({
           " and <script>window.pwned=2</script>\n\n",
           "**bold** [link](javascript:window.pwned=3) [ok](https://example.com/a)\n\n",
           '```html\n<b onclick="window.pwned=4">x</b>\n```\n',
+          "## Title\n- one `<u>x</u>`\n- two\n",
         ];
         const sse = pieces.map((c, i) =>
           `data: ${
@@ -298,8 +300,18 @@ Deno.test({
         const content = reply.locator(".content");
         assert.match(text, /<img src=x onerror="window.pwned=1">/);
         assert.match(text, /<script>window.pwned=2<\/script>/);
-        assert.equal(await content.locator("img, script, b, i").count(), 0, "no element from text");
+        assert.equal(
+          await content.locator("img, script, b, i, u").count(),
+          0,
+          "no element from text",
+        );
         assert.equal(await content.locator("strong").textContent(), "bold");
+        assert.equal(await content.locator("h4").textContent(), "Title");
+        assert.deepEqual(await content.locator("ul > li").allTextContents(), [
+          "one <u>x</u>",
+          "two",
+        ]);
+        assert.equal(await content.locator("li code").textContent(), "<u>x</u>");
         assert.equal(
           await content.locator("pre code").textContent(),
           '<b onclick="window.pwned=4">x</b>',
@@ -315,6 +327,57 @@ Deno.test({
         assert.equal(await user.locator(".content").textContent(), "<i>hi</i>");
         await new Promise((r) => setTimeout(r, 200));
         assert.equal(await page.evaluate(() => (window as { pwned?: number }).pwned), undefined);
+        await page.close();
+      });
+
+      await t.step("settings reach the request; New chat forgets the conversation", async () => {
+        const page = await open(browser.ctx, url, errors);
+        await page.waitForSelector("#status.ok");
+        const bodies: Record<string, unknown>[] = [];
+        let n = 0;
+        await page.route("**/v1/chat/completions", (route) => {
+          bodies.push(route.request().postDataJSON());
+          const chunk = (delta: unknown, finish: string | null) =>
+            `data: ${
+              JSON.stringify({ choices: [{ index: 0, delta, finish_reason: finish }] })
+            }\n\n`;
+          route.fulfill({
+            status: 200,
+            contentType: "text/event-stream",
+            body: chunk({ content: `reply ${++n}` }, null) + chunk({}, "stop") + "data: [DONE]\n\n",
+          });
+        });
+        await setSettings(page, { temperature: 0.3, maxTokens: 7 });
+        await page.fill("#top-p", "0.8");
+        await page.fill("#seed", "42");
+        await page.fill("#system", "Be brief.");
+        await sendMessage(page, "first");
+        await lastReply(page);
+        await sendMessage(page, "second");
+        await lastReply(page);
+        assert.deepEqual(bodies[1], {
+          messages: [
+            { role: "system", content: "Be brief." },
+            { role: "user", content: "first" },
+            { role: "assistant", content: "reply 1" },
+            { role: "user", content: "second" },
+          ],
+          stream: true,
+          stream_options: { include_usage: true },
+          temperature: 0.3,
+          top_p: 0.8,
+          max_tokens: 7,
+          seed: 42,
+        });
+        await page.click("#new-chat");
+        assert.equal(await page.locator("li.msg").count(), 0);
+        await page.fill("#system", "");
+        await page.fill("#seed", "");
+        await sendMessage(page, "third");
+        await lastReply(page);
+        const last = bodies[2]!;
+        assert.deepEqual(last.messages, [{ role: "user", content: "third" }]);
+        assert.equal("seed" in last, false, "an empty seed is not sent");
         await page.close();
       });
 

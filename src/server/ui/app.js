@@ -39,6 +39,8 @@ const ui = {
 let history = [];
 /** @type {AbortController | null} */
 let current = null;
+/** Bumped by New chat: a reply that ends after it leaves the new conversation alone. */
+let chatId = 0;
 let ready = false;
 
 // ---------------------------------------------------------------- API access
@@ -261,6 +263,7 @@ async function expertCounters() {
 }
 
 async function send(text) {
+  const chat = chatId;
   history.push({ role: "user", content: text });
   addMessage("user", text);
   const reply = addMessage("assistant", "");
@@ -319,6 +322,11 @@ async function send(text) {
     } else error = e instanceof Error ? e.message : String(e);
   }
   const tEnd = performance.now();
+  if (current === ac) current = null;
+  if (chat !== chatId) {
+    updateButtons();
+    return; // New chat was pressed: this reply is gone with its conversation
+  }
   reply.li.classList.remove("streaming");
   reply.content.replaceChildren(renderMarkdown(content, (code) => copy(code)));
   // a turn without a reply (failed, or stopped before the first token) leaves the conversation
@@ -339,7 +347,6 @@ async function send(text) {
     before,
     after,
   }));
-  if (current === ac) current = null;
   updateButtons();
   scrollDown();
 }
@@ -395,6 +402,7 @@ ui.prompt.addEventListener("keydown", (ev) => {
 ui.stop.addEventListener("click", () => current?.abort());
 
 ui.newChat.addEventListener("click", () => {
+  chatId++;
   current?.abort();
   history = [];
   ui.messages.replaceChildren();
@@ -443,6 +451,7 @@ function setupGrid(snap) {
   snap.resident.forEach((ids, row) => {
     for (const e of ids) grid.resident[row * grid.nExpert + e] = 1;
   });
+  $("all-resident").hidden = !snap.all_resident;
   ui.shape.textContent = `${snap.layers.length} layers × ${snap.n_expert} experts` +
     (snap.all_resident ? " · all resident" : "") +
     (snap.predictor ? ` · predictor ${snap.predictor}` : "");
