@@ -13,6 +13,7 @@
  * | `expert_fetch` | disk/page cache → GPU slot per expert | raw pread, writeBuffer from memory |
  * | `decode` | prefill and decode tokens/s, syncs/token, weight GB/s, profile | llama.cpp, memcpy |
  * | `cache_hit_rate` | hit rate and tokens/s at several cache budgets (+ SVG chart) | 100% budget, llama.cpp |
+ * | `mla_attention` | latent attention at Kimi-K2's shape, heads grouped per workgroup | the per-head kernel |
  *
  * A bench that fails prints `{"bench": name, "error": …}` and the others
  * still run; the exit code is then 1.
@@ -33,6 +34,7 @@ import {
 } from "./cache_hit_rate.ts";
 import { prefetchBenchOptions, prefetchSummary, runPrefetchBench } from "./prefetch.ts";
 import { runServerLoadBench, serverLoadSummary } from "./server_load.ts";
+import { type MlaAttentionResult, runMlaAttentionBench } from "./mla_attention.ts";
 import { note } from "./_util.ts";
 
 type Report = Record<string, unknown>;
@@ -128,6 +130,24 @@ export const BENCHES: Record<string, Bench> = {
       });
     },
     summary: serverLoadSummary,
+  },
+  mla_attention: {
+    async run(quick) {
+      const gpu = await acquireGpu();
+      try {
+        return await runMlaAttentionBench(gpu, {
+          contexts: quick ? [256] : [512, 2048],
+          tokens: quick ? [1] : [1, 16],
+          iters: quick ? 2 : 5,
+        });
+      } finally {
+        gpu.destroy();
+      }
+    },
+    summary: (r) =>
+      (r.results as MlaAttentionResult[]).map((x) =>
+        `${x.keys} keys × ${x.tokens}: ${fmt(x.speedup)}× (${x.headsPerWorkgroup} heads/workgroup)`
+      ).join(", "),
   },
 };
 

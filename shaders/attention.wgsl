@@ -186,3 +186,147 @@ fn attend(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li
     out[ob + d] = acc[d] * inv;
   }
 }
+
+// ---------------------------------------------------------------------------
+// attend_heads: the same attention with G query heads per workgroup, for
+// heads that share a kv head (MLA's 64+ heads all read one latent row).
+// Each cached row is read once per workgroup, so once per G heads rather
+// than once per head; scores for the G heads come from one pass over the row.
+// Dispatch: [nHead / G, T]. G divides nHead / nHeadKv. Per invocation, KPT2
+// keys per tile and ceil(D_V / WG_SIZE) output elements of each head live
+// in registers (KPT2 · G ≤ 64 and G · ceil(D_V / WG_SIZE) ≤ 64).
+// Workgroup memory: G · D_K (queries) + G · KPT2 · WG_SIZE (scores) + 2 · G.
+// ---------------------------------------------------------------------------
+
+override G: u32 = 8;
+const KPT2: u32 = 2u;
+const REG_MAX: u32 = 64u;
+
+var<workgroup> gq: array<f32, G * D_K>;
+var<workgroup> gp: array<f32, G * KPT2 * WG_SIZE>;
+var<workgroup> galpha: array<f32, G>;
+var<workgroup> ginv: array<f32, G>;
+
+@compute @workgroup_size(WG_SIZE)
+fn attend_heads(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let h0 = wid.x * G;
+  let t = wid.y;
+  let kEnd = step[0] + t + 1u;
+  var kStart = 0u;
+  if (params.window > 0u && kEnd > params.window) {
+    kStart = kEnd - params.window;
+  }
+  let kvh = h0 / params.group;
+  let kb = params.kOffset + kvh * params.kHeadStride;
+  let vb = params.vOffset + kvh * params.vHeadStride;
+  let qb = params.qOffset + t * params.qStride;
+  for (var i = lid; i < G * D_K; i += WG_SIZE) {
+    let g = i / D_K;
+    gq[i] = q[qb + (h0 + g) * params.qHeadStride + i % D_K];
+  }
+  let vpt = (D_V + WG_SIZE - 1u) / WG_SIZE;
+  var acc: array<f32, REG_MAX>;
+  for (var i = 0u; i < G * vpt; i++) {
+    acc[i] = 0.0;
+  }
+  workgroupBarrier();
+
+  // Head lid's running max and denominator (invocations lid < G only).
+  var m = NEG_BIG;
+  var l = 0.0;
+  let tileKeys = KPT2 * WG_SIZE;
+  for (var tile = kStart; tile < kEnd; tile += tileKeys) {
+    // Scores: each row this invocation reads is dotted with all G queries.
+    var rows: array<u32, KPT2>;
+    var dots: array<f32, REG_MAX>;
+    for (var i = 0u; i < KPT2; i++) {
+      let key = min(tile + lid + i * WG_SIZE, kEnd - 1u);
+      rows[i] = kb + key * params.kRowStride;
+      for (var g = 0u; g < G; g++) {
+        dots[i * G + g] = 0.0;
+      }
+    }
+    for (var d = 0u; d < D_K; d++) {
+      for (var i = 0u; i < KPT2; i++) {
+        let kd = k[rows[i] + d];
+        for (var g = 0u; g < G; g++) {
+          dots[i * G + g] += gq[g * D_K + d] * kd;
+        }
+      }
+    }
+    for (var i = 0u; i < KPT2; i++) {
+      let j = lid + i * WG_SIZE;
+      let valid = tile + j < kEnd;
+      for (var g = 0u; g < G; g++) {
+        var dot = dots[i * G + g];
+        if (params.softcap > 0.0) {
+          dot = params.softcap * tanh(dot / params.softcap);
+        }
+        gp[g * tileKeys + j] = select(NEG_BIG, dot * params.scale, valid);
+      }
+    }
+    workgroupBarrier();
+    let nk = min(tileKeys, kEnd - tile);
+    // Online softmax per head: invocation g turns head g's scores into probabilities.
+    if (lid < G) {
+      let row = lid * tileKeys;
+      var tmax = NEG_BIG;
+      for (var j = 0u; j < nk; j++) {
+        tmax = max(tmax, gp[row + j]);
+      }
+      let mNew = max(m, tmax);
+      let alpha = exp(m - mNew);
+      var sum = l * alpha;
+      for (var j = 0u; j < nk; j++) {
+        let p = exp(gp[row + j] - mNew);
+        gp[row + j] = p;
+        sum += p;
+      }
+      m = mNew;
+      l = sum;
+      galpha[lid] = alpha;
+    }
+    workgroupBarrier();
+    // Values: each element of the tile's rows is read once and added into all G heads.
+    for (var i = 0u; i < vpt; i++) {
+      let d = lid + i * WG_SIZE;
+      if (d < D_V) {
+        for (var g = 0u; g < G; g++) {
+          acc[g * vpt + i] *= galpha[g];
+        }
+        var vr = vb + tile * params.vRowStride + d;
+        for (var j = 0u; j < nk; j++) {
+          let vd = v[vr];
+          for (var g = 0u; g < G; g++) {
+            acc[g * vpt + i] += gp[g * tileKeys + j] * vd;
+          }
+          vr += params.vRowStride;
+        }
+      }
+    }
+    // gp and galpha are rewritten by the next tile.
+    workgroupBarrier();
+  }
+
+  if (lid < G) {
+    var sum = l;
+    var corr = 1.0;
+    if (params.hasSinks != 0u) {
+      let sink = sinks[params.sinksOffset + h0 + lid];
+      let mAll = max(m, sink);
+      corr = exp(m - mAll);
+      sum = sum * corr + exp(sink - mAll);
+    }
+    ginv[lid] = corr / sum;
+  }
+  workgroupBarrier();
+  let ob = params.oOffset + t * params.oStride;
+  for (var i = 0u; i < vpt; i++) {
+    let d = lid + i * WG_SIZE;
+    if (d < D_V) {
+      for (var g = 0u; g < G; g++) {
+        out[ob + (h0 + g) * params.oHeadStride + d] = acc[g * vpt + i] * ginv[g];
+      }
+    }
+  }
+}

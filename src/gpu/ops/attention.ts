@@ -68,9 +68,52 @@ export interface AttentionOptions {
   step: GPUBuffer;
   /** Name for errors and timings. */
   label: string;
+  /**
+   * Query heads per workgroup (default 1). Heads of one workgroup share a kv
+   * head and each cached row is read once for all of them (MLA: all heads
+   * read the one latent row). `"auto"`: the most that divide
+   * `nHead / nHeadKv` and fit the device's workgroup memory (up to 16).
+   */
+  headsPerWorkgroup?: number | "auto";
 }
 
-/** Prepares causal attention of the batch's queries against the cache: workgroups `[nHead, T]`. */
+/** `attend_heads`' invocation-private limits (REG_MAX, KPT2 in the shader). */
+const REG_MAX = 64;
+const KPT2 = 2;
+
+/** Workgroup bytes `attend_heads` needs for `g` heads. */
+function groupedShared(g: number, headDimK: number): number {
+  return (g * headDimK + g * KPT2 * WG_SIZE + 2 * g) * 4;
+}
+
+/** Heads per workgroup for `attend_heads`: valid, and the largest that fits when "auto". */
+function headsPerWorkgroup(gpu: Gpu, o: AttentionOptions): number {
+  const group = o.nHead / o.nHeadKv;
+  const vpt = Math.ceil(o.headDimV / WG_SIZE);
+  const fits = (g: number) =>
+    group % g === 0 && g * vpt <= REG_MAX && g * KPT2 <= REG_MAX &&
+    groupedShared(g, o.headDimK) <= gpu.limits.maxComputeWorkgroupStorageSize;
+  const want = o.headsPerWorkgroup ?? 1;
+  if (want === "auto") {
+    for (let g = Math.min(16, group); g > 1; g--) if (fits(g)) return g;
+    return 1;
+  }
+  checkInt(o.label, "headsPerWorkgroup", want, 1);
+  if (want > 1 && !fits(want)) {
+    throw new RangeError(
+      `${o.label}: ${want} heads per workgroup must divide the ${group} query heads per kv head, ` +
+        `keep ${want} × ⌈headDimV / ${WG_SIZE}⌉ ≤ ${REG_MAX}, and need ` +
+        `${groupedShared(want, o.headDimK)} bytes of workgroup memory ` +
+        `(device: ${gpu.limits.maxComputeWorkgroupStorageSize})`,
+    );
+  }
+  return want;
+}
+
+/**
+ * Prepares causal attention of the batch's queries against the cache:
+ * workgroups `[nHead / headsPerWorkgroup, T]`.
+ */
 export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<Op> {
   checkInt(o.label, "nHead", o.nHead, 1);
   checkInt(o.label, "nHeadKv", o.nHeadKv, 1);
@@ -117,10 +160,17 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
   const out = bindFrom(gpu, o.out.buffer, o.out.offset);
   const sk = o.sinks ? resolveRef(o.sinks) : undefined;
   const sb = sk ? bindFrom(gpu, sk.buffer, sk.offset, o.nHead) : undefined;
-  const kernel = await getPipeline(gpu, "attention", {
-    entryPoint: "attend",
-    constants: { WG_SIZE, D_K: o.headDimK, D_V: o.headDimV },
-  });
+  const g = headsPerWorkgroup(gpu, o);
+  const kernel = await getPipeline(
+    gpu,
+    "attention",
+    g > 1
+      ? {
+        entryPoint: "attend_heads",
+        constants: { WG_SIZE, D_K: o.headDimK, D_V: o.headDimV, G: g },
+      }
+      : { entryPoint: "attend", constants: { WG_SIZE, D_K: o.headDimK, D_V: o.headDimV } },
+  );
   const params = new ParamsBuffer(gpu, `${o.label}.params`, {
     group: "u32",
     qOffset: "u32",
@@ -173,6 +223,6 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
       o.step,
       params.buffer,
     ],
-    workgroups: tokenGrid(o.nHead),
+    workgroups: tokenGrid(o.nHead / g),
   };
 }

@@ -17,6 +17,34 @@ function stepBuffer(g: Gpu, pos0: number, nTokens: number): GPUBuffer {
   return createBuffer(g, { label: "step", data: stepWords(pos0, nTokens) });
 }
 
+Deno.test({
+  name: "attention: heads per workgroup that do not divide the heads per kv head are refused",
+  ignore: !gpu,
+  async fn() {
+    const g = gpu!;
+    const buf = createBuffer(g, { label: "b", size: 4096 });
+    await assert.rejects(
+      () =>
+        prepareAttention(g, {
+          q: { buffer: buf, offset: 0, stride: 32 },
+          kCache: buf,
+          vCache: buf,
+          out: { buffer: createBuffer(g, { label: "o", size: 4096 }), offset: 0, stride: 32 },
+          nHead: 4,
+          nHeadKv: 2,
+          headDimK: 8,
+          headDimV: 8,
+          scale: 1,
+          nCtx: 4,
+          step: stepBuffer(g, 0, 1),
+          label: "bad",
+          headsPerWorkgroup: 4,
+        }),
+      /bad: 4 heads per workgroup must divide the 2 query heads per kv head/,
+    );
+  },
+});
+
 interface Case extends AttentionParams {
   name: string;
   nCtx: number;
@@ -102,6 +130,19 @@ const CASES: Case[] = [
     qScale: 4,
   },
   {
+    name: "MLA, 16 heads on one latent row, 3 tiles of keys",
+    nTokens: 2,
+    pos0: 300,
+    nHead: 16,
+    nHeadKv: 1,
+    dK: 72,
+    dV: 64,
+    nCtx: 310,
+    scale: 0.12,
+    mla: true,
+    qScale: 2,
+  },
+  {
     name: "long context, peaky scores",
     nTokens: 1,
     pos0: 1000,
@@ -115,85 +156,92 @@ const CASES: Case[] = [
   },
 ];
 
-Deno.test({
-  name:
-    "attention: causal GQA attention matches the CPU (decode, prefill, window, sinks, MLA, softcap)",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
-    const rng = makeRng(7);
-    const ops: Op[] = [];
-    const outs: GPUBuffer[] = [];
-    const wants: Float32Array[] = [];
-    const data: { q: Float32Array; k: Float32Array; v: Float32Array }[] = [];
-    for (const c of CASES) {
-      const nKv = c.pos0 + c.nTokens;
-      const kRow = c.mla ? c.dK : c.nHeadKv * c.dK;
-      const vRow = c.mla ? c.dK : c.nHeadKv * c.dV;
-      // Positions past nKv hold NaN: reading any of them would poison the output.
-      const k = new Float32Array(c.nCtx * kRow).fill(NaN);
-      k.set(randomArray(nKv * kRow, rng));
-      const v = c.mla ? k : new Float32Array(c.nCtx * vRow).fill(NaN);
-      if (!c.mla) v.set(randomArray(nKv * vRow, rng));
-      const qRow = c.nHead * c.dK;
-      const qStride = qRow + (c.qPad ?? 0);
-      const qDense = randomArray(c.nTokens * qRow, rng, c.qScale ?? 1);
-      const qData = new Float32Array(1 + c.nTokens * qStride);
-      for (let t = 0; t < c.nTokens; t++) {
-        qData.set(qDense.subarray(t * qRow, (t + 1) * qRow), 1 + t * qStride);
+for (const heads of [1, "auto", 2] as const) {
+  Deno.test({
+    name: `attention: causal GQA attention matches the CPU (decode, prefill, window, sinks, MLA, ` +
+      `softcap), ${heads} heads per workgroup`,
+    ignore: !gpu,
+    async fn() {
+      const g = gpu!;
+      // 2 heads per workgroup: the cases whose heads per kv head are even
+      const cases = heads === 2 ? CASES.filter((c) => (c.nHead / c.nHeadKv) % 2 === 0) : CASES;
+      const rng = makeRng(7);
+      const ops: Op[] = [];
+      const outs: GPUBuffer[] = [];
+      const wants: Float32Array[] = [];
+      const data: { q: Float32Array; k: Float32Array; v: Float32Array }[] = [];
+      for (const c of cases) {
+        const nKv = c.pos0 + c.nTokens;
+        const kRow = c.mla ? c.dK : c.nHeadKv * c.dK;
+        const vRow = c.mla ? c.dK : c.nHeadKv * c.dV;
+        // Positions past nKv hold NaN: reading any of them would poison the output.
+        const k = new Float32Array(c.nCtx * kRow).fill(NaN);
+        k.set(randomArray(nKv * kRow, rng));
+        const v = c.mla ? k : new Float32Array(c.nCtx * vRow).fill(NaN);
+        if (!c.mla) v.set(randomArray(nKv * vRow, rng));
+        const qRow = c.nHead * c.dK;
+        const qStride = qRow + (c.qPad ?? 0);
+        const qDense = randomArray(c.nTokens * qRow, rng, c.qScale ?? 1);
+        const qData = new Float32Array(1 + c.nTokens * qStride);
+        for (let t = 0; t < c.nTokens; t++) {
+          qData.set(qDense.subarray(t * qRow, (t + 1) * qRow), 1 + t * qStride);
+        }
+        data.push({ q: qDense, k, v });
+        const kBuf = createBuffer(g, { label: "k", data: k });
+        const vBuf = c.mla ? kBuf : createBuffer(g, { label: "v", data: v });
+        const out = createBuffer(g, { label: "out", size: c.nTokens * c.nHead * c.dV * 4 });
+        outs.push(out);
+        ops.push(
+          await prepareAttention(g, {
+            q: { buffer: createBuffer(g, { label: "q", data: qData }), offset: 1, stride: qStride },
+            kCache: kBuf,
+            vCache: vBuf,
+            vRowStride: c.mla ? c.dK : undefined,
+            out: { buffer: out, offset: 0, stride: c.nHead * c.dV },
+            nHead: c.nHead,
+            nHeadKv: c.nHeadKv,
+            headDimK: c.dK,
+            headDimV: c.dV,
+            scale: c.scale,
+            // Every other case leaves nCtx to be derived from the cache buffers.
+            nCtx: ops.length % 2 === 0 ? c.nCtx : undefined,
+            window: c.window,
+            sinks: c.sinks
+              ? createBuffer(g, { label: "sinks", data: Float32Array.from(c.sinks) })
+              : undefined,
+            softcap: c.softcap,
+            step: stepBuffer(g, c.pos0, c.nTokens),
+            label: c.name,
+            headsPerWorkgroup: heads,
+          }),
+        );
+        wants.push(attention(qDense, k, v, { ...c, vRowStride: c.mla ? c.dK : undefined }));
       }
-      data.push({ q: qDense, k, v });
-      const kBuf = createBuffer(g, { label: "k", data: k });
-      const vBuf = c.mla ? kBuf : createBuffer(g, { label: "v", data: v });
-      const out = createBuffer(g, { label: "out", size: c.nTokens * c.nHead * c.dV * 4 });
-      outs.push(out);
-      ops.push(
-        await prepareAttention(g, {
-          q: { buffer: createBuffer(g, { label: "q", data: qData }), offset: 1, stride: qStride },
-          kCache: kBuf,
-          vCache: vBuf,
-          vRowStride: c.mla ? c.dK : undefined,
-          out: { buffer: out, offset: 0, stride: c.nHead * c.dV },
-          nHead: c.nHead,
-          nHeadKv: c.nHeadKv,
-          headDimK: c.dK,
-          headDimV: c.dV,
-          scale: c.scale,
-          // Every other case leaves nCtx to be derived from the cache buffers.
-          nCtx: ops.length % 2 === 0 ? c.nCtx : undefined,
-          window: c.window,
-          sinks: c.sinks
-            ? createBuffer(g, { label: "sinks", data: Float32Array.from(c.sinks) })
-            : undefined,
-          softcap: c.softcap,
-          step: stepBuffer(g, c.pos0, c.nTokens),
-          label: c.name,
-        }),
-      );
-      wants.push(attention(qDense, k, v, { ...c, vRowStride: c.mla ? c.dK : undefined }));
-    }
-    const enc = g.device.createCommandEncoder();
-    CASES.forEach((c, i) => recordOps(enc, [ops[i]!], c.nTokens));
-    g.submit(enc);
-    const got = (await readback(g, outs)).map((b) => new Float32Array(b));
-    CASES.forEach((c, i) => {
-      const r = compareArrays(got[i]!, wants[i]!, 2e-6, 1e-5);
-      assert.ok(r.ok, `${c.name}: ${r.message}`);
-    });
+      const enc = g.device.createCommandEncoder();
+      cases.forEach((c, i) => recordOps(enc, [ops[i]!], c.nTokens));
+      g.submit(enc);
+      const got = (await readback(g, outs)).map((b) => new Float32Array(b));
+      cases.forEach((c, i) => {
+        const r = compareArrays(got[i]!, wants[i]!, 2e-6, 1e-5);
+        assert.ok(r.ok, `${c.name}: ${r.message}`);
+      });
 
-    // What a wrong kernel would produce must not pass the same comparison.
-    const wrong = (i: number, change: Partial<AttentionParams>, what: string) => {
-      const c = CASES[i]!, d = data[i]!;
-      const w = attention(d.q, d.k, d.v, { ...c, ...change });
-      assert.ok(!compareArrays(got[i]!, w, 2e-6, 1e-5).ok, `${c.name}: ${what} gives the same`);
-    };
-    wrong(1, { pos0: 1 }, "seeing one key past the causal limit");
-    wrong(0, { pos0: 36 }, "missing the token's own key");
-    wrong(3, { window: 0 }, "no window");
-    wrong(3, { sinks: undefined }, "no sinks");
-    wrong(5, { softcap: 0 }, "no soft cap");
-  },
-});
+      // What a wrong kernel would produce must not pass the same comparison.
+      const wrong = (i: number, change: Partial<AttentionParams>, what: string) => {
+        const c = cases[i]!, d = data[i]!;
+        const w = attention(d.q, d.k, d.v, { ...c, ...change });
+        assert.ok(!compareArrays(got[i]!, w, 2e-6, 1e-5).ok, `${c.name}: ${what} gives the same`);
+      };
+      if (heads === 2) return;
+      wrong(1, { pos0: 1 }, "seeing one key past the causal limit");
+      wrong(0, { pos0: 36 }, "missing the token's own key");
+      wrong(3, { window: 0 }, "no window");
+      wrong(3, { sinks: undefined }, "no sinks");
+      wrong(5, { softcap: 0 }, "no soft cap");
+      wrong(6, { pos0: 299 }, "the 16-head MLA case one key short");
+    },
+  });
+}
 
 Deno.test({
   name: "attention: kv head mapping is h / (nHead / nHeadKv), not h mod nHeadKv",

@@ -12,7 +12,9 @@
  *
  * So the attention kernel sees one kv head of width kv_lora + rope whose
  * value is the row's first kv_lora elements, and each query head as
- * `[W_kb[h] · q_nope[h] | q_pe[h]]`.
+ * `[W_kb[h] · q_nope[h] | q_pe[h]]`. It scores and accumulates a group of
+ * heads per workgroup, so each cached row is read once per group rather
+ * than once per head (`headsPerWorkgroup: "auto"`, 8 at Kimi-K2's widths).
  *
  * @module
  */
@@ -109,6 +111,8 @@ export async function mlaAttention(b: OpBuilder, l: number): Promise<void> {
       nCtx,
       step: s.step,
       label: `blk.${l}.attention`,
+      // all heads read the one latent row: read it once per group of heads
+      headsPerWorkgroup: "auto",
     }),
   );
   // decompress each head's output: W_vb[h] · latent[h]
