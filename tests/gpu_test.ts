@@ -18,6 +18,7 @@ import {
   loadShaderText,
   ParamsBuffer,
   parseBindings,
+  parseParamsDecl,
   pipelineCache,
   pipelineKey,
   readback,
@@ -390,4 +391,52 @@ gpuTest("compile errors name the kernel and line; validation errors are caught",
     (e) => e instanceof GpuValidationError && /bad usage/.test(e.message),
   );
   assert.deepEqual(g.uncapturedErrors, [], "scoped errors do not reach the uncaptured log");
+});
+
+gpuTest(
+  "a launcher whose params layout disagrees with the WGSL struct fails naming the field",
+  async (g) => {
+    const k = await getPipeline(g, "smoke", { ...F32, constants: { WG_SIZE: WG } });
+    assert.deepEqual(k.params?.fields, [["n", "u32"], ["a", "f32"], ["b", "f32"]]);
+    const xb = createBuffer(g, { label: "smoke.x", size: 64 });
+    const yb = createBuffer(g, { label: "smoke.y", size: 64 });
+    // a and b swapped: the kernel would read the offset as the scale
+    const swapped = new ParamsBuffer(g, "smoke.params", { n: "u32", b: "f32", a: "f32" });
+    swapped.write({ n: 16, a: 2, b: 1 });
+    const encoder = g.device.createCommandEncoder();
+    assert.throws(
+      () => dispatch(encoder, k, [xb, yb, swapped.buffer], 1),
+      /params field 1 is a: f32 in the WGSL struct Params but b: f32/,
+    );
+    const short = new ParamsBuffer(g, "smoke.params", { n: "u32", a: "f32" });
+    assert.throws(
+      () => dispatch(encoder, k, [xb, yb, short.buffer], 1),
+      /field 2 is b: f32.*\(none\)/,
+    );
+    // the agreeing layout dispatches
+    const good = new ParamsBuffer(g, "smoke.params", { n: "u32", a: "f32", b: "f32" });
+    dispatch(encoder, k, [xb, yb, good.buffer], 1);
+    for (const b of [xb, yb, swapped.buffer, short.buffer, good.buffer]) b.destroy();
+  },
+);
+
+Deno.test("every kernel's params struct is found: a shader declaring params names a struct it has", async () => {
+  const dir = new URL("../shaders/", import.meta.url);
+  let withParams = 0;
+  for (const e of Deno.readDirSync(dir)) {
+    if (!e.name.endsWith(".wgsl")) continue;
+    const text = await Deno.readTextFile(new URL(e.name, dir));
+    if (!/\bvar\s*<[^>]*>\s*params\s*:/.test(text)) continue;
+    const decl = parseParamsDecl(text, e.name);
+    assert.ok(decl && decl.fields.length > 0, `${e.name}: params struct not parsed`);
+    for (const [name, type] of decl.fields) {
+      assert.match(
+        type,
+        /^(u32|i32|f32)$/,
+        `${e.name}: ${decl.struct}.${name} is ${type}, not a 4-byte scalar`,
+      );
+    }
+    withParams++;
+  }
+  assert.ok(withParams >= 15, `only ${withParams} shaders with params found`);
 });

@@ -260,6 +260,19 @@ export type ParamType = "u32" | "i32" | "f32";
 /** Field name → type, in the WGSL struct's member order. */
 export type ParamsLayout = Readonly<Record<string, ParamType>>;
 
+const layoutsByBuffer = new WeakMap<GPUBuffer, readonly (readonly [string, ParamType])[]>();
+
+/**
+ * The field list of the {@linkcode ParamsBuffer} that owns `buffer`, in struct
+ * order; undefined for any other buffer. Dispatch checks it against the
+ * kernel's WGSL `params` struct.
+ */
+export function paramsFieldsOf(
+  buffer: GPUBuffer,
+): readonly (readonly [string, ParamType])[] | undefined {
+  return layoutsByBuffer.get(buffer);
+}
+
 /**
  * A small uniform buffer holding a WGSL params struct of 4-byte scalars
  * (`u32`, `i32`, `f32`), in the layout's key order. `write` packs values and
@@ -308,6 +321,7 @@ export class ParamsBuffer<L extends ParamsLayout = ParamsLayout> {
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST |
         GPUBufferUsage.COPY_SRC,
     });
+    layoutsByBuffer.set(this.buffer, this.#fields);
   }
 
   /** Packs `values` into words (u32 / i32 / f32 bit patterns), checking ranges. */

@@ -9,6 +9,7 @@
 import type { Gpu } from "./device.ts";
 import type { Kernel } from "./pipeline.ts";
 import type { BindingKind } from "./shaders.ts";
+import { paramsFieldsOf } from "./buffers.ts";
 
 /** A whole buffer, or a byte range of one. */
 export type BufferBinding = GPUBuffer | {
@@ -174,6 +175,40 @@ export class BindGroupCache {
   }
 }
 
+const checkedBindings = new WeakSet<readonly BufferBinding[]>();
+
+/**
+ * Throws when the params buffer bound to a kernel was laid out differently
+ * from the kernel's WGSL `params` struct (a field added, removed, reordered or
+ * retyped on one side only): the kernel would read every later field wrong.
+ * Checked once per binding list.
+ */
+export function checkParamsLayout(kernel: Kernel, buffers: readonly BufferBinding[]): void {
+  if (checkedBindings.has(buffers)) return;
+  const decl = kernel.params;
+  const bound = decl ? buffers[decl.binding] : undefined;
+  if (decl && bound) {
+    const fields = paramsFieldsOf("buffer" in bound ? bound.buffer : bound);
+    if (fields) {
+      const n = Math.max(fields.length, decl.fields.length);
+      for (let i = 0; i < n; i++) {
+        const [wName, wType] = decl.fields[i] ?? ["(none)", ""];
+        const [tName, tType] = fields[i] ?? ["(none)", ""];
+        if (wName !== tName || wType !== tType) {
+          throw new Error(
+            `${kernel.key}: params field ${i} is ${wName}: ${wType || "-"} in the WGSL struct ` +
+              `${decl.struct} but ${tName}: ${
+                tType || "-"
+              } in the launcher's ParamsBuffer layout; ` +
+              `make the two agree`,
+          );
+        }
+      }
+    }
+  }
+  checkedBindings.add(buffers);
+}
+
 /**
  * Records `kernel` over `workgroups` into `target`: a command encoder (a
  * compute pass is opened and closed around it) or an open compute pass
@@ -192,6 +227,7 @@ export function dispatch(
   workgroups: Workgroups,
   opts: DispatchOptions = {},
 ): void {
+  checkParamsLayout(kernel, buffers);
   const gpu = kernel.gpu;
   const max = gpu.limits.maxComputeWorkgroupsPerDimension;
   let x: number, y: number, z: number;

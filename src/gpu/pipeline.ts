@@ -23,7 +23,9 @@ import {
   type BindingKind,
   expandIncludes,
   loadShaderText,
+  type ParamsDecl,
   parseBindings,
+  parseParamsDecl,
   requiredFeatures,
   SHADER_DIR,
   ShaderSourceError,
@@ -79,6 +81,8 @@ export interface Kernel {
   readonly layout: BindingLayout;
   /** The device context (stats, limits). */
   readonly gpu: Gpu;
+  /** The `params` binding and its struct as the WGSL declares them, if the kernel has one. */
+  readonly params?: ParamsDecl;
 }
 
 /** The shader does not compile, or its pipeline cannot be created. */
@@ -124,6 +128,7 @@ export function pipelineKey(name: string, opts: PipelineOptions = {}): string {
 interface ModuleEntry {
   readonly module: GPUShaderModule;
   readonly layout: BindingLayout;
+  readonly params: ParamsDecl | undefined;
 }
 
 const BUFFER_TYPES: Record<BindingKind, GPUBufferBindingType> = {
@@ -207,7 +212,7 @@ export class PipelineCache {
       mod.catch(() => this.#modules.delete(moduleKey));
       this.#modules.set(moduleKey, mod);
     }
-    const { module, layout } = await mod;
+    const { module, layout, params } = await mod;
     const entryPoint = opts.entryPoint ?? "main";
     const constants = { ...opts.constants };
     let pipeline: GPUComputePipeline;
@@ -233,6 +238,7 @@ export class PipelineCache {
       pipeline,
       layout,
       gpu: this.gpu,
+      params,
     });
   }
 
@@ -252,6 +258,7 @@ export class PipelineCache {
       if (!this.gpu.has(feature)) throw new GpuFeatureError(moduleKey, feature, this.gpu);
     }
     const kinds = parseBindings(code, moduleKey);
+    const params = parseParamsDecl(code, moduleKey);
     const device = this.gpu.device;
     // The scope keeps a compile error out of the uncaptured-error log: it is thrown instead.
     device.pushErrorScope("validation");
@@ -266,7 +273,7 @@ export class PipelineCache {
         : validation!.message.trim();
       throw new ShaderCompileError(`Shader ${moduleKey} does not compile:\n${details}`);
     }
-    return { module, layout: this.#layoutFor(kinds) };
+    return { module, layout: this.#layoutFor(kinds), params };
   }
 
   #layoutFor(kinds: readonly BindingKind[]): BindingLayout {

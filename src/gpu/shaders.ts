@@ -279,6 +279,48 @@ export function parseBindings(text: string, shaderName = "shader"): BindingKind[
   return kinds;
 }
 
+/** The `params` binding of a kernel: its number and its struct's fields in order. */
+export interface ParamsDecl {
+  /** `@binding(N)` of the variable named `params`. */
+  readonly binding: number;
+  /** The struct's name (`Params`, `GemmParams`, …). */
+  readonly struct: string;
+  /** `[field, type]` in declaration order; 4-byte scalars only (`u32`, `i32`, `f32`). */
+  readonly fields: readonly (readonly [string, string])[];
+}
+
+/**
+ * Finds the kernel's parameter block — the binding declared as
+ * `var<…> params: S;` — and the fields of `struct S`, so that the launcher's
+ * {@linkcode ParamsBuffer} layout can be checked against the WGSL instead of
+ * trusting a copy. Undefined when the shader has no `params` binding.
+ */
+export function parseParamsDecl(text: string, shaderName = "shader"): ParamsDecl | undefined {
+  const code = stripComments(text);
+  const decl =
+    /@group\s*\(\s*0\s*\)\s*@binding\s*\(\s*(\d+)\s*\)\s*var\s*<[^>]*>\s*params\s*:\s*(\w+)\s*;/
+      .exec(code);
+  if (!decl) return undefined;
+  const struct = decl[2]!;
+  const body = new RegExp(`struct\\s+${struct}\\s*\\{([^}]*)\\}`).exec(code);
+  if (!body) {
+    throw new ShaderSourceError(
+      `Shader "${shaderName}": params has type ${struct}, which is not a struct here.`,
+    );
+  }
+  const fields: (readonly [string, string])[] = [];
+  for (const part of body[1]!.split(",")) {
+    const f = part.trim();
+    if (f === "") continue;
+    const m = /^(\w+)\s*:\s*(.+)$/.exec(f);
+    if (!m) {
+      throw new ShaderSourceError(`Shader "${shaderName}": cannot read field "${f}" of ${struct}.`);
+    }
+    fields.push([m[1]!, m[2]!.trim()]);
+  }
+  return { binding: Number(decl[1]), struct, fields };
+}
+
 const ENABLE_FEATURES: Readonly<Record<string, GpuFeature>> = {
   f16: "shader-f16",
   subgroups: "subgroups",
