@@ -8,9 +8,13 @@
  * token's first layers are left to another predictor.
  *
  * Top-k of the router logits (+ their bias, GPT-OSS) is the top-k of the
- * softmax or sigmoid probabilities (both are monotonic); a selection bias
- * (`exp_probs_b`, DeepSeek-V3) or group-limited routing is not modelled.
- * Leading dense blocks (DeepSeek) have no router and are not predicted.
+ * softmax or sigmoid probabilities (both are monotonic). Where the target
+ * layer selects with a bias added to the probabilities (`exp_probs_b`,
+ * DeepSeek-V3, Kimi-K2) or within the best expert groups
+ * (`expert_group_count`), that order differs from the logits', so those
+ * layers are ranked by the router kernel itself: probabilities + selection
+ * bias, group limit, top-k, as the model routes. Leading dense blocks
+ * (DeepSeek) have no router and are not predicted.
  *
  * @module
  */
@@ -21,6 +25,7 @@ import { type GpuWeight, type Op, recordOps } from "../gpu/ops/op.ts";
 import { prepareRmsNorm } from "../gpu/ops/norm.ts";
 import { prepareMatmul } from "../gpu/ops/matmul.ts";
 import { prepareAddBias } from "../gpu/ops/elementwise.ts";
+import { type Gating, prepareRouter } from "../gpu/ops/router.ts";
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
 import { prepareTopk } from "./kernels.ts";
 import {
@@ -123,6 +128,17 @@ export interface LookaheadOptions {
   topK?: number;
   /** Leading blocks without a router (DeepSeek): not predicted. */
   nLayerDenseLead?: number;
+  /** The router's probability function (default softmax). */
+  gating?: Gating;
+  /** Expert groups for group-limited routing (`expert_group_count`; default 1 = none). */
+  nExpertGroups?: number;
+  /** Groups a token routes into (`expert_group_used_count`). */
+  nExpertGroupsUsed?: number;
+  /**
+   * Rank as the router selects (selection bias, group limit) where the model
+   * does (default true); false ranks by the logits alone, for comparison.
+   */
+  routerSelection?: boolean;
 }
 
 /** The lookahead on the GPU as an {@linkcode ExpertPredictor}. */
@@ -167,7 +183,11 @@ export class LookaheadPredictor implements ExpertPredictor {
   ): Promise<LookaheadPredictor> {
     const { nLayer: L, nEmbd: E, nExpert: N } = o;
     const D = o.depth ?? 1;
-    const topK = Math.min(N, o.topK ?? 2 * o.nExpertUsed);
+    const nGroup = o.nExpertGroups ?? 1;
+    const nGroupUsed = o.nExpertGroupsUsed || nGroup;
+    // with a group limit, at most the experts of the groups kept can be chosen
+    const choosable = nGroup > 1 ? nGroupUsed * (N / nGroup) : N;
+    const topK = Math.min(choosable, o.topK ?? 2 * o.nExpertUsed);
     const T = source.maxTokens;
     const xn = createBuffer(gpu, { label: "lookahead.xn", size: 4 * T * E }); // [T, E]
     const logits = createBuffer(gpu, { label: "lookahead.logits", size: 4 * T * L * D * N }); // [T, L, D, N]
@@ -193,7 +213,37 @@ export class LookaheadPredictor implements ExpertPredictor {
         label: "lookahead.topk",
       }),
     );
-    return new LookaheadPredictor(D, topK, L, output, ops, [xn, logits, output], T);
+    // DeepSeek-V3-style selection: re-rank those rows as the target layer's router does.
+    const buffers = [xn, logits, output];
+    let weights: GPUBuffer | undefined;
+    for (let l = 0; l < L; l++) {
+      for (let d = 0; d < D; d++) {
+        const t = l + 1 + d;
+        if (t >= L || t < (o.nLayerDenseLead ?? 0)) continue;
+        const selectionBias = w.maybeVector(tn(Tensors.ffnExpProbsB, t, "bias"));
+        if ((!selectionBias && nGroup <= 1) || o.routerSelection === false) continue;
+        if (!weights) {
+          weights = createBuffer(gpu, { label: "lookahead.weights", size: 4 * T * topK });
+          buffers.push(weights);
+        }
+        ops.push(
+          await prepareRouter(gpu, {
+            logits: { buffer: logits, offset: (l * D + d) * N, stride: L * D * N },
+            // the logits already hold the router's logit bias (GPT-OSS)
+            selectionBias,
+            ids: { buffer: output, offset: (l * D + d) * topK, stride: L * D * topK },
+            weights: { buffer: weights, offset: 0, stride: topK },
+            nExpert: N,
+            k: topK,
+            gating: o.gating ?? "softmax",
+            nGroup,
+            nGroupUsed,
+            label: `lookahead.${l}+${d + 1}.select`,
+          }),
+        );
+      }
+    }
+    return new LookaheadPredictor(D, topK, L, output, ops, buffers, T);
   }
 
   /** Records the lookahead for a batch (nothing for batches over `maxTokens`). */
