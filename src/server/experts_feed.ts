@@ -18,14 +18,21 @@
  *   "rates": { "loads_per_s", "upload_mb_per_s", "lookups_per_s", "tokens_per_s" } }
  * ```
  * The stream opens with `event: snapshot` (the same body as `GET /v1/experts`).
+ * A client that does not read (more than {@link MAX_QUEUED_FRAMES} events
+ * waiting in its queue) is skipped instead of queued without bound; once it
+ * has caught up it gets a fresh `snapshot` and frames again, so replaying
+ * the frames over the last snapshot always gives the pool's state.
  *
  * @module
  */
 
-import type { ExpertPool } from "../experts/pool.ts";
+import type { PoolEvent } from "../experts/pool.ts";
 import type { ExpertStatsSnapshot } from "../experts/stats.ts";
 import type { PrefetchStatsSnapshot } from "../experts/prefetch_stats.ts";
-import { sseStream } from "./sse.ts";
+import { formatSseEvent } from "./sse.ts";
+
+/** Events a subscriber may have waiting before it is skipped (and later resynchronised). */
+export const MAX_QUEUED_FRAMES = 8;
 
 /** Bits of a change's `flags` in an `experts` frame. */
 export const CHANGE = {
@@ -41,10 +48,38 @@ export const CHANGE = {
   evicted: 16,
 } as const;
 
+/** What the feed reads of the expert pool (an `ExpertPool` has all of it). */
+export interface ExpertsFeedPool {
+  /** Rows of the residency table. */
+  readonly nLayer: number;
+  /** Columns: the most experts of any layer. */
+  readonly nExpert: number;
+  /** The layers with routed experts. */
+  readonly source: { readonly layers: readonly { layer: number; nExpert: number }[] };
+  /** Whether every expert has a slot. */
+  readonly allResident: boolean;
+  /** GPU bytes of the slots holding an expert. */
+  readonly residentBytes: number;
+  /** The cache budget, bytes. */
+  readonly budgetBytes: number;
+  /** The budget plus the reserve, bytes. */
+  readonly limitBytes: number;
+  /** GPU bytes of the arenas. */
+  readonly allocatedBytes: number;
+  /** Hit/miss/upload counters. */
+  readonly stats: { snapshot(): ExpertStatsSnapshot };
+  /** Experts of `layer` resident now. */
+  residentExperts(layer: number): number[];
+  /** The slot of an expert, or −1. */
+  slotOf(layer: number, expert: number): number;
+  /** Adds a listener for pool events; returns its remover. */
+  listen(listener: (e: PoolEvent) => void): () => void;
+}
+
 /** What the feed reads: the model's pool and its prefetch statistics. */
 export interface ExpertsFeedModel {
   /** The expert pool. */
-  readonly pool: ExpertPool;
+  readonly pool: ExpertsFeedPool;
   /** Prefetch statistics while experts stream (none when every expert fits). */
   readonly prefetchStats: PrefetchStatsSnapshot | undefined;
 }
@@ -102,10 +137,13 @@ export interface ExpertsFeedOptions {
 }
 
 interface Subscriber {
-  send(data: string, event?: string): boolean;
-  comment(text: string): boolean;
-  close(): void;
+  controller: ReadableStreamDefaultController<Uint8Array>;
+  closed: boolean;
+  /** Frames were skipped: it gets a snapshot once its queue has drained. */
+  behind: boolean;
 }
+
+const encoder = new TextEncoder();
 
 /** One server's experts feed (see the module doc). */
 export class ExpertsFeed {
@@ -153,19 +191,71 @@ export class ExpertsFeed {
    * `experts` frames until the client goes away or {@link close}.
    */
   subscribe(): Response {
-    const sse = sseStream({ onCancel: () => this.#drop(sub) });
-    const sub: Subscriber = sse;
+    let sub!: Subscriber;
+    const body = new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        sub = { controller, closed: false, behind: false };
+      },
+      cancel: () => {
+        sub.closed = true;
+        this.#drop(sub);
+      },
+    });
     this.#subs.add(sub);
-    sse.send(JSON.stringify(this.snapshot()), "snapshot");
+    this.#write(sub, formatSseEvent(JSON.stringify(this.snapshot()), "snapshot"));
     this.#start();
-    return sse.response;
+    return new Response(body, {
+      headers: {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+      },
+    });
   }
 
   /** Ends every stream and stops listening. */
   close(): void {
-    for (const s of this.#subs) s.close();
+    for (const s of this.#subs) {
+      s.closed = true;
+      try {
+        s.controller.close();
+      } catch {
+        // the runtime already errored it
+      }
+    }
     this.#subs.clear();
     this.#stop();
+  }
+
+  /** Queues `text` for `sub` unless its queue is full (then it is marked behind). */
+  #write(sub: Subscriber, text: string): void {
+    if (sub.closed) return;
+    const room = sub.controller.desiredSize;
+    if (room !== null && room <= 1 - MAX_QUEUED_FRAMES) {
+      sub.behind = true;
+      return;
+    }
+    try {
+      sub.controller.enqueue(encoder.encode(text));
+    } catch {
+      sub.closed = true;
+      this.#drop(sub);
+    }
+  }
+
+  /** Sends a frame (or, to a subscriber that fell behind and caught up, a snapshot). */
+  #broadcast(frame: string | undefined): void {
+    let snapshot: string | undefined;
+    for (const s of this.#subs) {
+      if (s.behind) {
+        if ((s.controller.desiredSize ?? 1) < 1) continue; // still draining
+        s.behind = false;
+        snapshot ??= formatSseEvent(JSON.stringify(this.snapshot()), "snapshot");
+        this.#write(s, snapshot);
+      } else if (frame !== undefined) {
+        this.#write(s, frame);
+      }
+    }
   }
 
   #drop(sub: Subscriber): void {
@@ -225,9 +315,10 @@ export class ExpertsFeed {
       stats.prefetchUploads !== last.stats.prefetchUploads || tokens !== last.tokens;
     if (this.#pending.size === 0 && !moved) {
       if (now - last.quietSince >= this.#keepAliveMs) {
-        for (const s of this.#subs) s.comment("keep-alive");
+        for (const s of this.#subs) this.#write(s, ": keep-alive\n\n");
         last.quietSince = now;
       }
+      this.#broadcast(undefined);
       return;
     }
     const n = pool.nExpert;
@@ -259,8 +350,7 @@ export class ExpertsFeed {
         tokens_per_s: per(tokens - last.tokens),
       },
     };
-    const data = JSON.stringify(frame);
-    for (const s of this.#subs) s.send(data, "experts");
+    this.#broadcast(formatSseEvent(JSON.stringify(frame), "experts"));
     this.#last = { t: now, stats, tokens, quietSince: now };
   }
 
