@@ -55,7 +55,8 @@ import { type SyntheticArch, syntheticModel, type SyntheticSpec } from "../src/m
 import { builtinTokenizer, tokenizerFromGguf, type TokenizerMetadata } from "../src/model/vocab.ts";
 import { readGgufHeader, readGgufModel } from "../src/gguf/reader.ts";
 import { type GgufTensorSpec, type GgufWriteSpec, writeGgufFile } from "../src/gguf/writer.ts";
-import { isExpertTensor } from "../src/gguf/names.ts";
+import { isExpertTensor, Keys } from "../src/gguf/names.ts";
+import { gv } from "../src/gguf/value.ts";
 import { REPO_ROOT, vocabPath } from "./ref/llama_src.ts";
 import { LlamaFtype, type LlamaFtypeName, loadReference } from "./ref/llama_cpp.ts";
 
@@ -102,6 +103,8 @@ export interface FixtureShapeSpec extends FixtureDims {
   vocab: FixtureVocab;
   /** Keep this many tokens (plus control tokens beyond them); absent or 0: the whole vocabulary. */
   vocabSize?: number;
+  /** Relabel the vocabulary's `tokenizer.ggml.pre` (a Kimi-K2 file: `"kimi-k2"` on Qwen2's). */
+  vocabPre?: string;
 }
 
 /** The shape sets, per architecture (see the module doc for the table). */
@@ -360,6 +363,76 @@ export const FIXTURE_SHAPES: Record<SyntheticArch, Record<FixtureShape, FixtureS
   },
 };
 
+/**
+ * Kimi-K2 (moonshotai/Kimi-K2-Instruct config.json) as deepseek2 overrides
+ * of shape `b`: 64 heads, q LoRA 1536, KV LoRA 512 (nope 128, rope 64,
+ * v 128), 384 experts top-8 with one shared expert, the first block dense,
+ * sigmoid routing with the selection bias, no groups, renormalised weights
+ * scaled by 2.827, YaRN ×32 from 4096 positions, rope base 50000, and the
+ * `kimi-k2` pre-tokenizer (on Qwen2's vocabulary cut to 3000 tokens).
+ * Left small: 2 of 61 blocks, and the FFN widths (Kimi's experts are 2048
+ * wide, its dense block 18432).
+ *
+ * `kimi-k2` is 7168 wide (about 1 GB in F16); `kimi-k2-narrow` has the same
+ * structure at width 256 with every per-head width cut, for tests.
+ */
+export const DEEPSEEK2_PRESETS: Readonly<Record<"kimi-k2" | "kimi-k2-narrow", FixtureOptions>> =
+  (() => {
+    const structure = {
+      arch: "deepseek2",
+      shape: "b",
+      nLayer: 2,
+      nHead: 64,
+      nHeadKv: 1,
+      nLayerDenseLead: 1,
+      nExpert: 384,
+      nExpertUsed: 8,
+      nExpertShared: 1,
+      nExpertGroups: 1,
+      nExpertGroupsUsed: 1,
+      gating: "sigmoid",
+      expProbsBias: true,
+      expertWeightsNorm: true,
+      expertWeightsScale: 2.827,
+      nCtx: 131072,
+      ropeBase: 50_000,
+      rmsEps: 1e-6,
+      yarnFactor: 32,
+      yarnOrigCtx: 4096,
+      yarnMscaleAllDim: 1,
+      tiedOutput: false,
+      vocab: "qwen2",
+      vocabSize: 3000,
+      vocabPre: "kimi-k2",
+    } as const;
+    return {
+      "kimi-k2": {
+        ...structure,
+        nEmbd: 7168,
+        qLoraRank: 1536,
+        kvLoraRank: 512,
+        qkNopeDim: 128,
+        qkRopeDim: 64,
+        vHeadDim: 128,
+        nFf: 256,
+        nFfExp: 32,
+        seed: 604,
+      },
+      "kimi-k2-narrow": {
+        ...structure,
+        nEmbd: 256,
+        qLoraRank: 96,
+        kvLoraRank: 64,
+        qkNopeDim: 16,
+        qkRopeDim: 8,
+        vHeadDim: 16,
+        nFf: 128,
+        nFfExp: 32,
+        seed: 603,
+      },
+    };
+  })();
+
 /** What {@linkcode fixtureModel} is asked for: a shape and type, and any fields to override. */
 export interface FixtureOptions extends Partial<FixtureShapeSpec> {
   /** Architecture. */
@@ -424,13 +497,19 @@ export function fixtureVocab(vocab: FixtureVocab, size?: number): Promise<Tokeni
 /** The generator spec of a fixture (F32 or F16; quantised types start from F32). */
 export async function fixtureSpec(options: FixtureOptions): Promise<SyntheticSpec> {
   const def = fixtureDefinition(options);
-  const { vocab, vocabSize, ...dims } = def.spec;
+  const { vocab, vocabSize, vocabPre, ...dims } = def.spec;
+  const tokenizer = await fixtureVocab(vocab, vocabSize || undefined);
   return {
     ...dims,
     arch: def.arch,
     name: `od-moe fixture ${def.arch}/${def.shape}`,
     weightType: def.type === "F16" ? "F16" : "F32",
-    vocab: await fixtureVocab(vocab, vocabSize || undefined),
+    vocab: vocabPre === undefined ? tokenizer : {
+      nTokens: tokenizer.nTokens,
+      entries: tokenizer.entries.map(([k, v]) =>
+        k === Keys.tokenizerPre ? [k, gv.str(vocabPre)] as const : [k, v]
+      ),
+    },
   };
 }
 

@@ -7,7 +7,14 @@
  *   Q2_K|Q3_K_M|Q4_K_M|Q5_K_M|Q6_K|…] [--shape a|b] [--layers N --embd N --heads N --kv-heads N
  *   --head-dim N --ff N --shexp-ff N --experts N --top-k N --ctx N --rope-base X --rms-eps X]
  *   [--vocab qwen2|llama-spm|llama-bpe|builtin|… --vocab-size N] [--seed S] [--tied|--untied]
+ *   [--preset kimi-k2|kimi-k2-narrow] [--arch-name mistral4] [--nextn N]
  * ```
+ *
+ * deepseek2 only: `--preset` starts from a Kimi-K2-shaped preset
+ * (`DEEPSEEK2_PRESETS` in `dev/fixtures.ts`: 2 blocks of Kimi-K2's attention and
+ * routing, the first dense, at Kimi's width or narrow); `--arch-name mistral4`
+ * writes the file as Mistral-Small-4 (the same graph); `--nextn N` adds N
+ * multi-token-prediction blocks after the trunk (as GLM-4.7-Flash).
  *
  * Dimensions start from the test fixture shape `--shape` (default `a`, see
  * `dev/fixtures.ts`); flags override them. F32 and F16 are written by the
@@ -23,7 +30,7 @@ import { SYNTHETIC_ARCHS, type SyntheticArch, syntheticModel } from "../src/mode
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { isExpertTensor } from "../src/gguf/names.ts";
 import { writeGgufFile } from "../src/gguf/writer.ts";
-import { type FixtureShape, fixtureSpec } from "../dev/fixtures.ts";
+import { DEEPSEEK2_PRESETS, type FixtureShape, fixtureSpec } from "../dev/fixtures.ts";
 import { LlamaFtype, type LlamaFtypeName, loadReference } from "../dev/ref/llama_cpp.ts";
 
 const USAGE = `usage: deno task make-model --arch ${SYNTHETIC_ARCHS.join("|")} --out FILE
@@ -32,7 +39,8 @@ const USAGE = `usage: deno task make-model --arch ${SYNTHETIC_ARCHS.join("|")} -
   [--layers N --embd N --heads N --kv-heads N --head-dim N --ff N --shexp-ff N
    --experts N --top-k N --ctx N --rope-base X --rms-eps X]
   [--vocab qwen2|llama-spm|llama-bpe|builtin|<llama.cpp vocab name> --vocab-size N (0: all)]
-  [--seed S] [--tied | --untied]`;
+  [--seed S] [--tied | --untied]
+  deepseek2: [--preset kimi-k2|kimi-k2-narrow] [--arch-name deepseek2|mistral4] [--nextn N]`;
 
 /** The integer and number flags, and the fixture fields they set. */
 const NUMBER_FLAGS = {
@@ -69,6 +77,9 @@ function parse(args: string[]) {
       vocab: { type: "string" },
       tied: { type: "boolean" },
       untied: { type: "boolean" },
+      preset: { type: "string" },
+      "arch-name": { type: "string" },
+      nextn: { type: "string" },
       help: { type: "boolean", short: "h" },
       ...Object.fromEntries(Object.keys(NUMBER_FLAGS).map((k) => [k, { type: "string" }])),
     } as Record<string, { type: "string" | "boolean"; default?: string; short?: string }>,
@@ -84,13 +95,31 @@ function parse(args: string[]) {
   }
   const out = values.out as string | undefined;
   if (!out) fail("--out is required");
-  const shape = values.shape as string;
+  const shape = values.preset !== undefined ? "b" : values.shape as string;
   if (shape !== "a" && shape !== "b") fail(`--shape must be a or b, got ${shape}`);
   const type = (values.type as string).toUpperCase();
   if (type !== "F32" && type !== "F16" && !(`MOSTLY_${type}` in LlamaFtype)) {
     fail(`--type ${type}: llama.cpp has no file type MOSTLY_${type}`);
   }
   const overrides: Record<string, unknown> = {};
+  const deepseekOnly = ["preset", "arch-name", "nextn"].filter((f) => values[f] !== undefined);
+  if (deepseekOnly.length > 0 && arch !== "deepseek2") {
+    fail(`--${deepseekOnly.join(", --")} apply to --arch deepseek2 only`);
+  }
+  if (values.preset !== undefined) {
+    const preset = DEEPSEEK2_PRESETS[values.preset as keyof typeof DEEPSEEK2_PRESETS];
+    if (!preset) {
+      fail(`--preset must be one of ${Object.keys(DEEPSEEK2_PRESETS).join(", ")}`);
+    }
+    const { arch: _a, shape: _s, type: _t, ...fields } = preset;
+    Object.assign(overrides, fields);
+  }
+  if (values["arch-name"] !== undefined) overrides.archName = values["arch-name"];
+  if (values.nextn !== undefined) {
+    const n = Number(values.nextn);
+    if (!Number.isInteger(n) || n < 0) fail(`--nextn must be an integer ≥ 0, got ${values.nextn}`);
+    overrides.nNextn = n;
+  }
   for (const [flag, field] of Object.entries(NUMBER_FLAGS)) {
     const raw = values[flag] as string | undefined;
     if (raw === undefined) continue;

@@ -21,8 +21,10 @@ import { kvCacheBytesPerToken, type ModelConfig } from "../src/model/config.ts";
 import { planConversion } from "../src/convert/plan.ts";
 import { inspectReport } from "../scripts/inspect.ts";
 import { Rng } from "../src/util/rng.ts";
-import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
+import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
+import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import {
+  DEEPSEEK2_PRESETS,
   fixtureModel,
   type FixtureOptions,
   type FixtureShape,
@@ -189,6 +191,48 @@ Deno.test({
       () => archSpec("deepseek2").readConfig(new GgufMetadata(entries, "x.gguf")),
       /nextn_predict_layers 4 must be an integer in 0…block_count − 1 \(block_count 4\)/,
     );
+  },
+});
+
+Deno.test({
+  name:
+    "kimi-k2-shaped file (64 heads, q/KV LoRA, 384 experts top-8, one shared, first block dense, " +
+    "kimi-k2 tokenizer) = llama.cpp; the same tokens at expert budgets 0, 25% and 100%",
+  ignore: skip !== null,
+  sanitizeResources: false,
+  async fn() {
+    const opts = { ...DEEPSEEK2_PRESETS["kimi-k2-narrow"], type: "F16" } as const;
+    const path = await fixtureModel(opts);
+    const tok = loadTokenizer(path);
+    assert.equal(tok.pre, "kimi-k2");
+    {
+      using ref = loadReference().loadModel(path, { vocabOnly: true });
+      for (const text of ["Kimi 你好世界 HelloWorld 12345", "e\u0301cole ÉCOLE 2024年 🚀"]) {
+        assert.deepEqual(tok.encode(text), ref.tokenize(text), text);
+      }
+    }
+    await parity(opts, "kimi-k2-narrow/F16", 10, {
+      check: (m) => {
+        const c = m.config;
+        assert.deepEqual(
+          [c.nHead, c.nExpert, c.nExpertUsed, c.nLayerDenseLead, c.gating, c.nFfShexp],
+          [64, 384, 8, 1, "sigmoid", 32],
+        );
+        assert.deepEqual(c.mla, {
+          qLoraRank: 96,
+          kvLoraRank: 64,
+          nopeDim: 16,
+          ropeDim: 8,
+          vHeadDim: 16,
+        });
+      },
+    });
+    const rng = new Rng(13);
+    await checkBudgets(path, [0, 0.25, 1], {
+      prompt: Array.from({ length: 8 }, () => rng.int(3000)),
+      maxTokens: 12,
+      label: "kimi-k2-narrow/F16",
+    });
   },
 });
 
