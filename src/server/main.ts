@@ -341,7 +341,8 @@ export async function main(args: string[]): Promise<number> {
     console.log(
       `od-moe ready: ${i.name} (${i.architecture}, context ${i.contextLength}) loaded in ${
         ((performance.now() - t0) / 1000).toFixed(1)
-      } s; try: curl ${server.url}/generate -d '{"prompt": "Hello", "max_tokens": 16}'`,
+      } s; chat in a browser at ${server.url}/ or try: curl ${server.url}/generate -d ` +
+        `'{"prompt": "Hello", "max_tokens": 16}'`,
     );
   } catch (e) {
     if (!stopping) {
