@@ -328,16 +328,28 @@ async function send(url: string, c: Case): Promise<Response> {
   return await fetch(`${url}${c.path ?? GEN}`, { method: c.method ?? "POST", headers, body });
 }
 
-/** Sends raw bytes over TCP; returns the status line's code (0 when the connection closed without one). */
-async function raw(port: number, bytes: string): Promise<number> {
+/** What the last {@link raw} call read. */
+let lastRaw = "";
+
+/**
+ * Sends raw bytes over TCP (then half-closes when `halfClose`); returns the
+ * first status line's code (0 when the connection closed without one).
+ */
+async function raw(
+  port: number,
+  bytes: string,
+  halfClose = false,
+  readAll = false,
+): Promise<number> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   try {
     await conn.write(new TextEncoder().encode(bytes));
+    if (halfClose) await conn.closeWrite();
     const buf = new Uint8Array(4096);
     let text = "";
     const deadline = setTimeout(() => conn.close(), 5000);
     try {
-      while (!text.includes("\r\n")) {
+      while (readAll || !text.includes("\r\n")) {
         const n = await conn.read(buf);
         if (n === null) break;
         text += new TextDecoder().decode(buf.subarray(0, n));
@@ -347,6 +359,7 @@ async function raw(port: number, bytes: string): Promise<number> {
     } finally {
       clearTimeout(deadline);
     }
+    lastRaw = text;
     return Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
   } finally {
     try {
@@ -364,7 +377,12 @@ Deno.test({
   async fn(t) {
     assert.ok(CASES.length >= 30);
     const model = await ensureDemoModel({ cacheDir: `${REPO}/.cache/od-moe` });
-    const server = await startServer({ port: 0, engineOptions: { model, nCtx: 256 }, apiKey: KEY });
+    const server = await startServer({
+      port: 0,
+      engineOptions: { model, nCtx: 256 },
+      apiKey: KEY,
+      bodyTimeoutMs: 1500,
+    });
     const { url } = server;
     const auth = { authorization: `Bearer ${KEY}` };
     try {
@@ -414,16 +432,87 @@ Deno.test({
 
       await t.step("raw HTTP: garbage request line, lying Content-Length", async () => {
         assert.equal(await raw(server.port, "HELLO THERE\r\n\r\n"), 400);
-        const lying = `POST /generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${KEY}\r\n` +
-          `Content-Length: 5000000\r\nConnection: close\r\n\r\n{}`;
+        const head =
+          `POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${KEY}\r\n`;
+        const lying = head + `Content-Length: 5000000\r\nConnection: close\r\n\r\n{}`;
         assert.equal(await raw(server.port, lying), 413);
         // a request cut off mid-body: the server gives up on it, not on everyone
-        const cut = `POST /generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${KEY}\r\n` +
-          `Content-Length: 100\r\n\r\n{"prompt":`;
+        const cut = head + `Content-Length: 100\r\n\r\n{"prompt":`;
         const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
         await conn.write(new TextEncoder().encode(cut));
         conn.close();
       });
+
+      await t.step(
+        "raw HTTP: a body shorter than its Content-Length, then a half-close: 400",
+        async () => {
+          const head =
+            `POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${KEY}\r\n`;
+          const cut = head + `Content-Length: 100\r\nConnection: close\r\n\r\n{"prompt":"x"}`;
+          assert.equal(await raw(server.port, cut, true), 400);
+        },
+      );
+
+      await t.step(
+        "raw HTTP: a body that stops arriving gets 408 after the body timeout",
+        async () => {
+          const req =
+            `POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${KEY}\r\n` +
+            `Content-Length: 100\r\n\r\n{"prompt":`;
+          const t0 = performance.now();
+          assert.equal(await raw(server.port, req), 408);
+          const ms = performance.now() - t0;
+          assert.ok(ms >= 1400 && ms < 4500, `answered after ${ms.toFixed(0)} ms (timeout 1500)`);
+        },
+      );
+
+      await t.step(
+        "Host header: another name is refused (DNS rebinding); IPs and localhost pass",
+        async () => {
+          const gen = (host: string) =>
+            `POST /generate HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer ${KEY}\r\n` +
+            `Content-Length: 33\r\nConnection: close\r\n\r\n{"prompt": "Hi", "max_tokens": 1}`;
+          assert.equal(
+            await raw(server.port, gen("evil.example:" + server.port), false, true),
+            403,
+          );
+          assert.match(lastRaw, /--allowed-hosts evil\.example/);
+          assert.equal(await raw(server.port, gen("attacker.localhost.evil.example")), 403);
+          assert.equal(await raw(server.port, gen("localhost:" + server.port)), 200);
+          assert.equal(await raw(server.port, gen("127.0.0.1:" + server.port)), 200);
+          assert.equal(await raw(server.port, gen("[::1]:" + server.port)), 200);
+        },
+      );
+
+      await t.step(
+        "Origin: cross-site browser requests refused, same-origin ones served",
+        async () => {
+          const body = JSON.stringify({ prompt: "Hi", max_tokens: 1 });
+          // a cross-site form or fetch with text/plain (no preflight in a browser)
+          const cross = await fetch(`${url}/generate`, {
+            method: "POST",
+            headers: { ...auth, origin: "https://evil.example", "content-type": "text/plain" },
+            body,
+          });
+          assert.equal(cross.status, 403);
+          assert.match((await cross.json()).error.message, /--cors-origin https:\/\/evil\.example/);
+          const fetchSite = await fetch(`${url}/generate`, {
+            method: "POST",
+            headers: { ...auth, "sec-fetch-site": "cross-site" },
+            body,
+          });
+          assert.equal(fetchSite.status, 403);
+          await fetchSite.body?.cancel();
+          // a page served by this server (h21's chat page) calls the API from its own origin
+          const same = await fetch(`${url}/generate`, {
+            method: "POST",
+            headers: { ...auth, origin: url, "content-type": "application/json" },
+            body,
+          });
+          assert.equal(same.status, 200);
+          await same.body?.cancel();
+        },
+      );
 
       await t.step("the server still answers", async () => {
         const h = await fetch(`${url}/health`);

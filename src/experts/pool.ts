@@ -664,6 +664,29 @@ export class ExpertPool {
     return count;
   }
 
+  /**
+   * Empties every slot holding an expert of `layer` (their bytes on the GPU
+   * may be corrupt: the next use reads them from the source again) and
+   * returns how many were dropped. Pinned or not, nothing of the layer stays.
+   */
+  dropLayer(layer: number): number {
+    const g = this.#group(layer);
+    let n = 0;
+    for (let slot = 0; slot < g.nSlots; slot++) {
+      if (g.slotLayer[slot] !== layer) continue;
+      const expert = g.slotExpert[slot]!;
+      g.policy.remove(slot);
+      g.slotLayer[slot] = g.slotExpert[slot] = -1;
+      g.prefetched[slot] = 0;
+      g.occupied--;
+      g.free.push(slot);
+      this.#setEntry(layer, expert, -1);
+      n++;
+    }
+    this.#commit(true);
+    return n;
+  }
+
   /** Writes pending residency changes and flushes uploads left by calls with `flush: false`. */
   flush(): void {
     this.#commit(true);

@@ -131,6 +131,9 @@ interface OpenShard {
   // A second descriptor to fstat: a mapped file truncated after mmap raises
   // SIGBUS on access to the lost pages, so the size is checked before each read.
   readonly stat: Deno.FsFile | undefined;
+  // The inode opened, to tell a file replaced or deleted at its path since.
+  readonly ino: number | null;
+  readonly dev: number;
 }
 
 /**
@@ -141,7 +144,9 @@ interface OpenShard {
  *
  * A file truncated while mapped is caught before its pages are touched (its
  * size is checked on every read), except for a truncation racing the copy
- * itself, which the OS reports as SIGBUS.
+ * itself, which the OS reports as SIGBUS. A file deleted at its path is an
+ * error too (the open copy is not served), and a file replaced there is
+ * opened again, so what is served is what is on disk.
  */
 export class GgufExpertSource implements ExpertSource {
   /** The expert layers, in layer order. */
@@ -195,13 +200,14 @@ export class GgufExpertSource implements ExpertSource {
       const { offset, length } = expertSliceRange(t, expert);
       const fail = (detail: string, cause?: unknown) =>
         new ExpertReadError(path, layer, expert, t.name, detail, { cause });
+      let size = sizes.get(t.fileIndex);
+      if (size === undefined) this.#checkIdentity(t.fileIndex, path, fail);
       let shard: OpenShard;
       try {
         shard = this.#shard(t.fileIndex);
       } catch (e) {
         throw fail(`the file cannot be opened (${(e as Error).message})`, e);
       }
-      let size = sizes.get(t.fileIndex);
       if (size === undefined) {
         try {
           size = shard.stat?.statSync().size ?? shard.bytes.size;
@@ -293,6 +299,32 @@ export class GgufExpertSource implements ExpertSource {
     return l;
   }
 
+  /**
+   * Throws when the file at the shard's path is gone; closes the shard when
+   * another file took its place (it is opened again on use).
+   */
+  #checkIdentity(
+    i: number,
+    path: string,
+    fail: (detail: string, cause?: unknown) => ExpertReadError,
+  ): void {
+    let st: Deno.FileInfo;
+    try {
+      st = Deno.statSync(path);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        throw fail("the file is gone (deleted or renamed since it was opened)", e);
+      }
+      throw fail(`the file cannot be examined (${(e as Error).message})`, e);
+    }
+    const open = this.#shards[i];
+    if (open && (open.ino !== st.ino || open.dev !== st.dev)) {
+      open.bytes.close();
+      open.stat?.close();
+      this.#shards[i] = undefined;
+    }
+  }
+
   #tryShard(i: number): OpenShard | undefined {
     try {
       return this.#shard(i);
@@ -308,13 +340,20 @@ export class GgufExpertSource implements ExpertSource {
     if (path === undefined) throw new RangeError(`no file with index ${i}`);
     const bytes = openFile(path, { preferMmap: this.#preferMmap });
     let stat: Deno.FsFile | undefined;
+    let info: Deno.FileInfo;
     try {
-      if (bytes instanceof MappedFile) stat = Deno.openSync(path, { read: true });
+      stat = Deno.openSync(path, { read: true });
+      info = stat.statSync();
+      if (!(bytes instanceof MappedFile)) {
+        stat.close();
+        stat = undefined;
+      }
     } catch (e) {
       bytes.close();
+      stat?.close();
       throw e;
     }
-    const shard = { bytes, stat };
+    const shard = { bytes, stat, ino: info.ino, dev: info.dev };
     this.#shards[i] = shard;
     return shard;
   }

@@ -186,3 +186,26 @@ Deno.test("source: bad layer or expert ids are RangeErrors naming the valid ones
     src.close();
     assert.throws(() => src.expertParts(1, 0), Deno.errors.BadResource);
   }));
+
+Deno.test("source: a shard deleted or replaced after mapping: an error, then the file on disk is served", () =>
+  withFixture(async (f) => {
+    using src = GgufExpertSource.open(f.path);
+    assert.deepEqual(src.expertParts(3, 2)[0], expected(f, 3, 2)[0]); // maps shard 2
+    const t = readGgufModel(f.path).tensorMap.get("blk.3.ffn_gate_exps.weight")!;
+    const saved = await Deno.readFile(f.shardPaths[1]!);
+    await Deno.remove(f.shardPaths[1]!);
+    // the old mapping still holds the bytes, but what is served must be what is on disk
+    const err = thrown(() => src.expertParts(3, 2));
+    assert.ok(err instanceof ExpertReadError);
+    assert.deepEqual([err.file, err.layer, err.expert], [f.shardPaths[1], 3, 2]);
+    assert.match(err.message, /gone/);
+    // restored under the same name with other bytes for expert 2: a new file, read afresh
+    const changed = saved.slice();
+    const slice = expected(f, 3, 2)[0]!.length;
+    const shardStart = t.fileOffset + 2 * slice;
+    changed.fill(7, shardStart, shardStart + slice);
+    await Deno.writeFile(`${f.shardPaths[1]}.new`, changed);
+    await Deno.rename(`${f.shardPaths[1]}.new`, f.shardPaths[1]!);
+    assert.deepEqual(src.expertParts(3, 2)[0], new Uint8Array(slice).fill(7));
+    assert.deepEqual(src.expertParts(3, 3)[0], expected(f, 3, 3)[0]);
+  }));

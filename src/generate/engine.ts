@@ -117,12 +117,40 @@ export class Engine {
     return [...p];
   }
 
-  /** Runs `fn` when the requests before it are done. */
-  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` when the requests before it are done. A request whose `signal`
+   * aborts while it waits leaves the queue at once with `left()` (it never
+   * runs); those behind it keep their order.
+   */
+  #exclusive<T>(fn: () => Promise<T>, signal?: AbortSignal, left?: () => T): Promise<T> {
     this.#pending++;
-    const run = this.#queue.then(fn, fn);
+    let started = false;
+    let gone = false;
+    let leave: ((v: T) => void) | undefined;
+    const run = this.#queue.then(() => {
+      if (gone) return undefined as T;
+      started = true;
+      return fn();
+    });
     this.#queue = run.catch(() => {});
-    return run.finally(() => this.#pending--);
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      this.#pending--;
+      signal?.removeEventListener("abort", onAbort);
+    };
+    const onAbort = () => {
+      if (started || gone || !left) return;
+      gone = true;
+      finish();
+      leave?.(left());
+    };
+    if (!signal || !left) return run.finally(finish);
+    const waited = new Promise<T>((resolve) => leave = resolve);
+    signal.addEventListener("abort", onAbort);
+    if (signal.aborted) onAbort();
+    return Promise.race([waited, run.finally(() => gone || finish())]);
   }
 
   /**
@@ -199,7 +227,9 @@ export class Engine {
     const gpuBefore = this.model.gpu.stats.snapshot();
     const decoder = this.tokenizer.createStreamDecoder({ skipSpecial: true });
     const stops = (req.stop ?? []).filter((s) => s.length > 0);
-    const steps = this.generateStep(req);
+    // tokenised once here, so every ending (a stop string, cancellation, an error) knows its length
+    const prompt = this.promptTokens(req);
+    const steps = this.generateStep({ ...req, prompt, messages: undefined });
     let pending = ""; // decoded text not yet emitted (may hold a stop string's start)
     let pendingTokens: number[] = [];
     let pendingStarts: number[] = []; // where each pending token's text starts in `pending`
@@ -219,6 +249,7 @@ export class Engine {
       emittedTokens += chunk.tokens.length;
       return chunk;
     };
+    let failed = false;
     try {
       for (;;) {
         const r = await steps.next();
@@ -243,10 +274,17 @@ export class Engine {
         const keep = heldBack(pending, stops);
         if (pending.length - keep > 0) yield take(pending.length - keep);
       }
+    } catch (e) {
+      failed = true;
+      throw withUsage(e, { promptTokens: prompt.length, completionTokens: tokens });
     } finally {
-      if (!result) {
-        const r = await steps.return({ promptTokens: 0, finishReason: "cancelled" });
-        if (r.done) result = r.value;
+      if (!result && !failed) {
+        await steps.return({ promptTokens: prompt.length, finishReason: "cancelled" });
+        // ended here (a stop string, or the caller stopped reading): the prompt was processed
+        result = {
+          promptTokens: prompt.length,
+          finishReason: req.signal?.aborted ? "cancelled" : "stop",
+        };
       }
     }
     if (!stoppedByString) {
@@ -261,7 +299,7 @@ export class Engine {
     const hits = x.hits - before.hits;
     const prefillMs = (firstAt || end) - t0;
     const decodeMs = end - (firstAt || end);
-    const promptTokens = result?.promptTokens ?? 0;
+    const promptTokens = result?.promptTokens ?? prompt.length;
     return {
       promptTokens,
       completionTokens: stoppedByString ? emittedTokens : tokens,
@@ -284,18 +322,36 @@ export class Engine {
    * each piece. Resolves with the whole text and the statistics.
    */
   generate(req: GenerateRequest, onChunk?: (c: StreamChunk) => void): Promise<GenerateOutput> {
-    return this.#exclusive(async () => {
-      const it = this.streamGenerate(req);
-      let text = "";
-      const tokens: number[] = [];
-      for (;;) {
-        const r = await it.next();
-        if (r.done) return { text, tokens, stats: r.value };
-        text += r.value.text;
-        tokens.push(...r.value.tokens);
-        onChunk?.(r.value);
-      }
+    const left = (): GenerateOutput => ({
+      text: "",
+      tokens: [],
+      stats: cancelledStats(this.#promptLength(req)),
     });
+    return this.#exclusive(
+      async () => {
+        const it = this.streamGenerate(req);
+        let text = "";
+        const tokens: number[] = [];
+        for (;;) {
+          const r = await it.next();
+          if (r.done) return { text, tokens, stats: r.value };
+          text += r.value.text;
+          tokens.push(...r.value.tokens);
+          onChunk?.(r.value);
+        }
+      },
+      req.signal,
+      left,
+    );
+  }
+
+  /** The prompt's length, or 0 when it cannot be tokenised (then nothing was processed). */
+  #promptLength(req: GenerateRequest): number {
+    try {
+      return this.promptTokens(req).length;
+    } catch {
+      return 0;
+    }
   }
 
   /** Frees the model. */
@@ -303,6 +359,49 @@ export class Engine {
     this.sampler.destroy();
     this.model.close();
   }
+}
+
+/** Token counts of a generation that failed part way. */
+export interface PartialUsage {
+  /** Prompt tokens (processed or not: the failure may have come during prefill). */
+  readonly promptTokens: number;
+  /** Tokens generated before the failure. */
+  readonly completionTokens: number;
+}
+
+const usageOfFailure = new WeakMap<object, PartialUsage>();
+
+function withUsage(e: unknown, u: PartialUsage): unknown {
+  if (typeof e === "object" && e !== null && !usageOfFailure.has(e)) usageOfFailure.set(e, u);
+  return e;
+}
+
+/**
+ * The token counts of a generation that ended with `error` (thrown by
+ * {@linkcode Engine.streamGenerate} or {@linkcode Engine.generate}), or
+ * undefined for an error from elsewhere.
+ */
+export function failureUsage(error: unknown): PartialUsage | undefined {
+  return typeof error === "object" && error !== null ? usageOfFailure.get(error) : undefined;
+}
+
+/** The statistics of a request that left the queue before it ran. */
+function cancelledStats(promptTokens: number): GenerationStats {
+  return {
+    promptTokens,
+    completionTokens: 0,
+    prefillMs: 0,
+    decodeMs: 0,
+    prefillTokensPerSecond: 0,
+    decodeTokensPerSecond: 0,
+    syncsPerToken: 0,
+    expertLookups: 0,
+    expertHits: 0,
+    expertMisses: 0,
+    cacheHitRate: 1,
+    expertBytesUploaded: 0,
+    finishReason: "cancelled",
+  };
 }
 
 /** Index of the earliest stop string in `text`, or −1. */

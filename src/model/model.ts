@@ -14,6 +14,7 @@ import { MappedFile } from "../../ffi/mmap.ts";
 import { acquireGpu, type Gpu } from "../gpu/device.ts";
 import { createBuffer, recordReadback, upload } from "../gpu/buffers.ts";
 import { type Op, stepWords } from "../gpu/ops/op.ts";
+import { FINITE } from "../gpu/ops/finite.ts";
 import type { BufferBinding } from "../gpu/dispatch.ts";
 import { checkMoeConfig, type ModelConfig, type TensorPlanEntry } from "./config.ts";
 import { archSpec } from "./registry.ts";
@@ -135,6 +136,27 @@ export interface GenerateOptions {
    * the GPU rewrites it here (the stalled pass appended a wrong token).
    */
   onResample?: (generated: readonly number[]) => void;
+}
+
+/**
+ * The forward pass produced a NaN or an infinity (a corrupt weight, an
+ * overflow): the generation ends with this instead of sampling from NaN
+ * logits. The routed experts of the layer are dropped from the pool, so
+ * the next request reads them from disk again.
+ */
+export class NonFiniteError extends Error {
+  /** The first layer whose output was not finite; `nLayer` means the output head. */
+  readonly layer: number;
+  /** Builds the error for a model of `nLayer` layers. */
+  constructor(layer: number, nLayer: number) {
+    const where = layer >= nLayer ? "the output head (logits)" : `layer ${layer}`;
+    super(
+      `NaN or infinite values appeared in the output of ${where}; the weights there are ` +
+        `probably corrupt (check the model file, e.g. with deno task verify)`,
+    );
+    this.name = "NonFiniteError";
+    this.layer = layer;
+  }
 }
 
 class MappedTensors implements TensorBytes {
@@ -287,6 +309,44 @@ export class Model {
   get prefetcher(): Prefetcher | undefined {
     return this.#prefetch;
   }
+
+  /** The non-finite flag, read back with the tokens. */
+  get #flag(): BufferBinding {
+    return { buffer: this.transformer.state.nonFinite, offset: 0, size: 4 };
+  }
+
+  /**
+   * Clears the non-finite flag before a generation, and refills the slots of
+   * experts dropped after a non-finite result when every expert is meant to
+   * be resident (an unreadable file throws `ExpertReadError` here).
+   */
+  #beginChecks(): void {
+    upload(this.gpu, this.transformer.state.nonFinite, new Uint32Array([FINITE]));
+    if (this.pool.allResident && this.#dropped) {
+      this.pool.preloadAll();
+      this.#dropped = false;
+    }
+  }
+
+  /**
+   * Throws {@link NonFiniteError} when the flag read back says a layer's
+   * output was not finite, after dropping that layer's routed experts from
+   * the pool (a corrupt file's bytes must not outlive its repair).
+   */
+  #checkFinite(flag: ArrayBuffer | undefined): void {
+    const layer = flag ? new Uint32Array(flag)[0]! : FINITE;
+    if (layer === FINITE) return;
+    const L = this.config.nLayer;
+    const dropFrom = Math.min(layer, L - 1);
+    try {
+      if (this.pool.dropLayer(dropFrom) > 0) this.#dropped = true;
+    } catch (e) {
+      if (!(e instanceof RangeError)) throw e; // a dense layer: nothing to drop
+    }
+    throw new NonFiniteError(layer, L);
+  }
+
+  #dropped = false;
 
   /** Forgets the context (the KV cache is overwritten from position 0). */
   reset(): void {
@@ -503,11 +563,13 @@ export class Model {
     if (tokens.length === 0) throw new RangeError("forward needs at least one token");
     this.#checkIds(tokens);
     this.#checkRoom(tokens.length);
+    this.#beginChecks();
     await this.#prefill(tokens, undefined);
     const enc = this.gpu.device.createCommandEncoder();
-    const pending = recordReadback(this.gpu, enc, [this.transformer.state.logits]);
+    const pending = recordReadback(this.gpu, enc, [this.transformer.state.logits, this.#flag]);
     this.gpu.submit(enc);
-    const [logits] = await pending.read();
+    const [logits, flag] = await pending.read();
+    this.#checkFinite(flag);
     return new Float32Array(logits!);
   }
 
@@ -533,6 +595,7 @@ export class Model {
       throw new RangeError(`window must be an integer ≥ 1, got ${o.window}`);
     }
     const maxWindow = Math.max(1, Math.min(o.window ?? this.#window, this.#window));
+    this.#beginChecks();
     const streaming = !this.pool.allResident;
     let emitted = 0;
     const generated: number[] = []; // tokens yielded so far
@@ -544,13 +607,18 @@ export class Model {
       const posFirst = this.nPast; // the first generated token takes this position
       const extra = o.promptLogits ? [s.logits] : [];
       const enc0 = this.gpu.device.createCommandEncoder();
-      const first = recordReadback(this.gpu, enc0, [{
-        buffer: this.#tokenLog,
-        offset: 4 * posFirst,
-        size: 4,
-      }, ...extra]);
+      const first = recordReadback(this.gpu, enc0, [
+        {
+          buffer: this.#tokenLog,
+          offset: 4 * posFirst,
+          size: 4,
+        },
+        this.#flag,
+        ...extra,
+      ]);
       this.gpu.submit(enc0);
-      const [firstId, logitsBytes] = await first.read();
+      const [firstId, flag0, logitsBytes] = await first.read();
+      this.#checkFinite(flag0);
       const t0 = new Uint32Array(firstId!)[0]!;
       const promptLogits = logitsBytes ? new Float32Array(logitsBytes) : undefined;
       emitted = 1;
@@ -588,10 +656,12 @@ export class Model {
           }
           this.gpu.submit(enc);
         }
-        const [routes, [idsBytes, preds]] = await this.#readRoutes(pos, n, [
+        const [routes, [idsBytes, flagBytes, preds]] = await this.#readRoutes(pos, n, [
           { buffer: this.#tokenLog, offset: 4 * (pos + 1), size: 4 * n },
+          this.#flag,
           ...p?.readRange(0, n) ?? [],
         ]);
+        this.#checkFinite(flagBytes);
         const ids = new Uint32Array(idsBytes!);
         const accepted: number[] = [];
         let stalled = false;
@@ -605,10 +675,14 @@ export class Model {
               sample: o.sample,
               head: true,
               restoreFrom: { buffer: this.#savedRing, offset: 4 * j * this.config.nEmbd },
-              extra: [{ buffer: this.#tokenLog, offset: 4 * (pos + j + 1), size: 4 }],
+              extra: [
+                { buffer: this.#tokenLog, offset: 4 * (pos + j + 1), size: 4 },
+                this.#flag,
+              ],
               beforeSample: () => o.onResample?.([...generated, ...accepted]),
             });
             p?.settle(repaired.routes, 1, true);
+            this.#checkFinite(repaired.extra[1]);
             accepted.push(new Uint32Array(repaired.extra[0]!)[0]!);
             stalled = true;
             break;

@@ -28,6 +28,7 @@ import { prepareRmsNorm } from "../gpu/ops/norm.ts";
 import { prepareCopy } from "../gpu/ops/elementwise.ts";
 import { prepareArgmax } from "../gpu/ops/sample.ts";
 import { prepareCopyLastRow, prepareSaveIfClean } from "../gpu/ops/rows.ts";
+import { FINITE, prepareCheckFinite } from "../gpu/ops/finite.ts";
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
 import { isMoeLayer, type ModelConfig } from "./config.ts";
 import type { GpuWeights } from "./weights.ts";
@@ -110,6 +111,11 @@ export class RunState {
   readonly expertSlots: GPUBuffer;
   /** u32: miss counter and records (layer, token, expert). */
   readonly misses: GPUBuffer;
+  /**
+   * u32 [1]: the first layer whose output held a NaN or an infinity
+   * (`nLayer` = the output head), or 0xffffffff; see `src/gpu/ops/finite.ts`.
+   */
+  readonly nonFinite: GPUBuffer;
   /** f32 [maxBatch, nEmbd]: the residual stream entering the first MoE step that missed. */
   readonly saved: GPUBuffer;
   /** f32 [maxBatch, nExpertUsed, nFfExp]: gate projections, then SwiGLU output. */
@@ -197,6 +203,7 @@ export class RunState {
     this.expertWeights = f32("expert_weights", B * K);
     this.expertSlots = f32("expert_slots", B * K);
     this.misses = f32("misses", 4 + 3 * B * K);
+    this.nonFinite = createBuffer(gpu, { label: "non_finite", data: new Uint32Array([FINITE]) });
     this.saved = f32("saved", B * c.nEmbd);
     this.gate = f32("gate", B * K * c.nFfExp);
     this.up = f32("up", B * K * c.nFfExp);
@@ -239,7 +246,9 @@ export class MoeTransformer {
   readonly logHidden: Op[] = [];
   /** Per layer: the FFN (routed experts, or dense in leading blocks), from its norm to the residual add. */
   readonly moe: Op[][] = [];
-  /** Last row → output_norm → lm_head (logits of the last token). */
+  /** Per layer: flag a NaN or infinity in the residual stream leaving it. */
+  readonly check: Op[] = [];
+  /** Last row → output_norm → lm_head (logits of the last token), then the logits' check. */
   readonly head: Op[] = [];
   /** Greedy sampling: argmax of the logits into tokens[0]. */
   readonly argmax: Op[] = [];
@@ -306,6 +315,17 @@ export class MoeTransformer {
       );
       this.moe.push(b.ops = []);
       await (isMoeLayer(c, l) ? moeFfn(b, l) : denseFfn(b, l));
+      this.check.push(
+        await prepareCheckFinite(gpu, {
+          x: view(s.x, E),
+          n: E,
+          flag: s.nonFinite,
+          misses: s.misses,
+          step: s.step,
+          layer: l,
+          label: `blk.${l}.check_finite`,
+        }),
+      );
     }
 
     // output head on the last token only (a fixed batch of one, whatever the batch size)
@@ -340,6 +360,18 @@ export class MoeTransformer {
       label: "output",
     });
     b.add(headOps.map((op) => ({ ...op, workgroups: fixedBatch(op, 1) })));
+    b.add(
+      await prepareCheckFinite(gpu, {
+        x: view(s.logits, c.nVocab),
+        n: c.nVocab,
+        flag: s.nonFinite,
+        misses: s.misses,
+        step: s.step,
+        layer: c.nLayer,
+        fixedTokens: 1,
+        label: "output.check_finite",
+      }),
+    );
     b.ops = this.argmax;
     b.add(
       await prepareArgmax(gpu, {
@@ -378,6 +410,7 @@ export class MoeTransformer {
     } else {
       recordOps(pass, [this.restore], nTokens);
       recordOps(pass, this.moe[o.fromLayer]!, nTokens);
+      recordOps(pass, [this.check[o.fromLayer]!], nTokens);
       for (let l = o.fromLayer + 1; l < L; l++) this.#layer(pass, l, nTokens);
     }
     if (o.head !== false) {
@@ -391,6 +424,7 @@ export class MoeTransformer {
     recordOps(pass, this.attention[l]!, nTokens);
     recordOps(pass, [this.save[l]!, this.logHidden[l]!], nTokens);
     recordOps(pass, this.moe[l]!, nTokens);
+    recordOps(pass, [this.check[l]!], nTokens);
   }
 
   /** Frees the run state (the weights belong to the caller). */

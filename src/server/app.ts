@@ -34,7 +34,7 @@
  * @module
  */
 
-import { Engine, type EngineOptions, RequestError } from "../generate/engine.ts";
+import { Engine, type EngineOptions, failureUsage, RequestError } from "../generate/engine.ts";
 import type {
   ChatMessage,
   GenerateRequest,
@@ -43,6 +43,7 @@ import type {
 } from "../generate/types.ts";
 import { ChatTemplateError } from "../tokenizer/chat.ts";
 import { ExpertReadError } from "../experts/source.ts";
+import { NonFiniteError } from "../model/model.ts";
 import {
   metricsJson,
   type MetricsView,
@@ -86,6 +87,21 @@ export interface ServerOptions {
   maxQueue?: number;
   /** Largest request body, bytes (default 1 MiB). */
   maxBodyBytes?: number;
+  /** How long a request body may take to arrive, ms (default 30 000); then 408. */
+  bodyTimeoutMs?: number;
+  /**
+   * Host names (with or without `:port`) accepted in the `Host` header
+   * besides this machine's own names and IP addresses; `*` accepts any.
+   * Checked when listening on a loopback address (DNS rebinding), or always
+   * when given.
+   */
+  allowedHosts?: readonly string[];
+  /**
+   * Web origins (`https://app.example`) allowed to call the API from a
+   * browser; `*` allows any. Other cross-origin browser requests get 403;
+   * same-origin ones (a page this server serves) always pass.
+   */
+  corsOrigins?: readonly string[];
   /** Whether the prefetcher is on (reported by `/metrics`). */
   prefetchEnabled?: boolean;
   /** Resolve only once the model is loaded (default true); false = serve 503 while loading. */
@@ -199,6 +215,9 @@ function toHttpError(e: unknown): HttpError {
   if (e instanceof ExpertReadError) {
     return new HttpError(500, `expert read failed: ${e.message}`, { type: "expert_read_error" });
   }
+  if (e instanceof NonFiniteError) {
+    return new HttpError(500, `generation failed: ${e.message}`, { type: "numerical_error" });
+  }
   const msg = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
   return new HttpError(500, `generation failed: ${msg}`);
 }
@@ -311,6 +330,10 @@ class App {
     ];
   }
 
+  get #bodyTimeout(): number {
+    return this.o.bodyTimeoutMs ?? 30_000;
+  }
+
   get maxQueue(): number {
     return this.o.maxQueue ?? 16;
   }
@@ -346,21 +369,100 @@ class App {
     }
     const route = this.#routes.find((r) => r.pattern.test(url.pathname));
     let res: Response;
+    let cors: string | undefined;
     try {
-      res = await this.#dispatch(req, url, route);
+      this.#checkHost(req);
+      cors = this.#checkOrigin(req);
+      res = req.method === "OPTIONS" && cors !== undefined
+        ? preflight(req)
+        : await this.#dispatch(req, url, route);
     } catch (e) {
       res = errorResponse(toHttpError(e));
     }
+    if (cors !== undefined) {
+      res.headers.set("access-control-allow-origin", cors);
+      res.headers.append("vary", "Origin");
+    }
     const name = route?.name ?? "other";
-    const status = res.status;
+    const outcome = { status: res.status };
+    this.#outcomes.set(res, outcome);
     const done = () => {
       const ms = performance.now() - t0;
+      const status = outcome.status;
       this.metrics.recordRequest(name, status, ms / 1000);
-      this.o.log?.(`${req.method} ${url.pathname} ${status} ${ms.toFixed(0)}ms`);
+      const shown = status === res.status ? `${status}` : `${res.status}→${status} (stream failed)`;
+      this.o.log?.(`${req.method} ${url.pathname} ${shown} ${ms.toFixed(0)}ms`);
     };
     info.completed.then(done, done);
     return res;
   }
+
+  /** The final status of each response, where a stream that fails after its headers changes it. */
+  readonly #outcomes = new WeakMap<Response, { status: number }>();
+
+  /**
+   * 403 unless the `Host` header names this server: its bound address, a
+   * loopback name or any IP address (a DNS-rebinding page sends its own
+   * domain), or an `allowedHosts` entry. Checked when listening on
+   * loopback, or always when `allowedHosts` is given.
+   */
+  #checkHost(req: Request): void {
+    const allowed = this.o.allowedHosts;
+    if (allowed === undefined && !isLoopbackHost(this.boundHost ?? "127.0.0.1")) return;
+    if (allowed?.includes("*")) return;
+    const host = req.headers.get("host");
+    if (host === null) return; // HTTP/1.0: no name to rebind
+    const h = host.trim().toLowerCase();
+    const name = hostName(h);
+    if (
+      isIpLiteral(name) || name === "localhost" || name.endsWith(".localhost") ||
+      name === (this.boundHost ?? "").toLowerCase() ||
+      allowed?.some((a) => a.toLowerCase() === h || a.toLowerCase() === name)
+    ) {
+      return;
+    }
+    throw new HttpError(
+      403,
+      `the Host header '${host}' is not an address of this server; if you reach it through ` +
+        `that name, start the server with --allowed-hosts ${name}`,
+      { type: "forbidden_host" },
+    );
+  }
+
+  /**
+   * For a request from a web page (it carries `Origin`, or
+   * `Sec-Fetch-Site: cross-site`): 403 unless the origin is this server's
+   * own or in `corsOrigins`. Returns the value for
+   * `Access-Control-Allow-Origin` when a listed cross origin is allowed.
+   */
+  #checkOrigin(req: Request): string | undefined {
+    const origin = req.headers.get("origin");
+    const site = req.headers.get("sec-fetch-site");
+    if (origin === null) {
+      if (site === "cross-site") {
+        throw new HttpError(403, "cross-site requests from web pages are refused", {
+          type: "forbidden_origin",
+        });
+      }
+      return undefined;
+    }
+    const host = req.headers.get("host");
+    if (host !== null && (origin === `http://${host}` || origin === `https://${host}`)) {
+      return undefined; // same origin: a page served by this server
+    }
+    const allowed = this.o.corsOrigins ?? [];
+    if (allowed.includes("*")) return "*";
+    if (allowed.includes(origin)) return origin;
+    throw new HttpError(
+      403,
+      `requests from the web page at ${origin} are refused; to allow them, start the server ` +
+        `with --cors-origin ${origin}`,
+      { type: "forbidden_origin" },
+    );
+  }
+
+  /** The address listened on (set by startServer). */
+  boundHost: string | undefined;
 
   async #dispatch(req: Request, url: URL, route: Route | undefined): Promise<Response> {
     if (this.o.apiKey !== undefined && !route?.open) this.#checkKey(req);
@@ -613,7 +715,7 @@ class App {
     } catch (err) {
       const h = toHttpError(err);
       if (h.status >= 500) {
-        this.metrics.recordGenerationError();
+        this.metrics.recordGenerationError(failureUsage(err));
         this.o.log?.(`generation failed: ${h.message}`);
       }
       throw h;
@@ -641,7 +743,12 @@ class App {
   ): Promise<Response> | Response {
     const t = this.#admit(req);
     if (!stream) {
-      return this.#run(t, g).then((out) => json(shape.body(out))).finally(() => t.release());
+      return this.#run(t, g).then((out) =>
+        // nobody reads the answer of a client that left (nginx's 499 in the request log)
+        out.stats.finishReason === "cancelled" && req.signal.aborted
+          ? new Response(null, { status: 499 })
+          : json(shape.body(out))
+      ).finally(() => t.release());
     }
     const sse = sseStream({ onCancel: () => t.abort() });
     const emit = (events: [string, string | undefined][]) => {
@@ -653,7 +760,11 @@ class App {
         const out = await this.#run(t, g, (c) => emit(shape.chunk(c)));
         emit(shape.finish(out));
       } catch (e) {
-        emit(shape.fail(toHttpError(e)));
+        const h = toHttpError(e);
+        // the 200 went out with the headers; the request log and metrics count the failure
+        const outcome = this.#outcomes.get(sse.response);
+        if (outcome && !sse.closed) outcome.status = h.status;
+        emit(shape.fail(h));
       } finally {
         t.release();
         sse.close();
@@ -664,7 +775,11 @@ class App {
 
   async generateRoute(req: Request): Promise<Response> {
     const e = this.#engine();
-    const body = await readJsonObject(req, this.o.maxBodyBytes ?? MAX_BODY_BYTES);
+    const body = await readJsonObject(
+      req,
+      this.o.maxBodyBytes ?? MAX_BODY_BYTES,
+      this.#bodyTimeout,
+    );
     const limits = this.#limits(e);
     const f = new Fields(body, GENERATE_FIELDS);
     const prompt = readPrompt(f, "prompt", limits);
@@ -725,7 +840,11 @@ class App {
 
   async completionsRoute(req: Request): Promise<Response> {
     const e = this.#engine();
-    const body = await readJsonObject(req, this.o.maxBodyBytes ?? MAX_BODY_BYTES);
+    const body = await readJsonObject(
+      req,
+      this.o.maxBodyBytes ?? MAX_BODY_BYTES,
+      this.#bodyTimeout,
+    );
     const limits = this.#limits(e);
     const f = new Fields(body, COMPLETION_FIELDS);
     const { stream, includeUsage } = this.#openaiCommon(f);
@@ -760,7 +879,7 @@ class App {
     return this.#serve(req, g, stream, {
       chunk: (c) => [[chunk(c.text, null), undefined]],
       finish: (out) => [
-        [chunk("", out.stats.finishReason), undefined],
+        [chunk("", openaiFinish(out.stats)), undefined],
         ...usageChunk(includeUsage, { id, object: "text_completion", created, model }, out.stats),
         ["[DONE]", undefined],
       ],
@@ -773,7 +892,7 @@ class App {
           text: out.text,
           index: 0,
           logprobs: null,
-          finish_reason: out.stats.finishReason,
+          finish_reason: openaiFinish(out.stats),
         }],
         usage: usage(out.stats),
       }),
@@ -783,7 +902,11 @@ class App {
 
   async chatRoute(req: Request): Promise<Response> {
     const e = this.#engine();
-    const body = await readJsonObject(req, this.o.maxBodyBytes ?? MAX_BODY_BYTES);
+    const body = await readJsonObject(
+      req,
+      this.o.maxBodyBytes ?? MAX_BODY_BYTES,
+      this.#bodyTimeout,
+    );
     const limits = this.#limits(e);
     const f = new Fields(body, CHAT_FIELDS);
     const { stream, includeUsage } = this.#openaiCommon(f);
@@ -832,7 +955,7 @@ class App {
       start: () => [[chunk({ role: "assistant", content: "" }, null), undefined]],
       chunk: (c) => [[chunk({ content: c.text }, null), undefined]],
       finish: (out) => [
-        [chunk({}, out.stats.finishReason), undefined],
+        [chunk({}, openaiFinish(out.stats)), undefined],
         ...usageChunk(includeUsage, head, out.stats),
         ["[DONE]", undefined],
       ],
@@ -846,13 +969,60 @@ class App {
           index: 0,
           message: { role: "assistant", content: out.text, refusal: null },
           logprobs: null,
-          finish_reason: out.stats.finishReason,
+          finish_reason: openaiFinish(out.stats),
         }],
         usage: usage(out.stats),
       }),
       fail: (h) => [[JSON.stringify(errorBody(h)), undefined], ["[DONE]", undefined]],
     });
   }
+}
+
+/**
+ * The OpenAI finish reason of a generation; a generation the server cut
+ * short (shutdown) has none in OpenAI's set, so it is reported as an error.
+ */
+function openaiFinish(s: GenerationStats): "stop" | "length" {
+  if (s.finishReason === "cancelled") {
+    throw new HttpError(
+      503,
+      `the server is shutting down; the generation stopped after ${s.completionTokens} tokens`,
+      { type: "server_shutting_down" },
+    );
+  }
+  return s.finishReason;
+}
+
+/** The `Access-Control-*` answer to a browser's preflight from an allowed origin. */
+function preflight(req: Request): Response {
+  return new Response(null, {
+    status: 204,
+    headers: {
+      "access-control-allow-methods": "GET, POST, OPTIONS",
+      "access-control-allow-headers": req.headers.get("access-control-request-headers") ??
+        "authorization, content-type",
+      "access-control-max-age": "600",
+    },
+  });
+}
+
+/** `host` without its port (`[::1]:8080` → `::1`, `a.b:80` → `a.b`). */
+function hostName(host: string): string {
+  if (host.startsWith("[")) {
+    const end = host.indexOf("]");
+    return end > 0 ? host.slice(1, end) : host;
+  }
+  const i = host.lastIndexOf(":");
+  return i >= 0 && host.indexOf(":") === i ? host.slice(0, i) : host;
+}
+
+function isIpLiteral(name: string): boolean {
+  return /^\d{1,3}(\.\d{1,3}){3}$/.test(name) ||
+    (name.includes(":") && /^[0-9a-f:.]+$/.test(name));
+}
+
+function isLoopbackHost(host: string): boolean {
+  return host === "localhost" || host === "::1" || host === "[::1]" || /^127\./.test(host);
 }
 
 function usage(s: GenerationStats) {
@@ -907,6 +1077,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     onError: (e) => errorResponse(toHttpError(e)),
   }, (req, info) => app.handle(req, info));
   const addr = await listened;
+  app.boundHost = addr.hostname;
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
   const url = `http://${host}:${addr.port}`;
   o.onListen?.({ hostname: addr.hostname, port: addr.port, url });

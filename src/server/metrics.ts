@@ -139,9 +139,13 @@ export class ServerMetrics {
     }
   }
 
-  /** Counts a generation that failed (500). */
-  recordGenerationError(): void {
+  /** Counts a generation that failed (500), with the tokens it got through when known. */
+  recordGenerationError(
+    usage?: { readonly promptTokens: number; readonly completionTokens: number },
+  ): void {
     this.generations.set("error", (this.generations.get("error") ?? 0) + 1);
+    this.promptTokens += usage?.promptTokens ?? 0;
+    this.completionTokens += usage?.completionTokens ?? 0;
   }
 
   /** Decode tokens per second over the last 32 generations (0 before any). */

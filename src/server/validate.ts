@@ -43,34 +43,73 @@ export function badRequest(field: string, message: string): HttpError {
 export const MAX_BODY_BYTES = 1 << 20;
 
 /**
- * Reads the body (at most `maxBytes`, else 413) and parses it as a JSON
- * object (else 400, field `body`).
+ * Reads the body (at most `maxBytes`, else 413; within `timeoutMs`, else
+ * 408; a body that ends before its `Content-Length` or breaks off, 400) and
+ * parses it as a JSON object (else 400, field `body`). A declared length
+ * over the cap is refused before any of the body is asked for, so a client
+ * that sent `Expect: 100-continue` gets the 413 without `100 Continue`.
  */
 export async function readJsonObject(
   req: Request,
   maxBytes = MAX_BODY_BYTES,
+  timeoutMs = 30_000,
 ): Promise<Record<string, unknown>> {
   const tooLarge = () =>
     new HttpError(413, `the request body is over ${maxBytes} bytes`, { field: "body" });
-  const declared = req.headers.get("content-length");
-  if (declared !== null && Number(declared) > maxBytes) {
-    await req.body?.cancel().catch(() => {});
-    throw tooLarge();
-  }
+  const declaredText = req.headers.get("content-length");
+  const declared = declaredText === null ? undefined : Number(declaredText);
+  if (declared !== undefined && declared > maxBytes) throw tooLarge();
   const chunks: Uint8Array[] = [];
   let size = 0;
   if (req.body) {
     const reader = req.body.getReader();
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      size += value.length;
-      if (size > maxBytes) {
-        await reader.cancel().catch(() => {});
-        throw tooLarge();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new HttpError(
+              408,
+              `the request body did not arrive within ${timeoutMs / 1000} s ` +
+                `(${size} of ${declared ?? "?"} bytes came); send it at once`,
+              { field: "body", headers: { connection: "close" } },
+            ),
+          ),
+        timeoutMs,
+      );
+    });
+    try {
+      for (;;) {
+        let r: ReadableStreamReadResult<Uint8Array>;
+        try {
+          r = await Promise.race([reader.read(), timedOut]);
+        } catch (e) {
+          if (e instanceof HttpError) throw e;
+          throw new HttpError(
+            400,
+            `the request body broke off after ${size}${
+              declared === undefined ? "" : ` of the ${declared} bytes its Content-Length promised`
+            } bytes (${e instanceof Error ? e.message : String(e)})`,
+            { field: "body" },
+          );
+        }
+        if (r.done) break;
+        size += r.value.length;
+        if (size > maxBytes) throw tooLarge();
+        chunks.push(r.value);
       }
-      chunks.push(value);
+    } catch (e) {
+      await reader.cancel().catch(() => {});
+      throw e;
+    } finally {
+      clearTimeout(timer);
     }
+  }
+  if (declared !== undefined && size !== declared && size > 0) {
+    throw badRequest(
+      "body",
+      `the request body has ${size} bytes but its Content-Length says ${declared}`,
+    );
   }
   if (size === 0) throw badRequest("body", "the request body is empty; send a JSON object");
   const bytes = new Uint8Array(size);
