@@ -14,6 +14,7 @@
  * | `decode` | prefill and decode tokens/s, syncs/token, weight GB/s, profile | llama.cpp, memcpy |
  * | `cache_hit_rate` | hit rate and tokens/s at several cache budgets (+ SVG chart) | 100% budget, llama.cpp |
  * | `mla_attention` | latent attention at Kimi-K2's shape, heads grouped per workgroup | the per-head kernel |
+ * | `soak` | crashes, wrong answers, RSS/fds/GPU memory under normal, hostile and fault-injected requests (60 s quick, 10 min) | the fault-free answers of the same server |
  *
  * A bench that fails prints `{"bench": name, "error": …}` and the others
  * still run; the exit code is then 1.
@@ -35,6 +36,7 @@ import {
 import { prefetchBenchOptions, prefetchSummary, runPrefetchBench } from "./prefetch.ts";
 import { runServerLoadBench, serverLoadSummary } from "./server_load.ts";
 import { type MlaAttentionResult, runMlaAttentionBench } from "./mla_attention.ts";
+import { runSoakBench, soakSummary } from "./soak.ts";
 import { note } from "./_util.ts";
 
 type Report = Record<string, unknown>;
@@ -148,6 +150,13 @@ export const BENCHES: Record<string, Bench> = {
       (r.results as MlaAttentionResult[]).map((x) =>
         `${x.keys} keys × ${x.tokens}: ${fmt(x.speedup)}× (${x.headsPerWorkgroup} heads/workgroup)`
       ).join(", "),
+  },
+  soak: {
+    async run(quick) {
+      const { samples: _, ...r } = await runSoakBench({ seconds: quick ? 60 : 600 });
+      return r;
+    },
+    summary: soakSummary,
   },
 };
 

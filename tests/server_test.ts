@@ -13,6 +13,7 @@ import { startServer } from "../src/server/app.ts";
 import { ensureDemoModel } from "../src/server/demo.ts";
 import { readSse, type SseEvent } from "../src/server/sse.ts";
 import { Engine } from "../src/generate/engine.ts";
+import type { GenerationStats } from "../src/generate/types.ts";
 import { ExpertReadError, type ExpertSource, GgufExpertSource } from "../src/experts/source.ts";
 
 const REPO = fileURLToPath(new URL("../", import.meta.url)).replace(/\/$/, "");
@@ -303,47 +304,141 @@ Deno.test({
         },
       );
 
-      await t.step("a client that disconnects stops its generation", async () => {
-        const engine = server.engine;
-        // streaming: read one chunk, then hang up
-        const ac = new AbortController();
-        const r = await post(`${url}/generate`, {
-          prompt: "Long story:",
-          max_tokens: 500,
-          stream: true,
-        }, { signal: ac.signal });
-        const it = readSse(r.body!);
-        await it.next();
-        const t0 = performance.now();
-        ac.abort();
-        await it.return(undefined).catch(() => {});
-        await until("the stream's generation to stop", () => engine.pending === 0, 3000);
-        const stopMs = performance.now() - t0;
-        // non-streaming: hang up while it runs, and one that is still queued behind it
-        const ac2 = new AbortController();
-        const ac3 = new AbortController();
-        const p2 = post(`${url}/generate`, { prompt: "A", max_tokens: 500 }, { signal: ac2.signal })
-          .catch((e) => e);
-        await until("admitted", () => server.inFlight === 1);
-        const p3 = post(`${url}/generate`, { prompt: "B", max_tokens: 500 }, { signal: ac3.signal })
-          .catch((e) => e);
-        await until("queued", () => server.inFlight === 2);
-        await new Promise((r) => setTimeout(r, 150));
-        ac3.abort();
-        ac2.abort();
-        await Promise.all([p2, p3]);
-        await until("both generations to stop", () => engine.pending === 0, 3000);
-        // the next request is served at once
-        const t1 = performance.now();
-        const ok = await post(`${url}/generate`, { prompt: "next", max_tokens: 4 });
-        assert.equal(ok.status, 200);
-        assert.equal((await ok.json()).tokens.length > 0, true);
-        const nextMs = performance.now() - t1;
-        assert.ok(nextMs < 3000, `next request took ${nextMs.toFixed(0)} ms`);
-        const m = await (await fetch(`${url}/metrics`)).json();
-        assert.ok(m.generations.by_finish_reason.cancelled >= 3, JSON.stringify(m.generations));
-        assert.ok(stopMs < 3000);
+      await t.step("usage counts the prompt however the generation ends", async () => {
+        const plain = await (await post(`${url}/v1/completions`, {
+          prompt: "The cat sat on",
+          max_tokens: 12,
+          temperature: 0,
+        })).json();
+        const n = plain.usage.prompt_tokens;
+        assert.ok(n > 0);
+        // a stop string ends it (the text of the plain run's third token on)
+        const stop = plain.choices[0].text.slice(2, 5);
+        const cut = await (await post(`${url}/v1/completions`, {
+          prompt: "The cat sat on",
+          max_tokens: 12,
+          temperature: 0,
+          stop: [stop],
+        })).json();
+        assert.equal(cut.usage.prompt_tokens, n, "stop string: prompt tokens");
+        assert.equal(cut.choices[0].finish_reason, "stop");
+        const ev = await events(
+          await post(`${url}/v1/chat/completions`, {
+            messages: [{ role: "user", content: "Hi" }],
+            max_tokens: 12,
+            temperature: 0,
+            stop: [stop],
+            stream: true,
+            stream_options: { include_usage: true },
+          }),
+        );
+        const usage = JSON.parse(ev.at(-2)!.data).usage;
+        assert.ok(usage.prompt_tokens > 0, JSON.stringify(usage));
+        assert.equal(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
+        const g = await (await post(`${url}/generate`, {
+          prompt: "The cat sat on",
+          max_tokens: 12,
+          temperature: 0,
+          stop: [stop],
+        })).json();
+        assert.equal(g.stats.prompt_tokens, n);
       });
+    } finally {
+      await server.close();
+    }
+  },
+});
+
+/** Statistics of a generation that produced nothing (for a stand-in stream). */
+function emptyStats(finishReason: "stop" | "length" | "cancelled"): GenerationStats {
+  return {
+    promptTokens: 1,
+    completionTokens: 1,
+    prefillMs: 0,
+    decodeMs: 0,
+    prefillTokensPerSecond: 0,
+    decodeTokensPerSecond: 0,
+    syncsPerToken: 0,
+    expertLookups: 0,
+    expertHits: 0,
+    expertMisses: 0,
+    cacheHitRate: 1,
+    expertBytesUploaded: 0,
+    finishReason,
+  };
+}
+
+Deno.test({
+  name:
+    "server: a client that disconnects stops its generation; a queued one leaves the queue at once",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const model = await demo();
+    const server = await startServer({ port: 0, engineOptions: { model, nCtx: 512 } });
+    const { url } = server;
+    const engine = server.engine;
+    const cancelled = async () =>
+      (await (await fetch(`${url}/metrics`)).json()).generations.by_finish_reason.cancelled ?? 0;
+    try {
+      // a real generation, streaming: read one chunk, then hang up
+      const ac = new AbortController();
+      const r = await post(`${url}/generate`, {
+        prompt: "Long story:",
+        max_tokens: 400,
+        stream: true,
+      }, { signal: ac.signal });
+      const it = readSse(r.body!);
+      await it.next();
+      ac.abort();
+      await it.return(undefined).catch(() => {});
+      await until("the stream's generation to stop", () => engine.pending === 0, 10_000);
+      await until("its cancellation counted", () => server.inFlight === 0);
+      // a generation held running until released, and one queued behind it
+      let release!: () => void;
+      const held = new Promise<void>((r) => release = r);
+      const real = engine.streamGenerate;
+      engine.streamGenerate = async function* (req) {
+        yield { text: "x", tokens: [1] };
+        const aborted = new Promise<void>((r) => req.signal?.addEventListener("abort", () => r()));
+        await Promise.race([held, aborted]);
+        return emptyStats(req.signal?.aborted ? "cancelled" : "length");
+      };
+      try {
+        const ac2 = new AbortController();
+        const r2 = await post(`${url}/generate`, { prompt: "A", max_tokens: 50, stream: true }, {
+          signal: ac2.signal,
+        });
+        const it2 = readSse(r2.body!);
+        await it2.next(); // it runs
+        const ac3 = new AbortController();
+        const p3 = post(`${url}/generate`, { prompt: "B", max_tokens: 50 }, { signal: ac3.signal })
+          .catch((e) => e);
+        await until("queued", () => server.inFlight === 2 && engine.pending === 2);
+        ac3.abort();
+        await p3;
+        // the running one is held: only the queued one can have left
+        await until("the queued request to leave the queue", () => server.inFlight === 1, 3000);
+        assert.equal(engine.pending, 1);
+        ac2.abort();
+        await it2.return(undefined).catch(() => {});
+        await until("the held generation to stop", () => server.inFlight === 0, 3000);
+        release();
+      } finally {
+        engine.streamGenerate = real;
+      }
+      // the next request is served at once, and all three cancellations were counted
+      const ok = await post(`${url}/generate`, { prompt: "next", max_tokens: 4 });
+      assert.equal(ok.status, 200);
+      assert.equal((await ok.json()).tokens.length > 0, true);
+      const t0 = performance.now();
+      while ((await cancelled()) < 3) {
+        assert.ok(performance.now() - t0 < 3000, `cancelled: ${await cancelled()}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const m = await (await fetch(`${url}/metrics`)).json();
+      assert.equal(m.generations.by_finish_reason.cancelled, 3);
+      assert.ok(m.generations.prompt_tokens > 0);
     } finally {
       await server.close();
     }
@@ -431,6 +526,8 @@ Deno.test({
           const m = await (await fetch(`${url}/metrics`)).json();
           assert.ok(m.experts.misses > 0, "experts streamed");
           assert.equal(m.generations.by_finish_reason.error, 2);
+          // the stream's 200 went out before it failed: it is counted as the 500 it was
+          assert.equal(m.requests.by_status["500"], 2, JSON.stringify(m.requests.by_status));
         },
       );
 
@@ -438,6 +535,13 @@ Deno.test({
         const r = await post(`${url}/generate`, { prompt: "Go", max_tokens: 200, stream: true });
         const it = readSse(r.body!);
         await it.next();
+        // an OpenAI stream queued behind it ends with an error, not a non-OpenAI finish reason
+        const chat = post(`${url}/v1/chat/completions`, {
+          messages: [{ role: "user", content: "Hi" }],
+          max_tokens: 50,
+          stream: true,
+        }).then(events);
+        await until("the chat request queued", () => server.inFlight === 2);
         const t0 = performance.now();
         const closing = server.close({ graceMs: 100 });
         const rest: SseEvent[] = [];
@@ -451,6 +555,12 @@ Deno.test({
         const done = rest.at(-1)!;
         assert.equal(done.event, "done");
         assert.equal(JSON.parse(done.data).finish_reason, "cancelled");
+        assert.ok(JSON.parse(done.data).stats.prompt_tokens > 0, "a cancelled prompt is counted");
+        const chatEvents = await chat;
+        assert.equal(chatEvents.at(-1)!.data, "[DONE]");
+        const last = JSON.parse(chatEvents.at(-2)!.data);
+        assert.match(last.error.message, /shutting down/);
+        assert.ok(!chatEvents.some((e) => e.data.includes('"cancelled"')));
         await assert.rejects(() => fetch(`${url}/health`));
       });
     } finally {

@@ -39,7 +39,14 @@ options:
   --ctx-size N                   context length in tokens (default min(4096, the model's))
   --port N                       port (default 8080; 0 = any free port)
   --host ADDR                    interface (default 127.0.0.1)
-  --api-key KEY                  require 'Authorization: Bearer KEY' (or set ODMOE_API_KEY)
+  --api-key KEY                  require 'Authorization: Bearer KEY'; prefer setting
+                                 ODMOE_API_KEY=KEY instead: a flag is visible to every
+                                 user of this machine in the process list
+  --allowed-hosts H1,H2          Host header names accepted besides this machine's own
+                                 addresses and localhost (a proxy's name; '*' = any)
+  --cors-origin O1,O2            web origins allowed to call the API from a browser
+                                 (https://app.example; '*' = any); others get 403
+  --body-timeout-s S             seconds a request body may take to arrive (default 30)
   --max-queue N                  requests that may wait for the model (default 16)
   --quiet                        no request log
   -h, --help                     this text`;
@@ -66,6 +73,12 @@ export interface ServeConfig {
   predictorPath?: string;
   /** `--quiet`. */
   quiet: boolean;
+  /** `--allowed-hosts`, when given. */
+  allowedHosts?: string[];
+  /** `--cors-origin`: browser origins allowed. */
+  corsOrigins?: string[];
+  /** `--body-timeout-s` in ms. */
+  bodyTimeoutMs?: number;
 }
 
 /** A command line that cannot be served; the message names the flag. */
@@ -159,6 +172,9 @@ export async function parseServeArgs(
         host: { type: "string" },
         "api-key": { type: "string" },
         "max-queue": { type: "string" },
+        "allowed-hosts": { type: "string", multiple: true },
+        "cors-origin": { type: "string", multiple: true },
+        "body-timeout-s": { type: "string" },
         "ctx-size": { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
@@ -207,6 +223,22 @@ export async function parseServeArgs(
   if (apiKey !== undefined && apiKey.trim() === "") {
     throw new UsageError("--api-key must not be empty");
   }
+  const list = (flag: string, values: string[] | undefined) => {
+    if (values === undefined) return undefined;
+    const out = values.flatMap((v) => v.split(",")).map((v) => v.trim()).filter((v) => v);
+    if (out.length === 0) throw new UsageError(`--${flag} needs at least one value`);
+    return out;
+  };
+  const allowedHosts = list("allowed-hosts", v["allowed-hosts"]);
+  const corsOrigins = list("cors-origin", v["cors-origin"]);
+  for (const o of corsOrigins ?? []) {
+    if (o !== "*" && !/^https?:\/\/[^/\s]+$/.test(o)) {
+      throw new UsageError(
+        `--cors-origin: '${o}' is not an origin (scheme://host[:port], no path), e.g. https://app.example`,
+      );
+    }
+  }
+  const bodyTimeoutS = int("body-timeout-s", v["body-timeout-s"], 1, 3600);
 
   if (model !== undefined) await checkPath("model", model, "gguf");
   if (base !== undefined) {
@@ -231,6 +263,9 @@ export async function parseServeArgs(
     prefetch,
     predictorPath: predictor,
     quiet: v.quiet ?? false,
+    allowedHosts,
+    corsOrigins,
+    bodyTimeoutMs: bodyTimeoutS === undefined ? undefined : bodyTimeoutS * 1000,
   };
 }
 
@@ -295,6 +330,9 @@ export async function main(args: string[]): Promise<number> {
       hostname: c.host,
       apiKey: c.apiKey,
       maxQueue: c.maxQueue,
+      allowedHosts: c.allowedHosts,
+      corsOrigins: c.corsOrigins,
+      bodyTimeoutMs: c.bodyTimeoutMs,
       prefetchEnabled: c.prefetch,
       waitForModel: false,
       log,
@@ -312,6 +350,12 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
 
+  if (args.some((a) => a === "--api-key" || a.startsWith("--api-key="))) {
+    console.error(
+      "serve: note: --api-key is visible to every user of this machine in the process list; " +
+        "set ODMOE_API_KEY instead",
+    );
+  }
   if (!c.apiKey && !isLoopback(c.host)) {
     console.error(
       `serve: warning: listening on ${c.host} without --api-key: anyone who can reach this ` +

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { isLoopback, parseServeArgs, type ServeConfig, UsageError } from "./main.ts";
+import { isLoopback, parseServeArgs, type ServeConfig, USAGE, UsageError } from "./main.ts";
 import { serializeGguf } from "../gguf/writer.ts";
 
 const noEnv = () => undefined;
@@ -69,6 +69,21 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
     assert.equal(d.model?.expertDir, `${dir}/experts`);
     const g = await parse(["--base-weights", `${dir}/base_model`, "--gguf-experts", gguf]);
     assert.equal(g.model?.ggufExperts, gguf);
+    const h = await parse([
+      "--allowed-hosts",
+      "proxy.lan,box.local",
+      "--allowed-hosts",
+      "x.example:8080",
+      "--cors-origin",
+      "https://app.example",
+      "--body-timeout-s",
+      "5",
+    ]);
+    assert.deepEqual(h.allowedHosts, ["proxy.lan", "box.local", "x.example:8080"]);
+    assert.deepEqual(h.corsOrigins, ["https://app.example"]);
+    assert.equal(h.bodyTimeoutMs, 5000);
+    await assert.rejects(() => parse(["--cors-origin", "app.example/x"]), /not an origin/);
+    assert.match(USAGE, /ODMOE_API_KEY=KEY instead/);
     const e = await parseServeArgs([], (k) => k === "ODMOE_API_KEY" ? "from-env" : undefined);
     assert.equal((e as ServeConfig).apiKey, "from-env");
 
