@@ -11,6 +11,10 @@
  * - `warm`: pages in the page cache, expert not in the pool.
  * - `hot`: already in the pool (a hit: no upload).
  *
+ * - `sha256`: the integrity check `--expert-dir` runs on an expert file
+ *   the first time it is loaded (SHA-256 of its mapped bytes, page-cache
+ *   warm), reported with its cost relative to a warm and a cold upload.
+ *
  * And the references, over the same bytes in the same run: a raw `pread`
  * of the expert's slices into a buffer (cold and warm), and a plain
  * `writeBuffer` of an in-memory buffer of the same size (+ flush). Ratios
@@ -29,6 +33,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { createHash } from "node:crypto";
 import { type GgmlTypeName, requireGgmlType, tensorBytes } from "../src/gguf/types.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { gv } from "../src/gguf/value.ts";
@@ -86,6 +91,11 @@ export interface ExpertFetchBenchResult {
   coldVerified: boolean;
   /** Pool passes (the median round's). */
   pool: { cold: PassResult; warm: PassResult; hot: PassResult };
+  /**
+   * The first-load integrity check of `--expert-dir` (SHA-256 of each
+   * expert's bytes, warm), and its time over a warm and a cold upload's.
+   */
+  verify: { sha256: PassResult; overVsWarm: number; overVsCold: number };
   /** References in the same run (the median round's). */
   reference: { preadCold: PassResult; preadWarm: PassResult; writeBufferFromMemory: PassResult };
   /** Rounds run. */
@@ -280,7 +290,13 @@ export async function runExpertFetchBench(
       const preadCold = await pass(gpu, all.length, bytesPerExpert, preadExpert);
       const preadWarm = await pass(gpu, all.length, bytesPerExpert, preadExpert);
       const fromMemory = await pass(gpu, all.length, bytesPerExpert, writeFromMemory);
-      rounds.push({ cold, warm, preadCold, preadWarm, fromMemory });
+      const sha256 = await pass(gpu, all.length, bytesPerExpert, (i) => {
+        const [l, e] = all[i]!;
+        const h = createHash("sha256");
+        for (const v of source.expertParts(l, e)) h.update(v);
+        h.digest("hex");
+      });
+      rounds.push({ cold, warm, preadCold, preadWarm, fromMemory, sha256 });
     }
     const poolStats = minPool.stats.snapshot();
     minPool.destroy();
@@ -318,6 +334,11 @@ export async function runExpertFetchBench(
       fileBytes,
       coldVerified,
       pool: { cold, warm, hot },
+      verify: {
+        sha256: med("sha256"),
+        overVsWarm: ratio("warm", "sha256"),
+        overVsCold: ratio("cold", "sha256"),
+      },
       reference: { preadCold, preadWarm, writeBufferFromMemory: fromMemory },
       rounds: o.rounds,
       roundsCpuGBps: Object.fromEntries(
