@@ -391,6 +391,8 @@ Deno.test({
           await noKey.body?.cancel();
           const page = await open(browser.ctx, keyed.url, errors);
           await page.waitForSelector("#key-dialog[open]");
+          await page.keyboard.press("Escape");
+          assert.equal(await page.locator("#key-dialog[open]").count(), 1, "Escape keeps it open");
           await page.fill("#key", "wrong");
           await page.press("#key", "Enter");
           await page.waitForSelector("#key-dialog[open] #key-error:not([hidden])");

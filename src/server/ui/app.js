@@ -82,6 +82,9 @@ async function api(path, init = {}) {
   }
 }
 
+// the key is needed to go on: Escape does not close the dialog
+ui.keyDialog.addEventListener("cancel", (ev) => ev.preventDefault());
+
 let keyPrompt = null;
 /** Shows the key dialog (once, however many requests wait for it). */
 function askForKey(error) {
@@ -140,8 +143,19 @@ function showBanner(text, kind = "warn") {
   ui.banner.className = `banner ${kind}`;
 }
 
+let waiting = false;
 /** Polls /health until the model is loaded, then starts the experts view. */
 async function waitForModel() {
+  if (waiting) return;
+  waiting = true;
+  try {
+    await pollHealth();
+  } finally {
+    waiting = false;
+  }
+}
+
+async function pollHealth() {
   for (;;) {
     try {
       const r = await fetch("/health", { headers: { accept: "application/json" } });
