@@ -312,6 +312,10 @@ Deno.test("specs llama.cpp would reject are rejected, saying why", () => {
     [{ arch: "deepseek2", nExpertShared: 0 }, /nExpertShared must be ≥ 1/],
     [{ arch: "deepseek2", nLayerDenseLead: 3 }, /nLayerDenseLead must be in/],
     [{ arch: "deepseek2", nExpertGroups: 2 }, /expert groups/],
+    [{ arch: "deepseek2", nNextn: -1 }, /nNextn must be an integer ≥ 0/],
+    [{ arch: "deepseek2", archName: "llama" }, /archName must be deepseek2 or mistral4/],
+    [{ arch: "qwen3moe", nNextn: 1 }, /nNextn apply to deepseek2 only/],
+    [{ arch: "llama", archName: "mistral4" }, /archName apply to deepseek2 only/],
     [{ arch: "llama", yarnFactor: 4 }, /YaRN needs/],
     [
       { arch: "mixtral" as SyntheticArch },
