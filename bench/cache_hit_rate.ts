@@ -131,10 +131,12 @@ async function runBudget(
       decode_tokens_per_s: n / (t2 - t1) * 1e3,
       prefill_ms: t1 - t0,
       peak_expert_bytes: x.peakBytes,
-      pool_limit_bytes: model.pool.limitBytes,
+      requested_budget_bytes: model.pool.requestedBudgetBytes,
+      min_budget_bytes: model.pool.minBudgetBytes,
       allocated_expert_bytes: x.allocatedBytes,
-      peak_within_limit: x.peakBytes <= model.pool.limitBytes,
-      peak_over_budget_bytes: Math.max(0, x.peakBytes - model.pool.budgetBytes),
+      // the hard cap: max(budget asked for, top-k × the largest expert)
+      peak_within_budget: x.peakBytes <= model.pool.budgetBytes,
+      split_layers: x.splitLayers - x0.splitLayers,
     },
   };
 }
@@ -229,8 +231,8 @@ export async function runCacheHitRateBench(
       first_divergence: runs.map((r) => firstDivergence(r.tokens, runs[0]!.tokens)),
       llama_cpp_decode_tokens_per_s: refDecode,
       note: "per-token figures cover decode only (after the first generated token); " +
-        "budgets are fractions of all routed-expert bytes; the pool may hold its reserve " +
-        "(one batch's experts of one layer) beyond the budget: pool_limit_bytes",
+        "budgets are fractions of all routed-expert bytes; the budget is a hard cap on expert " +
+        "bytes, raised to min_budget_bytes (top-k experts of the largest layer) when smaller",
       budgets: runs.map((r) => r.row),
       chart: o.out || null,
     });

@@ -242,7 +242,7 @@ export async function runExpertFetchBench(
       layers.flatMap((l) => Array.from({ length: l.nExpert }, (_, e) => [l.layer, e] as const)),
     );
     // Minimum mode: one slot, so every cold/warm ensure is a miss.
-    const minPool = new ExpertPool(gpu, source, { budgetBytes: 0, reserveSlots: 1 });
+    const minPool = new ExpertPool(gpu, source, { budgetBytes: 0 });
     const scratch = new Uint8Array(Math.max(...layers[0]!.tensors.map((t) => t.sliceBytes)));
     const preadExpert = (i: number) => {
       const [l, e] = all[i]!;
@@ -305,8 +305,8 @@ export async function runExpertFetchBench(
     // Hot: a pool holding a few experts, asked again for them.
     const nHot = Math.min(16, all.length);
     const hotPool = new ExpertPool(gpu, source, {
-      budgetBytes: nHot * bytesPerExpert + 16,
-      reserveSlots: 1,
+      // slots round each part up to 4 bytes: one expert's worth covers that
+      budgetBytes: (nHot + 1) * bytesPerExpert,
     });
     for (let i = 0; i < nHot; i++) hotPool.ensure(all[i]![0], [all[i]![1]]);
     await gpu.device.queue.onSubmittedWorkDone();

@@ -7,7 +7,7 @@
  * prefetch accuracy and wasted upload bytes. Tokens/s is also given as a
  * ratio to prefetch off + LRU at the same budget (the reference, same run).
  * Every configuration must generate the same tokens (`tokens_identical`),
- * and the pool must stay within its budget plus reserve (`within_budget`).
+ * and the pool must stay within its budget, a hard cap (`within_budget`).
  *
  * The model is `src/training/demo_model.ts` (qwen3moe, 64 wide, 6 layers,
  * 16 experts, top-2; cached in `.cache/predictor/`); the shadow model is

@@ -210,7 +210,9 @@ async function runIds(
       expert_bytes_uploaded: x.bytesUploaded,
       peak_expert_bytes: x.peakBytes,
       expert_budget_bytes: x.budgetBytes,
+      expert_requested_budget_bytes: x.requestedBudgetBytes,
       expert_pool_bytes: x.allocatedBytes,
+      expert_split_layers: x.splitLayers,
       prefetch: model.prefetchStats
         ? {
           predictor: model.prefetchStats.predictor,

@@ -9,7 +9,9 @@
 // scale unless it is 0 or 1.
 // Residency: slot = table[layer, id]; a slot < 0 is a miss: the counter
 // misses[0] is incremented atomically, the record (layer, token, expert) is
-// written at misses[4 + 3i] if it fits, and the slot becomes 0 (harmless).
+// written at misses[4 + 3i] if it fits, and the slot becomes NONE
+// (0xffffffff): outside every arena, so mul_mat_id skips the pair and leaves
+// its output row as it was (the expert-group passes rely on this).
 // Without a table, slot = id. NaN scores are never chosen; a token with no
 // choosable expert gets expert 0.
 //
@@ -298,7 +300,7 @@ fn route(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid
           atomicStore(&misses[at + 1u], t);
           atomicStore(&misses[at + 2u], e);
         }
-        slot = 0u;
+        slot = NONE;
       } else {
         slot = u32(s);
       }

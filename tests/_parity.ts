@@ -167,7 +167,7 @@ export interface BudgetRun {
  * DESIGN.md's "same output whatever the cache": greedy tokens at each expert
  * budget (a fraction of the model's expert bytes) equal those with every
  * expert resident; below 100% experts really stream, and the pool stays
- * within budget plus its reserve.
+ * within its budget (a hard cap, raised to top-k experts of the largest layer).
  */
 export async function checkBudgets(
   path: string,
@@ -179,7 +179,7 @@ export async function checkBudgets(
     0,
   );
   const run = async (cacheSizeGB: number) => {
-    // maxBatch 1 keeps the reserve (one layer's experts for one token) small, so small budgets stream
+    // maxBatch 1: one token per batch (tests/expert_budget_test.ts runs prompt batches)
     const model = await loadModel({
       model: path,
       gpu: await device(),

@@ -59,6 +59,10 @@ Deno.test("predictive policy: keeps predicted, evicts the stalest, then the furt
   assert.equal(p.victim(() => true), -1);
 });
 
+function largestExpert(path: string): number {
+  return Math.max(...expertLayout(readGgufModel(path)).map((l) => l.bytesPerExpert));
+}
+
 function expertBytes(path: string): number {
   return expertLayout(readGgufModel(path)).reduce((s, l) => s + l.nExpert * l.bytesPerExpert, 0);
 }
@@ -107,8 +111,10 @@ Deno.test({
             });
             try {
               const pool = model.pool;
-              const limit = pool.budgetBytes +
-                pool.groups.reduce((a, gr) => a + gr.reserveSlots * gr.slotBytes, 0);
+              const limit = Math.max(
+                Math.floor(frac * total),
+                model.config.nExpertUsed * largestExpert(path),
+              );
               // every prefetch keeps what it was told to keep, and the pool within its bytes
               const prefetch = pool.prefetch.bind(pool);
               let calls = 0;

@@ -14,6 +14,8 @@ import { ensureDemoModel } from "../src/server/demo.ts";
 import { readSse, type SseEvent } from "../src/server/sse.ts";
 import { Engine } from "../src/generate/engine.ts";
 import type { GenerationStats } from "../src/generate/types.ts";
+import { readGgufModel } from "../src/gguf/reader.ts";
+import { expertLayout } from "../src/experts/layout.ts";
 import { ExpertReadError, type ExpertSource, GgufExpertSource } from "../src/experts/source.ts";
 
 const REPO = fileURLToPath(new URL("../", import.meta.url)).replace(/\/$/, "");
@@ -731,6 +733,51 @@ Deno.test({
       assert.ok(Array.isArray(m.prefetch.recall_by_distance));
       const prom = await (await fetch(`${server.url}/metrics?format=prometheus`)).text();
       assert.match(prom, /odmoe_prefetch_accuracy_ratio [\d.]+/);
+    } finally {
+      await server.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "server: a budget below the experts' bytes with prefetch on: prefetch runs and is accurate, the cap holds",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const model = await ensureDemoModel();
+    const layout = expertLayout(readGgufModel(model));
+    const total = layout.reduce((s, l) => s + l.nExpert * l.bytesPerExpert, 0);
+    const budget = Math.floor(total / 4);
+    const server = await startServer({
+      port: 0,
+      prefetchEnabled: true,
+      engineOptions: {
+        model,
+        nCtx: 256,
+        cacheSizeGB: budget / 2 ** 30,
+        enablePrefetch: true,
+      },
+    });
+    try {
+      const r = await fetch(`${server.url}/generate`, {
+        method: "POST",
+        body: JSON.stringify({
+          prompt: "Hello there, how are you",
+          max_tokens: 12,
+          temperature: 0,
+        }),
+      });
+      assert.equal(r.status, 200, await r.clone().text());
+      await r.json();
+      const m = await (await fetch(`${server.url}/metrics`)).json();
+      assert.ok(m.prefetch, "the prefetcher runs when the experts exceed the budget");
+      assert.ok(m.prefetch.uploads > 0, JSON.stringify(m.prefetch));
+      assert.ok(m.prefetch_accuracy > 0, `prefetch accuracy ${m.prefetch_accuracy}`);
+      assert.equal(m.experts.budget_bytes, budget);
+      assert.equal(m.experts.requested_budget_bytes, budget);
+      assert.ok(m.experts.peak_bytes <= budget, `peak ${m.experts.peak_bytes} > ${budget}`);
+      assert.ok(m.experts.allocated_bytes <= budget);
     } finally {
       await server.close();
     }

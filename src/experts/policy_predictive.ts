@@ -19,12 +19,12 @@
  * The engine moves the cursor before each repair's uploads and calls
  * {@linkcode PredictivePolicy.nextToken} when a token is done.
  *
- * Victim selection scans the group's slots (O(slots) per eviction, with no
+ * Victim selection scans the pool's slots (O(slots) per eviction, with no
  * allocation beyond the LRU order); touch and remove are O(1).
  *
  * @example
  * ```ts ignore
- * const pool = new ExpertPool(gpu, source, { budgetBytes, reserveSlots, policy: predictivePolicy(nLayer) });
+ * const pool = new ExpertPool(gpu, source, { budgetBytes, minSlots: topK, policy: predictivePolicy(nLayer) });
  * const p = pool.policyOf(layer) as PredictivePolicy;
  * p.setCursor(layer);
  * p.setPredicted(new Set(["5:3", "5:7"]));
@@ -44,7 +44,7 @@ import {
 /** The eviction policies the engine can use. */
 export type EvictionPolicyName = "lru" | "predictive";
 
-/** The policy of the module doc, for one slot group. */
+/** The policy of the module doc, over the pool's slots. */
 export class PredictivePolicy implements EvictionPolicy {
   readonly #ctx: EvictionContext;
   readonly #lru: LruPolicy;

@@ -1,31 +1,36 @@
 /**
- * The GPU expert pool: a fixed set of slots, each holding one routed
+ * The GPU expert pool: one set of equal slots, each holding one routed
  * expert's parts (gate, up, down, …), filled on demand from an
  * {@link ExpertSource} and recycled by a pluggable eviction policy (LRU).
  *
- * Layout. Experts of the same shape (part types and sizes; normally every
- * MoE layer) share a *slot group*. A group's slots live in *arenas*: one GPU
- * buffer per part (a gate arena, an up arena, a down arena, …), each at
- * most `maxStorageBufferBindingSize`, holding `slotsPerArena` slots; part
- * `p` of slot `s` is at byte `(s % slotsPerArena) · partSlotBytes[p]` of
- * arena `⌊s / slotsPerArena⌋`, with `partSlotBytes` the part's bytes
- * rounded up to 4. Each arena exposes its parts as {@link GpuWeight} stacks
- * of `nSlots` matrices and its `idBase` (first slot), so the engine prepares
- * one `matmul_id` dispatch per arena.
+ * Budget. `--cache-size-gb` is a hard cap on the GPU bytes that hold
+ * routed experts. Every slot is {@link ExpertPool.slotBytes} long — the
+ * largest expert of any layer (each part rounded up to 4 bytes) — and the
+ * pool allocates `⌊budgetBytes / slotBytes⌋` of them once, at most one per
+ * expert. So the bytes allocated for experts, and with them the bytes
+ * resident, never exceed the budget, whatever the batch, the prefetcher or
+ * the mix of tensor types. The smallest budget is one token's chosen
+ * experts of the largest layer (`minSlots × slotBytes`, `minSlots` = top-k);
+ * a smaller one (0 included) is raised to it ({@link ExpertPool.budgetRaised}).
+ * A batch needing more distinct experts of a layer than there are slots is
+ * the caller's to split into expert groups ({@link ExpertPool.nSlots} at a
+ * time); {@link ExpertPool.ensure} refuses it.
+ *
+ * Layout. Slots live in *arenas*, one GPU buffer each, at most
+ * `maxStorageBufferBindingSize`: slot `s` is at byte
+ * `(s − idBase) · slotBytes` of arena `⌊s / slotsPerArena⌋`, its parts one
+ * after the other. Layers whose experts have the same shape (parts' role,
+ * kind, type and slice shape) form a *slot group*; files whose layers
+ * differ (a Q4_K_M file gives half the layers Q6_K `ffn_down_exps`) have
+ * several. Every group sees every arena through its own typed
+ * {@link GpuWeight} stacks (`nSlots` matrices `slotBytes` apart, part `p`
+ * at byte `partOffsets[p]` of a slot), so the slots are shared: a slot that
+ * held a Q6_K layer's expert can next hold a Q4_K layer's. The engine
+ * prepares one `matmul_id` dispatch per arena with its `idBase`.
  *
  * Residency table. An i32 GPU buffer `[nLayer, nExpert]` maps (layer,
- * expert) → slot within the layer's group, or −1. The CPU keeps a mirror and
- * rewrites only the entries a call changed (merged into few `writeBuffer`s).
- *
- * Budget. A group holds `⌊budgetShare / slotBytes⌋ + reserveSlots` slots,
- * at most its number of experts; `budgetShare` splits `budgetBytes` in
- * proportion to the groups' expert bytes. Every arena is allocated at
- * construction, so the GPU bytes held for experts are fixed and never exceed
- * {@link ExpertPool.limitBytes} = `budgetBytes + Σ reserveSlots · slotBytes`
- * (the `--cache-size-gb` budget plus one layer's worth of experts of one
- * batch). `budgetBytes = 0` is minimum mode: only the reserve. A budget that
- * covers every expert gives every expert a slot ({@link ExpertPool.allResident});
- * {@link ExpertPool.preloadAll} then fills them.
+ * expert) → slot, or −1. The CPU keeps a mirror and rewrites only the
+ * entries a call changed (merged into few `writeBuffer`s).
  *
  * Uploads are `queue.writeBuffer` straight from the source's (mapped) views,
  * with one `gpu.flush()` per call. Writes are queue-ordered, so work already
@@ -33,7 +38,7 @@
  *
  * @example
  * ```ts ignore
- * const pool = new ExpertPool(gpu, source, { budgetBytes: 4 * 2 ** 30, reserveSlots: 8 });
+ * const pool = new ExpertPool(gpu, source, { budgetBytes: 4 * 2 ** 30, minSlots: topK });
  * const { uploaded, evicted } = pool.ensure(layer, missingIds, { pinned });
  * for (const arena of pool.arenasFor(layer)) {
  *   // prepareMatmulId(gpu, { weight: arena.weights.gate, idBase: arena.idBase, … })
@@ -145,18 +150,18 @@ export function lruPolicy(ctx: EvictionContext): EvictionPolicy {
   return new LruPolicy(ctx.nSlots);
 }
 
-/** One arena: a GPU buffer per part holding `nSlots` consecutive slots of a group. */
+/** One arena of one slot group: the group's view of a GPU buffer holding `nSlots` consecutive slots. */
 export interface PoolArena {
   /** Slot group index. */
   readonly group: number;
-  /** Arena index within the group. */
+  /** Arena index (the same buffer for every group). */
   readonly index: number;
-  /** Slot (within the group) of the arena's first slot: the kernels' `idBase`. */
+  /** Slot of the arena's first slot: the kernels' `idBase`. */
   readonly idBase: number;
   /** Slots held. */
   readonly nSlots: number;
-  /** One buffer per part, in the group's part order. */
-  readonly buffers: readonly GPUBuffer[];
+  /** The arena's buffer: `nSlots` slots of {@link ExpertPool.slotBytes}, shared by every group. */
+  readonly buffer: GPUBuffer;
   /** One stack of `nSlots` matrices per part, in the group's part order. */
   readonly parts: readonly GpuWeight[];
   /**
@@ -166,7 +171,7 @@ export interface PoolArena {
   readonly weights: Readonly<Record<string, GpuWeight>>;
 }
 
-/** A set of slots shared by the layers whose experts have the same shape. */
+/** The layers whose experts have the same shape, and how their parts sit in a slot. */
 export interface SlotGroup {
   /** Index in {@link ExpertPool.groups}. */
   readonly index: number;
@@ -178,35 +183,31 @@ export interface SlotGroup {
   readonly parts: readonly ExpertPartShape[];
   /** Bytes of each part in a slot (its slice bytes rounded up to 4). */
   readonly partSlotBytes: readonly number[];
+  /** Byte offset of each part within a slot. */
+  readonly partOffsets: readonly number[];
   /** File bytes of one expert (sum of slice bytes). */
   readonly bytesPerExpert: number;
-  /** GPU bytes of one slot (sum of `partSlotBytes`). */
-  readonly slotBytes: number;
-  /** Slots in the group. */
-  readonly nSlots: number;
-  /** Slots per arena (the last arena may hold fewer). */
-  readonly slotsPerArena: number;
-  /** Slots kept beyond the budget share. */
-  readonly reserveSlots: number;
-  /** This group's share of the budget, in bytes. */
-  readonly budgetBytes: number;
-  /** The arenas. */
+  /** Slot bytes this group's experts use (sum of `partSlotBytes`, ≤ the pool's `slotBytes`). */
+  readonly usedSlotBytes: number;
+  /** The group's typed views of the pool's arenas. */
   readonly arenas: readonly PoolArena[];
 }
 
 /** Options of {@link ExpertPool}. */
 export interface ExpertPoolOptions {
-  /** GPU bytes for cached experts (`--cache-size-gb` × 2^30); 0 = minimum mode. */
+  /**
+   * GPU bytes for routed experts (`--cache-size-gb` × 2^30), a hard cap;
+   * raised to `minSlots` slots when smaller (0 = that minimum).
+   */
   budgetBytes: number;
   /**
-   * Slots beyond the budget: the distinct experts one layer of one batch
-   * can need, e.g. `min(nExpert, maxBatch × nExpertUsed)`. At least 1;
-   * capped at the layer's expert count.
+   * Experts that must fit at once: one token's chosen experts (top-k).
+   * Default 1; capped at the largest layer's expert count.
    */
-  reserveSlots: number;
+  minSlots?: number;
   /** Rows of the residency table (default: last expert layer + 1). */
   nLayer?: number;
-  /** Eviction policy per slot group (default {@link lruPolicy}). */
+  /** Eviction policy over the slots (default {@link lruPolicy}). */
   policy?: EvictionPolicyFactory;
   /** Cap on slots per arena (default: as many as one storage binding holds, ≤ 65535). */
   maxSlotsPerArena?: number;
@@ -275,12 +276,6 @@ export class ExpertPoolFullError extends Error {
 
 interface Group extends SlotGroup {
   readonly arenas: PoolArena[];
-  readonly slotLayer: Int32Array;
-  readonly slotExpert: Int32Array;
-  readonly prefetched: Uint8Array;
-  readonly free: number[];
-  readonly policy: EvictionPolicy;
-  occupied: number;
 }
 
 const PRELOAD_FLUSH_BYTES = 256 * 2 ** 20;
@@ -295,19 +290,40 @@ export class ExpertPool {
   readonly source: ExpertSource;
   /** Hit/miss/upload counters. */
   readonly stats: ExpertStats;
-  /** The cache budget in bytes. */
+  /** The cap on GPU bytes for experts: the budget asked for, raised to {@link minBudgetBytes}. */
   readonly budgetBytes: number;
+  /** The budget asked for (`options.budgetBytes`). */
+  readonly requestedBudgetBytes: number;
+  /** The smallest budget: `minSlots × slotBytes`, one token's chosen experts of the largest layer. */
+  readonly minBudgetBytes: number;
+  /** GPU bytes of a slot: the largest expert of any layer, each part rounded up to 4. */
+  readonly slotBytes: number;
+  /** Slots: the most distinct experts resident at once. */
+  readonly nSlots: number;
+  /** Slots per arena (the last arena may hold fewer). */
+  readonly slotsPerArena: number;
   /** Rows of the residency table. */
   readonly nLayer: number;
   /** Columns of the residency table: the largest expert count of any layer. */
   readonly nExpert: number;
-  /** i32 [nLayer, nExpert]: slot within the layer's group, or −1 when absent. */
+  /** i32 [nLayer, nExpert]: slot, or −1 when absent. */
   readonly residencyBuffer: GPUBuffer;
   /** The slot groups (one for a model whose MoE layers share one expert shape). */
   readonly groups: readonly SlotGroup[];
+  /** The arenas' buffers, in slot order. */
+  readonly buffers: readonly GPUBuffer[];
+  /** The eviction policy over every slot. */
+  readonly policy: EvictionPolicy;
   readonly #groups: Group[];
   readonly #groupOf: (Group | undefined)[];
   readonly #layerExperts: number[];
+  readonly #totalExperts: number;
+  // per slot: layer and expert held (−1 when free), whether a prefetch put it there
+  readonly #slotLayer: Int32Array;
+  readonly #slotExpert: Int32Array;
+  readonly #prefetched: Uint8Array;
+  readonly #free: number[];
+  #occupied = 0;
   // [nLayer, nExpert] mirror of residencyBuffer.
   readonly #table: Int32Array;
   readonly #dirty = new Set<number>();
@@ -317,14 +333,15 @@ export class ExpertPool {
 
   /** Allocates every arena and the residency table (all slots empty). */
   constructor(gpu: Gpu, source: ExpertSource, options: ExpertPoolOptions) {
-    const { budgetBytes, reserveSlots } = options;
+    const { budgetBytes } = options;
     if (!Number.isFinite(budgetBytes) || budgetBytes < 0) {
       throw new RangeError(`ExpertPool: budgetBytes must be ≥ 0, got ${budgetBytes}`);
     }
-    if (!Number.isInteger(reserveSlots) || reserveSlots < 1) {
+    const minSlots = options.minSlots ?? 1;
+    if (!Number.isInteger(minSlots) || minSlots < 1) {
       throw new RangeError(
-        `ExpertPool: reserveSlots must be an integer ≥ 1 (the experts one layer of one batch ` +
-          `needs), got ${reserveSlots}`,
+        `ExpertPool: minSlots must be an integer ≥ 1 (the experts one token chooses per layer), ` +
+          `got ${minSlots}`,
       );
     }
     if (source.layers.length === 0) {
@@ -332,7 +349,7 @@ export class ExpertPool {
     }
     this.gpu = gpu;
     this.source = source;
-    this.budgetBytes = budgetBytes;
+    this.requestedBudgetBytes = budgetBytes;
     const lastLayer = Math.max(...source.layers.map((l) => l.layer));
     this.nLayer = options.nLayer ?? lastLayer + 1;
     if (this.nLayer <= lastLayer) {
@@ -342,71 +359,85 @@ export class ExpertPool {
     this.stats = options.stats ?? new ExpertStats(this.nLayer);
     this.#layerExperts = new Array(this.nLayer).fill(0);
     for (const l of source.layers) this.#layerExperts[l.layer] = l.nExpert;
+    this.#totalExperts = source.layers.reduce((s, l) => s + l.nExpert, 0);
 
     const byKey = new Map<string, ExpertLayerShape[]>();
     for (const l of source.layers) {
       const key = shapeKey(l);
       byKey.set(key, [...byKey.get(key) ?? [], l]);
     }
-    const totalBytes = source.layers.reduce((s, l) => s + l.nExpert * expertBytes(l), 0);
-    const label = options.label ?? "experts";
-    this.#groups = [...byKey.entries()].map(([key, layers], index) => {
-      const shape = layers[0]!;
-      const parts = shape.tensors;
+    const shapes = [...byKey.entries()].map(([key, layers]) => {
+      const parts = layers[0]!.tensors;
       const partSlotBytes = parts.map((t) => align4(t.sliceBytes));
-      const bytes = expertBytes(shape);
-      const slotBytes = partSlotBytes.reduce((s, b) => s + b, 0);
-      const experts = layers.reduce((s, l) => s + l.nExpert, 0);
-      const share = Math.floor(budgetBytes * (experts * bytes) / totalBytes);
-      const reserve = Math.min(reserveSlots, Math.max(...layers.map((l) => l.nExpert)));
-      const nSlots = Math.min(experts, Math.floor(share / slotBytes) + reserve);
-      const perBinding = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
-      const slotsPerArena = Math.min(
-        nSlots,
-        MAX_SLOTS_PER_ARENA,
-        options.maxSlotsPerArena ?? Infinity,
-        ...partSlotBytes.map((b) => Math.floor(perBinding / b)),
+      const partOffsets = partSlotBytes.map((_, i) =>
+        partSlotBytes.slice(0, i).reduce((s, b) => s + b, 0)
       );
-      if (slotsPerArena < 1) {
-        const big = parts.find((_, i) => partSlotBytes[i]! > perBinding)!;
-        throw new RangeError(
-          `ExpertPool: one expert's slice of ${big.name} is ${big.sliceBytes} bytes, over this ` +
-            `device's storage binding limit of ${perBinding} bytes`,
-        );
-      }
-      const group: Group = {
-        index,
+      return {
         key,
-        layers: layers.map((l) => l.layer),
+        layers,
         parts,
         partSlotBytes,
-        bytesPerExpert: bytes,
-        slotBytes,
-        nSlots,
-        slotsPerArena,
-        reserveSlots: reserve,
-        budgetBytes: share,
-        arenas: [],
-        slotLayer: new Int32Array(nSlots).fill(-1),
-        slotExpert: new Int32Array(nSlots).fill(-1),
-        prefetched: new Uint8Array(nSlots),
-        free: Array.from({ length: nSlots }, (_, i) => nSlots - 1 - i),
-        policy: undefined as unknown as EvictionPolicy,
-        occupied: 0,
+        partOffsets,
+        usedSlotBytes: partSlotBytes.reduce((s, b) => s + b, 0),
       };
-      (group as { policy: EvictionPolicy }).policy = (options.policy ?? lruPolicy)({
-        nSlots,
-        layerOf: (s) => group.slotLayer[s] ?? -1,
-        expertOf: (s) => group.slotExpert[s] ?? -1,
+    });
+    this.slotBytes = Math.max(...shapes.map((g) => g.usedSlotBytes));
+    this.minBudgetBytes = Math.min(minSlots, this.nExpert) * this.slotBytes;
+    this.budgetBytes = Math.max(budgetBytes, this.minBudgetBytes);
+    this.nSlots = Math.min(this.#totalExperts, Math.floor(this.budgetBytes / this.slotBytes));
+    const perBinding = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
+    this.slotsPerArena = Math.min(
+      this.nSlots,
+      MAX_SLOTS_PER_ARENA,
+      options.maxSlotsPerArena ?? Infinity,
+      Math.floor(perBinding / this.slotBytes),
+    );
+    if (this.slotsPerArena < 1) {
+      throw new RangeError(
+        `ExpertPool: one expert takes ${this.slotBytes} bytes, over this device's storage ` +
+          `binding limit of ${perBinding} bytes`,
+      );
+    }
+    const label = options.label ?? "experts";
+    const buffers: GPUBuffer[] = [];
+    for (let idBase = 0, a = 0; idBase < this.nSlots; idBase += this.slotsPerArena, a++) {
+      const n = Math.min(this.slotsPerArena, this.nSlots - idBase);
+      buffers.push(createBuffer(gpu, { label: `${label}.a${a}`, size: n * this.slotBytes }));
+    }
+    this.buffers = buffers;
+    this.#groups = shapes.map((s, index) => {
+      const group: Group = {
+        index,
+        key: s.key,
+        layers: s.layers.map((l) => l.layer),
+        parts: s.parts,
+        partSlotBytes: s.partSlotBytes,
+        partOffsets: s.partOffsets,
+        bytesPerExpert: expertBytes(s.layers[0]!),
+        usedSlotBytes: s.usedSlotBytes,
+        arenas: [],
+      };
+      buffers.forEach((buffer, a) => {
+        group.arenas.push(
+          makeArena(`${label}.g${index}`, group, a, a * this.slotsPerArena, buffer, this.slotBytes),
+        );
       });
-      for (let idBase = 0, a = 0; idBase < nSlots; idBase += slotsPerArena, a++) {
-        group.arenas.push(makeArena(gpu, `${label}.g${index}.a${a}`, group, a, idBase));
-      }
       return group;
     });
     this.groups = this.#groups;
     this.#groupOf = new Array(this.nLayer).fill(undefined);
     for (const g of this.#groups) for (const l of g.layers) this.#groupOf[l] = g;
+
+    const n = this.nSlots;
+    this.#slotLayer = new Int32Array(n).fill(-1);
+    this.#slotExpert = new Int32Array(n).fill(-1);
+    this.#prefetched = new Uint8Array(n);
+    this.#free = Array.from({ length: n }, (_, i) => n - 1 - i);
+    this.policy = (options.policy ?? lruPolicy)({
+      nSlots: n,
+      layerOf: (s) => this.#slotLayer[s] ?? -1,
+      expertOf: (s) => this.#slotExpert[s] ?? -1,
+    });
 
     this.#table = new Int32Array(this.nLayer * this.nExpert).fill(-1);
     this.residencyBuffer = createBuffer(gpu, {
@@ -417,16 +448,19 @@ export class ExpertPool {
     this.#syncMemoryStats();
   }
 
-  /** GPU bytes of every arena (fixed at construction). */
+  /** Whether the budget asked for was below {@link minBudgetBytes} and was raised to it. */
+  get budgetRaised(): boolean {
+    return this.requestedBudgetBytes < this.minBudgetBytes;
+  }
+
+  /** GPU bytes of every arena (fixed at construction; ≤ {@link budgetBytes}). */
   get allocatedBytes(): number {
-    let n = 0;
-    for (const g of this.#groups) for (const a of g.arenas) for (const b of a.buffers) n += b.size;
-    return n;
+    return this.buffers.reduce((s, b) => s + b.size, 0);
   }
 
   /** GPU bytes of the slots holding an expert now. */
   get residentBytes(): number {
-    return this.#groups.reduce((s, g) => s + g.occupied * g.slotBytes, 0);
+    return this.#occupied * this.slotBytes;
   }
 
   /** The largest {@link residentBytes} seen (since the stats were last reset). */
@@ -434,24 +468,14 @@ export class ExpertPool {
     return this.stats.peakBytes;
   }
 
-  /**
-   * The most GPU bytes the pool may hold for experts: the budget plus each
-   * group's reserve. `allocatedBytes ≤ limitBytes` always.
-   */
+  /** The most GPU bytes the pool may hold for experts: the budget. `allocatedBytes ≤ limitBytes` always. */
   get limitBytes(): number {
-    return this.budgetBytes + this.#groups.reduce((s, g) => s + g.reserveSlots * g.slotBytes, 0);
-  }
-
-  /** Slots over all groups. */
-  get nSlots(): number {
-    return this.#groups.reduce((s, g) => s + g.nSlots, 0);
+    return this.budgetBytes;
   }
 
   /** Whether every expert of every layer has a slot (the budget covers them all). */
   get allResident(): boolean {
-    return this.#groups.every((g) =>
-      g.nSlots === g.layers.reduce((s, l) => s + this.#layerExperts[l]!, 0)
-    );
+    return this.nSlots === this.#totalExperts;
   }
 
   /** The slot group of `layer`; `RangeError` when the layer has no routed experts. */
@@ -464,7 +488,7 @@ export class ExpertPool {
     return this.#group(layer).arenas;
   }
 
-  /** The slot (within the layer's group) of an expert, or −1 when absent. */
+  /** The slot of an expert, or −1 when absent. */
   slotOf(layer: number, expert: number): number {
     this.#checkExpert(layer, expert);
     return this.#table[layer * this.nExpert + expert]!;
@@ -486,36 +510,37 @@ export class ExpertPool {
   /**
    * Makes `experts` of `layer` resident: counts a hit for each one already
    * resident (and marks it used) and a miss for each other, which is read
-   * from the source and uploaded into a free slot or the slot of the least
-   * recently used expert that is neither requested here nor `pinned`. One
+   * from the source and uploaded into a free slot or the slot of the expert
+   * the policy picks among those neither requested here nor `pinned`. One
    * flush at the end. Duplicates count once.
    *
    * All or nothing: throws {@link ExpertPoolFullError} (more distinct
-   * experts than slots, or too many slots pinned) or {@link ExpertReadError}
-   * (a missing expert cannot be read) before changing any slot.
+   * experts than slots: split them into groups of at most {@link nSlots};
+   * or too many slots pinned) or {@link ExpertReadError} (a missing expert
+   * cannot be read) before changing any slot.
    */
   ensure(layer: number, experts: readonly number[], options: EnsureOptions = {}): EnsureResult {
     const g = this.#group(layer);
     const wanted = this.#distinct(layer, experts);
-    if (wanted.length > g.nSlots) {
+    if (wanted.length > this.nSlots) {
       throw new ExpertPoolFullError(
         `layer ${layer} needs ${wanted.length} distinct experts at once but the pool has ` +
-          `${g.nSlots} slots for them; raise reserveSlots to at least ${wanted.length} ` +
-          `(the experts one layer of one batch can route to) or --cache-size-gb`,
+          `${this.nSlots} slots (${this.budgetBytes} bytes, ${this.slotBytes} per expert); ` +
+          `compute the layer in expert groups of at most ${this.nSlots} or raise --cache-size-gb`,
       );
     }
     const missing = wanted.filter((e) => this.#slot(layer, e) < 0);
     const isProtected = this.#protector(layer, wanted, options.pinned);
     if (missing.length > 0) {
       let protectedResident = 0;
-      for (let s = 0; s < g.nSlots; s++) {
-        if (g.slotLayer[s]! >= 0 && isProtected(s)) protectedResident++;
+      for (let s = 0; s < this.nSlots; s++) {
+        if (this.#slotLayer[s]! >= 0 && isProtected(s)) protectedResident++;
       }
-      const available = g.nSlots - protectedResident;
+      const available = this.nSlots - protectedResident;
       if (missing.length > available) {
         throw new ExpertPoolFullError(
           `layer ${layer}: ${missing.length} experts to upload but only ${available} of ` +
-            `${g.nSlots} slots are free or evictable (${protectedResident} hold requested or ` +
+            `${this.nSlots} slots are free or evictable (${protectedResident} hold requested or ` +
             `pinned experts); pin fewer experts or raise --cache-size-gb`,
         );
       }
@@ -533,13 +558,13 @@ export class ExpertPool {
     const cold = missing.map((e) => this.#coldRead(g, layer, e));
     for (const e of wanted) {
       const s = this.#slot(layer, e);
-      if (s >= 0) this.#hit(g, layer, s);
+      if (s >= 0) this.#hit(layer, s);
     }
     const evicted: [number, number][] = [];
     missing.forEach((e, i) => {
-      const slot = g.free.pop() ?? this.#evict(g, isProtected, evicted);
+      const slot = this.#free.pop() ?? this.#evict(isProtected, evicted);
       const ms = this.#write(g, slot, views[i]!);
-      this.#assign(g, slot, layer, e, false);
+      this.#assign(slot, layer, e, false);
       this.stats.recordMiss(layer, g.bytesPerExpert, ms, cold[i]);
     });
     this.#commit(options.flush ?? true);
@@ -553,21 +578,22 @@ export class ExpertPool {
    * evicted since the GPU looked is still counted as a hit.
    */
   touch(layer: number, experts: readonly number[]): void {
-    const g = this.#group(layer);
+    this.#group(layer);
     for (const e of this.#distinct(layer, experts)) {
       const s = this.#slot(layer, e);
-      if (s >= 0) this.#hit(g, layer, s);
+      if (s >= 0) this.#hit(layer, s);
       else this.stats.recordHit(layer);
     }
   }
 
   /**
    * Best effort: uploads those of `experts` (in priority order) that are
-   * absent, into free slots or by evicting least recently used experts that
-   * are neither listed here nor `pinned`, at most `maxEvict` of them; stops
-   * when nothing more can be evicted. Experts already resident become most
-   * recently used. Not lookups: counted as prefetch uploads. An expert that
-   * cannot be read is skipped and reported in `failed`.
+   * absent, into free slots or by evicting experts that are neither listed
+   * here nor `pinned`, at most `maxEvict` of them; stops when nothing more
+   * can be evicted. Experts already resident become most recently used. Not
+   * lookups: counted as prefetch uploads. An expert that cannot be read is
+   * skipped and reported in `failed`. Never exceeds the budget: it only
+   * fills the pool's slots.
    */
   prefetch(
     layer: number,
@@ -580,14 +606,17 @@ export class ExpertPool {
     const isProtected = this.#protector(layer, wanted, options.pinned);
     for (const e of wanted) {
       const s = this.#slot(layer, e);
-      if (s >= 0) g.policy.touch(s);
+      if (s >= 0) this.policy.touch(s);
     }
     const uploaded: number[] = [];
     const evicted: [number, number][] = [];
     const failed: { expert: number; error: ExpertReadError }[] = [];
     for (const e of wanted) {
       if (this.#slot(layer, e) >= 0) continue;
-      if (g.free.length === 0 && (evicted.length >= maxEvict || g.policy.victim(isProtected) < 0)) {
+      if (
+        this.#free.length === 0 &&
+        (evicted.length >= maxEvict || this.policy.victim(isProtected) < 0)
+      ) {
         break;
       }
       let views: Uint8Array[];
@@ -600,9 +629,9 @@ export class ExpertPool {
         continue;
       }
       const cold = this.#coldRead(g, layer, e);
-      const slot = g.free.pop() ?? this.#evict(g, isProtected, evicted);
+      const slot = this.#free.pop() ?? this.#evict(isProtected, evicted);
       const ms = this.#write(g, slot, views);
-      this.#assign(g, slot, layer, e, true);
+      this.#assign(slot, layer, e, true);
       this.stats.recordPrefetch(g.bytesPerExpert, ms, cold);
       uploaded.push(e);
     }
@@ -623,38 +652,39 @@ export class ExpertPool {
   }
 
   /**
-   * Fills every free slot with experts in layer order, evicting nothing, and
-   * returns how many were uploaded; with {@link allResident} that is every
-   * expert. Counted as prefetch uploads. Flushes every 256 MiB so the
-   * driver's staging memory stays bounded. Throws {@link ExpertReadError}
-   * (after flushing what was uploaded) when an expert cannot be read.
+   * Fills the free slots with experts in layer order, evicting nothing —
+   * at most the budget — and returns how many were uploaded; with
+   * {@link allResident} that is every expert. Counted as prefetch uploads.
+   * Flushes every 256 MiB so the driver's staging memory stays bounded.
+   * Throws {@link ExpertReadError} (after flushing what was uploaded) when
+   * an expert cannot be read.
    */
   preloadAll(): number {
     let count = 0;
     let sinceFlush = 0;
     try {
-      for (const g of this.#groups) {
-        for (const layer of g.layers) {
-          for (let e = 0; e < this.#layerExperts[layer]! && g.free.length > 0; e++) {
-            if (this.#slot(layer, e) >= 0) continue;
-            let views: Uint8Array[];
-            try {
-              views = this.#read(g, layer, e);
-            } catch (error) {
-              this.stats.recordReadError();
-              throw error;
-            }
-            const cold = this.#coldRead(g, layer, e);
-            const slot = g.free.pop()!;
-            const ms = this.#write(g, slot, views);
-            this.#assign(g, slot, layer, e, false);
-            this.stats.recordPrefetch(g.bytesPerExpert, ms, cold);
-            count++;
-            sinceFlush += g.bytesPerExpert;
-            if (sinceFlush >= PRELOAD_FLUSH_BYTES) {
-              this.#commit(true);
-              sinceFlush = 0;
-            }
+      for (let layer = 0; layer < this.nLayer && this.#free.length > 0; layer++) {
+        const g = this.#groupOf[layer];
+        if (!g) continue;
+        for (let e = 0; e < this.#layerExperts[layer]! && this.#free.length > 0; e++) {
+          if (this.#slot(layer, e) >= 0) continue;
+          let views: Uint8Array[];
+          try {
+            views = this.#read(g, layer, e);
+          } catch (error) {
+            this.stats.recordReadError();
+            throw error;
+          }
+          const cold = this.#coldRead(g, layer, e);
+          const slot = this.#free.pop()!;
+          const ms = this.#write(g, slot, views);
+          this.#assign(slot, layer, e, false);
+          this.stats.recordPrefetch(g.bytesPerExpert, ms, cold);
+          count++;
+          sinceFlush += g.bytesPerExpert;
+          if (sinceFlush >= PRELOAD_FLUSH_BYTES) {
+            this.#commit(true);
+            sinceFlush = 0;
           }
         }
       }
@@ -702,16 +732,17 @@ export class ExpertPool {
     return () => this.#listeners.delete(listener);
   }
 
-  /** The eviction policy of `layer`'s group (for tests and policies that take hints). */
+  /** The eviction policy (one for every slot; `layer` is checked to have experts). */
   policyOf(layer: number): EvictionPolicy {
-    return this.#group(layer).policy;
+    this.#group(layer);
+    return this.policy;
   }
 
   /** Frees every GPU buffer. The pool is unusable afterwards. */
   destroy(): void {
     if (this.#destroyed) return;
     this.#destroyed = true;
-    for (const g of this.#groups) for (const a of g.arenas) for (const b of a.buffers) b.destroy();
+    for (const b of this.buffers) b.destroy();
     this.residencyBuffer.destroy();
   }
 
@@ -758,9 +789,8 @@ export class ExpertPool {
   ): (slot: number) => boolean {
     const needed = new Set(wanted);
     return (slot) => {
-      const g = this.#groupOf[layer]!;
-      const l = g.slotLayer[slot]!;
-      const e = g.slotExpert[slot]!;
+      const l = this.#slotLayer[slot]!;
+      const e = this.#slotExpert[slot]!;
       return (l === layer && needed.has(e)) || (pinned?.has(expertKey(l, e)) ?? false);
     };
   }
@@ -787,40 +817,40 @@ export class ExpertPool {
     for (const l of this.#listeners) l(e);
   }
 
-  #hit(g: Group, layer: number, slot: number): void {
+  #hit(layer: number, slot: number): void {
     this.stats.recordHit(layer);
-    if (this.#listeners.size) this.#emit("hit", layer, g.slotExpert[slot]!);
-    g.policy.touch(slot);
-    if (g.prefetched[slot]) {
-      g.prefetched[slot] = 0;
+    if (this.#listeners.size) this.#emit("hit", layer, this.#slotExpert[slot]!);
+    this.policy.touch(slot);
+    if (this.#prefetched[slot]) {
+      this.#prefetched[slot] = 0;
       this.stats.recordPrefetchHit();
     }
   }
 
-  #evict(g: Group, isProtected: (slot: number) => boolean, evicted: [number, number][]): number {
-    const slot = g.policy.victim(isProtected);
-    if (slot < 0 || g.slotLayer[slot]! < 0) {
+  #evict(isProtected: (slot: number) => boolean, evicted: [number, number][]): number {
+    const slot = this.policy.victim(isProtected);
+    if (slot < 0 || this.#slotLayer[slot]! < 0) {
       throw new Error(`ExpertPool: the eviction policy found no victim (slot ${slot})`);
     }
-    const layer = g.slotLayer[slot]!;
-    const expert = g.slotExpert[slot]!;
-    g.policy.remove(slot);
-    this.stats.recordEviction(g.prefetched[slot] === 1);
-    g.slotLayer[slot] = g.slotExpert[slot] = -1;
-    g.prefetched[slot] = 0;
-    g.occupied--;
+    const layer = this.#slotLayer[slot]!;
+    const expert = this.#slotExpert[slot]!;
+    this.policy.remove(slot);
+    this.stats.recordEviction(this.#prefetched[slot] === 1);
+    this.#slotLayer[slot] = this.#slotExpert[slot] = -1;
+    this.#prefetched[slot] = 0;
+    this.#occupied--;
     this.#setEntry(layer, expert, -1);
     if (this.#listeners.size) this.#emit("evict", layer, expert);
     evicted.push([layer, expert]);
     return slot;
   }
 
-  #assign(g: Group, slot: number, layer: number, expert: number, prefetched: boolean): void {
-    g.slotLayer[slot] = layer;
-    g.slotExpert[slot] = expert;
-    g.prefetched[slot] = prefetched ? 1 : 0;
-    g.policy.touch(slot);
-    g.occupied++;
+  #assign(slot: number, layer: number, expert: number, prefetched: boolean): void {
+    this.#slotLayer[slot] = layer;
+    this.#slotExpert[slot] = expert;
+    this.#prefetched[slot] = prefetched ? 1 : 0;
+    this.policy.touch(slot);
+    this.#occupied++;
     this.#setEntry(layer, expert, slot);
     if (this.#listeners.size) this.#emit(prefetched ? "prefetch" : "load", layer, expert);
   }
@@ -837,12 +867,11 @@ export class ExpertPool {
 
   // Copies the views into the slot; returns the CPU time of the copies (ms).
   #write(g: Group, slot: number, views: readonly Uint8Array[]): number {
-    const arena = g.arenas[Math.floor(slot / g.slotsPerArena)]!;
-    const local = slot - arena.idBase;
+    const a = Math.floor(slot / this.slotsPerArena);
+    const at = (slot - a * this.slotsPerArena) * this.slotBytes;
+    const buffer = this.buffers[a]!;
     const t0 = performance.now();
-    views.forEach((v, p) => {
-      upload(this.gpu, arena.buffers[p]!, v, local * g.partSlotBytes[p]!);
-    });
+    views.forEach((v, p) => upload(this.gpu, buffer, v, at + g.partOffsets[p]!));
     this.#pendingFlush = true;
     return performance.now() - t0;
   }
@@ -895,6 +924,8 @@ export class ExpertPool {
       residentBytes: this.residentBytes,
       allocatedBytes: this.allocatedBytes,
       budgetBytes: this.budgetBytes,
+      requestedBudgetBytes: this.requestedBudgetBytes,
+      minBudgetBytes: this.minBudgetBytes,
     });
   }
 }
@@ -912,17 +943,20 @@ function partName(t: ExpertPartShape): string {
   return t.kind === "weight" ? t.role : `${t.role}.${t.kind}`;
 }
 
-function makeArena(gpu: Gpu, label: string, g: Group, index: number, idBase: number): PoolArena {
-  const nSlots = Math.min(g.slotsPerArena, g.nSlots - idBase);
-  const buffers: GPUBuffer[] = [];
+// Group g's typed view of the arena `buffer` (slots idBase…, slotBytes apart).
+function makeArena(
+  label: string,
+  g: Group,
+  index: number,
+  idBase: number,
+  buffer: GPUBuffer,
+  slotBytes: number,
+): PoolArena {
+  const nSlots = buffer.size / slotBytes;
   const parts: GpuWeight[] = [];
   const weights: Record<string, GpuWeight> = {};
   g.parts.forEach((t, p) => {
     const name = partName(t);
-    const buffer = createBuffer(gpu, {
-      label: `${label}.${name}`,
-      size: nSlots * g.partSlotBytes[p]!,
-    });
     const nRows = t.sliceShape.slice(1).reduce((a, b) => a * b, 1);
     const w: GpuWeight = {
       name: `${label}.${name}`,
@@ -930,13 +964,12 @@ function makeArena(gpu: Gpu, label: string, g: Group, index: number, idBase: num
       nCols: t.sliceShape[0] ?? 1,
       nRows,
       nMats: nSlots,
-      matStride: g.partSlotBytes[p]!,
+      matStride: slotBytes,
       rowBytes: t.sliceBytes / nRows,
-      chunks: [{ buffer, byteOffset: 0, rowStart: 0, nRows }],
+      chunks: [{ buffer, byteOffset: g.partOffsets[p]!, rowStart: 0, nRows }],
     };
-    buffers.push(buffer);
     parts.push(w);
     weights[name] = w;
   });
-  return { group: g.index, index, idBase, nSlots, buffers, parts, weights };
+  return { group: g.index, index, idBase, nSlots, buffer, parts, weights };
 }

@@ -102,7 +102,7 @@ async function makeFixture(seed = 1): Promise<Fixture> {
 
 async function withPool(
   gpu: Gpu,
-  opts: { budgetBytes: number; reserveSlots: number; maxSlotsPerArena?: number },
+  opts: { budgetBytes: number; minSlots?: number; maxSlotsPerArena?: number },
   fn: (pool: ExpertPool, f: Fixture, src: GgufExpertSource) => Promise<void>,
 ): Promise<void> {
   const f = await makeFixture();
@@ -119,15 +119,16 @@ async function withPool(
 
 /** Budget and stats invariants, checked after every call. */
 function checkInvariants(pool: ExpertPool): void {
-  const g = pool.groups[0]!;
-  const buffers = g.arenas.flatMap((a) => a.buffers);
+  const buffers = pool.groups[0]!.arenas.map((a) => a.buffer);
+  assert.deepEqual(buffers, pool.buffers);
   assert.equal(pool.allocatedBytes, buffers.reduce((s, b) => s + b.size, 0));
-  assert.equal(pool.allocatedBytes, g.nSlots * SLOT_BYTES);
+  assert.equal(pool.allocatedBytes, pool.nSlots * SLOT_BYTES);
   assert.ok(
-    pool.allocatedBytes <= pool.budgetBytes + g.reserveSlots * SLOT_BYTES,
-    `allocated ${pool.allocatedBytes} > budget ${pool.budgetBytes} + reserve`,
+    pool.allocatedBytes <= pool.budgetBytes,
+    `allocated ${pool.allocatedBytes} > budget ${pool.budgetBytes}`,
   );
-  assert.equal(pool.limitBytes, pool.budgetBytes + g.reserveSlots * SLOT_BYTES);
+  assert.equal(pool.budgetBytes, Math.max(pool.requestedBudgetBytes, pool.minBudgetBytes));
+  assert.equal(pool.limitBytes, pool.budgetBytes);
   let resident = 0;
   for (const l of LAYERS) resident += pool.residentExperts(l).length;
   assert.equal(pool.residentBytes, resident * SLOT_BYTES);
@@ -144,8 +145,7 @@ function checkInvariants(pool: ExpertPool): void {
 /** Reads the arenas and the table back (one sync) and checks both against the file. */
 async function checkGpu(gpu: Gpu, pool: ExpertPool, f: Fixture): Promise<void> {
   const g = pool.groups[0]!;
-  const buffers = g.arenas.flatMap((a) => a.buffers);
-  const got = await readback(gpu, [pool.residencyBuffer, ...buffers]);
+  const got = await readback(gpu, [pool.residencyBuffer, ...pool.buffers]);
   const table = new Int32Array(got[0]!);
   assert.deepEqual(table, pool.residencyTable(), "GPU table = CPU mirror");
   assert.equal(table.length, 4 * N_EXPERT, "[nLayer, nExpert] with the dense layer 0");
@@ -155,14 +155,14 @@ async function checkGpu(gpu: Gpu, pool: ExpertPool, f: Fixture): Promise<void> {
       const slot = table[l * N_EXPERT + e]!;
       assert.equal(slot, LAYERS.includes(l) ? pool.slotOf(l, e) : -1);
       if (slot < 0) continue;
-      assert.ok(slot < g.nSlots && !seen.has(slot), `slot ${slot} of ${l}:${e}`);
+      assert.ok(slot < pool.nSlots && !seen.has(slot), `slot ${slot} of ${l}:${e}`);
       seen.add(slot);
-      const a = Math.floor(slot / g.slotsPerArena);
-      assert.equal(g.arenas[a]!.idBase, a * g.slotsPerArena);
+      const a = Math.floor(slot / pool.slotsPerArena);
+      assert.equal(g.arenas[a]!.idBase, a * pool.slotsPerArena);
       const local = slot - g.arenas[a]!.idBase;
       f.expert(l, e).forEach((want, p) => {
-        const arena = new Uint8Array(got[1 + a * g.parts.length + p]!);
-        const at = local * g.partSlotBytes[p]!;
+        const arena = new Uint8Array(got[1 + a]!);
+        const at = local * SLOT_BYTES + g.partOffsets[p]!;
         assert.deepEqual(arena.subarray(at, at + want.length), want, `${l}:${e} part ${p}`);
       });
     }
@@ -211,18 +211,23 @@ for (const fraction of [0, 0.1, 0.5, 1]) {
   gpuTest(
     `pool: random ensures at budget ${fraction * 100}% keep GPU bytes, table and LRU exact`,
     async (gpu) => {
-      const reserveSlots = 4;
+      const minSlots = 4;
       await withPool(
         gpu,
         // 3 slots per arena: several arenas, the last one partial.
-        { budgetBytes: Math.floor(TOTAL_BYTES * fraction), reserveSlots, maxSlotsPerArena: 3 },
+        {
+          budgetBytes: Math.floor(21 * SLOT_BYTES * fraction),
+          minSlots,
+          maxSlotsPerArena: 3,
+        },
         async (pool, f) => {
           const g = pool.groups[0]!;
-          const budgetSlots = Math.floor(pool.budgetBytes / SLOT_BYTES);
-          assert.equal(g.nSlots, Math.min(21, budgetSlots + reserveSlots));
-          assert.equal(g.arenas.length, Math.ceil(g.nSlots / 3));
+          const budgetSlots = Math.floor(21 * fraction);
+          assert.equal(pool.nSlots, Math.max(minSlots, budgetSlots));
+          assert.equal(pool.budgetRaised, budgetSlots < minSlots);
+          assert.equal(g.arenas.length, Math.ceil(pool.nSlots / 3));
           assert.equal(pool.allResident, fraction === 1);
-          const ref = new RefLru(g.nSlots);
+          const ref = new RefLru(pool.nSlots);
           const rng = new Rng(100 + fraction * 10);
           const gpuStats = gpu.stats.snapshot();
           let ensures = 0;
@@ -231,7 +236,7 @@ for (const fraction of [0, 0.1, 0.5, 1]) {
           checkInvariants(pool);
           for (let step = 0; step < 40; step++) {
             const layer = LAYERS[rng.int(3)]!;
-            const experts = Array.from({ length: 1 + rng.int(reserveSlots) }, () => rng.int(7));
+            const experts = Array.from({ length: 1 + rng.int(minSlots) }, () => rng.int(7));
             // Pin one resident expert of another layer now and then.
             const pinned = new Set<string>();
             if (rng.next() < 0.3 && ref.order.length > 0) {
@@ -273,7 +278,7 @@ for (const fraction of [0, 0.1, 0.5, 1]) {
 gpuTest(
   "pool: LRU evicts the least recently used, touch refreshes, pinned and requested experts stay",
   async (gpu) => {
-    await withPool(gpu, { budgetBytes: 2 * SLOT_BYTES, reserveSlots: 1 }, async (pool, f) => {
+    await withPool(gpu, { budgetBytes: 3 * SLOT_BYTES + 5 }, async (pool, f) => {
       assert.equal(pool.nSlots, 3);
       assert.deepEqual(pool.ensure(1, [0]), { uploaded: [0], evicted: [] });
       assert.deepEqual(pool.ensure(1, [1]), { uploaded: [1], evicted: [] });
@@ -303,7 +308,8 @@ gpuTest(
 gpuTest(
   "pool: a request larger than the pool, or blocked by pins, is a clear error that changes nothing",
   async (gpu) => {
-    await withPool(gpu, { budgetBytes: 0, reserveSlots: 3 }, async (pool, f) => {
+    await withPool(gpu, { budgetBytes: 0, minSlots: 3 }, async (pool, f) => {
+      assert.equal(pool.nSlots, 3);
       pool.ensure(1, [0, 1, 2]);
       const before = pool.residencyTable();
       const stats = pool.stats.snapshot();
@@ -312,7 +318,7 @@ gpuTest(
         (e: unknown) =>
           e instanceof ExpertPoolFullError &&
           /layer 2 needs 4 distinct experts at once but the pool has 3 slots/.test(e.message) &&
-          /raise reserveSlots to at least 4/.test(e.message),
+          /compute the layer in expert groups of at most 3/.test(e.message),
       );
       assert.throws(
         () => pool.ensure(2, [0, 1], { pinned: new Set(["1:0", "1:1"]) }),
@@ -333,7 +339,7 @@ gpuTest(
 gpuTest(
   "pool: unreadable experts raise ExpertReadError, change nothing, and the pool keeps serving others",
   async (gpu) => {
-    await withPool(gpu, { budgetBytes: 0, reserveSlots: 3 }, async (pool, f) => {
+    await withPool(gpu, { budgetBytes: 0, minSlots: 3 }, async (pool, f) => {
       pool.ensure(3, [0, 1]); // maps shard 2
       const size = (await Deno.stat(f.shards[1]!)).size;
       await Deno.truncate(f.shards[1]!, size - 64); // cuts layer 3 expert 6's bias
@@ -364,7 +370,7 @@ gpuTest(
   async (gpu) => {
     const f = await makeFixture(5);
     const src = new GgufExpertSource(readGgufModel(f.shards[0]!));
-    const pool = new ExpertPool(gpu, src, { budgetBytes: 0, reserveSlots: 2 });
+    const pool = new ExpertPool(gpu, src, { budgetBytes: 0, minSlots: 2 });
     try {
       await Deno.remove(f.shards[1]!);
       assert.throws(() => pool.ensure(3, [1]), (e: unknown) => {
@@ -387,7 +393,7 @@ gpuTest(
 gpuTest(
   "pool: prefetch is best effort and counted apart; preloadAll fills an all-resident pool",
   async (gpu) => {
-    await withPool(gpu, { budgetBytes: 2 * SLOT_BYTES, reserveSlots: 2 }, async (pool, f) => {
+    await withPool(gpu, { budgetBytes: 4 * SLOT_BYTES, minSlots: 2 }, async (pool, f) => {
       pool.ensure(1, [0, 1]);
       // 4 slots, 2 used: two free, then at most one eviction (1:0 is pinned, 1:1 is LRU-free).
       const r = pool.prefetch(2, [0, 1, 2, 3], { maxEvict: 1, pinned: new Set(["1:0"]) });
@@ -411,7 +417,17 @@ gpuTest(
       checkInvariants(pool);
       await checkGpu(gpu, pool, f);
     });
-    await withPool(gpu, { budgetBytes: TOTAL_BYTES, reserveSlots: 2 }, async (pool, f) => {
+    // slots round the Q8_0 down part up to 4 bytes: the file's bytes are 2 short of 21 slots
+    await withPool(gpu, { budgetBytes: TOTAL_BYTES }, (pool) => {
+      assert.equal(pool.nSlots, 20);
+      assert.ok(!pool.allResident);
+      assert.equal(pool.preloadAll(), 20, "preloading fills the budget, no more");
+      assert.ok(pool.residentBytes <= pool.budgetBytes);
+      assert.deepEqual(pool.residentExperts(3), [0, 1, 2, 3, 4, 5]);
+      checkInvariants(pool);
+      return Promise.resolve();
+    });
+    await withPool(gpu, { budgetBytes: 21 * SLOT_BYTES }, async (pool, f) => {
       assert.ok(pool.allResident);
       assert.equal(pool.preloadAll(), 21);
       assert.equal(pool.residentBytes, pool.allocatedBytes);
@@ -428,7 +444,7 @@ gpuTest(
   async (gpu) => {
     await withPool(
       gpu,
-      { budgetBytes: TOTAL_BYTES, reserveSlots: 1, maxSlotsPerArena: 8 },
+      { budgetBytes: 21 * SLOT_BYTES, maxSlotsPerArena: 8 },
       (pool) => {
         const arenas = pool.arenasFor(2);
         assert.deepEqual(arenas.map((a) => [a.idBase, a.nSlots]), [[0, 8], [8, 8], [16, 5]]);
@@ -440,13 +456,16 @@ gpuTest(
             32,
             5,
             a.nSlots,
-            172,
+            SLOT_BYTES,
             34,
           ]);
-          assert.equal(down.chunks[0]!.buffer.size, a.nSlots * 172);
-          assert.ok(a.buffers.every((b) => b.size <= gpu.limits.maxStorageBufferBindingSize));
+          // parts one after the other in a slot: gate, up, down.bias, down
+          assert.deepEqual(a.parts.map((w) => w.chunks[0]!.byteOffset), [0, 768, 1536, 1664]);
+          assert.equal(down.chunks[0]!.buffer, a.buffer);
+          assert.equal(a.buffer.size, a.nSlots * SLOT_BYTES);
+          assert.ok(a.buffer.size <= gpu.limits.maxStorageBufferBindingSize);
           const bias = a.weights["down.bias"]!;
-          assert.deepEqual([bias.nCols, bias.nRows, bias.matStride], [32, 1, 128]);
+          assert.deepEqual([bias.nCols, bias.nRows, bias.matStride], [32, 1, SLOT_BYTES]);
         }
         return Promise.resolve();
       },
@@ -455,7 +474,7 @@ gpuTest(
 );
 
 gpuTest("pool: residency writes are batched: one flush and few writes per ensure", async (gpu) => {
-  await withPool(gpu, { budgetBytes: 0, reserveSlots: 4 }, (pool) => {
+  await withPool(gpu, { budgetBytes: 0, minSlots: 4 }, (pool) => {
     pool.ensure(1, [0, 1, 2, 3]);
     const before = gpu.stats.snapshot();
     pool.ensure(3, [3, 4, 5, 6], { flush: false });
@@ -488,7 +507,7 @@ gpuTest(
       ],
     });
     const src = GgufExpertSource.open(`${dir}/m.gguf`);
-    const pool = new ExpertPool(gpu, src, { budgetBytes: 0, reserveSlots: 4, maxSlotsPerArena: 3 });
+    const pool = new ExpertPool(gpu, src, { budgetBytes: 0, minSlots: 4, maxSlotsPerArena: 3 });
     try {
       pool.ensure(0, [0, 2, 4, 6]);
       pool.ensure(0, [1, 3, 5, 6]); // recycles slots: the stale bytes must not be read
@@ -589,7 +608,7 @@ class ArraySource implements ExpertSource {
 }
 
 gpuTest(
-  "pool: layers with different expert shapes get their own slot groups, budget split by bytes",
+  "pool: layers with different expert shapes share one set of slots within one budget",
   async (gpu) => {
     const rng = new Rng(9);
     // Layer 0: 8 experts of 2 × 128 bytes; layer 2: 4 experts of 2 × 64 bytes.
@@ -598,43 +617,46 @@ gpuTest(
       { layer: 2, nExpert: 4, rows: 2 },
     ], rng);
     const total = 8 * 256 + 4 * 128;
-    const pool = new ExpertPool(gpu, src, { budgetBytes: total / 2, reserveSlots: 2 });
+    const pool = new ExpertPool(gpu, src, { budgetBytes: total / 2, minSlots: 2 });
     try {
       assert.equal(pool.groups.length, 2);
       assert.equal(pool.nLayer, 3);
       assert.equal(pool.nExpert, 8);
       const [a, b] = pool.groups;
-      assert.deepEqual([a!.layers, a!.slotBytes, a!.budgetBytes, a!.nSlots], [[0], 256, 1024, 6]);
-      assert.deepEqual([b!.layers, b!.slotBytes, b!.budgetBytes, b!.nSlots], [[2], 128, 256, 4]);
-      assert.equal(pool.allocatedBytes, 6 * 256 + 4 * 128);
-      assert.equal(pool.limitBytes, total / 2 + 2 * 256 + 2 * 128);
-      assert.ok(pool.allocatedBytes <= pool.limitBytes);
+      assert.deepEqual([a!.layers, a!.usedSlotBytes, a!.partOffsets], [[0], 256, [0, 128]]);
+      assert.deepEqual([b!.layers, b!.usedSlotBytes, b!.partOffsets], [[2], 128, [0, 64]]);
+      // one slot size, the larger expert's: 5 slots in 1280 bytes, shared by both layers
+      assert.deepEqual([pool.slotBytes, pool.nSlots, pool.allocatedBytes], [256, 5, 1280]);
+      assert.equal(pool.minBudgetBytes, 512);
+      assert.deepEqual(a!.arenas.map((x) => x.buffer), b!.arenas.map((x) => x.buffer));
       assert.throws(() => pool.arenasFor(1), /layer 1 has no routed experts/);
+      // layer 0 fills every slot; layer 2 then takes 4 of them
+      pool.ensure(0, [0, 1, 2, 3, 4]);
+      assert.deepEqual(pool.ensure(2, [0, 1, 2, 3]).evicted.length, 4);
+      assert.deepEqual(pool.residentExperts(0).length, 1);
       for (let step = 0; step < 30; step++) {
         const layer = rng.next() < 0.5 ? 0 : 2;
         const n = layer === 0 ? 8 : 4;
         pool.ensure(layer, [rng.int(n), rng.int(n)]);
-        assert.ok(pool.residentBytes <= pool.allocatedBytes);
+        assert.ok(pool.residentBytes <= pool.budgetBytes);
+        assert.ok(pool.peakBytes <= pool.budgetBytes);
       }
       const s = pool.stats.snapshot();
       assert.equal(s.hits + s.misses, s.lookups);
       assert.equal(s.bytesUploaded, s.layers[0]!.misses * 256 + s.layers[2]!.misses * 128);
-      const buffers = pool.groups.flatMap((g) => g.arenas.flatMap((x) => x.buffers));
-      const got = await readback(gpu, [pool.residencyBuffer, ...buffers]);
+      assert.equal(s.budgetBytes, total / 2);
+      const got = await readback(gpu, [pool.residencyBuffer, ...pool.buffers]);
       const table = new Int32Array(got[0]!);
       assert.deepEqual(table, pool.residencyTable());
-      let at = 1;
+      const bytes = new Uint8Array(got[1]!);
       for (const g of pool.groups) {
-        const arena = g.arenas[0]!;
-        assert.equal(g.arenas.length, 1);
-        const bytes = g.parts.map(() => new Uint8Array(got[at++]!));
         for (const layer of g.layers) {
           for (const e of pool.residentExperts(layer)) {
             const slot = table[layer * 8 + e]!;
-            assert.ok(slot >= 0 && slot < arena.nSlots);
+            assert.ok(slot >= 0 && slot < pool.nSlots);
             src.expertParts(layer, e).forEach((want, p) => {
-              const off = slot * g.partSlotBytes[p]!;
-              assert.deepEqual(bytes[p]!.subarray(off, off + want.length), want, `${layer}:${e}`);
+              const off = slot * pool.slotBytes + g.partOffsets[p]!;
+              assert.deepEqual(bytes.subarray(off, off + want.length), want, `${layer}:${e}`);
             });
           }
         }
@@ -645,10 +667,43 @@ gpuTest(
   },
 );
 
+gpuTest("pool: a budget below one token's experts is raised to that minimum", async (gpu) => {
+  await withPool(gpu, { budgetBytes: 2 * SLOT_BYTES, minSlots: 3 }, (pool) => {
+    assert.ok(pool.budgetRaised);
+    assert.deepEqual(
+      [pool.requestedBudgetBytes, pool.minBudgetBytes, pool.budgetBytes, pool.nSlots],
+      [2 * SLOT_BYTES, 3 * SLOT_BYTES, 3 * SLOT_BYTES, 3],
+    );
+    const s = pool.stats.snapshot();
+    assert.deepEqual([s.requestedBudgetBytes, s.minBudgetBytes, s.budgetBytes], [
+      2 * SLOT_BYTES,
+      3 * SLOT_BYTES,
+      3 * SLOT_BYTES,
+    ]);
+    return Promise.resolve();
+  });
+  await withPool(gpu, { budgetBytes: 5 * SLOT_BYTES, minSlots: 3 }, (pool) => {
+    assert.ok(!pool.budgetRaised);
+    assert.equal(pool.nSlots, 5);
+    return Promise.resolve();
+  });
+  const f = await makeFixture();
+  const src = new GgufExpertSource(readGgufModel(f.shards[0]!));
+  try {
+    assert.throws(
+      () => new ExpertPool(gpu, src, { budgetBytes: 0, minSlots: 0 }),
+      /minSlots must be an integer ≥ 1/,
+    );
+  } finally {
+    src.close();
+    await Deno.remove(f.dir, { recursive: true });
+  }
+});
+
 gpuTest(
   "pool: listeners hear hits, loads, prefetches and evictions as they happen",
   async (gpu) => {
-    await withPool(gpu, { budgetBytes: 0, reserveSlots: 2 }, (pool) => {
+    await withPool(gpu, { budgetBytes: 0, minSlots: 2 }, async (pool) => {
       const heard: string[] = [];
       const stop = pool.listen((e) => heard.push(`${e.kind} ${e.layer}:${e.expert}`));
       pool.ensure(1, [0, 1]);
@@ -669,7 +724,6 @@ gpuTest(
       stop();
       pool.ensure(2, [5]);
       assert.equal(heard.length, 7, "a removed listener hears nothing");
-      return Promise.resolve();
     });
   },
 );

@@ -13,7 +13,7 @@
  *
  * Prefetches are best effort and bounded: at most `maxPerStep` experts per
  * call, into the pool's fixed slots (so the pool's bytes never exceed its
- * budget plus reserve), never evicting an expert the current token still
+ * budget, a hard cap), never evicting an expert the current token still
  * needs (the experts of the layer being repaired and those just prefetched
  * for it are pinned). With a {@linkcode PredictivePolicy} it also tells the
  * pool where the token is and what is predicted.
@@ -150,11 +150,7 @@ export class Prefetcher {
         size: 4 * this.#words * (ctx.window + maxTokens),
       });
     }
-    this.#policies = [];
-    for (const g of ctx.pool.groups) {
-      const p = ctx.pool.policyOf(g.layers[0]!);
-      if (p instanceof PredictivePolicy) this.#policies.push(p);
-    }
+    this.#policies = ctx.pool.policy instanceof PredictivePolicy ? [ctx.pool.policy] : [];
     this.stats = new PrefetchStats(
       ctx.pool,
       predictor.name,
@@ -374,7 +370,7 @@ export class Prefetcher {
   // tokens, within maxPerStep, pinning what the current token needs.
   #issue(byLayer: Map<number, number[][]>, pinned: Set<string>, nTokens: number): void {
     const pool = this.#ctx.pool;
-    const slots = Math.min(...pool.groups.map((g) => g.nSlots));
+    const slots = pool.nSlots;
     const cap = this.#o.maxPerStep ??
       Math.max(
         1,
@@ -407,11 +403,11 @@ export class Prefetcher {
       for (const e of want) if (pool.slotOf(layer, e) >= 0) pinned.add(expertKey(layer, e));
     }
     pool.flush();
-    // The pool's slots are allocated once, so this cannot fail; say so if it ever does.
-    if (pool.residentBytes > pool.limitBytes) {
+    // The pool's slots are allocated once within the budget, so this cannot fail; say so if it ever does.
+    if (pool.residentBytes > pool.budgetBytes) {
       throw new Error(
-        `prefetch left ${pool.residentBytes} expert bytes on the GPU, over the pool's limit of ` +
-          `${pool.limitBytes} (budget plus one layer's reserve)`,
+        `prefetch left ${pool.residentBytes} expert bytes on the GPU, over the budget of ` +
+          `${pool.budgetBytes}`,
       );
     }
   }

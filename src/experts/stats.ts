@@ -100,8 +100,16 @@ export interface ExpertStatsSnapshot {
   readonly peakBytes: number;
   /** GPU bytes of the pool's arenas (allocated once). */
   readonly allocatedBytes: number;
-  /** The cache budget (`--cache-size-gb`) in bytes. */
+  /** The cap on GPU bytes for experts: the budget asked for, raised to the minimum. */
   readonly budgetBytes: number;
+  /** The budget asked for (`--cache-size-gb` in bytes). */
+  readonly requestedBudgetBytes: number;
+  /** The smallest budget: one token's chosen experts of the largest layer. */
+  readonly minBudgetBytes: number;
+  /** Layer passes whose batch needed more experts than fit at once, computed in expert groups. */
+  readonly splitLayers: number;
+  /** Expert groups of those passes (each group one upload + compute). */
+  readonly splitGroups: number;
   /** Tokens recorded with {@link ExpertStats.recordToken}. */
   readonly tokens: number;
   /** GPU→CPU syncs of those tokens. */
@@ -187,8 +195,16 @@ export class ExpertStats {
   peakBytes = 0;
   /** GPU bytes of the arenas. */
   allocatedBytes = 0;
-  /** The cache budget in bytes. */
+  /** The cap on GPU bytes for experts. */
   budgetBytes = 0;
+  /** The budget asked for. */
+  requestedBudgetBytes = 0;
+  /** The smallest budget. */
+  minBudgetBytes = 0;
+  /** Layer passes computed in expert groups. */
+  splitLayers = 0;
+  /** Expert groups of those passes. */
+  splitGroups = 0;
   /** Tokens recorded. */
   tokens = 0;
   /** Syncs of the recorded tokens. */
@@ -262,11 +278,25 @@ export class ExpertStats {
   }
 
   /** The pool's memory now; `peakBytes` follows `residentBytes`. */
-  setMemory(m: { residentBytes: number; allocatedBytes: number; budgetBytes: number }): void {
+  setMemory(m: {
+    residentBytes: number;
+    allocatedBytes: number;
+    budgetBytes: number;
+    requestedBudgetBytes?: number;
+    minBudgetBytes?: number;
+  }): void {
     this.residentBytes = m.residentBytes;
     this.allocatedBytes = m.allocatedBytes;
     this.budgetBytes = m.budgetBytes;
+    this.requestedBudgetBytes = m.requestedBudgetBytes ?? m.budgetBytes;
+    this.minBudgetBytes = m.minBudgetBytes ?? 0;
     if (m.residentBytes > this.peakBytes) this.peakBytes = m.residentBytes;
+  }
+
+  /** A layer pass computed in `groups` expert groups (its batch's experts did not fit at once). */
+  recordSplit(groups: number): void {
+    this.splitLayers++;
+    this.splitGroups += groups;
   }
 
   /** One decoded token: the GPU→CPU syncs it took and the misses it hit (engine counts). */
@@ -314,6 +344,10 @@ export class ExpertStats {
       peakBytes: this.peakBytes,
       allocatedBytes: this.allocatedBytes,
       budgetBytes: this.budgetBytes,
+      requestedBudgetBytes: this.requestedBudgetBytes,
+      minBudgetBytes: this.minBudgetBytes,
+      splitLayers: this.splitLayers,
+      splitGroups: this.splitGroups,
       tokens: this.tokens,
       syncs: this.syncs,
       tokenMisses: this.tokenMisses,
@@ -336,6 +370,7 @@ export class ExpertStats {
     this.bytesUploaded = this.prefetchUploads = this.prefetchBytes = 0;
     this.prefetchHits = this.prefetchUnused = this.readErrors = 0;
     this.tokens = this.syncs = this.tokenMisses = 0;
+    this.splitLayers = this.splitGroups = 0;
     this.peakBytes = this.residentBytes;
     this.layerLookups.fill(0);
     this.layerHits.fill(0);

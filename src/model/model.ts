@@ -52,11 +52,17 @@ export interface LoadModelOptions {
   /** A device to use; default a new one. */
   gpu?: Gpu;
   /**
-   * GPU memory for routed experts, GiB (default 4). 0 = minimum mode: only
-   * the experts of the layer being computed. When every expert fits, all are
-   * loaded at start and nothing streams.
+   * GPU memory for routed experts, GiB (default 4): a hard cap, whatever
+   * the batch or the mix of tensor types. Its minimum is one token's chosen
+   * experts of the largest layer (top-k × its expert bytes); a smaller
+   * budget is raised to it with a warning, and 0 means it. A prompt batch
+   * whose experts in a layer do not fit at once is computed in expert
+   * groups. When every expert fits, all are loaded at start and nothing
+   * streams.
    */
   cacheSizeGB?: number;
+  /** Where load-time warnings go (a raised budget); default `console.warn`. */
+  onWarning?: (message: string) => void;
   /** Where routed experts are read from; default the model's GGUF file(s). */
   expertSource?: ExpertSource;
   /** Tokens queued on the GPU before the CPU reads them back (decode); default 16. */
@@ -231,10 +237,18 @@ export class Model {
       const weights = uploadPlannedTensors(gpu, file, bytes, plan, ["base"]);
       const pool = new ExpertPool(gpu, source, {
         budgetBytes: Math.floor(cacheSizeGB * GIB),
-        reserveSlots: Math.min(config.nExpert, maxBatch * config.nExpertUsed),
+        minSlots: config.nExpertUsed,
         nLayer: config.nLayer,
         policy: o.evictionPolicy === "lru" ? lruPolicy : predictivePolicy(config.nLayer),
       });
+      if (pool.budgetRaised && cacheSizeGB > 0) {
+        (o.onWarning ?? console.warn)(
+          `--cache-size-gb ${cacheSizeGB} (${pool.requestedBudgetBytes} bytes) is below the ` +
+            `smallest expert budget of this model, ${pool.minBudgetBytes} bytes (top-k ` +
+            `${config.nExpertUsed} × ${pool.slotBytes} bytes, the largest layer's experts); ` +
+            `using ${pool.budgetBytes} bytes (--cache-size-gb 0 asks for this minimum)`,
+        );
+      }
       if (pool.allResident) pool.preloadAll();
       const experts: ExpertStacks = {
         residency: pool.residencyBuffer,
@@ -448,6 +462,22 @@ export class Model {
   }
 
   /**
+   * `experts` of `layer` cut into groups the pool can hold at once (its
+   * slots), the resident ones first so they are used before any is evicted;
+   * one group when they all fit.
+   */
+  #expertGroups(layer: number, experts: readonly number[]): number[][] {
+    const n = this.pool.nSlots;
+    if (experts.length <= n) return [[...experts]];
+    const resident = experts.filter((e) => this.pool.slotOf(layer, e) >= 0);
+    const absent = experts.filter((e) => this.pool.slotOf(layer, e) < 0);
+    const order = [...resident, ...absent];
+    const groups: number[][] = [];
+    for (let i = 0; i < order.length; i += n) groups.push(order.slice(i, i + n));
+    return groups;
+  }
+
+  /**
    * Repairs the batch at `pos` whose routes are `routes` until no expert is
    * missing: upload the first missing layer's experts, resume from there.
    * `restoreFrom` holds the batch's saved residual stream when it is not in
@@ -476,26 +506,42 @@ export class Model {
     while (miss) {
       this.stalls++;
       p?.cursor(miss.layer);
-      this.pool.ensure(miss.layer, miss.experts);
-      p?.onStall(miss.layer, miss.experts);
+      this.#writeStep(pos, nTokens);
+      // More experts than the pool holds: the layer runs in expert groups
+      // (see MoeTransformer.record), the last one resuming the batch.
+      const groups = this.#expertGroups(miss.layer, miss.experts);
+      const restore = (enc: GPUCommandEncoder) => {
+        if (first && o.restoreFrom) {
+          enc.copyBufferToBuffer(
+            o.restoreFrom.buffer,
+            o.restoreFrom.offset,
+            this.transformer.state.saved,
+            0,
+            4 * nTokens * this.config.nEmbd,
+          );
+        }
+        first = false;
+      };
+      for (const group of groups.slice(0, -1)) {
+        this.pool.ensure(miss.layer, group);
+        const enc = this.gpu.device.createCommandEncoder();
+        restore(enc);
+        this.transformer.record(enc, nTokens, { fromLayer: miss.layer, expertGroup: "partial" });
+        this.gpu.submit(enc);
+      }
+      const last = groups[groups.length - 1]!;
+      if (groups.length > 1) this.pool.stats.recordSplit(groups.length);
+      this.pool.ensure(miss.layer, last);
+      p?.onStall(miss.layer, last);
       repaired.add(miss.layer);
       if (o.head) o.beforeSample?.();
-      this.#writeStep(pos, nTokens);
       const enc = this.gpu.device.createCommandEncoder();
-      if (first && o.restoreFrom) {
-        enc.copyBufferToBuffer(
-          o.restoreFrom.buffer,
-          o.restoreFrom.offset,
-          this.transformer.state.saved,
-          0,
-          4 * nTokens * this.config.nEmbd,
-        );
-      }
-      first = false;
+      restore(enc);
       this.transformer.record(enc, nTokens, {
         fromLayer: miss.layer,
         sample: o.sample,
         head: o.head,
+        expertGroup: groups.length > 1 ? "last" : undefined,
       });
       p?.record(enc, nTokens, p.batchSlot);
       this.#logBatch(enc, pos, nTokens);

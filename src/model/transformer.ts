@@ -395,21 +395,45 @@ export class MoeTransformer {
    * the saved residual stream restored and everything from that layer's MoE
    * step on. Then, unless `head` is false, the output head and `sample`
    * (default: argmax).
+   *
+   * `expertGroup` computes layer `fromLayer` in expert groups, when its
+   * batch needs more experts than the pool holds at once: each group's pass
+   * restores the saved stream and runs the layer's MoE step with that
+   * group's experts resident; the pairs routed to absent experts are
+   * skipped (slot NONE), so their rows of the expert outputs keep what the
+   * earlier groups computed. `"partial"`: that step only. `"last"`: then the
+   * miss flag is cleared (the earlier groups' experts are absent now but were
+   * computed) and the pass goes on to the later layers and the head.
    */
   record(
     encoder: GPUCommandEncoder,
     nTokens: number,
-    o: { fromLayer?: number; sample?: readonly Op[]; head?: boolean } = {},
+    o: {
+      fromLayer?: number;
+      sample?: readonly Op[];
+      head?: boolean;
+      expertGroup?: "partial" | "last";
+    } = {},
   ): void {
     encoder.clearBuffer(this.state.misses, 0, 16);
-    const pass = encoder.beginComputePass({ label: `forward×${nTokens}` });
+    let pass = encoder.beginComputePass({ label: `forward×${nTokens}` });
     const L = this.config.nLayer;
     if (o.fromLayer === undefined) {
+      if (o.expertGroup) throw new RangeError("record: expertGroup needs fromLayer");
       recordOps(pass, this.embed, nTokens);
       for (let l = 0; l < L; l++) this.#layer(pass, l, nTokens);
     } else {
       recordOps(pass, [this.restore], nTokens);
       recordOps(pass, this.moe[o.fromLayer]!, nTokens);
+      if (o.expertGroup === "partial") {
+        pass.end();
+        return;
+      }
+      if (o.expertGroup === "last") {
+        pass.end();
+        encoder.clearBuffer(this.state.misses, 0, 16);
+        pass = encoder.beginComputePass({ label: `forward×${nTokens}.after_groups` });
+      }
       recordOps(pass, [this.check[o.fromLayer]!], nTokens);
       for (let l = o.fromLayer + 1; l < L; l++) this.#layer(pass, l, nTokens);
     }

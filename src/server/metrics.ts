@@ -274,7 +274,16 @@ export interface MetricsJson {
     resident_bytes: number;
     peak_bytes: number;
     allocated_bytes: number;
+    /** The cap on GPU bytes for experts: --cache-size-gb, raised to the minimum. */
     budget_bytes: number;
+    /** --cache-size-gb in bytes, as asked. */
+    requested_budget_bytes: number;
+    /** The smallest budget: top-k × the largest layer's expert bytes. */
+    min_budget_bytes: number;
+    /** Layer passes computed in expert groups (a batch's experts did not fit at once). */
+    split_layers: number;
+    /** Expert groups of those passes. */
+    split_groups: number;
     bytes_per_token: number;
     load_time_ms: { all: LatencySummary; cold: LatencySummary; warm: LatencySummary };
   } | null;
@@ -361,6 +370,10 @@ export function metricsJson(m: ServerMetrics, v: MetricsView): MetricsJson {
         peak_bytes: x.peakBytes,
         allocated_bytes: x.allocatedBytes,
         budget_bytes: x.budgetBytes,
+        requested_budget_bytes: x.requestedBudgetBytes,
+        min_budget_bytes: x.minBudgetBytes,
+        split_layers: x.splitLayers,
+        split_groups: x.splitGroups,
         bytes_per_token: x.bytesPerToken,
         load_time_ms: x.uploadLatency,
       }
@@ -517,13 +530,28 @@ export function prometheusText(m: ServerMetrics, v: MetricsView): string {
       x?.prefetchUnused,
     ],
     ["odmoe_expert_read_errors_total", "Expert reads that failed.", x?.readErrors],
+    [
+      "odmoe_expert_split_layers_total",
+      "Layer passes whose batch's experts did not fit at once, computed in expert groups.",
+      x?.splitLayers,
+    ],
+    ["odmoe_expert_split_groups_total", "Expert groups of those passes.", x?.splitGroups],
   ];
   for (const [name, help, value] of counters) e.one(name, "counter", help, value ?? 0);
   const gauges: [string, string, number | undefined][] = [
     ["odmoe_expert_resident_bytes", "GPU bytes held by resident experts.", x?.residentBytes],
     ["odmoe_expert_peak_bytes", "Largest resident expert bytes seen.", x?.peakBytes],
     ["odmoe_expert_allocated_bytes", "GPU bytes of the expert pool.", x?.allocatedBytes],
-    ["odmoe_expert_budget_bytes", "The expert cache budget.", x?.budgetBytes],
+    [
+      "odmoe_expert_budget_bytes",
+      "The cap on GPU bytes for experts (--cache-size-gb, raised to the minimum).",
+      x?.budgetBytes,
+    ],
+    [
+      "odmoe_expert_min_budget_bytes",
+      "The smallest expert budget: top-k x the largest layer's expert bytes.",
+      x?.minBudgetBytes,
+    ],
     [
       "odmoe_expert_load_avg_seconds",
       "Mean upload time of one expert (recent uploads).",

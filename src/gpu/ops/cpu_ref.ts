@@ -444,7 +444,7 @@ export interface Routes {
   ids: Uint32Array;
   /** `[T, K]` their weights. */
   weights: Float32Array;
-  /** `[T, K]` pool slots (the ids when no residency table; 0 for a miss). */
+  /** `[T, K]` pool slots (the ids when no residency table; 0xffffffff for a miss). */
   slots: Uint32Array;
   /** Chosen experts whose slot is −1, in (token, rank) order. */
   misses: MissRecord[];
@@ -504,7 +504,7 @@ export function route(logits: Float32Array, p: RouterParams): Routes {
         slot = p.residency[(p.layer ?? 0) * n + e]!;
         if (slot < 0) {
           misses.push({ layer: p.layer ?? 0, token: t, expert: e });
-          slot = 0;
+          slot = 0xffffffff;
         }
       }
       slots[t * k + r] = slot;

@@ -57,7 +57,9 @@ export async function prepareSlotBias(gpu: Gpu, o: SlotBiasOptions): Promise<Op>
     constants: { WG_SIZE },
   });
   const chunk = w.chunks[0]!;
-  const bias = bindFrom(gpu, chunk.buffer, chunk.byteOffset / 4, w.nMats * (w.matStride / 4));
+  // the last slot's bias ends its span: a stack inside a larger slot (other parts after it) stops there
+  const span = (w.nMats - 1) * (w.matStride / 4) + w.nCols * w.nRows;
+  const bias = bindFrom(gpu, chunk.buffer, chunk.byteOffset / 4, span);
   const slots = bindFrom(gpu, o.slots.buffer, o.slots.offset);
   const y = bindFrom(gpu, o.y.buffer, o.y.offset);
   const params = new ParamsBuffer(gpu, `${o.label}.params`, {

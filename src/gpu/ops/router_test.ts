@@ -156,7 +156,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "router: residency lookup gives slots; absent experts become slot 0 and miss records",
+  name:
+    "router: residency lookup gives slots; absent experts become slot 0xffffffff (skipped by every arena) and miss records",
   ignore: !gpu,
   async fn() {
     const g = gpu!;
