@@ -1,6 +1,6 @@
 /**
  * `GET /v1/experts` and `GET /v1/experts/events` over HTTP with the real
- * engine on the demo model at the smallest budget (experts stream): the
+ * engine on the demo model at a quarter of its experts' bytes (experts stream): the
  * snapshot's shape and counters, frames that replayed over the snapshot
  * give the pool's residency, rates that add up to the counters, frames no
  * closer than the interval, shutdown with a stream open, 503 while
@@ -14,6 +14,8 @@ import { ensureDemoModel } from "../src/server/demo.ts";
 import { readSse, type SseEvent } from "../src/server/sse.ts";
 import { Engine } from "../src/generate/engine.ts";
 import { CHANGE, type ExpertsSnapshotJson } from "../src/server/experts_feed.ts";
+import { readGgufModel } from "../src/gguf/reader.ts";
+import { expertLayout } from "../src/experts/layout.ts";
 
 const REPO = fileURLToPath(new URL("../", import.meta.url)).replace(/\/$/, "");
 
@@ -31,7 +33,11 @@ Deno.test({
   sanitizeOps: false,
   async fn(t) {
     const model = await ensureDemoModel({ cacheDir: `${REPO}/.cache/od-moe` });
-    const engine = await Engine.load({ model, nCtx: 256, cacheSizeGB: 0 });
+    const layout = expertLayout(readGgufModel(model));
+    // a quarter of the experts (8 of 32 slots): the budget is a hard cap, so the smallest (top-k
+    // slots) would evict every layer's experts before the next token comes back to it
+    const budget = layout.reduce((s, l) => s + l.nExpert * l.bytesPerExpert, 0) / 4;
+    const engine = await Engine.load({ model, nCtx: 256, cacheSizeGB: budget / 2 ** 30 });
     const server = await startServer({ engine, port: 0 });
     const { url } = server;
     try {
@@ -43,7 +49,7 @@ Deno.test({
         assert.equal(s.n_expert, 8);
         assert.equal(s.all_resident, false);
         assert.equal(s.resident.length, 4);
-        assert.equal(s.stats.budget_bytes, 0);
+        assert.equal(s.stats.budget_bytes, budget);
         assert.ok(s.stats.limit_bytes > 0 && s.stats.allocated_bytes <= s.stats.limit_bytes);
         const n = s.resident.flat().length;
         assert.equal(s.stats.resident_bytes, n * (s.stats.allocated_bytes / 8), "8 slots");

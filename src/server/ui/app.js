@@ -575,8 +575,9 @@ function pct(x) {
 function updateFigures(s, rates) {
   const limit = Math.max(s.limit_bytes, 1);
   ui.budgetFill.style.width = `${Math.min(100, 100 * s.resident_bytes / limit)}%`;
+  // the budget is a hard cap (limit_bytes = budget_bytes)
   ui.budgetText.textContent = `resident ${fmtBytes(s.resident_bytes)} of budget ` +
-    `${fmtBytes(s.budget_bytes)} (limit with reserve ${fmtBytes(s.limit_bytes)})`;
+    fmtBytes(s.budget_bytes);
   $("f-hit-rate").textContent = s.lookups ? pct(s.hit_rate) : "–";
   $("f-prefetch").textContent = pct(s.prefetch_accuracy);
   $("f-stalls").textContent = s.stalls_per_token === null ? "–" : s.stalls_per_token.toFixed(2);
