@@ -700,16 +700,16 @@ export class ExpertPool {
    * returns how many were dropped. Pinned or not, nothing of the layer stays.
    */
   dropLayer(layer: number): number {
-    const g = this.#group(layer);
+    this.#group(layer);
     let n = 0;
-    for (let slot = 0; slot < g.nSlots; slot++) {
-      if (g.slotLayer[slot] !== layer) continue;
-      const expert = g.slotExpert[slot]!;
-      g.policy.remove(slot);
-      g.slotLayer[slot] = g.slotExpert[slot] = -1;
-      g.prefetched[slot] = 0;
-      g.occupied--;
-      g.free.push(slot);
+    for (let slot = 0; slot < this.nSlots; slot++) {
+      if (this.#slotLayer[slot] !== layer) continue;
+      const expert = this.#slotExpert[slot]!;
+      this.policy.remove(slot);
+      this.#slotLayer[slot] = this.#slotExpert[slot] = -1;
+      this.#prefetched[slot] = 0;
+      this.#occupied--;
+      this.#free.push(slot);
       this.#setEntry(layer, expert, -1);
       n++;
     }
