@@ -48,6 +48,11 @@
  * K-quant blocks; shape `a` has none, so llama.cpp falls back to
  * Q5_0/Q5_1/Q8_0 there.
  *
+ * I-quant (IQ1_S … IQ4_XS) and ternary (TQ1_0, TQ2_0) files get a synthetic
+ * importance matrix, and the two dynamic mixes `IQ1_MIX` (~1.6-bit experts)
+ * and `IQ2_MIX` (~2.5-bit) their per-tensor types (`dev/quant_recipes.ts`);
+ * use shape `b` for them.
+ *
  * @module
  */
 
@@ -59,6 +64,13 @@ import { isExpertTensor, Keys } from "../src/gguf/names.ts";
 import { gv } from "../src/gguf/value.ts";
 import { REPO_ROOT, vocabPath } from "./ref/llama_src.ts";
 import { LlamaFtype, type LlamaFtypeName, loadReference } from "./ref/llama_cpp.ts";
+import {
+  IMATRIX_VERSION,
+  QUANT_RECIPES,
+  type QuantRecipeName,
+  syntheticImatrix,
+  tensorTypeIds,
+} from "./quant_recipes.ts";
 
 /** Where fixtures are cached. */
 export const FIXTURE_DIR = `${REPO_ROOT}/.cache/models`;
@@ -79,6 +91,20 @@ export const FIXTURE_TYPES = [
   "Q6_K",
   "MXFP4_MOE",
   "MXFP4_F16",
+  // I-quants and ternary types (with a synthetic importance matrix, dev/quant_recipes.ts)
+  "IQ1_S",
+  "IQ1_M",
+  "IQ2_XXS",
+  "IQ2_XS",
+  "IQ2_S",
+  "IQ3_XXS",
+  "IQ3_S",
+  "IQ4_XS",
+  "TQ1_0",
+  "TQ2_0",
+  // Dynamic mixes (QUANT_RECIPES): ~1.6-bit and ~2.5-bit experts
+  "IQ1_MIX",
+  "IQ2_MIX",
 ] as const;
 
 /** One of {@linkcode FIXTURE_TYPES}. */
@@ -545,8 +571,16 @@ export async function fixturePath(options: FixtureOptions): Promise<string> {
   const sorted = Object.fromEntries(
     Object.entries(def.spec).sort(([a], [b]) => a.localeCompare(b)),
   );
+  // The I-quant files also depend on their recipe and importance matrix
+  // (hashed only for them, so the other fixtures keep their names).
+  const iq = iquantSetup(def.type);
   const hash = await sha256(
-    JSON.stringify({ arch: def.arch, spec: sorted, gen: await generatorHash() }),
+    JSON.stringify({
+      arch: def.arch,
+      spec: sorted,
+      gen: await generatorHash(),
+      ...(iq ? { iq: { ...iq, imatrix: IMATRIX_VERSION } } : {}),
+    }),
   );
   return `${FIXTURE_DIR}/${def.arch}-${def.shape}-${def.type}-${hash.slice(0, 12)}.gguf`;
 }
@@ -634,6 +668,22 @@ async function mixExperts(basePath: string, expertsPath: string): Promise<GgufWr
   return { metadata: base.metadata.entries, tensors };
 }
 
+/**
+ * How llama.cpp's quantiser makes an I-quant or ternary fixture type: its
+ * file type, per-tensor overrides (a recipe's) and whether it gets the
+ * synthetic importance matrix; undefined for the other types.
+ */
+function iquantSetup(
+  type: FixtureType,
+): { ftype: LlamaFtypeName; tensorTypes: [string, number][] } | undefined {
+  if (type in QUANT_RECIPES) {
+    const r = QUANT_RECIPES[type as QuantRecipeName];
+    return { ftype: r.ftype, tensorTypes: tensorTypeIds(r.tensorTypes) };
+  }
+  if (/^(IQ|TQ)/.test(type)) return { ftype: llamaFtypeOf(type as never), tensorTypes: [] };
+  return undefined;
+}
+
 /** The llama.cpp file type that makes a fixture type. */
 function llamaFtypeOf(type: Exclude<FixtureType, "F32" | "MXFP4_F16">): LlamaFtypeName {
   const name = `MOSTLY_${type}`;
@@ -649,7 +699,15 @@ async function quantizeInto(
 ) {
   const tmp = tempName(path);
   try {
-    loadReference().quantize(source, tmp, llamaFtypeOf(type));
+    const iq = iquantSetup(type);
+    if (iq) {
+      loadReference().quantize(source, tmp, iq.ftype, {
+        tensorTypes: iq.tensorTypes,
+        imatrix: syntheticImatrix(source),
+      });
+    } else {
+      loadReference().quantize(source, tmp, llamaFtypeOf(type));
+    }
     await Deno.rename(tmp, path);
   } finally {
     await Deno.remove(tmp).catch(() => {});

@@ -4,7 +4,8 @@
  *
  * ```sh
  * deno task make-model --arch qwen3moe --out m.gguf [--type F32|F16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|
- *   Q2_K|Q3_K_M|Q4_K_M|Q5_K_M|Q6_K|…] [--shape a|b] [--layers N --embd N --heads N --kv-heads N
+ *   Q2_K|Q3_K_M|Q4_K_M|Q5_K_M|Q6_K|IQ1_S|IQ2_XXS|…|IQ1_MIX|IQ2_MIX] [--tensor-type REGEX=TYPE …]
+ *   [--shape a|b] [--layers N --embd N --heads N --kv-heads N
  *   --head-dim N --ff N --shexp-ff N --experts N --top-k N --ctx N --rope-base X --rms-eps X]
  *   [--vocab qwen2|llama-spm|llama-bpe|builtin|… --vocab-size N] [--seed S] [--tied|--untied]
  *   [--preset kimi-k2|kimi-k2-narrow] [--arch-name mistral4] [--nextn N]
@@ -22,6 +23,13 @@
  * own quantiser (`llama_model_quantize` through `dev/ref/llama_cpp.ts`), so
  * the file is what llama.cpp itself would make. Prints one summary line.
  *
+ * `--tensor-type REGEX=TYPE` (repeatable, as llama-quantize's) sets the type
+ * of every tensor whose name matches REGEX, the first match winning; the
+ * types `IQ1_MIX` (~1.6-bit experts) and `IQ2_MIX` (~2.5-bit) are the
+ * dynamic mixes of `dev/quant_recipes.ts`, applied after any `--tensor-type`.
+ * Types that llama.cpp quantises only with an importance matrix (IQ1_S/M,
+ * IQ2_XXS/XS/S, IQ3_XXS) get the documented synthetic one of that module.
+ *
  * @module
  */
 
@@ -32,9 +40,19 @@ import { isExpertTensor } from "../src/gguf/names.ts";
 import { writeGgufFile } from "../src/gguf/writer.ts";
 import { DEEPSEEK2_PRESETS, type FixtureShape, fixtureSpec } from "../dev/fixtures.ts";
 import { LlamaFtype, type LlamaFtypeName, loadReference } from "../dev/ref/llama_cpp.ts";
+import {
+  IMATRIX_TYPES,
+  QUANT_RECIPES,
+  type QuantRecipe,
+  type QuantRecipeName,
+  syntheticImatrix,
+  tensorTypeIds,
+} from "../dev/quant_recipes.ts";
 
 const USAGE = `usage: deno task make-model --arch ${SYNTHETIC_ARCHS.join("|")} --out FILE
-  [--type F32|F16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q2_K|Q3_K_M|Q4_K_M|Q5_K_M|Q6_K|…]  (default F32)
+  [--type F32|F16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q2_K|Q3_K_M|Q4_K_M|Q5_K_M|Q6_K|IQ1_S|IQ1_M|IQ2_XXS|
+          IQ2_XS|IQ2_S|IQ3_XXS|IQ3_S|IQ4_XS|TQ1_0|TQ2_0|…|IQ1_MIX|IQ2_MIX]  (default F32)
+  [--tensor-type REGEX=TYPE ...]  per-tensor types (first match wins), e.g. ffn_down_exps=IQ1_M
   [--shape a|b]  start from a test fixture shape (default a)
   [--layers N --embd N --heads N --kv-heads N --head-dim N --ff N --shexp-ff N
    --experts N --top-k N --ctx N --rope-base X --rms-eps X]
@@ -73,6 +91,7 @@ function parse(args: string[]) {
       arch: { type: "string" },
       out: { type: "string" },
       type: { type: "string", default: "F32" },
+      "tensor-type": { type: "string", multiple: true },
       shape: { type: "string", default: "a" },
       vocab: { type: "string" },
       tied: { type: "boolean" },
@@ -82,7 +101,10 @@ function parse(args: string[]) {
       nextn: { type: "string" },
       help: { type: "boolean", short: "h" },
       ...Object.fromEntries(Object.keys(NUMBER_FLAGS).map((k) => [k, { type: "string" }])),
-    } as Record<string, { type: "string" | "boolean"; default?: string; short?: string }>,
+    } as Record<
+      string,
+      { type: "string" | "boolean"; default?: string; short?: string; multiple?: boolean }
+    >,
     strict: true,
   });
   if (values.help) {
@@ -98,8 +120,29 @@ function parse(args: string[]) {
   const shape = values.preset !== undefined ? "b" : values.shape as string;
   if (shape !== "a" && shape !== "b") fail(`--shape must be a or b, got ${shape}`);
   const type = (values.type as string).toUpperCase();
-  if (type !== "F32" && type !== "F16" && !(`MOSTLY_${type}` in LlamaFtype)) {
-    fail(`--type ${type}: llama.cpp has no file type MOSTLY_${type}`);
+  if (
+    type !== "F32" && type !== "F16" && !(`MOSTLY_${type}` in LlamaFtype) &&
+    !(type in QUANT_RECIPES)
+  ) {
+    fail(
+      `--type ${type}: llama.cpp has no file type MOSTLY_${type} (recipes: ${
+        Object.keys(QUANT_RECIPES).join(", ")
+      })`,
+    );
+  }
+  const tensorTypes: [string, string][] = [];
+  for (const arg of (values["tensor-type"] as string[] | undefined) ?? []) {
+    const eq = arg.lastIndexOf("=");
+    if (eq <= 0) fail(`--tensor-type ${arg}: expected REGEX=TYPE, e.g. ffn_down_exps=IQ1_M`);
+    tensorTypes.push([arg.slice(0, eq), arg.slice(eq + 1).toUpperCase()]);
+  }
+  if (tensorTypes.length > 0 && (type === "F32" || type === "F16")) {
+    fail(`--tensor-type needs a quantised --type (llama.cpp's quantiser applies it)`);
+  }
+  try {
+    tensorTypeIds(tensorTypes);
+  } catch (e) {
+    fail((e as Error).message);
   }
   const overrides: Record<string, unknown> = {};
   const deepseekOnly = ["preset", "arch-name", "nextn"].filter((f) => values[f] !== undefined);
@@ -131,7 +174,14 @@ function parse(args: string[]) {
   if (values.tied && values.untied) fail("--tied and --untied contradict each other");
   if (values.tied) overrides.tiedOutput = true;
   if (values.untied) overrides.tiedOutput = false;
-  return { arch: arch as SyntheticArch, out, type, shape: shape as FixtureShape, overrides };
+  return {
+    arch: arch as SyntheticArch,
+    out,
+    type,
+    tensorTypes,
+    shape: shape as FixtureShape,
+    overrides,
+  };
 }
 
 function human(bytes: number): string {
@@ -145,7 +195,7 @@ function count(n: number): string {
 }
 
 async function main(): Promise<void> {
-  const { arch, out, type, shape, overrides } = parse(Deno.args);
+  const { arch, out, type, tensorTypes, shape, overrides } = parse(Deno.args);
   const spec = await fixtureSpec({ arch, shape, ...overrides });
   spec.name = `od-moe synthetic ${arch}`;
   const t0 = performance.now();
@@ -156,7 +206,15 @@ async function main(): Promise<void> {
     const tmp = `${out}.${type}-${Deno.pid}.tmp`;
     try {
       await writeGgufFile(f32, syntheticModel({ ...spec, weightType: "F32" }));
-      loadReference().quantize(f32, tmp, `MOSTLY_${type}` as LlamaFtypeName);
+      const recipe = QUANT_RECIPES[type as QuantRecipeName] as QuantRecipe | undefined;
+      const ftype = recipe?.ftype ?? `MOSTLY_${type}` as LlamaFtypeName;
+      const overrides = tensorTypeIds([...tensorTypes, ...(recipe?.tensorTypes ?? [])]);
+      const needsImatrix = /IQ1|IQ2|IQ3_XXS/.test(ftype) ||
+        overrides.some(([, id]) => IMATRIX_TYPES.has(id));
+      loadReference().quantize(f32, tmp, ftype, {
+        tensorTypes: overrides,
+        imatrix: needsImatrix ? syntheticImatrix(f32) : undefined,
+      });
       await Deno.rename(tmp, out);
     } finally {
       await Deno.remove(f32).catch(() => {});

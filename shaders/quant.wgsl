@@ -1,5 +1,7 @@
 // quant: the dequantisers of every ggml weight type the matrix kernels read,
-// as a library of sections. This file is not a kernel: `src/gpu/ops/quant_wgsl.ts`
+// as a library of sections. A section may `//#include NAME` shaders/lib/NAME.wgsl
+// or a generated table (src/gpu/shaders.ts expands them when the kernel is
+// compiled). This file is not a kernel: `src/gpu/ops/quant_wgsl.ts`
 // cuts the common part and one `//#type NAME` section out of it and splices
 // them into a kernel template (matmul.wgsl, get_rows.wgsl) at its QUANT
 // placeholder.
@@ -231,17 +233,10 @@ const QB = 18u;
 const NP = 4u;
 const TAIL = false;
 
-const KVALUES = array<f32, 16>(
-  -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0,
-  1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0,
-);
+//#include iq4nl_values
 
 fn xoff(p: u32) -> vec2u {
   return xoff_nibbles(p);
-}
-
-fn kv4(n: vec4u) -> vec4f {
-  return vec4f(KVALUES[n.x], KVALUES[n.y], KVALUES[n.z], KVALUES[n.w]);
 }
 
 fn deq(b: u32, p: u32) -> Piece {
@@ -363,16 +358,7 @@ fn xoff(p: u32) -> vec2u {
   return vec2u(a, a + 32u);
 }
 
-// Scale (.x) and min (.y) of sub-block s (0..7) from the 12 bytes in s0, s1, s2.
-fn scale_min_k4(s0: u32, s1: u32, s2: u32, s: u32) -> vec2f {
-  let t = (s & 3u) << 3u;
-  let b0 = (s0 >> t) & 0xffu;
-  let b1 = (s1 >> t) & 0xffu;
-  let b2 = (s2 >> t) & 0xffu;
-  let lo = vec2u(b0 & 63u, b1 & 63u);
-  let hi = vec2u((b2 & 0xfu) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
-  return vec2f(select(hi, lo, s < 4u));
-}
+//#include k_scale_min
 
 fn deq(b: u32, p: u32) -> Piece {
   let i = b >> 2u;
@@ -400,15 +386,7 @@ fn xoff(p: u32) -> vec2u {
   return vec2u(a, a + 32u);
 }
 
-fn scale_min_k4(s0: u32, s1: u32, s2: u32, s: u32) -> vec2f {
-  let t = (s & 3u) << 3u;
-  let b0 = (s0 >> t) & 0xffu;
-  let b1 = (s1 >> t) & 0xffu;
-  let b2 = (s2 >> t) & 0xffu;
-  let lo = vec2u(b0 & 63u, b1 & 63u);
-  let hi = vec2u((b2 & 0xfu) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
-  return vec2f(select(hi, lo, s < 4u));
-}
+//#include k_scale_min
 
 fn deq(b: u32, p: u32) -> Piece {
   let i = b >> 2u;
@@ -456,3 +434,36 @@ fn deq(b: u32, p: u32) -> Piece {
   let qb = vec4i(nib_hi(ql) | (((qh >> vec4u(2u * h + 4u)) & vec4u(3u)) << vec4u(4u))) - 32;
   return Piece(d * sc.x * vec4f(qa), d * sc.y * vec4f(qb));
 }
+
+// Sections of the types whose code lives in shaders/lib/ (with the grids and
+// tables they include, generated from src/gguf/iq_grids.ts).
+
+//#type iq4_xs
+//#include iq4_xs
+
+//#type iq2_xxs
+//#include iq2_xxs
+
+//#type iq2_xs
+//#include iq2_xs
+
+//#type iq2_s
+//#include iq2_s
+
+//#type iq3_xxs
+//#include iq3_xxs
+
+//#type iq3_s
+//#include iq3_s
+
+//#type iq1_s
+//#include iq1_s
+
+//#type iq1_m
+//#include iq1_m
+
+//#type tq1_0
+//#include tq1_0
+
+//#type tq2_0
+//#include tq2_0

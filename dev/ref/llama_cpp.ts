@@ -444,6 +444,36 @@ export interface QuantizeOptions {
   outputTensorType?: number;
   /** ggml type id for `token_embd.weight` (default: chosen by llama.cpp). */
   tokenEmbeddingType?: number;
+  /**
+   * Importance matrix (`llama_model_imatrix_data`): tensor name → `ne0 ×
+   * n_expert` weights (the mean squared activation of each input column, per
+   * expert). IQ1_S/M, IQ2_XXS/XS/S and IQ3_XXS refuse to quantise without one.
+   */
+  imatrix?: ReadonlyMap<string, Float32Array<ArrayBuffer>>;
+  /**
+   * Per-tensor types (`tt_overrides`, llama-quantize's `--tensor-type`):
+   * `[regex, ggml type id]`, the first pattern found in a tensor's name wins.
+   */
+  tensorTypes?: ReadonlyArray<readonly [string, number]>;
+}
+
+/**
+ * A C array of `n` structs of `size` bytes, each written by
+ * `fill(view, offset, i)`, and a zeroed one after them (the NULL terminator).
+ */
+function cArray(
+  n: number,
+  size: number,
+  fill: (view: DataView, offset: number, i: number) => void,
+): Uint8Array<ArrayBuffer> {
+  const bytes = new Uint8Array((n + 1) * size);
+  const view = new DataView(bytes.buffer);
+  for (let i = 0; i < n; i++) fill(view, i * size, i);
+  return bytes;
+}
+
+function ptrOf(buffer: BufferSource): bigint {
+  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer as Uint8Array)));
 }
 
 /**
@@ -528,10 +558,40 @@ export class LlamaCpp {
     if (options.tokenEmbeddingType !== undefined) {
       params.set("token_embedding_type", options.tokenEmbeddingType);
     }
+    // Buffers the parameter structs point into; referenced until the call returns.
+    const keep: BufferSource[] = [];
+    if (options.imatrix) {
+      const entries = [...options.imatrix];
+      // struct llama_model_imatrix_data { const char * name; const float * data; size_t size; }
+      const arr = cArray(entries.length, 24, (v, o, i) => {
+        const [name, data] = entries[i]!;
+        const cname = cString(name);
+        keep.push(cname, data);
+        v.setBigUint64(o, ptrOf(cname), true);
+        v.setBigUint64(o + 8, ptrOf(data), true);
+        v.setBigUint64(o + 16, BigInt(data.length), true);
+      });
+      keep.push(arr);
+      params.setPointer("imatrix", Deno.UnsafePointer.of(arr));
+    }
+    if (options.tensorTypes && options.tensorTypes.length > 0) {
+      const tts = options.tensorTypes;
+      // struct llama_model_tensor_override { const char * pattern; enum ggml_type type; }
+      const arr = cArray(tts.length, 16, (v, o, i) => {
+        const [pattern, type] = tts[i]!;
+        const cpattern = cString(pattern);
+        keep.push(cpattern);
+        v.setBigUint64(o, ptrOf(cpattern), true);
+        v.setInt32(o + 8, type, true);
+      });
+      keep.push(arr);
+      params.setPointer("tt_overrides", Deno.UnsafePointer.of(arr));
+    }
     const run = () =>
       this.#lib.llama_model_quantize(cString(inPath), cString(outPath), params.bytes);
     // Worker threads must not call into JavaScript: capture only when single-threaded.
     const { result: rc, log } = nThread === 1 ? this.#log.capture(run) : { result: run(), log: [] };
+    keep.length = 0;
     if (rc !== 0) {
       throw new Error(
         `llama_model_quantize(${inPath} -> ${outPath}, ${ftype}) failed with code ${rc}${

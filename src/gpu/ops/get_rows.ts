@@ -14,10 +14,12 @@ import type { ActView, GpuWeight, Op } from "./op.ts";
 import {
   isGpuWeightType,
   kernelBlockSize,
+  quantTableBuffer,
   quantVariant,
   quantWgsl,
   rowAlignment,
   UnsupportedWeightTypeError,
+  usesQuantTable,
 } from "./quant_wgsl.ts";
 import { bindView, bindWeightChunk } from "./weights.ts";
 
@@ -88,11 +90,13 @@ export async function prepareGetRows(gpu: Gpu, opts: GetRowsOptions): Promise<Op
   checkStepBuffer(step, label);
   const kernel = await getPipeline(gpu, "get_rows", {
     variant: quantVariant(w.type, w.name),
-    defines: { QUANT: await quantWgsl(w.type, w.name) },
+    defines: { QUANT: await quantWgsl(w.type, w.name, undefined, 5) },
     constants: { WG: opts.workgroupSize ?? 64 },
   });
   const ib = bindView(gpu, ids.buffer, ids.offset);
   const ob = bindView(gpu, out.buffer, out.offset);
+  // The I-quants' grids, after the template's own bindings.
+  const table = usesQuantTable(w.type) ? [quantTableBuffer(gpu)] : [];
   return w.chunks.map((chunk, i) => {
     const wb = bindWeightChunk(gpu, w, chunk);
     const name = w.chunks.length > 1 ? `${label}[${i}]` : label;
@@ -111,7 +115,7 @@ export async function prepareGetRows(gpu: Gpu, opts: GetRowsOptions): Promise<Op
     return {
       label: name,
       kernel,
-      bindings: [wb.binding, ib.binding, step, ob.binding, params.buffer],
+      bindings: [wb.binding, ib.binding, step, ob.binding, params.buffer, ...table],
       workgroups: (nTokens: number) => nTokens,
     };
   });

@@ -127,12 +127,12 @@ gpuTest("get_rows: every weight type, one chunk and several, ids past the table"
 });
 
 gpuTest("get_rows: unsupported type is refused with the tensor's name", async (gpu) => {
-  const type = requireGgmlType(GgmlType.IQ3_S);
+  const type = requireGgmlType(GgmlType.NVFP4);
   const buffer = createBuffer(gpu, { label: "w", size: 4 * type.typeSize });
   const w: GpuWeight = {
     name: "token_embd.weight",
     type,
-    nCols: 256,
+    nCols: 64,
     nRows: 4,
     nMats: 1,
     matStride: 4 * type.typeSize,
@@ -143,12 +143,12 @@ gpuTest("get_rows: unsupported type is refused with the tensor's name", async (g
     prepareGetRows(gpu, {
       w,
       ids: { buffer, offset: 0 },
-      out: { buffer, offset: 0, stride: 256 },
+      out: { buffer, offset: 0, stride: 64 },
       step: stepBuffer(gpu, 1),
       label: "embd",
     }),
     (e: unknown) =>
       e instanceof UnsupportedWeightTypeError && /token_embd\.weight/.test(e.message) &&
-      /IQ3_S/.test(e.message),
+      /NVFP4/.test(e.message) && /supported: .*IQ2_XXS.*IQ1_S/.test(e.message),
   );
 });

@@ -23,10 +23,12 @@ import type { ActView, GpuWeight, Op, WeightChunk } from "./op.ts";
 import {
   isGpuWeightType,
   kernelBlockSize,
+  quantTableBuffer,
   quantVariant,
   quantWgsl,
   rowAlignment,
   UnsupportedWeightTypeError,
+  usesQuantTable,
 } from "./quant_wgsl.ts";
 import { bindView, bindWeightChunk } from "./weights.ts";
 
@@ -311,7 +313,8 @@ interface Kernels {
 
 async function matmulKernels(gpu: Gpu, w: GpuWeight, t: MatmulTuning): Promise<Kernels> {
   const variant = quantVariant(w.type, w.name);
-  const defines = { QUANT: await quantWgsl(w.type, w.name, t.baseUrl) };
+  // The I-quants read their grids from a table buffer bound after the template's 7 bindings.
+  const defines = { QUANT: await quantWgsl(w.type, w.name, t.baseUrl, 7) };
   const matvec = (tokens: number) =>
     getPipeline(gpu, "matmul", {
       variant,
@@ -382,6 +385,7 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
   const k = await matmulKernels(gpu, w, t);
   const xb = bindView(gpu, x.buffer, x.offset);
   const yb = bindView(gpu, y.buffer, y.offset);
+  const table = usesQuantTable(w.type) ? [quantTableBuffer(gpu)] : [];
   const ops: Op[] = [];
   w.chunks.forEach((chunk, i) => {
     const wb = bindWeightChunk(gpu, w, chunk);
@@ -412,6 +416,7 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
       step,
       yb.binding,
       params.buffer,
+      ...table,
     ];
     const rowGroups = Math.ceil(chunk.nRows / t.rowsMatvec);
     const rowTiles = Math.ceil(chunk.nRows / t.tileRows);
@@ -497,6 +502,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
   ]);
   const chunk = w.chunks[0]!;
   const wb = bindWeightChunk(gpu, w, chunk);
+  const table = usesQuantTable(w.type) ? [quantTableBuffer(gpu)] : [];
   const xb = bindView(gpu, x.buffer, x.offset);
   const yb = bindView(gpu, y.buffer, y.offset);
   const ib = bindView(gpu, ids.buffer, ids.offset);
@@ -537,7 +543,16 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
     {
       label: `${label}.matvec`,
       kernel: k.matvec,
-      bindings: [wb.binding, xb.binding, ib.binding, step, step, yb.binding, params.buffer],
+      bindings: [
+        wb.binding,
+        xb.binding,
+        ib.binding,
+        step,
+        step,
+        yb.binding,
+        params.buffer,
+        ...table,
+      ],
       workgroups: (nTokens) => nTokens <= t.idMatvecMaxTokens ? rowGroups * nTokens * nUsed : 0,
     },
     {
@@ -552,7 +567,16 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
     {
       label: `${label}.tiled`,
       kernel: k.tiled,
-      bindings: [wb.binding, xb.binding, ib.binding, routeBuffer, step, yb.binding, params.buffer],
+      bindings: [
+        wb.binding,
+        xb.binding,
+        ib.binding,
+        routeBuffer,
+        step,
+        yb.binding,
+        params.buffer,
+        ...table,
+      ],
       workgroups: (nTokens) =>
         nTokens > t.idMatvecMaxTokens ? rowTiles * maxTiles(nTokens * nUsed) : 0,
     },

@@ -2,12 +2,26 @@
  * The per-type WGSL dequantisers: `shaders/quant.wgsl` holds a common part
  * and one `//#type NAME` section per ggml type; a kernel template gets the
  * common part plus its type's section at its `{{QUANT}}` placeholder.
+ * Sections may `//#include` shaders/lib files; the I-quant grids, sign table
+ * and IQ4 values are generated includes written here from
+ * `src/gguf/iq_grids.ts`, the same bytes the CPU dequantisers read.
  *
  * @module
  */
 
 import { GgmlType, type GgmlTypeInfo, ggmlTypeName } from "../../gguf/types.ts";
-import { loadShaderText, SHADER_DIR, ShaderSourceError } from "../shaders.ts";
+import {
+  IQ1S,
+  IQ2S,
+  IQ2XS,
+  IQ2XXS,
+  IQ3S,
+  IQ3XXS,
+  KSIGNS,
+  KVALUES_IQ4,
+} from "../../gguf/iq_grids.ts";
+import type { Gpu } from "../device.ts";
+import { defineShaderLib, loadShaderText, SHADER_DIR, ShaderSourceError } from "../shaders.ts";
 
 /** Section name in `shaders/quant.wgsl` of each ggml type the GPU kernels read. */
 const SECTIONS: ReadonlyMap<number, string> = new Map([
@@ -25,8 +39,128 @@ const SECTIONS: ReadonlyMap<number, string> = new Map([
   [GgmlType.Q5_K, "q5_k"],
   [GgmlType.Q6_K, "q6_k"],
   [GgmlType.IQ4_NL, "iq4_nl"],
+  [GgmlType.IQ4_XS, "iq4_xs"],
+  [GgmlType.IQ2_XXS, "iq2_xxs"],
+  [GgmlType.IQ2_XS, "iq2_xs"],
+  [GgmlType.IQ2_S, "iq2_s"],
+  [GgmlType.IQ3_XXS, "iq3_xxs"],
+  [GgmlType.IQ3_S, "iq3_s"],
+  [GgmlType.IQ1_S, "iq1_s"],
+  [GgmlType.IQ1_M, "iq1_m"],
+  [GgmlType.TQ1_0, "tq1_0"],
+  [GgmlType.TQ2_0, "tq2_0"],
   [GgmlType.MXFP4, "mxfp4"],
 ]);
+
+/** Little-endian words of `bytes`. */
+function words(bytes: Uint8Array): Uint32Array {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  return Uint32Array.from({ length: bytes.length / 4 }, (_, i) => view.getUint32(4 * i, true));
+}
+
+/** IQ1_S's grid of -1/0/1 values, 2 bits a value (value + 1), 16 bits an entry, 2 entries a word. */
+function iq1sPacked(): Uint32Array {
+  const packed = new Uint32Array(IQ1S.count / 2);
+  for (let i = 0; i < IQ1S.count; i++) {
+    let bits = 0;
+    for (let j = 0; j < 8; j++) {
+      bits |= ((((IQ1S.bytes[8 * i + j]! << 24) >> 24) + 1) & 3) << (2 * j);
+    }
+    packed[i >> 1] = (packed[i >> 1]! | (bits << (16 * (i & 1)))) >>> 0;
+  }
+  return packed;
+}
+
+/**
+ * The I-quant tables as one array of u32 words, bound read-only to the
+ * kernels of the types that need them (a storage buffer: the grids are
+ * looked up at data-dependent indices, which WGSL constants handle badly —
+ * compilers copy a constant array per lookup). Parts, in order, with the
+ * WGSL constant holding each one's first word: ksigns_iq2xs (4 bytes a word,
+ * `QT_KSIGNS`), the grids of IQ2_XXS, IQ2_XS, IQ2_S (2 words an entry),
+ * IQ3_XXS, IQ3_S (1 word an entry) and IQ1_S/M (packed, 2 entries a word).
+ */
+const TABLE_PARTS: ReadonlyArray<[string, () => Uint32Array]> = [
+  ["QT_KSIGNS", () => words(KSIGNS)],
+  ["QT_IQ2XXS", () => words(IQ2XXS.bytes)],
+  ["QT_IQ2XS", () => words(IQ2XS.bytes)],
+  ["QT_IQ2S", () => words(IQ2S.bytes)],
+  ["QT_IQ3XXS", () => words(IQ3XXS.bytes)],
+  ["QT_IQ3S", () => words(IQ3S.bytes)],
+  ["QT_IQ1S", iq1sPacked],
+];
+
+let table: { words: Uint32Array; wgsl: string } | undefined;
+
+function quantTable(): { words: Uint32Array; wgsl: string } {
+  if (table) return table;
+  const parts = TABLE_PARTS.map(([name, make]) => [name, make()] as const);
+  const total = parts.reduce((n, [, w]) => n + w.length, 0);
+  const all = new Uint32Array(total);
+  const consts: string[] = [];
+  let at = 0;
+  for (const [name, w] of parts) {
+    all.set(w, at);
+    consts.push(`const ${name} = ${at}u;`);
+    at += w.length;
+  }
+  table = {
+    words: all,
+    wgsl:
+      "// First words of the parts of QT, the I-quant table buffer (src/gpu/ops/quant_wgsl.ts).\n" +
+      consts.join("\n") + "\n",
+  };
+  return table;
+}
+
+defineShaderLib("quant_table", () => quantTable().wgsl);
+
+/** Section names of the types whose kernels read the table buffer (binding `QT`). */
+const TABLE_SECTIONS = new Set([
+  "iq2_xxs",
+  "iq2_xs",
+  "iq2_s",
+  "iq3_xxs",
+  "iq3_s",
+  "iq1_s",
+  "iq1_m",
+]);
+
+/** Whether a weight type's kernels bind the I-quant table buffer ({@linkcode quantTableBuffer}). */
+export function usesQuantTable(type: GgmlTypeInfo | number): boolean {
+  const name = SECTIONS.get(typeof type === "number" ? type : type.id);
+  return name !== undefined && TABLE_SECTIONS.has(name);
+}
+
+const tableBuffers = new WeakMap<GPUDevice, GPUBuffer>();
+
+/**
+ * The I-quant table buffer of this device (grids and signs, about 22 KB),
+ * uploaded on first use and shared by every kernel that reads it.
+ */
+export function quantTableBuffer(gpu: Gpu): GPUBuffer {
+  let buffer = tableBuffers.get(gpu.device);
+  if (!buffer) {
+    const w = quantTable().words;
+    buffer = gpu.device.createBuffer({
+      label: "od-moe I-quant tables",
+      size: w.byteLength,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+    });
+    gpu.device.queue.writeBuffer(buffer, 0, w);
+    tableBuffers.set(gpu.device, buffer);
+  }
+  return buffer;
+}
+
+defineShaderLib("iq4nl_values", () =>
+  `// ggml's kvalues_iq4nl; generated from src/gguf/iq_grids.ts.
+const KVALUES = array<f32, 16>(${[...KVALUES_IQ4].map((v) => `${v}.0`).join(", ")});
+
+fn kv4(n: vec4u) -> vec4f {
+  return vec4f(KVALUES[n.x], KVALUES[n.y], KVALUES[n.z], KVALUES[n.w]);
+}
+`);
 
 /** The ggml type ids the matrix and embedding kernels read, ascending. */
 export const GPU_WEIGHT_TYPES: readonly number[] = Object.freeze(
@@ -128,7 +262,10 @@ function library(baseUrl: URL): Promise<QuantLibrary> {
 
 /**
  * The WGSL dequantiser of a type: quant.wgsl's common part and the type's
- * section, ready for a template's `{{QUANT}}` placeholder.
+ * section, ready for a template's `{{QUANT}}` placeholder. For a type that
+ * {@linkcode usesQuantTable}, it also declares the table buffer `QT` at
+ * `@binding(tableBinding)`, which the caller binds to
+ * {@linkcode quantTableBuffer} after the template's own bindings.
  *
  * @throws {UnsupportedWeightTypeError} for a type without a section.
  */
@@ -136,6 +273,7 @@ export async function quantWgsl(
   type: GgmlTypeInfo | number,
   tensor = "?",
   baseUrl: URL = SHADER_DIR,
+  tableBinding?: number,
 ): Promise<string> {
   const name = quantVariant(type, tensor);
   const lib = await library(baseUrl);
@@ -143,5 +281,12 @@ export async function quantWgsl(
   if (section === undefined) {
     throw new ShaderSourceError(`shaders/quant.wgsl has no "//#type ${name}" section.`);
   }
-  return `${lib.common}\n${section}`;
+  if (!TABLE_SECTIONS.has(name)) return `${lib.common}\n${section}`;
+  if (tableBinding === undefined) {
+    throw new ShaderSourceError(
+      `quantWgsl: ${name} reads the I-quant table buffer; pass the binding number it gets.`,
+    );
+  }
+  return `${lib.common}\n@group(0) @binding(${tableBinding}) var<storage, read> QT: array<u32>;\n` +
+    `//#include quant_table\n${section}`;
 }

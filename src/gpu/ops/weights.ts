@@ -199,6 +199,16 @@ const HALF_FIELDS: Readonly<Record<string, readonly number[]>> = {
   Q4_K: [0, 2],
   Q5_K: [0, 2],
   Q6_K: [208],
+  IQ4_XS: [0],
+  IQ2_XXS: [0],
+  IQ2_XS: [0],
+  IQ2_S: [0],
+  IQ3_XXS: [0],
+  IQ3_S: [0],
+  IQ1_S: [0],
+  IQ1_M: [], // d is spread over the top nibbles of the scales: set below
+  TQ1_0: [52],
+  TQ2_0: [64],
 };
 
 /**
@@ -247,6 +257,13 @@ export function randomWeightBytes(
     const o = b * info.typeSize;
     if (info.name === "MXFP4") bytes[o] = 119 + Math.floor(random() * 9);
     for (const f of fields) view.setUint16(o + f, f32ToF16(0.002 + 0.048 * random()), true);
+    if (info.name === "IQ1_M") {
+      const d = f32ToF16(0.002 + 0.048 * random());
+      for (let i = 0; i < 4; i++) {
+        const at = o + 49 + 2 * i;
+        bytes[at] = (bytes[at]! & 0x0f) | (((d >> (4 * i)) & 0xf) << 4);
+      }
+    }
   }
   return bytes;
 }

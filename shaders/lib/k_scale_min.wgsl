@@ -1,0 +1,12 @@
+// k_scale_min: the 6-bit scales and mins of Q4_K and Q5_K.
+
+// Scale (.x) and min (.y) of sub-block s (0..7) from the 12 bytes in s0, s1, s2.
+fn scale_min_k4(s0: u32, s1: u32, s2: u32, s: u32) -> vec2f {
+  let t = (s & 3u) << 3u;
+  let b0 = (s0 >> t) & 0xffu;
+  let b1 = (s1 >> t) & 0xffu;
+  let b2 = (s2 >> t) & 0xffu;
+  let lo = vec2u(b0 & 63u, b1 & 63u);
+  let hi = vec2u((b2 & 0xfu) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
+  return vec2f(select(hi, lo, s < 4u));
+}
