@@ -139,21 +139,24 @@ Deno.test({
 });
 
 Deno.test({
-  name: "mistral4 (Mistral-Small-4) parity: the deepseek2 graph under its own name = llama.cpp",
+  name:
+    "mistral4 (Mistral-Small-4) parity: the deepseek2 graph under its own name = llama.cpp; same tokens at budgets 0/25/100%",
   ignore: skip !== null,
   sanitizeResources: false,
   async fn() {
-    await parity(
-      { arch: "deepseek2", shape: "b", type: "Q8_0", archName: "mistral4" },
-      "mistral4/b/Q8_0",
-      8,
-      {
-        check: (m) => {
-          assert.equal(m.config.arch, "mistral4");
-          assert.equal(m.config.mla?.qLoraRank, 256);
-        },
+    const opts = { arch: "deepseek2", shape: "b", type: "Q8_0", archName: "mistral4" } as const;
+    await parity(opts, "mistral4/b/Q8_0", 8, {
+      check: (m) => {
+        assert.equal(m.config.arch, "mistral4");
+        assert.equal(m.config.mla?.qLoraRank, 256);
       },
-    );
+    });
+    const rng = new Rng(14);
+    await checkBudgets(await fixtureModel(opts), [0, 0.25, 1], {
+      prompt: Array.from({ length: 8 }, () => rng.int(3000)),
+      maxTokens: 12,
+      label: "mistral4/b/Q8_0",
+    });
   },
 });
 
