@@ -431,6 +431,8 @@ ui.toggleSettings.addEventListener("click", () => {
 // ------------------------------------------------------------ experts view
 
 const FADE_MS = 700;
+// shorter for evictions: under heavy churn they would otherwise hide what is resident
+const EVICT_FADE_MS = 350;
 const COLORS = {};
 for (const k of ["absent", "resident", "hit", "loaded", "prefetched", "evicted"]) {
   COLORS[k] = getComputedStyle(document.documentElement).getPropertyValue(`--${k}`).trim();
@@ -501,7 +503,7 @@ function applyFrame(f) {
 }
 
 function cellColor(i, now) {
-  if (!grid.resident[i] && now - grid.lastEvict[i] < FADE_MS) return COLORS.evicted;
+  if (!grid.resident[i] && now - grid.lastEvict[i] < EVICT_FADE_MS) return COLORS.evicted;
   if (!grid.resident[i]) return COLORS.absent;
   if (now - grid.lastLoad[i] < FADE_MS) return COLORS.loaded;
   if (now - grid.lastHit[i] < FADE_MS) return COLORS.hit;
@@ -511,7 +513,9 @@ function cellColor(i, now) {
 
 /** What a grid cell is, in words (the canvas's tooltip). */
 function describeCell(i, now) {
-  if (!grid.resident[i]) return now - grid.lastEvict[i] < FADE_MS ? "just evicted" : "on disk";
+  if (!grid.resident[i]) {
+    return now - grid.lastEvict[i] < EVICT_FADE_MS ? "just evicted" : "on disk";
+  }
   if (now - grid.lastLoad[i] < FADE_MS) return "loaded for a miss";
   if (now - grid.lastHit[i] < FADE_MS) return "resident, just hit";
   if (grid.unusedPrefetch[i]) return "prefetched, not used yet";
