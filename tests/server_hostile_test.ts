@@ -382,6 +382,7 @@ Deno.test({
       engineOptions: { model, nCtx: 256 },
       apiKey: KEY,
       bodyTimeoutMs: 1500,
+      headerTimeoutMs: 1500,
     });
     const { url } = server;
     const auth = { authorization: `Bearer ${KEY}` };
@@ -450,6 +451,72 @@ Deno.test({
             `POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${KEY}\r\n`;
           const cut = head + `Content-Length: 100\r\nConnection: close\r\n\r\n{"prompt":"x"}`;
           assert.equal(await raw(server.port, cut, true), 400);
+        },
+      );
+
+      await t.step(
+        "raw HTTP: Expect: 100-continue over the size cap gets 413, not 100",
+        async () => {
+          const req =
+            `POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${KEY}\r\n` +
+            `Content-Length: 5000000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`;
+          assert.equal(await raw(server.port, req), 413);
+          // under the cap the client is invited to send its body, and is served
+          const body = JSON.stringify({ prompt: "Hi", max_tokens: 1 });
+          const small =
+            `POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${KEY}\r\n` +
+            `Content-Length: ${body.length}\r\nExpect: 100-continue\r\n\r\n`;
+          const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+          try {
+            await conn.write(new TextEncoder().encode(small));
+            const buf = new Uint8Array(4096);
+            let text = "";
+            while (!text.includes("100 Continue")) {
+              const n = await conn.read(buf);
+              if (n === null) break;
+              text += new TextDecoder().decode(buf.subarray(0, n));
+            }
+            assert.match(text, /^HTTP\/1\.1 100 Continue/);
+            await conn.write(new TextEncoder().encode(body));
+            while (!/HTTP\/1\.1 200/.test(text)) {
+              const n = await conn.read(buf);
+              if (n === null) break;
+              text += new TextDecoder().decode(buf.subarray(0, n));
+            }
+            assert.match(text, /HTTP\/1\.1 200/);
+          } finally {
+            conn.close();
+          }
+        },
+      );
+
+      await t.step(
+        "raw HTTP: a header that never ends gets 408; /health answers meanwhile",
+        async () => {
+          const held: Deno.Conn[] = [];
+          try {
+            for (let i = 0; i < 20; i++) {
+              const c = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+              await c.write(
+                new TextEncoder().encode("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "),
+              );
+              held.push(c);
+            }
+            assert.equal((await fetch(`${url}/health`)).status, 200);
+            const t0 = performance.now();
+            const slow = `POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a`;
+            assert.equal(await raw(server.port, slow), 408);
+            const ms = performance.now() - t0;
+            assert.ok(ms >= 1400 && ms < 4500, `answered after ${ms.toFixed(0)} ms (timeout 1500)`);
+          } finally {
+            for (const c of held) {
+              try {
+                c.close();
+              } catch {
+                // closed by the server
+              }
+            }
+          }
         },
       );
 

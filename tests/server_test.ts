@@ -383,11 +383,27 @@ Deno.test({
     const cancelled = async () =>
       (await (await fetch(`${url}/metrics`)).json()).generations.by_finish_reason.cancelled ?? 0;
     try {
-      // a real generation, streaming: read one chunk, then hang up
+      // a real generation, streaming: read one chunk, then hang up. Greedy, with a prompt whose
+      // greedy continuation is known to run its 200 tokens, so it cannot end by itself first
+      let long: string | undefined;
+      for (const prompt of ["Long story:", "Once upon a time", "1, 2, 3,", "The the the"]) {
+        const g = await (await post(`${url}/generate`, {
+          prompt,
+          max_tokens: 200,
+          temperature: 0,
+        })).json();
+        if (g.finish_reason === "length") {
+          long = prompt;
+          break;
+        }
+      }
+      assert.ok(long, "no candidate prompt runs 200 greedy tokens on the demo model: add one");
+      const before = await cancelled();
       const ac = new AbortController();
       const r = await post(`${url}/generate`, {
-        prompt: "Long story:",
-        max_tokens: 400,
+        prompt: long,
+        max_tokens: 200,
+        temperature: 0,
         stream: true,
       }, { signal: ac.signal });
       const it = readSse(r.body!);
@@ -396,6 +412,7 @@ Deno.test({
       await it.return(undefined).catch(() => {});
       await until("the stream's generation to stop", () => engine.pending === 0, 10_000);
       await until("its cancellation counted", () => server.inFlight === 0);
+      assert.equal(await cancelled(), before + 1, "the hung-up stream ended as cancelled");
       // a generation held running until released, and one queued behind it
       let release!: () => void;
       const held = new Promise<void>((r) => release = r);
@@ -434,12 +451,12 @@ Deno.test({
       assert.equal(ok.status, 200);
       assert.equal((await ok.json()).tokens.length > 0, true);
       const t0 = performance.now();
-      while ((await cancelled()) < 3) {
+      while ((await cancelled()) < before + 3) {
         assert.ok(performance.now() - t0 < 3000, `cancelled: ${await cancelled()}`);
         await new Promise((r) => setTimeout(r, 20));
       }
       const m = await (await fetch(`${url}/metrics`)).json();
-      assert.equal(m.generations.by_finish_reason.cancelled, 3);
+      assert.equal(m.generations.by_finish_reason.cancelled, before + 3);
       assert.ok(m.generations.prompt_tokens > 0);
     } finally {
       await server.close();

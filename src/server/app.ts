@@ -52,6 +52,7 @@ import {
   ServerMetrics,
 } from "./metrics.ts";
 import { sseStream } from "./sse.ts";
+import { type Guard, startGuard } from "./guard.ts";
 import { ExpertsFeed } from "./experts_feed.ts";
 import { UI_ASSET_PATTERN, uiResponse, wantsHtml } from "./ui.ts";
 import { ensureDemoModel } from "./demo.ts";
@@ -89,6 +90,12 @@ export interface ServerOptions {
   maxBodyBytes?: number;
   /** How long a request body may take to arrive, ms (default 30 000); then 408. */
   bodyTimeoutMs?: number;
+  /**
+   * How long a request header may take to arrive, ms (default 15 000); then
+   * 408. Enforced by a front door that reads each header before `Deno.serve`
+   * sees it (one request per connection); 0 = none, `Deno.serve` listens itself.
+   */
+  headerTimeoutMs?: number;
   /**
    * Host names (with or without `:port`) accepted in the `Host` header
    * besides this machine's own names and IP addresses; `*` accepts any.
@@ -1070,13 +1077,31 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
   const app = new App(o);
   let listening!: (addr: Deno.NetAddr) => void;
   const listened = new Promise<Deno.NetAddr>((r) => listening = r);
+  const guarded = (o.headerTimeoutMs ?? 15_000) > 0;
+  // behind the front door (src/server/guard.ts) Deno.serve listens on a loopback port of its own
   const server = Deno.serve({
-    port: o.port ?? 8080,
-    hostname: o.hostname ?? "127.0.0.1",
+    port: guarded ? 0 : o.port ?? 8080,
+    hostname: guarded ? "127.0.0.1" : o.hostname ?? "127.0.0.1",
     onListen: (addr) => listening(addr as Deno.NetAddr),
     onError: (e) => errorResponse(toHttpError(e)),
   }, (req, info) => app.handle(req, info));
-  const addr = await listened;
+  const innerAddr = await listened;
+  let guard: Guard | undefined;
+  if (guarded) {
+    try {
+      guard = startGuard({
+        hostname: o.hostname ?? "127.0.0.1",
+        port: o.port ?? 8080,
+        inner: { hostname: innerAddr.hostname, port: innerAddr.port },
+        headerTimeoutMs: o.headerTimeoutMs ?? 15_000,
+        maxBodyBytes: o.maxBodyBytes ?? MAX_BODY_BYTES,
+      });
+    } catch (e) {
+      await server.shutdown();
+      throw e;
+    }
+  }
+  const addr = guard?.addr ?? innerAddr;
   app.boundHost = addr.hostname;
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
   const url = `http://${host}:${addr.port}`;
@@ -1106,6 +1131,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     const timer = setTimeout(() => app.cancelAll(), grace);
     closed = (async () => {
       // in-flight generations get the grace period; shutdown() waits for every response
+      guard?.close();
       const done = server.shutdown();
       app.closeStreams();
       if (app.inFlight === 0) app.cancelAll();

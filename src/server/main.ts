@@ -47,6 +47,8 @@ options:
   --cors-origin O1,O2            web origins allowed to call the API from a browser
                                  (https://app.example; '*' = any); others get 403
   --body-timeout-s S             seconds a request body may take to arrive (default 30)
+  --header-timeout-s S           seconds a request header may take to arrive (default 15;
+                                 0 = no front door: Deno.serve reads headers itself)
   --max-queue N                  requests that may wait for the model (default 16)
   --quiet                        no request log
   -h, --help                     this text`;
@@ -79,6 +81,8 @@ export interface ServeConfig {
   corsOrigins?: string[];
   /** `--body-timeout-s` in ms. */
   bodyTimeoutMs?: number;
+  /** `--header-timeout-s` in ms. */
+  headerTimeoutMs?: number;
 }
 
 /** A command line that cannot be served; the message names the flag. */
@@ -175,6 +179,7 @@ export async function parseServeArgs(
         "allowed-hosts": { type: "string", multiple: true },
         "cors-origin": { type: "string", multiple: true },
         "body-timeout-s": { type: "string" },
+        "header-timeout-s": { type: "string" },
         "ctx-size": { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
@@ -239,6 +244,7 @@ export async function parseServeArgs(
     }
   }
   const bodyTimeoutS = int("body-timeout-s", v["body-timeout-s"], 1, 3600);
+  const headerTimeoutS = int("header-timeout-s", v["header-timeout-s"], 0, 3600);
 
   if (model !== undefined) await checkPath("model", model, "gguf");
   if (base !== undefined) {
@@ -266,6 +272,7 @@ export async function parseServeArgs(
     allowedHosts,
     corsOrigins,
     bodyTimeoutMs: bodyTimeoutS === undefined ? undefined : bodyTimeoutS * 1000,
+    headerTimeoutMs: headerTimeoutS === undefined ? undefined : headerTimeoutS * 1000,
   };
 }
 
@@ -333,6 +340,7 @@ export async function main(args: string[]): Promise<number> {
       allowedHosts: c.allowedHosts,
       corsOrigins: c.corsOrigins,
       bodyTimeoutMs: c.bodyTimeoutMs,
+      headerTimeoutMs: c.headerTimeoutMs,
       prefetchEnabled: c.prefetch,
       waitForModel: false,
       log,

@@ -78,10 +78,13 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
       "https://app.example",
       "--body-timeout-s",
       "5",
+      "--header-timeout-s",
+      "0",
     ]);
     assert.deepEqual(h.allowedHosts, ["proxy.lan", "box.local", "x.example:8080"]);
     assert.deepEqual(h.corsOrigins, ["https://app.example"]);
     assert.equal(h.bodyTimeoutMs, 5000);
+    assert.equal(h.headerTimeoutMs, 0);
     await assert.rejects(() => parse(["--cors-origin", "app.example/x"]), /not an origin/);
     assert.match(USAGE, /ODMOE_API_KEY=KEY instead/);
     const e = await parseServeArgs([], (k) => k === "ODMOE_API_KEY" ? "from-env" : undefined);
