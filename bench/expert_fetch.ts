@@ -12,8 +12,9 @@
  * - `hot`: already in the pool (a hit: no upload).
  *
  * - `sha256`: the integrity check `--expert-dir` runs on an expert file
- *   the first time it is loaded (SHA-256 of its mapped bytes, page-cache
- *   warm), reported with its cost relative to a warm and a cold upload.
+ *   the first time it is loaded (its bytes read into memory, page-cache
+ *   warm, and hashed with SHA-256), with its cost relative to a warm and a
+ *   cold upload.
  *
  * And the references, over the same bytes in the same run: a raw `pread`
  * of the expert's slices into a buffer (cold and warm), and a plain
@@ -290,10 +291,14 @@ export async function runExpertFetchBench(
       const preadCold = await pass(gpu, all.length, bytesPerExpert, preadExpert);
       const preadWarm = await pass(gpu, all.length, bytesPerExpert, preadExpert);
       const fromMemory = await pass(gpu, all.length, bytesPerExpert, writeFromMemory);
+      // as ExpertDirSource does it: read(2) into memory (never the mapping), then hash
       const sha256 = await pass(gpu, all.length, bytesPerExpert, (i) => {
         const [l, e] = all[i]!;
         const h = createHash("sha256");
-        for (const v of source.expertParts(l, e)) h.update(v);
+        for (const t of source.layer(l).tensors) {
+          const r = expertSliceRange(t, e);
+          h.update(raw.pread(r.offset, scratch.subarray(0, r.length)));
+        }
         h.digest("hex");
       });
       rounds.push({ cold, warm, preadCold, preadWarm, fromMemory, sha256 });
