@@ -24,8 +24,7 @@
 
 import { parseArgs } from "node:util";
 import { acquireGpu } from "../src/gpu/device.ts";
-import type { GgmlTypeName } from "../src/gguf/types.ts";
-import { runMatmulBench } from "./matmul.ts";
+import { DEFAULT_TYPES, runMatmulBench } from "./matmul.ts";
 import { runExpertFetchBench } from "./expert_fetch.ts";
 import { decodeOptions, decodeSummary, runDecodeBench } from "./decode.ts";
 import {
@@ -63,8 +62,7 @@ export const BENCHES: Record<string, Bench> = {
           prefillCols: quick ? 1024 : 2048,
           tokens: quick ? 64 : 128,
           iters: quick ? 3 : 10,
-          types:
-            (quick ? ["Q8_0", "Q4_K"] : ["F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"]) as GgmlTypeName[],
+          types: quick ? ["Q8_0", "Q4_K", "IQ2_XXS", "IQ1_S"] : [...DEFAULT_TYPES],
         });
       } finally {
         gpu.destroy();

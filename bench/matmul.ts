@@ -10,8 +10,11 @@
  *
  * ```sh
  * deno run -A bench/matmul.ts [--rows 4096] [--cols 4096] [--tokens 128]
- *   [--prefill-rows 2048] [--prefill-cols 2048] [--iters 10] [--types F16,Q8_0,Q4_0,Q4_K,Q6_K]
+ *   [--prefill-rows 2048] [--prefill-cols 2048] [--iters 10] [--types F16,Q8_0,…|all]
  * ```
+ *
+ * The default types are the common ones and every I-quant and ternary type
+ * (IQ4_XS … IQ1_S, TQ2_0, TQ1_0); `all` is every type the GPU kernels read.
  *
  * @module
  */
@@ -27,7 +30,27 @@ import { GpuTimer } from "../src/gpu/timer.ts";
 import { prepareMatmul } from "../src/gpu/ops/matmul.ts";
 import { type Op, STEP } from "../src/gpu/ops/op.ts";
 import { randomWeightBytes, uploadWeight } from "../src/gpu/ops/weights.ts";
+import { GPU_WEIGHT_TYPES } from "../src/gpu/ops/quant_wgsl.ts";
 import { Rng } from "../src/util/rng.ts";
+
+/** The types measured by default: the common ones, then the I-quants and ternary types. */
+export const DEFAULT_TYPES: readonly GgmlTypeName[] = [
+  "F16",
+  "Q8_0",
+  "Q4_0",
+  "Q4_K",
+  "Q6_K",
+  "IQ4_XS",
+  "IQ3_S",
+  "IQ3_XXS",
+  "IQ2_S",
+  "IQ2_XS",
+  "IQ2_XXS",
+  "IQ1_M",
+  "IQ1_S",
+  "TQ2_0",
+  "TQ1_0",
+];
 
 /** Options of {@linkcode runMatmulBench}. */
 export interface MatmulBenchOptions {
@@ -251,10 +274,12 @@ if (import.meta.main) {
       "prefill-cols": { type: "string", default: "2048" },
       tokens: { type: "string", default: "128" },
       iters: { type: "string", default: "10" },
-      types: { type: "string", default: "F16,Q8_0,Q4_0,Q4_K,Q6_K" },
+      types: { type: "string", default: DEFAULT_TYPES.join(",") },
     },
   });
-  const types = values.types.split(",").map((s) => s.trim().toUpperCase()) as GgmlTypeName[];
+  const types = values.types === "all"
+    ? GPU_WEIGHT_TYPES.map((id) => requireGgmlType(id).name as GgmlTypeName)
+    : values.types.split(",").map((s) => s.trim().toUpperCase()) as GgmlTypeName[];
   for (const t of types) {
     if (!(t in GgmlType)) throw new Error(`--types: unknown ggml type ${t}`);
   }
