@@ -13,7 +13,8 @@
 import assert from "node:assert/strict";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { Rng } from "../src/util/rng.ts";
-import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
+import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
+import { GgmlType } from "../src/gguf/types.ts";
 import { fixtureModel, type FixtureType } from "../dev/fixtures.ts";
 import { checkBudgets, device, parityRun } from "./_parity.ts";
 import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
@@ -117,6 +118,37 @@ Deno.test({
       });
       assert.deepEqual(converted.tokens, original.tokens, "keep + expert dir: tokens");
       assert.deepEqual(converted.logits, original.logits, "keep + expert dir: logits bit for bit");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a file with a type the GPU cannot read is refused naming the tensor, its type and " +
+    "the supported types",
+  ignore: skip !== null,
+  sanitizeResources: false,
+  async fn() {
+    const f32 = await fixtureModel({ arch: "qwen3moe", shape: "b", type: "F32" });
+    const dir = await Deno.makeTempDir();
+    try {
+      const path = `${dir}/q1_0-down.gguf`;
+      // ggml's Q1_0 (1-bit, blocks of 128) has a CPU dequantiser but no GPU kernel.
+      loadReference().quantize(f32, path, "MOSTLY_Q8_0", {
+        tensorTypes: [["ffn_down_exps", GgmlType.Q1_0]],
+      });
+      assert.equal(
+        readGgufModel(path).tensors.find((t) => t.name === "blk.0.ffn_down_exps.weight")?.type
+          .name,
+        "Q1_0",
+      );
+      await assert.rejects(
+        loadModel({ model: path, gpu: await device(), nCtx: 64, maxBatch: 8 }),
+        (e: unknown) =>
+          e instanceof Error && /blk\.\d+\.ffn_down_exps\.weight/.test(e.message) &&
+          /Q1_0/.test(e.message) && /supported: .*IQ2_XXS.*IQ1_S.*IQ1_M.*TQ1_0/.test(e.message),
+      );
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -15,6 +15,7 @@ import { acquireGpu, type Gpu } from "../gpu/device.ts";
 import { createBuffer, recordReadback, upload } from "../gpu/buffers.ts";
 import { type Op, stepWords } from "../gpu/ops/op.ts";
 import { FINITE } from "../gpu/ops/finite.ts";
+import { isGpuWeightType, UnsupportedWeightTypeError } from "../gpu/ops/quant_wgsl.ts";
 import type { BufferBinding } from "../gpu/dispatch.ts";
 import { checkMoeConfig, type ModelConfig, type TensorPlanEntry } from "./config.ts";
 import { archSpec } from "./registry.ts";
@@ -874,7 +875,13 @@ function trunkLayers(source: ExpertSource, nLayer: number): ExpertSource {
 function checkExpertSource(source: ExpertSource, plan: readonly TensorPlanEntry[]): void {
   const byName = new Map<string, { shape: readonly number[]; n: number }>();
   for (const l of source.layers) {
-    for (const t of l.tensors) byName.set(t.name, { shape: t.sliceShape, n: l.nExpert });
+    for (const t of l.tensors) {
+      // Here, not in the pool, so that the error names the file's tensor.
+      if (t.sliceShape.length >= 2 && !isGpuWeightType(t.type.id)) {
+        throw new UnsupportedWeightTypeError(t.name, t.type.id);
+      }
+      byName.set(t.name, { shape: t.sliceShape, n: l.nExpert });
+    }
   }
   for (const e of plan) {
     const got = byName.get(e.name);
