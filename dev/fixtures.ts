@@ -680,6 +680,8 @@ function iquantSetup(
     const r = QUANT_RECIPES[type as QuantRecipeName];
     return { ftype: r.ftype, tensorTypes: tensorTypeIds(r.tensorTypes) };
   }
+  // llama.cpp's IQ2_S file type is mostly IQ2_XS; its IQ2_M is mostly IQ2_S.
+  if (type === "IQ2_S") return { ftype: "MOSTLY_IQ2_M", tensorTypes: [] };
   if (/^(IQ|TQ)/.test(type)) return { ftype: llamaFtypeOf(type as never), tensorTypes: [] };
   return undefined;
 }

@@ -39,12 +39,12 @@ const TYPES: FixtureType[] = [
 ];
 
 for (const arch of ARCHS) {
-  Deno.test({
-    name: `${arch} parity: every I-quant and ternary type, greedy tokens = llama.cpp`,
-    ignore: skip !== null,
-    sanitizeResources: false,
-    async fn() {
-      for (const [i, type] of TYPES.entries()) {
+  for (const [i, type] of TYPES.entries()) {
+    Deno.test({
+      name: `${arch} parity: ${type}, greedy tokens = llama.cpp`,
+      ignore: skip !== null,
+      sanitizeResources: false,
+      async fn() {
         const opts = { arch, shape: "b", type } as const;
         // The file really holds the type (llama.cpp may keep some tensors at others).
         const types = new Set(
@@ -52,9 +52,9 @@ for (const arch of ARCHS) {
         );
         assert.ok(types.has(type), `${arch}/${type}: the file holds ${[...types].join(", ")}`);
         await parityRun(opts, `${arch}/b/${type}`, 20 + i, { generate: 16 });
-      }
-    },
-  });
+      },
+    });
+  }
 
   Deno.test({
     name: `${arch} parity: the ~1.6-bit and ~2.5-bit dynamic mixes = llama.cpp, ` +
