@@ -149,6 +149,8 @@ for (const c of cases) {
           const r = await run(path, budget / GIB, ids, { prefetch, cap, label });
           assert.deepEqual(r.tokens, resident.tokens, `${label}: tokens differ`);
           if (frac < 1) assert.ok(r.misses > 0, `${label}: nothing streamed`);
+          // the experts' own bytes hold them all, each at its own size (mixed types too)
+          else assert.equal(r.misses, 0, `${label}: experts streamed at 100%`);
           if (frac === 0) {
             assert.equal(r.budget, minimum, "budget 0 is the minimum");
             // 20 prompt tokens route to more than top-k experts of a layer: the slots hold top-k

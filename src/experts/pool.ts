@@ -4,29 +4,32 @@
  * {@link ExpertSource} and recycled by a pluggable eviction policy (LRU).
  *
  * Budget. `--cache-size-gb` is a hard cap on the GPU bytes that hold
- * routed experts. Every slot is {@link ExpertPool.slotBytes} long — the
- * largest expert of any layer (each part rounded up to 4 bytes) — and the
- * pool allocates `⌊budgetBytes / slotBytes⌋` of them once, at most one per
- * expert. So the bytes allocated for experts, and with them the bytes
- * resident, never exceed the budget, whatever the batch, the prefetcher or
- * the mix of tensor types. The smallest budget is one token's chosen
- * experts of the largest layer (`minSlots × slotBytes`, `minSlots` = top-k);
- * a smaller one (0 included) is raised to it ({@link ExpertPool.budgetRaised}).
- * A batch needing more distinct experts of a layer than there are slots is
- * the caller's to split into expert groups ({@link ExpertPool.nSlots} at a
- * time); {@link ExpertPool.ensure} refuses it.
+ * routed experts. When it covers every expert at its own size
+ * ({@link ExpertPool.allFit}), each slot group gets one slot per expert and
+ * nothing streams. Otherwise every slot is {@link ExpertPool.slotBytes}
+ * long — the largest expert of any layer (each part rounded up to 4
+ * bytes) — and the pool allocates `⌊budgetBytes / slotBytes⌋` of them, at
+ * most one per expert, shared by every layer. Either way the slots are
+ * allocated once, so the bytes allocated for experts, and with them the
+ * bytes resident, never exceed the budget, whatever the batch, the
+ * prefetcher or the mix of tensor types. The smallest budget is one
+ * token's chosen experts of the largest layer (`minSlots × slotBytes`,
+ * `minSlots` = top-k); a smaller one (0 included) is raised to it
+ * ({@link ExpertPool.budgetRaised}). A batch needing more distinct experts
+ * of a layer than it has slots ({@link ExpertPool.slotsFor}) is the
+ * caller's to split into expert groups; {@link ExpertPool.ensure} refuses it.
  *
  * Layout. Slots live in *arenas*, one GPU buffer each, at most
- * `maxStorageBufferBindingSize`: slot `s` is at byte
- * `(s − idBase) · slotBytes` of arena `⌊s / slotsPerArena⌋`, its parts one
- * after the other. Layers whose experts have the same shape (parts' role,
- * kind, type and slice shape) form a *slot group*; files whose layers
- * differ (a Q4_K_M file gives half the layers Q6_K `ffn_down_exps`) have
- * several. Every group sees every arena through its own typed
- * {@link GpuWeight} stacks (`nSlots` matrices `slotBytes` apart, part `p`
- * at byte `partOffsets[p]` of a slot), so the slots are shared: a slot that
- * held a Q6_K layer's expert can next hold a Q4_K layer's. The engine
- * prepares one `matmul_id` dispatch per arena with its `idBase`.
+ * `maxStorageBufferBindingSize`, holding consecutive slots (the kernels'
+ * `idBase` is the first), each slot's parts one after the other. Layers
+ * whose experts have the same shape (parts' role, kind, type and slice
+ * shape) form a *slot group*; files whose layers differ (a Q4_K_M file
+ * gives half the layers Q6_K `ffn_down_exps`) have several. A group sees
+ * the arenas it may use through its own typed {@link GpuWeight} stacks
+ * (slots `slotBytes` apart, part `p` at byte `partOffsets[p]` of a slot):
+ * while streaming every group sees every arena, so a slot that held a Q6_K
+ * layer's expert can next hold a Q4_K layer's. The engine prepares one
+ * `matmul_id` dispatch per arena with its `idBase`.
  *
  * Residency table. An i32 GPU buffer `[nLayer, nExpert]` maps (layer,
  * expert) → slot, or −1. The CPU keeps a mirror and rewrites only the
@@ -300,8 +303,11 @@ export class ExpertPool {
   readonly slotBytes: number;
   /** Slots: the most distinct experts resident at once. */
   readonly nSlots: number;
-  /** Slots per arena (the last arena may hold fewer). */
-  readonly slotsPerArena: number;
+  /**
+   * Whether the budget holds every expert at its own size: then each slot
+   * group has its own slots, one per expert, and nothing streams.
+   */
+  readonly allFit: boolean;
   /** Rows of the residency table. */
   readonly nLayer: number;
   /** Columns of the residency table: the largest expert count of any layer. */
@@ -322,8 +328,16 @@ export class ExpertPool {
   readonly #slotLayer: Int32Array;
   readonly #slotExpert: Int32Array;
   readonly #prefetched: Uint8Array;
-  readonly #free: number[];
-  #occupied = 0;
+  // per slot: its bytes; free slots per group (shared by every group while streaming)
+  readonly #slotSize: Float64Array;
+  readonly #free: number[][];
+  // per group: the range of slots it can use (all of them while streaming)
+  readonly #classStart: number[];
+  readonly #classSlots: number[];
+  // per arena: first slot, slot bytes, buffer
+  readonly #arenaBase: number[] = [];
+  readonly #arenaSlotBytes: number[] = [];
+  #residentBytes = 0;
   // [nLayer, nExpert] mirror of residencyBuffer.
   readonly #table: Int32Array;
   readonly #dirty = new Set<number>();
@@ -384,25 +398,58 @@ export class ExpertPool {
     this.slotBytes = Math.max(...shapes.map((g) => g.usedSlotBytes));
     this.minBudgetBytes = Math.min(minSlots, this.nExpert) * this.slotBytes;
     this.budgetBytes = Math.max(budgetBytes, this.minBudgetBytes);
-    this.nSlots = Math.min(this.#totalExperts, Math.floor(this.budgetBytes / this.slotBytes));
+    // Every expert at its own size if the budget holds them all; else one
+    // set of slots of the largest size, shared by every group.
+    const groupExperts = shapes.map((g) => g.layers.reduce((n, l) => n + l.nExpert, 0));
+    const exact = shapes.reduce((n, g, i) => n + groupExperts[i]! * g.usedSlotBytes, 0);
+    this.allFit = this.budgetBytes >= exact;
+    const classes = this.allFit
+      ? shapes.map((g, i) => ({ slotBytes: g.usedSlotBytes, n: groupExperts[i]!, groups: [i] }))
+      : [{
+        slotBytes: this.slotBytes,
+        n: Math.min(this.#totalExperts, Math.floor(this.budgetBytes / this.slotBytes)),
+        groups: shapes.map((_, i) => i),
+      }];
+    this.nSlots = classes.reduce((n, c) => n + c.n, 0);
     const perBinding = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
-    this.slotsPerArena = Math.min(
-      this.nSlots,
-      MAX_SLOTS_PER_ARENA,
-      options.maxSlotsPerArena ?? Infinity,
-      Math.floor(perBinding / this.slotBytes),
-    );
-    if (this.slotsPerArena < 1) {
-      throw new RangeError(
-        `ExpertPool: one expert takes ${this.slotBytes} bytes, over this device's storage ` +
-          `binding limit of ${perBinding} bytes`,
-      );
-    }
     const label = options.label ?? "experts";
     const buffers: GPUBuffer[] = [];
-    for (let idBase = 0, a = 0; idBase < this.nSlots; idBase += this.slotsPerArena, a++) {
-      const n = Math.min(this.slotsPerArena, this.nSlots - idBase);
-      buffers.push(createBuffer(gpu, { label: `${label}.a${a}`, size: n * this.slotBytes }));
+    const arenasOf: number[][] = shapes.map(() => []);
+    this.#slotSize = new Float64Array(this.nSlots);
+    this.#free = shapes.map(() => []);
+    this.#classSlots = shapes.map(() => 0);
+    this.#classStart = shapes.map(() => 0);
+    let base = 0;
+    for (const c of classes) {
+      const perArena = Math.min(
+        c.n,
+        MAX_SLOTS_PER_ARENA,
+        options.maxSlotsPerArena ?? Infinity,
+        Math.floor(perBinding / c.slotBytes),
+      );
+      if (perArena < 1) {
+        throw new RangeError(
+          `ExpertPool: one expert takes ${c.slotBytes} bytes, over this device's storage ` +
+            `binding limit of ${perBinding} bytes`,
+        );
+      }
+      for (let first = 0; first < c.n; first += perArena) {
+        const n = Math.min(perArena, c.n - first);
+        const a = buffers.length;
+        buffers.push(createBuffer(gpu, { label: `${label}.a${a}`, size: n * c.slotBytes }));
+        this.#arenaBase.push(base + first);
+        this.#arenaSlotBytes.push(c.slotBytes);
+        for (const g of c.groups) arenasOf[g]!.push(a);
+      }
+      this.#slotSize.fill(c.slotBytes, base, base + c.n);
+      // one free list per class, shared by its groups; popped from the end: lowest slot first
+      const free = Array.from({ length: c.n }, (_, i) => base + c.n - 1 - i);
+      for (const g of c.groups) {
+        this.#free[g] = free;
+        this.#classSlots[g] = c.n;
+        this.#classStart[g] = base;
+      }
+      base += c.n;
     }
     this.buffers = buffers;
     this.#groups = shapes.map((s, index) => {
@@ -417,11 +464,18 @@ export class ExpertPool {
         usedSlotBytes: s.usedSlotBytes,
         arenas: [],
       };
-      buffers.forEach((buffer, a) => {
+      for (const a of arenasOf[index]!) {
         group.arenas.push(
-          makeArena(`${label}.g${index}`, group, a, a * this.slotsPerArena, buffer, this.slotBytes),
+          makeArena(
+            `${label}.g${index}`,
+            group,
+            a,
+            this.#arenaBase[a]!,
+            buffers[a]!,
+            this.#arenaSlotBytes[a]!,
+          ),
         );
-      });
+      }
       return group;
     });
     this.groups = this.#groups;
@@ -432,7 +486,6 @@ export class ExpertPool {
     this.#slotLayer = new Int32Array(n).fill(-1);
     this.#slotExpert = new Int32Array(n).fill(-1);
     this.#prefetched = new Uint8Array(n);
-    this.#free = Array.from({ length: n }, (_, i) => n - 1 - i);
     this.policy = (options.policy ?? lruPolicy)({
       nSlots: n,
       layerOf: (s) => this.#slotLayer[s] ?? -1,
@@ -460,7 +513,7 @@ export class ExpertPool {
 
   /** GPU bytes of the slots holding an expert now. */
   get residentBytes(): number {
-    return this.#occupied * this.slotBytes;
+    return this.#residentBytes;
   }
 
   /** The largest {@link residentBytes} seen (since the stats were last reset). */
@@ -476,6 +529,21 @@ export class ExpertPool {
   /** Whether every expert of every layer has a slot (the budget covers them all). */
   get allResident(): boolean {
     return this.nSlots === this.#totalExperts;
+  }
+
+  /** The most experts of `layer` resident at once: the slots its group can use. */
+  slotsFor(layer: number): number {
+    return this.#classSlots[this.#group(layer).index]!;
+  }
+
+  /** Where `slot` is: its arena's index in {@link buffers} and its first byte there. */
+  slotLocation(slot: number): { arena: number; byteOffset: number } {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.nSlots) {
+      throw new RangeError(`ExpertPool: slot ${slot} is out of range [0, ${this.nSlots})`);
+    }
+    let a = this.#arenaBase.length - 1;
+    while (this.#arenaBase[a]! > slot) a--;
+    return { arena: a, byteOffset: (slot - this.#arenaBase[a]!) * this.#arenaSlotBytes[a]! };
   }
 
   /** The slot group of `layer`; `RangeError` when the layer has no routed experts. */
@@ -522,25 +590,27 @@ export class ExpertPool {
   ensure(layer: number, experts: readonly number[], options: EnsureOptions = {}): EnsureResult {
     const g = this.#group(layer);
     const wanted = this.#distinct(layer, experts);
-    if (wanted.length > this.nSlots) {
+    const slots = this.#classSlots[g.index]!;
+    if (wanted.length > slots) {
       throw new ExpertPoolFullError(
         `layer ${layer} needs ${wanted.length} distinct experts at once but the pool has ` +
-          `${this.nSlots} slots (${this.budgetBytes} bytes, ${this.slotBytes} per expert); ` +
-          `compute the layer in expert groups of at most ${this.nSlots} or raise --cache-size-gb`,
+          `${slots} slots (${this.budgetBytes} bytes, ${this.slotBytes} per expert); ` +
+          `compute the layer in expert groups of at most ${slots} or raise --cache-size-gb`,
       );
     }
     const missing = wanted.filter((e) => this.#slot(layer, e) < 0);
     const isProtected = this.#protector(layer, wanted, options.pinned);
     if (missing.length > 0) {
       let protectedResident = 0;
-      for (let s = 0; s < this.nSlots; s++) {
+      const start = this.#classStart[g.index]!;
+      for (let s = start; s < start + slots; s++) {
         if (this.#slotLayer[s]! >= 0 && isProtected(s)) protectedResident++;
       }
-      const available = this.nSlots - protectedResident;
+      const available = slots - protectedResident;
       if (missing.length > available) {
         throw new ExpertPoolFullError(
           `layer ${layer}: ${missing.length} experts to upload but only ${available} of ` +
-            `${this.nSlots} slots are free or evictable (${protectedResident} hold requested or ` +
+            `${slots} slots are free or evictable (${protectedResident} hold requested or ` +
             `pinned experts); pin fewer experts or raise --cache-size-gb`,
         );
       }
@@ -562,7 +632,7 @@ export class ExpertPool {
     }
     const evicted: [number, number][] = [];
     missing.forEach((e, i) => {
-      const slot = this.#free.pop() ?? this.#evict(isProtected, evicted);
+      const slot = this.#free[g.index]!.pop() ?? this.#evict(isProtected, evicted);
       const ms = this.#write(g, slot, views[i]!);
       this.#assign(slot, layer, e, false);
       this.stats.recordMiss(layer, g.bytesPerExpert, ms, cold[i]);
@@ -614,7 +684,7 @@ export class ExpertPool {
     for (const e of wanted) {
       if (this.#slot(layer, e) >= 0) continue;
       if (
-        this.#free.length === 0 &&
+        this.#free[g.index]!.length === 0 &&
         (evicted.length >= maxEvict || this.policy.victim(isProtected) < 0)
       ) {
         break;
@@ -629,7 +699,7 @@ export class ExpertPool {
         continue;
       }
       const cold = this.#coldRead(g, layer, e);
-      const slot = this.#free.pop() ?? this.#evict(isProtected, evicted);
+      const slot = this.#free[g.index]!.pop() ?? this.#evict(isProtected, evicted);
       const ms = this.#write(g, slot, views);
       this.#assign(slot, layer, e, true);
       this.stats.recordPrefetch(g.bytesPerExpert, ms, cold);
@@ -663,10 +733,11 @@ export class ExpertPool {
     let count = 0;
     let sinceFlush = 0;
     try {
-      for (let layer = 0; layer < this.nLayer && this.#free.length > 0; layer++) {
+      for (let layer = 0; layer < this.nLayer; layer++) {
         const g = this.#groupOf[layer];
         if (!g) continue;
-        for (let e = 0; e < this.#layerExperts[layer]! && this.#free.length > 0; e++) {
+        const free = this.#free[g.index]!;
+        for (let e = 0; e < this.#layerExperts[layer]! && free.length > 0; e++) {
           if (this.#slot(layer, e) >= 0) continue;
           let views: Uint8Array[];
           try {
@@ -676,7 +747,7 @@ export class ExpertPool {
             throw error;
           }
           const cold = this.#coldRead(g, layer, e);
-          const slot = this.#free.pop()!;
+          const slot = free.pop()!;
           const ms = this.#write(g, slot, views);
           this.#assign(slot, layer, e, false);
           this.stats.recordPrefetch(g.bytesPerExpert, ms, cold);
@@ -700,7 +771,7 @@ export class ExpertPool {
    * returns how many were dropped. Pinned or not, nothing of the layer stays.
    */
   dropLayer(layer: number): number {
-    this.#group(layer);
+    const g = this.#group(layer);
     let n = 0;
     for (let slot = 0; slot < this.nSlots; slot++) {
       if (this.#slotLayer[slot] !== layer) continue;
@@ -708,8 +779,8 @@ export class ExpertPool {
       this.policy.remove(slot);
       this.#slotLayer[slot] = this.#slotExpert[slot] = -1;
       this.#prefetched[slot] = 0;
-      this.#occupied--;
-      this.#free.push(slot);
+      this.#residentBytes -= this.#slotSize[slot]!;
+      this.#free[g.index]!.push(slot);
       this.#setEntry(layer, expert, -1);
       n++;
     }
@@ -782,13 +853,19 @@ export class ExpertPool {
     return this.#table[layer * this.nExpert + expert]!;
   }
 
+  // Slots not to evict for `layer`: its requested experts, pinned ones, and
+  // slots its group cannot use (another group's, when every expert fits).
   #protector(
     layer: number,
     wanted: readonly number[],
     pinned: ReadonlySet<string> | undefined,
   ): (slot: number) => boolean {
     const needed = new Set(wanted);
+    const g = this.#group(layer).index;
+    const start = this.#classStart[g]!;
+    const end = start + this.#classSlots[g]!;
     return (slot) => {
+      if (slot < start || slot >= end) return true;
       const l = this.#slotLayer[slot]!;
       const e = this.#slotExpert[slot]!;
       return (l === layer && needed.has(e)) || (pinned?.has(expertKey(l, e)) ?? false);
@@ -838,7 +915,7 @@ export class ExpertPool {
     this.stats.recordEviction(this.#prefetched[slot] === 1);
     this.#slotLayer[slot] = this.#slotExpert[slot] = -1;
     this.#prefetched[slot] = 0;
-    this.#occupied--;
+    this.#residentBytes -= this.#slotSize[slot]!;
     this.#setEntry(layer, expert, -1);
     if (this.#listeners.size) this.#emit("evict", layer, expert);
     evicted.push([layer, expert]);
@@ -850,7 +927,7 @@ export class ExpertPool {
     this.#slotExpert[slot] = expert;
     this.#prefetched[slot] = prefetched ? 1 : 0;
     this.policy.touch(slot);
-    this.#occupied++;
+    this.#residentBytes += this.#slotSize[slot]!;
     this.#setEntry(layer, expert, slot);
     if (this.#listeners.size) this.#emit(prefetched ? "prefetch" : "load", layer, expert);
   }
@@ -867,9 +944,8 @@ export class ExpertPool {
 
   // Copies the views into the slot; returns the CPU time of the copies (ms).
   #write(g: Group, slot: number, views: readonly Uint8Array[]): number {
-    const a = Math.floor(slot / this.slotsPerArena);
-    const at = (slot - a * this.slotsPerArena) * this.slotBytes;
-    const buffer = this.buffers[a]!;
+    const { arena, byteOffset: at } = this.slotLocation(slot);
+    const buffer = this.buffers[arena]!;
     const t0 = performance.now();
     views.forEach((v, p) => upload(this.gpu, buffer, v, at + g.partOffsets[p]!));
     this.#pendingFlush = true;

@@ -157,12 +157,13 @@ async function checkGpu(gpu: Gpu, pool: ExpertPool, f: Fixture): Promise<void> {
       if (slot < 0) continue;
       assert.ok(slot < pool.nSlots && !seen.has(slot), `slot ${slot} of ${l}:${e}`);
       seen.add(slot);
-      const a = Math.floor(slot / pool.slotsPerArena);
-      assert.equal(g.arenas[a]!.idBase, a * pool.slotsPerArena);
+      const { arena: a, byteOffset } = pool.slotLocation(slot);
       const local = slot - g.arenas[a]!.idBase;
+      assert.ok(local >= 0 && local < g.arenas[a]!.nSlots);
+      assert.equal(byteOffset, local * SLOT_BYTES);
       f.expert(l, e).forEach((want, p) => {
         const arena = new Uint8Array(got[1 + a]!);
-        const at = local * SLOT_BYTES + g.partOffsets[p]!;
+        const at = byteOffset + g.partOffsets[p]!;
         assert.deepEqual(arena.subarray(at, at + want.length), want, `${l}:${e} part ${p}`);
       });
     }
@@ -663,6 +664,40 @@ gpuTest(
       }
     } finally {
       pool.destroy();
+    }
+    // a budget that holds every expert at its own size: one slot each, nothing padded
+    const all = new ExpertPool(gpu, src, { budgetBytes: total, minSlots: 2 });
+    try {
+      assert.ok(all.allFit && all.allResident);
+      assert.deepEqual([all.nSlots, all.allocatedBytes, all.slotsFor(0), all.slotsFor(2)], [
+        12,
+        total,
+        8,
+        4,
+      ]);
+      assert.equal(all.preloadAll(), 12);
+      assert.equal(all.residentBytes, total);
+      const [a, b] = all.groups;
+      assert.deepEqual(a!.arenas.map((x) => [x.idBase, x.nSlots]), [[0, 8]]);
+      assert.deepEqual(b!.arenas.map((x) => [x.idBase, x.nSlots]), [[8, 4]]);
+      assert.equal(b!.arenas[0]!.weights.gate!.matStride, 128);
+      assert.deepEqual(all.ensure(2, [0, 3]), { uploaded: [], evicted: [] });
+      const got = await readback(gpu, [all.residencyBuffer, ...all.buffers]);
+      const table = new Int32Array(got[0]!);
+      for (const g of all.groups) {
+        for (const layer of g.layers) {
+          for (let e = 0; e < (layer === 0 ? 8 : 4); e++) {
+            const { arena, byteOffset } = all.slotLocation(table[layer * 8 + e]!);
+            const bytes = new Uint8Array(got[1 + arena]!);
+            src.expertParts(layer, e).forEach((want, p) => {
+              const off = byteOffset + g.partOffsets[p]!;
+              assert.deepEqual(bytes.subarray(off, off + want.length), want, `${layer}:${e}`);
+            });
+          }
+        }
+      }
+    } finally {
+      all.destroy();
     }
   },
 );

@@ -468,7 +468,7 @@ export class Model {
    * one group when they all fit.
    */
   #expertGroups(layer: number, experts: readonly number[]): number[][] {
-    const n = this.pool.nSlots;
+    const n = this.pool.slotsFor(layer);
     if (experts.length <= n) return [[...experts]];
     const resident = experts.filter((e) => this.pool.slotOf(layer, e) >= 0);
     const absent = experts.filter((e) => this.pool.slotOf(layer, e) < 0);
