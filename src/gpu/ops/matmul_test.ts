@@ -200,7 +200,10 @@ gpuTest("matmul: every weight type, matvec and tiled kernels, odd shapes", async
         [37, 6, DEFAULT_MATMUL_TUNING],
         [37, 40, DEFAULT_MATMUL_TUNING],
       ];
-      for (const [nRows, nTokens, tuning] of more) {
+      // The I-quant and ternary sections share the piece layout of 8 consecutive
+      // elements: two other shapes each keep this test's time on a software adapter.
+      const shapes = /^(IQ[123]|TQ)/.test(type.name) ? [more[0]!, more[2]!] : more;
+      for (const [nRows, nTokens, tuning] of shapes) {
         cases.push(await matmulCase(gpu, { type, nCols, nRows, nTokens, tuning, seed: seed++ }));
       }
     }
@@ -283,7 +286,7 @@ gpuTest(
   async (gpu) => {
     const cases: Case[] = [];
     let seed = 77;
-    for (const name of ["Q4_0", "Q6_K", "F16", "MXFP4"] as const) {
+    for (const name of ["Q4_0", "Q6_K", "F16", "MXFP4", "IQ1_S", "IQ3_S", "TQ1_0"] as const) {
       const type = requireGgmlType(GgmlType[name]);
       const nCols = colsFor(type)[1]!;
       const nRows = 29;
@@ -402,7 +405,9 @@ gpuTest(
   async (gpu) => {
     const cases: Case[] = [];
     let seed = 500;
-    for (const name of ["Q8_0", "Q4_K", "Q6_K", "F32", "MXFP4", "Q4_0"] as const) {
+    for (
+      const name of ["Q8_0", "Q4_K", "Q6_K", "F32", "MXFP4", "Q4_0", "IQ2_XXS", "IQ1_M"] as const
+    ) {
       const type = requireGgmlType(GgmlType[name]);
       const nCols = colsFor(type)[1]!;
       for (const nTokens of [1, 3, 40]) {
