@@ -1,7 +1,7 @@
 /**
  * `--cache-size-gb` is a hard cap (issue 14). For every architecture, with
  * uniform-type and mixed-type (Q4_K_M: Q6_K `ffn_down_exps` in half the
- * layers) files, at budgets of the minimum and 10/25/50/100% of the
+ * layers; an I-quant mix with gate/up and down of different types) files, at budgets of the minimum and 10/25/50/100% of the
  * experts' bytes, with prompt batches whose experts do not fit at once and
  * prefetch on and off: after every pool call the GPU bytes holding experts
  * are at most max(budget, top-k × the largest expert), and the tokens are
@@ -119,6 +119,8 @@ const cases: FixtureOptions[] = [
   { arch: "gpt-oss", type: "F16", shape: "a" },
   { arch: "deepseek2", type: "F16", shape: "a" },
   { arch: "deepseek2", type: "Q4_K_M", shape: "b" },
+  // I-quant experts: IQ2_XXS gate/up, IQ3_XXS down (dev/quant_recipes.ts)
+  { arch: "qwen3moe", type: "IQ2_MIX", shape: "b" },
 ];
 
 for (const c of cases) {
