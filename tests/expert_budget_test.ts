@@ -164,3 +164,35 @@ for (const c of cases) {
     },
   });
 }
+
+Deno.test({
+  name: "budget: one below the minimum is raised to it with a warning that says so",
+  sanitizeResources: false,
+  async fn() {
+    const path = await fixtureModel({ arch: "qwen3moe", type: "F16", shape: "a" });
+    const { largest } = expertSizes(path);
+    const topK = readGgufModel(path).metadata.number("qwen3moe.expert_used_count");
+    const warnings: string[] = [];
+    const model = await loadModel({
+      model: path,
+      gpu: await device(),
+      nCtx: 64,
+      cacheSizeGB: 1000 / GIB,
+      onWarning: (m) => warnings.push(m),
+    });
+    try {
+      assert.equal(model.pool.budgetBytes, topK * largest);
+      assert.equal(warnings.length, 1);
+      assert.match(warnings[0]!, /--cache-size-gb .* \(1000 bytes\) is below the smallest/);
+      assert.match(warnings[0]!, new RegExp(`using ${topK * largest} bytes`));
+      const s = model.expertStats.snapshot();
+      assert.deepEqual([s.requestedBudgetBytes, s.minBudgetBytes, s.budgetBytes], [
+        1000,
+        topK * largest,
+        topK * largest,
+      ]);
+    } finally {
+      model.close();
+    }
+  },
+});
