@@ -1,6 +1,6 @@
 /**
  * A Kimi-K2-shaped model at Kimi's real width against llama.cpp: the
- * `kimi-k2` preset of `dev/fixtures.ts` (7168 wide, 64 heads, q LoRA 1536,
+ * `kimi-k2-cut` preset of `dev/fixtures.ts` (7168 wide, 64 heads, q LoRA 1536,
  * KV LoRA 512, 384 experts top-8 with one shared expert, the first block
  * dense, two blocks, F16, about 1 GB) is generated once, then
  *
@@ -42,7 +42,7 @@ const { values } = parseArgs({
 const nPrompt = Number(values.prompt);
 const nGen = Number(values.generate);
 
-const opts = { ...DEEPSEEK2_PRESETS["kimi-k2"], type: "F16" } as const;
+const opts = { ...DEEPSEEK2_PRESETS["kimi-k2-cut"], type: "F16" } as const;
 let t0 = performance.now();
 const path = await fixtureModel(opts);
 const refPath = await fixtureDequantized(opts);

@@ -57,11 +57,16 @@
  */
 
 import { type SyntheticArch, syntheticModel, type SyntheticSpec } from "../src/model/synthetic.ts";
-import { builtinTokenizer, tokenizerFromGguf, type TokenizerMetadata } from "../src/model/vocab.ts";
+import {
+  builtinTokenizer,
+  tokenizerFromGguf,
+  type TokenizerMetadata,
+  TokenType,
+} from "../src/model/vocab.ts";
 import { readGgufHeader, readGgufModel } from "../src/gguf/reader.ts";
 import { type GgufTensorSpec, type GgufWriteSpec, writeGgufFile } from "../src/gguf/writer.ts";
 import { isExpertTensor, Keys } from "../src/gguf/names.ts";
-import { gv } from "../src/gguf/value.ts";
+import { type GgufValue, gv } from "../src/gguf/value.ts";
 import { REPO_ROOT, vocabPath } from "./ref/llama_src.ts";
 import { LlamaFtype, type LlamaFtypeName, loadReference } from "./ref/llama_cpp.ts";
 import {
@@ -399,65 +404,68 @@ export const FIXTURE_SHAPES: Record<SyntheticArch, Record<FixtureShape, FixtureS
  * Left small: 2 of 61 blocks, and the FFN widths (Kimi's experts are 2048
  * wide, its dense block 18432).
  *
- * `kimi-k2` is 7168 wide (about 1 GB in F16); `kimi-k2-narrow` has the same
- * structure at width 256 with every per-head width cut, for tests.
+ * `kimi-k2-cut` is 7168 wide (about 1 GB in F16); `kimi-k2-narrow` has the
+ * same structure at width 256 with every per-head width cut, for tests. The
+ * real shape, FFN widths and vocabulary included, is the `kimi-k2` preset of
+ * `dev/presets.ts`.
  */
-export const DEEPSEEK2_PRESETS: Readonly<Record<"kimi-k2" | "kimi-k2-narrow", FixtureOptions>> =
-  (() => {
-    const structure = {
-      arch: "deepseek2",
-      shape: "b",
-      nLayer: 2,
-      nHead: 64,
-      nHeadKv: 1,
-      nLayerDenseLead: 1,
-      nExpert: 384,
-      nExpertUsed: 8,
-      nExpertShared: 1,
-      nExpertGroups: 1,
-      nExpertGroupsUsed: 1,
-      gating: "sigmoid",
-      expProbsBias: true,
-      expertWeightsNorm: true,
-      expertWeightsScale: 2.827,
-      nCtx: 131072,
-      ropeBase: 50_000,
-      rmsEps: 1e-6,
-      yarnFactor: 32,
-      yarnOrigCtx: 4096,
-      yarnMscaleAllDim: 1,
-      tiedOutput: false,
-      vocab: "qwen2",
-      vocabSize: 3000,
-      vocabPre: "kimi-k2",
-    } as const;
-    return {
-      "kimi-k2": {
-        ...structure,
-        nEmbd: 7168,
-        qLoraRank: 1536,
-        kvLoraRank: 512,
-        qkNopeDim: 128,
-        qkRopeDim: 64,
-        vHeadDim: 128,
-        nFf: 256,
-        nFfExp: 32,
-        seed: 604,
-      },
-      "kimi-k2-narrow": {
-        ...structure,
-        nEmbd: 256,
-        qLoraRank: 96,
-        kvLoraRank: 64,
-        qkNopeDim: 16,
-        qkRopeDim: 8,
-        vHeadDim: 16,
-        nFf: 128,
-        nFfExp: 32,
-        seed: 603,
-      },
-    };
-  })();
+export const DEEPSEEK2_PRESETS: Readonly<
+  Record<"kimi-k2-cut" | "kimi-k2-narrow", FixtureOptions>
+> = (() => {
+  const structure = {
+    arch: "deepseek2",
+    shape: "b",
+    nLayer: 2,
+    nHead: 64,
+    nHeadKv: 1,
+    nLayerDenseLead: 1,
+    nExpert: 384,
+    nExpertUsed: 8,
+    nExpertShared: 1,
+    nExpertGroups: 1,
+    nExpertGroupsUsed: 1,
+    gating: "sigmoid",
+    expProbsBias: true,
+    expertWeightsNorm: true,
+    expertWeightsScale: 2.827,
+    nCtx: 131072,
+    ropeBase: 50_000,
+    rmsEps: 1e-6,
+    yarnFactor: 32,
+    yarnOrigCtx: 4096,
+    yarnMscaleAllDim: 1,
+    tiedOutput: false,
+    vocab: "qwen2",
+    vocabSize: 3000,
+    vocabPre: "kimi-k2",
+  } as const;
+  return {
+    "kimi-k2-cut": {
+      ...structure,
+      nEmbd: 7168,
+      qLoraRank: 1536,
+      kvLoraRank: 512,
+      qkNopeDim: 128,
+      qkRopeDim: 64,
+      vHeadDim: 128,
+      nFf: 256,
+      nFfExp: 32,
+      seed: 604,
+    },
+    "kimi-k2-narrow": {
+      ...structure,
+      nEmbd: 256,
+      qLoraRank: 96,
+      kvLoraRank: 64,
+      qkNopeDim: 16,
+      qkRopeDim: 8,
+      vHeadDim: 16,
+      nFf: 128,
+      nFfExp: 32,
+      seed: 603,
+    },
+  };
+})();
 
 /** What {@linkcode fixtureModel} is asked for: a shape and type, and any fields to override. */
 export interface FixtureOptions extends Partial<FixtureShapeSpec> {
@@ -520,11 +528,56 @@ export function fixtureVocab(vocab: FixtureVocab, size?: number): Promise<Tokeni
   return p;
 }
 
+/**
+ * The tokenizer of a vocabulary source with exactly `size` tokens when
+ * `size` is at least as large as the source (padded with control tokens
+ * `<|pad_N|>`, as real checkpoints pad their embeddings), or cut to `size`
+ * counting the control tokens kept beyond the cut (so a real model's size is
+ * met exactly) when the source has more; the source as is without `size`.
+ * Cuts below the source's control-token count keep the old behaviour of
+ * {@linkcode fixtureVocab} (the controls are kept beyond `size`).
+ */
+async function exactVocab(vocab: FixtureVocab, size?: number): Promise<TokenizerMetadata> {
+  if (size === undefined) return fixtureVocab(vocab);
+  const full = await fixtureVocab(vocab);
+  if (size < full.nTokens) {
+    const cut = await fixtureVocab(vocab, size);
+    // exact only for real-model sizes (tens of thousands): the small test
+    // fixtures keep their names (and cached files) with controls beyond the cut
+    if (size < 10_000 || cut.nTokens === size) return cut;
+    return fixtureVocab(vocab, size - (cut.nTokens - size));
+  }
+  if (size === full.nTokens) return full;
+  const pad = size - full.nTokens;
+  return {
+    nTokens: size,
+    entries: full.entries.map(([k, v]) => {
+      if (v.type !== "array") return [k, v] as const;
+      if (k === Keys.tokenizerTokens && v.itemType === "string") {
+        const extra = Array.from({ length: pad }, (_, i) => `<|pad_${full.nTokens + i}|>`);
+        return [k, gv.strings([...v.value, ...extra])] as const;
+      }
+      if (k === Keys.tokenizerTokenType) {
+        const types = Int32Array.from(v.value as ArrayLike<number>);
+        const out = new Int32Array(size).fill(TokenType.control);
+        out.set(types);
+        return [k, { type: "array", itemType: "i32", value: out } as GgufValue] as const;
+      }
+      if (k === Keys.tokenizerScores) {
+        const out = new Float32Array(size);
+        out.set(Float32Array.from(v.value as ArrayLike<number>));
+        return [k, { type: "array", itemType: "f32", value: out } as GgufValue] as const;
+      }
+      return [k, v] as const;
+    }),
+  };
+}
+
 /** The generator spec of a fixture (F32 or F16; quantised types start from F32). */
 export async function fixtureSpec(options: FixtureOptions): Promise<SyntheticSpec> {
   const def = fixtureDefinition(options);
   const { vocab, vocabSize, vocabPre, ...dims } = def.spec;
-  const tokenizer = await fixtureVocab(vocab, vocabSize || undefined);
+  const tokenizer = await exactVocab(vocab, vocabSize || undefined);
   return {
     ...dims,
     arch: def.arch,
@@ -532,9 +585,16 @@ export async function fixtureSpec(options: FixtureOptions): Promise<SyntheticSpe
     weightType: def.type === "F16" ? "F16" : "F32",
     vocab: vocabPre === undefined ? tokenizer : {
       nTokens: tokenizer.nTokens,
-      entries: tokenizer.entries.map(([k, v]) =>
-        k === Keys.tokenizerPre ? [k, gv.str(vocabPre)] as const : [k, v]
-      ),
+      // relabelled, or added after tokenizer.ggml.model where the source has none
+      entries: tokenizer.entries.some(([k]) => k === Keys.tokenizerPre)
+        ? tokenizer.entries.map(([k, v]) =>
+          k === Keys.tokenizerPre ? [k, gv.str(vocabPre)] as const : [k, v]
+        )
+        : tokenizer.entries.flatMap(([k, v]) =>
+          k === Keys.tokenizerModel
+            ? [[k, v] as const, [Keys.tokenizerPre, gv.str(vocabPre)] as const]
+            : [[k, v] as const]
+        ),
     },
   };
 }

@@ -8,20 +8,35 @@
  *   [--shape a|b] [--layers N --embd N --heads N --kv-heads N
  *   --head-dim N --ff N --shexp-ff N --experts N --top-k N --ctx N --rope-base X --rms-eps X]
  *   [--vocab qwen2|llama-spm|llama-bpe|builtin|… --vocab-size N] [--seed S] [--tied|--untied]
- *   [--preset kimi-k2|kimi-k2-narrow] [--arch-name mistral4] [--nextn N]
+ *   [--arch-name mistral4] [--nextn N]
+ * deno task make-model --preset NAME --out m.gguf [--layers N] [--type T] [--tensor-type …]
+ * deno task make-model --list [--layers N]
  * ```
  *
- * deepseek2 only: `--preset` starts from a Kimi-K2-shaped preset
- * (`DEEPSEEK2_PRESETS` in `dev/fixtures.ts`: 2 blocks of Kimi-K2's attention and
- * routing, the first dense, at Kimi's width or narrow); `--arch-name mistral4`
- * writes the file as Mistral-Small-4 (the same graph); `--nextn N` adds N
- * multi-token-prediction blocks after the trunk (as GLM-4.7-Flash).
+ * `--preset NAME` writes a real model's shape (`SHAPE_PRESETS` in
+ * `dev/presets.ts`: qwen3-30b-a3b, qwen3-235b-a22b, mixtral-8x7b,
+ * qwen2-57b-a14b, deepseek-v3, kimi-k2, gpt-oss-20b, gpt-oss-120b,
+ * olmoe-1b-7b) cut to its first `--layers N` blocks (default in `--list`),
+ * everything else real; `--arch` is implied. `--list` prints the presets
+ * with their parameter counts, full and as generated. The CI variants
+ * `kimi-k2-cut` (Kimi's width, FFNs cut) and `kimi-k2-narrow` (width 256) of
+ * `DEEPSEEK2_PRESETS` in `dev/fixtures.ts` are presets too.
+ *
+ * deepseek2 only: `--arch-name mistral4` writes the file as Mistral-Small-4
+ * (the same graph); `--nextn N` adds N multi-token-prediction blocks after
+ * the trunk (as GLM-4.7-Flash).
+ *
+ * Tensors are generated one at a time as they are written
+ * (`syntheticModelLazy`), so memory holds the largest tensor, not the model.
  *
  * Dimensions start from the test fixture shape `--shape` (default `a`, see
  * `dev/fixtures.ts`); flags override them. F32 and F16 are written by the
  * generator; other types are quantised from an F32 temporary by llama.cpp's
  * own quantiser (`llama_model_quantize` through `dev/ref/llama_cpp.ts`), so
- * the file is what llama.cpp itself would make. Prints one summary line.
+ * the file is what llama.cpp itself would make, with llama.cpp's per-tensor
+ * type choices for the file type (`llama_model_quantize` reads and
+ * quantises one tensor at a time). The temporary is F16 instead of F32 when
+ * an F32 one would pass 16 GiB. Prints one summary line.
  *
  * `--tensor-type REGEX=TYPE` (repeatable, as llama-quantize's) sets the type
  * of every tensor whose name matches REGEX, the first match winning; the
@@ -34,11 +49,23 @@
  */
 
 import { parseArgs } from "node:util";
-import { SYNTHETIC_ARCHS, type SyntheticArch, syntheticModel } from "../src/model/synthetic.ts";
+import { SYNTHETIC_ARCHS, type SyntheticArch, syntheticModelLazy } from "../src/model/synthetic.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { isExpertTensor } from "../src/gguf/names.ts";
-import { writeGgufFile } from "../src/gguf/writer.ts";
-import { DEEPSEEK2_PRESETS, type FixtureShape, fixtureSpec } from "../dev/fixtures.ts";
+import { writeGgufFileLazy } from "../src/gguf/writer.ts";
+import {
+  DEEPSEEK2_PRESETS,
+  type FixtureOptions,
+  type FixtureShape,
+  fixtureSpec,
+} from "../dev/fixtures.ts";
+import {
+  countParams,
+  presetOptions,
+  SHAPE_PRESET_NAMES,
+  SHAPE_PRESETS,
+  type ShapePreset,
+} from "../dev/presets.ts";
 import { LlamaFtype, type LlamaFtypeName, loadReference } from "../dev/ref/llama_cpp.ts";
 import {
   IMATRIX_TYPES,
@@ -58,7 +85,10 @@ const USAGE = `usage: deno task make-model --arch ${SYNTHETIC_ARCHS.join("|")} -
    --experts N --top-k N --ctx N --rope-base X --rms-eps X]
   [--vocab qwen2|llama-spm|llama-bpe|builtin|<llama.cpp vocab name> --vocab-size N (0: all)]
   [--seed S] [--tied | --untied]
-  deepseek2: [--preset kimi-k2|kimi-k2-narrow] [--arch-name deepseek2|mistral4] [--nextn N]`;
+  deepseek2: [--arch-name deepseek2|mistral4] [--nextn N]
+usage: deno task make-model --preset NAME --out FILE [--layers N] [--type T] [--tensor-type ...]
+  presets: ${SHAPE_PRESET_NAMES.join(", ")}, ${Object.keys(DEEPSEEK2_PRESETS).join(", ")}
+usage: deno task make-model --list [--layers N]   (presets with parameter counts)`;
 
 /** The integer and number flags, and the fixture fields they set. */
 const NUMBER_FLAGS = {
@@ -99,6 +129,7 @@ function parse(args: string[]) {
       preset: { type: "string" },
       "arch-name": { type: "string" },
       nextn: { type: "string" },
+      list: { type: "boolean" },
       help: { type: "boolean", short: "h" },
       ...Object.fromEntries(Object.keys(NUMBER_FLAGS).map((k) => [k, { type: "string" }])),
     } as Record<
@@ -111,7 +142,30 @@ function parse(args: string[]) {
     console.log(USAGE);
     Deno.exit(0);
   }
-  const arch = values.arch as string | undefined;
+  if (values.list) {
+    const layers = values.layers === undefined ? undefined : Number(values.layers);
+    listPresets(layers);
+    Deno.exit(0);
+  }
+  const presetName = values.preset as string | undefined;
+  const shapePreset = presetName === undefined
+    ? undefined
+    : (SHAPE_PRESETS as Record<string, ShapePreset>)[presetName];
+  const ciPreset = presetName === undefined
+    ? undefined
+    : DEEPSEEK2_PRESETS[presetName as keyof typeof DEEPSEEK2_PRESETS];
+  if (presetName !== undefined && !shapePreset && !ciPreset) {
+    fail(
+      `--preset must be one of ${
+        [...SHAPE_PRESET_NAMES, ...Object.keys(DEEPSEEK2_PRESETS)].join(", ")
+      }, got ${presetName}`,
+    );
+  }
+  const presetArch = (shapePreset?.options ?? ciPreset)?.arch;
+  if (presetArch !== undefined && values.arch !== undefined && values.arch !== presetArch) {
+    fail(`--preset ${presetName} is a ${presetArch} model; --arch ${values.arch} contradicts it`);
+  }
+  const arch = (values.arch ?? presetArch) as string | undefined;
   if (!arch || !(SYNTHETIC_ARCHS as readonly string[]).includes(arch)) {
     fail(`--arch must be one of ${SYNTHETIC_ARCHS.join(", ")}${arch ? `, got ${arch}` : ""}`);
   }
@@ -145,16 +199,25 @@ function parse(args: string[]) {
     fail((e as Error).message);
   }
   const overrides: Record<string, unknown> = {};
-  const deepseekOnly = ["preset", "arch-name", "nextn"].filter((f) => values[f] !== undefined);
+  const deepseekOnly = ["arch-name", "nextn"].filter((f) => values[f] !== undefined);
   if (deepseekOnly.length > 0 && arch !== "deepseek2") {
     fail(`--${deepseekOnly.join(", --")} apply to --arch deepseek2 only`);
   }
-  if (values.preset !== undefined) {
-    const preset = DEEPSEEK2_PRESETS[values.preset as keyof typeof DEEPSEEK2_PRESETS];
-    if (!preset) {
-      fail(`--preset must be one of ${Object.keys(DEEPSEEK2_PRESETS).join(", ")}`);
+  if (shapePreset) {
+    let cut: FixtureOptions;
+    try {
+      cut = presetOptions(
+        presetName!,
+        values.layers === undefined ? undefined : Number(values.layers),
+      );
+    } catch (e) {
+      fail((e as Error).message);
     }
-    const { arch: _a, shape: _s, type: _t, ...fields } = preset;
+    const { arch: _a, shape: _s, type: _t, ...fields } = cut;
+    Object.assign(overrides, fields);
+    delete values.layers; // applied above (dense leading blocks cut with it)
+  } else if (ciPreset) {
+    const { arch: _a, shape: _s, type: _t, ...fields } = ciPreset;
     Object.assign(overrides, fields);
   }
   if (values["arch-name"] !== undefined) overrides.archName = values["arch-name"];
@@ -181,7 +244,54 @@ function parse(args: string[]) {
     tensorTypes,
     shape: shape as FixtureShape,
     overrides,
+    preset: presetName,
   };
+}
+
+/** Prints the shape presets with their parameter counts: full, and as generated at `layers`. */
+function listPresets(layers?: number): void {
+  const rows = [[
+    "preset",
+    "arch",
+    "model",
+    "layers",
+    "params",
+    "experts",
+    "generated",
+    "gen. experts",
+    "largest tensor",
+  ]];
+  for (const name of SHAPE_PRESET_NAMES) {
+    const p: ShapePreset = SHAPE_PRESETS[name];
+    const full = countParams(p.options);
+    let cut: FixtureOptions;
+    try {
+      cut = presetOptions(
+        name,
+        layers === undefined ? undefined : Math.min(layers, p.options.nLayer),
+      );
+    } catch (e) {
+      fail((e as Error).message);
+    }
+    const gen = countParams(cut);
+    rows.push([
+      name,
+      p.options.arch,
+      p.about,
+      `${cut.nLayer}/${p.options.nLayer}`,
+      billions(full.total),
+      billions(full.experts),
+      billions(gen.total),
+      billions(gen.experts),
+      `${(gen.largest * 4 / 2 ** 30).toFixed(2)} GiB F32`,
+    ]);
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd());
+}
+
+function billions(n: number): string {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : `${(n / 1e6).toFixed(1)}M`;
 }
 
 function human(bytes: number): string {
@@ -195,17 +305,20 @@ function count(n: number): string {
 }
 
 async function main(): Promise<void> {
-  const { arch, out, type, tensorTypes, shape, overrides } = parse(Deno.args);
-  const spec = await fixtureSpec({ arch, shape, ...overrides });
-  spec.name = `od-moe synthetic ${arch}`;
+  const { arch, out, type, tensorTypes, shape, overrides: fields, preset } = parse(Deno.args);
+  const spec = await fixtureSpec({ arch, shape, ...fields });
+  spec.name = preset ? `od-moe synthetic ${preset} shape` : `od-moe synthetic ${arch}`;
   const t0 = performance.now();
   if (type === "F32" || type === "F16") {
-    await writeGgufFile(out, syntheticModel({ ...spec, weightType: type }));
+    await writeGgufFileLazy(out, syntheticModelLazy({ ...spec, weightType: type }));
   } else {
     const f32 = `${out}.f32-${Deno.pid}.tmp`;
     const tmp = `${out}.${type}-${Deno.pid}.tmp`;
     try {
-      await writeGgufFile(f32, syntheticModel({ ...spec, weightType: "F32" }));
+      const sourceType = countParams({ arch, shape, ...fields }).total * 4 > 16 * 2 ** 30
+        ? "F16"
+        : "F32";
+      await writeGgufFileLazy(f32, syntheticModelLazy({ ...spec, weightType: sourceType }));
       const recipe = QUANT_RECIPES[type as QuantRecipeName] as QuantRecipe | undefined;
       const ftype = recipe?.ftype ?? `MOSTLY_${type}` as LlamaFtypeName;
       const overrides = tensorTypeIds([...tensorTypes, ...(recipe?.tensorTypes ?? [])]);

@@ -22,6 +22,21 @@ export interface GgufTensorSpec {
   data: Uint8Array;
 }
 
+/**
+ * One tensor to write whose bytes are made only when the writer reaches it
+ * (so a file larger than memory is written holding one tensor at a time).
+ */
+export interface GgufLazyTensorSpec {
+  /** Tensor name. */
+  name: string;
+  /** ggml type id. */
+  type: number;
+  /** ggml dimension order: `shape[0]` is the row length. */
+  shape: readonly number[];
+  /** Makes the tensor's bytes in the ggml layout of `type`; called once. */
+  produce: () => Uint8Array;
+}
+
 /** Everything a GGUF file holds. */
 export interface GgufWriteSpec {
   /** Metadata entries, in the order to write them. */
@@ -147,7 +162,9 @@ class ByteSink {
 }
 
 function buildHeader(
-  spec: GgufWriteSpec,
+  spec: Omit<GgufWriteSpec, "tensors"> & {
+    tensors: ReadonlyArray<GgufTensorSpec | GgufLazyTensorSpec>;
+  },
 ): { header: Uint8Array; offsets: number[]; alignment: number } {
   const alignment = spec.alignment ?? GGUF_DEFAULT_ALIGNMENT;
   const meta = new Map(spec.metadata);
@@ -169,7 +186,7 @@ function buildHeader(
   for (const t of spec.tensors) {
     const type = requireGgmlType(t.type);
     const n = tensorBytes(type, t.shape);
-    if (n !== t.data.length) {
+    if ("data" in t && n !== t.data.length) {
       throw new RangeError(
         `tensor ${t.name}: ${type.name} ${
           JSON.stringify(t.shape)
@@ -204,7 +221,23 @@ export function serializeGguf(spec: GgufWriteSpec): Uint8Array {
  * Writes a GGUF file, tensor by tensor, to a temporary name renamed into
  * place at the end, so a reader never sees a half-written file.
  */
-export async function writeGgufFile(path: string, spec: GgufWriteSpec): Promise<void> {
+export function writeGgufFile(path: string, spec: GgufWriteSpec): Promise<void> {
+  return writeGgufFileLazy(path, spec);
+}
+
+/**
+ * {@linkcode writeGgufFile} for tensors that may be made on demand
+ * ({@linkcode GgufLazyTensorSpec}): each is produced, written and dropped
+ * before the next, so memory holds one tensor at a time.
+ *
+ * @throws a `RangeError` naming the tensor whose bytes do not match its type and shape.
+ */
+export async function writeGgufFileLazy(
+  path: string,
+  spec: Omit<GgufWriteSpec, "tensors"> & {
+    tensors: ReadonlyArray<GgufTensorSpec | GgufLazyTensorSpec>;
+  },
+): Promise<void> {
   const { header, offsets } = buildHeader(spec);
   const tmp = `${path}.tmp-${Deno.pid}`;
   const file = await Deno.open(tmp, { write: true, create: true, truncate: true });
@@ -215,8 +248,13 @@ export async function writeGgufFile(path: string, spec: GgufWriteSpec): Promise<
       const t = spec.tensors[i]!;
       const at = offsets[i]!;
       if (at > pos) await writeAll(file, new Uint8Array(at - pos));
-      await writeAll(file, t.data);
-      pos = at + t.data.length;
+      const data = "data" in t ? t.data : t.produce();
+      const n = tensorBytes(requireGgmlType(t.type), t.shape);
+      if (data.length !== n) {
+        throw new RangeError(`tensor ${t.name}: needs ${n} bytes, produce() gave ${data.length}`);
+      }
+      await writeAll(file, data);
+      pos = at + data.length;
     }
   } catch (e) {
     file.close();

@@ -28,7 +28,7 @@
 import { archKey, Keys, tensorName, Tensors } from "../gguf/names.ts";
 import { GgmlType } from "../gguf/types.ts";
 import { type GgufValue, gv } from "../gguf/value.ts";
-import type { GgufTensorSpec, GgufWriteSpec } from "../gguf/writer.ts";
+import type { GgufLazyTensorSpec, GgufWriteSpec } from "../gguf/writer.ts";
 import { f32ToF16Array } from "../gguf/f16.ts";
 import { Rng } from "../util/rng.ts";
 import { builtinTokenizer, type TokenizerMetadata } from "./vocab.ts";
@@ -604,6 +604,23 @@ function fillValues(init: Init, n: number, rng: Rng): Float32Array {
  * @throws like {@linkcode resolveSyntheticSpec}.
  */
 export function syntheticModel(spec: SyntheticSpec): GgufWriteSpec {
+  const { metadata, tensors } = syntheticModelLazy(spec);
+  return {
+    metadata,
+    tensors: tensors.map(({ produce, ...t }) => ({ ...t, data: produce() })),
+  };
+}
+
+/**
+ * {@linkcode syntheticModel} with each tensor's values drawn only when its
+ * `produce()` is called (for `writeGgufFileLazy`): a model larger than
+ * memory is written one tensor at a time. The bytes are the same.
+ *
+ * @throws like {@linkcode resolveSyntheticSpec}.
+ */
+export function syntheticModelLazy(
+  spec: SyntheticSpec,
+): { metadata: [string, GgufValue][]; tensors: GgufLazyTensorSpec[] } {
   const s = resolveSyntheticSpec(spec);
   const metadata: [string, GgufValue][] = [
     [Keys.architecture, gv.str(s.archName)],
@@ -612,24 +629,19 @@ export function syntheticModel(spec: SyntheticSpec): GgufWriteSpec {
     [Keys.fileType, gv.u32(FILE_TYPE[s.weightType])],
     ...s.vocab.entries.map(([key, value]) => [key, value] as [string, GgufValue]),
   ];
-  const tensors: GgufTensorSpec[] = plan(s).map((t) => {
-    const n = t.shape.reduce((a, b) => a * b, 1);
-    const rng = new Rng((hashName(t.name) ^ Math.imul(s.seed >>> 0, 0x9e3779b1)) >>> 0);
-    const values = fillValues(t.init, n, rng);
-    if (t.matrix && s.weightType === "F16") {
-      const half = f32ToF16Array(values);
-      return {
-        name: t.name,
-        type: GgmlType.F16,
-        shape: t.shape,
-        data: new Uint8Array(half.buffer, half.byteOffset, half.byteLength),
-      };
-    }
+  const tensors: GgufLazyTensorSpec[] = plan(s).map((t) => {
+    const half = t.matrix && s.weightType === "F16";
     return {
       name: t.name,
-      type: GgmlType.F32,
+      type: half ? GgmlType.F16 : GgmlType.F32,
       shape: t.shape,
-      data: new Uint8Array(values.buffer, values.byteOffset, values.byteLength),
+      produce: () => {
+        const n = t.shape.reduce((a, b) => a * b, 1);
+        const rng = new Rng((hashName(t.name) ^ Math.imul(s.seed >>> 0, 0x9e3779b1)) >>> 0);
+        const values = fillValues(t.init, n, rng);
+        const out = half ? f32ToF16Array(values) : values;
+        return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+      },
     };
   });
   return { metadata, tensors };
