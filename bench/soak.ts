@@ -200,13 +200,19 @@ export async function runSoakBench(o: SoakOptions): Promise<SoakReport> {
       byStatus[st] = (byStatus[st] ?? 0) + 1;
     };
     const prompts = ["The cat sat on", "Once upon a time", "One, two, three,", "Hello there"];
-    const generate = async (i: number): Promise<{ status: number; tokens?: number[] }> => {
+    const generate = async (
+      i: number,
+    ): Promise<{ status: number; tokens?: number[]; message?: string }> => {
       const r = await fetch(`${url}/generate`, {
         method: "POST",
         body: JSON.stringify({ prompt: prompts[i], max_tokens: 8, temperature: 0 }),
       });
       const b = await r.json();
-      return { status: r.status, tokens: r.status === 200 ? b.tokens : undefined };
+      return {
+        status: r.status,
+        tokens: r.status === 200 ? b.tokens : undefined,
+        message: b.error?.message,
+      };
     };
     const chat = async (i: number): Promise<{ status: number; text?: string }> => {
       const r = await fetch(`${url}/v1/chat/completions`, {
@@ -238,7 +244,8 @@ export async function runSoakBench(o: SoakOptions): Promise<SoakReport> {
       wantTokens.push(g.tokens!);
       wantText.push(c.text!);
     }
-    const checkGenerate = async (kind: string, faulty: boolean): Promise<boolean> => {
+    /** A request; `faulty` names the damaged file, which a 500 must name with its layer and expert. */
+    const checkGenerate = async (kind: string, faulty?: string): Promise<boolean> => {
       const i = rng.int(prompts.length);
       const g = await generate(i);
       count(kind, g.status);
@@ -250,6 +257,11 @@ export async function runSoakBench(o: SoakOptions): Promise<SoakReport> {
         return true;
       }
       if (g.status === 500 && faulty) {
+        const name = faulty.slice(faulty.lastIndexOf("/") + 1);
+        if (!(g.message?.includes(name) && /expert \d+ of layer \d+/.test(g.message))) {
+          unexpected++;
+          problem(`${kind}: a 500 that does not name ${name}, its layer and expert: ${g.message}`);
+        }
         faultErrors++;
         return false;
       }
@@ -326,7 +338,7 @@ export async function runSoakBench(o: SoakOptions): Promise<SoakReport> {
     while (elapsed() < o.seconds && !exited) {
       const r = rng.next();
       if (r < 0.3) {
-        await checkGenerate("normal", false);
+        await checkGenerate("normal");
       } else if (r < 0.5) {
         const i = rng.int(prompts.length);
         const c = await chat(i);
@@ -373,10 +385,10 @@ export async function runSoakBench(o: SoakOptions): Promise<SoakReport> {
           bad[bad.length - 1 - rng.int(Math.min(bad.length, 4096))]! ^= 0x10;
           await Deno.writeFile(file, bad);
         }
-        for (let k = 0; k < 2; k++) await checkGenerate("fault", true);
+        for (let k = 0; k < 2; k++) await checkGenerate("fault", file);
         await Deno.writeFile(`${file}.tmp`, saved);
         await Deno.rename(`${file}.tmp`, file);
-        if (!(await checkGenerate("after restore", false))) {
+        if (!(await checkGenerate("after restore"))) {
           notRecovered++;
           problem(`not recovered after restoring ${file} (mode ${mode})`);
         }
