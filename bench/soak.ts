@@ -465,8 +465,14 @@ if (import.meta.main) {
     seed: intFlag("seed", values.seed, 1),
     model: values.model,
   });
-  const { samples: _, ...rest } = r;
-  console.log(JSON.stringify(rest));
+  const { samples, ...rest } = r;
+  // the resource series at about one point a minute, to read its trend
+  const step = Math.max(1, Math.round(samples.length / 10));
+  const series = samples.filter((_, i) => i % step === 0 || i === samples.length - 1)
+    .map((s) => [Math.round(s.t), s.rssMiB, s.fds, s.gpuResidentMiB]);
+  console.log(
+    JSON.stringify({ ...rest, series: { columns: ["t", "rssMiB", "fds", "gpuMiB"], series } }),
+  );
   note(soakSummary(r as unknown as Record<string, unknown>));
   Deno.exit(r.crashes + r.wrongAnswers + r.notRecovered + r.unexpected > 0 ? 1 : 0);
 }
