@@ -233,7 +233,7 @@ const QB = 18u;
 const NP = 4u;
 const TAIL = false;
 
-//#include iq4nl_values
+//#include kvalues4
 
 fn xoff(p: u32) -> vec2u {
   return xoff_nibbles(p);
@@ -247,23 +247,17 @@ fn deq(b: u32, p: u32) -> Piece {
 
 //#type mxfp4
 // Block: e E8M0 scale byte, qs[16] of E2M1 codes. x = kvalue * 2^(e - 128),
-// the table holding twice the E2M1 values as ggml's does.
+// the table (src/gguf/dequant.ts's KVALUES_FP4) holding twice the E2M1 values
+// as ggml's does.
 const QK = 32u;
 const QB = 17u;
 const NP = 4u;
 const TAIL = false;
 
-const KVALUES = array<f32, 16>(
-  0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0,
-  0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0,
-);
+//#include kvalues4
 
 fn xoff(p: u32) -> vec2u {
   return xoff_nibbles(p);
-}
-
-fn kv4(n: vec4u) -> vec4f {
-  return vec4f(KVALUES[n.x], KVALUES[n.y], KVALUES[n.z], KVALUES[n.w]);
 }
 
 fn deq(b: u32, p: u32) -> Piece {
@@ -271,7 +265,7 @@ fn deq(b: u32, p: u32) -> Piece {
   // 2^(e-128); e < 2 gives an f32 subnormal, which a GPU may flush to zero.
   let d = bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u));
   let q = ld32(b + 1u + 4u * p);
-  return Piece(kv4(nib_lo(q)) * d, kv4(nib_hi(q)) * d);
+  return Piece(fp4x4(nib_lo(q)) * d, fp4x4(nib_hi(q)) * d);
 }
 
 //#type q2_k

@@ -2,7 +2,7 @@
 // sub-block of 32), scales_l[4] (4 low bits per 32), qs[128]: per sub-block
 // 16 bytes, element j in the low nibble of byte j and j + 16 in the high one,
 // indices into the non-linear table. x = d * (ls - 32) * kvalue.
-//#include iq4nl_values
+//#include kvalues4
 const QK = 256u;
 const QB = 136u;
 const NP = 32u;

@@ -63,8 +63,28 @@ function i8(b: number): number {
 /** IQ4_NL / IQ4_XS non-linear 4-bit values. */
 const KVALUES_IQ4NL = KVALUES_IQ4;
 
-/** E2M1 values doubled, shared by MXFP4 and NVFP4 (the block scale is halved to match). */
-const KVALUES_FP4 = Int8Array.of(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+/**
+ * E2M1 values doubled, shared by MXFP4 and NVFP4 (the block scale is halved
+ * to match); the WGSL kernels read this table too (src/gpu/ops/quant_wgsl.ts).
+ */
+export const KVALUES_FP4: Int8Array = Int8Array.of(
+  0,
+  1,
+  2,
+  3,
+  4,
+  6,
+  8,
+  12,
+  0,
+  -1,
+  -2,
+  -3,
+  -4,
+  -6,
+  -8,
+  -12,
+);
 
 // --- scale decoders ---
 

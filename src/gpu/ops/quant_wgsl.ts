@@ -10,6 +10,7 @@
  */
 
 import { GgmlType, type GgmlTypeInfo, ggmlTypeName } from "../../gguf/types.ts";
+import { KVALUES_FP4 } from "../../gguf/dequant.ts";
 import {
   IQ1S,
   IQ2S,
@@ -78,7 +79,8 @@ function iq1sPacked(): Uint32Array {
  * compilers copy a constant array per lookup). Parts, in order, with the
  * WGSL constant holding each one's first word: ksigns_iq2xs (4 bytes a word,
  * `QT_KSIGNS`), the grids of IQ2_XXS, IQ2_XS, IQ2_S (2 words an entry),
- * IQ3_XXS, IQ3_S (1 word an entry) and IQ1_S/M (packed, 2 entries a word).
+ * IQ3_XXS, IQ3_S (1 word an entry) and IQ1_S/M (packed, 2 entries a word),
+ * then the 16 values of IQ4_NL/IQ4_XS and of MXFP4 as f32 bits.
  */
 const TABLE_PARTS: ReadonlyArray<[string, () => Uint32Array]> = [
   ["QT_KSIGNS", () => words(KSIGNS)],
@@ -88,7 +90,14 @@ const TABLE_PARTS: ReadonlyArray<[string, () => Uint32Array]> = [
   ["QT_IQ3XXS", () => words(IQ3XXS.bytes)],
   ["QT_IQ3S", () => words(IQ3S.bytes)],
   ["QT_IQ1S", iq1sPacked],
+  ["QT_KVALUES_IQ4", () => f32Words(KVALUES_IQ4)],
+  ["QT_KVALUES_FP4", () => f32Words(KVALUES_FP4)],
 ];
+
+/** The f32 bit patterns of `values`. */
+function f32Words(values: ArrayLike<number>): Uint32Array {
+  return new Uint32Array(Float32Array.from(values).buffer);
+}
 
 let table: { words: Uint32Array; wgsl: string } | undefined;
 
@@ -124,6 +133,9 @@ const TABLE_SECTIONS = new Set([
   "iq3_s",
   "iq1_s",
   "iq1_m",
+  "iq4_nl",
+  "iq4_xs",
+  "mxfp4",
 ]);
 
 /** Whether a weight type's kernels bind the I-quant table buffer ({@linkcode quantTableBuffer}). */
@@ -152,15 +164,6 @@ export function quantTableBuffer(gpu: Gpu): GPUBuffer {
   }
   return buffer;
 }
-
-defineShaderLib("iq4nl_values", () =>
-  `// ggml's kvalues_iq4nl; generated from src/gguf/iq_grids.ts.
-const KVALUES = array<f32, 16>(${[...KVALUES_IQ4].map((v) => `${v}.0`).join(", ")});
-
-fn kv4(n: vec4u) -> vec4f {
-  return vec4f(KVALUES[n.x], KVALUES[n.y], KVALUES[n.z], KVALUES[n.w]);
-}
-`);
 
 /** The ggml type ids the matrix and embedding kernels read, ascending. */
 export const GPU_WEIGHT_TYPES: readonly number[] = Object.freeze(
