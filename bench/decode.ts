@@ -16,7 +16,18 @@
  * ```sh
  * deno run -A bench/decode.ts [--model FILE.gguf] [--tokens 64] [--prompt-tokens 64]
  *   [--cache-size-gb 4] [--repeats 2] [--type Q4_K_M] [--no-profile] [--quick]
+ *   [--preset NAME [--layers N]] [--llama-threads 1,2] [--budgets 0.25] [--out-dir bench/out]
+ * deno task bench decode --preset qwen3-30b-a3b --layers 4 --type Q4_K_M --prompt-tokens 64
  * ```
+ *
+ * `--preset` benches a real model's shape (`dev/presets.ts`, generated and
+ * cached like the default model) cut to `--layers N`, all experts resident
+ * by default. llama.cpp runs on the CPU once per `--llama-threads` count
+ * (the first is the reference of `ratios`); after the all-resident runs
+ * od-moe decodes again at each `--budgets` fraction of the file's expert
+ * bytes. The report also gives load time, process RSS (before llama.cpp
+ * maps the file) and GPU expert bytes; a table and a bar chart go to
+ * `<out-dir>/<name>.md` and `.svg`.
  *
  * Prints one JSON object on stdout, and a one-line summary on stderr.
  *
@@ -26,6 +37,8 @@
 import { parseArgs } from "node:util";
 import process from "node:process";
 import { fixtureModel, type FixtureOptions, type FixtureType } from "../dev/fixtures.ts";
+import { presetOptions, SHAPE_PRESET_NAMES } from "../dev/presets.ts";
+import { isExpertTensor } from "../src/gguf/names.ts";
 import { loadReference } from "../dev/ref/llama_cpp.ts";
 import { loadModel, type Model } from "../src/model/model.ts";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
@@ -95,6 +108,17 @@ export interface DecodeBenchOptions {
   profile: boolean;
   /** Skip llama.cpp (no reference: ratios are null). */
   noReference?: boolean;
+  /** llama.cpp CPU thread counts, each reported (default `[1, 2]`); the first is the ratios' reference. */
+  llamaThreads?: number[];
+  /**
+   * Expert budgets below 100% to decode at after the all-resident runs,
+   * as fractions of the file's expert bytes (default `[0.25]`).
+   */
+  budgets?: number[];
+  /** Where the table and chart go (default `bench/out`); the name is from the preset or file. */
+  outDir?: string;
+  /** A name for the outputs (default: the preset's, else `decode`). */
+  name?: string;
 }
 
 /** Timings of one engine. */
@@ -330,6 +354,8 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
   const memcpy = memcpyGBps();
   const gpu = await acquireGpu();
   const nCtx = o.promptTokens + o.tokens + 16;
+  const rss0 = process.memoryUsage().rss;
+  const loadT0 = performance.now();
   const model = await loadModel({
     model: path,
     nCtx,
@@ -337,7 +363,14 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
     cacheSizeGB: o.cacheSizeGB,
     gpu,
   });
-  const ref = o.noReference ? undefined : loadReference().loadModel(path, { nCtx });
+  const loadMs = performance.now() - loadT0;
+  const threads = o.llamaThreads ?? [1, 2];
+  const refs = o.noReference
+    ? []
+    : threads.map((n) => loadReference().loadModel(path, { nCtx, nThreads: n }));
+  const ref = refs[0];
+  let rssAfterOurs = 0;
+  const budgetRuns: Record<string, unknown>[] = [];
   try {
     const c = model.config;
     const prompt = benchPrompt(o.promptTokens, c.nVocab);
@@ -345,22 +378,24 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
 
     note(`decode: warming up`);
     await runOurs(model, prompt.slice(0, 8), 4);
-    ref?.greedy(prompt.slice(0, 8), 4);
+    // od-moe's resident memory before llama.cpp touches its mapping of the same file
+    rssAfterOurs = process.memoryUsage().rss;
+    for (const r of refs) r.greedy(prompt.slice(0, 8), 4);
 
     const ours: EngineRun[] = [];
-    const theirs: EngineRun[] = [];
+    const theirsAll: EngineRun[][] = refs.map(() => []);
     for (let r = 0; r < o.repeats; r++) {
       note(`decode: run ${r + 1}/${o.repeats}: od-moe`);
       ours.push(await runOurs(model, prompt, o.tokens));
-      if (ref) {
-        note(`decode: run ${r + 1}/${o.repeats}: llama.cpp`);
+      for (const [i, rf] of refs.entries()) {
+        note(`decode: run ${r + 1}/${o.repeats}: llama.cpp, ${threads[i]} thread(s)`);
         // prefill = a greedy run that stops at the first token; decode = the rest of a full run
         const t0 = performance.now();
-        ref.greedy(prompt, 1);
+        rf.greedy(prompt, 1);
         const t1 = performance.now();
-        const g = ref.greedy(prompt, o.tokens + 1);
+        const g = rf.greedy(prompt, o.tokens + 1);
         const t2 = performance.now();
-        theirs.push({
+        theirsAll[i]!.push({
           prefillMs: t1 - t0,
           decodeMs: Math.max(1e-3, t2 - t1 - (t1 - t0)),
           decoded: o.tokens,
@@ -368,6 +403,7 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
         });
       }
     }
+    const theirs = theirsAll[0] ?? [];
 
     const rate = (runs: EngineRun[], k: "prefill" | "decode") =>
       runs.map((x) =>
@@ -428,6 +464,48 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
       };
     }
 
+    const expertFileBytes = model.file.tensors.filter((t) => isExpertTensor(t.name))
+      .reduce((a, t) => a + t.nBytes, 0);
+    const baseFileBytes = model.file.tensors.filter((t) => !isExpertTensor(t.name))
+      .reduce((a, t) => a + t.nBytes, 0);
+    const residentRun = {
+      budget_fraction: 1,
+      experts_all_resident: model.pool.allResident,
+      expert_gpu_bytes: model.pool.allocatedBytes,
+      decode_tokens_per_s: ourDecode,
+      rss_bytes: rssAfterOurs,
+    };
+    for (const fraction of o.budgets ?? [0.25]) {
+      note(`decode: od-moe at a ${fraction * 100}% expert budget`);
+      const m = await loadModel({
+        model: path,
+        nCtx,
+        maxBatch: o.maxBatch,
+        cacheSizeGB: fraction * expertFileBytes / 2 ** 30,
+        gpu,
+      });
+      try {
+        await runOurs(m, prompt.slice(0, 8), 4);
+        const run = await runOurs(m, prompt, o.tokens);
+        const x = m.expertStats.snapshot();
+        budgetRuns.push({
+          budget_fraction: fraction,
+          budget_bytes: m.pool.budgetBytes,
+          experts_all_resident: m.pool.allResident,
+          expert_gpu_peak_bytes: x.peakBytes,
+          expert_gpu_bytes: m.pool.allocatedBytes,
+          decode_tokens_per_s: run.decoded / run.decodeMs * 1e3,
+          prefill_tokens_per_s: prompt.length / run.prefillMs * 1e3,
+          expert_hit_rate: x.hitRate,
+          stalls: run.stalls,
+          tokens_same_as_resident: firstDivergence(run.tokens, ours[0]!.tokens) === null,
+          rss_bytes: process.memoryUsage().rss,
+        });
+      } finally {
+        m.close();
+      }
+    }
+
     const firstDiff = ref ? firstDivergence(ours[0]!.tokens, theirs[0]!.tokens) : null;
     const tokensStable = ours.every((x) => firstDivergence(x.tokens, ours[0]!.tokens) === null);
     const report = {
@@ -454,6 +532,18 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
       repeats: o.repeats,
       cache_size_gb: o.cacheSizeGB,
       experts_all_resident: model.pool.allResident,
+      load_ms: loadMs,
+      memory: {
+        rss_before_load_bytes: rss0,
+        rss_after_load_and_warmup_bytes: rssAfterOurs,
+        file_base_bytes: baseFileBytes,
+        file_expert_bytes: expertFileBytes,
+        expert_gpu_bytes: model.pool.allocatedBytes,
+        note: "RSS of this process with od-moe loaded and warmed up, before llama.cpp touched " +
+          "the file; GPU bytes are the expert pool's allocation (base weights are on the GPU " +
+          "besides, about file_base_bytes)",
+      },
+      budgets: [residentRun, ...budgetRuns],
       weight_bytes_per_token: {
         base: bytes.base,
         experts: bytes.experts,
@@ -475,7 +565,7 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
       },
       llama_cpp: ref
         ? {
-          threads: 1,
+          threads: threads[0],
           prefill_tokens_per_s: refPrefill,
           decode_tokens_per_s: refDecode,
           decode_weight_GBps: refGBps,
@@ -485,6 +575,18 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
           })),
         }
         : null,
+      llama_cpp_by_threads: theirsAll.map((runs, i) => {
+        const p = median(rate(runs, "prefill"));
+        const d = median(rate(runs, "decode"));
+        return {
+          threads: threads[i],
+          prefill_tokens_per_s: p,
+          decode_tokens_per_s: d,
+          decode_weight_GBps: bytes.total * d / 1e9,
+          od_moe_prefill_ratio: ourPrefill / p,
+          od_moe_decode_ratio: ourDecode / d,
+        };
+      }),
       ratios: {
         prefill_vs_llama_cpp: ourPrefill / refPrefill,
         decode_vs_llama_cpp: ourDecode / refDecode,
@@ -501,12 +603,179 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
       gpu_errors: gpu.uncapturedErrors.length,
       profile,
     };
-    return roundNumbers(report);
+    const rounded = roundNumbers(report);
+    await writeDecodeOutputs(rounded, o.outDir ?? "bench/out", o.name ?? "decode");
+    return rounded;
   } finally {
-    ref?.close();
+    for (const r of refs) r.close();
     model.close();
     gpu.destroy();
   }
+}
+
+interface Bar {
+  label: string;
+  prefill: number | null;
+  decode: number | null;
+}
+
+/**
+ * Writes `<dir>/<name>.md` (a table of the report's main figures) and
+ * `<dir>/<name>.svg` (prefill and decode tokens/s of each engine as bars).
+ */
+export async function writeDecodeOutputs(
+  r: Record<string, unknown>,
+  dir: string,
+  name: string,
+): Promise<void> {
+  type Row = Record<string, number | boolean | null | undefined>;
+  const g = r as {
+    device: string;
+    model: Row & { path: string; architecture: string };
+    prompt_tokens: number;
+    decode_tokens: number;
+    load_ms: number;
+    memcpy_GBps: number;
+    memory: Row;
+    weight_bytes_per_token: Row;
+    od_moe: Row;
+    llama_cpp_by_threads: Row[];
+    budgets: Row[];
+    profile?: {
+      decode_token?: {
+        families?: { family: string; ms: number; fraction: number; dispatches: number }[];
+      } | null;
+    };
+  };
+  const f = (x: unknown, d = 3) =>
+    typeof x === "number"
+      ? String(Number(x.toPrecision(d)))
+      : x === null || x === undefined
+      ? "–"
+      : String(x);
+  const mb = (x: unknown) => typeof x === "number" ? `${(x / 2 ** 20).toFixed(0)} MiB` : "–";
+  const bars: Bar[] = [
+    {
+      label: "od-moe, all experts resident",
+      prefill: g.od_moe.prefill_tokens_per_s as number,
+      decode: g.od_moe.decode_tokens_per_s as number,
+    },
+    ...g.budgets.filter((b) => b.budget_fraction !== 1).map((b) => ({
+      label: `od-moe, ${f((b.budget_fraction as number) * 100)}% expert budget`,
+      prefill: b.prefill_tokens_per_s as number,
+      decode: b.decode_tokens_per_s as number,
+    })),
+    ...g.llama_cpp_by_threads.map((l) => ({
+      label: `llama.cpp CPU, ${l.threads} thread${l.threads === 1 ? "" : "s"}`,
+      prefill: l.prefill_tokens_per_s as number,
+      decode: l.decode_tokens_per_s as number,
+    })),
+  ];
+  const lines = [
+    `# decode bench: ${name}`,
+    "",
+    `${g.model.architecture}, ${g.model.n_embd} wide, ${g.model.n_layer} layers, ` +
+    `${g.model.n_expert_used}/${g.model.n_expert} experts of ${g.model.n_ff_exp}, vocab ${g.model.n_vocab}, ` +
+    `file ${
+      mb(g.model.file_bytes)
+    }; ${g.prompt_tokens}-token prompt, ${g.decode_tokens} decoded tokens; ${g.device}`,
+    "",
+    "| engine | prefill tok/s | decode tok/s | decode weight GB/s | vs memcpy |",
+    "|---|---|---|---|---|",
+    ...bars.map((b) => {
+      const gbps = b.decode === null
+        ? null
+        : (g.weight_bytes_per_token.total as number) * b.decode / 1e9;
+      return `| ${b.label} | ${f(b.prefill)} | ${f(b.decode)} | ${f(gbps)} | ${
+        f(gbps === null ? null : gbps / g.memcpy_GBps)
+      } |`;
+    }),
+    "",
+    "| od-moe vs llama.cpp | prefill | decode |",
+    "|---|---|---|",
+    ...g.llama_cpp_by_threads.map((l) =>
+      `| ${l.threads} thread(s) | ${f(l.od_moe_prefill_ratio)}× | ${f(l.od_moe_decode_ratio)}× |`
+    ),
+    "",
+    `Weight bytes per decoded token ${mb(g.weight_bytes_per_token.total)} ` +
+    `(base ${mb(g.weight_bytes_per_token.base)}, experts ${
+      mb(g.weight_bytes_per_token.experts)
+    }); ` +
+    `memcpy ${f(g.memcpy_GBps)} GB/s. Load ${f(g.load_ms / 1e3)} s. ` +
+    `RSS ${mb(g.memory.rss_after_load_and_warmup_bytes)} (before load ${
+      mb(g.memory.rss_before_load_bytes)
+    }; ` +
+    `file base weights ${mb(g.memory.file_base_bytes)}, experts ${
+      mb(g.memory.file_expert_bytes)
+    }); ` +
+    `GPU expert pool ${mb(g.memory.expert_gpu_bytes)}.`,
+    "",
+    "| expert budget | all resident | GPU expert bytes (peak) | hit rate | decode tok/s | RSS |",
+    "|---|---|---|---|---|---|",
+    ...g.budgets.map((b) =>
+      `| ${f((b.budget_fraction as number) * 100)}% | ${b.experts_all_resident} | ${
+        mb(b.expert_gpu_peak_bytes ?? b.expert_gpu_bytes)
+      } | ${f(b.expert_hit_rate ?? 1)} | ${f(b.decode_tokens_per_s)} | ${mb(b.rss_bytes)} |`
+    ),
+  ];
+  const fams = g.profile?.decode_token?.families;
+  if (fams) {
+    lines.push(
+      "",
+      "| decode token, op family | GPU ms | share | dispatches |",
+      "|---|---|---|---|",
+      ...fams.map((x) =>
+        `| ${x.family} | ${f(x.ms)} | ${(x.fraction * 100).toFixed(1)}% | ${x.dispatches} |`
+      ),
+    );
+  }
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(`${dir}/${name}.md`, lines.join("\n") + "\n");
+  await Deno.writeTextFile(`${dir}/${name}.svg`, barChartSvg(name, bars));
+}
+
+/** Two groups of horizontal bars (prefill, decode tokens/s), one bar per engine, log scale. */
+function barChartSvg(title: string, bars: Bar[]): string {
+  const W = 760, rowH = 22, left = 250, right = 90;
+  const groups = [["prefill tok/s", "prefill"], ["decode tok/s", "decode"]] as const;
+  const H = 60 + groups.length * (bars.length * rowH + 36);
+  const vals = bars.flatMap((b) => [b.prefill, b.decode]).filter((v): v is number =>
+    v !== null && v > 0
+  );
+  const lo = 10 ** Math.floor(Math.log10(Math.min(...vals)));
+  const hi = 10 ** Math.ceil(Math.log10(Math.max(...vals)));
+  const x = (v: number) =>
+    Math.round(10 * (left + (Math.log10(v / lo) / Math.log10(hi / lo)) * (W - left - right))) / 10;
+  const colors = ["#1f77b4", "#6baed6", "#d62728", "#ff9896", "#2ca02c", "#98df8a"];
+  const esc = (t: string) => t.replace(/&/g, "&amp;").replace(/</g, "&lt;");
+  const out = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
+    `<rect width="${W}" height="${H}" fill="white"/>`,
+    `<text x="${W / 2}" y="22" text-anchor="middle" font-size="15">${
+      esc(title)
+    }: tokens/s (log scale)</text>`,
+  ];
+  let y = 46;
+  for (const [head, key] of groups) {
+    out.push(`<text x="10" y="${y}" font-weight="bold">${head}</text>`);
+    y += 8;
+    bars.forEach((b, i) => {
+      const v = b[key];
+      out.push(`<text x="${left - 6}" y="${y + 15}" text-anchor="end">${esc(b.label)}</text>`);
+      if (v !== null && v > 0) {
+        out.push(
+          `<rect x="${left}" y="${y + 3}" width="${Math.max(1, x(v) - left)}" height="${
+            rowH - 6
+          }" fill="${colors[i % colors.length]}"/>`,
+          `<text x="${x(v) + 4}" y="${y + 15}">${Number(v.toPrecision(3))}</text>`,
+        );
+      }
+      y += rowH;
+    });
+    y += 28;
+  }
+  out.push("</svg>");
+  return out.join("\n") + "\n";
 }
 
 /** One line for a human: the figures that matter. */
@@ -542,18 +811,50 @@ export function decodeOptions(args: string[], quick = false): DecodeBenchOptions
       "no-profile": { type: "boolean" },
       "no-reference": { type: "boolean" },
       quick: { type: "boolean" },
+      preset: { type: "string" },
+      layers: { type: "string" },
+      "llama-threads": { type: "string" },
+      budgets: { type: "string" },
+      "out-dir": { type: "string" },
     },
     strict: true,
   });
   const q = quick || Boolean(values.quick);
-  const fixture = { ...(q ? DECODE_MODEL_QUICK : DECODE_MODEL) };
+  if (values.layers !== undefined && values.preset === undefined) {
+    throw new Error(`decode: --layers goes with --preset (${SHAPE_PRESET_NAMES.join(", ")})`);
+  }
+  const fixture = values.preset !== undefined
+    ? {
+      ...presetOptions(
+        values.preset,
+        values.layers === undefined ? undefined : intFlag("layers", values.layers, 1),
+      ),
+      type: "Q4_K_M" as FixtureType,
+    }
+    : { ...(q ? DECODE_MODEL_QUICK : DECODE_MODEL) };
   if (values.type) fixture.type = values.type.toUpperCase() as FixtureType;
+  const list = (name: string, v: string | undefined, def: number[]) =>
+    v === undefined ? def : v.split(",").map((x) => {
+      const n = Number(x);
+      if (!(n > 0)) throw new Error(`decode: --${name} takes positive numbers, got ${v}`);
+      return n;
+    });
+  const name = values.preset !== undefined
+    ? `decode-${values.preset}-${fixture.nLayer}L-${fixture.type}`
+    : values.model !== undefined
+    ? `decode-${values.model.replace(/^.*\//, "").replace(/\.gguf$/, "")}`
+    : "decode";
   return {
+    llamaThreads: list("llama-threads", values["llama-threads"], [1, 2]),
+    budgets: list("budgets", values.budgets, [0.25]),
+    outDir: values["out-dir"],
+    name,
     model: values.model,
     fixture,
     tokens: intFlag("tokens", values.tokens, q ? 32 : 64),
     promptTokens: intFlag("prompt-tokens", values["prompt-tokens"], 64),
-    cacheSizeGB: numFlag("cache-size-gb", values["cache-size-gb"], 4),
+    // a preset's experts may pass 4 GiB: by default its first runs hold every expert
+    cacheSizeGB: numFlag("cache-size-gb", values["cache-size-gb"], values.preset ? 256 : 4),
     repeats: intFlag("repeats", values.repeats, 2),
     maxBatch: intFlag("batch-size", values["batch-size"], 64),
     profile: !values["no-profile"],

@@ -6,6 +6,9 @@
  * per bench on stderr. `--quick` takes small sizes (about two minutes on a
  * 2-core machine with a software adapter); `--model` benches a given GGUF
  * in `decode` and `cache_hit_rate` instead of their generated models.
+ * `deno task bench decode FLAGS…` passes the decode bench its own flags
+ * (`--preset qwen3-30b-a3b --layers 4 --type Q4_K_M --prompt-tokens 64`…,
+ * see `bench/decode.ts`).
  *
  * | name | what it measures | reference in the same run |
  * |---|---|---|
@@ -159,6 +162,15 @@ export const BENCHES: Record<string, Bench> = {
 };
 
 async function main(): Promise<number> {
+  if (Deno.args[0] === "decode" && Deno.args.length > 1) {
+    // `deno task bench decode --preset NAME [--layers N] …`: the decode bench's own flags
+    const t0 = performance.now();
+    const report = await runDecodeBench(decodeOptions(Deno.args.slice(1)));
+    const wallS = Number(((performance.now() - t0) / 1e3).toFixed(1));
+    console.log(JSON.stringify({ ...report, bench: "decode", wall_s: wallS }));
+    note(`${decodeSummary(report)} [${wallS} s]`);
+    return 0;
+  }
   const { values, positionals } = parseArgs({
     args: Deno.args,
     options: {

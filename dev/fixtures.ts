@@ -56,7 +56,11 @@
  * @module
  */
 
-import { type SyntheticArch, syntheticModel, type SyntheticSpec } from "../src/model/synthetic.ts";
+import {
+  type SyntheticArch,
+  syntheticModelLazy,
+  type SyntheticSpec,
+} from "../src/model/synthetic.ts";
 import {
   builtinTokenizer,
   tokenizerFromGguf,
@@ -64,7 +68,12 @@ import {
   TokenType,
 } from "../src/model/vocab.ts";
 import { readGgufHeader, readGgufModel } from "../src/gguf/reader.ts";
-import { type GgufTensorSpec, type GgufWriteSpec, writeGgufFile } from "../src/gguf/writer.ts";
+import {
+  type GgufTensorSpec,
+  type GgufWriteSpec,
+  writeGgufFile,
+  writeGgufFileLazy,
+} from "../src/gguf/writer.ts";
 import { isExpertTensor, Keys } from "../src/gguf/names.ts";
 import { type GgufValue, gv } from "../src/gguf/value.ts";
 import { REPO_ROOT, vocabPath } from "./ref/llama_src.ts";
@@ -685,8 +694,8 @@ async function makeFixture(options: FixtureOptions, path: string): Promise<strin
   await Deno.mkdir(FIXTURE_DIR, { recursive: true });
   const type = options.type ?? "F32";
   if (type === "F32" || type === "F16") {
-    // writeGgufFile writes to its own temporary name and renames.
-    await writeGgufFile(path, syntheticModel(await fixtureSpec(options)));
+    // written tensor by tensor to its own temporary name, then renamed
+    await writeGgufFileLazy(path, syntheticModelLazy(await fixtureSpec(options)));
     return path;
   }
   if (type === "MXFP4_F16") {

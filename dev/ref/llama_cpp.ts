@@ -427,6 +427,13 @@ export interface LoadModelOptions {
   nCtx?: number;
   /** Load only the vocabulary (tokenisation works, evaluation does not). */
   vocabOnly?: boolean;
+  /**
+   * CPU threads of evaluation (default 1, the parity reference). More is for
+   * speed benchmarks: llama.cpp's log is then not captured during decode
+   * (a JavaScript callback cannot run on its worker threads), so a failed
+   * decode's error carries no log.
+   */
+  nThreads?: number;
 }
 
 /** Options for {@linkcode LlamaCpp.quantize}. */
@@ -643,6 +650,7 @@ export class RefModel {
   readonly #lib: LlamaLib;
   readonly #log: LogControl;
   readonly #nCtx: number | undefined;
+  readonly #nThreads: number;
   #model: Deno.PointerObject | null;
   #vocab: Deno.PointerValue;
 
@@ -665,6 +673,10 @@ export class RefModel {
     this.nCtxTrain = lib.llama_model_n_ctx_train(model);
     this.vocabOnly = options.vocabOnly ?? false;
     this.#nCtx = options.nCtx;
+    this.#nThreads = options.nThreads ?? 1;
+    if (!Number.isInteger(this.#nThreads) || this.#nThreads < 1) {
+      throw new RangeError(`nThreads must be a positive integer, got ${options.nThreads}`);
+    }
   }
 
   /** llama.cpp's tokenisation of `text` (`llama_tokenize`). */
@@ -814,8 +826,8 @@ export class RefModel {
       .set("n_batch", nCtx)
       .set("n_ubatch", nCtx)
       .set("n_seq_max", 1)
-      .set("n_threads", 1)
-      .set("n_threads_batch", 1)
+      .set("n_threads", this.#nThreads)
+      .set("n_threads_batch", this.#nThreads)
       .set("flash_attn_type", LLAMA_FLASH_ATTN_TYPE_DISABLED)
       .set("type_k", GGML_TYPE_F32)
       .set("type_v", GGML_TYPE_F32)
@@ -841,7 +853,8 @@ export class RefModel {
         ubatch: this.#lib.llama_n_ubatch(ctx),
       };
       if (
-        got.threads !== 1 || got.threadsBatch !== 1 || got.ctx < nTokens || got.batch < nTokens ||
+        got.threads !== this.#nThreads || got.threadsBatch !== this.#nThreads ||
+        got.ctx < nTokens || got.batch < nTokens ||
         got.ubatch < nTokens
       ) {
         throw new Error(`llama.cpp context ignored its parameters: ${JSON.stringify(got)}`);
@@ -871,7 +884,11 @@ export class RefModel {
       .setPointer("n_seq_id", ptr(nSeqId))
       .setPointer("seq_id", ptr(seqIds))
       .setPointer("logits", ptr(outputs));
-    const { result: rc, log } = this.#log.capture(() => this.#lib.llama_decode(ctx, batch.bytes));
+    // Worker threads must not call into JavaScript: capture only when single-threaded.
+    const run = () => this.#lib.llama_decode(ctx, batch.bytes);
+    const { result: rc, log } = this.#nThreads === 1
+      ? this.#log.capture(run)
+      : { result: run(), log: [] as string[] };
     if (rc !== 0) {
       throw new Error(
         `llama_decode of ${n} tokens at position ${pos0} failed with code ${rc} ` +
