@@ -18,6 +18,7 @@
  * | `cache_hit_rate` | hit rate and tokens/s at several cache budgets (+ SVG chart) | 100% budget, llama.cpp |
  * | `mla_attention` | latent attention at Kimi-K2's shape, heads grouped per workgroup | the per-head kernel |
  * | `soak` | crashes, wrong answers, RSS/fds/GPU memory under normal, hostile and fault-injected requests (60 s quick, 10 min) | the fault-free answers of the same server |
+ * | `perplexity` | held-out perplexity of the trained demo model (data/) | llama.cpp, the model card |
  *
  * A bench that fails prints `{"bench": name, "error": …}` and the others
  * still run; the exit code is then 1.
@@ -39,6 +40,7 @@ import { prefetchBenchOptions, prefetchSummary, runPrefetchBench } from "./prefe
 import { runServerLoadBench, serverLoadSummary } from "./server_load.ts";
 import { type MlaAttentionResult, runMlaAttentionBench } from "./mla_attention.ts";
 import { runSoakBench, soakSummary } from "./soak.ts";
+import { runPerplexityBench } from "./perplexity.ts";
 import { note } from "./_util.ts";
 
 type Report = Record<string, unknown>;
@@ -120,6 +122,15 @@ export const BENCHES: Record<string, Bench> = {
       return runPrefetchBench(prefetchBenchOptions(quick));
     },
     summary: prefetchSummary,
+  },
+  perplexity: {
+    run(quick) {
+      return runPerplexityBench({ chunks: quick ? 1 : undefined });
+    },
+    summary: (r) =>
+      `perplexity on ${r.scored} held-out tokens: od-moe ${fmt(r.engine)}, llama.cpp ${
+        fmt(r.llama_cpp)
+      }, model card ${fmt(r.card_engine)}`,
   },
   server_load: {
     run(quick) {

@@ -1,6 +1,7 @@
 /**
  * `deno task run`: one-shot generation (or a chat) from the terminal.
  *
+ *   deno task run --prompt "And God said"     # the demo model, data/kjv-moe-Q8_0.gguf
  *   deno task run --model M.gguf --prompt "Once upon a time" [--max-tokens N] [--temperature T] [--seed S]
  *   deno task run --model M.gguf --chat
  *   deno task run --model M.gguf --prompt-ids 1,2,3 --max-tokens N --greedy --json [--logits-out FILE]
@@ -16,13 +17,16 @@ import { parseArgs } from "node:util";
 import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
 import { Engine } from "../src/generate/engine.ts";
 import type { ChatMessage, GenerationStats, SamplingParams } from "../src/generate/types.ts";
+import { trainedDemoModel } from "../src/server/demo.ts";
 
 const USAGE =
-  `usage: deno task run (--model FILE.gguf | --base-weights DIR (--expert-dir DIR | --gguf-experts FILE))
+  `usage: deno task run [--model FILE.gguf | --base-weights DIR (--expert-dir DIR | --gguf-experts FILE)]
          (--prompt TEXT | --chat | --prompt-ids 1,2,3)
          [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]
          [--seed S] [--greedy] [--json] [--logits-out FILE] [--ctx-size N] [--batch-size N]
-         [--cache-size-gb GB] [--enable-prefetch] [--predictor-path FILE] [--system TEXT]`;
+         [--cache-size-gb GB] [--enable-prefetch] [--predictor-path FILE] [--system TEXT]
+no model flag: the demo model data/kjv-moe-Q8_0.gguf (a small MoE trained on the King James
+Bible), with a third of its experts' bytes as the expert budget (--cache-size-gb)`;
 
 function fail(msg: string): never {
   console.error(`run: ${msg}\n${USAGE}`);
@@ -117,7 +121,15 @@ async function main(): Promise<void> {
   if (modes.filter(Boolean).length !== 1) {
     fail("give exactly one of --prompt, --prompt-ids or --chat");
   }
-  if (!args.model && !args["base-weights"]) fail("--model (a GGUF) or --base-weights is required");
+  if (!args.model && !args["base-weights"]) {
+    if (args["expert-dir"] || args["gguf-experts"]) fail("--base-weights is required");
+    const demo = trainedDemoModel();
+    if (!demo) {
+      fail("--model (a GGUF) or --base-weights is required (no data/kjv-moe-Q8_0.gguf here)");
+    }
+    args.model = demo.path;
+    args["cache-size-gb"] ??= String(demo.cacheSizeGB);
+  }
   await checkPath("model", args.model, "file");
   await checkPath("base-weights", args["base-weights"], "dir");
   await checkPath("expert-dir", args["expert-dir"], "dir");

@@ -1,6 +1,13 @@
 /**
- * The built-in demo model that `deno task serve` runs without a model flag:
- * generated from `demoModelSpec()` on first use and cached under
+ * The demo models. `deno task serve` and `deno task run` without a model
+ * flag run the trained one committed with the repository,
+ * `data/kjv-moe-Q8_0.gguf` (a small Mixtral-style MoE trained on the King
+ * James Bible, see `data/kjv-moe-Q8_0.md`), at an expert budget below its
+ * expert bytes so that experts stream from the first request.
+ *
+ * Where that file is absent (a package imported from JSR, which does not
+ * ship `data/`), they fall back to the random-weight demo model, which tests
+ * also use: generated from `demoModelSpec()` on first use and cached under
  * `$XDG_CACHE_HOME/od-moe/` (or `~/.cache/od-moe/`), named from a hash of
  * the spec so a changed spec makes a new file. Written to a temporary name
  * and renamed; a cached file that cannot be read whole is made again.
@@ -15,7 +22,52 @@
 
 import { demoModelSpec, syntheticModel, type SyntheticSpec } from "../model/synthetic.ts";
 import { writeGgufFile } from "../gguf/writer.ts";
-import { readGgufHeader } from "../gguf/reader.ts";
+import { readGgufHeader, readGgufModel } from "../gguf/reader.ts";
+import { expertLayout } from "../experts/layout.ts";
+
+/** The trained demo model's file name, in the repository's `data/` folder. */
+export const TRAINED_DEMO_FILE = "kjv-moe-Q8_0.gguf";
+
+/**
+ * The fraction of the trained demo's expert bytes that `serve` and `run`
+ * give the expert pool by default: about a third of its 32 experts, so a
+ * token's 8 routed experts are often but not always resident and `/metrics`
+ * shows loads, hits and prefetches from the first request.
+ */
+export const TRAINED_DEMO_BUDGET_FRACTION = 1 / 3;
+
+/** The trained demo model and the default expert budget it is served with. */
+export interface TrainedDemo {
+  /** Path of `data/kjv-moe-Q8_0.gguf`. */
+  path: string;
+  /** Bytes of all its routed experts. */
+  expertBytes: number;
+  /** The default budget, GiB ({@linkcode TRAINED_DEMO_BUDGET_FRACTION} of `expertBytes`). */
+  cacheSizeGB: number;
+}
+
+/**
+ * The trained demo model next to this module (`../../data/`), or null when
+ * this copy of od-moe has no readable one (imported over the network, or
+ * the file is missing or cut short).
+ */
+export function trainedDemoModel(dataDir?: string): TrainedDemo | null {
+  let path: string;
+  if (dataDir !== undefined) {
+    path = `${dataDir}/${TRAINED_DEMO_FILE}`;
+  } else {
+    const url = new URL(`../../data/${TRAINED_DEMO_FILE}`, import.meta.url);
+    if (url.protocol !== "file:") return null;
+    path = decodeURIComponent(url.pathname);
+    if (Deno.build.os === "windows") path = path.replace(/^\/([A-Za-z]:)/, "$1");
+  }
+  if (!isCompleteGguf(path)) return null;
+  const expertBytes = expertLayout(readGgufModel(path)).reduce(
+    (s, l) => s + l.nExpert * l.bytesPerExpert,
+    0,
+  );
+  return { path, expertBytes, cacheSizeGB: (expertBytes * TRAINED_DEMO_BUDGET_FRACTION) / 2 ** 30 };
+}
 
 /** Bump when the generator changes the bytes a spec gives. */
 const DEMO_FORMAT = 1;

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { demoFileName, ensureDemoModel, isCompleteGguf } from "./demo.ts";
+import {
+  demoFileName,
+  ensureDemoModel,
+  isCompleteGguf,
+  TRAINED_DEMO_FILE,
+  trainedDemoModel,
+} from "./demo.ts";
 import { demoModelSpec } from "../model/synthetic.ts";
 
 const small = {
@@ -44,4 +50,23 @@ Deno.test("demo model: the file name follows the spec", async () => {
   assert.match(await demoFileName(), /^demo-[0-9a-f]{12}\.gguf$/);
   assert.equal(await demoFileName(small), await demoFileName({ ...small }));
   assert.notEqual(await demoFileName(small), await demoFileName({ ...small, seed: 2 }));
+});
+
+Deno.test("trained demo model: found with its budget, or null when missing or cut short", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    assert.equal(trainedDemoModel(dir), null, "no file: the random demo is used");
+    const src = await ensureDemoModel({ cacheDir: dir, spec: small });
+    await Deno.copyFile(src, `${dir}/${TRAINED_DEMO_FILE}`);
+    const demo = trainedDemoModel(dir);
+    assert.ok(demo);
+    // 1 layer × 4 experts × (gate + up + down of 64 × 32 F32)
+    assert.equal(demo.expertBytes, 4 * 3 * 64 * 32 * 4);
+    assert.ok(Math.abs(demo.cacheSizeGB * 2 ** 30 - demo.expertBytes / 3) < 1);
+    const size = (await Deno.stat(demo.path)).size;
+    await Deno.truncate(demo.path, size - 1);
+    assert.equal(trainedDemoModel(dir), null, "a truncated file is not used");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

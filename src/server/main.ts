@@ -2,7 +2,7 @@
  * `deno task serve`: the HTTP server's command line.
  *
  * ```sh
- * deno task serve                                   # the built-in demo model
+ * deno task serve                                   # the demo model (data/kjv-moe-Q8_0.gguf)
  * deno task serve --model qwen3-30b-a3b-q4_k_m.gguf --cache-size-gb 8
  * deno task serve --base-weights out/base_model --expert-dir out/experts
  * deno task serve --base-weights out/base_model --gguf-experts model.gguf
@@ -20,12 +20,13 @@
 import { parseArgs } from "node:util";
 import { Engine, type EngineOptions } from "../generate/engine.ts";
 import { type RunningServer, startServer } from "./app.ts";
-import { ensureDemoModel } from "./demo.ts";
+import { ensureDemoModel, TRAINED_DEMO_BUDGET_FRACTION, trainedDemoModel } from "./demo.ts";
 
 /** The usage text. */
 export const USAGE = `usage: deno task serve [model] [options]
 
-model (one of; none = the built-in demo model):
+model (one of; none = the demo model, data/kjv-moe-Q8_0.gguf: a small MoE trained on the
+King James Bible, served with a third of its experts' bytes so that experts stream):
   --model FILE.gguf              one GGUF holding the whole model
   --base-weights DIR --expert-dir DIR
                                  converter output: DIR/base_model and DIR/experts
@@ -33,7 +34,8 @@ model (one of; none = the built-in demo model):
                                  base weights from the converter, experts from the GGUF
 
 options:
-  --cache-size-gb GB             GPU memory for routed experts (default 4; 0 = minimum)
+  --cache-size-gb GB             GPU memory for routed experts (default 4, the demo model a
+                                 third of its experts; 0 = minimum)
   --enable-prefetch              upload experts before they are needed
   --predictor-path FILE          a trained shadow predictor (implies --enable-prefetch)
   --ctx-size N                   context length in tokens (default min(4096, the model's))
@@ -59,6 +61,8 @@ export interface ServeConfig {
   model: Pick<EngineOptions, "model" | "baseWeights" | "expertDir" | "ggufExperts"> | undefined;
   /** `--cache-size-gb`. */
   cacheSizeGB: number;
+  /** `--cache-size-gb` was not given (the demo model then gets its own default). */
+  cacheSizeDefault: boolean;
   /** `--ctx-size`, when given. */
   nCtx: number | undefined;
   /** Port. */
@@ -261,6 +265,7 @@ export async function parseServeArgs(
       ? { model, baseWeights: base, expertDir: experts, ggufExperts: gguf }
       : undefined,
     cacheSizeGB,
+    cacheSizeDefault: cacheText === undefined,
     nCtx,
     port,
     host,
@@ -292,6 +297,11 @@ export function isLoopback(host: string): boolean {
   return host === "localhost" || host === "::1" || host === "[::1]" || /^127\./.test(host);
 }
 
+/** `bytes` in MiB, for the startup line. */
+function mib(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(2)} MiB`;
+}
+
 /** Runs the command; resolves with the exit code. */
 export async function main(args: string[]): Promise<number> {
   let config: ServeConfig | "help";
@@ -309,16 +319,28 @@ export async function main(args: string[]): Promise<number> {
   const log = config.quiet ? undefined : (line: string) => console.error(line);
   const c = config;
   const m = c.model;
+  const demo = m ? null : trainedDemoModel();
+  const cacheSizeGB = demo && c.cacheSizeDefault ? demo.cacheSizeGB : c.cacheSizeGB;
+  // the trained demo shows the on-demand machinery: experts stream and the lookahead prefetches
+  const prefetch = c.prefetch || demo !== null;
   const what = m
     ? (m.model ?? `${m.baseWeights} + ${m.expertDir ?? m.ggufExperts}`)
-    : "the demo model";
-  // the demo model is generated after the server listens, so /health says "loading" meanwhile
+    : demo
+    ? `the demo model ${demo.path}, a small MoE trained on the King James Bible: ${
+      mib(demo.expertBytes)
+    } of experts streamed through an expert budget of ${mib(cacheSizeGB * 2 ** 30)}${
+      c.cacheSizeDefault
+        ? ` (${Math.round(TRAINED_DEMO_BUDGET_FRACTION * 100)}%, --cache-size-gb)`
+        : ""
+    }, prefetch on`
+    : "the random-weight demo model";
+  // the random demo model is generated after the server listens, so /health says "loading" meanwhile
   const load = async () => {
     const engine = await Engine.load({
-      ...(m ?? { model: await ensureDemoModel({ log: console.error }) }),
-      cacheSizeGB: c.cacheSizeGB,
+      ...(m ?? { model: demo?.path ?? await ensureDemoModel({ log: console.error }) }),
+      cacheSizeGB,
       nCtx: c.nCtx,
-      enablePrefetch: c.prefetch,
+      enablePrefetch: prefetch,
       predictorPath: c.predictorPath,
     });
     try {
@@ -341,7 +363,7 @@ export async function main(args: string[]): Promise<number> {
       corsOrigins: c.corsOrigins,
       bodyTimeoutMs: c.bodyTimeoutMs,
       headerTimeoutMs: c.headerTimeoutMs,
-      prefetchEnabled: c.prefetch,
+      prefetchEnabled: prefetch,
       waitForModel: false,
       log,
       onListen: ({ url }) => console.log(`od-moe listening on ${url} (loading ${what})`),
@@ -391,7 +413,9 @@ export async function main(args: string[]): Promise<number> {
     const engine = await server.ready;
     const i = engine.info;
     console.log(
-      `od-moe ready: ${i.name} (${i.architecture}, context ${i.contextLength}) loaded in ${
+      `od-moe ready: ${i.name} (${i.architecture}, context ${i.contextLength}, expert budget ${
+        mib(engine.model.pool.limitBytes)
+      }) loaded in ${
         ((performance.now() - t0) / 1000).toFixed(1)
       } s; chat in a browser at ${server.url}/ or try: curl ${server.url}/generate -d ` +
         `'{"prompt": "Hello", "max_tokens": 16}'`,

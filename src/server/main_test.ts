@@ -16,6 +16,7 @@ Deno.test("serve flags: defaults serve the demo model on 127.0.0.1:8080", async 
   assert.equal(c.port, 8080);
   assert.equal(c.host, "127.0.0.1");
   assert.equal(c.cacheSizeGB, 4);
+  assert.equal(c.cacheSizeDefault, true, "the demo model then gets its own budget");
   assert.equal(c.maxQueue, 16);
   assert.equal(c.apiKey, undefined);
   assert.equal(c.prefetch, false);
@@ -54,6 +55,7 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
       ggufExperts: undefined,
     });
     assert.equal(c.cacheSizeGB, 0.5);
+    assert.equal(c.cacheSizeDefault, false);
     assert.equal(c.port, 0);
     assert.equal(c.host, "0.0.0.0");
     assert.equal(c.apiKey, "k");
