@@ -18,6 +18,7 @@ import { parseArgs } from "node:util";
 import { loadModel, type Model } from "../src/model/model.ts";
 import { loadTokenizer, type Tokenizer } from "../src/tokenizer/mod.ts";
 import type { Gpu } from "../src/gpu/device.ts";
+import { loadReference } from "../dev/ref/llama_cpp.ts";
 import { intFlag, note, roundNumbers } from "./_util.ts";
 
 const DATA = new URL("../data/", import.meta.url);
@@ -142,7 +143,6 @@ export interface PerplexityBenchOptions {
 export async function runPerplexityBench(
   o: PerplexityBenchOptions = {},
 ): Promise<Record<string, unknown>> {
-  const { loadReference } = await import("../tests/ref/llama_cpp.ts");
   const path = o.model ?? DEMO_MODEL_PATH;
   const card = path === DEMO_MODEL_PATH ? readDemoCard() : undefined;
   const chunk = o.chunk ?? card?.chunk ?? 128;

@@ -15,9 +15,9 @@ import assert from "node:assert/strict";
 import { loadModel } from "../src/model/model.ts";
 import { loadTokenizer } from "../src/tokenizer/mod.ts";
 import { trainedDemoModel } from "../src/server/demo.ts";
-import { loadReference, referenceUnavailableReason } from "./ref/llama_cpp.ts";
+import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import { argmax, device, range } from "./_parity.ts";
-import { FIXTURE_DIR } from "./fixtures.ts";
+import { FIXTURE_DIR } from "../dev/fixtures.ts";
 import {
   chunks,
   DEMO_MODEL_PATH,
@@ -88,7 +88,7 @@ Deno.test({
         model.reset();
         const gen = await model.generate(prompt, { maxTokens: GENERATE });
         assert.deepEqual(gen.tokens, want.tokens, `"${text}": generate() differs from llama.cpp`);
-        const nat = native.greedy(prompt, GENERATE).tokens;
+        const nat: number[] = native.greedy(prompt, GENERATE).tokens;
         const same = nat.findIndex((t, i) => t !== want.tokens[i]);
         console.log(
           `"${text}" → "${tok.decode(ours)}": ${GENERATE} tokens = llama.cpp (exact reference), ` +

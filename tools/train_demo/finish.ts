@@ -11,7 +11,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { loadReference } from "../../tests/ref/llama_cpp.ts";
+import { loadReference } from "../../dev/ref/llama_cpp.ts";
 import { loadModel } from "../../src/model/model.ts";
 import { loadTokenizer } from "../../src/tokenizer/mod.ts";
 import { readGgufModel } from "../../src/gguf/reader.ts";
