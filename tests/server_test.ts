@@ -643,21 +643,24 @@ async function serve(args: string[], fn: (url: string) => Promise<void>): Promis
 }
 
 Deno.test({
-  name: "server: `deno task serve` with no flags serves the demo model; SIGTERM exits 0",
+  name: "server: `deno task serve` with no flags serves the trained demo model, streaming its " +
+    "experts from the first request; SIGTERM exits 0",
   sanitizeResources: false,
   async fn() {
-    await demo(); // the child finds it in XDG_CACHE_HOME
     await serve(["--ctx-size", "256"], async (url) => {
       // the README's example, as curl sends it
       const r = await fetch(`${url}/generate`, {
         method: "POST",
         headers: { "content-type": "application/x-www-form-urlencoded" },
-        body: '{"prompt": "Hello", "max_tokens": 16}',
+        body: '{"prompt": "And God said", "max_tokens": 24}',
       });
       assert.equal(r.status, 200);
       const b = await r.json();
       assert.equal(typeof b.text, "string");
       assert.ok(b.stats.completion_tokens > 0);
+      assert.ok(b.stats.expert_loads > 0, "experts load on the first request (budget < experts)");
+      const models = await (await fetch(`${url}/v1/models`)).json();
+      assert.equal(models.data[0].id, "od-moe KJV demo MoE");
     });
   },
 });

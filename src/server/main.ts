@@ -418,7 +418,7 @@ export async function main(args: string[]): Promise<number> {
       }) loaded in ${
         ((performance.now() - t0) / 1000).toFixed(1)
       } s; chat in a browser at ${server.url}/ or try: curl ${server.url}/generate -d ` +
-        `'{"prompt": "Hello", "max_tokens": 16}'`,
+        `'{"prompt": "And God said", "max_tokens": 24}'`,
     );
   } catch (e) {
     if (!stopping) {

@@ -73,7 +73,9 @@ try {
   for (const prompt of PROMPTS) {
     const ids = tok.encode(prompt);
     const { tokens } = ref.greedy(ids, SAMPLE_TOKENS);
-    samples.push({ prompt, tokens, text: ref.detokenize(tokens) });
+    // detokenised after the prompt, so the first generated token keeps its leading space
+    const whole = ref.detokenize([...ids, ...tokens]);
+    samples.push({ prompt, tokens, text: whole.slice(ref.detokenize(ids).length) });
   }
 } finally {
   ref.close();
@@ -258,7 +260,7 @@ llama.cpp figures on the first ${first.length} chunks (kjv-moe-Q8_0.json holds t
 
 ## Greedy samples (llama.cpp on this file; od-moe gives the same tokens)
 
-${samples.map((s) => `- **${s.prompt}**${s.text}`).join("\n")}
+${samples.map((s) => `- **${s.prompt}**${s.text.replace(/\n/g, " ")}`).join("\n")}
 `;
 await Deno.writeTextFile(`${out}/kjv-moe-Q8_0.md`, md);
 console.log(JSON.stringify(card.perplexity));
