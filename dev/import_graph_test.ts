@@ -25,6 +25,7 @@ const RANK: Record<string, number> = {
   "scripts": 10,
   "bench": 10,
   "examples": 10,
+  "tools": 11,
 };
 
 Deno.test("import graph: no cycles between folders, and every import points down", () => {
