@@ -19,7 +19,7 @@ Deno.test({
       cacheDir: new URL("../.cache/od-moe", import.meta.url).pathname,
     });
     const lines: string[] = [];
-    const r = await runSoakBench({ seconds: 25, seed: 7, model, log: (l) => lines.push(l) });
+    const r = await runSoakBench({ seconds: 20, seed: 7, model, log: (l) => lines.push(l) });
     const { samples, ...summary } = r;
     const text = JSON.stringify(summary);
     assert.equal(r.crashes, 0, text);
