@@ -278,13 +278,16 @@ export class Engine {
       failed = true;
       throw withUsage(e, { promptTokens: prompt.length, completionTokens: tokens });
     } finally {
-      if (!result && !failed) {
+      if (!result) {
+        // ends the model's generation (a no-op when it is what failed)
         await steps.return({ promptTokens: prompt.length, finishReason: "cancelled" });
         // ended here (a stop string, or the caller stopped reading): the prompt was processed
-        result = {
-          promptTokens: prompt.length,
-          finishReason: req.signal?.aborted ? "cancelled" : "stop",
-        };
+        if (!failed) {
+          result = {
+            promptTokens: prompt.length,
+            finishReason: req.signal?.aborted ? "cancelled" : "stop",
+          };
+        }
       }
     }
     if (!stoppedByString) {
