@@ -260,7 +260,7 @@ Deno.test({
       const steps = e.generateStep;
       e.generateStep = async function* () {
         for (const g of groups) yield g;
-        return { promptTokens: 1, finishReason: "stop" as const };
+        return { promptTokens: 1, cachedTokens: 0, finishReason: "stop" as const };
       };
       try {
         const r = await e.generate({ prompt: "x", maxTokens: 4 });

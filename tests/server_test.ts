@@ -230,6 +230,7 @@ Deno.test({
           prompt_tokens: b.usage.prompt_tokens,
           completion_tokens: greedyTokens.length,
           total_tokens: b.usage.prompt_tokens + greedyTokens.length,
+          prompt_tokens_details: { cached_tokens: b.usage.prompt_tokens_details.cached_tokens },
         });
         const s = await post(`${url}/v1/completions`, {
           prompt: "The cat sat on",
@@ -355,6 +356,7 @@ Deno.test({
 function emptyStats(finishReason: "stop" | "length" | "cancelled"): GenerationStats {
   return {
     promptTokens: 1,
+    cachedTokens: 0,
     completionTokens: 1,
     prefillMs: 0,
     decodeMs: 0,

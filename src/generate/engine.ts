@@ -4,7 +4,8 @@
  * `generateStep` (token ids as they are accepted) → `streamGenerate` (text
  * pieces that never split a character, stop strings, statistics) →
  * `generate` (one call). One generation runs at a time; requests wait in
- * order.
+ * order. The KV cache of the last generation is kept: a prompt that starts
+ * with the same tokens processes only the rest (prefix reuse).
  *
  * @module
  */
@@ -48,6 +49,8 @@ export interface GenerateOutput {
 export class Engine {
   #queue: Promise<unknown> = Promise.resolve();
   #pending = 0;
+  /** The token ids whose keys and values fill the model's KV cache at positions [0, nPast). */
+  #context: number[] = [];
 
   private constructor(
     /** The model on the GPU. */
@@ -154,14 +157,36 @@ export class Engine {
   }
 
   /**
+   * How many of `prompt`'s first tokens already have their keys and values
+   * in the KV cache (left there by the previous generation). At least one
+   * token is always left to process: its logits choose the first new token.
+   */
+  cachedPrefix(prompt: readonly number[]): number {
+    const ctx = this.#context;
+    // someone drove the model directly since (reset, forward): nothing is known to be there
+    if (this.model.nPast !== ctx.length) return 0;
+    const n = Math.min(ctx.length, prompt.length - 1);
+    let i = 0;
+    while (i < n && ctx[i] === prompt[i]) i++;
+    return i;
+  }
+
+  /**
    * Token ids as the GPU produces them (a window at a time), for one
-   * request; the context starts empty. Ends at an end-of-generation token,
-   * a stop token, `maxTokens` or cancellation. Must be iterated to the end
-   * or returned early (for-await with break does that).
+   * request. The context holds the prompt alone: with `cachePrompt` (the
+   * default) the longest prefix it shares with the previous generation's
+   * tokens keeps its KV cache and only the rest is processed. Ends at an
+   * end-of-generation token, a stop token, `maxTokens` or cancellation.
+   * Must be iterated to the end or returned early (for-await with break
+   * does that).
    */
   async *generateStep(
     req: GenerateRequest,
-  ): AsyncGenerator<number[], { promptTokens: number; finishReason: FinishReason }, void> {
+  ): AsyncGenerator<
+    number[],
+    { promptTokens: number; cachedTokens: number; finishReason: FinishReason },
+    void
+  > {
     const prompt = this.promptTokens(req);
     // the last generated token is never fed back, so it needs no cache room
     const room = this.model.nCtx - prompt.length + 1;
@@ -182,11 +207,14 @@ export class Engine {
     const stop = new Set([...this.tokenizer.eogIds, ...(req.stopTokens ?? [])]);
     const maxTokens = Math.min(req.maxTokens, room);
     const model = this.model;
-    model.reset();
+    const cached = req.cachePrompt === false ? 0 : this.cachedPrefix(prompt);
+    model.truncate(cached);
+    this.#context = prompt.slice(0, cached);
     this.sampler.setParams(params);
+    // the penalties look back over the whole prompt, cached or not
     this.sampler.resetHistory(prompt);
     const accepted: number[] = [];
-    const it = model.generateSteps(prompt, {
+    const it = model.generateSteps(prompt.slice(cached), {
       maxTokens,
       stopTokens: [...stop],
       sample: this.sampler.ops,
@@ -194,6 +222,7 @@ export class Engine {
       onResample: (generated) => this.sampler.resetHistory([...prompt, ...generated]),
     });
     let finishReason: FinishReason = "length";
+    let failed = false;
     try {
       for (;;) {
         if (req.signal?.aborted) {
@@ -210,10 +239,24 @@ export class Engine {
           break;
         }
       }
+    } catch (e) {
+      failed = true;
+      throw e;
     } finally {
-      await it.return({});
+      try {
+        await it.return({});
+      } finally {
+        // the model leaves nPast after the last token fed in (every accepted one but the last);
+        // after a failure the cache may hold anything beyond the kept prefix, so forget it all
+        if (failed) {
+          this.#context = [];
+          model.reset();
+        } else {
+          this.#context = [...prompt, ...accepted].slice(0, model.nPast);
+        }
+      }
     }
-    return { promptTokens: prompt.length, finishReason };
+    return { promptTokens: prompt.length, cachedTokens: cached, finishReason };
   }
 
   /**
@@ -236,7 +279,11 @@ export class Engine {
     let tokens = 0; // tokens generated
     let emittedTokens = 0; // tokens handed out in chunks
     let firstAt = 0;
-    let result: { promptTokens: number; finishReason: FinishReason } | undefined;
+    let result:
+      | { promptTokens: number; cachedTokens: number; finishReason: FinishReason }
+      | undefined;
+    // known before the first step runs (the queue is ours), for the endings that have no result
+    const cachedAtStart = req.cachePrompt === false ? 0 : this.cachedPrefix(prompt);
     let stoppedByString = false;
     /** Takes the first `n` characters of `pending` with the tokens whose text starts there. */
     const take = (n: number): StreamChunk => {
@@ -280,11 +327,16 @@ export class Engine {
     } finally {
       if (!result) {
         // ends the model's generation (a no-op when it is what failed)
-        await steps.return({ promptTokens: prompt.length, finishReason: "cancelled" });
+        await steps.return({
+          promptTokens: prompt.length,
+          cachedTokens: cachedAtStart,
+          finishReason: "cancelled",
+        });
         // ended here (a stop string, or the caller stopped reading): the prompt was processed
         if (!failed) {
           result = {
             promptTokens: prompt.length,
+            cachedTokens: cachedAtStart,
             finishReason: req.signal?.aborted ? "cancelled" : "stop",
           };
         }
@@ -303,12 +355,16 @@ export class Engine {
     const prefillMs = (firstAt || end) - t0;
     const decodeMs = end - (firstAt || end);
     const promptTokens = result?.promptTokens ?? prompt.length;
+    const cachedTokens = result?.cachedTokens ?? cachedAtStart;
     return {
       promptTokens,
+      cachedTokens,
       completionTokens: stoppedByString ? emittedTokens : tokens,
       prefillMs,
       decodeMs,
-      prefillTokensPerSecond: prefillMs > 0 ? promptTokens / (prefillMs / 1000) : 0,
+      prefillTokensPerSecond: prefillMs > 0
+        ? (promptTokens - cachedTokens) / (prefillMs / 1000)
+        : 0,
       decodeTokensPerSecond: tokens > 1 && decodeMs > 0 ? (tokens - 1) / (decodeMs / 1000) : 0,
       syncsPerToken: tokens > 0 ? gpu.syncs / tokens : 0,
       expertLookups: lookups,
@@ -392,6 +448,7 @@ export function failureUsage(error: unknown): PartialUsage | undefined {
 function cancelledStats(promptTokens: number): GenerationStats {
   return {
     promptTokens,
+    cachedTokens: 0,
     completionTokens: 0,
     prefillMs: 0,
     decodeMs: 0,

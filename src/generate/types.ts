@@ -49,6 +49,12 @@ export interface GenerateRequest {
   stopTokens?: number[];
   /** Cancels the generation: the stream ends with finish reason "cancelled". */
   signal?: AbortSignal;
+  /**
+   * Reuse the KV cache of the previous generation for the longest prefix
+   * this prompt shares with it (llama.cpp server's `cache_prompt`). Default
+   * true; the tokens are the same either way.
+   */
+  cachePrompt?: boolean;
 }
 
 /** Why a generation ended. */
@@ -66,13 +72,15 @@ export interface StreamChunk {
 export interface GenerationStats {
   /** Prompt tokens. */
   promptTokens: number;
+  /** Prompt tokens whose KV cache was kept from the previous generation (not processed again). */
+  cachedTokens: number;
   /** Generated tokens. */
   completionTokens: number;
   /** Prompt processing time, ms. */
   prefillMs: number;
   /** Generation time after the first token, ms. */
   decodeMs: number;
-  /** Prompt tokens per second. */
+  /** Prompt tokens processed (not cached) per second. */
   prefillTokensPerSecond: number;
   /** Generated tokens per second (after the first). */
   decodeTokensPerSecond: number;

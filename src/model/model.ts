@@ -368,6 +368,20 @@ export class Model {
     this.nPast = 0;
   }
 
+  /**
+   * Keeps the first `n` positions of the context and forgets the rest: the
+   * next tokens take positions from `n` on. Every cache is indexed by
+   * absolute position and attention reads only positions below the batch's
+   * own, so what was written beyond `n` is never seen (sliding windows and
+   * MLA included).
+   */
+  truncate(n: number): void {
+    if (!Number.isInteger(n) || n < 0 || n > this.nPast) {
+      throw new RangeError(`truncate: ${n} is not a position in 0…${this.nPast}`);
+    }
+    this.nPast = n;
+  }
+
   #writeStep(pos0: number, nTokens: number): void {
     upload(this.gpu, this.transformer.state.step, stepWords(pos0, nTokens));
   }

@@ -163,6 +163,7 @@ const GENERATE_FIELDS = [
   "max_tokens",
   "stop",
   "stream",
+  "cache_prompt",
   ...SAMPLING_FIELDS,
 ] as const;
 
@@ -176,6 +177,7 @@ const OPENAI_COMMON = [
   "logprobs",
   "logit_bias",
   "user",
+  "cache_prompt",
   ...SAMPLING_FIELDS,
 ] as const;
 
@@ -803,6 +805,7 @@ class App {
       maxTokens: readMaxTokens(f, "max_tokens", limits, DEFAULT_MAX_TOKENS.generate),
       sampling: readSampling(f, limits),
       stop: f.stop("stop"),
+      cachePrompt: f.boolean("cache_prompt"),
     };
     const stream = f.boolean("stream") ?? false;
     g.prompt = this.#prepare(e, { prompt, messages }, limits);
@@ -870,6 +873,7 @@ class App {
       maxTokens: readMaxTokens(f, "max_tokens", limits, DEFAULT_MAX_TOKENS.completions),
       sampling: readSampling(f, limits),
       stop: f.stop("stop"),
+      cachePrompt: f.boolean("cache_prompt"),
     };
     g.prompt = this.#prepare(e, { prompt }, limits);
     const id = randomId("cmpl-");
@@ -947,6 +951,7 @@ class App {
       maxTokens: readMaxTokens(f, maxKey, limits, DEFAULT_MAX_TOKENS.chat),
       sampling: readSampling(f, limits),
       stop: f.stop("stop"),
+      cachePrompt: f.boolean("cache_prompt"),
     };
     g.prompt = this.#prepare(e, { messages }, limits);
     const id = randomId("chatcmpl-");
@@ -1037,6 +1042,8 @@ function usage(s: GenerationStats) {
     prompt_tokens: s.promptTokens,
     completion_tokens: s.completionTokens,
     total_tokens: s.promptTokens + s.completionTokens,
+    // prompt tokens whose KV cache was kept from the previous request (prefix reuse)
+    prompt_tokens_details: { cached_tokens: s.cachedTokens },
   };
 }
 
@@ -1053,6 +1060,7 @@ export function statsJson(s: GenerationStats): Record<string, number> {
   const seconds = (s.prefillMs + s.decodeMs) / 1000;
   return {
     prompt_tokens: s.promptTokens,
+    cached_tokens: s.cachedTokens,
     completion_tokens: s.completionTokens,
     tokens_per_second: s.decodeTokensPerSecond ||
       (seconds > 0 ? s.completionTokens / seconds : 0),

@@ -21,6 +21,7 @@ Deno.test("metrics negotiation: Prometheus only when preferred over JSON", () =>
 Deno.test("statsJson: the /generate stats names, tokens/s falling back to the whole run", () => {
   const s = statsJson({
     promptTokens: 3,
+    cachedTokens: 0,
     completionTokens: 1,
     prefillMs: 400,
     decodeMs: 100,

@@ -102,6 +102,8 @@ export class ServerMetrics {
   readonly generations: Map<string, number> = new Map();
   /** Prompt tokens processed. */
   promptTokens = 0;
+  /** Prompt tokens whose KV cache was reused from the previous request (part of `promptTokens`). */
+  promptTokensCached = 0;
   /** Tokens generated. */
   completionTokens = 0;
   /** Requests refused because the queue was full. */
@@ -129,6 +131,7 @@ export class ServerMetrics {
     const s = g.stats;
     this.generations.set(s.finishReason, (this.generations.get(s.finishReason) ?? 0) + 1);
     this.promptTokens += s.promptTokens;
+    this.promptTokensCached += s.cachedTokens;
     this.completionTokens += s.completionTokens;
     this.ttftSeconds.observe(g.ttftMs / 1000);
     this.queueSeconds.observe(g.queueMs / 1000);
@@ -255,6 +258,8 @@ export interface MetricsJson {
     total: number;
     by_finish_reason: Record<string, number>;
     prompt_tokens: number;
+    /** Prompt tokens whose KV cache was reused (prefix reuse), part of `prompt_tokens`. */
+    prompt_tokens_cached: number;
     completion_tokens: number;
     time_to_first_token_ms: LatencySummary;
   };
@@ -350,6 +355,7 @@ export function metricsJson(m: ServerMetrics, v: MetricsView): MetricsJson {
       total: [...m.generations.values()].reduce((a, b) => a + b, 0),
       by_finish_reason: byFinish,
       prompt_tokens: m.promptTokens,
+      prompt_tokens_cached: m.promptTokensCached,
       completion_tokens: m.completionTokens,
       time_to_first_token_ms: m.ttftLatency,
     },
@@ -469,6 +475,12 @@ export function prometheusText(m: ServerMetrics, v: MetricsView): string {
     e.sample("odmoe_generations_total", n, { finish_reason: reason });
   }
   e.one("odmoe_prompt_tokens_total", "counter", "Prompt tokens processed.", m.promptTokens);
+  e.one(
+    "odmoe_prompt_tokens_cached_total",
+    "counter",
+    "Prompt tokens whose KV cache was reused from the previous request (prefix reuse).",
+    m.promptTokensCached,
+  );
   e.one("odmoe_completion_tokens_total", "counter", "Tokens generated.", m.completionTokens);
   e.one(
     "odmoe_queue_rejections_total",

@@ -12,6 +12,7 @@ import type { GenerationStats } from "../generate/types.ts";
 function stats(o: Partial<GenerationStats> = {}): GenerationStats {
   return {
     promptTokens: 5,
+    cachedTokens: 2,
     completionTokens: 11,
     prefillMs: 100,
     decodeMs: 500,
@@ -68,6 +69,8 @@ Deno.test("metrics: JSON and Prometheus agree on requests, tokens and the expert
   assert.equal(j.requests.rejected_queue_full, 2);
   assert.equal(j.generations.total, 2);
   assert.equal(j.generations.completion_tokens, 12);
+  assert.equal(j.generations.prompt_tokens, 10);
+  assert.equal(j.generations.prompt_tokens_cached, 4);
   assert.equal(j.tokens_per_second, 10 / 0.5); // only the finished run with >1 token counts
   assert.equal(j.queue_depth, 2);
   assert.ok(Math.abs(j.cache_hit_rate - 2 / 3) < 1e-12);
@@ -82,6 +85,7 @@ Deno.test("metrics: JSON and Prometheus agree on requests, tokens and the expert
   assert.match(p, /^odmoe_request_duration_seconds_count\{endpoint="\/generate"\} 2$/m);
   assert.match(p, /^odmoe_generations_total\{finish_reason="cancelled"\} 1$/m);
   assert.match(p, /^odmoe_completion_tokens_total 12$/m);
+  assert.match(p, /^odmoe_prompt_tokens_cached_total 4$/m);
   assert.match(p, /^odmoe_queue_rejections_total 2$/m);
   assert.match(p, /^odmoe_expert_misses_total 1$/m);
   assert.match(p, /^odmoe_expert_load_avg_seconds 0\.0005$/m);
