@@ -13,6 +13,10 @@
  * @module
  */
 
+import {
+  EVICTION_POLICY_NAMES,
+  type EvictionPolicyName,
+} from "../src/experts/policy_predictive.ts";
 import { parseArgs } from "node:util";
 import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
 import { Engine } from "../src/generate/engine.ts";
@@ -25,6 +29,7 @@ const USAGE =
          [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]
          [--seed S] [--greedy] [--json] [--logits-out FILE] [--ctx-size N] [--batch-size N]
          [--cache-size-gb GB] [--enable-prefetch] [--predictor-path FILE] [--system TEXT]
+         [--eviction-policy predictive|lru|least-stale]
 no model flag: the demo model data/kjv-moe-Q8_0.gguf (a small MoE trained on the King James
 Bible), with a third of its experts' bytes as the expert budget (--cache-size-gb)`;
 
@@ -106,6 +111,7 @@ async function main(): Promise<void> {
         "cache-size-gb": { type: "string" },
         "enable-prefetch": { type: "boolean" },
         "predictor-path": { type: "string" },
+        "eviction-policy": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -135,6 +141,14 @@ async function main(): Promise<void> {
   await checkPath("expert-dir", args["expert-dir"], "dir");
   await checkPath("gguf-experts", args["gguf-experts"], "file");
   await checkPath("predictor-path", args["predictor-path"], "file");
+  const evictionPolicy = args["eviction-policy"] as EvictionPolicyName | undefined;
+  if (evictionPolicy !== undefined && !EVICTION_POLICY_NAMES.includes(evictionPolicy)) {
+    fail(
+      `--eviction-policy must be one of ${
+        EVICTION_POLICY_NAMES.join(", ")
+      }, got "${evictionPolicy}"`,
+    );
+  }
   const load: LoadModelOptions = {
     model: args.model,
     baseWeights: args["base-weights"],
@@ -145,6 +159,7 @@ async function main(): Promise<void> {
     cacheSizeGB: num("cache-size-gb", args["cache-size-gb"], { min: 0 }),
     enablePrefetch: args["enable-prefetch"] || args["predictor-path"] !== undefined,
     predictorPath: args["predictor-path"],
+    evictionPolicy,
   };
   const maxTokens = num("max-tokens", args["max-tokens"], { int: true, min: 1 }) ??
     (args.chat ? 512 : 32);

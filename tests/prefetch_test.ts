@@ -1,16 +1,20 @@
 /**
- * Prefetch and eviction: the predictive policy's order, and on a generated
+ * Prefetch and eviction: the predictive and least-stale policies' order, and on a generated
  * model with experts streaming — the same tokens with prefetch off, with the
- * gate lookahead and with a trained shadow model, under LRU and the
- * predictive policy; the pool within its budget; prefetch never evicting an
+ * gate lookahead and with a trained shadow model, under LRU, the
+ * predictive and the least-stale policy; the pool within its budget; prefetch never evicting an
  * expert the current token still needs; statistics that add up; and fewer
  * stalls with prediction than without.
  */
 
 import assert from "node:assert/strict";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
-import type { EvictionContext } from "../src/experts/pool.ts";
-import { PredictivePolicy } from "../src/experts/policy_predictive.ts";
+import { type EvictionContext, LruPolicy } from "../src/experts/pool.ts";
+import {
+  evictionPolicyFactory,
+  LeastStalePolicy,
+  PredictivePolicy,
+} from "../src/experts/policy_predictive.ts";
 import { loadModel } from "../src/model/model.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
@@ -59,6 +63,51 @@ Deno.test("predictive policy: keeps predicted, evicts the stalest, then the furt
   assert.equal(p.victim(() => true), -1);
 });
 
+Deno.test("least-stale policy: evicts the expert whose layer went unused longest, not LRU's nor the predictive policy's choice", () => {
+  // 4 layers; slot 0 holds layer 3's expert 1, slot 1 layer 2's, slot 2 layer 1's
+  const slots: [number, number][] = [[3, 1], [2, 1], [1, 1]];
+  const ls = new LeastStalePolicy(context(slots), 4);
+  const pr = new PredictivePolicy(context(slots), 4);
+  const lru = new LruPolicy(slots.length);
+  const each = (f: (p: LeastStalePolicy | PredictivePolicy) => void) => [ls, pr].forEach(f);
+  // token 0: while layer 0 computes, layer 3's expert is prefetched (slot 0, used first);
+  // layers 1 and 2 then use slots 2 and 1
+  each((p) => p.setCursor(0));
+  for (const [layer, slot] of [[0, 0], [1, 2], [2, 1]] as const) {
+    each((p) => {
+      p.setCursor(layer);
+      p.touch(slot);
+    });
+    lru.touch(slot);
+  }
+  // token 1 is at layer 2 and used neither slot 2 (layer 1) nor slot 1 (layer 2);
+  // layer 3 has not been visited since slot 0 was filled
+  each((p) => p.nextToken());
+  each((p) => p.setCursor(2));
+  assert.deepEqual([0, 1, 2].map((s) => ls.staleness(s)), [0, 1, 1]);
+  const none = () => false;
+  assert.equal(lru.victim(none), 0, "LRU evicts the prefetched expert layer 3 is about to use");
+  assert.equal(
+    ls.victim(none),
+    2,
+    "least-stale: slots 1 and 2 are stalest, slot 2 used less recently",
+  );
+  assert.equal(ls.victim((s) => s === 2), 1);
+  // the predictive policy breaks the tie by the distance to the next visit (layer 2 is furthest)
+  assert.equal(pr.victim(none), 1);
+  // predictions do not move the least-stale policy; they do move the predictive one
+  each((p) => p.setPredicted(new Set(["1:1", "2:1"])));
+  assert.equal(ls.victim(none), 2);
+  assert.equal(pr.victim(none), 0);
+  assert.equal(ls.victim(() => true), -1);
+  // the engine's option names
+  assert.ok(evictionPolicyFactory("least-stale", 4)(context(slots)) instanceof LeastStalePolicy);
+  assert.throws(
+    () => evictionPolicyFactory("mru" as "lru", 4),
+    /evictionPolicy must be one of lru, predictive, least-stale, got "mru"/,
+  );
+});
+
 function largestExpert(path: string): number {
   return Math.max(...expertLayout(readGgufModel(path)).map((l) => l.bytesPerExpert));
 }
@@ -69,7 +118,7 @@ function expertBytes(path: string): number {
 
 Deno.test({
   name:
-    "prefetch: same tokens off / lookahead / shadow × LRU / predictive, within budget, pinned experts kept, fewer stalls",
+    "prefetch: same tokens off / lookahead / shadow × LRU / predictive / least-stale, within budget, pinned experts kept, fewer stalls",
   sanitizeResources: false,
   async fn() {
     const g = await device();
@@ -96,7 +145,7 @@ Deno.test({
       const prompt = [5, 17, 99, 230, 41, 7, 300, 12];
       const runs: { name: string; tokens: number[]; stalls: number }[] = [];
       for (const frac of [0.1, 0.25]) {
-        for (const policy of ["lru", "predictive"] as const) {
+        for (const policy of ["lru", "predictive", "least-stale"] as const) {
           for (const predictor of ["off", "lookahead", "shadow"] as const) {
             const name = `${frac * 100}% ${policy} ${predictor}`;
             const model = await loadModel({

@@ -19,6 +19,9 @@
  * The engine moves the cursor before each repair's uploads and calls
  * {@linkcode PredictivePolicy.nextToken} when a token is done.
  *
+ * {@linkcode LeastStalePolicy} ranks by rule 2 then 4 alone (SpecMD's
+ * least-stale eviction).
+ *
  * Victim selection scans the pool's slots (O(slots) per eviction, with no
  * allocation beyond the LRU order); touch and remove are O(1).
  *
@@ -39,10 +42,22 @@ import {
   type EvictionPolicyFactory,
   expertKey,
   LruPolicy,
+  lruPolicy,
 } from "./pool.ts";
 
-/** The eviction policies the engine can use. */
-export type EvictionPolicyName = "lru" | "predictive";
+/**
+ * The eviction policies the engine can use: `"lru"`, `"predictive"` (this
+ * module's {@linkcode PredictivePolicy}) and `"least-stale"`
+ * ({@linkcode LeastStalePolicy}).
+ */
+export type EvictionPolicyName = "lru" | "predictive" | "least-stale";
+
+/** Every {@linkcode EvictionPolicyName}, for flag parsing and errors. */
+export const EVICTION_POLICY_NAMES: readonly EvictionPolicyName[] = [
+  "lru",
+  "predictive",
+  "least-stale",
+];
 
 /** The policy of the module doc, over the pool's slots. */
 export class PredictivePolicy implements EvictionPolicy {
@@ -122,6 +137,19 @@ export class PredictivePolicy implements EvictionPolicy {
    * least recently used, in that order; −1 if every slot is skipped.
    */
   victim(skip: (slot: number) => boolean): number {
+    return this.pick(skip, true, true);
+  }
+
+  /**
+   * The victim by the module doc's ranking, leaving out the predictions
+   * (rule 1) and the distance (rule 3) when asked: staleness and LRU always
+   * rank.
+   */
+  protected pick(
+    skip: (slot: number) => boolean,
+    usePredictions: boolean,
+    useDistance: boolean,
+  ): number {
     let best = -1;
     let bestPredicted = true;
     let bestStale = -Infinity;
@@ -130,9 +158,10 @@ export class PredictivePolicy implements EvictionPolicy {
     for (const s of this.#lru.order()) {
       if (skip(s)) continue;
       const layer = this.#ctx.layerOf(s);
-      const predicted = this.#predicted.has(expertKey(layer, this.#ctx.expertOf(s)));
+      const predicted = usePredictions &&
+        this.#predicted.has(expertKey(layer, this.#ctx.expertOf(s)));
       const stale = this.staleness(s);
-      const d = this.distance(layer);
+      const d = useDistance ? this.distance(layer) : 0;
       const better = best < 0 ||
         (predicted !== bestPredicted
           ? !predicted
@@ -153,4 +182,45 @@ export class PredictivePolicy implements EvictionPolicy {
 /** A factory for the pool's `policy` option: a {@linkcode PredictivePolicy} per slot group. */
 export function predictivePolicy(nLayer: number): EvictionPolicyFactory {
   return (ctx) => new PredictivePolicy(ctx, nLayer);
+}
+
+/**
+ * The least-stale policy (SpecMD, 2026): evict the expert whose layer has
+ * been visited the most times since the expert was last used
+ * ({@linkcode PredictivePolicy.staleness}); ties go to the least recently
+ * used. Unlike {@linkcode PredictivePolicy} it ignores the predictor's
+ * expectations and the distance to the layer's next visit. It follows the
+ * engine's cursor and tokens the same way (the prefetcher drives both).
+ */
+export class LeastStalePolicy extends PredictivePolicy {
+  /** The stalest slot not skipped, least recently used first among equals; −1 if every slot is skipped. */
+  override victim(skip: (slot: number) => boolean): number {
+    return this.pick(skip, false, false);
+  }
+}
+
+/** A factory for the pool's `policy` option: a {@linkcode LeastStalePolicy} per slot group. */
+export function leastStalePolicy(nLayer: number): EvictionPolicyFactory {
+  return (ctx) => new LeastStalePolicy(ctx, nLayer);
+}
+
+/** The pool's `policy` option for `name` on a model of `nLayer` layers. */
+export function evictionPolicyFactory(
+  name: EvictionPolicyName,
+  nLayer: number,
+): EvictionPolicyFactory {
+  switch (name) {
+    case "lru":
+      return lruPolicy;
+    case "predictive":
+      return predictivePolicy(nLayer);
+    case "least-stale":
+      return leastStalePolicy(nLayer);
+    default:
+      throw new RangeError(
+        `evictionPolicy must be one of ${EVICTION_POLICY_NAMES.join(", ")}, got ${
+          JSON.stringify(name)
+        }`,
+      );
+  }
 }

@@ -30,9 +30,9 @@ import { openBaseModel } from "../converted/reader.ts";
 import { ExpertDirSource } from "../experts/expert_dir_source.ts";
 import { type ExpertStacks, MoeTransformer } from "./transformer.ts";
 import { type ExpertSource, GgufExpertSource } from "../experts/source.ts";
-import { ExpertPool, lruPolicy } from "../experts/pool.ts";
+import { ExpertPool } from "../experts/pool.ts";
 import type { ExpertStats } from "../experts/stats.ts";
-import { type EvictionPolicyName, predictivePolicy } from "../experts/policy_predictive.ts";
+import { evictionPolicyFactory, type EvictionPolicyName } from "../experts/policy_predictive.ts";
 import { Prefetcher, type PrefetcherOptions } from "../experts/prefetcher.ts";
 import type { PrefetchStatsSnapshot } from "../experts/prefetch_stats.ts";
 
@@ -85,7 +85,7 @@ export interface LoadModelOptions {
   predictorPath?: string;
   /** Prefetcher tuning: predictor kind, depth, experts per layer (`src/experts/prefetcher.ts`). */
   prefetch?: PrefetcherOptions;
-  /** The expert pool's eviction policy: `"predictive"` (default) or `"lru"`. */
+  /** The expert pool's eviction policy: `"predictive"` (default), `"lru"` or `"least-stale"`. */
   evictionPolicy?: EvictionPolicyName;
 }
 
@@ -240,7 +240,7 @@ export class Model {
         budgetBytes: Math.floor(cacheSizeGB * GIB),
         minSlots: config.nExpertUsed,
         nLayer: config.nLayer,
-        policy: o.evictionPolicy === "lru" ? lruPolicy : predictivePolicy(config.nLayer),
+        policy: evictionPolicyFactory(o.evictionPolicy ?? "predictive", config.nLayer),
       });
       if (pool.budgetRaised && cacheSizeGB > 0) {
         (o.onWarning ?? console.warn)(

@@ -17,6 +17,7 @@
  * @module
  */
 
+import { EVICTION_POLICY_NAMES, type EvictionPolicyName } from "../experts/policy_predictive.ts";
 import { parseArgs } from "node:util";
 import { Engine, type EngineOptions } from "../generate/engine.ts";
 import { type RunningServer, startServer } from "./app.ts";
@@ -38,6 +39,8 @@ options:
                                  third of its experts; 0 = minimum)
   --enable-prefetch              upload experts before they are needed
   --predictor-path FILE          a trained shadow predictor (implies --enable-prefetch)
+  --eviction-policy NAME         which expert leaves the budget first: predictive
+                                 (default), lru or least-stale
   --ctx-size N                   context length in tokens (default min(4096, the model's))
   --port N                       port (default 8080; 0 = any free port)
   --host ADDR                    interface (default 127.0.0.1)
@@ -77,6 +80,8 @@ export interface ServeConfig {
   prefetch: boolean;
   /** `--predictor-path`: a trained shadow predictor. */
   predictorPath?: string;
+  /** `--eviction-policy`, when given (the engine's default otherwise). */
+  evictionPolicy?: EvictionPolicyName;
   /** `--quiet`. */
   quiet: boolean;
   /** `--allowed-hosts`, when given. */
@@ -176,6 +181,7 @@ export async function parseServeArgs(
         "cache-size-gb": { type: "string" },
         "enable-prefetch": { type: "boolean" },
         "predictor-path": { type: "string" },
+        "eviction-policy": { type: "string" },
         port: { type: "string" },
         host: { type: "string" },
         "api-key": { type: "string" },
@@ -259,6 +265,14 @@ export async function parseServeArgs(
   const predictor = v["predictor-path"];
   if (predictor !== undefined) await checkPath("predictor-path", predictor, "any");
   const prefetch = (v["enable-prefetch"] ?? false) || predictor !== undefined;
+  const evictionPolicy = v["eviction-policy"] as EvictionPolicyName | undefined;
+  if (evictionPolicy !== undefined && !EVICTION_POLICY_NAMES.includes(evictionPolicy)) {
+    throw new UsageError(
+      `--eviction-policy must be one of ${
+        EVICTION_POLICY_NAMES.join(", ")
+      }, got "${evictionPolicy}"`,
+    );
+  }
 
   return {
     model: model !== undefined || base !== undefined
@@ -273,6 +287,7 @@ export async function parseServeArgs(
     maxQueue,
     prefetch,
     predictorPath: predictor,
+    evictionPolicy,
     quiet: v.quiet ?? false,
     allowedHosts,
     corsOrigins,
@@ -342,6 +357,7 @@ export async function main(args: string[]): Promise<number> {
       nCtx: c.nCtx,
       enablePrefetch: prefetch,
       predictorPath: c.predictorPath,
+      evictionPolicy: c.evictionPolicy,
     });
     try {
       await warmUp(engine);

@@ -20,6 +20,7 @@ Deno.test("serve flags: defaults serve the demo model on 127.0.0.1:8080", async 
   assert.equal(c.maxQueue, 16);
   assert.equal(c.apiKey, undefined);
   assert.equal(c.prefetch, false);
+  assert.equal(c.evictionPolicy, undefined, "the engine's default (predictive)");
   assert.equal(await parseServeArgs(["-h"], noEnv), "help");
 });
 
@@ -47,7 +48,10 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
       "3",
       "--ctx-size",
       "1024",
+      "--eviction-policy",
+      "least-stale",
     ]);
+    assert.equal(c.evictionPolicy, "least-stale");
     assert.deepEqual(c.model, {
       model: gguf,
       baseWeights: undefined,
@@ -124,6 +128,10 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
       [["--cache-size-gb=-1"], /^--cache-size-gb must be a number ≥ 0/],
       [["--cache-size-gb", "lots"], /^--cache-size-gb must be a number ≥ 0/],
       [["--api-key", ""], /^--api-key must not be empty/],
+      [
+        ["--eviction-policy", "mru"],
+        /^--eviction-policy must be one of lru, predictive, least-stale, got "mru"/,
+      ],
       [["--bogus"], /bogus/],
       [["stray"], /stray/],
     ];
