@@ -41,7 +41,8 @@ import type {
   GenerationStats,
   StreamChunk,
 } from "../generate/types.ts";
-import { ChatTemplateError } from "../tokenizer/chat.ts";
+import { ChatTemplateError, renderChat } from "../tokenizer/chat.ts";
+import { DEFAULT_SAMPLING } from "../generate/sampler_cpu.ts";
 import { ExpertReadError } from "../experts/source.ts";
 import { NonFiniteError } from "../model/model.ts";
 import {
@@ -67,6 +68,7 @@ import {
   readMessages,
   readPrompt,
   readSampling,
+  readTokenIds,
   SAMPLING_FIELDS,
 } from "./validate.ts";
 
@@ -181,6 +183,8 @@ const OPENAI_COMMON = [
   ...SAMPLING_FIELDS,
 ] as const;
 
+const TOKENIZE_FIELDS = ["content", "add_special", "parse_special", "with_pieces"] as const;
+
 const COMPLETION_FIELDS = [...OPENAI_COMMON, "prompt", "echo", "best_of", "suffix"] as const;
 
 const CHAT_FIELDS = [
@@ -283,6 +287,8 @@ class App {
   loadError: Error | undefined;
   closing = false;
   inFlight = 0;
+  /** The model file served, for `/props` (unknown when the caller loads the engine). */
+  modelPath: string | undefined;
   readonly #shutdown = new AbortController();
   readonly #routes: Route[];
   /** Mean duration of recent generations, s (for Retry-After). */
@@ -318,6 +324,23 @@ class App {
         name: "/v1/chat/completions",
         methods: { POST: (r) => this.chatRoute(r) },
       },
+      // llama.cpp server's helpers, with its request and response shapes
+      {
+        pattern: /^\/tokenize$/,
+        name: "/tokenize",
+        methods: { POST: (r) => this.tokenizeRoute(r) },
+      },
+      {
+        pattern: /^\/detokenize$/,
+        name: "/detokenize",
+        methods: { POST: (r) => this.detokenizeRoute(r) },
+      },
+      {
+        pattern: /^\/apply-template$/,
+        name: "/apply-template",
+        methods: { POST: (r) => this.applyTemplateRoute(r) },
+      },
+      { pattern: /^\/props$/, name: "/props", methods: { GET: () => this.props() } },
       {
         pattern: /^\/v1\/experts$/,
         name: "/v1/experts",
@@ -782,6 +805,99 @@ class App {
     return sse.response;
   }
 
+  async #body(req: Request): Promise<Record<string, unknown>> {
+    return await readJsonObject(req, this.o.maxBodyBytes ?? MAX_BODY_BYTES, this.#bodyTimeout);
+  }
+
+  /** `POST /tokenize` (llama.cpp): `content` → `tokens` (ids, or `{id, piece}` with `with_pieces`). */
+  async tokenizeRoute(req: Request): Promise<Response> {
+    const e = this.#engine();
+    const f = new Fields(await this.#body(req), TOKENIZE_FIELDS);
+    const content = f.string("content");
+    if (content === undefined) throw badRequest("content", "'content' (the text) is required");
+    // llama.cpp's defaults: no BOS, control-token text parsed
+    const ids = e.tokenizer.encode(content, {
+      addSpecial: f.boolean("add_special") ?? false,
+      parseSpecial: f.boolean("parse_special") ?? true,
+    });
+    if (!(f.boolean("with_pieces") ?? false)) return json({ tokens: ids });
+    const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+    return json({
+      tokens: ids.map((id) => {
+        const bytes = e.tokenizer.tokenToBytes(id);
+        let piece: string | number[];
+        try {
+          piece = utf8.decode(bytes);
+        } catch {
+          piece = [...bytes]; // not whole UTF-8 characters: the bytes, as llama.cpp does
+        }
+        return { id, piece };
+      }),
+    });
+  }
+
+  /** `POST /detokenize` (llama.cpp): `tokens` → `content` (control tokens as their text). */
+  async detokenizeRoute(req: Request): Promise<Response> {
+    const e = this.#engine();
+    const f = new Fields(await this.#body(req), ["tokens"]);
+    const ids = readTokenIds(f, "tokens", this.#limits(e));
+    if (ids === undefined) {
+      throw badRequest("tokens", "'tokens' (an array of token ids) is required");
+    }
+    return json({ content: e.tokenizer.decode(ids) });
+  }
+
+  /** `POST /apply-template` (llama.cpp): `messages` → `prompt`, the text the model would be given. */
+  async applyTemplateRoute(req: Request): Promise<Response> {
+    const e = this.#engine();
+    const f = new Fields(await this.#body(req), ["messages"]);
+    const messages = readMessages(f, "messages");
+    if (!messages) throw badRequest("messages", "'messages' is required");
+    try {
+      return json({ prompt: renderChat(e.tokenizer, messages) });
+    } catch (err) {
+      throw toHttpError(err);
+    }
+  }
+
+  /** `GET /props` (llama.cpp's shape): default generation settings, slots, model, template. */
+  props(): Response {
+    const e = this.#engine();
+    const d = DEFAULT_SAMPLING;
+    const tok = (id: number | null) => id === null ? null : e.tokenizer.decode([id]);
+    return json({
+      default_generation_settings: {
+        n_ctx: e.info.contextLength,
+        params: {
+          n_predict: -1,
+          temperature: d.temperature,
+          top_k: d.topK,
+          top_p: d.topP,
+          min_p: d.minP,
+          repeat_last_n: d.penaltyLastN,
+          repeat_penalty: d.repeatPenalty,
+          presence_penalty: d.presencePenalty,
+          frequency_penalty: d.frequencyPenalty,
+          seed: 0xffffffff, // llama.cpp's "random"
+          stop: [],
+          cache_prompt: true,
+        },
+      },
+      total_slots: 1,
+      model_alias: e.info.name,
+      model_path: this.modelPath ?? null,
+      architecture: e.info.architecture,
+      modalities: { vision: false, audio: false },
+      chat_template: e.tokenizer.chatTemplate ?? "",
+      bos_token: tok(e.tokenizer.bos),
+      eos_token: tok(e.tokenizer.eos),
+      endpoint_metrics: true,
+      endpoint_props: false,
+      build_info: "od-moe",
+      is_sleeping: false,
+    });
+  }
+
   async generateRoute(req: Request): Promise<Response> {
     const e = this.#engine();
     const body = await readJsonObject(
@@ -1122,6 +1238,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     const opts = o.engineOptions ?? {
       model: await ensureDemoModel({ cacheDir: o.demoCacheDir, log: o.log }),
     };
+    app.modelPath = opts.model ?? opts.baseWeights;
     return await Engine.load(opts);
   })();
   ready.then((e) => {

@@ -342,6 +342,25 @@ export function readSampling(f: Fields, limits: ModelLimits): SamplingParams {
   return s;
 }
 
+/** `k` as an array of token ids of the vocabulary (possibly empty), or undefined when absent. */
+export function readTokenIds(f: Fields, k: string, limits: ModelLimits): number[] | undefined {
+  const v = f.raw(k);
+  if (v === undefined) return undefined;
+  const name = f.name(k);
+  if (!Array.isArray(v)) {
+    throw badRequest(name, `'${name}' must be an array of token ids, got ${describe(v)}`);
+  }
+  for (const id of v) {
+    if (!Number.isInteger(id) || id < 0 || id >= limits.vocabSize) {
+      throw badRequest(
+        name,
+        `'${name}' holds ${describe(id)}, not a token id (0…${limits.vocabSize - 1})`,
+      );
+    }
+  }
+  return v as number[];
+}
+
 /** `max_tokens` (or another name) as an integer in 1…context length, or `def`. */
 export function readMaxTokens(f: Fields, k: string, limits: ModelLimits, def: number): number {
   return f.integer(k, { min: 1, max: limits.contextLength }) ?? Math.min(def, limits.contextLength);
