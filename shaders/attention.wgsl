@@ -69,7 +69,7 @@ const KPT: u32 = 4u;
 var<workgroup> qs: array<f32, D_K>;
 var<workgroup> acc: array<f32, D_V>;
 var<workgroup> ps: array<f32, KPT * WG_SIZE>;
-var<workgroup> red: array<f32, WG_SIZE>;
+//#include wg_reduce
 
 // Below any score; finite so that differences with it stay finite (e^(−big) = 0).
 const NEG_BIG: f32 = -3.0e38;
@@ -129,15 +129,7 @@ fn attend(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li
         tmax = max(tmax, s[i]);
       }
     }
-    red[lid] = tmax;
-    workgroupBarrier();
-    for (var st = WG_SIZE / 2u; st > 0u; st >>= 1u) {
-      if (lid < st) {
-        red[lid] = max(red[lid], red[lid + st]);
-      }
-      workgroupBarrier();
-    }
-    let mNew = max(m, red[0]);
+    let mNew = max(m, wg_max(lid, tmax));
     let alpha = exp(m - mNew);
     l *= alpha;
     for (var i = 0u; i < KPT; i++) {
@@ -160,19 +152,11 @@ fn attend(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li
       acc[d] = a;
     }
     m = mNew;
-    // red and ps are rewritten by the next tile.
+    // ps is rewritten by the next tile.
     workgroupBarrier();
   }
 
-  red[lid] = l;
-  workgroupBarrier();
-  for (var st = WG_SIZE / 2u; st > 0u; st >>= 1u) {
-    if (lid < st) {
-      red[lid] += red[lid + st];
-    }
-    workgroupBarrier();
-  }
-  var sum = red[0];
+  var sum = wg_sum(lid, l);
   var corr = 1.0;
   if (params.hasSinks != 0u) {
     let sink = sinks[params.sinksOffset + h];

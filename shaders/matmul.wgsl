@@ -28,26 +28,7 @@
 //                                  matmul_route.wgsl (tiled mul_mat_id) read
 //   @binding(4) step:  array<u32>  the step buffer; [1] = T             read
 //   @binding(5) Y:     array<f32>  outputs                             read_write
-//   @binding(6) P:     uniform Params, 4-byte units:
-//     [0] w_off       bytes from the binding start to row 0 of matrix 0
-//     [1] row_bytes   bytes per row
-//     [2] mat_stride  bytes between stacked matrices
-//     [3] n_rows      rows (of this chunk)
-//     [4] n_cols      row length, elements
-//     [5] n_used      slots per token (1: plain matmul)
-//     [6] n_mats      matrices in the stack; 0: plain matmul, ids unused
-//     [7] id_base     id of matrix 0 of the stack
-//     [8] ids_off     ids: first element
-//     [9] ids_stride  ids: elements between tokens
-//     [10] x_off      X: first element
-//     [11] x_stride   X: elements between tokens
-//     [12] x_slot     X: elements between the slots of a token (0: shared x)
-//     [13] y_off      Y: first element, the chunk's first row included
-//     [14] y_stride   Y: elements between tokens
-//     [15] y_slot     Y: elements between the slots of a token
-//     [16] accumulate 1: y += W x, 0: y = W x
-//     [17] tiles_off  route: first word of the tile table (2 words a tile)
-//     [18] sorted_off route: first word of the entries sorted by matrix
+//   @binding(6) params: Params (shaders/lib/matmul_params.wgsl)      read
 //   * never written; read_write so that x, ids and y may be views of one
 //     buffer (WebGPU forbids read-only and writable bindings of one buffer
 //     in a dispatch).
@@ -69,27 +50,7 @@
 
 {{QUANT}}
 
-struct Params {
-  w_off: u32,
-  row_bytes: u32,
-  mat_stride: u32,
-  n_rows: u32,
-  n_cols: u32,
-  n_used: u32,
-  n_mats: u32,
-  id_base: u32,
-  ids_off: u32,
-  ids_stride: u32,
-  x_off: u32,
-  x_stride: u32,
-  x_slot: u32,
-  y_off: u32,
-  y_stride: u32,
-  y_slot: u32,
-  accumulate: u32,
-  tiles_off: u32,
-  sorted_off: u32,
-}
+//#include matmul_params
 
 override WG_MV: u32 = 64;
 override ROWS: u32 = 2;
@@ -112,43 +73,43 @@ const NONE = 0xffffffffu;
 @group(0) @binding(3) var<storage, read> route: array<u32>;
 @group(0) @binding(4) var<storage, read> step: array<u32>;
 @group(0) @binding(5) var<storage, read_write> Y: array<f32>;
-@group(0) @binding(6) var<storage, read> P: Params;
+@group(0) @binding(6) var<storage, read> params: Params;
 
 fn n_entries() -> u32 {
-  return step[1] * P.n_used;
+  return step[1] * params.n_used;
 }
 
 fn n_pieces() -> u32 {
-  return ((P.n_cols + QK - 1u) / QK) * NP;
+  return ((params.n_cols + QK - 1u) / QK) * NP;
 }
 
 // The matrix of entry e, or NONE when its id is outside this stack.
 fn entry_mat(e: u32) -> u32 {
-  if (P.n_mats == 0u) {
+  if (params.n_mats == 0u) {
     return 0u;
   }
-  let t = e / P.n_used;
-  let m = ids[P.ids_off + t * P.ids_stride + (e - t * P.n_used)] - P.id_base;
-  return select(NONE, m, m < P.n_mats);
+  let t = e / params.n_used;
+  let m = ids[params.ids_off + t * params.ids_stride + (e - t * params.n_used)] - params.id_base;
+  return select(NONE, m, m < params.n_mats);
 }
 
 fn x_base(e: u32) -> u32 {
-  let t = e / P.n_used;
-  return P.x_off + t * P.x_stride + (e - t * P.n_used) * P.x_slot;
+  let t = e / params.n_used;
+  return params.x_off + t * params.x_stride + (e - t * params.n_used) * params.x_slot;
 }
 
 fn y_base(e: u32) -> u32 {
-  let t = e / P.n_used;
-  return P.y_off + t * P.y_stride + (e - t * P.n_used) * P.y_slot;
+  let t = e / params.n_used;
+  return params.y_off + t * params.y_stride + (e - t * params.n_used) * params.y_slot;
 }
 
 // x[base + col .. + 3], zero past the row end (float types only).
 fn load_x(base: u32, col: u32) -> vec4f {
   let i = base + col;
-  if (TAIL && col + 4u > P.n_cols) {
+  if (TAIL && col + 4u > params.n_cols) {
     var v = vec4f(0.0);
     for (var k = 0u; k < 4u; k++) {
-      if (col + k < P.n_cols) {
+      if (col + k < params.n_cols) {
         v[k] = X[i + k];
       }
     }
@@ -164,14 +125,14 @@ fn load_w(rb: u32, blk: u32, p: u32) -> Piece {
   if (TAIL) {
     let col = blk * QK + vec4u(0u, 1u, 2u, 3u);
     let o = xoff(p);
-    pc.a = select(vec4f(0.0), pc.a, col + o.x < vec4u(P.n_cols));
-    pc.b = select(vec4f(0.0), pc.b, col + o.y < vec4u(P.n_cols));
+    pc.a = select(vec4f(0.0), pc.a, col + o.x < vec4u(params.n_cols));
+    pc.b = select(vec4f(0.0), pc.b, col + o.y < vec4u(params.n_cols));
   }
   return pc;
 }
 
 fn store_y(i: u32, v: f32) {
-  if (P.accumulate != 0u) {
+  if (params.accumulate != 0u) {
     Y[i] = Y[i] + v;
   } else {
     Y[i] = v;
@@ -186,11 +147,11 @@ fn matvec(
   @builtin(num_workgroups) nwg: vec3u,
   @builtin(local_invocation_index) lid: u32,
 ) {
-  let n_rg = (P.n_rows + ROWS - 1u) / ROWS;
+  let n_rg = (params.n_rows + ROWS - 1u) / ROWS;
   let lin = wid.x + wid.y * nwg.x;
   let rg = lin % n_rg;
   // A plain matmul takes TT consecutive tokens a workgroup, mul_mat_id one entry.
-  let per = select(1u, TT, P.n_mats == 0u);
+  let per = select(1u, TT, params.n_mats == 0u);
   let e0 = (lin / n_rg) * per;
   let n_e = n_entries();
   var m = NONE;
@@ -203,7 +164,7 @@ fn matvec(
   var acc: array<f32, MAX_ROWS * MAX_TT>;
   if (ne > 0u) {
     let xb = x_base(e0);
-    let wb = P.w_off + m * P.mat_stride + r0 * P.row_bytes;
+    let wb = params.w_off + m * params.mat_stride + r0 * params.row_bytes;
     let np = n_pieces();
     for (var g = lid; g < np; g += WG_MV) {
       let blk = g / NP;
@@ -212,13 +173,13 @@ fn matvec(
       var xv: array<vec4f, 2u * MAX_TT>;
       for (var k = 0u; k < TT; k++) {
         if (k < ne) {
-          xv[2u * k] = load_x(xb + k * P.x_stride, o.x);
-          xv[2u * k + 1u] = load_x(xb + k * P.x_stride, o.y);
+          xv[2u * k] = load_x(xb + k * params.x_stride, o.x);
+          xv[2u * k + 1u] = load_x(xb + k * params.x_stride, o.y);
         }
       }
       for (var r = 0u; r < ROWS; r++) {
-        if (r0 + r < P.n_rows) {
-          let pc = load_w(wb + r * P.row_bytes, blk, p);
+        if (r0 + r < params.n_rows) {
+          let pc = load_w(wb + r * params.row_bytes, blk, p);
           for (var k = 0u; k < TT; k++) {
             if (k < ne) {
               acc[r * MAX_TT + k] += dot(pc.a, xv[2u * k]) + dot(pc.b, xv[2u * k + 1u]);
@@ -244,9 +205,9 @@ fn matvec(
   if (lid == 0u) {
     for (var k = 0u; k < TT; k++) {
       if (k < ne) {
-        let yb = y_base(e0) + k * P.y_stride + r0;
+        let yb = y_base(e0) + k * params.y_stride + r0;
         for (var r = 0u; r < ROWS; r++) {
-          if (r0 + r < P.n_rows) {
+          if (r0 + r < params.n_rows) {
             store_y(yb + r, red[(r * TT + k) * WG_MV]);
           }
         }
@@ -270,14 +231,14 @@ fn tiled(
   @builtin(local_invocation_index) lid: u32,
 ) {
   let n_threads = (BM / TM) * (BN / TN);
-  let n_rt = (P.n_rows + BM - 1u) / BM;
+  let n_rt = (params.n_rows + BM - 1u) / BM;
   let lin = wid.x + wid.y * nwg.x;
   let rt = lin % n_rt;
   let ti = lin / n_rt;
   var m = 0u;
   var start = 0u;
   var len = 0u;
-  if (P.n_mats == 0u) {
+  if (params.n_mats == 0u) {
     start = ti * BN;
     if (start >= n_entries()) {
       return;
@@ -287,21 +248,21 @@ fn tiled(
     if (ti >= route[0]) {
       return;
     }
-    start = route[P.tiles_off + 2u * ti];
-    let ml = route[P.tiles_off + 2u * ti + 1u];
+    start = route[params.tiles_off + 2u * ti];
+    let ml = route[params.tiles_off + 2u * ti + 1u];
     m = ml & 0xffffu;
     len = ml >> 16u;
   }
   for (var i = lid; i < BN; i += n_threads) {
     var e = NONE;
     if (i < len) {
-      e = select(route[P.sorted_off + start + i], start + i, P.n_mats == 0u);
+      e = select(route[params.sorted_off + start + i], start + i, params.n_mats == 0u);
     }
     tile_entries[i] = e;
   }
 
   let r0 = rt * BM;
-  let wb = P.w_off + m * P.mat_stride;
+  let wb = params.w_off + m * params.mat_stride;
   let np = n_pieces();
   // This invocation's TM rows and TN entries.
   let tr = lid % (BM / TM);
@@ -315,8 +276,8 @@ fn tiled(
       let r = i / KP;
       let g = g0 + kp;
       var pc = Piece(vec4f(0.0), vec4f(0.0));
-      if (r0 + r < P.n_rows && g < np) {
-        pc = load_w(wb + (r0 + r) * P.row_bytes, g / NP, g % NP);
+      if (r0 + r < params.n_rows && g < np) {
+        pc = load_w(wb + (r0 + r) * params.row_bytes, g / NP, g % NP);
       }
       ws[r * TS + 2u * kp] = pc.a;
       ws[r * TS + 2u * kp + 1u] = pc.b;
@@ -357,7 +318,7 @@ fn tiled(
       let yb = y_base(e);
       for (var i = 0u; i < TM; i++) {
         let r = r0 + tr * TM + i;
-        if (r < P.n_rows) {
+        if (r < params.n_rows) {
           store_y(yb + r, acc[j * MAX_TM + i]);
         }
       }

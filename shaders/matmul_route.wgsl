@@ -21,34 +21,12 @@
 //   @binding(0) ids:   array<u32>          [T, n_used] matrix ids   read_write*
 //   @binding(1) step:  array<u32>          [1] = T                  read
 //   @binding(2) route: array<atomic<u32>>  the table above          read_write
-//   @binding(3) P:     uniform, the Params of matmul.wgsl (same layout; this
-//                      kernel reads n_used, n_mats, id_base, ids_off,
-//                      ids_stride, tiles_off, sorted_off)
+//   @binding(3) params: Params (shaders/lib/matmul_params.wgsl)  read
 //   * never written; read_write so ids may share a buffer with outputs.
 //
 // Dispatch: 1 workgroup (0 when the batch takes the matvec path).
 
-struct Params {
-  w_off: u32,
-  row_bytes: u32,
-  mat_stride: u32,
-  n_rows: u32,
-  n_cols: u32,
-  n_used: u32,
-  n_mats: u32,
-  id_base: u32,
-  ids_off: u32,
-  ids_stride: u32,
-  x_off: u32,
-  x_stride: u32,
-  x_slot: u32,
-  y_off: u32,
-  y_stride: u32,
-  y_slot: u32,
-  accumulate: u32,
-  tiles_off: u32,
-  sorted_off: u32,
-}
+//#include matmul_params
 
 override WG: u32 = 256;
 override BN: u32 = 32;
@@ -58,20 +36,20 @@ const NONE = 0xffffffffu;
 @group(0) @binding(0) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(1) var<storage, read> step: array<u32>;
 @group(0) @binding(2) var<storage, read_write> route: array<atomic<u32>>;
-@group(0) @binding(3) var<storage, read> P: Params;
+@group(0) @binding(3) var<storage, read> params: Params;
 
 fn entry_mat(e: u32) -> u32 {
-  let t = e / P.n_used;
-  let m = ids[P.ids_off + t * P.ids_stride + (e - t * P.n_used)] - P.id_base;
-  return select(NONE, m, m < P.n_mats);
+  let t = e / params.n_used;
+  let m = ids[params.ids_off + t * params.ids_stride + (e - t * params.n_used)] - params.id_base;
+  return select(NONE, m, m < params.n_mats);
 }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
-  let n_e = step[1] * P.n_used;
+  let n_e = step[1] * params.n_used;
   let counts = 4u;
-  let cursor = 4u + P.n_mats;
-  for (var m = lid; m < P.n_mats; m += WG) {
+  let cursor = 4u + params.n_mats;
+  for (var m = lid; m < params.n_mats; m += WG) {
     atomicStore(&route[counts + m], 0u);
   }
   storageBarrier();
@@ -85,12 +63,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   if (lid == 0u) {
     var pos = 0u;
     var n_tiles = 0u;
-    for (var m = 0u; m < P.n_mats; m++) {
+    for (var m = 0u; m < params.n_mats; m++) {
       let c = atomicLoad(&route[counts + m]);
       atomicStore(&route[cursor + m], pos);
       for (var s = 0u; s < c; s += BN) {
-        atomicStore(&route[P.tiles_off + 2u * n_tiles], pos + s);
-        atomicStore(&route[P.tiles_off + 2u * n_tiles + 1u], m | (min(BN, c - s) << 16u));
+        atomicStore(&route[params.tiles_off + 2u * n_tiles], pos + s);
+        atomicStore(&route[params.tiles_off + 2u * n_tiles + 1u], m | (min(BN, c - s) << 16u));
         n_tiles++;
       }
       pos += c;
@@ -102,7 +80,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     let m = entry_mat(e);
     if (m != NONE) {
       let i = atomicAdd(&route[cursor + m], 1u);
-      atomicStore(&route[P.sorted_off + i], e);
+      atomicStore(&route[params.sorted_off + i], e);
     }
   }
 }

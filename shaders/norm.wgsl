@@ -38,7 +38,7 @@ override WG_SIZE: u32 = 64;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read> params: Params;
 
-var<workgroup> partial: array<f32, WG_SIZE>;
+//#include wg_reduce
 
 @compute @workgroup_size(WG_SIZE)
 fn rms_norm(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -53,15 +53,7 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) 
     let v = x[xb + i];
     sum += v * v;
   }
-  partial[lid] = sum;
-  workgroupBarrier();
-  for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      partial[lid] += partial[lid + s];
-    }
-    workgroupBarrier();
-  }
-  let mean = partial[0] / f32(n);
+  let mean = wg_sum(lid, sum) / f32(n);
   let scale = 1.0 / sqrt(mean + params.eps);
 
   for (var i = lid; i < n; i += WG_SIZE) {

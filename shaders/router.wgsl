@@ -76,53 +76,16 @@ override K: u32 = 2;
 @group(0) @binding(7) var<storage, read_write> misses: array<atomic<u32>>;
 @group(0) @binding(8) var<storage, read> params: Params;
 
-const NONE: u32 = 0xffffffffu;
+//#include wg_reduce
+
 const NEG_BIG: f32 = -3.0e38;
 const MISS_HEADER: u32 = 4u;
 
 var<workgroup> prob: array<f32, N_EXPERT>;
 var<workgroup> sel: array<f32, N_EXPERT>;
 var<workgroup> flag: array<u32, N_EXPERT>; // per group: kept; then per expert: taken
-var<workgroup> redV: array<f32, WG_SIZE>;
-var<workgroup> redI: array<u32, WG_SIZE>;
 var<workgroup> chosen: array<u32, K>;
 var<workgroup> w: array<f32, K>;
-
-// Whether candidate (va, ia) ranks before (vb, ib): higher score, then lower id; NONE last.
-fn better(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
-  if (ia == NONE) {
-    return false;
-  }
-  return ib == NONE || va > vb || (va == vb && ia < ib);
-}
-
-fn reduce_max(lid: u32, v: f32) -> f32 {
-  redV[lid] = v;
-  workgroupBarrier();
-  for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      redV[lid] = max(redV[lid], redV[lid + s]);
-    }
-    workgroupBarrier();
-  }
-  let r = redV[0];
-  workgroupBarrier();
-  return r;
-}
-
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-  redV[lid] = v;
-  workgroupBarrier();
-  for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      redV[lid] += redV[lid + s];
-    }
-    workgroupBarrier();
-  }
-  let r = redV[0];
-  workgroupBarrier();
-  return r;
-}
 
 @compute @workgroup_size(WG_SIZE)
 fn route(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -140,14 +103,14 @@ fn route(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid
     localMax = max(localMax, x);
   }
   if (params.gating == 0u) {
-    let mx = reduce_max(lid, localMax);
+    let mx = wg_max(lid, localMax);
     var localSum = 0.0;
     for (var e = lid; e < N_EXPERT; e += WG_SIZE) {
       let ex = exp(prob[e] - mx);
       prob[e] = ex;
       localSum += ex;
     }
-    let inv = 1.0 / reduce_sum(lid, localSum);
+    let inv = 1.0 / wg_sum(lid, localSum);
     for (var e = lid; e < N_EXPERT; e += WG_SIZE) {
       prob[e] *= inv;
     }
@@ -183,6 +146,7 @@ fn route(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid
           b2 = v;
         }
       }
+      // Group scores borrow wg_reduce's scratch (nGroup ≤ WG_SIZE).
       redV[gi] = select(b1 + b2, b1, g == 1u);
     }
     workgroupBarrier();
@@ -224,18 +188,9 @@ fn route(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid
         bi = e;
       }
     }
-    redV[lid] = bv;
-    redI[lid] = bi;
-    workgroupBarrier();
-    for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
-      if (lid < s && better(redV[lid + s], redI[lid + s], redV[lid], redI[lid])) {
-        redV[lid] = redV[lid + s];
-        redI[lid] = redI[lid + s];
-      }
-      workgroupBarrier();
-    }
+    let best = wg_argmax(lid, bv, bi);
     if (lid == 0u) {
-      var c = redI[0];
+      var c = best.i;
       if (c == NONE) {
         c = 0u;
       }

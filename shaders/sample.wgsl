@@ -114,20 +114,10 @@ override WG_SIZE: u32 = 256;
 @group(0) @binding(5) var<storage, read_write> scratch: array<u32>;
 @group(0) @binding(6) var<storage, read> params: Params;
 
-const NONE: u32 = 0xffffffffu;
 const FLT_MAX: f32 = 3.40282347e38;
 const ID_MASK: u32 = 0xffffffu;
 
-var<workgroup> redV: array<f32, WG_SIZE>;
-var<workgroup> redI: array<u32, WG_SIZE>;
-
-// Whether (va, ia) ranks before (vb, ib): larger value, then lower index; NONE last.
-fn better(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
-  if (ia == NONE) {
-    return false;
-  }
-  return ib == NONE || va > vb || (va == vb && ia < ib);
-}
+//#include wg_reduce
 
 @compute @workgroup_size(WG_SIZE)
 fn argmax(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -146,20 +136,11 @@ fn argmax(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li
       bi = i;
     }
   }
-  redV[lid] = bv;
-  redI[lid] = bi;
-  workgroupBarrier();
-  for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
-    if (lid < s && better(redV[lid + s], redI[lid + s], redV[lid], redI[lid])) {
-      redV[lid] = redV[lid + s];
-      redI[lid] = redI[lid + s];
-    }
-    workgroupBarrier();
-  }
+  let best = wg_argmax(lid, bv, bi);
   if (lid == 0u) {
     let r = select(0u, wid.x, params.mode == 2u);
-    var index = redI[0];
-    var value = redV[0];
+    var index = best.i;
+    var value = best.v;
     if (index == NONE) {
       index = 0u;
       value = logits[base];
@@ -451,19 +432,10 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
       bi = i;
     }
   }
-  redV[lid] = bv;
-  redI[lid] = bi;
-  workgroupBarrier();
-  for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
-    if (lid < s && better(redV[lid + s], redI[lid + s], redV[lid], redI[lid])) {
-      redV[lid] = redV[lid + s];
-      redI[lid] = redI[lid + s];
-    }
-    workgroupBarrier();
-  }
+  let best = wg_argmax(lid, bv, bi);
   if (lid == 0u) {
-    sMax = redV[0];
-    sArg = select(redI[0], 0u, redI[0] == NONE);
+    sMax = best.v;
+    sArg = select(best.i, 0u, best.i == NONE);
     sLen = n;
     sCompact = 0u;
   }
