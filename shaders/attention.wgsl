@@ -18,20 +18,13 @@
 //   @binding(3) sinks:  array<f32>  [nHead] from sinksOffset; unused when hasSinks = 0        read
 //   @binding(4) out:    array<f32>  [T, nHead, D_V]: oOffset + t*oStride + h*oHeadStride + d  written
 //   @binding(5) step:   array<u32>  the step buffer: [0] = pos0                              read
-//   @binding(6) params: read-only storage, 4-byte units:
-//     [0] group: u32 (nHead / nHeadKv)
-//     [1] qOffset  [2] qStride     [3] qHeadStride: u32
-//     [4] kOffset  [5] kRowStride  [6] kHeadStride: u32
-//     [7] vOffset  [8] vRowStride  [9] vHeadStride: u32
-//     [10] oOffset [11] oStride    [12] oHeadStride: u32
-//     [13] window: u32 (0 = off)   [14] hasSinks: u32   [15] sinksOffset: u32
-//     [16] scale: f32              [17] softcap: f32 (0 = off)
+//   @binding(6) params: read-only storage, struct Params below
 // Overrides: WG_SIZE (a power of two), D_K, D_V (head widths).
 //
 // Dispatch: [nHead, T].
 
 struct Params {
-  group: u32,
+  group: u32, // nHead / nHeadKv
   qOffset: u32,
   qStride: u32,
   qHeadStride: u32,
@@ -44,11 +37,11 @@ struct Params {
   oOffset: u32,
   oStride: u32,
   oHeadStride: u32,
-  window: u32,
+  window: u32, // 0 = off
   hasSinks: u32,
   sinksOffset: u32,
   scale: f32,
-  softcap: f32,
+  softcap: f32, // 0 = off
 }
 
 override WG_SIZE: u32 = 64;

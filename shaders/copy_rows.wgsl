@@ -8,18 +8,14 @@
 // Bindings (inputs → outputs → params):
 //   @binding(0) x:      array<f32>  read
 //   @binding(1) y:      array<f32>  read_write
-//   @binding(2) params: uniform, 4-byte units:
-//     [0] n: u32          elements per row
-//     [1] rows: u32       rows per token
-//     [2] xOffset: u32    [3] xStride: u32   [4] xRowStride: u32
-//     [5] yOffset: u32    [6] yStride: u32   [7] yRowStride: u32
+//   @binding(2) params: read-only storage, struct Params below
 //
 // Dispatch: [ceil(rows · n / WG_SIZE), T]; workgroup (x, t) copies elements
 // x·WG_SIZE … of token t's rows.
 
 struct Params {
-  n: u32,
-  rows: u32,
+  n: u32, // elements per row
+  rows: u32, // rows per token
   xOffset: u32,
   xStride: u32,
   xRowStride: u32,

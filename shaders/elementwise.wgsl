@@ -17,15 +17,7 @@
 //                                   one row, e.g. a bias; unused by unary ops)
 //   @binding(2) ids:    array<u32>  [T, idsStride] from idsOffset (add_id only)  read
 //   @binding(3) y:      array<f32>  [T, yStride] from yOffset   (written)
-//   @binding(4) params: read-only storage, 4-byte units:
-//     [0] n: u32        elements per token
-//     [1] aOffset: u32  [2] aStride: u32
-//     [3] bOffset: u32  [4] bStride: u32
-//     [5] yOffset: u32  [6] yStride: u32
-//     [7] s0: f32       scale (scale), alpha (swiglu_oai)
-//     [8] s1: f32       limit (swiglu_oai)
-//     [9] rowLen: u32   [10] idsOffset: u32  [11] idsStride: u32  [12] bRowStride: u32
-//                       (add_id: row r = i / rowLen of a token uses b row ids[t, r])
+//   @binding(4) params: read-only storage, struct Params below
 //
 // Dispatch: [ceil(n / WG_SIZE), T]; workgroup (x, t) handles elements
 // x*WG_SIZE .. of token t.
@@ -34,16 +26,16 @@
 // gelu, swiglu (y = silu(a) * b), swiglu_oai, geglu (y = gelu(a) * b), add_id.
 
 struct Params {
-  n: u32,
+  n: u32, // elements per token
   aOffset: u32,
   aStride: u32,
   bOffset: u32,
   bStride: u32,
   yOffset: u32,
   yStride: u32,
-  s0: f32,
-  s1: f32,
-  rowLen: u32,
+  s0: f32, // scale (scale), alpha (swiglu_oai)
+  s1: f32, // limit (swiglu_oai)
+  rowLen: u32, // add_id: row r = i / rowLen of a token uses b row ids[t, r]
   idsOffset: u32,
   idsStride: u32,
   bRowStride: u32,

@@ -10,17 +10,13 @@
 //   @binding(1) slots:  array<u32>  [T, slotsStride] from slotsOffset           read
 //   @binding(2) y:      array<f32>  [T, yStride] from yOffset, rows k of n      read_write
 //                                   yRowStride apart
-//   @binding(3) params: uniform, 4-byte units:
-//     [0] n: u32  [1] k: u32  [2] idBase: u32  [3] nSlots: u32
-//     [4] biasOffset: u32  [5] biasStride: u32
-//     [6] slotsOffset: u32  [7] slotsStride: u32
-//     [8] yOffset: u32  [9] yStride: u32  [10] yRowStride: u32
+//   @binding(3) params: read-only storage, struct Params below
 //
 // Dispatch: [ceil(k · n / WG_SIZE), T].
 
 struct Params {
-  n: u32,
-  k: u32,
+  n: u32, // bias row length
+  k: u32, // chosen experts per token
   idBase: u32,
   nSlots: u32,
   biasOffset: u32,

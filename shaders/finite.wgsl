@@ -8,12 +8,7 @@
 //   @binding(1) flag:   array<atomic<u32>>  [1] lowest flagged layer          read_write
 //   @binding(2) misses: array<u32>          [0] = experts missed in this pass read
 //   @binding(3) step:   array<u32>          the step buffer: [1] = nTokens    read
-//   @binding(4) params: read-only storage, 4-byte units:
-//                       [0] n: u32       elements per token
-//                       [1] offset: u32  first element of row 0 in x
-//                       [2] stride: u32  elements between rows
-//                       [3] layer: u32   the value written to the flag
-//                       [4] tokens: u32  rows to check; 0 = step[1]
+//   @binding(4) params: read-only storage, struct Params below
 //
 // A pass that missed an expert (misses[0] != 0) checks nothing: its later
 // layers were skipped and will be computed again by the repair.
@@ -21,11 +16,11 @@
 // Dispatch: ceil(n * tokens / WG_SIZE) workgroups, split over x and y.
 
 struct Params {
-  n: u32,
-  offset: u32,
-  stride: u32,
-  layer: u32,
-  tokens: u32,
+  n: u32, // elements per token
+  offset: u32, // first element of row 0 in x
+  stride: u32, // elements between rows
+  layer: u32, // the value written to the flag
+  tokens: u32, // rows to check; 0 = step[1]
 }
 
 override WG_SIZE: u32 = 64;

@@ -13,16 +13,7 @@
 //   @binding(1) ids:  array<u32>  [T] row ids                      read_write*
 //   @binding(2) step: array<u32>  the step buffer; [1] = T         read
 //   @binding(3) out:  array<f32>  [T, n_cols]                      read_write
-//   @binding(4) P:    uniform Params, 4-byte units:
-//     [0] w_off       bytes from the binding start to the chunk's first row
-//     [1] row_bytes   bytes per row
-//     [2] row_start   first row held by this chunk
-//     [3] n_rows      rows held by this chunk
-//     [4] n_cols      row length, elements
-//     [5] ids_off     ids: first element
-//     [6] ids_stride  ids: elements between tokens
-//     [7] out_off     out: first element
-//     [8] out_stride  out: elements between tokens
+//   @binding(4) params: read-only storage, struct Params below
 //   * never written; read_write so that ids may share a buffer with out.
 //
 // Dispatch: T workgroups (linear index wid.x + wid.y * nwg.x), one per
@@ -31,15 +22,15 @@
 {{QUANT}}
 
 struct Params {
-  w_off: u32,
-  row_bytes: u32,
-  row_start: u32,
-  n_rows: u32,
-  n_cols: u32,
-  ids_off: u32,
-  ids_stride: u32,
-  out_off: u32,
-  out_stride: u32,
+  w_off: u32, // bytes from the binding start to the chunk's first row
+  row_bytes: u32, // bytes per row
+  row_start: u32, // first row held by this chunk
+  n_rows: u32, // rows held by this chunk
+  n_cols: u32, // row length, elements
+  ids_off: u32, // ids: first element
+  ids_stride: u32, // ids: elements between tokens
+  out_off: u32, // out: first element
+  out_stride: u32, // out: elements between tokens
 }
 
 override WG: u32 = 64;
@@ -48,13 +39,13 @@ override WG: u32 = 64;
 @group(0) @binding(1) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(2) var<storage, read> step: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<storage, read> P: Params;
+@group(0) @binding(4) var<storage, read> params: Params;
 
 fn store4(base: u32, col: u32, v: vec4f) {
   let i = base + col;
-  if (TAIL && col + 4u > P.n_cols) {
+  if (TAIL && col + 4u > params.n_cols) {
     for (var k = 0u; k < 4u; k++) {
-      if (col + k < P.n_cols) {
+      if (col + k < params.n_cols) {
         out[i + k] = v[k];
       }
     }
@@ -76,13 +67,13 @@ fn main(
   if (t >= step[1]) {
     return;
   }
-  let r = ids[P.ids_off + t * P.ids_stride] - P.row_start;
-  if (r >= P.n_rows) {
+  let r = ids[params.ids_off + t * params.ids_stride] - params.row_start;
+  if (r >= params.n_rows) {
     return;
   }
-  let rb = P.w_off + r * P.row_bytes;
-  let ob = P.out_off + t * P.out_stride;
-  let np = ((P.n_cols + QK - 1u) / QK) * NP;
+  let rb = params.w_off + r * params.row_bytes;
+  let ob = params.out_off + t * params.out_stride;
+  let np = ((params.n_cols + QK - 1u) / QK) * NP;
   for (var g = lid; g < np; g += WG) {
     let blk = g / NP;
     let p = g % NP;

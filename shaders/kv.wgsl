@@ -9,9 +9,7 @@
 //   @binding(2) kCache: array<f32>  [nCtx, kWidth] from kcOffset, kcStride apart  written
 //   @binding(3) vCache: array<f32>  [nCtx, vWidth] from vcOffset, vcStride apart  written
 //   @binding(4) step:   array<u32>  the step buffer: [0] = pos0                   read
-//   @binding(5) params: read-only storage, 4-byte units:
-//     [0] kWidth: u32   [1] kOffset: u32   [2] kStride: u32   [3] kcOffset: u32  [4] kcStride: u32
-//     [5] vWidth: u32   [6] vOffset: u32   [7] vStride: u32   [8] vcOffset: u32  [9] vcStride: u32
+//   @binding(5) params: read-only storage, struct Params below
 //
 // Dispatch: [ceil((kWidth + vWidth) / WG_SIZE), T]; element j < kWidth is
 // K's, the rest V's.

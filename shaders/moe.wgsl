@@ -11,20 +11,13 @@
 //   @binding(3) gate:     array<f32>  [T]: gOffset + t*gStride (if hasGate)                read
 //   @binding(4) residual: array<f32>  [T, n]: rOffset + t*rStride + i (if hasResidual)     read
 //   @binding(5) out:      array<f32>  [T, n]: oOffset + t*oStride + i                      written
-//   @binding(6) params: read-only storage, 4-byte units:
-//     [0] n: u32          [1] k: u32
-//     [2] yOffset [3] yStride [4] yExpertStride: u32
-//     [5] wOffset [6] wStride: u32
-//     [7] hasShared [8] sOffset [9] sStride: u32
-//     [10] hasGate [11] gOffset [12] gStride: u32
-//     [13] hasResidual [14] rOffset [15] rStride: u32
-//     [16] oOffset [17] oStride: u32
+//   @binding(6) params: read-only storage, struct Params below
 //
 // Dispatch: [ceil(n / WG_SIZE), T].
 
 struct Params {
-  n: u32,
-  k: u32,
+  n: u32, // row length
+  k: u32, // experts per token
   yOffset: u32,
   yStride: u32,
   yExpertStride: u32,

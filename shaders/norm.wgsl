@@ -9,17 +9,12 @@
 //                                   from xOffset                                 (read)
 //   @binding(1) w:      array<f32>  [n] from wOffset; unused when hasWeight = 0   read
 //   @binding(2) y:      array<f32>  like x, with yOffset, yStride, yRowStride    (written)
-//   @binding(3) params: read-only storage, 4-byte units:
-//     [0] n: u32           row length
-//     [1] xOffset: u32     [2] xStride: u32   [3] xRowStride: u32
-//     [4] yOffset: u32     [5] yStride: u32   [6] yRowStride: u32
-//     [7] wOffset: u32     [8] hasWeight: u32 (0 | 1)
-//     [9] eps: f32
+//   @binding(3) params: read-only storage, struct Params below
 //
 // Dispatch: [nRows, T]; one workgroup per row.
 
 struct Params {
-  n: u32,
+  n: u32, // row length
   xOffset: u32,
   xStride: u32,
   xRowStride: u32,
@@ -27,7 +22,7 @@ struct Params {
   yStride: u32,
   yRowStride: u32,
   wOffset: u32,
-  hasWeight: u32,
+  hasWeight: u32, // 0 | 1
   eps: f32,
 }
 

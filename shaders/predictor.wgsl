@@ -20,12 +20,7 @@
 //   @binding(3) mask:   array<f32>   read (unused unless epilogue = 2)
 //   @binding(4) step:   array<u32>   read: [1] = tokens in the batch
 //   @binding(5) c:      array<f32>   read_write
-//   @binding(6) params: uniform, 4-byte units:
-//     [0] M [1] N [2] K [3] mPerToken
-//     [4] aOff [5] aZ [6] aM [7] aK
-//     [8] bOff [9] bZ [10] bK [11] bN
-//     [12] cOff [13] cZ [14] cM [15] cN
-//     [16] hasBias [17] biasOff [18] biasZ [19] epilogue [20] maskOff [21] accumulate
+//   @binding(6) params: struct GemmParams below
 // Overrides: WG_M, WG_N (invocations per workgroup along m and n); each
 // invocation computes a 4 × 4 tile of C.
 // Dispatch: [ceil(N / (4·WG_N)), ceil(M / (4·WG_M)), Z].

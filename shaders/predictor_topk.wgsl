@@ -12,11 +12,7 @@
 //   @binding(0) scores: array<f32>  [G, nExpert] from scoresOff          read
 //   @binding(1) step:   array<u32>  [1] = tokens in the batch            read
 //   @binding(2) ids:    array<u32>  [G, K] from idsOff                   read_write
-//   @binding(3) params: uniform, 4-byte units:
-//     [0] nExpert [1] depth [2] nLayer
-//     [3] groups: u32 (used when groupsPerToken = 0)
-//     [4] groupsPerToken: u32 (> 0: G = step[1] · groupsPerToken)
-//     [5] scoresOff [6] idsOff [7] crossToken
+//   @binding(3) params: struct Params below
 // Overrides: WG_SIZE, K.
 // Dispatch: ceil(G / WG_SIZE) workgroups, split across y when large
 // (linear index wid.x + wid.y · nwg.x).
@@ -25,8 +21,8 @@ struct Params {
   nExpert: u32,
   depth: u32,
   nLayer: u32,
-  groups: u32,
-  groupsPerToken: u32,
+  groups: u32, // used when groupsPerToken = 0
+  groupsPerToken: u32, // > 0: G = step[1] · groupsPerToken
   scoresOff: u32,
   idsOff: u32,
   crossToken: u32,

@@ -357,12 +357,9 @@ fn xoff(p: u32) -> vec2u {
 fn deq(b: u32, p: u32) -> Piece {
   let i = b >> 2u;
   let j = p >> 3u;
-  let dm = unpack2x16float(W[i]);
-  let s0 = W[i + 1u];
-  let s1 = W[i + 2u];
-  let s2 = W[i + 3u];
-  let m1 = scale_min_k4(s0, s1, s2, 2u * j) * dm;
-  let m2 = scale_min_k4(s0, s1, s2, 2u * j + 1u) * dm;
+  let m = k_sub_scales(i, j);
+  let m1 = m.xy;
+  let m2 = m.zw;
   let q = W[i + 4u + p];
   return Piece(m1.x * vec4f(nib_lo(q)) - m1.y, m2.x * vec4f(nib_hi(q)) - m2.y);
 }
@@ -385,12 +382,9 @@ fn xoff(p: u32) -> vec2u {
 fn deq(b: u32, p: u32) -> Piece {
   let i = b >> 2u;
   let j = p >> 3u;
-  let dm = unpack2x16float(W[i]);
-  let s0 = W[i + 1u];
-  let s1 = W[i + 2u];
-  let s2 = W[i + 3u];
-  let m1 = scale_min_k4(s0, s1, s2, 2u * j) * dm;
-  let m2 = scale_min_k4(s0, s1, s2, 2u * j + 1u) * dm;
+  let m = k_sub_scales(i, j);
+  let m1 = m.xy;
+  let m2 = m.zw;
   let h = bytes4(W[i + 4u + (p & 7u)]);
   let q = W[i + 12u + p];
   let qa = nib_lo(q) | (((h >> vec4u(2u * j)) & vec4u(1u)) << vec4u(4u));

@@ -21,12 +21,7 @@
 //   @binding(1) ff:     array<f32>  [nRot / 2] frequency factors from ffOffset;
 //                                   unused when hasFreqFactors = 0             read
 //   @binding(2) step:   array<u32>  the step buffer: [0] = pos0                read
-//   @binding(3) params: read-only storage, 4-byte units:
-//     [0] nHeads: u32     [1] headStride: u32   [2] nRot: u32   [3] dimOffset: u32
-//     [4] offset: u32     [5] stride: u32       [6] mode: u32 (0 normal, 2 neox)
-//     [7] hasFreqFactors: u32                   [8] ffOffset: u32
-//     [9] thetaScale: f32 [10] freqScale: f32   [11] extFactor: f32
-//     [12] corr0: f32     [13] corr1: f32       [14] mscale: f32   [15] mscaleExt: f32
+//   @binding(3) params: read-only storage, struct Params below
 //
 // Dispatch: [ceil(nHeads · nRot/2 / WG_SIZE), T]; one invocation per pair.
 
@@ -37,7 +32,7 @@ struct Params {
   dimOffset: u32,
   offset: u32,
   stride: u32,
-  mode: u32,
+  mode: u32, // 0 normal, 2 neox
   hasFreqFactors: u32,
   ffOffset: u32,
   thetaScale: f32,

@@ -26,27 +26,20 @@
 //   @binding(6) slots:     array<u32>  [T, K]: slotsOffset + t*slotsStride + r (if hasSlots) written
 //   @binding(7) misses:    array<atomic<u32>>  [0] miss count, [1..3] 0, then (layer, token,
 //                                      expert) triples (if hasResidency)               written
-//   @binding(8) params: read-only storage, 4-byte units:
-//     [0] gating: u32 (0 softmax, 1 sigmoid, 2 top-k then softmax)   [1] normalize: u32
-//     [2] scale: f32
-//     [3] hasLogitBias [4] logitBiasOffset [5] hasSelBias [6] selBiasOffset: u32
-//     [7] nGroup [8] nGroupUsed: u32 (group limit when nGroup > 1)
-//     [9] hasResidency [10] layer [11] residencyOffset: u32
-//     [12] logitsOffset [13] logitsStride [14] idsOffset [15] idsStride: u32
-//     [16] wOffset [17] wStride [18] hasSlots [19] slotsOffset [20] slotsStride: u32
+//   @binding(8) params: read-only storage, struct Params below
 // Overrides: WG_SIZE (a power of two), N_EXPERT, K (experts chosen).
 //
 // Dispatch: [T]; one workgroup per token.
 
 struct Params {
-  gating: u32,
+  gating: u32, // 0 softmax, 1 sigmoid, 2 top-k then softmax
   normalize: u32,
   scale: f32,
   hasLogitBias: u32,
   logitBiasOffset: u32,
   hasSelBias: u32,
   selBiasOffset: u32,
-  nGroup: u32,
+  nGroup: u32, // group limit when nGroup > 1
   nGroupUsed: u32,
   hasResidency: u32,
   layer: u32,

@@ -5,17 +5,14 @@
 //   @binding(0) x:      array<f32>  [nTokens, stride] (from offset)   read
 //   @binding(1) out:    array<f32>  [n]                               read_write
 //   @binding(2) step:   array<u32>  the step buffer: [1] = nTokens    read
-//   @binding(3) params: read-only storage, 4-byte units:
-//                       [0] n: u32       elements to copy
-//                       [1] offset: u32  first element of row 0 in x
-//                       [2] stride: u32  elements between rows
+//   @binding(3) params: read-only storage, struct Params below
 //
 // Dispatch: ceil(n / WG_SIZE) workgroups.
 
 struct Params {
-  n: u32,
-  offset: u32,
-  stride: u32,
+  n: u32, // elements to copy
+  offset: u32, // first element of row 0 in x
+  stride: u32, // elements between rows
 }
 
 override WG_SIZE: u32 = 64;

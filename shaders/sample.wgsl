@@ -66,18 +66,9 @@
 //                                    chosen token's probability, from valueOffset  written (if hasValue)
 //   @binding(5) scratch: array<u32>  [2n]: penalised logits (f32 bits), then
 //                                    the candidate list                      scratch (sample)
-//   @binding(6) params: struct Params of 4-byte fields, read-only storage (not a
+//   @binding(6) params: struct Params below, read-only storage (not a
 //     uniform: lavapipe re-optimises a shader at every dispatch when its
-//     loops depend on uniform-buffer values, ~16 ms per dispatch for this one):
-//     [0] n: u32  [1] offset: u32  [2] stride: u32  [3] mode: u32
-//     [4] outOffset: u32  [5] hasValue: u32  [6] valueOffset: u32
-//     (sample only, below)
-//     [7] histCap: u32  [8] greedy: u32  [9] invTemp: f32  [10] topK: u32 (0 = off)
-//     [11] topP: f32 (≥ 1 = off)  [12] useMinP: u32  [13] logMinP: f32
-//     [14] penalize: u32  [15] penaltyLastN: u32  [16] repeatPenalty: f32
-//     [17] invRepeatPenalty: f32  [18] frequencyPenalty: f32
-//     [19] presencePenalty: f32  [20] seed: u32  [21] negInf: f32 (−∞, which
-//     WGSL cannot write as a constant)
+//     loops depend on uniform-buffer values, ~16 ms per dispatch for this one)
 
 struct Params {
   n: u32,
@@ -87,11 +78,11 @@ struct Params {
   outOffset: u32,
   hasValue: u32,
   valueOffset: u32,
-  histCap: u32,
+  histCap: u32, // sample only, from here on
   greedy: u32,
   invTemp: f32,
-  topK: u32,
-  topP: f32,
+  topK: u32, // 0 = off
+  topP: f32, // >= 1 = off
   useMinP: u32,
   logMinP: f32,
   penalize: u32,
@@ -101,7 +92,7 @@ struct Params {
   frequencyPenalty: f32,
   presencePenalty: f32,
   seed: u32,
-  negInf: f32,
+  negInf: f32, // -inf, which WGSL cannot write as a constant
 }
 
 override WG_SIZE: u32 = 256;

@@ -11,10 +11,7 @@
 // Bindings (inputs → outputs → params):
 //   @binding(0) x:      array<T>  [n]           read
 //   @binding(1) y:      array<T>  [n]           read_write
-//   @binding(2) params: uniform, 4-byte units:
-//                       [0] n: u32   element count
-//                       [1] a: f32   scale
-//                       [2] b: f32   offset
+//   @binding(2) params: uniform, struct Params below
 //
 // Dispatch: ceil(n / WG_SIZE) workgroups, possibly split as [x, y, 1]; the
 // linear workgroup index is wid.x + wid.y * nwg.x.
@@ -26,9 +23,9 @@
 {{ENABLE}}
 
 struct Params {
-  n: u32,
-  a: f32,
-  b: f32,
+  n: u32, // element count
+  a: f32, // scale
+  b: f32, // offset
 }
 
 override WG_SIZE: u32 = 64;

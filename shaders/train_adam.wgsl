@@ -10,8 +10,7 @@
 //   @binding(1) p:      array<f32>  [n] parameters               read_write
 //   @binding(2) m:      array<f32>  [n] first moments            read_write
 //   @binding(3) v:      array<f32>  [n] second moments           read_write
-//   @binding(4) params: uniform, 4-byte units:
-//     [0] n: u32 [1] lrT: f32 [2] beta1: f32 [3] beta2: f32 [4] epsT: f32 [5] decay: f32
+//   @binding(4) params: uniform, struct Params below
 // Overrides: WG_SIZE.
 // Dispatch: ceil(n / WG_SIZE) workgroups, split across y when large
 // (linear index wid.x + wid.y · nwg.x).

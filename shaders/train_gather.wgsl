@@ -8,7 +8,7 @@
 //   @binding(0) src:    array<u32>  [nSamples, L, W]              read
 //   @binding(1) idx:    array<u32>  [B] sample of each batch token read
 //   @binding(2) dst:    array<u32>  [L, B, W] from dstOff          read_write
-//   @binding(3) params: uniform, 4-byte units: [0] L [1] B [2] W [3] dstOff
+//   @binding(3) params: uniform, struct Params below
 // Overrides: WG_SIZE.
 // Dispatch: ceil(L·B·W / WG_SIZE) workgroups, split across y when large
 // (linear index wid.x + wid.y · nwg.x).

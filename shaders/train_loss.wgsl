@@ -16,9 +16,7 @@
 //                                     (written when writeGrad = 1)
 //   @binding(3) metrics: array<f32>  [G, 3] from metricsOff: loss, hits, targets
 //                                                                     read_write
-//   @binding(4) params: uniform, 4-byte units:
-//     [0] groups [1] nExpert [2] logitsOff [3] targetsOff [4] gradOff
-//     [5] metricsOff [6] gradScale: f32 [7] writeGrad
+//   @binding(4) params: uniform, struct Params below
 // Overrides: WG_SIZE, KT (targets per group: the model's experts per token).
 // Dispatch: ceil(G / WG_SIZE) workgroups, split across y when large
 // (linear index wid.x + wid.y · nwg.x).

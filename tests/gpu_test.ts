@@ -8,6 +8,7 @@ import {
   createBuffer,
   defineShaderText,
   dispatch,
+  expandIncludes,
   expectNoGpuErrors,
   getPipeline,
   type Gpu,
@@ -425,7 +426,8 @@ Deno.test("every kernel's params struct is found: a shader declaring params name
   let withParams = 0;
   for (const e of Deno.readDirSync(dir)) {
     if (!e.name.endsWith(".wgsl")) continue;
-    const text = await Deno.readTextFile(new URL(e.name, dir));
+    // The struct may come from a shaders/lib include (matmul_params).
+    const text = await expandIncludes(await Deno.readTextFile(new URL(e.name, dir)), dir, e.name);
     if (!/\bvar\s*<[^>]*>\s*params\s*:/.test(text)) continue;
     const decl = parseParamsDecl(text, e.name);
     assert.ok(decl && decl.fields.length > 0, `${e.name}: params struct not parsed`);
