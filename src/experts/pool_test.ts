@@ -3,7 +3,7 @@
 // without an adapter.
 
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu, GpuUnavailableError } from "../gpu/device.ts";
+import type { Gpu } from "../gpu/device.ts";
 import { createBuffer, readback } from "../gpu/buffers.ts";
 import { prepareMatmulId } from "../gpu/ops/matmul.ts";
 import { recordOps, STEP } from "../gpu/ops/op.ts";
@@ -21,18 +21,7 @@ import {
   GgufExpertSource,
 } from "./source.ts";
 import { expertKey, ExpertPool, ExpertPoolFullError, type LruPolicy } from "./pool.ts";
-
-let gpu: Gpu | undefined;
-try {
-  gpu = await acquireGpu();
-} catch (error) {
-  if (!(error instanceof GpuUnavailableError)) throw error;
-  console.log(`pool_test: skipping GPU tests: ${error.message}`);
-}
-
-function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void>): void {
-  Deno.test({ name, ignore: gpu === undefined, fn: () => fn(gpu!) });
-}
+import { gpuTest } from "../../dev/gpu.ts";
 
 const N_EXPERT = 7;
 const LAYERS = [1, 2, 3]; // layer 0 is dense: the table still has its row
@@ -103,7 +92,7 @@ async function makeFixture(seed = 1): Promise<Fixture> {
 async function withPool(
   gpu: Gpu,
   opts: { budgetBytes: number; minSlots?: number; maxSlotsPerArena?: number },
-  fn: (pool: ExpertPool, f: Fixture, src: GgufExpertSource) => Promise<void>,
+  fn: (pool: ExpertPool, f: Fixture, src: GgufExpertSource) => void | Promise<void>,
 ): Promise<void> {
   const f = await makeFixture();
   const src = new GgufExpertSource(readGgufModel(f.shards[0]!));
@@ -738,7 +727,7 @@ gpuTest("pool: a budget below one token's experts is raised to that minimum", as
 gpuTest(
   "pool: listeners hear hits, loads, prefetches and evictions as they happen",
   async (gpu) => {
-    await withPool(gpu, { budgetBytes: 0, minSlots: 2 }, async (pool) => {
+    await withPool(gpu, { budgetBytes: 0, minSlots: 2 }, (pool) => {
       const heard: string[] = [];
       const stop = pool.listen((e) => heard.push(`${e.kind} ${e.layer}:${e.expert}`));
       pool.ensure(1, [0, 1]);

@@ -1,27 +1,18 @@
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
+import type { Gpu } from "../device.ts";
 import { createBuffer, readback } from "../buffers.ts";
 import { attention, type AttentionParams, compareArrays, makeRng, randomArray } from "./cpu_ref.ts";
 import { prepareAttention } from "./attention.ts";
 import { type Op, recordOps, stepWords } from "./op.ts";
-
-let gpu: Gpu | undefined;
-try {
-  gpu = await acquireGpu();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  console.log(`attention_test: no GPU, skipping: ${e.message}`);
-}
+import { gpuTest } from "../../../dev/gpu.ts";
 
 function stepBuffer(g: Gpu, pos0: number, nTokens: number): GPUBuffer {
   return createBuffer(g, { label: "step", data: stepWords(pos0, nTokens) });
 }
 
-Deno.test({
+gpuTest({
   name: "attention: heads per workgroup that do not divide the heads per kv head are refused",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const buf = createBuffer(g, { label: "b", size: 4096 });
     await assert.rejects(
       () =>
@@ -157,12 +148,10 @@ const CASES: Case[] = [
 ];
 
 for (const heads of [1, "auto", 2] as const) {
-  Deno.test({
+  gpuTest({
     name: `attention: causal GQA attention matches the CPU (decode, prefill, window, sinks, MLA, ` +
       `softcap), ${heads} heads per workgroup`,
-    ignore: !gpu,
-    async fn() {
-      const g = gpu!;
+    async fn(g) {
       // 2 heads per workgroup: the cases whose heads per kv head are even
       const cases = heads === 2 ? CASES.filter((c) => (c.nHead / c.nHeadKv) % 2 === 0) : CASES;
       const rng = makeRng(7);
@@ -243,12 +232,10 @@ for (const heads of [1, "auto", 2] as const) {
   });
 }
 
-Deno.test({
+gpuTest({
   name: "attention: kv head mapping is h / (nHead / nHeadKv), not h mod nHeadKv",
-  ignore: !gpu,
-  async fn() {
+  async fn(g) {
     // With kv heads that differ wildly, mapping q head h to the wrong kv head is visible.
-    const g = gpu!;
     const nHead = 4, nHeadKv = 2, d = 8, T = 1, pos0 = 3, nCtx = 4;
     const rng = makeRng(8);
     const q = randomArray(T * nHead * d, rng);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
+
 import { createBuffer, readback } from "../buffers.ts";
 import {
   addId,
@@ -25,22 +25,13 @@ import {
   prepareSwiglu,
 } from "./elementwise.ts";
 import { type Op, recordOps } from "./op.ts";
-
-let gpu: Gpu | undefined;
-try {
-  gpu = await acquireGpu();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  console.log(`elementwise_test: no GPU, skipping: ${e.message}`);
-}
+import { gpuTest } from "../../../dev/gpu.ts";
 
 const f = Math.fround;
 
-Deno.test({
+gpuTest({
   name: "elementwise: add, bias, scale, copy, silu, gelu, swiglu (+oai), geglu match the CPU",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const rng = makeRng(5);
     const T = 3, n = 70;
     // Inputs live at an offset inside padded rows, as in a fused projection output.
@@ -136,11 +127,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "elementwise: in place (y += bias, swiglu over the gate) and fixedTokens",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const rng = makeRng(6);
     const T = 4, n = 33;
     const x = randomArray(T * n, rng), u = randomArray(T * n, rng), bias = randomArray(n, rng);
@@ -176,11 +165,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "elementwise: add_id adds each expert's own bias row (GPT-OSS expert biases)",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const rng = makeRng(14);
     const T = 3, k = 2, n = 70, nExpert = 5;
     const x = randomArray(T * k * n, rng), bias = randomArray(nExpert * n, rng);
@@ -203,11 +190,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "elementwise: bindFrom binds from an aligned base and refuses ranges past the buffer",
-  ignore: !gpu,
-  fn() {
-    const g = gpu!;
+  fn(g) {
     const align = g.limits.minStorageBufferOffsetAlignment;
     const buf = createBuffer(g, { label: "big", size: 4 * align });
     const at = bindFrom(g, buf, align / 4 + 3);

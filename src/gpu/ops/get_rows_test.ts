@@ -7,23 +7,12 @@ import { dequantize } from "../../gguf/dequant.ts";
 import { GgmlType, type GgmlTypeInfo, requireGgmlType } from "../../gguf/types.ts";
 import { Rng } from "../../util/rng.ts";
 import { createBuffer, readback } from "../buffers.ts";
-import { acquireGpu, expectNoGpuErrors, type Gpu, GpuUnavailableError } from "../device.ts";
+import { expectNoGpuErrors, type Gpu } from "../device.ts";
 import { prepareGetRows } from "./get_rows.ts";
 import { type GpuWeight, type Op, recordOps, stepWords } from "./op.ts";
 import { GPU_WEIGHT_TYPES, UnsupportedWeightTypeError } from "./quant_wgsl.ts";
 import { randomWeightBytes, uploadWeight } from "./weights.ts";
-
-let gpu: Gpu | undefined;
-try {
-  gpu = await acquireGpu();
-} catch (error) {
-  if (!(error instanceof GpuUnavailableError)) throw error;
-  console.log(`get_rows_test: skipping GPU tests: ${error.message}`);
-}
-
-function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void>): void {
-  Deno.test({ name, ignore: gpu === undefined, fn: () => fn(gpu!) });
-}
+import { gpuTest } from "../../../dev/gpu.ts";
 
 const SENTINEL = -777.25;
 

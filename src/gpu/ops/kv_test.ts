@@ -1,27 +1,18 @@
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
+import type { Gpu } from "../device.ts";
 import { createBuffer, readback } from "../buffers.ts";
 import { makeRng, randomArray } from "./cpu_ref.ts";
 import { prepareKvStore } from "./kv.ts";
 import { recordOps, stepWords } from "./op.ts";
-
-let gpu: Gpu | undefined;
-try {
-  gpu = await acquireGpu();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  console.log(`kv_test: no GPU, skipping: ${e.message}`);
-}
+import { gpuTest } from "../../../dev/gpu.ts";
 
 function stepBuffer(g: Gpu, pos0: number, nTokens: number): GPUBuffer {
   return createBuffer(g, { label: "step", data: stepWords(pos0, nTokens) });
 }
 
-Deno.test({
+gpuTest({
   name: "kv: K and V rows land at pos0 + t, nothing else is touched; K-only (MLA) rows",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const rng = makeRng(4);
     const nCtx = 16, T = 3, pos0 = 5;
     const kRow = 2 * 12, vRow = 2 * 10;
@@ -89,11 +80,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "kv: a cache too small for nCtx is refused at prepare time",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const k = createBuffer(g, { label: "k", size: 64 });
     await assert.rejects(
       () =>

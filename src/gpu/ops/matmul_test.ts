@@ -8,7 +8,7 @@ import { dequantize } from "../../gguf/dequant.ts";
 import { GgmlType, type GgmlTypeInfo, ggmlTypeName, requireGgmlType } from "../../gguf/types.ts";
 import { Rng } from "../../util/rng.ts";
 import { createBuffer, readback } from "../buffers.ts";
-import { acquireGpu, expectNoGpuErrors, type Gpu, GpuUnavailableError } from "../device.ts";
+import { expectNoGpuErrors, type Gpu } from "../device.ts";
 import {
   DEFAULT_MATMUL_TUNING,
   type MatmulTuning,
@@ -25,18 +25,7 @@ import {
 } from "./op.ts";
 import { GPU_WEIGHT_TYPES, UnsupportedWeightTypeError } from "./quant_wgsl.ts";
 import { randomWeightBytes, uploadWeight } from "./weights.ts";
-
-let gpu: Gpu | undefined;
-try {
-  gpu = await acquireGpu();
-} catch (error) {
-  if (!(error instanceof GpuUnavailableError)) throw error;
-  console.log(`matmul_test: skipping GPU tests: ${error.message}`);
-}
-
-function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void>): void {
-  Deno.test({ name, ignore: gpu === undefined, fn: () => fn(gpu!) });
-}
+import { gpuTest } from "../../../dev/gpu.ts";
 
 const SENTINEL = -12345.5;
 const TOL = 1e-5;

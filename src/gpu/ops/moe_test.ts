@@ -1,17 +1,10 @@
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
+
 import { createBuffer, readback } from "../buffers.ts";
 import { type CombineParams, compareArrays, makeRng, moeCombine, randomArray } from "./cpu_ref.ts";
 import { prepareMoeCombine } from "./moe.ts";
 import { type Op, recordOps } from "./op.ts";
-
-let gpu: Gpu | undefined;
-try {
-  gpu = await acquireGpu();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  console.log(`moe_test: no GPU, skipping: ${e.message}`);
-}
+import { gpuTest } from "../../../dev/gpu.ts";
 
 interface Case {
   name: string;
@@ -41,11 +34,9 @@ const CASES: Case[] = [
   { name: "k 1, ungated shared expert, no residual (DeepSeek)", T: 4, k: 1, n: 33, shared: true },
 ];
 
-Deno.test({
+gpuTest({
   name: "moe: combine matches the CPU (k 1/2/3, shared expert gated or not, residual in place)",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const rng = makeRng(12);
     const ops: Op[] = [];
     const outs: GPUBuffer[] = [];

@@ -1,17 +1,10 @@
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
+
 import { createBuffer, readback } from "../buffers.ts";
 import { compareArrays, makeRng, randomArray, rmsNorm } from "./cpu_ref.ts";
 import { prepareRmsNorm } from "./norm.ts";
 import { type Op, recordOps } from "./op.ts";
-
-let gpu: Gpu | undefined;
-try {
-  gpu = await acquireGpu();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  console.log(`norm_test: no GPU, skipping: ${e.message}`);
-}
+import { gpuTest } from "../../../dev/gpu.ts";
 
 /** Gathers [T, rows, n] from a strided layout into a dense array. */
 function gather(
@@ -34,11 +27,9 @@ function gather(
   return out;
 }
 
-Deno.test({
+gpuTest({
   name: "norm: RMSNorm matches the CPU reference (rows per token, strides, in place, no weight)",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const rng = makeRng(1);
     interface Case {
       name: string;
@@ -165,11 +156,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "norm: a wrong eps or missing weight is caught by the reference comparison",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const rng = makeRng(2);
     const n = 32;
     // Small values make eps matter.

@@ -1,17 +1,10 @@
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
+import type { Gpu } from "../device.ts";
 import { createBuffer, readback } from "../buffers.ts";
 import { compareArrays, makeRng, randomArray, rope, type RopeParams } from "./cpu_ref.ts";
 import { type Op, recordOps, stepWords } from "./op.ts";
 import { prepareRope } from "./rope.ts";
-
-let gpu: Gpu | undefined;
-try {
-  gpu = await acquireGpu();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  console.log(`rope_test: no GPU, skipping: ${e.message}`);
-}
+import { gpuTest } from "../../../dev/gpu.ts";
 
 function stepBuffer(g: Gpu, pos0: number, nTokens: number): GPUBuffer {
   return createBuffer(g, { label: "step", data: stepWords(pos0, nTokens) });
@@ -97,11 +90,9 @@ const CASES: Case[] = [
   },
 ];
 
-Deno.test({
+gpuTest({
   name: "rope: matches ggml's rope_ext (normal/neox, partial, YaRN, freq factors, pos0 > 0)",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const rng = makeRng(3);
     const ops: Op[] = [];
     const bufs: GPUBuffer[] = [];

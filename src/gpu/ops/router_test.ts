@@ -1,17 +1,10 @@
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
+
 import { createBuffer, readback } from "../buffers.ts";
 import { compareArrays, makeRng, randomArray, route, type RouterParams } from "./cpu_ref.ts";
 import { type Op, recordOps } from "./op.ts";
 import { MISSES, missesBytes, prepareRouter } from "./router.ts";
-
-let gpu: Gpu | undefined;
-try {
-  gpu = await acquireGpu();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  console.log(`router_test: no GPU, skipping: ${e.message}`);
-}
+import { gpuTest } from "../../../dev/gpu.ts";
 
 interface Case extends RouterParams {
   name: string;
@@ -78,11 +71,9 @@ const CASES: Case[] = [
   },
 ];
 
-Deno.test({
+gpuTest({
   name: "router: ids, weights and slots match llama.cpp's routing (all gating modes, bias, groups)",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const rng = makeRng(9);
     const ops: Op[] = [];
     const bufs: GPUBuffer[] = [];
@@ -155,12 +146,10 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name:
     "router: residency lookup gives slots; absent experts become slot 0xffffffff (skipped by every arena) and miss records",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const rng = makeRng(10);
     const nLayer = 3, nExpert = 9, k = 3, T = 4, layer = 2;
     const table = new Int32Array(nLayer * nExpert).fill(-1);
@@ -220,11 +209,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "router: a full misses buffer still counts every miss, and keeps the records that fit",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const nExpert = 4, k = 2, T = 3;
     const table = new Int32Array(nExpert).fill(-1);
     const misses = createBuffer(g, { label: "misses", size: missesBytes(2) });

@@ -1,12 +1,10 @@
 import assert from "node:assert/strict";
-import { acquireGpu } from "../device.ts";
 import { createBuffer, readback, upload } from "../buffers.ts";
 import { recordOps } from "./op.ts";
 import { prepareCopyLastRow } from "./rows.ts";
+import { gpuTest } from "../../../dev/gpu.ts";
 
-Deno.test("rows: copy_last_row picks the batch's last token row at any batch size", async () => {
-  // The device is not destroyed: destroying one at exit can crash llvmpipe's teardown.
-  const gpu = await acquireGpu();
+gpuTest("rows: copy_last_row picks the batch's last token row at any batch size", async (gpu) => {
   {
     const n = 70;
     const stride = 80;

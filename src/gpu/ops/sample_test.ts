@@ -1,24 +1,15 @@
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu, GpuUnavailableError } from "../device.ts";
+import type { Gpu } from "../device.ts";
 import { createBuffer, readback } from "../buffers.ts";
 import { argmax, makeRng, randomArray } from "./cpu_ref.ts";
 import { recordOps, STEP } from "./op.ts";
 import { type GpuSampler, prepareArgmax, prepareSampler, type SamplerParams } from "./sample.ts";
 import { CpuSampler } from "../../generate/sampler_cpu.ts";
+import { gpuTest } from "../../../dev/gpu.ts";
 
-let gpu: Gpu | undefined;
-try {
-  gpu = await acquireGpu();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  console.log(`sample_test: no GPU, skipping: ${e.message}`);
-}
-
-Deno.test({
+gpuTest({
   name: "sample: argmax of the first, the last or every row; ties → first index; NaN never wins",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const rng = makeRng(13);
     const T = 4, n = 1001, stride = 1003;
     const logits = randomArray(T * stride, rng, 5);
@@ -236,11 +227,9 @@ function expectSame(gpuRun: Ran, cpuRun: ReturnType<typeof runCpu>, cases: Case[
   assert.equal(mismatches, 0, msgs.join("\n"));
 }
 
-Deno.test({
+gpuTest({
   name: "sampler: GPU = CPU token for token over temperature × top-k × top-p × min-p × penalties",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const n = 1000;
     const rng = makeRng(2024);
     const cases: Case[] = [];
@@ -294,11 +283,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "sampler: GPU = CPU on a 152k vocabulary",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const n = 151_936;
     const rng = makeRng(7);
     const sets: Partial<SamplerParams>[] = [
@@ -324,11 +311,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "sampler: temperature 0 and top-k 1 give prepareArgmax's token (ties → lower id)",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const n = 777;
     const rng = makeRng(99);
     const rows = Array.from({ length: 12 }, (_, r) => {
@@ -375,11 +360,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "sampler: same seed → same tokens; other seeds → other tokens; setParams checks its input",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const n = 300;
     const rng = makeRng(3);
     const draws = Array.from({ length: 24 }, (_, k) => ({
@@ -414,11 +397,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "sampler: setParams switches a built sampler to new parameters",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const n = 500;
     const rng = makeRng(31);
     const cur = createBuffer(g, { label: "logits", size: 4 * n });
@@ -461,11 +442,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "sampler: frequencies follow the softmax at temperature 1; min-p floor never drawn",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const logits = new Float32Array([2, 1.5, 1, 0.5, 0, -0.5, -1, -4, -6, 1.2]);
     const n = logits.length;
     const draws = Array.from({ length: 3000 }, (_, k) => ({ logits, pos: k }));
@@ -512,12 +491,10 @@ function assertFrequencies(tokens: number[], p: number[], what: string): void {
   assert.ok(chi2 < q999[dof]!, `${what}: chi² = ${chi2.toFixed(1)} (${dof} dof), counts ${counts}`);
 }
 
-Deno.test({
+gpuTest({
   name:
     "sampler: the history ring wraps: presence-penalised greedy cycles through window + 1 tokens",
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const n = 50;
     const logits = Float32Array.from({ length: n }, (_, i) => 10 - i * 0.1);
     const params: SamplerParams = { ...OFF, temperature: 0, presencePenalty: 100, penaltyLastN: 4 };
@@ -538,11 +515,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: 'sampler: rows "last" samples the batch\'s last row at its position',
-  ignore: !gpu,
-  async fn() {
-    const g = gpu!;
+  async fn(g) {
     const n = 400, T = 3;
     const rng = makeRng(8);
     const rows = Array.from({ length: T }, () => randomArray(n, rng, 3));
