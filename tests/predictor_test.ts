@@ -1,30 +1,26 @@
 /**
- * The shadow predictor: its kernels against CPU references, the trainer's
- * gradients and Adam step against a float64 reference, the data and weight
- * files, the history predictor, and — on a generated model whose routing is a
- * fixed function of its hidden states — the ordering the predictors must
- * have on held-out prompts: trained shadow > gate lookahead > history, one
- * layer ahead.
+ * The shadow predictor's training and evaluation: the trainer's gradients and
+ * Adam step against a float64 reference, its memory budget, the routing data
+ * files, and — on a generated model whose routing is a fixed function of its
+ * hidden states — the ordering the predictors must have on held-out prompts:
+ * trained shadow > gate lookahead > history, one layer ahead. The run-time
+ * predictor's own tests (kernels, shadow weights, history) sit beside it in
+ * src/predictor/.
  */
 
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
-import { createBuffer, readback } from "../src/gpu/buffers.ts";
-import { recordOps } from "../src/gpu/ops/op.ts";
+import { gpuTest } from "../dev/gpu.ts";
+
 import { Rng } from "../src/util/rng.ts";
-import { adamStep, NONE, prepareGemm, prepareTopk } from "../src/predictor/kernels.ts";
+import { adamStep, NONE } from "../src/predictor/kernels.ts";
 import { ShadowTrainer, TrainingBudgetError, trainShadow } from "../src/training/trainer.ts";
 import {
-  checkShadowFits,
   initShadow,
-  loadShadow,
-  saveShadow,
-  shadowBytes,
   shadowLayout,
   ShadowPredictor,
   type ShadowShape,
 } from "../src/predictor/shadow.ts";
-import { shadowForwardCpu, shadowLossGradCpu } from "../src/predictor/cpu_ref.ts";
+import { shadowLossGradCpu } from "../src/predictor/cpu_ref.ts";
 import {
   readDataset,
   type RoutingDataset,
@@ -33,125 +29,16 @@ import {
   targetsFor,
   writeDataset,
 } from "../src/training/data.ts";
-import { HistoryPredictor } from "../src/predictor/predictor.ts";
+
 import { collectRoutingData, syntheticPrompts } from "../src/training/collect.ts";
 import { evaluateGpuPredictor, evaluateHistory } from "../src/training/evaluate.ts";
 import { LookaheadPredictor } from "../src/predictor/lookahead.ts";
 import { predictorDemoModel } from "../src/training/demo_model.ts";
 import { loadModel } from "../src/model/model.ts";
 
-let gpu: Gpu | undefined;
-const device = async () => gpu ??= await acquireGpu();
-
 function normals(n: number, rng: Rng, scale = 1): Float32Array {
   return Float32Array.from({ length: n }, () => scale * rng.normal());
 }
-
-Deno.test({
-  name: "predictor gemm: strided, batched products with bias and epilogues match the CPU",
-  sanitizeResources: false,
-  async fn() {
-    const g = await device();
-    const rng = new Rng(1);
-    const Z = 3, M = 7, N = 9, K = 5;
-    // A stored transposed per z ([z][k][m]), B as W [z][n][k], C with a row stride of 11
-    const a = normals(Z * K * M, rng);
-    const b = normals(Z * N * K, rng);
-    const bias = normals(Z * N, rng);
-    const mask = normals(Z * M * 11, rng);
-    const ab = createBuffer(g, { label: "a", data: a });
-    const bb = createBuffer(g, { label: "b", data: b });
-    const biasB = createBuffer(g, { label: "bias", data: bias });
-    const maskB = createBuffer(g, { label: "mask", data: mask });
-    const c0 = normals(Z * M * 11, rng);
-    for (const epi of ["none", "relu", "mask", "accumulate"] as const) {
-      for (const shape of [[8, 8], [1, 64]] as const) {
-        const cb = createBuffer(g, { label: "c", data: c0 });
-        const op = await prepareGemm(g, {
-          a: { buffer: ab, z: K * M, i: 1, j: M },
-          b: { buffer: bb, z: N * K, i: 1, j: K },
-          c: { buffer: cb, z: M * 11, i: 11, j: 1 },
-          bias: epi === "accumulate" ? undefined : { buffer: biasB, z: N },
-          epilogue: epi === "relu" ? "relu" : epi === "mask" ? { mask: maskB } : undefined,
-          accumulate: epi === "accumulate",
-          m: M,
-          n: N,
-          k: K,
-          z: Z,
-          shape,
-          label: `gemm.${epi}`,
-        });
-        const enc = g.device.createCommandEncoder();
-        recordOps(enc, [op], 1);
-        g.submit(enc);
-        const got = new Float32Array((await readback(g, [cb]))[0]!);
-        for (let z = 0; z < Z; z++) {
-          for (let m = 0; m < M; m++) {
-            for (let n = 0; n < N; n++) {
-              let v = 0;
-              for (let k = 0; k < K; k++) {
-                v += a[z * K * M + k * M + m]! * b[z * N * K + n * K + k]!;
-              }
-              const ci = z * M * 11 + m * 11 + n;
-              if (epi !== "accumulate") v += bias[z * N + n]!;
-              else v += c0[ci]!;
-              if (epi === "relu") v = Math.max(0, v);
-              if (epi === "mask" && !(mask[ci]! > 0)) v = 0;
-              assert.ok(
-                Math.abs(got[ci]! - v) < 1e-4,
-                `${epi} ${shape}: C[${z},${m},${n}] = ${got[ci]}, expected ${v}`,
-              );
-            }
-            // columns past N are not written
-            assert.equal(got[z * M * 11 + m * 11 + 10], c0[z * M * 11 + m * 11 + 10]);
-          }
-        }
-        cb.destroy();
-      }
-    }
-  },
-});
-
-Deno.test({
-  name: "predictor top-k: best first, ties to the lower id, NONE past the last layer",
-  sanitizeResources: false,
-  async fn() {
-    const g = await device();
-    const L = 3, D = 2, N = 6, k = 3, T = 2;
-    const rng = new Rng(2);
-    const scores = Float32Array.from({ length: T * L * D * N }, () => Math.round(rng.normal() * 2));
-    const sb = createBuffer(g, { label: "scores", data: scores });
-    const step = createBuffer(g, { label: "step", data: new Uint32Array([0, T, T, 0]) });
-    for (const crossToken of [false, true]) {
-      const ids = createBuffer(g, { label: "ids", size: 4 * T * L * D * k });
-      const op = await prepareTopk(g, {
-        scores: sb,
-        ids,
-        nExpert: N,
-        k,
-        depth: D,
-        nLayer: L,
-        groups: { perToken: L * D, step },
-        crossToken,
-        label: "topk",
-      });
-      const enc = g.device.createCommandEncoder();
-      recordOps(enc, [op], T);
-      g.submit(enc);
-      const got = new Uint32Array((await readback(g, [ids]))[0]!);
-      for (let gi = 0; gi < T * L * D; gi++) {
-        const l = Math.floor(gi / D) % L;
-        const d = gi % D;
-        const want = !crossToken && l + 1 + d >= L
-          ? [NONE, NONE, NONE]
-          : [...Array(N).keys()].sort((x, y) => scores[gi * N + y]! - scores[gi * N + x]! || x - y)
-            .slice(0, k);
-        assert.deepEqual([...got.subarray(gi * k, gi * k + k)], want, `group ${gi}`);
-      }
-      ids.destroy();
-    }
-  },
-});
 
 const SHAPE: ShadowShape = {
   nEmbd: 12,
@@ -211,11 +98,10 @@ function cpuBatch(c: ReturnType<typeof trainerCase>, idx: number[]) {
   return { x, layers, tg, extra };
 }
 
-Deno.test({
+gpuTest({
   name: "shadow trainer: GPU gradients and the Adam step match the float64 reference",
   sanitizeResources: false,
-  async fn() {
-    const g = await device();
+  async fn(g) {
     const c = trainerCase();
     const idx = [5, 1, 3, 6];
     const tr = await ShadowTrainer.create(g, c.w, c.hidden, c.targets, 4, 1 << 30, c.routers);
@@ -251,11 +137,10 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "shadow trainer: refuses to go over its GPU memory budget, before allocating",
   sanitizeResources: false,
-  async fn() {
-    const g = await device();
+  async fn(g) {
     const c = trainerCase();
     const need = ShadowTrainer.plannedBytes(SHAPE, c.S, 4);
     await assert.rejects(
@@ -266,102 +151,6 @@ Deno.test({
     assert.ok(tr.gpuBytes <= need, `allocated ${tr.gpuBytes} > planned ${need}`);
     tr.destroy();
   },
-});
-
-Deno.test({
-  name: "shadow weights: safetensors round trip, shape checks, GPU inference matches the CPU",
-  sanitizeResources: false,
-  async fn() {
-    const g = await device();
-    const shape = { ...SHAPE, residual: false };
-    const w = initShadow(shape, 9);
-    const rng = new Rng(4);
-    for (let i = 0; i < w.params.length; i++) w.params[i] = rng.normal() * 0.5;
-    const dir = await Deno.makeTempDir();
-    try {
-      const path = `${dir}/shadow.safetensors`;
-      await saveShadow(path, { ...w, info: { model: "test" } });
-      const back = loadShadow(path);
-      assert.deepEqual(back.shape, shape);
-      assert.deepEqual(back.params, w.params);
-      assert.equal(back.info?.["model"], "test");
-      assert.equal((await Deno.stat(path)).size > shadowBytes(shape), true);
-      assert.throws(
-        () => checkShadowFits(back, { nEmbd: 12, nLayer: 4, nExpert: 6, nExpertUsed: 2 }),
-        /nLayer = 3, the model has 4/,
-      );
-      // inference: the top-k of the CPU logits, from normalised hidden states
-      const T = 2;
-      const { nLayer: L, nEmbd: E, depth: D, nExpert: N } = shape;
-      const hidden = normals(T * L * E, rng, 3);
-      const x = createBuffer(g, { label: "hidden", data: hidden });
-      const step = createBuffer(g, {
-        label: "step",
-        data: new Uint32Array([0, T, T, 0]),
-        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-      });
-      const p = await ShadowPredictor.create(g, back, {
-        hidden: (l) => ({ buffer: x, offset: l * E, stride: L * E }),
-        step,
-        maxTokens: T,
-      }, { topK: 3 });
-      const enc = g.device.createCommandEncoder();
-      p.record(enc, T);
-      g.submit(enc);
-      const out = new Uint32Array((await readback(g, [p.output]))[0]!);
-      const rows = new Float32Array(hidden);
-      for (let r = 0; r < T * L; r++) {
-        let ss = 0;
-        for (let i = 0; i < E; i++) ss += rows[r * E + i]! ** 2;
-        for (let i = 0; i < E; i++) rows[r * E + i]! /= Math.sqrt(ss / E + 1e-6);
-      }
-      const { logits } = shadowForwardCpu(
-        shape,
-        back.params,
-        rows,
-        Array.from({ length: T * L }, (_, r) => r % L),
-      );
-      for (let t = 0; t < T; t++) {
-        for (let l = 0; l < L; l++) {
-          for (const pr of p.predict(l, out, t)) {
-            const base = ((t * L + l) * D + pr.distance - 1) * N;
-            const want = [...Array(N).keys()].sort((a, b) =>
-              logits[base + b]! - logits[base + a]! || a - b
-            ).slice(0, 3);
-            assert.deepEqual(pr.experts, want, `token ${t} layer ${l} distance ${pr.distance}`);
-            assert.equal(pr.nextToken, l + pr.distance >= L);
-          }
-        }
-      }
-      p.destroy();
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
-});
-
-Deno.test("shadow model size: under 500 MB for the largest supported shape (Kimi-K2 / DeepSeek-V3)", () => {
-  // 61 layers, 7168 wide, 384 experts (top-8); the trainer's defaults (hidden 256, depth 2)
-  // and a generous one (hidden 1024, depth 3)
-  const kimi = { nEmbd: 7168, nLayer: 61, nExpert: 384, nExpertUsed: 8, residual: true };
-  assert.equal(shadowBytes({ ...kimi, hidden: 256, depth: 2 }), 55_562_240);
-  assert.ok(shadowBytes({ ...kimi, hidden: 1024, depth: 3 }) < 500e6);
-});
-
-Deno.test("history predictor: recent tokens weigh more, unseen experts are never predicted", () => {
-  const h = new HistoryPredictor(2, 5, 1, { topK: 3, decay: 0.5, depth: 2 });
-  const token = (a: number, b: number) => new Uint32Array([a, b]);
-  h.observe(token(1, 4), 1);
-  h.observe(token(1, 4), 1);
-  h.observe(token(2, 3), 1);
-  // layer 0: expert 1 weighs 0.25 + 0.5, expert 2 weighs 1 → 2 first
-  assert.deepEqual(h.top(0), [2, 1]);
-  assert.deepEqual(h.predict(0), [
-    { distance: 1, layer: 1, nextToken: false, experts: [3, 4] },
-    { distance: 2, layer: 0, nextToken: true, experts: [2, 1] },
-  ]);
-  h.reset();
-  assert.deepEqual(h.top(1), []);
 });
 
 function tinyDataset(): RoutingDataset {
@@ -414,12 +203,11 @@ Deno.test("routing data: round trip, targets across tokens of one sequence only,
   assert.equal(subsetDataset(d, val).nSamples, val.length);
 });
 
-Deno.test({
+gpuTest({
   name:
     "predictors on held-out prompts of a generated model: trained shadow > gate lookahead > history, one layer ahead",
   sanitizeResources: false,
-  async fn() {
-    const g = await device();
+  async fn(g) {
     const model = await loadModel({
       model: await predictorDemoModel(),
       gpu: g,
