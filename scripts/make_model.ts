@@ -308,6 +308,18 @@ async function main(): Promise<void> {
   const { arch, out, type, tensorTypes, shape, overrides: fields, preset } = parse(Deno.args);
   const spec = await fixtureSpec({ arch, shape, ...fields });
   spec.name = preset ? `od-moe synthetic ${preset} shape` : `od-moe synthetic ${arch}`;
+  // The writer holds one tensor at a time, drawn in F32 (plus its F16 copy
+  // for F16): refuse before starting when that cannot fit in memory.
+  const counts = countParams({ arch, shape, ...fields });
+  const need = counts.largest * (type === "F32" ? 4 : 6);
+  const available = Deno.systemMemoryInfo().available;
+  if (need > 0.8 * available) {
+    throw new Error(
+      `the largest tensor of this model (${(counts.largest / 1e9).toFixed(2)} G values) needs ` +
+        `${human(need)} in memory while it is written, and ${human(available)} is available; ` +
+        `use fewer --layers or a smaller --experts/--ff, or a machine with more memory`,
+    );
+  }
   const t0 = performance.now();
   if (type === "F32" || type === "F16") {
     await writeGgufFileLazy(out, syntheticModelLazy({ ...spec, weightType: type }));
@@ -315,9 +327,7 @@ async function main(): Promise<void> {
     const f32 = `${out}.f32-${Deno.pid}.tmp`;
     const tmp = `${out}.${type}-${Deno.pid}.tmp`;
     try {
-      const sourceType = countParams({ arch, shape, ...fields }).total * 4 > 16 * 2 ** 30
-        ? "F16"
-        : "F32";
+      const sourceType = counts.total * 4 > 16 * 2 ** 30 ? "F16" : "F32";
       await writeGgufFileLazy(f32, syntheticModelLazy({ ...spec, weightType: sourceType }));
       const recipe = QUANT_RECIPES[type as QuantRecipeName] as QuantRecipe | undefined;
       const ftype = recipe?.ftype ?? `MOSTLY_${type}` as LlamaFtypeName;
