@@ -8,6 +8,8 @@ import { fixtureSpec } from "./fixtures.ts";
 import { Keys } from "../src/gguf/names.ts";
 import { syntheticModel, syntheticModelLazy } from "../src/model/synthetic.ts";
 import { serializeGguf, writeGgufFileLazy } from "../src/gguf/writer.ts";
+import { loadReference, referenceUnavailableReason } from "./ref/llama_cpp.ts";
+import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 
 // Total parameters as the model cards publish them (billions).
 const PUBLISHED: Record<string, number> = {
@@ -79,4 +81,65 @@ Deno.test("the lazy writer writes the same bytes as the in-memory one", async ()
   } finally {
     await Deno.remove(path);
   }
+});
+
+Deno.test({
+  name: "llama.cpp loads each made preset vocabulary and tokenises text as od-moe does",
+  ignore: referenceUnavailableReason() !== null,
+  sanitizeResources: false,
+  async fn() {
+    const text = "Hello world! Real MoE shapes: 128 experts, top-8 <|pad_3|> ünïcödé 12345.";
+    // the vocabularies made here (padded, cut or relabelled); llama.cpp's own
+    // bundled ones are compared in tests/tokenizer_parity_test.ts
+    for (const name of ["deepseek-v3", "kimi-k2", "gpt-oss-20b", "olmoe-1b-7b"] as const) {
+      // the preset's vocabulary and hyperparameters, at a tiny width and depth
+      const opts = presetOptions(name, name.startsWith("gpt-oss") ? 2 : 1);
+      const mla = opts.arch === "deepseek2";
+      const spec = await fixtureSpec({
+        ...opts,
+        nEmbd: 64,
+        nHead: 2,
+        nHeadKv: opts.arch === "olmoe" ? 2 : 1,
+        headDim: 32,
+        nFfExp: 32,
+        nExpert: 8,
+        nExpertUsed: 2,
+        ...(opts.arch === "qwen2moe" ? { nFfShexp: 32 } : {}),
+        ...(mla
+          ? {
+            nFf: 32,
+            qLoraRank: 32,
+            kvLoraRank: 32,
+            qkNopeDim: 16,
+            qkRopeDim: 16,
+            vHeadDim: 16,
+            nExpertGroups: opts.nExpertGroups === 1 ? 1 : 4,
+            nExpertGroupsUsed: opts.nExpertGroups === 1 ? 1 : 2,
+          }
+          : {}),
+      });
+      const path = await Deno.makeTempFile({ suffix: ".gguf" });
+      try {
+        await writeGgufFileLazy(path, syntheticModelLazy(spec));
+        const ref = loadReference().loadModel(path, { vocabOnly: true });
+        try {
+          assertEquals(
+            ref.nVocab,
+            SHAPE_PRESETS[name].options.vocabSize,
+            `${name}: llama.cpp's vocabulary size`,
+          );
+          const ours = loadTokenizer(path).encode(text, { addSpecial: true, parseSpecial: true });
+          assertEquals(
+            ours,
+            ref.tokenize(text, { addSpecial: true, parseSpecial: true }),
+            `${name}: tokens of ${JSON.stringify(text)}`,
+          );
+        } finally {
+          ref.close();
+        }
+      } finally {
+        await Deno.remove(path);
+      }
+    }
+  },
 });
