@@ -250,7 +250,7 @@ export async function parityRun(
   const model = await loadModel({
     model: path,
     gpu: await device(),
-    nCtx: 64,
+    nCtx: Math.max(64, (o.promptLength ?? PROMPT) + (o.generate ?? GENERATE) + 8),
     maxBatch: o.maxBatch ?? 16,
     configOverride: o.override as LoadModelOptions["configOverride"],
   });
