@@ -1,15 +1,19 @@
 /**
  * The expert cache and the lookahead prefetcher on the trained demo model
  * (data/kjv-moe-Q8_0.gguf: routing learned from text), at budgets of
- * 10/25/50% of its expert bytes: hit rate, stalls and syncs per token,
+ * 10/25/50/100% of its expert bytes: hit rate, stalls and syncs per token,
  * decode tokens/s (and its ratio to prefetch off + LRU at the same budget,
- * same run) for prefetch off / lookahead × LRU / predictive eviction, and
- * the lookahead's recall one layer ahead. The prompt is the first
+ * same run) for prefetch off / lookahead × LRU / predictive / least-stale
+ * eviction, and the lookahead's recall one layer ahead. At 100% every expert
+ * is resident (no eviction, no prefetcher): one row per policy, prefetch off.
+ * bench/demo_charts.ts draws its JSON report. The prompt is the first
  * `--prompt-tokens` tokens of the held-out text; greedy generation; every
  * configuration must generate the same tokens (`tokens_identical`).
  *
  * ```sh
  * deno run -A bench/demo_model_cache.ts [--tokens 48] [--prompt-tokens 32]
+ *   [--budgets 0.1,0.25,0.5,1] [--policies lru,predictive,least-stale]
+ *   [--predictors off,lookahead] > docs/bench/demo_model_cache.json
  * ```
  *
  * @module
@@ -22,14 +26,24 @@ import { acquireGpu } from "../src/gpu/device.ts";
 import { trainedDemoModel } from "../src/server/demo.ts";
 import { HELDOUT_PATH, heldoutStream } from "./perplexity.ts";
 import { firstDivergence, intFlag, note, roundNumbers } from "./_util.ts";
+import {
+  EVICTION_POLICY_NAMES,
+  type EvictionPolicyName,
+} from "../src/experts/policy_predictive.ts";
 
-const BUDGETS = [0.1, 0.25, 0.5];
+const BUDGETS = [0.1, 0.25, 0.5, 1];
 const PREDICTORS = ["off", "lookahead"] as const;
-const POLICIES = ["lru", "predictive"] as const;
+type PredictorName = typeof PREDICTORS[number];
 
 /** Runs every configuration; the JSON report. */
 export async function runDemoModelCacheBench(
-  o: { tokens?: number; promptTokens?: number } = {},
+  o: {
+    tokens?: number;
+    promptTokens?: number;
+    budgets?: number[];
+    policies?: readonly EvictionPolicyName[];
+    predictors?: readonly PredictorName[];
+  } = {},
 ): Promise<Record<string, unknown>> {
   const demo = trainedDemoModel();
   if (!demo) throw new Error("data/kjv-moe-Q8_0.gguf is missing: this bench needs the demo model");
@@ -43,10 +57,12 @@ export async function runDemoModelCacheBench(
   const rows: Record<string, unknown>[] = [];
   let reference: number[] | undefined;
   let identical = true;
-  for (const budget of BUDGETS) {
+  for (const budget of o.budgets ?? BUDGETS) {
     let offLru = NaN;
-    for (const policy of POLICIES) {
-      for (const predictor of PREDICTORS) {
+    for (const policy of o.policies ?? EVICTION_POLICY_NAMES) {
+      for (const predictor of o.predictors ?? PREDICTORS) {
+        // every expert resident: no prefetcher, nothing to evict
+        if (budget >= 1 && predictor !== "off") continue;
         const model = await loadModel({
           model: demo.path,
           gpu,
@@ -108,11 +124,39 @@ export async function runDemoModelCacheBench(
 if (import.meta.main) {
   const { values: v } = parseArgs({
     args: Deno.args,
-    options: { tokens: { type: "string" }, "prompt-tokens": { type: "string" } },
+    options: {
+      tokens: { type: "string" },
+      "prompt-tokens": { type: "string" },
+      budgets: { type: "string" },
+      policies: { type: "string" },
+      predictors: { type: "string" },
+    },
+  });
+  const list = <T extends string>(
+    flag: string,
+    text: string | undefined,
+    allowed: readonly T[],
+  ) => {
+    if (text === undefined) return undefined;
+    const out = text.split(",").map((s) => s.trim()) as T[];
+    for (const x of out) {
+      if (!allowed.includes(x)) {
+        throw new RangeError(`--${flag}: "${x}" is not one of ${allowed.join(", ")}`);
+      }
+    }
+    return out;
+  };
+  const budgets = v.budgets?.split(",").map((s) => {
+    const b = Number(s);
+    if (!(b > 0 && b <= 1)) throw new RangeError(`--budgets: "${s}" is not a fraction in (0, 1]`);
+    return b;
   });
   const r = await runDemoModelCacheBench({
     tokens: intFlag("tokens", v.tokens, 48),
     promptTokens: intFlag("prompt-tokens", v["prompt-tokens"], 32),
+    budgets,
+    policies: list("policies", v.policies, EVICTION_POLICY_NAMES),
+    predictors: list("predictors", v.predictors, PREDICTORS),
   });
   console.log(JSON.stringify(r));
 }
