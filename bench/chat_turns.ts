@@ -71,7 +71,11 @@ async function chat(url: string, o: ChatTurnsOptions, cachePrompt: boolean): Pro
   const headers: Record<string, string> = { "content-type": "application/json" };
   if (o.apiKey) headers.authorization = `Bearer ${o.apiKey}`;
   const messages: { role: string; content: string }[] = [
-    { role: "system", content: "You are a helpful assistant." },
+    // each run its own system prompt: its turn 1 finds nothing of the other run's chat to reuse
+    {
+      role: "system",
+      content: `${cachePrompt ? "Reuse" : "Fresh"} run. You are a helpful assistant.`,
+    },
   ];
   const results: TurnResult[] = [];
   for (let i = 0; i < o.turns; i++) {

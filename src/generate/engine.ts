@@ -51,6 +51,8 @@ export class Engine {
   #pending = 0;
   /** The token ids whose keys and values fill the model's KV cache at positions [0, nPast). */
   #context: number[] = [];
+  /** The model's context version when `#context` was recorded (-1: never). */
+  #contextVersion = -1;
 
   private constructor(
     /** The model on the GPU. */
@@ -164,7 +166,9 @@ export class Engine {
   cachedPrefix(prompt: readonly number[]): number {
     const ctx = this.#context;
     // someone drove the model directly since (reset, forward): nothing is known to be there
-    if (this.model.nPast !== ctx.length) return 0;
+    if (this.model.contextVersion !== this.#contextVersion || this.model.nPast !== ctx.length) {
+      return 0;
+    }
     const n = Math.min(ctx.length, prompt.length - 1);
     let i = 0;
     while (i < n && ctx[i] === prompt[i]) i++;
@@ -254,6 +258,7 @@ export class Engine {
         } else {
           this.#context = [...prompt, ...accepted].slice(0, model.nPast);
         }
+        this.#contextVersion = model.contextVersion;
       }
     }
     return { promptTokens: prompt.length, cachedTokens: cached, finishReason };

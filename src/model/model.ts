@@ -366,6 +366,18 @@ export class Model {
   /** Forgets the context (the KV cache is overwritten from position 0). */
   reset(): void {
     this.nPast = 0;
+    this.#contextVersion++;
+  }
+
+  #contextVersion = 0;
+
+  /**
+   * Changes whenever the context changes (reset, truncate, forward, a
+   * generation): a caller that remembers which tokens it left in the KV
+   * cache knows they are still there while this is what it was.
+   */
+  get contextVersion(): number {
+    return this.#contextVersion;
   }
 
   /**
@@ -380,6 +392,7 @@ export class Model {
       throw new RangeError(`truncate: ${n} is not a position in 0…${this.nPast}`);
     }
     this.nPast = n;
+    this.#contextVersion++;
   }
 
   #writeStep(pos0: number, nTokens: number): void {
@@ -622,6 +635,7 @@ export class Model {
    */
   async forward(tokens: readonly number[]): Promise<Float32Array> {
     if (tokens.length === 0) throw new RangeError("forward needs at least one token");
+    this.#contextVersion++;
     this.#checkIds(tokens);
     this.#checkRoom(tokens.length);
     this.#beginChecks();
@@ -647,6 +661,7 @@ export class Model {
     o: GenerateOptions,
   ): AsyncGenerator<number[], { promptLogits?: Float32Array }, void> {
     if (prompt.length === 0) throw new RangeError("generate needs a prompt of at least one token");
+    this.#contextVersion++;
     if (!(o.maxTokens >= 1)) throw new RangeError(`maxTokens must be ≥ 1, got ${o.maxTokens}`);
     this.#checkIds(prompt);
     this.#checkRoom(prompt.length + o.maxTokens - 1);
