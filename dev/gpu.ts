@@ -52,3 +52,12 @@ export function gpuTest(
   const body = def.fn;
   Deno.test({ ...def, ignore: gpu === undefined, fn: (t) => body(gpu!, t) });
 }
+
+/**
+ * The GPU, for helpers called from a {@linkcode gpuTest} (which only runs
+ * with one); throws the reason otherwise.
+ */
+export function requireGpu(): Gpu {
+  if (gpu) return gpu;
+  throw new Error(`This test needs a GPU: ${noGpuReason}`);
+}

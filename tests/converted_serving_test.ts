@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
+import { gpu, gpuTest, requireGpu } from "../dev/gpu.ts";
 import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
 import { convertGguf } from "../src/convert/convert.ts";
 import { Rng } from "../src/util/rng.ts";
@@ -14,12 +14,10 @@ import { fixtureDequantized, fixtureModel } from "../dev/fixtures.ts";
 import type { SyntheticArch } from "../src/model/synthetic.ts";
 import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 
-let gpu: Gpu | undefined;
-const device = async () => gpu ??= await acquireGpu();
 const N = 12;
 
 async function greedy(o: LoadModelOptions, prompt: number[]) {
-  const model = await loadModel({ ...o, gpu: await device(), nCtx: 64, maxBatch: 8 });
+  const model = await loadModel({ ...o, gpu: requireGpu(), nCtx: 64, maxBatch: 8 });
   try {
     const logits = await model.forward(prompt);
     model.reset();
@@ -30,11 +28,11 @@ async function greedy(o: LoadModelOptions, prompt: number[]) {
 }
 
 for (const arch of ["llama", "qwen2moe", "qwen3moe"] as SyntheticArch[]) {
-  Deno.test({
+  gpuTest({
     name:
       `converted ${arch}: keep serves the original's tokens both ways; float16 matches llama.cpp`,
     sanitizeResources: false,
-    async fn(t) {
+    async fn(_gpu, t) {
       const src = await fixtureModel({ arch, type: "Q4_K_M", shape: "b" });
       const dir = await Deno.makeTempDir();
       try {

@@ -9,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
+import { gpuTest, requireGpu } from "../dev/gpu.ts";
 import { loadModel, type Model } from "../src/model/model.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { expertLayout } from "../src/experts/layout.ts";
@@ -17,8 +17,6 @@ import { Rng } from "../src/util/rng.ts";
 import { fixtureModel, type FixtureOptions } from "../dev/fixtures.ts";
 
 const GIB = 1024 ** 3;
-let gpu: Gpu | undefined;
-const device = async () => gpu ??= await acquireGpu();
 
 /** The experts' bytes in the file and the largest expert's, from the file's tensor table. */
 function expertSizes(path: string): { total: number; largest: number; distinctSizes: number } {
@@ -77,7 +75,7 @@ async function run(
   const warnings: string[] = [];
   const model = await loadModel({
     model: path,
-    gpu: await device(),
+    gpu: requireGpu(),
     nCtx: 64,
     maxBatch: ids.length,
     cacheSizeGB,
@@ -124,7 +122,7 @@ const cases: FixtureOptions[] = [
 ];
 
 for (const c of cases) {
-  Deno.test({
+  gpuTest({
     name: `budget: ${c.arch}/${c.shape}/${c.type} holds the cap at min, 10, 25, 50, 100% with ` +
       `prompt batches larger than the pool, prefetch on and off; same tokens`,
     sanitizeResources: false,
@@ -165,7 +163,7 @@ for (const c of cases) {
   });
 }
 
-Deno.test({
+gpuTest({
   name: "budget: one below the minimum is raised to it with a warning that says so",
   sanitizeResources: false,
   async fn() {
@@ -175,7 +173,7 @@ Deno.test({
     const warnings: string[] = [];
     const model = await loadModel({
       model: path,
-      gpu: await device(),
+      gpu: requireGpu(),
       nCtx: 64,
       cacheSizeGB: 1000 / GIB,
       onWarning: (m) => warnings.push(m),

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
+import { gpuTest, requireGpu } from "../dev/gpu.ts";
 import { loadModel } from "../src/model/model.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { expertLayout } from "../src/experts/layout.ts";
@@ -15,8 +15,6 @@ import { fixtureDequantized, fixtureModel, type FixtureOptions } from "../dev/fi
 import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 
 const GIB = 1024 ** 3;
-let gpu: Gpu | undefined;
-const device = async () => gpu ??= await acquireGpu();
 
 function expertBytes(path: string): number {
   return expertLayout(readGgufModel(path)).reduce((s, l) => s + l.nExpert * l.bytesPerExpert, 0);
@@ -40,7 +38,7 @@ async function generateAt(
 ) {
   const model = await loadModel({
     model: path,
-    gpu: await device(),
+    gpu: requireGpu(),
     nCtx: 64,
     maxBatch,
     cacheSizeGB,
@@ -64,7 +62,7 @@ const cases: FixtureOptions[] = [
 ];
 
 for (const c of cases) {
-  Deno.test({
+  gpuTest({
     name:
       `experts: ${c.arch}/${c.shape}/${c.type} gives the same tokens at budgets 0, 10%, 50% and 100%`,
     sanitizeResources: false,
@@ -90,11 +88,11 @@ for (const c of cases) {
   });
 }
 
-Deno.test({
+gpuTest({
   name:
     "experts: a model with 8× more expert bytes than the budget matches llama.cpp, pool within budget",
   sanitizeResources: false,
-  async fn(t) {
+  async fn(_gpu, t) {
     const opts: FixtureOptions = {
       arch: "qwen3moe",
       type: "Q8_0",
@@ -106,7 +104,7 @@ Deno.test({
     const total = expertBytes(path);
     const model = await loadModel({
       model: path,
-      gpu: await device(),
+      gpu: requireGpu(),
       nCtx: 64,
       maxBatch: 1,
       cacheSizeGB: total / 8 / GIB,
@@ -167,7 +165,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "experts: a truncated expert file names file, layer and expert; the process stays usable",
   sanitizeResources: false,
   async fn() {
@@ -178,7 +176,7 @@ Deno.test({
       await Deno.copyFile(src, copy);
       const model = await loadModel({
         model: copy,
-        gpu: await device(),
+        gpu: requireGpu(),
         nCtx: 64,
         maxBatch: 1,
         cacheSizeGB: 0,

@@ -8,7 +8,7 @@
  */
 
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
+import { gpuTest } from "../dev/gpu.ts";
 import { type EvictionContext, LruPolicy } from "../src/experts/pool.ts";
 import {
   evictionPolicyFactory,
@@ -22,9 +22,6 @@ import { predictorDemoModel } from "../src/training/demo_model.ts";
 import { collectRoutingData, syntheticPrompts } from "../src/training/collect.ts";
 import { trainShadow } from "../src/training/trainer.ts";
 import { saveShadow } from "../src/predictor/shadow.ts";
-
-let gpu: Gpu | undefined;
-const device = async () => gpu ??= await acquireGpu();
 
 /** Slots holding (layer, expert) pairs. */
 function context(slots: [number, number][]): EvictionContext {
@@ -116,12 +113,11 @@ function expertBytes(path: string): number {
   return expertLayout(readGgufModel(path)).reduce((s, l) => s + l.nExpert * l.bytesPerExpert, 0);
 }
 
-Deno.test({
+gpuTest({
   name:
     "prefetch: same tokens off / lookahead / shadow × LRU / predictive / least-stale, within budget, pinned experts kept, fewer stalls",
   sanitizeResources: false,
-  async fn() {
-    const g = await device();
+  async fn(g) {
     const path = await predictorDemoModel();
     const dir = await Deno.makeTempDir();
     try {
