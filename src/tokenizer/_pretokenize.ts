@@ -278,6 +278,44 @@ const splitGpt2: Splitter = (cpts, offsets) =>
   });
 
 /**
+ * The tail Llama 3's splitter and Kimi-K2's share, at a position no word or
+ * number rule took: ` ?[^\s<stop>]+[\r\n]*`, else `\s*[\r\n]+`, else
+ * `\s+(?!\S)`, else `\s+`, else one codepoint (unassigned ones included).
+ * Closes the piece and returns the position after it.
+ */
+function punctuationOrSpaces(
+  pos: number,
+  stop: number,
+  cpt: (pos: number) => number,
+  flags: (pos: number) => number,
+  add: (end: number) => number,
+): number {
+  const space = cpt(pos) === SPACE;
+  let f2 = flags(space ? pos + 1 : pos);
+  // an unassigned codepoint after a space (f2 = 0) ends here as the space alone either way
+  if (!(f2 & stop) && f2) {
+    if (space) pos++;
+    while (!(f2 & stop) && f2) f2 = flags(++pos);
+    let c2 = cpt(pos);
+    while (c2 === CR || c2 === LF) c2 = cpt(++pos);
+    add(pos);
+    return pos;
+  }
+  let nws = 0;
+  let lastCrLf = 0;
+  while (flags(pos + nws) & WS) {
+    const c2 = cpt(pos + nws);
+    if (c2 === CR || c2 === LF) lastCrLf = pos + nws + 1;
+    nws++;
+  }
+  if (lastCrLf > 0) pos = lastCrLf;
+  else if (nws > 1 && cpt(pos + nws) !== OUT_OF_RANGE) pos += nws - 1;
+  else pos += nws > 0 ? nws : 1;
+  add(pos);
+  return pos;
+}
+
+/**
  * Llama 3 (`maxDigits` 3), Qwen2 (1) and Qwen3.5 (1, `marks`):
  * `(?i:'s|…)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
  */
@@ -316,39 +354,7 @@ function llama3Like(maxDigits: number, marks: boolean): Splitter {
           add(pos);
           continue;
         }
-        let f2 = c === SPACE ? flags(pos + 1) : f;
-        const stop = WS | word | N;
-        if (!(f2 & stop) && f) {
-          pos += c === SPACE ? 1 : 0;
-          while (!(f2 & stop) && f2) f2 = flags(++pos);
-          let c2 = cpt(pos);
-          while (c2 === CR || c2 === LF) c2 = cpt(++pos);
-          add(pos);
-          continue;
-        }
-        let nws = 0;
-        let lastCrLf = 0;
-        while (flags(pos + nws) & WS) {
-          const c2 = cpt(pos + nws);
-          if (c2 === CR || c2 === LF) lastCrLf = pos + nws + 1;
-          nws++;
-        }
-        if (lastCrLf > 0) {
-          pos = lastCrLf;
-          add(pos);
-          continue;
-        }
-        if (nws > 1 && cpt(pos + nws) !== OUT_OF_RANGE) {
-          pos += nws - 1;
-          add(pos);
-          continue;
-        }
-        if (nws > 0) {
-          pos += nws;
-          add(pos);
-          continue;
-        }
-        add(++pos);
+        pos = punctuationOrSpaces(pos, WS | word | N, cpt, flags, add);
       }
     });
 }
@@ -440,38 +446,7 @@ const splitKimiK2: Splitter = (cpts, offsets) =>
         add(pos);
         continue;
       }
-      let f2 = c === SPACE ? flags(pos + 1) : f;
-      if (!(f2 & (WS | L | N)) && f2) {
-        pos += c === SPACE ? 1 : 0;
-        while (!(f2 & (WS | L | N)) && f2) f2 = flags(++pos);
-        let c2 = cpt(pos);
-        while (c2 === CR || c2 === LF) c2 = cpt(++pos);
-        add(pos);
-        continue;
-      }
-      let nws = 0;
-      let lastCrLf = 0;
-      while (flags(pos + nws) & WS) {
-        const c2 = cpt(pos + nws);
-        if (c2 === CR || c2 === LF) lastCrLf = pos + nws + 1;
-        nws++;
-      }
-      if (lastCrLf > 0) {
-        pos = lastCrLf;
-        add(pos);
-        continue;
-      }
-      if (nws > 1 && cpt(pos + nws) !== OUT_OF_RANGE) {
-        pos += nws - 1;
-        add(pos);
-        continue;
-      }
-      if (nws > 0) {
-        pos += nws;
-        add(pos);
-        continue;
-      }
-      add(++pos);
+      pos = punctuationOrSpaces(pos, WS | L | N, cpt, flags, add);
     }
   });
 
