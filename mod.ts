@@ -21,11 +21,11 @@
  * Token ids in, token ids out:
  *
  * ```ts ignore
- * import { loadModel } from "jsr:@od-moe/od-moe";
+ * import { generate, loadModel } from "jsr:@od-moe/od-moe";
  *
  * const model = await loadModel({ model: "m.gguf", cacheSizeGB: 0 });
  * const logits = await model.forward([1, 2, 3]);
- * const { tokens } = await model.generate([4, 5], { maxTokens: 8 });
+ * const { tokens } = await generate(model, [4, 5], { maxTokens: 8 });
  * model.close();
  * ```
  *
@@ -49,13 +49,14 @@ export type {
   StreamChunk,
 } from "./src/generate/types.ts";
 export {
-  type GenerateOptions,
-  type GenerateResult,
-  type GenerateStats,
-  loadModel,
-  type LoadModelOptions,
-  Model,
-} from "./src/model/model.ts";
+  generate,
+  generateSteps,
+  Session,
+  type SessionOutput,
+  type StepsOptions,
+  type StepsResult,
+} from "./src/generate/session.ts";
+export { loadModel, type LoadModelOptions, Model } from "./src/model/model.ts";
 export type { ModelConfig } from "./src/model/config.ts";
 export { supportedArchitectures, UnsupportedArchitectureError } from "./src/model/registry.ts";
 export { Tokenizer } from "./src/tokenizer/tokenizer.ts";

@@ -27,6 +27,7 @@ import { fileURLToPath } from "node:url";
 import { fixtureModel, type FixtureOptions } from "../dev/fixtures.ts";
 import { loadReference } from "../dev/ref/llama_cpp.ts";
 import { loadModel, type Model } from "../src/model/model.ts";
+import { generate, generateSteps } from "../src/generate/session.ts";
 import { acquireGpu } from "../src/gpu/device.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { archSpec } from "../src/model/registry.ts";
@@ -98,7 +99,7 @@ async function runBudget(
   let x0 = ex.snapshot();
   let stalls0 = model.stalls;
   const out: number[] = [];
-  for await (const step of model.generateSteps(prompt, { maxTokens: tokens + 1 })) {
+  for await (const step of generateSteps(model, prompt, { maxTokens: tokens + 1 })) {
     if (out.length === 0) {
       t1 = performance.now();
       g0 = gpu.stats.snapshot();
@@ -169,7 +170,7 @@ export async function runCacheHitRateBench(
     note("cache_hit_rate: warming up");
     {
       const m = await open(1);
-      await m.generate(prompt.slice(0, 4), { maxTokens: 4 });
+      await generate(m, prompt.slice(0, 4), { maxTokens: 4 });
       m.close();
     }
     const runs: BudgetRun[] = [];

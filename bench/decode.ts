@@ -41,6 +41,7 @@ import { presetOptions, SHAPE_PRESET_NAMES } from "../dev/presets.ts";
 import { isExpertTensor } from "../src/gguf/names.ts";
 import { loadReference } from "../dev/ref/llama_cpp.ts";
 import { loadModel, type Model } from "../src/model/model.ts";
+import { generateSteps } from "../src/generate/session.ts";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { readback, upload } from "../src/gpu/buffers.ts";
 import { dispatch } from "../src/gpu/dispatch.ts";
@@ -317,7 +318,7 @@ async function runOurs(
   let cpu1 = process.cpuUsage();
   let before = gpu.stats.snapshot();
   const out: number[] = [];
-  for await (const step of model.generateSteps(prompt, { maxTokens: tokens + 1, window })) {
+  for await (const step of generateSteps(model, prompt, { maxTokens: tokens + 1, window })) {
     if (out.length === 0) {
       t1 = performance.now();
       cpu1 = process.cpuUsage();

@@ -21,6 +21,7 @@
 
 import { parseArgs } from "node:util";
 import { loadModel } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { loadTokenizer } from "../src/tokenizer/mod.ts";
 import { acquireGpu } from "../src/gpu/device.ts";
 import { trainedDemoModel } from "../src/server/demo.ts";
@@ -73,11 +74,11 @@ export async function runDemoModelCacheBench(
           enablePrefetch: predictor !== "off",
         });
         try {
-          await model.generate(prompt.slice(0, 2), { maxTokens: 2 });
+          await generate(model, prompt.slice(0, 2), { maxTokens: 2 });
           model.reset();
           model.expertStats.reset();
           model.prefetcher?.stats.reset();
-          const r = await model.generate(prompt, { maxTokens: tokens });
+          const r = await generate(model, prompt, { maxTokens: tokens });
           const s = model.expertStats.snapshot();
           const p = model.prefetchStats;
           reference ??= r.tokens;

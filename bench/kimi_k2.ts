@@ -25,6 +25,7 @@
 import { parseArgs } from "node:util";
 import { acquireGpu } from "../src/gpu/device.ts";
 import { loadModel } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { Rng } from "../src/util/rng.ts";
@@ -112,7 +113,7 @@ try {
     });
     try {
       const t = performance.now();
-      const r = await m.generate(prompt, { maxTokens: nGen });
+      const r = await generate(m, prompt, { maxTokens: nGen });
       const ms = performance.now() - t;
       const s = m.expertStats.snapshot();
       const row = {

@@ -27,6 +27,7 @@
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { loadModel } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
@@ -153,11 +154,11 @@ export async function runPrefetchBench(
           });
           try {
             // warm the pipelines and the page cache; count from here
-            await model.generate(prompt.slice(0, 2), { maxTokens: 2 });
+            await generate(model, prompt.slice(0, 2), { maxTokens: 2 });
             model.reset();
             model.expertStats.reset();
             model.prefetcher?.stats.reset();
-            const r = await model.generate(prompt, { maxTokens: o.tokens });
+            const r = await generate(model, prompt, { maxTokens: o.tokens });
             const s = model.expertStats.snapshot();
             const p = model.prefetchStats!;
             const limit = model.pool.limitBytes;

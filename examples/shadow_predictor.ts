@@ -29,6 +29,7 @@
 import { parseArgs } from "node:util";
 import { acquireGpu } from "../src/gpu/device.ts";
 import { loadModel } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { predictorDemoModel } from "../src/training/demo_model.ts";
@@ -108,7 +109,7 @@ for (const predictor of ["off", "lookahead", "shadow"]) {
     enablePrefetch: predictor !== "off",
     predictorPath: predictor === "shadow" ? shadowPath : undefined,
   });
-  const g = await m.generate([5, 17, 99, 230, 41, 7, 300, 12], { maxTokens: 32 });
+  const g = await generate(m, [5, 17, 99, 230, 41, 7, 300, 12], { maxTokens: 32 });
   const p = m.prefetchStats!;
   console.log(
     `   ${predictor.padEnd(10)} stalls/token ${p.stallsPerToken.toFixed(2)}, hit rate ${

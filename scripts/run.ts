@@ -19,6 +19,7 @@ import {
 } from "../src/experts/policy_predictive.ts";
 import { parseArgs } from "node:util";
 import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { Engine } from "../src/generate/engine.ts";
 import type { ChatMessage, GenerationStats, SamplingParams } from "../src/generate/types.ts";
 import { trainedDemoModel } from "../src/server/demo.ts";
@@ -207,7 +208,7 @@ async function runIds(
   const model = await loadModel(load);
   const loadMs = performance.now() - t0;
   try {
-    const r = await model.generate(prompt, {
+    const r = await generate(model, prompt, {
       maxTokens,
       promptLogits: Boolean(args["logits-out"]),
     });

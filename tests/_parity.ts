@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { loadModel, type LoadModelOptions, type Model } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { fixtureDequantized, fixtureModel, type FixtureOptions } from "../dev/fixtures.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { expertLayout } from "../src/experts/layout.ts";
@@ -135,7 +136,7 @@ export async function compare(
   }
   assert.deepEqual(ours, refTokens, `${label}: greedy tokens differ from llama.cpp's`);
   model.reset();
-  const gen = await model.generate(prompt, { maxTokens: n });
+  const gen = await generate(model, prompt, { maxTokens: n });
   assert.deepEqual(gen.tokens, refTokens, `${label}: generate() tokens differ from llama.cpp's`);
   console.log(
     `${label}: ${n} tokens match; max logit diff ${(maxRel * 100).toFixed(4)}% of range; ` +
@@ -188,7 +189,7 @@ export async function checkBudgets(
       cacheSizeGB,
     });
     try {
-      const r = await model.generate(o.prompt, { maxTokens: o.maxTokens });
+      const r = await generate(model, o.prompt, { maxTokens: o.maxTokens });
       const s = model.expertStats.snapshot();
       const limit = model.pool.limitBytes;
       assert.ok(s.peakBytes <= limit, `${o.label}: pool peak ${s.peakBytes} > ${limit}`);

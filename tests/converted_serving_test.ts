@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { gpu, gpuTest, requireGpu } from "../dev/gpu.ts";
 import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { convertGguf } from "../src/convert/convert.ts";
 import { Rng } from "../src/util/rng.ts";
 import { fixtureDequantized, fixtureModel } from "../dev/fixtures.ts";
@@ -21,7 +22,7 @@ async function greedy(o: LoadModelOptions, prompt: number[]) {
   try {
     const logits = await model.forward(prompt);
     model.reset();
-    return { tokens: (await model.generate(prompt, { maxTokens: N })).tokens, logits };
+    return { tokens: (await generate(model, prompt, { maxTokens: N })).tokens, logits };
   } finally {
     model.close();
   }

@@ -13,6 +13,7 @@
 
 import assert from "node:assert/strict";
 import { loadModel } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { loadTokenizer } from "../src/tokenizer/mod.ts";
 import { trainedDemoModel } from "../src/server/demo.ts";
 import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
@@ -86,7 +87,7 @@ Deno.test({
         assert.ok(maxRel <= 0.01, `"${text}": max |logit diff| ${maxRel} of the range > 1%`);
         assert.deepEqual(ours, want.tokens, `"${text}": greedy tokens differ from llama.cpp's`);
         model.reset();
-        const gen = await model.generate(prompt, { maxTokens: GENERATE });
+        const gen = await generate(model, prompt, { maxTokens: GENERATE });
         assert.deepEqual(gen.tokens, want.tokens, `"${text}": generate() differs from llama.cpp`);
         const nat: number[] = native.greedy(prompt, GENERATE).tokens;
         const same = nat.findIndex((t, i) => t !== want.tokens[i]);
@@ -163,7 +164,7 @@ Deno.test({
     });
     const tok = loadTokenizer(demo.path);
     try {
-      const r = await model.generate(tok.encode("And the LORD spake unto Moses, saying,"), {
+      const r = await generate(model, tok.encode("And the LORD spake unto Moses, saying,"), {
         maxTokens: 32,
       });
       const s = model.expertStats.snapshot();

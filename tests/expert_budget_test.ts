@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { gpuTest, requireGpu } from "../dev/gpu.ts";
 import { loadModel, type Model } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { Rng } from "../src/util/rng.ts";
@@ -84,7 +85,7 @@ async function run(
   });
   try {
     if (o.cap !== undefined) watchCap(model, o.cap, o.label);
-    const r = await model.generate(ids, { maxTokens: 6 });
+    const r = await generate(model, ids, { maxTokens: 6 });
     const s = model.expertStats.snapshot();
     if (o.cap !== undefined) {
       assert.ok(s.peakBytes <= o.cap, `${o.label}: peak ${s.peakBytes} over the cap ${o.cap}`);

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { gpuTest, requireGpu } from "../dev/gpu.ts";
 import { loadModel } from "../src/model/model.ts";
+import { generate, generateSteps } from "../src/generate/session.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { ExpertReadError } from "../src/experts/source.ts";
@@ -44,7 +45,7 @@ async function generateAt(
     cacheSizeGB,
   });
   try {
-    const r = await model.generate(ids, { maxTokens: n });
+    const r = await generate(model, ids, { maxTokens: n });
     const stats = model.expertStats.snapshot();
     return { tokens: r.tokens, stats, stalls: r.stats.stalls, pool: model.pool, model };
   } finally {
@@ -121,7 +122,7 @@ gpuTest({
       const nVocab = model.config.nVocab;
       const ids = prompt(nVocab, 5);
       const got: number[] = [];
-      for await (const step of model.generateSteps(ids, { maxTokens: 16 })) {
+      for await (const step of generateSteps(model, ids, { maxTokens: 16 })) {
         got.push(...step);
         assert.ok(pool.residentBytes <= limit && pool.peakBytes <= limit, "pool over its budget");
       }
@@ -188,7 +189,7 @@ gpuTest({
       await Deno.truncate(copy, cut);
       const ids = prompt(model.config.nVocab, 3);
       await assert.rejects(
-        () => model.generate(ids, { maxTokens: 4 }),
+        () => generate(model, ids, { maxTokens: 4 }),
         (e: unknown) => {
           assert.ok(e instanceof ExpertReadError, `expected ExpertReadError, got ${e}`);
           assert.match(e.message, /model\.gguf/);

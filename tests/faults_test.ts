@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { loadModel, NonFiniteError } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { convertGguf } from "../src/convert/convert.ts";
 import { verifyModel } from "../src/convert/verify.ts";
 import { ExpertDirSource } from "../src/experts/expert_dir_source.ts";
@@ -74,7 +75,7 @@ Deno.test({
   async fn() {
     await withConverted(async (out, gguf) => {
       const clean = await loadModel({ model: gguf, gpu: await device(), nCtx: 64 });
-      const want = (await clean.generate(PROMPT, { maxTokens: 6 })).tokens;
+      const want = (await generate(clean, PROMPT, { maxTokens: 6 })).tokens;
       clean.close();
       assert.deepEqual((await verifyModel(out)).problems, []);
       const dir = new ExpertDirSource(`${out}/experts`);
@@ -101,7 +102,7 @@ Deno.test({
         cacheSizeGB: 0,
       });
       try {
-        await assert.rejects(() => model.generate(PROMPT, { maxTokens: 6 }), (e: unknown) => {
+        await assert.rejects(() => generate(model, PROMPT, { maxTokens: 6 }), (e: unknown) => {
           assert.ok(e instanceof ExpertReadError, String(e));
           assert.equal(e.layer, layer.layer);
           assert.ok(saved.has(e.file), e.file);
@@ -109,7 +110,7 @@ Deno.test({
           return true;
         });
         for (const [p, b] of saved) await Deno.writeFile(p, b);
-        assert.deepEqual((await model.generate(PROMPT, { maxTokens: 6 })).tokens, want);
+        assert.deepEqual((await generate(model, PROMPT, { maxTokens: 6 })).tokens, want);
       } finally {
         model.close();
       }
@@ -161,7 +162,7 @@ for (const cacheSizeGB of [4, 0]) {
       try {
         await Deno.copyFile(src, copy);
         const clean = await loadModel({ model: copy, gpu: await device(), nCtx: 64 });
-        const want = (await clean.generate(PROMPT, { maxTokens: 6 })).tokens;
+        const want = (await generate(clean, PROMPT, { maxTokens: 6 })).tokens;
         clean.close();
         const bad = await poison(copy);
         const verified = await verifyModel(copy);
@@ -170,7 +171,7 @@ for (const cacheSizeGB of [4, 0]) {
         // loaded after the damage: the pool holds the bad bytes
         const model = await loadModel({ model: copy, gpu: await device(), nCtx: 64, cacheSizeGB });
         try {
-          await assert.rejects(() => model.generate(PROMPT, { maxTokens: 6 }), (e: unknown) => {
+          await assert.rejects(() => generate(model, PROMPT, { maxTokens: 6 }), (e: unknown) => {
             assert.ok(e instanceof NonFiniteError, String(e));
             assert.equal(e.layer, bad.layer);
             assert.match(e.message, new RegExp(`layer ${bad.layer}\\b`));
@@ -179,7 +180,7 @@ for (const cacheSizeGB of [4, 0]) {
           await assert.rejects(() => model.forward(PROMPT), NonFiniteError);
           model.reset();
           await bad.restore();
-          assert.deepEqual((await model.generate(PROMPT, { maxTokens: 6 })).tokens, want);
+          assert.deepEqual((await generate(model, PROMPT, { maxTokens: 6 })).tokens, want);
         } finally {
           model.close();
         }

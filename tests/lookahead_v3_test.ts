@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict";
 import { loadModel } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { LookaheadPredictor } from "../src/predictor/lookahead.ts";
 import { collectRoutingData, syntheticPrompts } from "../src/training/collect.ts";
 import { evaluateGpuPredictor, type RecallFigures } from "../src/training/evaluate.ts";
@@ -100,7 +101,7 @@ Deno.test({
         enablePrefetch,
       });
       try {
-        const r = await model.generate(prompt, { maxTokens: 16 });
+        const r = await generate(model, prompt, { maxTokens: 16 });
         return { tokens: r.tokens, stalls: r.stats.stalls };
       } finally {
         model.close();

@@ -18,6 +18,7 @@ import { GgmlType } from "../src/gguf/types.ts";
 import { fixtureModel, type FixtureType } from "../dev/fixtures.ts";
 import { checkBudgets, device, parityRun } from "./_parity.ts";
 import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { convertGguf } from "../src/convert/convert.ts";
 import { inspectReport } from "../scripts/inspect.ts";
 
@@ -105,7 +106,7 @@ Deno.test({
         try {
           const logits = await model.forward(prompt);
           model.reset();
-          return { tokens: (await model.generate(prompt, { maxTokens: 8 })).tokens, logits };
+          return { tokens: (await generate(model, prompt, { maxTokens: 8 })).tokens, logits };
         } finally {
           model.close();
         }

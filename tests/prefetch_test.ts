@@ -9,13 +9,14 @@
 
 import assert from "node:assert/strict";
 import { gpuTest } from "../dev/gpu.ts";
-import { type EvictionContext, LruPolicy } from "../src/experts/pool.ts";
+import { type EvictionContext, LruPolicy } from "../src/experts/eviction.ts";
 import {
   evictionPolicyFactory,
   LeastStalePolicy,
   PredictivePolicy,
 } from "../src/experts/policy_predictive.ts";
 import { loadModel } from "../src/model/model.ts";
+import { generate } from "../src/generate/session.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { predictorDemoModel } from "../src/training/demo_model.ts";
@@ -173,7 +174,7 @@ gpuTest({
                 assert.ok(pool.residentBytes <= limit, `${name}: ${pool.residentBytes} > ${limit}`);
                 return r;
               };
-              const r = await model.generate(prompt, { maxTokens: 24 });
+              const r = await generate(model, prompt, { maxTokens: 24 });
               const s = model.expertStats.snapshot();
               const p = model.prefetchStats!;
               assert.ok(s.peakBytes <= limit, `${name}: peak ${s.peakBytes} over ${limit}`);

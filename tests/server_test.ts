@@ -363,6 +363,8 @@ function emptyStats(finishReason: "stop" | "length" | "cancelled"): GenerationSt
     prefillTokensPerSecond: 0,
     decodeTokensPerSecond: 0,
     syncsPerToken: 0,
+    submitsPerToken: 0,
+    stalls: 0,
     expertLookups: 0,
     expertHits: 0,
     expertMisses: 0,

@@ -43,7 +43,7 @@ import {
   expertKey,
   LruPolicy,
   lruPolicy,
-} from "./pool.ts";
+} from "./eviction.ts";
 
 /**
  * The eviction policies the engine can use: `"lru"`, `"predictive"` (this

@@ -52,149 +52,18 @@
  */
 
 import type { Gpu } from "../gpu/device.ts";
-import { align4, createBuffer, STORAGE_USAGE, upload } from "../gpu/buffers.ts";
-import type { GpuWeight } from "../gpu/ops/op.ts";
-import type { ExpertLayerShape, ExpertPartShape, ExpertSource } from "./source.ts";
+import { createBuffer, STORAGE_USAGE, upload } from "../gpu/buffers.ts";
+import type { ExpertSource } from "./source.ts";
 import { ExpertReadError } from "./source.ts";
 import { ExpertStats } from "./stats.ts";
-
-/** The key of an expert in pinned sets: `"layer:expert"`. */
-export function expertKey(layer: number, expert: number): string {
-  return `${layer}:${expert}`;
-}
-
-/** What an eviction policy may ask about the slots of its group. */
-export interface EvictionContext {
-  /** Slots of the group. */
-  readonly nSlots: number;
-  /** Layer of the expert in `slot`, or −1 when free. */
-  layerOf(slot: number): number;
-  /** Expert id in `slot`, or −1 when free. */
-  expertOf(slot: number): number;
-}
-
-/**
- * Chooses which occupied slot to give up. The pool calls {@link touch} when
- * a slot is filled or its expert used, {@link remove} when it is emptied,
- * and {@link victim} when it needs a slot and none is free.
- */
-export interface EvictionPolicy {
-  /** `slot` was filled or its expert was used. */
-  touch(slot: number): void;
-  /** `slot` was emptied. */
-  remove(slot: number): void;
-  /** The occupied slot to evict, skipping those for which `skip` is true; −1 if none. */
-  victim(skip: (slot: number) => boolean): number;
-}
-
-/** Builds a policy for one slot group. */
-export type EvictionPolicyFactory = (ctx: EvictionContext) => EvictionPolicy;
-
-/** Least recently used first: a doubly linked list over slot indices, O(1) per touch. */
-export class LruPolicy implements EvictionPolicy {
-  // Node `n` is the sentinel: next[n] is the most recent slot, prev[n] the least.
-  readonly #prev: Int32Array;
-  readonly #next: Int32Array;
-  readonly #in: Uint8Array;
-  readonly #head: number;
-
-  /** An empty list for `nSlots` slots. */
-  constructor(nSlots: number) {
-    this.#prev = new Int32Array(nSlots + 1);
-    this.#next = new Int32Array(nSlots + 1);
-    this.#in = new Uint8Array(nSlots);
-    this.#head = nSlots;
-    this.#prev[nSlots] = this.#next[nSlots] = nSlots;
-  }
-
-  /** Moves `slot` to the most recent end. */
-  touch(slot: number): void {
-    if (this.#in[slot]) this.#unlink(slot);
-    const h = this.#head;
-    const first = this.#next[h]!;
-    this.#prev[slot] = h;
-    this.#next[slot] = first;
-    this.#prev[first] = slot;
-    this.#next[h] = slot;
-    this.#in[slot] = 1;
-  }
-
-  /** Takes `slot` out of the list. */
-  remove(slot: number): void {
-    if (this.#in[slot]) this.#unlink(slot);
-  }
-
-  /** The least recently used slot not skipped, or −1. */
-  victim(skip: (slot: number) => boolean): number {
-    for (let s = this.#prev[this.#head]!; s !== this.#head; s = this.#prev[s]!) {
-      if (!skip(s)) return s;
-    }
-    return -1;
-  }
-
-  /** Slots from least to most recently used (for tests and debugging). */
-  order(): number[] {
-    const out: number[] = [];
-    for (let s = this.#prev[this.#head]!; s !== this.#head; s = this.#prev[s]!) out.push(s);
-    return out;
-  }
-
-  #unlink(slot: number): void {
-    const p = this.#prev[slot]!;
-    const n = this.#next[slot]!;
-    this.#next[p] = n;
-    this.#prev[n] = p;
-    this.#in[slot] = 0;
-  }
-}
-
-/** The default policy factory: an {@link LruPolicy} over the group's slots. */
-export function lruPolicy(ctx: EvictionContext): EvictionPolicy {
-  return new LruPolicy(ctx.nSlots);
-}
-
-/** One arena of one slot group: the group's view of a GPU buffer holding `nSlots` consecutive slots. */
-export interface PoolArena {
-  /** Slot group index. */
-  readonly group: number;
-  /** Arena index (the same buffer for every group). */
-  readonly index: number;
-  /** Slot of the arena's first slot: the kernels' `idBase`. */
-  readonly idBase: number;
-  /** Slots held. */
-  readonly nSlots: number;
-  /** The arena's buffer: `nSlots` slots of {@link ExpertPool.slotBytes}, shared by every group. */
-  readonly buffer: GPUBuffer;
-  /** One stack of `nSlots` matrices per part, in the group's part order. */
-  readonly parts: readonly GpuWeight[];
-  /**
-   * The stacks by part: `"gate"`, `"up"`, `"down"`, `"gate_up"` for weights,
-   * `"<role>.<kind>"` for the others (`"down.bias"`, `"down.scale"`).
-   */
-  readonly weights: Readonly<Record<string, GpuWeight>>;
-}
-
-/** The layers whose experts have the same shape, and how their parts sit in a slot. */
-export interface SlotGroup {
-  /** Index in {@link ExpertPool.groups}. */
-  readonly index: number;
-  /** The shape key (parts' role, kind, type and slice shape). */
-  readonly key: string;
-  /** The layers using this group. */
-  readonly layers: readonly number[];
-  /** Part shapes (from the group's first layer; tensor names differ per layer). */
-  readonly parts: readonly ExpertPartShape[];
-  /** Bytes of each part in a slot (its slice bytes rounded up to 4). */
-  readonly partSlotBytes: readonly number[];
-  /** Byte offset of each part within a slot. */
-  readonly partOffsets: readonly number[];
-  /** File bytes of one expert (sum of slice bytes). */
-  readonly bytesPerExpert: number;
-  /** Slot bytes this group's experts use (sum of `partSlotBytes`, ≤ the pool's `slotBytes`). */
-  readonly usedSlotBytes: number;
-  /** The group's typed views of the pool's arenas. */
-  readonly arenas: readonly PoolArena[];
-}
+import {
+  type EvictionPolicy,
+  type EvictionPolicyFactory,
+  expertKey,
+  lruPolicy,
+} from "./eviction.ts";
+import { type Group, layoutSlots, type PoolArena, type SlotGroup } from "./slots.ts";
+export type { PoolArena, SlotGroup } from "./slots.ts";
 
 /** Options of {@link ExpertPool}. */
 export interface ExpertPoolOptions {
@@ -277,13 +146,7 @@ export class ExpertPoolFullError extends Error {
   }
 }
 
-interface Group extends SlotGroup {
-  readonly arenas: PoolArena[];
-}
-
 const PRELOAD_FLUSH_BYTES = 256 * 2 ** 20;
-// mul_mat_id takes stacks of fewer than 2^16 matrices.
-const MAX_SLOTS_PER_ARENA = 65535;
 
 /** The GPU slot pool for routed experts (see the module doc). */
 export class ExpertPool {
@@ -335,8 +198,8 @@ export class ExpertPool {
   readonly #classStart: number[];
   readonly #classSlots: number[];
   // per arena: first slot, slot bytes, buffer
-  readonly #arenaBase: number[] = [];
-  readonly #arenaSlotBytes: number[] = [];
+  readonly #arenaBase: readonly number[];
+  readonly #arenaSlotBytes: readonly number[];
   #residentBytes = 0;
   // [nLayer, nExpert] mirror of residencyBuffer.
   readonly #table: Int32Array;
@@ -375,112 +238,31 @@ export class ExpertPool {
     for (const l of source.layers) this.#layerExperts[l.layer] = l.nExpert;
     this.#totalExperts = source.layers.reduce((s, l) => s + l.nExpert, 0);
 
-    const byKey = new Map<string, ExpertLayerShape[]>();
-    for (const l of source.layers) {
-      const key = shapeKey(l);
-      byKey.set(key, [...byKey.get(key) ?? [], l]);
-    }
-    const shapes = [...byKey.entries()].map(([key, layers]) => {
-      const parts = layers[0]!.tensors;
-      const partSlotBytes = parts.map((t) => align4(t.sliceBytes));
-      const partOffsets = partSlotBytes.map((_, i) =>
-        partSlotBytes.slice(0, i).reduce((s, b) => s + b, 0)
-      );
-      return {
-        key,
-        layers,
-        parts,
-        partSlotBytes,
-        partOffsets,
-        usedSlotBytes: partSlotBytes.reduce((s, b) => s + b, 0),
-      };
-    });
-    this.slotBytes = Math.max(...shapes.map((g) => g.usedSlotBytes));
-    this.minBudgetBytes = Math.min(minSlots, this.nExpert) * this.slotBytes;
-    this.budgetBytes = Math.max(budgetBytes, this.minBudgetBytes);
-    // Every expert at its own size if the budget holds them all; else one
-    // set of slots of the largest size, shared by every group.
-    const groupExperts = shapes.map((g) => g.layers.reduce((n, l) => n + l.nExpert, 0));
-    const exact = shapes.reduce((n, g, i) => n + groupExperts[i]! * g.usedSlotBytes, 0);
-    this.allFit = this.budgetBytes >= exact;
-    const classes = this.allFit
-      ? shapes.map((g, i) => ({ slotBytes: g.usedSlotBytes, n: groupExperts[i]!, groups: [i] }))
-      : [{
-        slotBytes: this.slotBytes,
-        n: Math.min(this.#totalExperts, Math.floor(this.budgetBytes / this.slotBytes)),
-        groups: shapes.map((_, i) => i),
-      }];
-    this.nSlots = classes.reduce((n, c) => n + c.n, 0);
-    const perBinding = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
     const label = options.label ?? "experts";
-    const buffers: GPUBuffer[] = [];
-    const arenasOf: number[][] = shapes.map(() => []);
-    this.#slotSize = new Float64Array(this.nSlots);
-    this.#free = shapes.map(() => []);
-    this.#classSlots = shapes.map(() => 0);
-    this.#classStart = shapes.map(() => 0);
-    let base = 0;
-    for (const c of classes) {
-      const perArena = Math.min(
-        c.n,
-        MAX_SLOTS_PER_ARENA,
-        options.maxSlotsPerArena ?? Infinity,
-        Math.floor(perBinding / c.slotBytes),
-      );
-      if (perArena < 1) {
-        throw new RangeError(
-          `ExpertPool: one expert takes ${c.slotBytes} bytes, over this device's storage ` +
-            `binding limit of ${perBinding} bytes`,
-        );
-      }
-      for (let first = 0; first < c.n; first += perArena) {
-        const n = Math.min(perArena, c.n - first);
-        const a = buffers.length;
-        buffers.push(createBuffer(gpu, { label: `${label}.a${a}`, size: n * c.slotBytes }));
-        this.#arenaBase.push(base + first);
-        this.#arenaSlotBytes.push(c.slotBytes);
-        for (const g of c.groups) arenasOf[g]!.push(a);
-      }
-      this.#slotSize.fill(c.slotBytes, base, base + c.n);
-      // one free list per class, shared by its groups; popped from the end: lowest slot first
-      const free = Array.from({ length: c.n }, (_, i) => base + c.n - 1 - i);
-      for (const g of c.groups) {
-        this.#free[g] = free;
-        this.#classSlots[g] = c.n;
-        this.#classStart[g] = base;
-      }
-      base += c.n;
-    }
-    this.buffers = buffers;
-    this.#groups = shapes.map((s, index) => {
-      const group: Group = {
-        index,
-        key: s.key,
-        layers: s.layers.map((l) => l.layer),
-        parts: s.parts,
-        partSlotBytes: s.partSlotBytes,
-        partOffsets: s.partOffsets,
-        bytesPerExpert: expertBytes(s.layers[0]!),
-        usedSlotBytes: s.usedSlotBytes,
-        arenas: [],
-      };
-      for (const a of arenasOf[index]!) {
-        group.arenas.push(
-          makeArena(
-            `${label}.g${index}`,
-            group,
-            a,
-            this.#arenaBase[a]!,
-            buffers[a]!,
-            this.#arenaSlotBytes[a]!,
-          ),
-        );
-      }
-      return group;
+    const layout = layoutSlots(gpu, source, {
+      budgetBytes,
+      minSlots,
+      nLayer: this.nLayer,
+      nExpert: this.nExpert,
+      totalExperts: this.#totalExperts,
+      maxSlotsPerArena: options.maxSlotsPerArena,
+      label,
     });
-    this.groups = this.#groups;
-    this.#groupOf = new Array(this.nLayer).fill(undefined);
-    for (const g of this.#groups) for (const l of g.layers) this.#groupOf[l] = g;
+    this.slotBytes = layout.slotBytes;
+    this.minBudgetBytes = layout.minBudgetBytes;
+    this.budgetBytes = layout.budgetBytes;
+    this.allFit = layout.allFit;
+    this.nSlots = layout.nSlots;
+    this.buffers = layout.buffers;
+    this.#slotSize = layout.slotSize;
+    this.#free = layout.free;
+    this.#classSlots = layout.classSlots;
+    this.#classStart = layout.classStart;
+    this.#arenaBase = layout.arenaBase;
+    this.#arenaSlotBytes = layout.arenaSlotBytes;
+    this.#groups = layout.groups;
+    this.groups = layout.groups;
+    this.#groupOf = layout.groupOf;
 
     const n = this.nSlots;
     this.#slotLayer = new Int32Array(n).fill(-1);
@@ -1004,48 +786,4 @@ export class ExpertPool {
       minBudgetBytes: this.minBudgetBytes,
     });
   }
-}
-
-function expertBytes(l: ExpertLayerShape): number {
-  return l.tensors.reduce((s, t) => s + t.sliceBytes, 0);
-}
-
-function shapeKey(l: ExpertLayerShape): string {
-  return l.tensors.map((t) => `${t.role}.${t.kind}:${t.type.name}:${t.sliceShape.join("x")}`)
-    .join("|");
-}
-
-function partName(t: ExpertPartShape): string {
-  return t.kind === "weight" ? t.role : `${t.role}.${t.kind}`;
-}
-
-// Group g's typed view of the arena `buffer` (slots idBase…, slotBytes apart).
-function makeArena(
-  label: string,
-  g: Group,
-  index: number,
-  idBase: number,
-  buffer: GPUBuffer,
-  slotBytes: number,
-): PoolArena {
-  const nSlots = buffer.size / slotBytes;
-  const parts: GpuWeight[] = [];
-  const weights: Record<string, GpuWeight> = {};
-  g.parts.forEach((t, p) => {
-    const name = partName(t);
-    const nRows = t.sliceShape.slice(1).reduce((a, b) => a * b, 1);
-    const w: GpuWeight = {
-      name: `${label}.${name}`,
-      type: t.type,
-      nCols: t.sliceShape[0] ?? 1,
-      nRows,
-      nMats: nSlots,
-      matStride: slotBytes,
-      rowBytes: t.sliceBytes / nRows,
-      chunks: [{ buffer, byteOffset: g.partOffsets[p]!, rowStart: 0, nRows }],
-    };
-    parts.push(w);
-    weights[name] = w;
-  });
-  return { group: g.index, index, idBase, nSlots, buffer, parts, weights };
 }

@@ -20,7 +20,8 @@ import {
   type ExpertSource,
   GgufExpertSource,
 } from "./source.ts";
-import { expertKey, ExpertPool, ExpertPoolFullError, type LruPolicy } from "./pool.ts";
+import { ExpertPool, ExpertPoolFullError } from "./pool.ts";
+import { expertKey, type LruPolicy } from "./eviction.ts";
 import { gpuTest } from "../../dev/gpu.ts";
 
 const N_EXPERT = 7;

@@ -27,7 +27,8 @@
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer } from "../gpu/buffers.ts";
 import type { BufferBinding } from "../gpu/dispatch.ts";
-import { expertKey, type ExpertPool } from "./pool.ts";
+import type { ExpertPool } from "./pool.ts";
+import { expertKey } from "./eviction.ts";
 import { type EvictionPolicyName, PredictivePolicy } from "./policy_predictive.ts";
 import { LookaheadPredictor, type RouterWeights } from "../predictor/lookahead.ts";
 import { checkShadowFits, loadShadow, ShadowPredictor } from "../predictor/shadow.ts";

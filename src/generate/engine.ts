@@ -13,26 +13,16 @@
 import { type LoadModelOptions, Model } from "../model/model.ts";
 import { Tokenizer } from "../tokenizer/tokenizer.ts";
 import { renderChat } from "../tokenizer/chat.ts";
-import { type GpuSampler, prepareSampler } from "../gpu/ops/sample.ts";
-import { resolveSampling } from "./sampler_cpu.ts";
-import type { FinishReason, GenerateRequest, GenerationStats, StreamChunk } from "./types.ts";
+import type { GpuSampler } from "../gpu/ops/sample.ts";
+import { checkPrompt, RequestError, Session, StatsMeter, type StepsResult } from "./session.ts";
+import type { GenerateRequest, GenerationStats, StreamChunk } from "./types.ts";
+
+export { RequestError } from "./session.ts";
 
 /** Options of {@linkcode Engine.load}: the model's, plus a display name. */
 export interface EngineOptions extends LoadModelOptions {
   /** Name reported by the server (default: `general.name` or the file name). */
   name?: string;
-}
-
-/** A request that cannot be served as given (the message names the field). */
-export class RequestError extends Error {
-  /** The request field at fault. */
-  readonly field: string;
-  /** Builds the error. */
-  constructor(field: string, message: string) {
-    super(message);
-    this.name = "RequestError";
-    this.field = field;
-  }
 }
 
 /** What {@linkcode Engine.generate} returns. */
@@ -49,39 +39,32 @@ export interface GenerateOutput {
 export class Engine {
   #queue: Promise<unknown> = Promise.resolve();
   #pending = 0;
-  /** The token ids whose keys and values fill the model's KV cache at positions [0, nPast). */
-  #context: number[] = [];
-  /** The model's context version when `#context` was recorded (-1: never). */
-  #contextVersion = -1;
 
   private constructor(
     /** The model on the GPU. */
     readonly model: Model,
     /** Its tokenizer. */
     readonly tokenizer: Tokenizer,
-    /** The GPU sampler (temperature, top-k/p, min-p, penalties, seed). */
-    readonly sampler: GpuSampler,
+    /** The generation session: prefill, decode windows, the sampler, the KV cache's tokens. */
+    readonly session: Session,
     /** Display name. */
     readonly name: string,
   ) {}
+
+  /** The GPU sampler (temperature, top-k/p, min-p, penalties, seed). */
+  get sampler(): GpuSampler {
+    return this.session.sampler!;
+  }
 
   /** Loads a model, its tokenizer and the sampler. */
   static async load(o: EngineOptions): Promise<Engine> {
     const model = await Model.load(o);
     try {
       const tokenizer = Tokenizer.fromGguf(model.file.metadata);
-      const s = model.transformer.state;
-      const sampler = await prepareSampler(model.gpu, {
-        logits: { buffer: s.logits, offset: 0, stride: model.config.nVocab },
-        n: model.config.nVocab,
-        params: resolveSampling({ seed: 0 }),
-        step: s.step,
-        out: { buffer: s.tokens, index: 0 },
-        label: "sampler",
-      });
+      const session = await Session.create(model);
       const name = o.name ?? model.file.metadata.string("general.name", null) ??
         (o.model ?? o.baseWeights ?? "model").split("/").pop()!.replace(/\.gguf$/, "");
-      return new Engine(model, tokenizer, sampler, name);
+      return new Engine(model, tokenizer, session, name);
     } catch (e) {
       model.close();
       throw e;
@@ -160,19 +143,20 @@ export class Engine {
 
   /**
    * How many of `prompt`'s first tokens already have their keys and values
-   * in the KV cache (left there by the previous generation). At least one
-   * token is always left to process: its logits choose the first new token.
+   * in the KV cache (left there by the previous generation); see
+   * {@linkcode Session.cachedPrefix}.
    */
   cachedPrefix(prompt: readonly number[]): number {
-    const ctx = this.#context;
-    // someone drove the model directly since (reset, forward): nothing is known to be there
-    if (this.model.contextVersion !== this.#contextVersion || this.model.nPast !== ctx.length) {
-      return 0;
-    }
-    const n = Math.min(ctx.length, prompt.length - 1);
-    let i = 0;
-    while (i < n && ctx[i] === prompt[i]) i++;
-    return i;
+    return this.session.cachedPrefix(prompt);
+  }
+
+  /**
+   * Throws a {@link RequestError} naming `o.field` when `prompt` (token
+   * ids) cannot be served: empty, or longer than the context (the same
+   * check a generation makes, for refusing a request before it queues).
+   */
+  checkPrompt(prompt: readonly number[], o: { field?: string; what?: string } = {}): void {
+    checkPrompt(prompt, this.model.nCtx, o);
   }
 
   /**
@@ -184,84 +168,30 @@ export class Engine {
    * Must be iterated to the end or returned early (for-await with break
    * does that).
    */
-  async *generateStep(
-    req: GenerateRequest,
-  ): AsyncGenerator<
-    number[],
-    { promptTokens: number; cachedTokens: number; finishReason: FinishReason },
-    void
-  > {
+  async *generateStep(req: GenerateRequest): AsyncGenerator<number[], StepsResult, void> {
     const prompt = this.promptTokens(req);
-    // the last generated token is never fed back, so it needs no cache room
-    const room = this.model.nCtx - prompt.length + 1;
-    if (prompt.length === 0) throw new RequestError("prompt", "the prompt is empty");
-    if (room < 1) {
-      throw new RequestError(
-        "prompt",
-        `the prompt has ${prompt.length} tokens; the context holds ${this.model.nCtx}`,
-      );
-    }
-    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) {
-      throw new RequestError(
-        "max_tokens",
-        `max_tokens must be a positive integer, got ${req.maxTokens}`,
-      );
-    }
-    const params = resolveSampling(req.sampling);
-    const stop = new Set([...this.tokenizer.eogIds, ...(req.stopTokens ?? [])]);
-    const maxTokens = Math.min(req.maxTokens, room);
-    const model = this.model;
     const cached = req.cachePrompt === false ? 0 : this.cachedPrefix(prompt);
-    model.truncate(cached);
-    this.#context = prompt.slice(0, cached);
-    this.sampler.setParams(params);
-    // the penalties look back over the whole prompt, cached or not
-    this.sampler.resetHistory(prompt);
-    const accepted: number[] = [];
-    const it = model.generateSteps(prompt.slice(cached), {
-      maxTokens,
-      stopTokens: [...stop],
-      sample: this.sampler.ops,
-      onStall: () => this.sampler.resetHistory([...prompt, ...accepted]),
-      onResample: (generated) => this.sampler.resetHistory([...prompt, ...generated]),
+    const cancelled: StepsResult = {
+      promptTokens: prompt.length,
+      cachedTokens: cached,
+      finishReason: "cancelled",
+    };
+    const it = this.session.steps(prompt, {
+      maxTokens: req.maxTokens,
+      stopTokens: [...this.tokenizer.eogIds, ...(req.stopTokens ?? [])],
+      sampling: req.sampling ?? {},
+      context: req.cachePrompt === false ? "reset" : "reuse",
     });
-    let finishReason: FinishReason = "length";
-    let failed = false;
     try {
       for (;;) {
-        if (req.signal?.aborted) {
-          finishReason = "cancelled";
-          break;
-        }
+        if (req.signal?.aborted) return cancelled;
         const r = await it.next();
-        if (r.done) break;
-        accepted.push(...r.value);
-        const last = r.value[r.value.length - 1];
+        if (r.done) return r.value;
         yield r.value;
-        if (last !== undefined && stop.has(last)) {
-          finishReason = "stop";
-          break;
-        }
       }
-    } catch (e) {
-      failed = true;
-      throw e;
     } finally {
-      try {
-        await it.return({});
-      } finally {
-        // the model leaves nPast after the last token fed in (every accepted one but the last);
-        // after a failure the cache may hold anything beyond the kept prefix, so forget it all
-        if (failed) {
-          this.#context = [];
-          model.reset();
-        } else {
-          this.#context = [...prompt, ...accepted].slice(0, model.nPast);
-        }
-        this.#contextVersion = model.contextVersion;
-      }
+      await it.return(cancelled);
     }
-    return { promptTokens: prompt.length, cachedTokens: cached, finishReason };
   }
 
   /**
@@ -270,9 +200,7 @@ export class Engine {
    * the statistics as the generator's return value.
    */
   async *streamGenerate(req: GenerateRequest): AsyncGenerator<StreamChunk, GenerationStats, void> {
-    const t0 = performance.now();
-    const before = this.model.expertStats.snapshot();
-    const gpuBefore = this.model.gpu.stats.snapshot();
+    const meter = new StatsMeter(this.model);
     const decoder = this.tokenizer.createStreamDecoder({ skipSpecial: true });
     const stops = (req.stop ?? []).filter((s) => s.length > 0);
     // tokenised once here, so every ending (a stop string, cancellation, an error) knows its length
@@ -283,10 +211,7 @@ export class Engine {
     let pendingStarts: number[] = []; // where each pending token's text starts in `pending`
     let tokens = 0; // tokens generated
     let emittedTokens = 0; // tokens handed out in chunks
-    let firstAt = 0;
-    let result:
-      | { promptTokens: number; cachedTokens: number; finishReason: FinishReason }
-      | undefined;
+    let result: StepsResult | undefined;
     // known before the first step runs (the queue is ours), for the endings that have no result
     const cachedAtStart = req.cachePrompt === false ? 0 : this.cachedPrefix(prompt);
     let stoppedByString = false;
@@ -309,7 +234,7 @@ export class Engine {
           result = r.value;
           break;
         }
-        if (tokens === 0) firstAt = performance.now();
+        if (tokens === 0) meter.firstToken();
         tokens += r.value.length;
         for (const id of r.value) {
           pendingStarts.push(pending.length);
@@ -352,33 +277,13 @@ export class Engine {
       // tokens without text (an end-of-generation token) still belong to the output
       if (pending || pendingTokens.length) yield take(pending.length + 1);
     }
-    const end = performance.now();
-    const x = this.model.expertStats.snapshot();
-    const gpu = this.model.gpu.stats.since(gpuBefore);
-    const lookups = x.lookups - before.lookups;
-    const hits = x.hits - before.hits;
-    const prefillMs = (firstAt || end) - t0;
-    const decodeMs = end - (firstAt || end);
-    const promptTokens = result?.promptTokens ?? prompt.length;
-    const cachedTokens = result?.cachedTokens ?? cachedAtStart;
-    return {
-      promptTokens,
-      cachedTokens,
+    return meter.finish({
+      promptTokens: result?.promptTokens ?? prompt.length,
+      cachedTokens: result?.cachedTokens ?? cachedAtStart,
       completionTokens: stoppedByString ? emittedTokens : tokens,
-      prefillMs,
-      decodeMs,
-      prefillTokensPerSecond: prefillMs > 0
-        ? (promptTokens - cachedTokens) / (prefillMs / 1000)
-        : 0,
-      decodeTokensPerSecond: tokens > 1 && decodeMs > 0 ? (tokens - 1) / (decodeMs / 1000) : 0,
-      syncsPerToken: tokens > 0 ? gpu.syncs / tokens : 0,
-      expertLookups: lookups,
-      expertHits: hits,
-      expertMisses: x.misses - before.misses,
-      cacheHitRate: lookups > 0 ? hits / lookups : 1,
-      expertBytesUploaded: x.bytesUploaded - before.bytesUploaded,
+      generatedTokens: tokens,
       finishReason: stoppedByString ? "stop" : result?.finishReason ?? "cancelled",
-    };
+    });
   }
 
   /**
@@ -420,7 +325,7 @@ export class Engine {
 
   /** Frees the model. */
   close(): void {
-    this.sampler.destroy();
+    this.session.destroy();
     this.model.close();
   }
 }
@@ -460,6 +365,8 @@ function cancelledStats(promptTokens: number): GenerationStats {
     prefillTokensPerSecond: 0,
     decodeTokensPerSecond: 0,
     syncsPerToken: 0,
+    submitsPerToken: 0,
+    stalls: 0,
     expertLookups: 0,
     expertHits: 0,
     expertMisses: 0,

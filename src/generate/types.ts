@@ -84,8 +84,12 @@ export interface GenerationStats {
   prefillTokensPerSecond: number;
   /** Generated tokens per second (after the first). */
   decodeTokensPerSecond: number;
-  /** GPU→CPU readbacks per generated token. */
+  /** GPU→CPU readbacks per generated token after the first (decode; 0 with one token). */
   syncsPerToken: number;
+  /** Submits per generated token after the first (decode; 0 with one token). */
+  submitsPerToken: number;
+  /** Batches that stalled on a missing expert and were repaired. */
+  stalls: number;
   /** Expert lookups (token × layer × chosen expert). */
   expertLookups: number;
   /** Lookups that found the expert resident. */

@@ -697,25 +697,17 @@ class App {
   #prepare(
     e: Engine,
     p: { prompt?: string | number[]; messages?: ChatMessage[] },
-    limits: ModelLimits,
   ): number[] {
-    let ids: number[];
     try {
-      ids = e.promptTokens(p);
+      const ids = e.promptTokens(p);
+      e.checkPrompt(ids, {
+        field: p.messages ? "messages" : "prompt",
+        what: p.messages ? "prompt rendered from the messages" : "prompt",
+      });
+      return ids;
     } catch (err) {
       throw toHttpError(err);
     }
-    const field = p.messages ? "messages" : "prompt";
-    const what = p.messages ? "prompt rendered from the messages" : "prompt";
-    if (ids.length === 0) throw badRequest(field, `the ${what} is empty`);
-    if (ids.length > limits.contextLength) {
-      throw badRequest(
-        field,
-        `the ${what} has ${ids.length} tokens; the context holds ${limits.contextLength} ` +
-          `(start the server with a larger --ctx-size, or shorten it)`,
-      );
-    }
-    return ids;
   }
 
   /** Runs an admitted generation and records it. */
@@ -924,7 +916,7 @@ class App {
       cachePrompt: f.boolean("cache_prompt"),
     };
     const stream = f.boolean("stream") ?? false;
-    g.prompt = this.#prepare(e, { prompt, messages }, limits);
+    g.prompt = this.#prepare(e, { prompt, messages });
     const result = (out: { text: string; tokens: number[]; stats: GenerationStats }) => ({
       text: out.text,
       tokens: out.tokens,
@@ -991,7 +983,7 @@ class App {
       stop: f.stop("stop"),
       cachePrompt: f.boolean("cache_prompt"),
     };
-    g.prompt = this.#prepare(e, { prompt }, limits);
+    g.prompt = this.#prepare(e, { prompt });
     const id = randomId("cmpl-");
     const created = Math.floor(Date.now() / 1000);
     const model = e.info.name;
@@ -1069,7 +1061,7 @@ class App {
       stop: f.stop("stop"),
       cachePrompt: f.boolean("cache_prompt"),
     };
-    g.prompt = this.#prepare(e, { messages }, limits);
+    g.prompt = this.#prepare(e, { messages });
     const id = randomId("chatcmpl-");
     const created = Math.floor(Date.now() / 1000);
     const model = e.info.name;

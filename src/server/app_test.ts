@@ -28,6 +28,8 @@ Deno.test("statsJson: the /generate stats names, tokens/s falling back to the wh
     prefillTokensPerSecond: 7.5,
     decodeTokensPerSecond: 0,
     syncsPerToken: 1,
+    submitsPerToken: 1,
+    stalls: 0,
     expertLookups: 8,
     expertHits: 6,
     expertMisses: 2,

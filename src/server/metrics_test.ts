@@ -19,6 +19,8 @@ function stats(o: Partial<GenerationStats> = {}): GenerationStats {
     prefillTokensPerSecond: 50,
     decodeTokensPerSecond: 20,
     syncsPerToken: 0.5,
+    submitsPerToken: 1,
+    stalls: 0,
     expertLookups: 10,
     expertHits: 8,
     expertMisses: 2,

@@ -21,9 +21,8 @@
 
 import { parseArgs } from "node:util";
 import { readback } from "../gpu/buffers.ts";
-import { prepareSampler } from "../gpu/ops/sample.ts";
 import { loadModel, type Model } from "../model/model.ts";
-import { resolveSampling } from "../generate/sampler_cpu.ts";
+import { Session } from "../generate/session.ts";
 import { Tokenizer } from "../tokenizer/mod.ts";
 import { Rng } from "../util/rng.ts";
 import { dequantizeRows } from "../gguf/dequant.ts";
@@ -61,16 +60,8 @@ export async function collectRoutingData(
   const K = c.nExpertUsed;
   const s = model.transformer.state;
   const newTokens = o.newTokens ?? 32;
-  const sampler = o.temperature
-    ? await prepareSampler(model.gpu, {
-      logits: { buffer: s.logits, offset: 0, stride: c.nVocab },
-      n: c.nVocab,
-      params: resolveSampling({ temperature: o.temperature, seed: o.seed ?? 1 }),
-      step: s.step,
-      out: { buffer: s.tokens, index: 0 },
-      label: "collect.sampler",
-    })
-    : undefined;
+  const sampling = o.temperature ? { temperature: o.temperature, seed: o.seed ?? 1 } : undefined;
+  const session = await Session.create(model, { sampler: sampling !== undefined });
   const hidden: Float32Array[] = [];
   const routes: Uint32Array[] = [];
   const sequence: number[] = [];
@@ -85,13 +76,7 @@ export async function collectRoutingData(
       model.reset();
       let seq = [...prompt];
       if (gen > 0) {
-        sampler?.resetHistory(prompt);
-        const r = await model.generate(prompt, {
-          maxTokens: gen,
-          sample: sampler?.ops,
-          onStall: sampler ? () => sampler.resetHistory(seq) : undefined,
-          onAccepted: (_pos, tokens) => seq.push(...tokens),
-        });
+        const r = await session.generate(prompt, { maxTokens: gen, sampling });
         seq = [...prompt, ...r.tokens];
       }
       seq = seq.slice(0, Math.min(model.nCtx, o.numSamples - n));
@@ -120,7 +105,7 @@ export async function collectRoutingData(
       o.onProgress?.(n, o.numSamples);
     }
   } finally {
-    sampler?.destroy();
+    session.destroy();
     model.reset();
   }
   const cat = <A extends Float32Array | Uint32Array>(parts: A[], make: (n: number) => A): A => {

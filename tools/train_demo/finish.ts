@@ -13,6 +13,7 @@
 import { parseArgs } from "node:util";
 import { loadReference } from "../../dev/ref/llama_cpp.ts";
 import { loadModel } from "../../src/model/model.ts";
+import { generate } from "../../src/generate/session.ts";
 import { loadTokenizer } from "../../src/tokenizer/mod.ts";
 import { readGgufModel } from "../../src/gguf/reader.ts";
 import { expertLayout } from "../../src/experts/layout.ts";
@@ -88,7 +89,7 @@ try {
   engSubset = await enginePerplexity(model, first);
   for (const s of samples) {
     model.reset();
-    const r = await model.generate(tok.encode(s.prompt), { maxTokens: SAMPLE_TOKENS });
+    const r = await generate(model, tok.encode(s.prompt), { maxTokens: SAMPLE_TOKENS });
     if (JSON.stringify(r.tokens) !== JSON.stringify(s.tokens)) {
       console.error(`note: greedy tokens for "${s.prompt}" differ from llama.cpp's native run`);
     }
