@@ -616,17 +616,27 @@ let sourceHash: Promise<string> | undefined;
  */
 function generatorHash(): Promise<string> {
   sourceHash ??= (async () => {
-    const files = [
-      "src/model/synthetic.ts",
-      "src/model/vocab.ts",
-      "node_modules/@node-llama-cpp/linux-x64/package.json",
-    ];
+    // the generator and what drives it: the arch files (hyperparameters,
+    // tensor plans, init hints), the config writers and the plan blocks
+    const modelDir = `${REPO_ROOT}/src/model`;
+    const notGenerator = new Set(["model.ts", "transformer.ts", "weights.ts"]);
+    const sources = [...Deno.readDirSync(modelDir)]
+      .map((e) => e.name)
+      .filter((n) => isSource(n) && !notGenerator.has(n))
+      .sort()
+      .map((n) => `src/model/${n}`);
+    const files = [...sources, "node_modules/@node-llama-cpp/linux-x64/package.json"];
     const texts = await Promise.all(
       files.map((f) => Deno.readTextFile(`${REPO_ROOT}/${f}`).catch(() => "")),
     );
     return await sha256(texts.join("\u0000"));
   })();
   return sourceHash;
+}
+
+/** A TypeScript source file that is not a test. */
+function isSource(name: string): boolean {
+  return name.endsWith(".ts") && !name.endsWith("_test.ts");
 }
 
 async function sha256(text: string): Promise<string> {

@@ -3,9 +3,11 @@ import {
   demoModelSpec,
   SYNTHETIC_ARCHS,
   type SyntheticArch,
+  syntheticConfig,
   syntheticModel,
   type SyntheticSpec,
 } from "./synthetic.ts";
+import { archSpec } from "./registry.ts";
 import { builtinTokenizer, gpt2ByteChars, tokenizerFromGguf, TokenType } from "./vocab.ts";
 import { type GgufHeader, parseGguf } from "../gguf/reader.ts";
 import { serializeGguf } from "../gguf/writer.ts";
@@ -223,6 +225,43 @@ for (const arch of SYNTHETIC_ARCHS) {
         assert.equal(key("rope.scaling.original_context_length"), s.yarnOrigCtx);
       }
       assert.equal(md.strings("tokenizer.ggml.tokens")?.length, vocab.nTokens);
+    }
+  });
+}
+
+/** `a` and `b` equal, numbers up to f32 rounding (the file stores f32). */
+function assertClose(a: unknown, b: unknown, path: string): void {
+  if (typeof a === "number" && typeof b === "number") {
+    assert.ok(Math.abs(a - b) <= 1e-6 * Math.max(1, Math.abs(b)), `${path}: ${a} vs ${b}`);
+  } else if (a && b && typeof a === "object" && typeof b === "object") {
+    assert.deepEqual(Object.keys(a).sort(), Object.keys(b).sort(), path);
+    for (const [k, v] of Object.entries(a)) {
+      assertClose(v, (b as Record<string, unknown>)[k], `${path}.${k}`);
+    }
+  } else {
+    assert.equal(a, b, path);
+  }
+}
+
+for (const arch of SYNTHETIC_ARCHS) {
+  Deno.test(`${arch}: readConfig of what the arch file's writeConfig wrote is the config it was given`, () => {
+    const variants: Partial<SyntheticSpec>[] = [{}, { yarnFactor: 4, yarnOrigCtx: 64 }];
+    if (arch === "deepseek2") {
+      variants.push({ yarnFactor: 4, yarnOrigCtx: 64, yarnMscaleAllDim: 0.707 }, {
+        archName: "mistral4",
+        nNextn: 1,
+        nExpertGroups: 5,
+        nExpertGroupsUsed: 2,
+        expertWeightsNorm: true,
+        expertWeightsScale: 2.5,
+      });
+    }
+    for (const extra of variants) {
+      const s = spec(arch, extra);
+      const want = syntheticConfig(s);
+      const h = parseGguf(serializeGguf(syntheticModel(s)));
+      const got = archSpec(h.metadata.string("general.architecture")).readConfig(h.metadata);
+      assertClose(got, want, `${arch} ${JSON.stringify(extra)}`);
     }
   });
 }
