@@ -121,7 +121,7 @@ export function syntheticCommonConfig(s: ResolvedSyntheticSpec): CommonConfig {
     nHeadKv: s.nHeadKv,
     headDimK: s.headDim,
     headDimV: s.headDim,
-    nRot: s.headDim,
+    nRot: s.ropeDim,
     ropeFreqBase: s.ropeBase,
     ropeFreqScale,
     yarnExtFactor,

@@ -25,10 +25,11 @@ export function headPlan(c: ModelConfig, outputOptional: boolean): TensorPlanEnt
 
 /**
  * Which attention biases an architecture has: `"qkv"` (Qwen2-MoE) or
- * `"qkvo"` (GPT-OSS) required; otherwise all four optional (llama.cpp reads
- * them when present, as for llama).
+ * `"qkvo"` (GPT-OSS) required; `"none"` (its graph adds none, as
+ * MiniMax-M2's); otherwise all four optional (llama.cpp reads them when
+ * present, as for llama).
  */
-export type AttentionBiases = "optional" | "qkv" | "qkvo";
+export type AttentionBiases = "optional" | "none" | "qkv" | "qkvo";
 
 /** Attention of block `i`: norm, q/k/v (biases), output (bias), q/k norms per `c.qkNorm`. */
 export function attentionPlan(
@@ -41,7 +42,7 @@ export function attentionPlan(
   const v = c.nHeadKv * c.headDimV;
   const qkvOptional = biases === "optional";
   const oOptional = biases !== "qkvo";
-  const out: TensorPlanEntry[] = [
+  const all: TensorPlanEntry[] = [
     { name: tn(Tensors.attnNorm, i), shape: [c.nEmbd], role: "base" },
     { name: tn(Tensors.attnQ, i), shape: [c.nEmbd, q], role: "base" },
     { name: tn(Tensors.attnK, i), shape: [c.nEmbd, kv], role: "base" },
@@ -52,6 +53,7 @@ export function attentionPlan(
     { name: tn(Tensors.attnOut, i), shape: [c.nHead * c.headDimV, c.nEmbd], role: "base" },
     { name: tn(Tensors.attnOut, i, "bias"), shape: [c.nEmbd], role: "base", optional: oOptional },
   ];
+  const out = all.filter((t) => biases !== "none" || !t.name.endsWith(".bias"));
   if (c.qkNorm === "head") {
     out.push(
       { name: tn(Tensors.attnQNorm, i), shape: [c.headDimK], role: "base" },

@@ -71,6 +71,12 @@ export interface SyntheticSpec {
    * `nHead * headDim === nEmbd`. Unused by `deepseek2` (see the MLA fields).
    */
   headDim?: number;
+  /**
+   * Dimensions of each head that RoPE rotates (`rope.dimension_count`;
+   * default `headDim`; even, at most `headDim`). Unused by `deepseek2`
+   * (`qkRopeDim`).
+   */
+  ropeDim?: number;
   /** Width of one routed expert's FFN. */
   nFfExp: number;
   /** Width of the shared expert (`qwen2moe` only, where it is required). */
@@ -234,6 +240,10 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): ResolvedSyntheticSpec
         (spec.headDim === undefined ? ` (nEmbd ${spec.nEmbd} / nHead ${spec.nHead})` : ""),
     );
   }
+  const ropeDim = spec.ropeDim ?? headDim;
+  if (!Number.isInteger(ropeDim) || ropeDim < 2 || ropeDim % 2 !== 0 || ropeDim > headDim) {
+    bad(`ropeDim must be an even integer in 2…headDim (${headDim}), got ${ropeDim}`);
+  }
   const takes = new Set(hints.fields ?? []);
   const foreign = ARCH_ONLY_FIELDS.filter((f) => spec[f] !== undefined && !takes.has(f));
   if (foreign.length > 0) {
@@ -292,6 +302,7 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): ResolvedSyntheticSpec
     ...hints.defaults,
     ...defined as SyntheticSpec,
     headDim,
+    ropeDim,
     yarnFactor,
     weightType,
     vocab,

@@ -356,6 +356,7 @@ Deno.test("specs llama.cpp would reject are rejected, saying why", () => {
     [{ arch: "qwen3moe", nNextn: 1 }, /nNextn apply to deepseek2 only/],
     [{ arch: "llama", archName: "mistral4" }, /archName apply to deepseek2 only/],
     [{ arch: "llama", yarnFactor: 4 }, /YaRN needs/],
+    [{ arch: "llama", ropeDim: 40 }, /ropeDim must be an even integer in 2…headDim \(16\)/],
     [
       { arch: "mixtral" as SyntheticArch },
       /supported: llama, qwen2moe, qwen3moe, olmoe, gpt-oss, deepseek2/,
