@@ -125,7 +125,11 @@ export function syntheticCommonConfig(s: ResolvedSyntheticSpec): CommonConfig {
     ropeFreqBase: s.ropeBase,
     ropeFreqScale,
     yarnExtFactor,
-    yarnAttnFactor: yarnAttnFactor({ freqScale: ropeFreqScale, extFactor: yarnExtFactor, ropeAttnFactor: 1 }),
+    yarnAttnFactor: yarnAttnFactor({
+      freqScale: ropeFreqScale,
+      extFactor: yarnExtFactor,
+      ropeAttnFactor: 1,
+    }),
     yarnBetaFast: 32,
     yarnBetaSlow: 1,
     nCtxOrig: s.yarnFactor ? s.yarnOrigCtx : s.nCtx,

@@ -313,7 +313,9 @@ export function writeCommonConfig(c: ModelConfig, o: WriteCommonOptions): [strin
     [k(Keys.expertCount), gv.u32(c.nExpert)],
     [k(Keys.expertUsedCount), gv.u32(c.nExpertUsed)],
   );
-  if (c.expertWeightsScale !== 0) out.push([k(Keys.expertWeightsScale), gv.f32(c.expertWeightsScale)]);
+  if (c.expertWeightsScale !== 0) {
+    out.push([k(Keys.expertWeightsScale), gv.f32(c.expertWeightsScale)]);
+  }
   if ((c.nExpertGroups ?? 1) > 1) {
     out.push(
       [k(Keys.expertGroupCount), gv.u32(c.nExpertGroups!)],

@@ -51,7 +51,12 @@ import {
   yarnAttnFactor,
 } from "./config.ts";
 import { denseFfnPlan, headPlan, mlaAttentionPlan, moePlan } from "./plan.ts";
-import { type ArchSpec, normalInit, type ResolvedSyntheticSpec, syntheticCommonConfig } from "./arch.ts";
+import {
+  type ArchSpec,
+  normalInit,
+  type ResolvedSyntheticSpec,
+  syntheticCommonConfig,
+} from "./arch.ts";
 
 /** llama.cpp's `expert_gating_func` values: 0 (absent) and 1 are softmax, 2 sigmoid. */
 function gatingFunc(ARCH: string, v: number): GatingFunc {
@@ -259,7 +264,9 @@ function checkSpec(s: ResolvedSyntheticSpec, bad: (msg: string) => never): void 
   if (!Number.isInteger(dense) || dense < 0 || dense >= s.nLayer) {
     bad(`nLayerDenseLead must be in 0…nLayer − 1, got ${dense}`);
   }
-  if (dense > 0 && !(Number.isInteger(s.nFf) && s.nFf > 0)) bad(`dense leading blocks need nFf > 0`);
+  if (dense > 0 && !(Number.isInteger(s.nFf) && s.nFf > 0)) {
+    bad(`dense leading blocks need nFf > 0`);
+  }
   const groups = s.nExpertGroups;
   const used = s.nExpertGroupsUsed;
   if (

@@ -174,7 +174,10 @@ export interface MoeTransformerPlanOptions extends MoePlanOptions {
 }
 
 /** The usual MoE transformer: head, then attention + MoE FFN in every block. */
-export function moeTransformerPlan(c: ModelConfig, o: MoeTransformerPlanOptions): TensorPlanEntry[] {
+export function moeTransformerPlan(
+  c: ModelConfig,
+  o: MoeTransformerPlanOptions,
+): TensorPlanEntry[] {
   const plan = headPlan(c, o.tiedOutput);
   for (let i = 0; i < c.nLayer; i++) {
     plan.push(...attentionPlan(c, i, o.attnBiases));
