@@ -60,7 +60,7 @@ function spec(arch: SyntheticArch, extra: Partial<SyntheticSpec> = {}): Syntheti
 
 /**
  * The tensors llama.cpp's loader asks for (src/models/{llama,qwen2moe,qwen3moe,
- * olmoe,openai-moe,deepseek2}.cpp, `create_tensor` calls), written out
+ * olmoe,openai-moe,deepseek2,minimax-m2}.cpp, `create_tensor` calls), written out
  * independently of the generator.
  */
 function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
@@ -123,6 +123,11 @@ function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
     if (s.arch === "olmoe") {
       m.set(`${b}.attn_q_norm.weight`, [e]);
       m.set(`${b}.attn_k_norm.weight`, [e]);
+    }
+    if (s.arch === "minimax-m2") {
+      m.set(`${b}.attn_q_norm.weight`, [q]);
+      m.set(`${b}.attn_k_norm.weight`, [kv]);
+      m.set(`${b}.exp_probs_b.bias`, [s.nExpert]);
     }
     if (s.arch === "gpt-oss") {
       m.set(`${b}.attn_output.bias`, [e]);
