@@ -7,13 +7,11 @@
  */
 
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
+import { gpuTest } from "../dev/gpu.ts";
 import { Engine } from "../src/generate/engine.ts";
 import type { GenerateRequest, SamplingParams } from "../src/generate/types.ts";
 import { fixtureModel } from "../dev/fixtures.ts";
 import type { SyntheticArch } from "../src/model/synthetic.ts";
-
-let gpu: Gpu | undefined;
 
 const TURN1 = "The quick brown fox jumps over the lazy dog.";
 const TURN2 = " Then it ran into the forest, far away.";
@@ -46,11 +44,10 @@ async function twoTurns(e: Engine, sampling: SamplingParams, label: string): Pro
 }
 
 for (const arch of ["qwen3moe", "qwen2moe", "llama", "olmoe", "gpt-oss", "deepseek2"] as const) {
-  Deno.test({
+  gpuTest({
     name: `prefix reuse: ${arch}: the same tokens and logits with and without reuse`,
     sanitizeResources: false,
-    async fn() {
-      gpu ??= await acquireGpu();
+    async fn(gpu) {
       const model = await fixtureModel({ arch: arch as SyntheticArch, type: "F32", shape: "a" });
       // batches of 8: the reused prefix and the suffix both cross batch boundaries
       const e = await Engine.load({ model, gpu, nCtx: 128, maxBatch: 8 });
@@ -105,11 +102,10 @@ for (const arch of ["qwen3moe", "qwen2moe", "llama", "olmoe", "gpt-oss", "deepse
   });
 }
 
-Deno.test({
+gpuTest({
   name: "prefix reuse: with experts streaming (stalls repaired) the tokens are the same",
   sanitizeResources: false,
-  async fn() {
-    gpu ??= await acquireGpu();
+  async fn(gpu) {
     for (const arch of ["qwen3moe", "deepseek2"] as const) {
       const model = await fixtureModel({ arch, type: "F32", shape: "a" });
       // the smallest budget: almost every batch misses an expert and is repaired
