@@ -660,7 +660,7 @@ function generatorHash(): Promise<string> {
     // the generator and what drives it: the arch files (hyperparameters,
     // tensor plans, init hints), the config writers and the plan blocks
     const modelDir = `${REPO_ROOT}/src/model`;
-    const notGenerator = new Set(["model.ts", "transformer.ts", "weights.ts"]);
+    const notGenerator = new Set(["load.ts", "model.ts", "transformer.ts", "weights.ts"]);
     const sources = [...Deno.readDirSync(modelDir)]
       .map((e) => e.name)
       .filter((n) => isSource(n) && !notGenerator.has(n))
