@@ -7,8 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import type { Gpu } from "../src/gpu/device.ts";
-import { requireGpu } from "../dev/gpu.ts";
+import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { loadModel, type LoadModelOptions, type Model } from "../src/model/model.ts";
 import { generate } from "../src/generate/session.ts";
 import { fixtureDequantized, fixtureModel, type FixtureOptions } from "../dev/fixtures.ts";
@@ -148,13 +147,11 @@ export async function compare(
   return { maxRel, tokens: n, worst };
 }
 
-/** The test process's device (`dev/gpu.ts`); rejects with the reason when there is none. */
-export function device(): Promise<Gpu> {
-  try {
-    return Promise.resolve(requireGpu());
-  } catch (e) {
-    return Promise.reject(e);
-  }
+let gpu: Gpu | undefined;
+
+/** One device for the whole test process. */
+export async function device(): Promise<Gpu> {
+  return gpu ??= await acquireGpu();
 }
 
 /** One budget's run in {@linkcode checkBudgets}. */

@@ -6,24 +6,25 @@
  */
 
 import assert from "node:assert/strict";
-import { gpuTest, requireGpu } from "../dev/gpu.ts";
+import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { Engine } from "../src/generate/engine.ts";
 import { fixtureModel } from "../dev/fixtures.ts";
 import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 
+let gpu: Gpu | undefined;
 let engine: Engine | undefined;
 const PROMPT = "The quick brown fox jumps over the lazy dog. Über café 東京 🦊";
 
 async function getEngine(): Promise<Engine> {
   if (!engine) {
-    const gpu = requireGpu();
+    gpu ??= await acquireGpu();
     const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
     engine = await Engine.load({ model, gpu, nCtx: 256, maxBatch: 32 });
   }
   return engine;
 }
 
-gpuTest({
+Deno.test({
   name: "generate: greedy text equals the detokenised llama.cpp greedy tokens",
   ignore: referenceUnavailableReason() !== null,
   sanitizeResources: false,
@@ -50,7 +51,7 @@ gpuTest({
   },
 });
 
-gpuTest({
+Deno.test({
   name: "generate: the same seed gives the same text; another seed another",
   sanitizeResources: false,
   async fn() {
@@ -70,7 +71,7 @@ gpuTest({
   },
 });
 
-gpuTest({
+Deno.test({
   name: "generate: streamed pieces reassemble to the text and never split a character",
   sanitizeResources: false,
   async fn() {
@@ -102,7 +103,7 @@ gpuTest({
   },
 });
 
-gpuTest({
+Deno.test({
   name: "generate: a stop string ends the text before it; cancellation ends it early",
   sanitizeResources: false,
   async fn() {
@@ -135,7 +136,7 @@ gpuTest({
   },
 });
 
-gpuTest({
+Deno.test({
   name: "generate: deno task run --prompt streams text and prints the stats line",
   sanitizeResources: false,
   async fn() {
@@ -182,11 +183,12 @@ gpuTest({
   },
 });
 
-gpuTest({
+Deno.test({
   name:
     "generate: penalties and seeded sampling give the same tokens whether experts stream or not",
   sanitizeResources: false,
-  async fn(gpu) {
+  async fn() {
+    gpu ??= await acquireGpu();
     const model = await fixtureModel({
       arch: "qwen3moe",
       type: "Q8_0",
@@ -218,11 +220,12 @@ gpuTest({
   },
 });
 
-gpuTest({
+Deno.test({
   name:
     "generate: a stop string's tokens and counts do not depend on the readback window; EOG stays in the tokens",
   sanitizeResources: false,
-  async fn(gpu) {
+  async fn() {
+    gpu ??= await acquireGpu();
     const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
     const outs = [];
     for (const window of [1, 16]) {
@@ -271,11 +274,12 @@ gpuTest({
   },
 });
 
-gpuTest({
+Deno.test({
   name:
     "generate: a prompt filling the context still generates one token; max_tokens is clamped to the room",
   sanitizeResources: false,
-  async fn(gpu) {
+  async fn() {
+    gpu ??= await acquireGpu();
     const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
     const e = await Engine.load({ model, gpu, nCtx: 32 });
     try {

@@ -3,15 +3,19 @@
  * keeps their KV cache and processes only the rest, and gives the same
  * tokens (greedy and seeded) and logits as processing it all again — for
  * every architecture family the fixtures have (sliding windows on gpt-oss,
- * MLA on deepseek2), and with experts streaming (stall and repair).
+ * MLA on deepseek2), and with experts streaming (stall and repair). The
+ * prompt cache keeps earlier sequences: two conversations taking turns each
+ * get their own prefix back, with the same tokens as computing it again.
  */
 
 import assert from "node:assert/strict";
-import { gpuTest } from "../dev/gpu.ts";
+import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { Engine } from "../src/generate/engine.ts";
 import type { GenerateRequest, SamplingParams } from "../src/generate/types.ts";
 import { fixtureModel } from "../dev/fixtures.ts";
 import type { SyntheticArch } from "../src/model/synthetic.ts";
+
+let gpu: Gpu | undefined;
 
 const TURN1 = "The quick brown fox jumps over the lazy dog.";
 const TURN2 = " Then it ran into the forest, far away.";
@@ -44,13 +48,15 @@ async function twoTurns(e: Engine, sampling: SamplingParams, label: string): Pro
 }
 
 for (const arch of ["qwen3moe", "qwen2moe", "llama", "olmoe", "gpt-oss", "deepseek2"] as const) {
-  gpuTest({
+  Deno.test({
     name: `prefix reuse: ${arch}: the same tokens and logits with and without reuse`,
     sanitizeResources: false,
-    async fn(gpu) {
+    async fn() {
+      gpu ??= await acquireGpu();
       const model = await fixtureModel({ arch: arch as SyntheticArch, type: "F32", shape: "a" });
-      // batches of 8: the reused prefix and the suffix both cross batch boundaries
-      const e = await Engine.load({ model, gpu, nCtx: 128, maxBatch: 8 });
+      // batches of 8: the reused prefix and the suffix both cross batch boundaries; the live
+      // context only (the prompt cache of earlier sequences has its own test below)
+      const e = await Engine.load({ model, gpu, nCtx: 128, maxBatch: 8, promptCacheMiB: 0 });
       try {
         await twoTurns(e, GREEDY, "greedy");
         await twoTurns(e, SEEDED, "seeded");
@@ -102,10 +108,11 @@ for (const arch of ["qwen3moe", "qwen2moe", "llama", "olmoe", "gpt-oss", "deepse
   });
 }
 
-gpuTest({
+Deno.test({
   name: "prefix reuse: with experts streaming (stalls repaired) the tokens are the same",
   sanitizeResources: false,
-  async fn(gpu) {
+  async fn() {
+    gpu ??= await acquireGpu();
     for (const arch of ["qwen3moe", "deepseek2"] as const) {
       const model = await fixtureModel({ arch, type: "F32", shape: "a" });
       // the smallest budget: almost every batch misses an expert and is repaired
@@ -122,3 +129,69 @@ gpuTest({
     }
   },
 });
+
+const OTHER = "A different story about a river, a mill and children playing by the water.";
+
+for (const arch of ["qwen3moe", "deepseek2", "gpt-oss"] as const) {
+  Deno.test({
+    name:
+      `prompt cache: ${arch}: two conversations taking turns each reuse their own prefix, same tokens; --cache-ram 0 keeps none`,
+    sanitizeResources: false,
+    async fn() {
+      gpu ??= await acquireGpu();
+      const model = await fixtureModel({ arch: arch as SyntheticArch, type: "F32", shape: "a" });
+      const e = await Engine.load({ model, gpu, nCtx: 128, maxBatch: 8 });
+      const off = await Engine.load({ model, gpu, nCtx: 128, maxBatch: 8, promptCacheMiB: 0 });
+      try {
+        const more = e.tokenizer.encode(TURN2, { addSpecial: false });
+        const a = e.tokenizer.encode(TURN1 + TURN1);
+        const b = e.tokenizer.encode(OTHER + OTHER);
+        const shared = (x: number[], y: number[]) => {
+          let i = 0;
+          while (i < x.length && x[i] === y[i]) i++;
+          return i;
+        };
+        const conversation = async (eng: Engine) => {
+          const [, ra] = await gen(eng, { prompt: a, maxTokens: 6, sampling: GREEDY });
+          const [, rb] = await gen(eng, { prompt: b, maxTokens: 6, sampling: GREEDY });
+          const a2 = [...a, ...ra, ...more];
+          const b2 = [...b, ...rb, ...more];
+          // a comes back after b took the KV cache, then b after a
+          const [ca, ta] = await gen(eng, { prompt: a2, maxTokens: 8, sampling: SEEDED });
+          const [cb, tb] = await gen(eng, { prompt: b2, maxTokens: 8, sampling: SEEDED });
+          return { a2, b2, ca, cb, ta, tb, ra, rb };
+        };
+        const on = await conversation(e);
+        // the last reply token was never fed back, so it has no KV yet
+        assert.equal(on.ca, a.length + on.ra.length - 1, "a's context came back from the cache");
+        assert.equal(on.cb, b.length + on.rb.length - 1, "b's context came back from the cache");
+        const [, freshA] = await gen(e, {
+          prompt: on.a2,
+          maxTokens: 8,
+          sampling: SEEDED,
+          cachePrompt: false,
+        });
+        const [, freshB] = await gen(e, {
+          prompt: on.b2,
+          maxTokens: 8,
+          sampling: SEEDED,
+          cachePrompt: false,
+        });
+        assert.deepEqual(on.ta, freshA, "a's tokens with its restored prefix = computed again");
+        assert.deepEqual(on.tb, freshB, "b's tokens with its restored prefix = computed again");
+
+        const none = await conversation(off);
+        assert.equal(
+          none.ca,
+          shared(none.a2, none.b2),
+          "without a prompt cache only b's live prefix",
+        );
+        assert.equal(none.cb, shared(none.a2, none.b2));
+        assert.deepEqual([none.ta, none.tb], [on.ta, on.tb]);
+      } finally {
+        e.close();
+        off.close();
+      }
+    },
+  });
+}

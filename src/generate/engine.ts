@@ -23,7 +23,17 @@ export { RequestError } from "./session.ts";
 export interface EngineOptions extends LoadModelOptions {
   /** Name reported by the server (default: `general.name` or the file name). */
   name?: string;
+  /**
+   * CPU memory for copies of earlier sequences' KV caches, MiB (llama.cpp
+   * server's `--cache-ram`; default 1024, 0 = off): a request that shares a
+   * longer prefix with one of them than with the last sequence gets it
+   * uploaded instead of computed.
+   */
+  promptCacheMiB?: number;
 }
+
+/** The default of {@linkcode EngineOptions.promptCacheMiB}. */
+export const DEFAULT_PROMPT_CACHE_MIB = 1024;
 
 /** What {@linkcode Engine.generate} returns. */
 export interface GenerateOutput {
@@ -61,7 +71,9 @@ export class Engine {
     const model = await Model.load(o);
     try {
       const tokenizer = Tokenizer.fromGguf(model.file.metadata);
-      const session = await Session.create(model);
+      const mib = o.promptCacheMiB ?? DEFAULT_PROMPT_CACHE_MIB;
+      if (!(mib >= 0)) throw new RangeError(`promptCacheMiB must be ≥ 0, got ${mib}`);
+      const session = await Session.create(model, { promptCacheBytes: mib * 2 ** 20 });
       const name = o.name ?? model.file.metadata.string("general.name", null) ??
         (o.model ?? o.baseWeights ?? "model").split("/").pop()!.replace(/\.gguf$/, "");
       return new Engine(model, tokenizer, session, name);
@@ -170,12 +182,17 @@ export class Engine {
    */
   async *generateStep(req: GenerateRequest): AsyncGenerator<number[], StepsResult, void> {
     const prompt = this.promptTokens(req);
-    const cached = req.cachePrompt === false ? 0 : this.cachedPrefix(prompt);
-    const cancelled: StepsResult = {
+    let started = false;
+    const cancelled = (): StepsResult => ({
       promptTokens: prompt.length,
-      cachedTokens: cached,
+      // once started, the session knows (the prompt cache may have given more than the live context)
+      cachedTokens: started
+        ? this.session.cachedTokens
+        : req.cachePrompt === false
+        ? 0
+        : this.cachedPrefix(prompt),
       finishReason: "cancelled",
-    };
+    });
     const it = this.session.steps(prompt, {
       maxTokens: req.maxTokens,
       stopTokens: [...this.tokenizer.eogIds, ...(req.stopTokens ?? [])],
@@ -184,13 +201,14 @@ export class Engine {
     });
     try {
       for (;;) {
-        if (req.signal?.aborted) return cancelled;
+        if (req.signal?.aborted) return cancelled();
+        started = true;
         const r = await it.next();
         if (r.done) return r.value;
         yield r.value;
       }
     } finally {
-      await it.return(cancelled);
+      await it.return(cancelled());
     }
   }
 
@@ -259,14 +277,14 @@ export class Engine {
         // ends the model's generation (a no-op when it is what failed)
         await steps.return({
           promptTokens: prompt.length,
-          cachedTokens: cachedAtStart,
+          cachedTokens: tokens > 0 ? this.session.cachedTokens : cachedAtStart,
           finishReason: "cancelled",
         });
         // ended here (a stop string, or the caller stopped reading): the prompt was processed
         if (!failed) {
           result = {
             promptTokens: prompt.length,
-            cachedTokens: cachedAtStart,
+            cachedTokens: tokens > 0 ? this.session.cachedTokens : cachedAtStart,
             finishReason: req.signal?.aborted ? "cancelled" : "stop",
           };
         }

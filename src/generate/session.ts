@@ -27,6 +27,7 @@ import { createBuffer, recordReadback } from "../gpu/buffers.ts";
 import { type GpuSampler, historyRing, prepareSampler } from "../gpu/ops/sample.ts";
 import { resolveSampling } from "./sampler_cpu.ts";
 import type { FinishReason, GenerationStats, SamplingParams } from "./types.ts";
+import { PromptCache } from "./prompt_cache.ts";
 
 /** A request that cannot be served as given (the message names the field). */
 export class RequestError extends Error {
@@ -108,6 +109,13 @@ export interface SessionOutput {
   stats: GenerationStats;
 }
 
+/**
+ * Tokens of the live context a request must throw away before the session
+ * saves it in the prompt cache: fewer is a conversation going on (its
+ * reply re-tokenised), not another one.
+ */
+const SAVE_MIN_LOST = 16;
+
 /** A generation session over a model (see the module doc). One generation runs at a time. */
 export class Session {
   /** u32 [nCtx + 1]: the token sampled after each position (at the position it will take). */
@@ -118,12 +126,15 @@ export class Session {
   #context: number[] = [];
   /** The model's context version when `#context` was recorded (-1: never). */
   #contextVersion = -1;
+  #cachedTokens = 0;
 
   private constructor(
     /** The model. */
     readonly model: Model,
     /** The GPU sampler (temperature, top-k/p, min-p, penalties, seed); none: greedy. */
     readonly sampler: GpuSampler | undefined,
+    /** Copies of earlier sequences' KV caches (see `prompt_cache.ts`); none: only the live one is reused. */
+    readonly promptCache: PromptCache | undefined,
   ) {
     const c = model.config;
     this.#tokenLog = createBuffer(model.gpu, { label: "token_log", size: 4 * (model.nCtx + 1) });
@@ -133,9 +144,17 @@ export class Session {
     });
   }
 
-  /** A session over `model`; with `sampler` (default true) it can sample, otherwise it is greedy. */
-  static async create(model: Model, o: { sampler?: boolean } = {}): Promise<Session> {
-    if (o.sampler === false) return new Session(model, undefined);
+  /**
+   * A session over `model`; with `sampler` (default true) it can sample,
+   * otherwise it is greedy. `promptCacheBytes` (default 0: none) bounds the
+   * copies of earlier sequences' KV caches kept for prefix reuse.
+   */
+  static async create(
+    model: Model,
+    o: { sampler?: boolean; promptCacheBytes?: number } = {},
+  ): Promise<Session> {
+    const cache = o.promptCacheBytes ? new PromptCache(o.promptCacheBytes) : undefined;
+    if (o.sampler === false) return new Session(model, undefined, cache);
     const s = model.transformer.state;
     const sampler = await prepareSampler(model.gpu, {
       logits: { buffer: s.logits, offset: 0, stride: model.config.nVocab },
@@ -145,7 +164,7 @@ export class Session {
       out: { buffer: s.tokens, index: 0 },
       label: "sampler",
     });
-    return new Session(model, sampler);
+    return new Session(model, sampler, cache);
   }
 
   /**
@@ -176,10 +195,7 @@ export class Session {
   async *steps(prompt: readonly number[], o: StepsOptions): AsyncGenerator<number[], StepsResult> {
     const model = this.model;
     const mode = o.context ?? "append";
-    const cached = mode === "reuse" ? this.cachedPrefix(prompt) : 0;
-    if (mode !== "append") model.truncate(cached);
-    const start = model.nPast - cached; // the prompt's first position
-    checkPrompt(prompt, model.nCtx - start);
+    checkPrompt(prompt, model.nCtx - (mode === "append" ? model.nPast : 0));
     try {
       model.checkIds(prompt);
     } catch (e) {
@@ -197,6 +213,10 @@ export class Session {
     if (o.sampling && !this.sampler) {
       throw new TypeError("this session has no sampler (Session.create(model, { sampler: true }))");
     }
+    const cached = mode === "reuse" ? await this.#reuse(prompt) : 0;
+    this.#cachedTokens = cached;
+    if (mode === "reset") model.truncate(0);
+    const start = model.nPast - cached; // the prompt's first position
     // the last generated token is never fed back, so it needs no cache room
     const maxTokens = Math.min(o.maxTokens, model.nCtx - start - prompt.length + 1);
     const stop = new Set(o.stopTokens ?? []);
@@ -293,6 +313,40 @@ export class Session {
       }
       this.#contextVersion = model.contextVersion;
     }
+  }
+
+  /** Prompt tokens the current (or last) generation found in the KV cache or the prompt cache. */
+  get cachedTokens(): number {
+    return this.#cachedTokens;
+  }
+
+  /**
+   * Makes the context the longest prefix of `prompt` the session knows:
+   * the live context's, or a saved sequence's from the prompt cache
+   * (uploaded). A live context that would be mostly thrown away (another
+   * conversation) is saved there first. Returns the prefix's length.
+   */
+  async #reuse(prompt: readonly number[]): Promise<number> {
+    const model = this.model;
+    const live = this.cachedPrefix(prompt);
+    const cache = this.promptCache;
+    if (cache) {
+      const known = model.contextVersion === this.#contextVersion &&
+        model.nPast === this.#context.length;
+      const ctx = known ? this.#context : [];
+      if (ctx.length - live >= SAVE_MIN_LOST && !cache.covers(ctx)) {
+        cache.add(ctx, await model.snapshotContext(ctx.length));
+      }
+      const hit = cache.lookup(prompt);
+      if (hit && hit.n > live) {
+        model.truncate(live);
+        model.restoreContext(hit.snapshot, live, hit.n);
+        cache.hits++;
+        return hit.n;
+      }
+    }
+    model.truncate(live);
+    return live;
   }
 
   /**

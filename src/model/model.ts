@@ -32,8 +32,16 @@ import { evictionPolicyFactory, type EvictionPolicyName } from "../experts/polic
 import { Prefetcher, type PrefetcherOptions } from "../experts/prefetcher.ts";
 import type { PrefetchStatsSnapshot } from "../experts/prefetch_stats.ts";
 import { ExpertScheduler } from "../experts/scheduler.ts";
+import {
+  type ContextSnapshot,
+  type PositionCaches,
+  positionCaches,
+  restoreContext,
+  snapshotContext,
+} from "./kv_snapshot.ts";
 
 export type { ModelFiles } from "./load.ts";
+export type { ContextSnapshot } from "./kv_snapshot.ts";
 
 /** Options of {@linkcode loadModel}. */
 export interface LoadModelOptions extends ModelFiles {
@@ -129,6 +137,7 @@ export class Model {
   nPast = 0;
   /** u32 [nCtx, nLayer, nExpertUsed]: the routes of every position. */
   readonly #routeLog: GPUBuffer;
+  readonly #caches: PositionCaches;
   #contextVersion = 0;
 
   private constructor(
@@ -150,6 +159,7 @@ export class Model {
       label: "route_log",
       size: 4 * nCtx * c.nLayer * c.nExpertUsed,
     });
+    this.#caches = positionCaches(transformer.state.kCache, transformer.state.vCache, nCtx);
   }
 
   /** Loads a model; see {@linkcode loadModel}. */
@@ -332,6 +342,28 @@ export class Model {
     if (!Number.isInteger(n) || n < 0 || n > this.nPast) {
       throw new RangeError(`truncate: ${n} is not a position in 0…${this.nPast}`);
     }
+    this.nPast = n;
+    this.#contextVersion++;
+  }
+
+  /** A copy of the KV cache's first `n` positions (default all in the context) in CPU memory. */
+  snapshotContext(n: number = this.nPast): Promise<ContextSnapshot> {
+    if (!Number.isInteger(n) || n < 0 || n > this.nPast) {
+      throw new RangeError(`snapshotContext: ${n} is not a position in 0…${this.nPast}`);
+    }
+    return snapshotContext(this.gpu, this.#caches, n);
+  }
+
+  /**
+   * Makes the context the snapshot's first `n` positions: uploads rows
+   * `from … n−1` and keeps the first `from` (which must already hold the
+   * same tokens: a prefix shared with the context).
+   */
+  restoreContext(snapshot: ContextSnapshot, from: number, n: number): void {
+    if (!Number.isInteger(from) || from < 0 || from > this.nPast) {
+      throw new RangeError(`restoreContext: ${from} is not a position in 0…${this.nPast}`);
+    }
+    restoreContext(this.gpu, this.#caches, snapshot, from, n);
     this.nPast = n;
     this.#contextVersion++;
   }

@@ -599,6 +599,13 @@ class App {
       experts: e?.model.expertStats.snapshot(),
       prefetchEnabled: this.o.prefetchEnabled ?? false,
       prefetch: e?.model.prefetchStats,
+      promptCache: e?.session.promptCache && {
+        sequences: e.session.promptCache.size,
+        bytes: e.session.promptCache.bytes,
+        limitBytes: e.session.promptCache.limitBytes,
+        saved: e.session.promptCache.saved,
+        hits: e.session.promptCache.hits,
+      },
     };
   }
 

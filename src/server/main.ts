@@ -42,6 +42,8 @@ options:
   --eviction-policy NAME         which expert leaves the budget first: predictive
                                  (default), lru or least-stale
   --ctx-size N                   context length in tokens (default min(4096, the model's))
+  --cache-ram MIB                CPU memory for the KV caches of earlier conversations, reused
+                                 when one comes back (default 1024; 0 = only the last one)
   --port N                       port (default 8080; 0 = any free port)
   --host ADDR                    interface (default 127.0.0.1)
   --api-key KEY                  require 'Authorization: Bearer KEY'; prefer setting
@@ -68,6 +70,8 @@ export interface ServeConfig {
   cacheSizeDefault: boolean;
   /** `--ctx-size`, when given. */
   nCtx: number | undefined;
+  /** `--cache-ram`, MiB, when given. */
+  promptCacheMiB?: number;
   /** Port. */
   port: number;
   /** Interface. */
@@ -179,6 +183,7 @@ export async function parseServeArgs(
         "base-weights": { type: "string" },
         "expert-dir": { type: "string" },
         "cache-size-gb": { type: "string" },
+        "cache-ram": { type: "string" },
         "enable-prefetch": { type: "boolean" },
         "predictor-path": { type: "string" },
         "eviction-policy": { type: "string" },
@@ -232,6 +237,7 @@ export async function parseServeArgs(
   const port = int("port", v.port, 0, 65535) ?? 8080;
   const maxQueue = int("max-queue", v["max-queue"], 0, 1_000_000) ?? 16;
   const nCtx = int("ctx-size", v["ctx-size"], 16, 1 << 24);
+  const promptCacheMiB = int("cache-ram", v["cache-ram"], 0, 1 << 30);
   const host = v.host ?? "127.0.0.1";
   if (host.trim() === "") throw new UsageError("--host must not be empty");
   const apiKey = v["api-key"] ?? (env("ODMOE_API_KEY") || undefined);
@@ -281,6 +287,7 @@ export async function parseServeArgs(
     cacheSizeGB,
     cacheSizeDefault: cacheText === undefined,
     nCtx,
+    promptCacheMiB,
     port,
     host,
     apiKey,
@@ -355,6 +362,7 @@ export async function main(args: string[]): Promise<number> {
       ...(m ?? { model: demo?.path ?? await ensureDemoModel({ log: console.error }) }),
       cacheSizeGB,
       nCtx: c.nCtx,
+      promptCacheMiB: c.promptCacheMiB,
       enablePrefetch: prefetch,
       predictorPath: c.predictorPath,
       evictionPolicy: c.evictionPolicy,

@@ -48,6 +48,8 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
       "3",
       "--ctx-size",
       "1024",
+      "--cache-ram",
+      "64",
       "--eviction-policy",
       "least-stale",
     ]);
@@ -65,6 +67,7 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
     assert.equal(c.apiKey, "k");
     assert.equal(c.maxQueue, 3);
     assert.equal(c.nCtx, 1024);
+    assert.equal(c.promptCacheMiB, 64);
     const d = await parse([
       "--base-weights",
       `${dir}/base_model`,
@@ -125,6 +128,7 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
       [["--port", "http"], /^--port must be an integer/],
       [["--max-queue", "-1"], /--max-queue|ambiguous/],
       [["--ctx-size", "8"], /^--ctx-size must be an integer in 16/],
+      [["--cache-ram", "1.5"], /^--cache-ram must be an integer in 0/],
       [["--cache-size-gb=-1"], /^--cache-size-gb must be a number ≥ 0/],
       [["--cache-size-gb", "lots"], /^--cache-size-gb must be a number ≥ 0/],
       [["--api-key", ""], /^--api-key must not be empty/],

@@ -202,6 +202,22 @@ export interface MetricsView {
   prefetchEnabled: boolean;
   /** The prefetcher's statistics while experts stream (prefetch on or off). */
   prefetch?: PrefetchStatsSnapshot;
+  /** The prompt cache (earlier sequences' KV caches), when the engine keeps one. */
+  promptCache?: PromptCacheView;
+}
+
+/** What `/metrics` shows of the prompt cache. */
+export interface PromptCacheView {
+  /** Sequences held. */
+  sequences: number;
+  /** Bytes held. */
+  bytes: number;
+  /** The bound (`--cache-ram`), bytes. */
+  limitBytes: number;
+  /** Sequences saved since the start. */
+  saved: number;
+  /** Requests whose prefix came from it since the start. */
+  hits: number;
 }
 
 /** The JSON `/metrics` body. */
@@ -263,6 +279,14 @@ export interface MetricsJson {
     completion_tokens: number;
     time_to_first_token_ms: LatencySummary;
   };
+  /** Earlier sequences' KV caches kept in CPU memory (`--cache-ram`); null when off or loading. */
+  prompt_cache: {
+    sequences: number;
+    bytes: number;
+    limit_bytes: number;
+    saved: number;
+    hits: number;
+  } | null;
   /** The expert cache (null while loading). */
   experts: {
     lookups: number;
@@ -359,6 +383,15 @@ export function metricsJson(m: ServerMetrics, v: MetricsView): MetricsJson {
       completion_tokens: m.completionTokens,
       time_to_first_token_ms: m.ttftLatency,
     },
+    prompt_cache: v.promptCache
+      ? {
+        sequences: v.promptCache.sequences,
+        bytes: v.promptCache.bytes,
+        limit_bytes: v.promptCache.limitBytes,
+        saved: v.promptCache.saved,
+        hits: v.promptCache.hits,
+      }
+      : null,
     experts: x
       ? {
         lookups: x.lookups,
@@ -482,6 +515,22 @@ export function prometheusText(m: ServerMetrics, v: MetricsView): string {
     m.promptTokensCached,
   );
   e.one("odmoe_completion_tokens_total", "counter", "Tokens generated.", m.completionTokens);
+  const pc = v.promptCache;
+  if (pc) {
+    e.one(
+      "odmoe_prompt_cache_sequences",
+      "gauge",
+      "Earlier sequences whose KV cache is kept in CPU memory (--cache-ram).",
+      pc.sequences,
+    );
+    e.one("odmoe_prompt_cache_bytes", "gauge", "Bytes of KV cache kept for them.", pc.bytes);
+    e.one(
+      "odmoe_prompt_cache_hits_total",
+      "counter",
+      "Requests whose prefix was uploaded from a kept sequence instead of computed.",
+      pc.hits,
+    );
+  }
   e.one(
     "odmoe_queue_rejections_total",
     "counter",

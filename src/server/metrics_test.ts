@@ -64,8 +64,16 @@ Deno.test("metrics: JSON and Prometheus agree on requests, tokens and the expert
     maxQueue: 4,
     experts: x.snapshot(),
     prefetchEnabled: false,
+    promptCache: { sequences: 2, bytes: 3000, limitBytes: 4096, saved: 3, hits: 5 },
   };
   const j = metricsJson(m, view);
+  assert.deepEqual(j.prompt_cache, {
+    sequences: 2,
+    bytes: 3000,
+    limit_bytes: 4096,
+    saved: 3,
+    hits: 5,
+  });
   assert.equal(j.requests.total, 3);
   assert.deepEqual(j.requests.by_status, { "200": 2, "400": 1 });
   assert.equal(j.requests.rejected_queue_full, 2);
@@ -89,6 +97,9 @@ Deno.test("metrics: JSON and Prometheus agree on requests, tokens and the expert
   assert.match(p, /^odmoe_completion_tokens_total 12$/m);
   assert.match(p, /^odmoe_prompt_tokens_cached_total 4$/m);
   assert.match(p, /^odmoe_queue_rejections_total 2$/m);
+  assert.match(p, /^odmoe_prompt_cache_sequences 2$/m);
+  assert.match(p, /^odmoe_prompt_cache_bytes 3000$/m);
+  assert.match(p, /^odmoe_prompt_cache_hits_total 5$/m);
   assert.match(p, /^odmoe_expert_misses_total 1$/m);
   assert.match(p, /^odmoe_expert_load_avg_seconds 0\.0005$/m);
   for (const line of p.split("\n")) {

@@ -73,7 +73,7 @@ export async function gqaAttention(b: OpBuilder, l: number): Promise<void> {
       headDimV: c.headDimV,
       scale: c.attnScale,
       window,
-      sinks: c.attnSinks ? w.vector(tn(Tensors.attnSinks, l)) : undefined,
+      sinks: w.maybeVector(tn(Tensors.attnSinks, l)),
       nCtx,
       step: s.step,
       label: `blk.${l}.attention`,
