@@ -28,6 +28,8 @@
  * | gpt-oss b | 256 | 4 | 8 (2) | 64 | 256 | 8 (4) | 1.5e5 | 1e-5 | no | llama-bpe 3000 + 256 control |
  * | deepseek2 a | 128 | 3 | 4 (1) | MLA | 64 (2 shared) | 7 (3) | 1e4 | 1e-6 | yes | deepseek-llm 3000 |
  * | deepseek2 b | 256 | 3 | 4 (1) | MLA | 256 (1 shared) | 8 (2) | 1e4 | 1e-6 | no | qwen2 3000 + 3 control |
+ * | minimax-m2 a | 128 | 2 | 4 (2) | 32 (rope 16) | 64 | 6 (2) | 1e4 | 1e-6 | no | qwen2 3000 + 3 control |
+ * | minimax-m2 b | 256 | 3 | 8 (2) | 64 (rope 32) | 256 | 8 (3) | 5e6 | 1e-6 | no | llama-bpe 3000 + 256 control |
  *
  * GPT-OSS: sliding window 8 (a) / 12 (b) on the even blocks, attention sinks,
  * biases everywhere, YaRN (factor 8 from 64 positions / 32 from 128).
@@ -38,6 +40,8 @@
  * scaled by 2.5; both with one dense leading block and latent attention
  * (a: kv_lora 64, nope 32, rope 16, v 32; b: q_lora 256, kv_lora 256, nope
  * 64, rope 32, v 64).
+ * MiniMax-M2: RoPE on part of each head, sigmoid router (a) and softmax (b),
+ * both with the selection bias `exp_probs_b`.
  *
  * `MXFP4_MOE` files (llama.cpp's quantiser: experts MXFP4, every other
  * matrix Q8_0) and `MXFP4_F16` files (the same MXFP4 experts with the F16
@@ -401,6 +405,43 @@ export const FIXTURE_SHAPES: Record<SyntheticArch, Record<FixtureShape, FixtureS
       vocabSize: 3000,
     },
   },
+  "minimax-m2": {
+    a: {
+      nEmbd: 128,
+      nLayer: 2,
+      nHead: 4,
+      nHeadKv: 2,
+      headDim: 32,
+      ropeDim: 16,
+      nFfExp: 64,
+      nExpert: 6,
+      nExpertUsed: 2,
+      nCtx: 512,
+      ropeBase: 10_000,
+      rmsEps: 1e-6,
+      seed: 701,
+      vocab: "qwen2",
+      vocabSize: 3000,
+    },
+    b: {
+      nEmbd: 256,
+      nLayer: 3,
+      nHead: 8,
+      nHeadKv: 2,
+      headDim: 64,
+      ropeDim: 32,
+      nFfExp: 256,
+      nExpert: 8,
+      nExpertUsed: 3,
+      gating: "softmax",
+      nCtx: 2048,
+      ropeBase: 5_000_000,
+      rmsEps: 1e-6,
+      seed: 702,
+      vocab: "llama-bpe",
+      vocabSize: 3000,
+    },
+  },
 };
 
 /**
@@ -616,17 +657,27 @@ let sourceHash: Promise<string> | undefined;
  */
 function generatorHash(): Promise<string> {
   sourceHash ??= (async () => {
-    const files = [
-      "src/model/synthetic.ts",
-      "src/model/vocab.ts",
-      "node_modules/@node-llama-cpp/linux-x64/package.json",
-    ];
+    // the generator and what drives it: the arch files (hyperparameters,
+    // tensor plans, init hints), the config writers and the plan blocks
+    const modelDir = `${REPO_ROOT}/src/model`;
+    const notGenerator = new Set(["load.ts", "model.ts", "transformer.ts", "weights.ts"]);
+    const sources = [...Deno.readDirSync(modelDir)]
+      .map((e) => e.name)
+      .filter((n) => isSource(n) && !notGenerator.has(n))
+      .sort()
+      .map((n) => `src/model/${n}`);
+    const files = [...sources, "node_modules/@node-llama-cpp/linux-x64/package.json"];
     const texts = await Promise.all(
       files.map((f) => Deno.readTextFile(`${REPO_ROOT}/${f}`).catch(() => "")),
     );
     return await sha256(texts.join("\u0000"));
   })();
   return sourceHash;
+}
+
+/** A TypeScript source file that is not a test. */
+function isSource(name: string): boolean {
+  return name.endsWith(".ts") && !name.endsWith("_test.ts");
 }
 
 async function sha256(text: string): Promise<string> {

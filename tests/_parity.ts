@@ -7,7 +7,8 @@
  */
 
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
+import type { Gpu } from "../src/gpu/device.ts";
+import { requireGpu } from "../dev/gpu.ts";
 import { loadModel, type LoadModelOptions, type Model } from "../src/model/model.ts";
 import { generate } from "../src/generate/session.ts";
 import { fixtureDequantized, fixtureModel, type FixtureOptions } from "../dev/fixtures.ts";
@@ -147,11 +148,13 @@ export async function compare(
   return { maxRel, tokens: n, worst };
 }
 
-let gpu: Gpu | undefined;
-
-/** One device for the whole test process. */
-export async function device(): Promise<Gpu> {
-  return gpu ??= await acquireGpu();
+/** The test process's device (`dev/gpu.ts`); rejects with the reason when there is none. */
+export function device(): Promise<Gpu> {
+  try {
+    return Promise.resolve(requireGpu());
+  } catch (e) {
+    return Promise.reject(e);
+  }
 }
 
 /** One budget's run in {@linkcode checkBudgets}. */

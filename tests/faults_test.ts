@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
+import { gpuTest } from "../dev/gpu.ts";
 import { loadModel, NonFiniteError } from "../src/model/model.ts";
 import { generate } from "../src/generate/session.ts";
 import { convertGguf } from "../src/convert/convert.ts";
@@ -18,8 +18,6 @@ import { expertLayout, expertSliceRange } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { fixtureModel } from "../dev/fixtures.ts";
 
-let gpu: Gpu | undefined;
-const device = async () => gpu ??= await acquireGpu();
 const FIXTURE = { arch: "qwen3moe", type: "F32", shape: "a" } as const;
 const PROMPT = [11, 22, 33, 44, 55, 66];
 
@@ -68,13 +66,13 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name:
     "expert dir: a corrupt file fails its manifest SHA-256 when first loaded; verify names it; restored, the tokens are right",
   sanitizeResources: false,
-  async fn() {
+  async fn(gpu) {
     await withConverted(async (out, gguf) => {
-      const clean = await loadModel({ model: gguf, gpu: await device(), nCtx: 64 });
+      const clean = await loadModel({ model: gguf, gpu, nCtx: 64 });
       const want = (await generate(clean, PROMPT, { maxTokens: 6 })).tokens;
       clean.close();
       assert.deepEqual((await verifyModel(out)).problems, []);
@@ -97,7 +95,7 @@ Deno.test({
       const model = await loadModel({
         baseWeights: `${out}/base_model`,
         expertDir: `${out}/experts`,
-        gpu: await device(),
+        gpu,
         nCtx: 64,
         cacheSizeGB: 0,
       });
@@ -151,17 +149,17 @@ async function poison(path: string): Promise<{ layer: number; restore: () => Pro
 }
 
 for (const cacheSizeGB of [4, 0]) {
-  Deno.test({
+  gpuTest({
     name:
       `gguf (cache ${cacheSizeGB} GB): an infinite expert weight ends the generation with an error naming the layer, not token 0; restored, the next request is right`,
     sanitizeResources: false,
-    async fn() {
+    async fn(gpu) {
       const src = await fixtureModel(FIXTURE);
       const dir = await Deno.makeTempDir({ prefix: "od-moe-faults-" });
       const copy = `${dir}/model.gguf`;
       try {
         await Deno.copyFile(src, copy);
-        const clean = await loadModel({ model: copy, gpu: await device(), nCtx: 64 });
+        const clean = await loadModel({ model: copy, gpu, nCtx: 64 });
         const want = (await generate(clean, PROMPT, { maxTokens: 6 })).tokens;
         clean.close();
         const bad = await poison(copy);
@@ -169,7 +167,7 @@ for (const cacheSizeGB of [4, 0]) {
         assert.ok(verified.problems.length > 0, "verify finds the infinity");
         assert.match(verified.problems[0]!.detail, /ffn_down_exps.*Infinity/);
         // loaded after the damage: the pool holds the bad bytes
-        const model = await loadModel({ model: copy, gpu: await device(), nCtx: 64, cacheSizeGB });
+        const model = await loadModel({ model: copy, gpu, nCtx: 64, cacheSizeGB });
         try {
           await assert.rejects(() => generate(model, PROMPT, { maxTokens: 6 }), (e: unknown) => {
             assert.ok(e instanceof NonFiniteError, String(e));

@@ -6,25 +6,24 @@
  */
 
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
+import { gpuTest, requireGpu } from "../dev/gpu.ts";
 import { Engine } from "../src/generate/engine.ts";
 import { fixtureModel } from "../dev/fixtures.ts";
 import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 
-let gpu: Gpu | undefined;
 let engine: Engine | undefined;
 const PROMPT = "The quick brown fox jumps over the lazy dog. Über café 東京 🦊";
 
 async function getEngine(): Promise<Engine> {
   if (!engine) {
-    gpu ??= await acquireGpu();
+    const gpu = requireGpu();
     const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
     engine = await Engine.load({ model, gpu, nCtx: 256, maxBatch: 32 });
   }
   return engine;
 }
 
-Deno.test({
+gpuTest({
   name: "generate: greedy text equals the detokenised llama.cpp greedy tokens",
   ignore: referenceUnavailableReason() !== null,
   sanitizeResources: false,
@@ -51,7 +50,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "generate: the same seed gives the same text; another seed another",
   sanitizeResources: false,
   async fn() {
@@ -71,7 +70,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "generate: streamed pieces reassemble to the text and never split a character",
   sanitizeResources: false,
   async fn() {
@@ -103,7 +102,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "generate: a stop string ends the text before it; cancellation ends it early",
   sanitizeResources: false,
   async fn() {
@@ -136,7 +135,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "generate: deno task run --prompt streams text and prints the stats line",
   sanitizeResources: false,
   async fn() {
@@ -183,12 +182,11 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name:
     "generate: penalties and seeded sampling give the same tokens whether experts stream or not",
   sanitizeResources: false,
-  async fn() {
-    gpu ??= await acquireGpu();
+  async fn(gpu) {
     const model = await fixtureModel({
       arch: "qwen3moe",
       type: "Q8_0",
@@ -220,12 +218,11 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name:
     "generate: a stop string's tokens and counts do not depend on the readback window; EOG stays in the tokens",
   sanitizeResources: false,
-  async fn() {
-    gpu ??= await acquireGpu();
+  async fn(gpu) {
     const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
     const outs = [];
     for (const window of [1, 16]) {
@@ -274,12 +271,11 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name:
     "generate: a prompt filling the context still generates one token; max_tokens is clamped to the room",
   sanitizeResources: false,
-  async fn() {
-    gpu ??= await acquireGpu();
+  async fn(gpu) {
     const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
     const e = await Engine.load({ model, gpu, nCtx: 32 });
     try {

@@ -9,13 +9,11 @@
  */
 
 import assert from "node:assert/strict";
-import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
+import { gpuTest } from "../dev/gpu.ts";
 import { Engine } from "../src/generate/engine.ts";
 import type { GenerateRequest, SamplingParams } from "../src/generate/types.ts";
 import { fixtureModel } from "../dev/fixtures.ts";
 import type { SyntheticArch } from "../src/model/synthetic.ts";
-
-let gpu: Gpu | undefined;
 
 const TURN1 = "The quick brown fox jumps over the lazy dog.";
 const TURN2 = " Then it ran into the forest, far away.";
@@ -48,11 +46,10 @@ async function twoTurns(e: Engine, sampling: SamplingParams, label: string): Pro
 }
 
 for (const arch of ["qwen3moe", "qwen2moe", "llama", "olmoe", "gpt-oss", "deepseek2"] as const) {
-  Deno.test({
+  gpuTest({
     name: `prefix reuse: ${arch}: the same tokens and logits with and without reuse`,
     sanitizeResources: false,
-    async fn() {
-      gpu ??= await acquireGpu();
+    async fn(gpu) {
       const model = await fixtureModel({ arch: arch as SyntheticArch, type: "F32", shape: "a" });
       // batches of 8: the reused prefix and the suffix both cross batch boundaries; the live
       // context only (the prompt cache of earlier sequences has its own test below)
@@ -108,11 +105,10 @@ for (const arch of ["qwen3moe", "qwen2moe", "llama", "olmoe", "gpt-oss", "deepse
   });
 }
 
-Deno.test({
+gpuTest({
   name: "prefix reuse: with experts streaming (stalls repaired) the tokens are the same",
   sanitizeResources: false,
-  async fn() {
-    gpu ??= await acquireGpu();
+  async fn(gpu) {
     for (const arch of ["qwen3moe", "deepseek2"] as const) {
       const model = await fixtureModel({ arch, type: "F32", shape: "a" });
       // the smallest budget: almost every batch misses an expert and is repaired
@@ -133,12 +129,11 @@ Deno.test({
 const OTHER = "A different story about a river, a mill and children playing by the water.";
 
 for (const arch of ["qwen3moe", "deepseek2", "gpt-oss"] as const) {
-  Deno.test({
+  gpuTest({
     name:
       `prompt cache: ${arch}: two conversations taking turns each reuse their own prefix, same tokens; --cache-ram 0 keeps none`,
     sanitizeResources: false,
-    async fn() {
-      gpu ??= await acquireGpu();
+    async fn(gpu) {
       const model = await fixtureModel({ arch: arch as SyntheticArch, type: "F32", shape: "a" });
       const e = await Engine.load({ model, gpu, nCtx: 128, maxBatch: 8 });
       const off = await Engine.load({ model, gpu, nCtx: 128, maxBatch: 8, promptCacheMiB: 0 });

@@ -54,6 +54,10 @@ export interface PrefetchModel {
   readonly rmsEps: number;
   /** Leading blocks without experts (DeepSeek); default 0. */
   readonly nLayerDenseLead?: number;
+  /** The FFN input norm's tensor (default `ffn_norm`). */
+  readonly ffnNorm?: string;
+  /** The router adds `ffn_gate_inp.bias` (GPT-OSS). */
+  readonly routerBias?: boolean;
 }
 
 /** Options of {@linkcode Prefetcher.create}. */
@@ -188,6 +192,8 @@ export class Prefetcher {
         routers: ctx.weights,
         rmsEps: m.rmsEps,
         nLayerDenseLead: m.nLayerDenseLead,
+        ffnNorm: m.ffnNorm,
+        routerBias: m.routerBias,
       });
     } else if (kind === "lookahead") {
       predictor = await LookaheadPredictor.create(ctx.gpu, ctx.weights, source, {

@@ -181,7 +181,8 @@ const checkedBindings = new WeakSet<readonly BufferBinding[]>();
  * Throws when the params buffer bound to a kernel was laid out differently
  * from the kernel's WGSL `params` struct (a field added, removed, reordered or
  * retyped on one side only): the kernel would read every later field wrong.
- * Checked once per binding list.
+ * A params binding that is not a {@linkcode ParamsBuffer} (no layout to
+ * check) is refused too. Checked once per binding list.
  */
 export function checkParamsLayout(kernel: Kernel, buffers: readonly BufferBinding[]): void {
   if (checkedBindings.has(buffers)) return;
@@ -189,20 +190,22 @@ export function checkParamsLayout(kernel: Kernel, buffers: readonly BufferBindin
   const bound = decl ? buffers[decl.binding] : undefined;
   if (decl && bound) {
     const fields = paramsFieldsOf("buffer" in bound ? bound.buffer : bound);
-    if (fields) {
-      const n = Math.max(fields.length, decl.fields.length);
-      for (let i = 0; i < n; i++) {
-        const [wName, wType] = decl.fields[i] ?? ["(none)", ""];
-        const [tName, tType] = fields[i] ?? ["(none)", ""];
-        if (wName !== tName || wType !== tType) {
-          throw new Error(
-            `${kernel.key}: params field ${i} is ${wName}: ${wType || "-"} in the WGSL struct ` +
-              `${decl.struct} but ${tName}: ${
-                tType || "-"
-              } in the launcher's ParamsBuffer layout; ` +
-              `make the two agree`,
-          );
-        }
+    if (!fields) {
+      throw new Error(
+        `${kernel.key}: binding ${decl.binding} (params: ${decl.struct}) is not a ParamsBuffer, ` +
+          `so its layout cannot be checked against the WGSL struct; allocate it with ParamsBuffer`,
+      );
+    }
+    const n = Math.max(fields.length, decl.fields.length);
+    for (let i = 0; i < n; i++) {
+      const [wName, wType] = decl.fields[i] ?? ["(none)", ""];
+      const [tName, tType] = fields[i] ?? ["(none)", ""];
+      if (wName !== tName || wType !== tType) {
+        throw new Error(
+          `${kernel.key}: params field ${i} is ${wName}: ${wType || "-"} in the WGSL struct ` +
+            `${decl.struct} but ${tName}: ${tType || "-"} in the launcher's ParamsBuffer layout; ` +
+            `make the two agree`,
+        );
       }
     }
   }

@@ -86,9 +86,15 @@ gpuTest(
       () => dispatch(encoder, k, [xb, yb, short.buffer], 1),
       /field 2 is b: f32.*\(none\)/,
     );
+    // a plain buffer has no layout to check: refused rather than trusted
+    const raw = createBuffer(g, { label: "smoke.raw_params", size: 16 });
+    assert.throws(
+      () => dispatch(encoder, k, [xb, yb, raw], 1),
+      /binding 2 \(params: Params\) is not a ParamsBuffer/,
+    );
     // the agreeing layout dispatches
     const good = new ParamsBuffer(g, "smoke.params", { n: "u32", a: "f32", b: "f32" });
     dispatch(encoder, k, [xb, yb, good.buffer], 1);
-    for (const b of [xb, yb, swapped.buffer, short.buffer, good.buffer]) b.destroy();
+    for (const b of [xb, yb, swapped.buffer, short.buffer, raw, good.buffer]) b.destroy();
   },
 );

@@ -6,7 +6,8 @@
  */
 
 import type { GgufMetadata } from "../gguf/reader.ts";
-import { archKey, Keys } from "../gguf/names.ts";
+import { archKey, Keys, Tensors } from "../gguf/names.ts";
+import { type GgufValue, gv } from "../gguf/value.ts";
 
 /** How RoPE pairs dimensions: adjacent pairs (llama) or the two halves (GPT-NeoX, Qwen). */
 export type RopeType = "normal" | "neox";
@@ -115,6 +116,28 @@ export interface ModelConfig {
   readonly ropeFreqBaseSwa?: number;
   /** The routed experts' gated unit; default SwiGLU. */
   readonly expertAct?: ExpertActivation;
+  /**
+   * The FFN input norm's tensor (`Tensors` name): `ffn_norm` (default), or
+   * GPT-OSS's `post_attention_norm` (the same role). The FFN block, the
+   * tensor plan and the predictor's router lookahead all read it here.
+   */
+  readonly ffnNorm?: string;
+  /** Each head has a learned sink logit in its softmax denominator (`attn_sinks`, GPT-OSS). */
+  readonly attnSinks?: boolean;
+  /** The router adds a bias to its logits (`ffn_gate_inp.bias`, GPT-OSS). */
+  readonly routerBias?: boolean;
+  /**
+   * Multi-token-prediction blocks after the `nLayer` trunk blocks
+   * (`nextn_predict_layers`, DeepSeek/GLM); plain decoding skips them. Default 0.
+   */
+  readonly nNextn?: number;
+  /** YaRN's log multiplier as llama.cpp holds it (DeepSeek's `mscale_all_dim`); default 0. */
+  readonly yarnLogMul?: number;
+}
+
+/** Block `l`'s FFN input-norm tensor name. */
+export function ffnNormName(c: Pick<ModelConfig, "ffnNorm">): string {
+  return c.ffnNorm ?? Tensors.ffnNorm;
 }
 
 /** Whether block `l` routes its FFN through experts (DeepSeek's leading blocks are dense). */
@@ -194,6 +217,9 @@ export class ModelConfigError extends Error {
   }
 }
 
+/** The hyperparameters every transformer shares ({@linkcode readCommonConfig}). */
+export type CommonConfig = ReturnType<typeof readCommonConfig>;
+
 /** Reads the hyperparameters every transformer shares, with llama.cpp's defaults. */
 export function readCommonConfig(md: GgufMetadata, arch: string) {
   const k = (key: string) => archKey(key, arch);
@@ -246,6 +272,69 @@ export function readCommonConfig(md: GgufMetadata, arch: string) {
     nExpertGroupsUsed: md.number(k(Keys.expertGroupUsedCount), 0),
     attnScale: 1 / Math.sqrt(headDimK),
   };
+}
+
+/** What {@linkcode writeCommonConfig} writes beyond the config: keys whose value the engine does not read. */
+export interface WriteCommonOptions {
+  /** `feed_forward_length` (architectures size different things with it; see each arch file). */
+  nFf: number;
+  /** Write `vocab_size` (llama, deepseek2: llama.cpp's converter writes it for them). */
+  vocabSize?: boolean;
+  /** Write key_length, value_length and rope.dimension_count from the config (default true). */
+  headDims?: boolean;
+}
+
+/**
+ * The reverse of {@linkcode readCommonConfig}: the hyperparameter keys every
+ * transformer shares, as llama.cpp's converter writes them for `c.arch`
+ * (YaRN only with its default attention factor and betas, which the reader
+ * derives rather than reads).
+ */
+export function writeCommonConfig(c: ModelConfig, o: WriteCommonOptions): [string, GgufValue][] {
+  const k = (key: string) => archKey(key, c.arch);
+  const out: [string, GgufValue][] = [
+    [k(Keys.contextLength), gv.u32(c.nCtxTrain)],
+    [k(Keys.embeddingLength), gv.u32(c.nEmbd)],
+    [k(Keys.blockCount), gv.u32(c.nLayer + (c.nNextn ?? 0))],
+    [k(Keys.feedForwardLength), gv.u32(o.nFf)],
+    [k(Keys.headCount), gv.u32(c.nHead)],
+    [k(Keys.headCountKv), gv.u32(c.nHeadKv)],
+  ];
+  if (o.headDims !== false) {
+    out.push(
+      [k(Keys.keyLength), gv.u32(c.headDimK)],
+      [k(Keys.valueLength), gv.u32(c.headDimV)],
+      [k(Keys.ropeDimensionCount), gv.u32(c.nRot)],
+    );
+  }
+  out.push(
+    [k(Keys.ropeFreqBase), gv.f32(c.ropeFreqBase)],
+    [k(Keys.layerNormRmsEps), gv.f32(c.rmsEps)],
+    [k(Keys.expertCount), gv.u32(c.nExpert)],
+    [k(Keys.expertUsedCount), gv.u32(c.nExpertUsed)],
+  );
+  if (c.expertWeightsScale !== 0) {
+    out.push([k(Keys.expertWeightsScale), gv.f32(c.expertWeightsScale)]);
+  }
+  if ((c.nExpertGroups ?? 1) > 1) {
+    out.push(
+      [k(Keys.expertGroupCount), gv.u32(c.nExpertGroups!)],
+      [k(Keys.expertGroupUsedCount), gv.u32(c.nExpertGroupsUsed ?? c.nExpertGroups!)],
+    );
+  }
+  if (c.ropeFreqScale !== 1) {
+    out.push(
+      [k(Keys.ropeScalingType), gv.str(c.yarnExtFactor !== 0 ? "yarn" : "linear")],
+      [k(Keys.ropeScalingFactor), gv.f32(1 / c.ropeFreqScale)],
+    );
+  }
+  if (c.nCtxOrig !== c.nCtxTrain) out.push([k(Keys.ropeScalingOrigCtx), gv.u32(c.nCtxOrig)]);
+  if (c.yarnLogMul) {
+    // llama.cpp's converter writes 0.1 × mscale_all_dim (and its loader divides by 0.1)
+    out.push([k(Keys.ropeScalingYarnLogMul), gv.f32(0.1 * c.yarnLogMul)]);
+  }
+  if (o.vocabSize) out.push([k(Keys.vocabSize), gv.u32(c.nVocab)]);
+  return out;
 }
 
 /** Checks the MoE hyperparameters llama.cpp asserts on. */

@@ -7,7 +7,7 @@
  */
 
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
-import type { ModelConfig, TensorPlanEntry } from "./config.ts";
+import { ffnNormName, type ModelConfig, type TensorPlanEntry } from "./config.ts";
 
 /** `token_embd`, `output_norm` and `output` (optional: tied to the embedding when absent). */
 export function headPlan(c: ModelConfig, outputOptional: boolean): TensorPlanEntry[] {
@@ -23,22 +23,37 @@ export function headPlan(c: ModelConfig, outputOptional: boolean): TensorPlanEnt
   ];
 }
 
-/** Attention of block `i`: norm, q/k/v (optional biases), output, optional q/k norms. */
-export function attentionPlan(c: ModelConfig, i: number): TensorPlanEntry[] {
+/**
+ * Which attention biases an architecture has: `"qkv"` (Qwen2-MoE) or
+ * `"qkvo"` (GPT-OSS) required; `"none"` (its graph adds none, as
+ * MiniMax-M2's); otherwise all four optional (llama.cpp reads them when
+ * present, as for llama).
+ */
+export type AttentionBiases = "optional" | "none" | "qkv" | "qkvo";
+
+/** Attention of block `i`: norm, q/k/v (biases), output (bias), q/k norms per `c.qkNorm`. */
+export function attentionPlan(
+  c: ModelConfig,
+  i: number,
+  biases: AttentionBiases = "optional",
+): TensorPlanEntry[] {
   const q = c.nHead * c.headDimK;
   const kv = c.nHeadKv * c.headDimK;
   const v = c.nHeadKv * c.headDimV;
-  const out: TensorPlanEntry[] = [
+  const qkvOptional = biases === "optional";
+  const oOptional = biases !== "qkvo";
+  const all: TensorPlanEntry[] = [
     { name: tn(Tensors.attnNorm, i), shape: [c.nEmbd], role: "base" },
     { name: tn(Tensors.attnQ, i), shape: [c.nEmbd, q], role: "base" },
     { name: tn(Tensors.attnK, i), shape: [c.nEmbd, kv], role: "base" },
     { name: tn(Tensors.attnV, i), shape: [c.nEmbd, v], role: "base" },
-    { name: tn(Tensors.attnQ, i, "bias"), shape: [q], role: "base", optional: true },
-    { name: tn(Tensors.attnK, i, "bias"), shape: [kv], role: "base", optional: true },
-    { name: tn(Tensors.attnV, i, "bias"), shape: [v], role: "base", optional: true },
+    { name: tn(Tensors.attnQ, i, "bias"), shape: [q], role: "base", optional: qkvOptional },
+    { name: tn(Tensors.attnK, i, "bias"), shape: [kv], role: "base", optional: qkvOptional },
+    { name: tn(Tensors.attnV, i, "bias"), shape: [v], role: "base", optional: qkvOptional },
     { name: tn(Tensors.attnOut, i), shape: [c.nHead * c.headDimV, c.nEmbd], role: "base" },
-    { name: tn(Tensors.attnOut, i, "bias"), shape: [c.nEmbd], role: "base", optional: true },
+    { name: tn(Tensors.attnOut, i, "bias"), shape: [c.nEmbd], role: "base", optional: oOptional },
   ];
+  const out = all.filter((t) => biases !== "none" || !t.name.endsWith(".bias"));
   if (c.qkNorm === "head") {
     out.push(
       { name: tn(Tensors.attnQNorm, i), shape: [c.headDimK], role: "base" },
@@ -102,26 +117,26 @@ export function denseFfnPlan(c: ModelConfig, i: number): TensorPlanEntry[] {
 
 /** What a routed-expert FFN carries beyond the router and the three expert stacks. */
 export interface MoePlanOptions {
-  /** The FFN input norm's tensor (default `ffn_norm`; GPT-OSS: `post_attention_norm`). */
-  norm?: string;
-  /** `ffn_gate_inp.bias` and `ffn_{gate,up,down}_exps.bias` (GPT-OSS): required. */
+  /** `ffn_{gate,up,down}_exps.bias` (GPT-OSS): required. */
   biases?: boolean;
-  /** DeepSeek-V3's selection-only `exp_probs_b.bias` may be present. */
-  selectionBias?: boolean;
+  /** The selection-only `exp_probs_b.bias`: may be present (DeepSeek) or is required (MiniMax-M2). */
+  selectionBias?: "optional" | "required";
 }
 
 /** The MoE FFN of block `i`: norm, router, routed experts, and the shared expert if any. */
 export function moePlan(c: ModelConfig, i: number, o: MoePlanOptions = {}): TensorPlanEntry[] {
   const out: TensorPlanEntry[] = [
-    { name: tn(o.norm ?? Tensors.ffnNorm, i), shape: [c.nEmbd], role: "base" },
+    { name: tn(ffnNormName(c), i), shape: [c.nEmbd], role: "base" },
     { name: tn(Tensors.ffnGateInp, i), shape: [c.nEmbd, c.nExpert], role: "base" },
     { name: tn(Tensors.ffnGateExps, i), shape: [c.nEmbd, c.nFfExp, c.nExpert], role: "expert" },
     { name: tn(Tensors.ffnUpExps, i), shape: [c.nEmbd, c.nFfExp, c.nExpert], role: "expert" },
     { name: tn(Tensors.ffnDownExps, i), shape: [c.nFfExp, c.nEmbd, c.nExpert], role: "expert" },
   ];
+  if (c.routerBias) {
+    out.push({ name: tn(Tensors.ffnGateInp, i, "bias"), shape: [c.nExpert], role: "base" });
+  }
   if (o.biases) {
     out.push(
-      { name: tn(Tensors.ffnGateInp, i, "bias"), shape: [c.nExpert], role: "base" },
       { name: tn(Tensors.ffnGateExps, i, "bias"), shape: [c.nFfExp, c.nExpert], role: "expert" },
       { name: tn(Tensors.ffnUpExps, i, "bias"), shape: [c.nFfExp, c.nExpert], role: "expert" },
       { name: tn(Tensors.ffnDownExps, i, "bias"), shape: [c.nEmbd, c.nExpert], role: "expert" },
@@ -132,7 +147,7 @@ export function moePlan(c: ModelConfig, i: number, o: MoePlanOptions = {}): Tens
       name: tn(Tensors.ffnExpProbsB, i, "bias"),
       shape: [c.nExpert],
       role: "base",
-      optional: true,
+      optional: o.selectionBias === "optional",
     });
   }
   if (c.nFfShexp > 0) {
@@ -148,9 +163,26 @@ export function moePlan(c: ModelConfig, i: number, o: MoePlanOptions = {}): Tens
   return out;
 }
 
+/** What {@linkcode moeTransformerPlan} lays out beyond attention + MoE FFN. */
+export interface MoeTransformerPlanOptions extends MoePlanOptions {
+  /** llama.cpp falls back to `token_embd` when `output.weight` is absent. */
+  tiedOutput: boolean;
+  /** Attention biases (default optional). */
+  attnBiases?: AttentionBiases;
+  /** One sink logit per head (`attn_sinks`, required). */
+  sinks?: boolean;
+}
+
 /** The usual MoE transformer: head, then attention + MoE FFN in every block. */
-export function moeTransformerPlan(c: ModelConfig, outputOptional: boolean): TensorPlanEntry[] {
-  const plan = headPlan(c, outputOptional);
-  for (let i = 0; i < c.nLayer; i++) plan.push(...attentionPlan(c, i), ...moePlan(c, i));
+export function moeTransformerPlan(
+  c: ModelConfig,
+  o: MoeTransformerPlanOptions,
+): TensorPlanEntry[] {
+  const plan = headPlan(c, o.tiedOutput);
+  for (let i = 0; i < c.nLayer; i++) {
+    plan.push(...attentionPlan(c, i, o.attnBiases));
+    if (o.sinks) plan.push({ name: tn(Tensors.attnSinks, i), shape: [c.nHead], role: "base" });
+    plan.push(...moePlan(c, i, o));
+  }
   return plan;
 }

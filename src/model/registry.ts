@@ -1,35 +1,45 @@
 /**
- * The architecture registry, keyed by `general.architecture`.
+ * The architecture registry, keyed by `general.architecture`: one line per
+ * architecture file. Adding a plain MoE architecture is one arch file
+ * (config reader and writer, tensor plan, generator hints: see `arch.ts`),
+ * one line in {@linkcode ARCHITECTURES}, and one fixture shape entry in
+ * `dev/fixtures.ts`.
  *
  * @module
  */
 
-import type { GgufMetadata } from "../gguf/reader.ts";
-import type { ModelConfig, TensorPlanEntry } from "./config.ts";
+import type { ArchSpec } from "./arch.ts";
 import { llamaMoe } from "./llama_moe.ts";
 import { qwen2Moe } from "./qwen2_moe.ts";
 import { qwen3Moe } from "./qwen3_moe.ts";
 import { deepseek2, mistral4 } from "./deepseek2.ts";
 import { gptOss } from "./gpt_oss.ts";
 import { olmoe } from "./olmoe.ts";
+import { minimaxM2 } from "./minimax_m2.ts";
 
-/** What an architecture file provides. */
-export interface ArchSpec {
-  /** `general.architecture` value. */
-  readonly name: string;
-  /** Hyperparameters from metadata; throws a ModelConfigError naming the key. */
-  readConfig(md: GgufMetadata): ModelConfig;
-  /** Every tensor the architecture needs, with shapes and roles. */
-  tensorPlan(c: ModelConfig): TensorPlanEntry[];
-}
+export type { ArchSpec } from "./arch.ts";
+
+/** The architectures with their own synthetic models and fixtures, in the order tests list them. */
+const ARCHITECTURES = [llamaMoe, qwen2Moe, qwen3Moe, olmoe, gptOss, deepseek2, minimaxM2] as const;
+
+/** Other names of those graphs (synthetic files: deepseek2's `archName`). */
+const ALIASES = [mistral4] as const;
+
+/** The name of an architecture the generator writes and the fixtures cover. */
+export type SyntheticArch = (typeof ARCHITECTURES)[number]["name"];
 
 const registry: ReadonlyMap<string, ArchSpec> = new Map(
-  [llamaMoe, qwen2Moe, qwen3Moe, olmoe, gptOss, deepseek2, mistral4].map((a) => [a.name, a]),
+  [...ARCHITECTURES, ...ALIASES].map((a) => [a.name, a as ArchSpec]),
 );
 
 /** Names of the supported architectures. */
 export function supportedArchitectures(): string[] {
   return [...registry.keys()];
+}
+
+/** Names of the architectures the generator writes (`synthetic.ts`), in registry order. */
+export function syntheticArchitectures(): SyntheticArch[] {
+  return ARCHITECTURES.map((a) => a.name);
 }
 
 /** An architecture that od-moe does not run. */

@@ -25,26 +25,27 @@
  * @module
  */
 
-import { archKey, Keys, tensorName, Tensors } from "../gguf/names.ts";
+import { Keys, Tensors } from "../gguf/names.ts";
 import { GgmlType } from "../gguf/types.ts";
 import { type GgufValue, gv } from "../gguf/value.ts";
 import type { GgufLazyTensorSpec, GgufWriteSpec } from "../gguf/writer.ts";
 import { f32ToF16Array } from "../gguf/f16.ts";
 import { Rng } from "../util/rng.ts";
 import { builtinTokenizer, type TokenizerMetadata } from "./vocab.ts";
+import type { ModelConfig, TensorPlanEntry } from "./config.ts";
+import {
+  type ArchOnlyField,
+  type ArchSpec,
+  type Init,
+  normalInit,
+  type ResolvedSyntheticSpec,
+} from "./arch.ts";
+import { archSpec, type SyntheticArch, syntheticArchitectures } from "./registry.ts";
 
-/** The architectures the generator writes. */
-export const SYNTHETIC_ARCHS = [
-  "llama",
-  "qwen2moe",
-  "qwen3moe",
-  "olmoe",
-  "gpt-oss",
-  "deepseek2",
-] as const;
+export type { SyntheticArch } from "./registry.ts";
 
-/** One of {@linkcode SYNTHETIC_ARCHS}. */
-export type SyntheticArch = (typeof SYNTHETIC_ARCHS)[number];
+/** The architectures the generator writes: every registered one with generator hints. */
+export const SYNTHETIC_ARCHS: readonly SyntheticArch[] = syntheticArchitectures();
 
 /** The weight types the generator writes itself (quantised types come from llama.cpp's quantiser). */
 export type SyntheticWeightType = "F32" | "F16";
@@ -70,6 +71,12 @@ export interface SyntheticSpec {
    * `nHead * headDim === nEmbd`. Unused by `deepseek2` (see the MLA fields).
    */
   headDim?: number;
+  /**
+   * Dimensions of each head that RoPE rotates (`rope.dimension_count`;
+   * default `headDim`; even, at most `headDim`). Unused by `deepseek2`
+   * (`qkRopeDim`).
+   */
+  ropeDim?: number;
   /** Width of one routed expert's FFN. */
   nFfExp: number;
   /** Width of the shared expert (`qwen2moe` only, where it is required). */
@@ -163,21 +170,52 @@ const TIED_EMBD_STD = 0.1;
 /** `enum llama_ftype` values for the types the generator writes. */
 const FILE_TYPE: Record<SyntheticWeightType, number> = { F32: 0, F16: 1 };
 
+/** Every arch-only spec field, for the "applies to … only" check. */
+const ARCH_ONLY_FIELDS: readonly ArchOnlyField[] = [
+  "nFfShexp",
+  "qLoraRank",
+  "kvLoraRank",
+  "qkNopeDim",
+  "qkRopeDim",
+  "vHeadDim",
+  "nLayerDenseLead",
+  "nFf",
+  "nExpertShared",
+  "gating",
+  "expertWeightsNorm",
+  "expertWeightsScale",
+  "nExpertGroups",
+  "nExpertGroupsUsed",
+  "expProbsBias",
+  "yarnMscaleAllDim",
+  "archName",
+  "nNextn",
+  "slidingWindow",
+];
+
+/** The spec of `arch` if the generator writes it, else a RangeError listing those it does. */
+function syntheticArch(arch: string): ArchSpec & { synthetic: NonNullable<ArchSpec["synthetic"]> } {
+  const a = (SYNTHETIC_ARCHS as readonly string[]).includes(arch) ? archSpec(arch) : undefined;
+  if (!a?.synthetic) {
+    throw new RangeError(
+      `unsupported synthetic architecture "${arch}"; supported: ${SYNTHETIC_ARCHS.join(", ")}`,
+    );
+  }
+  return a as ArchSpec & { synthetic: NonNullable<ArchSpec["synthetic"]> };
+}
+
 /**
  * The spec with its defaults filled in, checked against what llama.cpp
- * accepts for the architecture.
+ * accepts for the architecture (the arch file's `synthetic.check`).
  *
  * @throws a `RangeError` naming the field and the rule it breaks.
  */
-export function resolveSyntheticSpec(spec: SyntheticSpec): Required<SyntheticSpec> {
+export function resolveSyntheticSpec(spec: SyntheticSpec): ResolvedSyntheticSpec {
   const bad = (msg: string): never => {
     throw new RangeError(`synthetic ${spec.arch} model: ${msg}`);
   };
-  if (!(SYNTHETIC_ARCHS as readonly string[]).includes(spec.arch)) {
-    throw new RangeError(
-      `unsupported synthetic architecture "${spec.arch}"; supported: ${SYNTHETIC_ARCHS.join(", ")}`,
-    );
-  }
+  const arch = syntheticArch(spec.arch);
+  const hints = arch.synthetic;
   const positive = [
     "nEmbd",
     "nLayer",
@@ -202,91 +240,22 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): Required<SyntheticSpe
         (spec.headDim === undefined ? ` (nEmbd ${spec.nEmbd} / nHead ${spec.nHead})` : ""),
     );
   }
-  if ((spec.arch === "qwen2moe" || spec.arch === "olmoe") && headDim * spec.nHead !== spec.nEmbd) {
-    bad(
-      `llama.cpp's ${spec.arch} needs nHead * headDim = nEmbd (its attn_q is nEmbd × nEmbd), got ${spec.nHead} * ${headDim} ≠ ${spec.nEmbd}`,
+  const ropeDim = spec.ropeDim ?? headDim;
+  if (!Number.isInteger(ropeDim) || ropeDim < 2 || ropeDim % 2 !== 0 || ropeDim > headDim) {
+    bad(`ropeDim must be an even integer in 2…headDim (${headDim}), got ${ropeDim}`);
+  }
+  const takes = new Set(hints.fields ?? []);
+  const foreign = ARCH_ONLY_FIELDS.filter((f) => spec[f] !== undefined && !takes.has(f));
+  if (foreign.length > 0) {
+    const owners = SYNTHETIC_ARCHS.filter((a) =>
+      foreign.some((f) => archSpec(a).synthetic?.fields?.includes(f))
     );
-  }
-  if (spec.arch === "olmoe" && spec.nHeadKv !== spec.nHead) {
-    bad(`llama.cpp's olmoe norms k with an nEmbd-wide weight: nHeadKv must equal nHead`);
-  }
-  const mla = {
-    qLoraRank: spec.qLoraRank ?? 0,
-    kvLoraRank: spec.kvLoraRank ?? 0,
-    qkNopeDim: spec.qkNopeDim ?? 0,
-    qkRopeDim: spec.qkRopeDim ?? 0,
-    vHeadDim: spec.vHeadDim ?? 0,
-  };
-  const nLayerDenseLead = spec.nLayerDenseLead ?? 0;
-  const nFf = spec.nFf ?? 0;
-  const nExpertShared = spec.nExpertShared ?? (spec.arch === "deepseek2" ? 1 : 0);
-  const nExpertGroups = spec.nExpertGroups ?? 1;
-  const nExpertGroupsUsed = spec.nExpertGroupsUsed ?? nExpertGroups;
-  const nNextn = spec.nNextn ?? 0;
-  const archName = spec.archName ?? spec.arch;
-  if (spec.arch === "deepseek2") {
-    if (!Number.isInteger(nNextn) || nNextn < 0) bad(`nNextn must be an integer ≥ 0`);
-    if (archName !== "deepseek2" && archName !== "mistral4") {
-      bad(`archName must be deepseek2 or mistral4, got ${archName}`);
-    }
-    for (const k of ["kvLoraRank", "qkNopeDim", "qkRopeDim", "vHeadDim"] as const) {
-      if (!Number.isInteger(mla[k]) || mla[k] < 1) bad(`${k} must be a positive integer`);
-    }
-    if (!Number.isInteger(mla.qLoraRank) || mla.qLoraRank < 0) {
-      bad(`qLoraRank must be an integer ≥ 0, got ${mla.qLoraRank}`);
-    }
-    if (mla.qkRopeDim % 2 !== 0) bad(`qkRopeDim must be even (RoPE rotates pairs)`);
-    if (spec.nHeadKv !== 1) bad(`latent attention has one shared kv head: nHeadKv must be 1`);
-    if (!Number.isInteger(nExpertShared) || nExpertShared < 1) {
-      bad(`llama.cpp's deepseek2 always loads shared experts: nExpertShared must be ≥ 1`);
-    }
-    if (
-      !Number.isInteger(nLayerDenseLead) || nLayerDenseLead < 0 || nLayerDenseLead >= spec.nLayer
-    ) {
-      bad(`nLayerDenseLead must be in 0…nLayer − 1, got ${nLayerDenseLead}`);
-    }
-    if (nLayerDenseLead > 0 && !(Number.isInteger(nFf) && nFf > 0)) {
-      bad(`dense leading blocks need nFf > 0`);
-    }
-    if (
-      spec.nExpert % nExpertGroups !== 0 || nExpertGroupsUsed < 1 ||
-      nExpertGroupsUsed > nExpertGroups ||
-      nExpertGroupsUsed * (spec.nExpert / nExpertGroups) < spec.nExpertUsed
-    ) {
-      bad(
-        `${nExpertGroups} expert groups (${nExpertGroupsUsed} used) must divide ${spec.nExpert} experts and hold the top-${spec.nExpertUsed}`,
-      );
-    }
-  } else {
-    const fields = [
-      "qLoraRank",
-      "kvLoraRank",
-      "qkNopeDim",
-      "qkRopeDim",
-      "vHeadDim",
-      "nLayerDenseLead",
-      "nFf",
-      "nExpertShared",
-      "gating",
-      "expertWeightsNorm",
-      "expertWeightsScale",
-      "nExpertGroups",
-      "nExpertGroupsUsed",
-      "expProbsBias",
-      "yarnMscaleAllDim",
-      "archName",
-      "nNextn",
-    ] as const;
-    const set = fields.filter((f) => spec[f] !== undefined);
-    if (set.length > 0) bad(`${set.join(", ")} apply to deepseek2 only`);
-  }
-  const slidingWindow = spec.slidingWindow ?? 0;
-  if (spec.arch === "gpt-oss") {
-    if (!Number.isInteger(slidingWindow) || slidingWindow < 1) {
-      bad(`gpt-oss needs a sliding window ≥ 1, got ${slidingWindow}`);
-    }
-  } else if (spec.slidingWindow !== undefined) {
-    bad(`slidingWindow applies to gpt-oss only`);
+    bad(
+      `${foreign.join(", ")} apply to ${owners.join(", ")} only` +
+        (foreign.includes("nFfShexp")
+          ? ` (${spec.arch} has no shared expert in llama.cpp; leave nFfShexp unset)`
+          : ""),
+    );
   }
   const yarnFactor = spec.yarnFactor ?? 0;
   if (yarnFactor !== 0 && !(yarnFactor > 1 && (spec.yarnOrigCtx ?? 0) >= 1)) {
@@ -294,17 +263,6 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): Required<SyntheticSpe
   }
   if (spec.nExpertUsed > spec.nExpert) {
     bad(`nExpertUsed (${spec.nExpertUsed}) exceeds nExpert (${spec.nExpert})`);
-  }
-  const nFfShexp = spec.nFfShexp ?? 0;
-  if (spec.arch === "qwen2moe") {
-    if (!Number.isInteger(nFfShexp) || nFfShexp < 1) {
-      bad(`qwen2moe has a shared expert: nFfShexp must be a positive integer, got ${nFfShexp}`);
-    }
-  } else if (nFfShexp !== 0) {
-    bad(`${spec.arch} has no shared expert in llama.cpp; leave nFfShexp unset`);
-  }
-  if (spec.tiedOutput && ["qwen2moe", "olmoe", "gpt-oss"].includes(spec.arch)) {
-    bad(`llama.cpp's ${spec.arch} requires output.weight: tiedOutput is not supported`);
   }
   if (!(spec.ropeBase > 0)) bad(`ropeBase must be > 0, got ${spec.ropeBase}`);
   if (!(spec.rmsEps > 0)) bad(`rmsEps must be > 0, got ${spec.rmsEps}`);
@@ -314,39 +272,52 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): Required<SyntheticSpe
   }
   const vocab = spec.vocab ?? builtinTokenizer();
   if (vocab.nTokens < 1) bad("the vocabulary is empty");
-  return {
-    ...spec,
-    name: spec.name ?? `od-moe synthetic ${spec.arch}`,
+  const defined = Object.fromEntries(Object.entries(spec).filter(([, v]) => v !== undefined));
+  const nExpertGroups = spec.nExpertGroups ?? 1;
+  const s: ResolvedSyntheticSpec = {
+    nFfShexp: 0,
+    qLoraRank: 0,
+    kvLoraRank: 0,
+    qkNopeDim: 0,
+    qkRopeDim: 0,
+    vHeadDim: 0,
+    nLayerDenseLead: 0,
+    nFf: 0,
+    nExpertShared: 0,
+    gating: "softmax",
+    expertWeightsNorm: false,
+    expertWeightsScale: 0,
+    nExpertGroups,
+    nExpertGroupsUsed: nExpertGroups,
+    expProbsBias: false,
+    archName: spec.arch,
+    nNextn: 0,
+    yarnOrigCtx: 0,
+    yarnMscaleAllDim: 0,
+    slidingWindow: 0,
+    tiedOutput: false,
+    logitStd: 4,
+    routerStd: 3,
+    name: `od-moe synthetic ${spec.arch}`,
+    ...hints.defaults,
+    ...defined as SyntheticSpec,
     headDim,
-    nFfShexp,
-    tiedOutput: spec.tiedOutput ?? false,
+    ropeDim,
+    yarnFactor,
     weightType,
     vocab,
-    logitStd: spec.logitStd ?? 4,
-    routerStd: spec.routerStd ?? 3,
-    ...mla,
-    nLayerDenseLead,
-    nFf,
-    nExpertShared,
-    gating: spec.gating ?? "softmax",
-    expertWeightsNorm: spec.expertWeightsNorm ?? false,
-    expertWeightsScale: spec.expertWeightsScale ?? 0,
-    nExpertGroups,
-    nExpertGroupsUsed,
-    expProbsBias: spec.expProbsBias ?? false,
-    archName,
-    nNextn,
-    yarnFactor,
-    yarnOrigCtx: spec.yarnOrigCtx ?? 0,
-    yarnMscaleAllDim: spec.yarnMscaleAllDim ?? 0,
-    slidingWindow,
   };
+  hints.check?.(s, bad);
+  if (s.tiedOutput) {
+    const output = arch.tensorPlan(hints.config(s)).find((t) => t.name === OUTPUT);
+    if (!output?.optional) {
+      bad(`llama.cpp's ${spec.arch} requires output.weight: tiedOutput is not supported`);
+    }
+  }
+  return s;
 }
 
-/** How a tensor's values are drawn. */
-type Init =
-  | { kind: "normal"; std: number }
-  | { kind: "norm"; scale: number; jitter: number };
+const OUTPUT = `${Tensors.output}.weight`;
 
 interface PlannedTensor extends SyntheticTensorInfo {
   init: Init;
@@ -354,127 +325,64 @@ interface PlannedTensor extends SyntheticTensorInfo {
   matrix: boolean;
 }
 
-function plan(s: Required<SyntheticSpec>): PlannedTensor[] {
-  const { nEmbd, headDim, nHead, nHeadKv, nFfExp, nFfShexp, nExpert } = s;
-  const nVocab = s.vocab.nTokens;
-  const nQ = nHead * headDim;
-  const nKv = nHeadKv * headDim;
-  const out: PlannedTensor[] = [];
-  const add = (
-    base: string,
-    bid: number | undefined,
-    shape: number[],
-    init: Init,
-    suffix = "weight",
-  ) => {
-    out.push({
-      name: tensorName(base, bid, suffix),
-      shape,
-      init,
-      matrix: shape.length >= 2 && base !== Tensors.ffnGateInp && suffix === "weight",
-    });
+/** `blk.3.ffn_up_exps.weight` → its `Tensors` template and suffix. */
+function tensorBase(name: string): { base: string; suffix: string } {
+  const dot = name.lastIndexOf(".");
+  return {
+    base: name.slice(0, dot).replace(/^blk\.\d+\./, "blk.{bid}."),
+    suffix: name.slice(dot + 1),
   };
-  const normal = (fanIn: number, gain = 1): Init => ({
-    kind: "normal",
-    std: gain / Math.sqrt(fanIn),
-  });
-  const norm = (scale = 1, jitter = 0.1): Init => ({ kind: "norm", scale, jitter });
+}
 
+/**
+ * The generator's default draw: unit-scale projections (fan-in = the row
+ * length), norms near 1 with jitter (more on q/k norms), biases N(0, 0.5²),
+ * the router's logits spread by `routerStd`, and the head scaled for
+ * `logitStd` (the output norm carries the scale).
+ */
+function defaultInit(
+  t: { base: string; suffix: string; shape: readonly number[] },
+  s: ResolvedSyntheticSpec,
+): Init {
   // A tied head scores each token by its embedding's dot product with the
   // final state, in which the current token's own embedding is a large part:
   // at full scale the model would only ever repeat its input.
   const embdStd = s.tiedOutput ? TIED_EMBD_STD : 1;
-  add(Tensors.tokenEmbd, undefined, [nEmbd, nVocab], { kind: "normal", std: embdStd });
-  const bias = (std: number): Init => ({ kind: "normal", std });
-  for (let i = 0; i < s.nLayer + s.nNextn; i++) {
-    add(Tensors.attnNorm, i, [nEmbd], norm());
-    if (s.arch === "deepseek2") {
-      // latent attention, as llama.cpp's converter splits attn_kv_b into attn_k_b (transposed) and attn_v_b
-      const qHead = s.qkNopeDim + s.qkRopeDim;
-      if (s.qLoraRank > 0) {
-        add(Tensors.attnQA, i, [nEmbd, s.qLoraRank], normal(nEmbd));
-        add(Tensors.attnQANorm, i, [s.qLoraRank], norm());
-        add(Tensors.attnQB, i, [s.qLoraRank, nHead * qHead], normal(s.qLoraRank));
-      } else {
-        add(Tensors.attnQ, i, [nEmbd, nHead * qHead], normal(nEmbd));
-      }
-      add(Tensors.attnKvAMqa, i, [nEmbd, s.kvLoraRank + s.qkRopeDim], normal(nEmbd));
-      add(Tensors.attnKvANorm, i, [s.kvLoraRank], norm());
-      add(Tensors.attnKB, i, [s.qkNopeDim, s.kvLoraRank, nHead], normal(s.kvLoraRank));
-      add(Tensors.attnVB, i, [s.kvLoraRank, s.vHeadDim, nHead], normal(s.kvLoraRank));
-      add(Tensors.attnOut, i, [nHead * s.vHeadDim, nEmbd], normal(nHead * s.vHeadDim));
-    } else {
-      add(Tensors.attnQ, i, [nEmbd, nQ], normal(nEmbd));
-      add(Tensors.attnK, i, [nEmbd, nKv], normal(nEmbd));
-      add(Tensors.attnV, i, [nEmbd, nKv], normal(nEmbd));
-      if (s.arch === "qwen2moe" || s.arch === "gpt-oss") {
-        add(Tensors.attnQ, i, [nQ], bias(0.5), "bias");
-        add(Tensors.attnK, i, [nKv], bias(0.5), "bias");
-        add(Tensors.attnV, i, [nKv], bias(0.5), "bias");
-      }
-      if (s.arch === "qwen3moe") {
-        add(Tensors.attnQNorm, i, [headDim], norm(1, 0.2));
-        add(Tensors.attnKNorm, i, [headDim], norm(1, 0.2));
-      }
-      if (s.arch === "olmoe") {
-        add(Tensors.attnQNorm, i, [nQ], norm(1, 0.2));
-        add(Tensors.attnKNorm, i, [nKv], norm(1, 0.2));
-      }
-      add(Tensors.attnOut, i, [nQ, nEmbd], normal(nQ));
-      if (s.arch === "gpt-oss") {
-        add(Tensors.attnOut, i, [nEmbd], bias(0.5), "bias");
-        // one logit per head in each softmax's denominator: about as large as the scores
-        add(Tensors.attnSinks, i, [nHead], bias(2));
-      }
-    }
-    // GPT-OSS calls its FFN input norm post_attention_norm
-    add(s.arch === "gpt-oss" ? Tensors.attnPostNorm : Tensors.ffnNorm, i, [nEmbd], norm());
-    if (s.arch === "deepseek2" && i < s.nLayerDenseLead) {
-      add(Tensors.ffnGate, i, [nEmbd, s.nFf], normal(nEmbd));
-      add(Tensors.ffnUp, i, [nEmbd, s.nFf], normal(nEmbd));
-      add(Tensors.ffnDown, i, [s.nFf, nEmbd], normal(s.nFf));
-      continue;
-    }
-    add(Tensors.ffnGateInp, i, [nEmbd, nExpert], normal(nEmbd, s.routerStd));
-    if (s.expProbsBias) add(Tensors.ffnExpProbsB, i, [nExpert], bias(0.5), "bias");
-    // GPT-OSS's clamp (gate ≤ 7, |up| ≤ 7) should bite: gate and up at 3× the unit scale
-    const gain = s.arch === "gpt-oss" ? 3 : 1;
-    add(Tensors.ffnGateExps, i, [nEmbd, nFfExp, nExpert], normal(nEmbd, gain));
-    add(Tensors.ffnUpExps, i, [nEmbd, nFfExp, nExpert], normal(nEmbd, gain));
-    add(Tensors.ffnDownExps, i, [nFfExp, nEmbd, nExpert], normal(nFfExp, 1 / gain));
-    if (s.arch === "gpt-oss") {
-      add(Tensors.ffnGateInp, i, [nExpert], bias(1), "bias");
-      add(Tensors.ffnGateExps, i, [nFfExp, nExpert], bias(0.5), "bias");
-      add(Tensors.ffnUpExps, i, [nFfExp, nExpert], bias(0.5), "bias");
-      add(Tensors.ffnDownExps, i, [nEmbd, nExpert], bias(0.5), "bias");
-    }
-    if (s.arch === "qwen2moe") {
-      add(Tensors.ffnGateInpShexp, i, [nEmbd], normal(nEmbd));
-      add(Tensors.ffnGateShexp, i, [nEmbd, nFfShexp], normal(nEmbd));
-      add(Tensors.ffnUpShexp, i, [nEmbd, nFfShexp], normal(nEmbd));
-      add(Tensors.ffnDownShexp, i, [nFfShexp, nEmbd], normal(nFfShexp));
-    }
-    if (s.arch === "deepseek2") {
-      const f = nFfExp * s.nExpertShared;
-      add(Tensors.ffnGateShexp, i, [nEmbd, f], normal(nEmbd));
-      add(Tensors.ffnUpShexp, i, [nEmbd, f], normal(nEmbd));
-      add(Tensors.ffnDownShexp, i, [f, nEmbd], normal(f));
-    }
-    if (i >= s.nLayer) {
-      // the MTP head: [embedding | hidden] → hidden, its norms, its own output head
-      add(Tensors.nextnEhProj, i, [2 * nEmbd, nEmbd], normal(2 * nEmbd));
-      add(Tensors.nextnEnorm, i, [nEmbd], norm());
-      add(Tensors.nextnHnorm, i, [nEmbd], norm());
-      add(Tensors.nextnSharedHeadNorm, i, [nEmbd], norm());
-      add(Tensors.nextnSharedHeadHead, i, [nEmbd, nVocab], normal(nEmbd));
-    }
+  if (t.base === Tensors.tokenEmbd) return { kind: "normal", std: embdStd };
+  if (t.base === Tensors.outputNorm) {
+    // rows of the head have unit norm (untied: N(0, 1/nEmbd)) or norm embdStd·√nEmbd (tied)
+    const scale = s.tiedOutput ? s.logitStd / (embdStd * Math.sqrt(s.nEmbd)) : s.logitStd;
+    return { kind: "norm", scale, jitter: 0.1 };
   }
-  // The output norm carries the logit scale: rows of the head have unit norm
-  // (untied: N(0, 1/nEmbd)) or norm embdStd·√nEmbd (tied: the embeddings).
-  const headScale = s.tiedOutput ? s.logitStd / (embdStd * Math.sqrt(nEmbd)) : s.logitStd;
-  add(Tensors.outputNorm, undefined, [nEmbd], norm(headScale));
-  if (!s.tiedOutput) add(Tensors.output, undefined, [nEmbd, nVocab], normal(nEmbd));
-  return out;
+  if (t.suffix === "bias") return { kind: "normal", std: 0.5 };
+  if (t.base === Tensors.attnQNorm || t.base === Tensors.attnKNorm) {
+    return { kind: "norm", scale: 1, jitter: 0.2 };
+  }
+  if (t.base.endsWith("norm")) return { kind: "norm", scale: 1, jitter: 0.1 };
+  if (t.base === Tensors.ffnGateInp) return normalInit(t.shape[0]!, s.routerStd);
+  return normalInit(t.shape[0]!);
+}
+
+/** The tensors to write: the arch's plan (optional ones as its hints say) and its extras. */
+function plan(s: ResolvedSyntheticSpec): PlannedTensor[] {
+  const arch = syntheticArch(s.arch);
+  const hints = arch.synthetic;
+  const c: ModelConfig = hints.config(s);
+  const entries: TensorPlanEntry[] = [...arch.tensorPlan(c), ...(hints.extraTensors?.(c) ?? [])];
+  return entries
+    .filter((t) =>
+      !t.optional || (t.name === OUTPUT ? !s.tiedOutput : hints.writeOptional?.(t.name, s))
+    )
+    .map((t) => {
+      const { base, suffix } = tensorBase(t.name);
+      const info = { base, suffix, shape: t.shape };
+      return {
+        name: t.name,
+        shape: t.shape,
+        init: hints.init?.(info, s) ?? defaultInit(info, s),
+        matrix: t.shape.length >= 2 && base !== Tensors.ffnGateInp && suffix === "weight",
+      };
+    });
 }
 
 /**
@@ -486,89 +394,10 @@ export function syntheticTensors(spec: SyntheticSpec): SyntheticTensorInfo[] {
   return plan(resolveSyntheticSpec(spec)).map(({ name, shape }) => ({ name, shape }));
 }
 
-/** The hyperparameter metadata llama.cpp reads for the architecture, as its converter writes it. */
-function hparams(s: Required<SyntheticSpec>): [string, GgufValue][] {
-  const k = (key: string) => archKey(key, s.archName);
-  // llama (Mixtral) and olmoe files give the expert width as
-  // feed_forward_length; the others give it as expert_feed_forward_length
-  // and keep feed_forward_length for a dense width that differs (so an
-  // engine reading the wrong key fails): the shared expert's for qwen2moe,
-  // as Qwen1.5-MoE; the dense blocks' for deepseek2.
-  const expertsByFf = s.arch === "llama" || s.arch === "olmoe";
-  const nFf = expertsByFf
-    ? s.nFfExp
-    : s.arch === "qwen2moe"
-    ? s.nFfShexp
-    : s.arch === "deepseek2" && s.nLayerDenseLead > 0
-    ? s.nFf
-    : 3 * s.nFfExp;
-  const out: [string, GgufValue][] = [
-    [k(Keys.contextLength), gv.u32(s.nCtx)],
-    [k(Keys.embeddingLength), gv.u32(s.nEmbd)],
-    [k(Keys.blockCount), gv.u32(s.nLayer + s.nNextn)],
-    [k(Keys.feedForwardLength), gv.u32(nFf)],
-    [k(Keys.headCount), gv.u32(s.nHead)],
-    [k(Keys.headCountKv), gv.u32(s.nHeadKv)],
-  ];
-  if (s.arch === "deepseek2") {
-    // the absorbed view (one kv head of [latent | k_pe]) and the decompressed one
-    out.push(
-      [k(Keys.keyLength), gv.u32(s.kvLoraRank + s.qkRopeDim)],
-      [k(Keys.valueLength), gv.u32(s.kvLoraRank)],
-      [k(Keys.keyLengthMla), gv.u32(s.qkNopeDim + s.qkRopeDim)],
-      [k(Keys.valueLengthMla), gv.u32(s.vHeadDim)],
-      [k(Keys.ropeDimensionCount), gv.u32(s.qkRopeDim)],
-      // llama.cpp reads q_lora_rank unconditionally for non-"lite" layer counts
-      [k(Keys.qLoraRank), gv.u32(s.qLoraRank)],
-      [k(Keys.kvLoraRank), gv.u32(s.kvLoraRank)],
-      [k(Keys.leadingDenseBlockCount), gv.u32(s.nLayerDenseLead)],
-      [k(Keys.expertSharedCount), gv.u32(s.nExpertShared)],
-      [k(Keys.expertGatingFunc), gv.u32(s.gating === "sigmoid" ? 2 : 1)],
-    );
-    if (s.nNextn > 0) out.push([k(Keys.nextnPredictLayers), gv.u32(s.nNextn)]);
-    if (s.expertWeightsNorm) out.push([k(Keys.expertWeightsNorm), gv.bool(true)]);
-    if (s.expertWeightsScale !== 0) {
-      out.push([k(Keys.expertWeightsScale), gv.f32(s.expertWeightsScale)]);
-    }
-    if (s.nExpertGroups > 1) {
-      out.push(
-        [k(Keys.expertGroupCount), gv.u32(s.nExpertGroups)],
-        [k(Keys.expertGroupUsedCount), gv.u32(s.nExpertGroupsUsed)],
-      );
-    }
-  } else {
-    out.push(
-      [k(Keys.keyLength), gv.u32(s.headDim)],
-      [k(Keys.valueLength), gv.u32(s.headDim)],
-      [k(Keys.ropeDimensionCount), gv.u32(s.headDim)],
-    );
-  }
-  out.push(
-    [k(Keys.ropeFreqBase), gv.f32(s.ropeBase)],
-    [k(Keys.layerNormRmsEps), gv.f32(s.rmsEps)],
-    [k(Keys.expertCount), gv.u32(s.nExpert)],
-    [k(Keys.expertUsedCount), gv.u32(s.nExpertUsed)],
-  );
-  if (!expertsByFf) out.push([k(Keys.expertFeedForwardLength), gv.u32(s.nFfExp)]);
-  if (s.arch === "qwen2moe") {
-    out.push([k(Keys.expertSharedFeedForwardLength), gv.u32(s.nFfShexp)]);
-  }
-  if (s.arch === "gpt-oss") out.push([k(Keys.slidingWindow), gv.u32(s.slidingWindow)]);
-  if (s.yarnFactor !== 0) {
-    out.push(
-      [k(Keys.ropeScalingType), gv.str("yarn")],
-      [k(Keys.ropeScalingFactor), gv.f32(s.yarnFactor)],
-      [k(Keys.ropeScalingOrigCtx), gv.u32(s.yarnOrigCtx)],
-    );
-    if (s.yarnMscaleAllDim !== 0) {
-      // llama.cpp's converter writes 0.1 × mscale_all_dim (and its loader divides by 0.1)
-      out.push([k(Keys.ropeScalingYarnLogMul), gv.f32(0.1 * s.yarnMscaleAllDim)]);
-    }
-  }
-  if (s.arch === "llama" || s.arch === "deepseek2") {
-    out.push([k(Keys.vocabSize), gv.u32(s.vocab.nTokens)]);
-  }
-  return out;
+/** The hyperparameters of a spec, as the arch file derives them (what the file says). */
+export function syntheticConfig(spec: SyntheticSpec): ModelConfig {
+  const s = resolveSyntheticSpec(spec);
+  return syntheticArch(s.arch).synthetic.config(s);
 }
 
 /** FNV-1a of a string, to give each tensor its own random stream. */
@@ -625,7 +454,7 @@ export function syntheticModelLazy(
   const metadata: [string, GgufValue][] = [
     [Keys.architecture, gv.str(s.archName)],
     [Keys.name, gv.str(s.name)],
-    ...hparams(s),
+    ...archSpec(s.archName).writeConfig(syntheticArch(s.arch).synthetic.config(s)),
     [Keys.fileType, gv.u32(FILE_TYPE[s.weightType])],
     ...s.vocab.entries.map(([key, value]) => [key, value] as [string, GgufValue]),
   ];

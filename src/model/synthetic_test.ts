@@ -3,9 +3,11 @@ import {
   demoModelSpec,
   SYNTHETIC_ARCHS,
   type SyntheticArch,
+  syntheticConfig,
   syntheticModel,
   type SyntheticSpec,
 } from "./synthetic.ts";
+import { archSpec } from "./registry.ts";
 import { builtinTokenizer, gpt2ByteChars, tokenizerFromGguf, TokenType } from "./vocab.ts";
 import { type GgufHeader, parseGguf } from "../gguf/reader.ts";
 import { serializeGguf } from "../gguf/writer.ts";
@@ -58,7 +60,7 @@ function spec(arch: SyntheticArch, extra: Partial<SyntheticSpec> = {}): Syntheti
 
 /**
  * The tensors llama.cpp's loader asks for (src/models/{llama,qwen2moe,qwen3moe,
- * olmoe,openai-moe,deepseek2}.cpp, `create_tensor` calls), written out
+ * olmoe,openai-moe,deepseek2,minimax-m2}.cpp, `create_tensor` calls), written out
  * independently of the generator.
  */
 function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
@@ -121,6 +123,11 @@ function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
     if (s.arch === "olmoe") {
       m.set(`${b}.attn_q_norm.weight`, [e]);
       m.set(`${b}.attn_k_norm.weight`, [e]);
+    }
+    if (s.arch === "minimax-m2") {
+      m.set(`${b}.attn_q_norm.weight`, [q]);
+      m.set(`${b}.attn_k_norm.weight`, [kv]);
+      m.set(`${b}.exp_probs_b.bias`, [s.nExpert]);
     }
     if (s.arch === "gpt-oss") {
       m.set(`${b}.attn_output.bias`, [e]);
@@ -227,6 +234,43 @@ for (const arch of SYNTHETIC_ARCHS) {
   });
 }
 
+/** `a` and `b` equal, numbers up to f32 rounding (the file stores f32). */
+function assertClose(a: unknown, b: unknown, path: string): void {
+  if (typeof a === "number" && typeof b === "number") {
+    assert.ok(Math.abs(a - b) <= 1e-6 * Math.max(1, Math.abs(b)), `${path}: ${a} vs ${b}`);
+  } else if (a && b && typeof a === "object" && typeof b === "object") {
+    assert.deepEqual(Object.keys(a).sort(), Object.keys(b).sort(), path);
+    for (const [k, v] of Object.entries(a)) {
+      assertClose(v, (b as Record<string, unknown>)[k], `${path}.${k}`);
+    }
+  } else {
+    assert.equal(a, b, path);
+  }
+}
+
+for (const arch of SYNTHETIC_ARCHS) {
+  Deno.test(`${arch}: readConfig of what the arch file's writeConfig wrote is the config it was given`, () => {
+    const variants: Partial<SyntheticSpec>[] = [{}, { yarnFactor: 4, yarnOrigCtx: 64 }];
+    if (arch === "deepseek2") {
+      variants.push({ yarnFactor: 4, yarnOrigCtx: 64, yarnMscaleAllDim: 0.707 }, {
+        archName: "mistral4",
+        nNextn: 1,
+        nExpertGroups: 5,
+        nExpertGroupsUsed: 2,
+        expertWeightsNorm: true,
+        expertWeightsScale: 2.5,
+      });
+    }
+    for (const extra of variants) {
+      const s = spec(arch, extra);
+      const want = syntheticConfig(s);
+      const h = parseGguf(serializeGguf(syntheticModel(s)));
+      const got = archSpec(h.metadata.string("general.architecture")).readConfig(h.metadata);
+      assertClose(got, want, `${arch} ${JSON.stringify(extra)}`);
+    }
+  });
+}
+
 Deno.test("the same seed gives the same bytes; another seed other weights, same metadata", () => {
   const a = serializeGguf(syntheticModel(spec("qwen2moe")));
   const b = serializeGguf(syntheticModel(spec("qwen2moe")));
@@ -317,6 +361,7 @@ Deno.test("specs llama.cpp would reject are rejected, saying why", () => {
     [{ arch: "qwen3moe", nNextn: 1 }, /nNextn apply to deepseek2 only/],
     [{ arch: "llama", archName: "mistral4" }, /archName apply to deepseek2 only/],
     [{ arch: "llama", yarnFactor: 4 }, /YaRN needs/],
+    [{ arch: "llama", ropeDim: 40 }, /ropeDim must be an even integer in 2…headDim \(16\)/],
     [
       { arch: "mixtral" as SyntheticArch },
       /supported: llama, qwen2moe, qwen3moe, olmoe, gpt-oss, deepseek2/,

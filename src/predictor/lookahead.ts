@@ -45,9 +45,17 @@ export interface RouterWeights {
   matrix(name: string): GpuWeight;
 }
 
-/** Layer `l`'s FFN input norm: `ffn_norm`, or GPT-OSS's `post_attention_norm` (the same role). */
-export function ffnNormOf(w: RouterWeights, l: number): GPUBuffer {
-  return w.maybeVector(tn(Tensors.ffnNorm, l)) ?? w.vector(tn(Tensors.attnPostNorm, l));
+/** The model's router inputs, as its config states them (`src/model/config.ts`). */
+export interface RouterInputs {
+  /** The FFN input norm's tensor (`ModelConfig.ffnNorm`; default `ffn_norm`). */
+  ffnNorm?: string;
+  /** The router adds `ffn_gate_inp.bias` to its logits (`ModelConfig.routerBias`). */
+  routerBias?: boolean;
+}
+
+/** Layer `l`'s FFN input norm: the config's `ffnNorm` (`ffn_norm`, or GPT-OSS's `post_attention_norm`). */
+export function ffnNormOf(w: RouterWeights, l: number, o: RouterInputs): GPUBuffer {
+  return w.vector(tn(o.ffnNorm ?? Tensors.ffnNorm, l));
 }
 
 /**
@@ -60,7 +68,7 @@ export async function prepareLookaheadLogits(
   gpu: Gpu,
   w: RouterWeights,
   source: HiddenSource,
-  o: {
+  o: RouterInputs & {
     nLayer: number;
     nEmbd: number;
     nExpert: number;
@@ -86,7 +94,7 @@ export async function prepareLookaheadLogits(
           x: source.hidden(l),
           y: { buffer: o.xn, offset: 0, stride: E },
           n: E,
-          weight: ffnNormOf(w, t),
+          weight: ffnNormOf(w, t, o),
           eps: o.rmsEps,
           label: `${o.label}.${l}+${d + 1}.norm`,
         }),
@@ -99,8 +107,8 @@ export async function prepareLookaheadLogits(
           label: `${o.label}.${l}+${d + 1}.router`,
         }),
       );
-      const bias = w.maybeVector(tn(Tensors.ffnGateInp, t, "bias"));
-      if (bias) {
+      if (o.routerBias) {
+        const bias = w.vector(tn(Tensors.ffnGateInp, t, "bias"));
         ops.push(
           await prepareAddBias(gpu, { y, bias, n: N, label: `${o.label}.${l}+${d + 1}.bias` }),
         );
@@ -111,7 +119,7 @@ export async function prepareLookaheadLogits(
 }
 
 /** Options of {@linkcode LookaheadPredictor.create}. */
-export interface LookaheadOptions {
+export interface LookaheadOptions extends RouterInputs {
   /** Layers of the model. */
   nLayer: number;
   /** Hidden size. */

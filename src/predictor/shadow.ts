@@ -47,7 +47,7 @@ import { prepareRmsNorm } from "../gpu/ops/norm.ts";
 import { openSafetensors, writeSafetensors } from "../safetensors/mod.ts";
 import { Rng } from "../util/rng.ts";
 import { prepareGemm, prepareTopk } from "./kernels.ts";
-import { prepareLookaheadLogits, type RouterWeights } from "./lookahead.ts";
+import { prepareLookaheadLogits, type RouterInputs, type RouterWeights } from "./lookahead.ts";
 import {
   decodePredictions,
   type ExpertPredictor,
@@ -256,7 +256,7 @@ export function checkShadowFits(w: ShadowWeights, m: PredictedModel, where = "sh
 }
 
 /** Options of {@linkcode ShadowPredictor.create}. */
-export interface ShadowPredictorOptions {
+export interface ShadowPredictorOptions extends RouterInputs {
   /** Experts kept per predicted layer (default 2 × nExpertUsed, at most nExpert). */
   topK?: number;
   /** RMSNorm epsilon of the input normalisation (default 1e-6, as collected). */
@@ -383,6 +383,8 @@ export class ShadowPredictor implements ExpertPredictor {
           rmsEps: o.rmsEps ?? 1e-6,
           depth: s.depth,
           nLayerDenseLead: o.nLayerDenseLead,
+          ffnNorm: o.ffnNorm,
+          routerBias: o.routerBias,
           xn,
           logits,
           accumulate: true,

@@ -149,7 +149,7 @@ export async function foldedRouters(model: Model): Promise<Float32Array> {
   for (let l = model.config.nLayerDenseLead ?? 0; l < L; l++) {
     const w = model.weights.matrix(tn(Tensors.ffnGateInp, l));
     const [norm, ...chunks] = await readback(model.gpu, [
-      ffnNormOf(model.weights, l),
+      ffnNormOf(model.weights, l, model.config),
       ...w.chunks.map((c) => ({
         buffer: c.buffer,
         offset: c.byteOffset,

@@ -20,7 +20,7 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { createBuffer, upload } from "../buffers.ts";
+import { createBuffer, ParamsBuffer, upload } from "../buffers.ts";
 import { getPipeline } from "../pipeline.ts";
 import { bindFrom, checkInt, placeholder } from "./elementwise.ts";
 import type { ActView, Op } from "./op.ts";
@@ -99,38 +99,12 @@ type ParamValues = Record<keyof typeof PARAMS, number>;
 
 /**
  * The params struct in a small read-only storage buffer (see the shader
- * header for why not a uniform), uploaded only when it changes.
+ * header for why not a uniform), uploaded only when it changes; a
+ * {@linkcode ParamsBuffer}, so dispatch checks its layout against the
+ * shader's `Params`.
  */
-class SampleParams {
-  readonly buffer: GPUBuffer;
-  readonly #gpu: Gpu;
-  readonly #words = new ArrayBuffer(4 * Object.keys(PARAMS).length);
-  readonly #u32 = new Uint32Array(this.#words);
-  readonly #f32 = new Float32Array(this.#words);
-  readonly #last = new Uint32Array(this.#u32.length);
-  #written = false;
-
-  constructor(gpu: Gpu, label: string) {
-    this.#gpu = gpu;
-    this.buffer = createBuffer(gpu, { label, size: this.#words.byteLength });
-  }
-
-  write(values: ParamValues): void {
-    Object.entries(PARAMS).forEach(([name, type], i) => {
-      const v = values[name as keyof typeof PARAMS];
-      if (type === "f32") {
-        this.#f32[i] = v;
-      } else if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) {
-        throw new RangeError(`${this.buffer.label}: params field "${name}" = ${v} is not a u32.`);
-      } else {
-        this.#u32[i] = v;
-      }
-    });
-    if (this.#written && this.#u32.every((w, i) => w === this.#last[i])) return;
-    upload(this.#gpu, this.buffer, this.#words);
-    this.#last.set(this.#u32);
-    this.#written = true;
-  }
+function sampleParams(gpu: Gpu, label: string): ParamsBuffer<typeof PARAMS> {
+  return new ParamsBuffer(gpu, label, PARAMS);
 }
 
 const SAMPLER_OFF = {
@@ -162,7 +136,7 @@ export async function prepareArgmax(gpu: Gpu, o: ArgmaxOptions): Promise<Op> {
   const logits = bindFrom(gpu, o.logits.buffer, o.logits.offset, o.n);
   const out = bindFrom(gpu, o.out.buffer, o.out.index);
   const mx = o.maxLogit ? bindFrom(gpu, o.maxLogit.buffer, o.maxLogit.index) : undefined;
-  const params = new SampleParams(gpu, `${o.label}.params`);
+  const params = sampleParams(gpu, `${o.label}.params`);
   params.write({
     n: o.n,
     offset: logits.offset,
@@ -398,7 +372,7 @@ export async function prepareSampler(gpu: Gpu, o: SamplerOptions): Promise<GpuSa
     data: new Uint32Array(1 + cap),
   });
   const scratch = createBuffer(gpu, { label: `${o.label}.scratch`, size: 8 * o.n });
-  const params = new SampleParams(gpu, `${o.label}.params`);
+  const params = sampleParams(gpu, `${o.label}.params`);
   const fixed = {
     n: o.n,
     offset: logits.offset,

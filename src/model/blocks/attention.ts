@@ -73,7 +73,7 @@ export async function gqaAttention(b: OpBuilder, l: number): Promise<void> {
       headDimV: c.headDimV,
       scale: c.attnScale,
       window,
-      sinks: w.maybeVector(tn(Tensors.attnSinks, l)),
+      sinks: c.attnSinks ? w.vector(tn(Tensors.attnSinks, l)) : undefined,
       nCtx,
       step: s.step,
       label: `blk.${l}.attention`,

@@ -15,19 +15,17 @@ import { prepareMoeCombine } from "../../gpu/ops/moe.ts";
 import { prepareSlotBias } from "../../gpu/ops/expert_bias.ts";
 import type { ActView } from "../../gpu/ops/op.ts";
 import { tensorName as tn, Tensors } from "../../gguf/names.ts";
+import { ffnNormName } from "../config.ts";
 import { type OpBuilder, view } from "./builder.ts";
 
 /** GPT-OSS's activation constants (llama.cpp `LLM_FFN_SWIGLU_OAI_MOE`). */
 const SWIGLU_OAI: SwigluOai = { alpha: 1.702, limit: 7 };
 
-/** The FFN input norm: `ffn_norm`, or GPT-OSS's `post_attention_norm` (the same role). */
+/** The FFN input norm: `c.ffnNorm` (`ffn_norm`, or GPT-OSS's `post_attention_norm`). */
 async function ffnNorm(b: OpBuilder, l: number): Promise<void> {
-  const { c, w, s } = b.ctx;
+  const { c, s } = b.ctx;
   const E = c.nEmbd;
-  const name = w.maybeVector(tn(Tensors.ffnNorm, l))
-    ? tn(Tensors.ffnNorm, l)
-    : tn(Tensors.attnPostNorm, l);
-  await b.rmsNorm(name, view(s.x, E), view(s.xn, E), E);
+  await b.rmsNorm(tn(ffnNormName(c), l), view(s.x, E), view(s.xn, E), E);
 }
 
 /**
@@ -77,7 +75,7 @@ export async function moeFfn(b: OpBuilder, l: number): Promise<void> {
   b.add(
     await prepareRouter(gpu, {
       logits: view(s.routerLogits, c.nExpert),
-      logitBias: w.maybeVector(tn(Tensors.ffnGateInp, l, "bias")),
+      logitBias: c.routerBias ? w.vector(tn(Tensors.ffnGateInp, l, "bias")) : undefined,
       selectionBias: w.maybeVector(tn(Tensors.ffnExpProbsB, l, "bias")),
       // routes are token-major: [token, layer, k]
       ids: { buffer: s.routes, offset: l * K, stride: c.nLayer * K },
