@@ -27,7 +27,12 @@ import { dispatch, type Workgroups } from "../src/gpu/dispatch.ts";
 import { getPipeline } from "../src/gpu/pipeline.ts";
 import { defineShaderText } from "../src/gpu/shaders.ts";
 import { GpuTimer } from "../src/gpu/timer.ts";
-import { prepareMatmul } from "../src/gpu/ops/matmul.ts";
+import {
+  defaultMatmulTuning,
+  type MatmulTuning,
+  type MatvecKernel,
+  prepareMatmul,
+} from "../src/gpu/ops/matmul.ts";
 import { type Op, STEP } from "../src/gpu/ops/op.ts";
 import { randomWeightBytes, uploadWeight } from "../src/gpu/ops/weights.ts";
 import { GPU_WEIGHT_TYPES } from "../src/gpu/ops/quant_wgsl.ts";
@@ -68,12 +73,44 @@ export interface MatmulBenchOptions {
   iters: number;
   /** ggml type names to measure. */
   types: GgmlTypeName[];
+  /** Which products to measure; default both. */
+  kinds?: readonly ("decode" | "prefill")[];
+  /**
+   * Matvec variants to compare in the same run (decode only), each a
+   * tuning override with a name; default one, the adapter's own tuning.
+   */
+  variants?: readonly MatvecVariant[];
+}
+
+/** A named matvec tuning override, parsed from `kernel/wg/rows` (e.g. `rows/8/2`). */
+export interface MatvecVariant {
+  /** As given on the command line; `default` is the adapter's tuning. */
+  name: string;
+  /** The override. */
+  tuning: Partial<MatmulTuning>;
+}
+
+/** Parses `default` or `KERNEL/WG/ROWS` (`tree/128/4`, `rows/8/2`). */
+export function parseVariant(spec: string): MatvecVariant {
+  if (spec === "default") return { name: spec, tuning: {} };
+  const m = /^(tree|rows)\/(\d+)\/(\d+)$/.exec(spec);
+  if (!m) throw new Error(`--variants: "${spec}" is not default or KERNEL/WG/ROWS (tree/128/4)`);
+  return {
+    name: spec,
+    tuning: {
+      matvecKernel: m[1] as MatvecKernel,
+      wgMatvec: Number(m[2]),
+      rowsMatvec: Number(m[3]),
+    },
+  };
 }
 
 /** One measured kernel. */
 export interface BenchResult {
   /** ggml type name. */
   type: string;
+  /** The matvec variant (decode), `default` for the adapter's tuning. */
+  variant: string;
   /** `"decode"` (T = 1) or `"prefill"`. */
   kind: "decode" | "prefill";
   /** Weight rows × columns and tokens. */
@@ -202,7 +239,10 @@ export async function runMatmulBench(
   const results: BenchResult[] = [];
   for (const name of opts.types) {
     const type = requireGgmlType(GgmlType[name]);
-    for (const kind of ["decode", "prefill"] as const) {
+    for (const kind of opts.kinds ?? ["decode", "prefill"] as const) {
+      const variants = kind === "decode" && opts.variants?.length
+        ? opts.variants
+        : [{ name: "default", tuning: {} }];
       const rows = kind === "decode" ? opts.rows : opts.prefillRows;
       const cols = kind === "decode" ? opts.cols : opts.prefillCols;
       const tokens = kind === "decode" ? 1 : opts.tokens;
@@ -213,41 +253,46 @@ export async function runMatmulBench(
         data: Float32Array.from({ length: tokens * cols }, () => rng.normal()),
       });
       const y = createBuffer(gpu, { label: "bench.y", size: 4 * tokens * rows });
-      const ops = await prepareMatmul(gpu, {
-        w,
-        x: { buffer: x, offset: 0, stride: cols },
-        y: { buffer: y, offset: 0, stride: rows },
-        step: stepBuffer(gpu, tokens),
-        label: `bench.${name}.${kind}`,
-      });
-      const active = ops.filter((op) =>
-        count(typeof op.workgroups === "function" ? op.workgroups(tokens) : op.workgroups) > 0
-      );
-      if (active.length !== 1) {
-        throw new Error("bench expects one dispatching op (one weight chunk)");
+      const step = stepBuffer(gpu, tokens);
+      for (const variant of variants) {
+        const ops = await prepareMatmul(gpu, {
+          w,
+          x: { buffer: x, offset: 0, stride: cols },
+          y: { buffer: y, offset: 0, stride: rows },
+          step,
+          label: `bench.${name}.${kind}`,
+          tuning: variant.tuning,
+        });
+        const active = ops.filter((op) =>
+          count(typeof op.workgroups === "function" ? op.workgroups(tokens) : op.workgroups) > 0
+        );
+        if (active.length !== 1) {
+          throw new Error("bench expects one dispatching op (one weight chunk)");
+        }
+        const t = await timePasses(
+          gpu,
+          opts.iters,
+          (enc, tw) => recordTimed(enc, ops, tokens, tw),
+          y,
+        );
+        const ref = await copyReference(bytes.byteLength);
+        const weightGBps = bytes.byteLength / t.ms / 1e6;
+        results.push({
+          type: name,
+          variant: variant.name,
+          kind,
+          rows,
+          cols,
+          tokens,
+          weightBytes: bytes.byteLength,
+          ms: t.ms,
+          weightGBps,
+          copyKernelGBps: ref.kernelGBps,
+          copyBufferGBps: ref.bufferCopyGBps,
+          ratioToCopy: weightGBps / ref.kernelGBps,
+          gflops: (2 * rows * cols * tokens) / t.ms / 1e6,
+        });
       }
-      const t = await timePasses(
-        gpu,
-        opts.iters,
-        (enc, tw) => recordTimed(enc, ops, tokens, tw),
-        y,
-      );
-      const ref = await copyReference(bytes.byteLength);
-      const weightGBps = bytes.byteLength / t.ms / 1e6;
-      results.push({
-        type: name,
-        kind,
-        rows,
-        cols,
-        tokens,
-        weightBytes: bytes.byteLength,
-        ms: t.ms,
-        weightGBps,
-        copyKernelGBps: ref.kernelGBps,
-        copyBufferGBps: ref.bufferCopyGBps,
-        ratioToCopy: weightGBps / ref.kernelGBps,
-        gflops: (2 * rows * cols * tokens) / t.ms / 1e6,
-      });
       for (const c of w.chunks) c.buffer.destroy();
       x.destroy();
       y.destroy();
@@ -256,6 +301,7 @@ export async function runMatmulBench(
   return {
     bench: "matmul",
     device: gpu.describe(),
+    tuning: defaultMatmulTuning(gpu),
     timing: method,
     iters: opts.iters,
     note: "weightGBps = weight bytes / kernel time; reference = f32 copy kernel of the same " +
@@ -275,6 +321,8 @@ if (import.meta.main) {
       tokens: { type: "string", default: "128" },
       iters: { type: "string", default: "10" },
       types: { type: "string", default: DEFAULT_TYPES.join(",") },
+      kinds: { type: "string", default: "decode,prefill" },
+      variants: { type: "string", default: "default" },
     },
   });
   const types = values.types === "all"
@@ -292,6 +340,13 @@ if (import.meta.main) {
     tokens: Number(values.tokens),
     iters: Number(values.iters),
     types,
+    kinds: values.kinds.split(",").map((k) => {
+      if (k !== "decode" && k !== "prefill") {
+        throw new Error(`--kinds: ${k} is not decode or prefill`);
+      }
+      return k;
+    }),
+    variants: values.variants.split(",").map(parseVariant),
   });
   console.log(JSON.stringify(report, null, 2));
   gpu.destroy();

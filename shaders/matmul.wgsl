@@ -40,6 +40,10 @@
 //           the TT tokens and tree-reduce in workgroup memory.
 //           ceil(n_rows / ROWS) * ceil(T / TT) (plain) or
 //           ceil(n_rows / ROWS) * T * n_used (mul_mat_id) workgroups.
+//   matvec_rows  the same products without workgroup memory: each invocation
+//           owns ROWS whole rows of one entry (TT tokens, plain); for CPU
+//           adapters. ceil(n_rows / (ROWS * WG_MV)) * ceil(T / TT) (plain)
+//           or ceil(n_rows / (ROWS * WG_MV)) * T * n_used (mul_mat_id).
 //   tiled   prefill: one workgroup per (BM rows, BN entries) with the
 //           dequantised weights and the x values of KP = 4 pieces (32
 //           columns, in piece order) at a time in workgroup memory; each
@@ -121,7 +125,13 @@ fn load_x(base: u32, col: u32) -> vec4f {
 // Piece p of block blk of the row at byte rb; weights past the row end are
 // zeroed (float types only).
 fn load_w(rb: u32, blk: u32, p: u32) -> Piece {
-  var pc = deq(rb + blk * QB, p);
+  return mask_tail(deq(rb + blk * QB, p), blk, p);
+}
+
+// pc, piece p of block blk, with the weights past the row end zeroed (float
+// types only).
+fn mask_tail(piece: Piece, blk: u32, p: u32) -> Piece {
+  var pc = piece;
   if (TAIL) {
     let col = blk * QK + vec4u(0u, 1u, 2u, 3u);
     let o = xoff(p);
@@ -212,6 +222,81 @@ fn matvec(
           }
         }
       }
+    }
+  }
+}
+
+// matvec_rows: the matvec without workgroup memory or barriers: each
+// invocation owns ROWS rows of one entry (TT tokens of a plain matmul) and
+// walks their whole length, so the x values it loads are the same for every
+// invocation of the workgroup, the scales of a group of PH pieces are read
+// once (quant.wgsl's head / deq_h), and there is nothing to reduce. Meant
+// for CPU adapters (llvmpipe), where a workgroup's invocations are the lanes
+// of one SIMD vector and a barrier is a coroutine switch.
+@compute @workgroup_size(WG_MV)
+fn matvec_rows(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let n_rg = (params.n_rows + ROWS * WG_MV - 1u) / (ROWS * WG_MV);
+  let lin = wid.x + wid.y * nwg.x;
+  let rg = lin % n_rg;
+  let per = select(1u, TT, params.n_mats == 0u);
+  let e0 = (lin / n_rg) * per;
+  let n_e = n_entries();
+  if (e0 >= n_e) {
+    return;
+  }
+  let m = entry_mat(e0);
+  if (m == NONE) {
+    return;
+  }
+  let ne = min(per, n_e - e0);
+  let r0 = (rg * WG_MV + lid) * ROWS;
+  if (r0 >= params.n_rows) {
+    return;
+  }
+  let nr = min(ROWS, params.n_rows - r0);
+  var acc: array<f32, MAX_ROWS * MAX_TT>;
+  let xb = x_base(e0);
+  let wb = params.w_off + m * params.mat_stride + r0 * params.row_bytes;
+  let nb = (params.n_cols + QK - 1u) / QK;
+  var hd: array<Head, MAX_ROWS>;
+  for (var blk = 0u; blk < nb; blk++) {
+    for (var p = 0u; p < NP; p++) {
+      // What the rows' next PH pieces share (scales), read once.
+      if (p % PH == 0u) {
+        for (var r = 0u; r < ROWS; r++) {
+          if (r < nr) {
+            hd[r] = head(wb + r * params.row_bytes + blk * QB, p / PH);
+          }
+        }
+      }
+      let o = xoff(p) + blk * QK;
+      var xv: array<vec4f, 2u * MAX_TT>;
+      for (var k = 0u; k < TT; k++) {
+        if (k < ne) {
+          xv[2u * k] = load_x(xb + k * params.x_stride, o.x);
+          xv[2u * k + 1u] = load_x(xb + k * params.x_stride, o.y);
+        }
+      }
+      for (var r = 0u; r < ROWS; r++) {
+        if (r < nr) {
+          let pc = mask_tail(deq_h(wb + r * params.row_bytes + blk * QB, hd[r], p), blk, p);
+          for (var k = 0u; k < TT; k++) {
+            if (k < ne) {
+              acc[r * MAX_TT + k] += dot(pc.a, xv[2u * k]) + dot(pc.b, xv[2u * k + 1u]);
+            }
+          }
+        }
+      }
+    }
+  }
+  for (var k = 0u; k < ne; k++) {
+    let yb = y_base(e0) + k * params.y_stride + r0;
+    for (var r = 0u; r < nr; r++) {
+      store_y(yb + r, acc[r * MAX_TT + k]);
     }
   }
 }

@@ -16,6 +16,14 @@
 //   fn xoff(p) -> vec2u            element offsets, within the block, of the
 //                                  4 weights in .a and of the 4 in .b
 //   fn deq(b, p) -> Piece          piece p of the block starting at byte b
+// and optionally, for kernels where one invocation reads every piece of a
+// block in turn (matmul.wgsl's matvec_rows):
+//   const PH: u32                  pieces per group, a divisor of NP
+//   struct Head                    what the pieces of a group share (scales)
+//   fn head(b, g) -> Head          group g of the block at byte b, read once
+//   fn deq_h(b, h, p) -> Piece     as deq(b, p), given h = head(b, p / PH)
+// A section without them gets ones that read nothing and call deq
+// (src/gpu/ops/quant_wgsl.ts appends them).
 //
 // Dequantised values follow ggml's to_float (ggml-quants.c) in f32. Blocks
 // start at any byte address the type's size allows: types whose block size is
@@ -37,6 +45,15 @@ fn ld32(b: u32) -> u32 {
   let i = b >> 2u;
   let s = (b & 3u) << 3u;
   return (W[i] >> s) | ((W[i + 1u] << 1u) << (31u - s));
+}
+
+// ld32 for addresses that are often word-aligned (blocks of 210 or 34
+// bytes start at every other even address): one load when aligned.
+fn ld32e(b: u32) -> u32 {
+  if ((b & 3u) == 0u) {
+    return W[b >> 2u];
+  }
+  return ld32(b);
 }
 
 // The byte at address b.
@@ -108,6 +125,24 @@ fn deq(b: u32, p: u32) -> Piece {
   return Piece(
     vec4f(unpack2x16float(ld32(b)), unpack2x16float(ld32(b + 4u))),
     vec4f(unpack2x16float(ld32(b + 8u)), unpack2x16float(ld32(b + 12u))),
+  );
+}
+
+// Rows of an even length start word-aligned: ld32e reads one word a value.
+const PH = 1u;
+
+struct Head {
+  unused: u32,
+}
+
+fn head(b: u32, g: u32) -> Head {
+  return Head(0u);
+}
+
+fn deq_h(b: u32, h: Head, p: u32) -> Piece {
+  return Piece(
+    vec4f(unpack2x16float(ld32e(b)), unpack2x16float(ld32e(b + 4u))),
+    vec4f(unpack2x16float(ld32e(b + 8u)), unpack2x16float(ld32e(b + 12u))),
   );
 }
 
@@ -226,6 +261,21 @@ fn deq(b: u32, p: u32) -> Piece {
   return Piece(sbytes4(ld32(o)) * d, sbytes4(ld32(o + 4u)) * d);
 }
 
+const PH = 4u;
+
+struct Head {
+  d: f32,
+}
+
+fn head(b: u32, g: u32) -> Head {
+  return Head(ldh(b));
+}
+
+fn deq_h(b: u32, hd: Head, p: u32) -> Piece {
+  let o = b + 2u + 8u * p;
+  return Piece(sbytes4(ld32e(o)) * hd.d, sbytes4(ld32e(o + 4u)) * hd.d);
+}
+
 //#type iq4_nl
 // Block: d f16, qs[16] of indices into a non-linear table. x = d * kvalue.
 const QK = 32u;
@@ -266,6 +316,22 @@ fn deq(b: u32, p: u32) -> Piece {
   let d = bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u));
   let q = ld32(b + 1u + 4u * p);
   return Piece(fp4x4(nib_lo(q)) * d, fp4x4(nib_hi(q)) * d);
+}
+
+const PH = 4u;
+
+struct Head {
+  d: f32,
+}
+
+fn head(b: u32, g: u32) -> Head {
+  let e = ld8(b);
+  return Head(bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u)));
+}
+
+fn deq_h(b: u32, hd: Head, p: u32) -> Piece {
+  let q = ld32(b + 1u + 4u * p);
+  return Piece(fp4x4(nib_lo(q)) * hd.d, fp4x4(nib_hi(q)) * hd.d);
 }
 
 //#type q2_k
@@ -364,6 +430,23 @@ fn deq(b: u32, p: u32) -> Piece {
   return Piece(m1.x * vec4f(nib_lo(q)) - m1.y, m2.x * vec4f(nib_hi(q)) - m2.y);
 }
 
+// Group j: d·scale, dmin·min of the sub-blocks 2j, 2j + 1.
+const PH = 8u;
+
+struct Head {
+  m: vec4f,
+}
+
+fn head(b: u32, j: u32) -> Head {
+  return Head(k_sub_scales(b >> 2u, j));
+}
+
+fn deq_h(b: u32, hd: Head, p: u32) -> Piece {
+  let m = hd.m;
+  let q = W[(b >> 2u) + 4u + p];
+  return Piece(m.x * vec4f(nib_lo(q)) - m.y, m.z * vec4f(nib_hi(q)) - m.w);
+}
+
 //#type q5_k
 // Super-block: d f16, dmin f16, scales[12], qh[32], qs[128]. As Q4_K with a
 // fifth bit: qh[l] bit 2j for element 64j + l, bit 2j + 1 for 64j + 32 + l.
@@ -390,6 +473,28 @@ fn deq(b: u32, p: u32) -> Piece {
   let qa = nib_lo(q) | (((h >> vec4u(2u * j)) & vec4u(1u)) << vec4u(4u));
   let qb = nib_hi(q) | (((h >> vec4u(2u * j + 1u)) & vec4u(1u)) << vec4u(4u));
   return Piece(m1.x * vec4f(qa) - m1.y, m2.x * vec4f(qb) - m2.y);
+}
+
+// Group j: d·scale, dmin·min of the sub-blocks 2j, 2j + 1.
+const PH = 8u;
+
+struct Head {
+  m: vec4f,
+}
+
+fn head(b: u32, j: u32) -> Head {
+  return Head(k_sub_scales(b >> 2u, j));
+}
+
+fn deq_h(b: u32, hd: Head, p: u32) -> Piece {
+  let i = b >> 2u;
+  let j = p >> 3u;
+  let m = hd.m;
+  let h = bytes4(W[i + 4u + (p & 7u)]);
+  let q = W[i + 12u + p];
+  let qa = nib_lo(q) | (((h >> vec4u(2u * j)) & vec4u(1u)) << vec4u(4u));
+  let qb = nib_hi(q) | (((h >> vec4u(2u * j + 1u)) & vec4u(1u)) << vec4u(4u));
+  return Piece(m.x * vec4f(qa) - m.y, m.z * vec4f(qb) - m.w);
 }
 
 //#type q6_k
@@ -421,6 +526,32 @@ fn deq(b: u32, p: u32) -> Piece {
   let qa = vec4i(nib_lo(ql) | (((qh >> vec4u(2u * h)) & vec4u(3u)) << vec4u(4u))) - 32;
   let qb = vec4i(nib_hi(ql) | (((qh >> vec4u(2u * h + 4u)) & vec4u(3u)) << vec4u(4u))) - 32;
   return Piece(d * sc.x * vec4f(qa), d * sc.y * vec4f(qb));
+}
+
+// Group g = p / 4 (half n, h, l0 / 16 fixed): d times scales
+// 8n + l0/16 + 2h and that + 4.
+const PH = 4u;
+
+struct Head {
+  dsc: vec2f,
+}
+
+fn head(b: u32, g: u32) -> Head {
+  let n = g >> 2u;
+  let sa = b + 192u + 8u * n + (g & 1u) + ((g >> 1u) & 1u) * 2u;
+  let sc = sbytes4(ld8(sa) | (ld8(sa + 4u) << 8u));
+  return Head(ldh(b + 208u) * sc.xy);
+}
+
+fn deq_h(b: u32, hd: Head, p: u32) -> Piece {
+  let n = p >> 4u;
+  let h = (p >> 3u) & 1u;
+  let l0 = 4u * (p & 7u);
+  let ql = ld32e(b + 64u * n + 32u * h + l0);
+  let qh = bytes4(ld32e(b + 128u + 32u * n + l0));
+  let qa = vec4i(nib_lo(ql) | (((qh >> vec4u(2u * h)) & vec4u(3u)) << vec4u(4u))) - 32;
+  let qb = vec4i(nib_hi(ql) | (((qh >> vec4u(2u * h + 4u)) & vec4u(3u)) << vec4u(4u))) - 32;
+  return Piece(hd.dsc.x * vec4f(qa), hd.dsc.y * vec4f(qb));
 }
 
 // Sections of the types whose code lives in shaders/lib/ (with the grids and

@@ -34,6 +34,13 @@ import { bindView, bindWeightChunk } from "./weights.ts";
 
 /** Tunables of the matrix kernels (WGSL override constants and the path switch). */
 export interface MatmulTuning {
+  /**
+   * The matvec kernel: `"tree"` (the invocations of a workgroup share a
+   * row's pieces and tree-reduce in workgroup memory, the GPU kernel) or
+   * `"rows"` (each invocation owns `rowsMatvec` whole rows: no workgroup
+   * memory, no barriers; for CPU adapters).
+   */
+  readonly matvecKernel: MatvecKernel;
   /** matvec: invocations per workgroup, a power of two. */
   readonly wgMatvec: number;
   /** matvec: rows per workgroup, 1 to 8. */
@@ -61,12 +68,16 @@ export interface MatmulTuning {
   readonly idMatvecMaxTokens: number;
 }
 
+/** The matvec kernels of `shaders/matmul.wgsl` (see {@linkcode MatmulTuning.matvecKernel}). */
+export type MatvecKernel = "tree" | "rows";
+
 /**
  * The default tuning for GPUs: 128 invocations reduce 4 rows (a workgroup
  * reads 4 rows' blocks side by side, coalesced), 4 tokens per matvec
  * workgroup, 64 × 32 tiles for prefill from 9 tokens on.
  */
 export const DEFAULT_MATMUL_TUNING: MatmulTuning = Object.freeze({
+  matvecKernel: "tree",
   wgMatvec: 128,
   rowsMatvec: 4,
   tokensMatvec: 4,
@@ -81,11 +92,15 @@ export const DEFAULT_MATMUL_TUNING: MatmulTuning = Object.freeze({
 /**
  * The default tuning for CPU (software) adapters such as llvmpipe, where a
  * workgroup runs as coroutines over one SIMD vector and every barrier
- * switches between them: 8 invocations a workgroup (one AVX2 vector, cheap
- * barriers) was 2.5× faster than 64 on llvmpipe, and the matvec kernel (8
- * tokens a workgroup) beats the tiled one up to about 24 tokens.
+ * switches between them: 8 invocations a workgroup (one AVX2 vector), each
+ * owning 4 whole rows (the `rows` matvec: no barriers, the x loads shared by
+ * the vector's lanes, a block's scales read once per group of pieces; 1.3–1.7×
+ * the `tree` kernel's decode bandwidth on llvmpipe at 2048 columns, see
+ * bench/README.md), and the matvec kernel (8 tokens a workgroup) beats the
+ * tiled one up to about 24 tokens.
  */
 export const SOFTWARE_MATMUL_TUNING: MatmulTuning = Object.freeze({
+  matvecKernel: "rows",
   wgMatvec: 8,
   rowsMatvec: 4,
   tokensMatvec: 8,
@@ -97,18 +112,91 @@ export const SOFTWARE_MATMUL_TUNING: MatmulTuning = Object.freeze({
   idMatvecMaxTokens: 256,
 });
 
-/** Whether `gpu` is a CPU implementation of WebGPU (llvmpipe, lavapipe, SwiftShader, WARP). */
-export function isSoftwareAdapter(gpu: Gpu): boolean {
-  const info = gpu.adapterInfo;
+/** What a {@linkcode MatmulProfile} is chosen by: the adapter's info and the device's features. */
+export interface AdapterTraits {
+  /** The adapter's vendor, architecture, device and description strings, and fallback flag. */
+  readonly info:
+    & Pick<
+      GPUAdapterInfo,
+      "vendor" | "architecture" | "device" | "description"
+    >
+    & { readonly isFallbackAdapter?: boolean };
+  /** The optional features enabled on the device. */
+  readonly features: ReadonlySet<string>;
+}
+
+/** One row of {@linkcode MATMUL_PROFILES}: a name, which adapters it is for, its tuning. */
+export interface MatmulProfile {
+  /** Name for logs and for `ODMOE_MATMUL_PROFILE`. */
+  readonly name: string;
+  /** Whether this row is for the adapter. */
+  readonly matches: (adapter: AdapterTraits) => boolean;
+  /** The tuning the kernels are built with. */
+  readonly tuning: MatmulTuning;
+}
+
+/** Whether the adapter is a CPU implementation of WebGPU (llvmpipe, lavapipe, SwiftShader, WARP). */
+export function isSoftwareTraits(adapter: AdapterTraits): boolean {
+  const info = adapter.info;
   return info.isFallbackAdapter === true ||
     /llvmpipe|lavapipe|swiftshader|softpipe|\bwarp\b|microsoft basic render/i.test(
       `${info.description} ${info.vendor} ${info.architecture} ${info.device}`,
     );
 }
 
-/** The default tuning for this adapter: {@linkcode SOFTWARE_MATMUL_TUNING} or {@linkcode DEFAULT_MATMUL_TUNING}. */
+/**
+ * The matrix kernels' tuning per kind of adapter, first match wins; the last
+ * row matches every adapter. Rows for particular GPUs go before `gpu` once
+ * they are measured there (bench/matmul.ts `--variants`); a row for a CPU
+ * adapter must never be chosen for a GPU.
+ */
+export const MATMUL_PROFILES: readonly MatmulProfile[] = Object.freeze([
+  { name: "software", matches: isSoftwareTraits, tuning: SOFTWARE_MATMUL_TUNING },
+  { name: "gpu", matches: () => true, tuning: DEFAULT_MATMUL_TUNING },
+]);
+
+/**
+ * The row of {@linkcode MATMUL_PROFILES} for an adapter, or the one named by
+ * `force` (tests and benchmarks run every row on one machine; the
+ * `ODMOE_MATMUL_PROFILE` environment variable sets it for a whole process).
+ *
+ * @throws {RangeError} when `force` names no row.
+ */
+export function chooseMatmulProfile(adapter: AdapterTraits, force?: string): MatmulProfile {
+  if (force !== undefined && force !== "") {
+    const row = MATMUL_PROFILES.find((p) => p.name === force);
+    if (!row) {
+      throw new RangeError(
+        `matmul profile "${force}" (ODMOE_MATMUL_PROFILE) is not one of ` +
+          `${MATMUL_PROFILES.map((p) => p.name).join(", ")}.`,
+      );
+    }
+    return row;
+  }
+  return MATMUL_PROFILES.find((p) => p.matches(adapter))!;
+}
+
+function profileEnv(): string | undefined {
+  try {
+    return Deno.env.get("ODMOE_MATMUL_PROFILE");
+  } catch {
+    return undefined; // no --allow-env: the adapter decides
+  }
+}
+
+/** The profile the matrix kernels of `gpu` are built with (see {@linkcode chooseMatmulProfile}). */
+export function matmulProfile(gpu: Gpu): MatmulProfile {
+  return chooseMatmulProfile({ info: gpu.adapterInfo, features: gpu.features }, profileEnv());
+}
+
+/** Whether `gpu` is a CPU implementation of WebGPU (llvmpipe, lavapipe, SwiftShader, WARP). */
+export function isSoftwareAdapter(gpu: Gpu): boolean {
+  return isSoftwareTraits({ info: gpu.adapterInfo, features: gpu.features });
+}
+
+/** The default tuning for this adapter: its {@linkcode matmulProfile}'s. */
 export function defaultMatmulTuning(gpu: Gpu): MatmulTuning {
-  return isSoftwareAdapter(gpu) ? SOFTWARE_MATMUL_TUNING : DEFAULT_MATMUL_TUNING;
+  return matmulProfile(gpu).tuning;
 }
 
 /** Options of {@linkcode prepareMatmul}. */
@@ -212,6 +300,11 @@ function resolveTuning(
   if (t?.matvecMaxTokens !== undefined && t.idMatvecMaxTokens === undefined) {
     out.idMatvecMaxTokens = t.matvecMaxTokens;
   }
+  if (out.matvecKernel !== "tree" && out.matvecKernel !== "rows") {
+    throw new RangeError(
+      `${label}: tuning matvecKernel "${out.matvecKernel}" is not tree or rows.`,
+    );
+  }
   const pow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
   const bad = (what: string) => new RangeError(`${label}: tuning ${what}.`);
   if (!pow2(out.wgMatvec)) throw bad(`wgMatvec ${out.wgMatvec} is not a power of two`);
@@ -244,7 +337,9 @@ function resolveTuning(
   }
   // Tiles of 32 columns padded to 36 (matmul.wgsl's TS), the tile's entry list; the reduction.
   const tiledBytes = 16 * 9 * (out.tileRows + out.tileTokens) + 4 * out.tileTokens;
-  const matvecBytes = 4 * out.wgMatvec * out.rowsMatvec * out.tokensMatvec;
+  const matvecBytes = out.matvecKernel === "rows"
+    ? 0
+    : 4 * out.wgMatvec * out.rowsMatvec * out.tokensMatvec;
   for (const [what, n] of [["matvec", matvecBytes], ["tiled", tiledBytes]] as const) {
     if (n > limits.maxComputeWorkgroupStorageSize) {
       throw bad(
@@ -319,7 +414,7 @@ async function matmulKernels(gpu: Gpu, w: GpuWeight, t: MatmulTuning): Promise<K
     getPipeline(gpu, "matmul", {
       variant,
       defines,
-      entryPoint: "matvec",
+      entryPoint: t.matvecKernel === "rows" ? "matvec_rows" : "matvec",
       constants: { WG_MV: t.wgMatvec, ROWS: t.rowsMatvec, TT: tokens },
       baseUrl: t.baseUrl,
     });
@@ -335,6 +430,11 @@ async function matmulKernels(gpu: Gpu, w: GpuWeight, t: MatmulTuning): Promise<K
     }),
   ]);
   return { matvec: one, matvecTokens: many, tiled };
+}
+
+/** Workgroups of the matvec kernel per entry (or per `tokensMatvec` tokens). */
+function matvecRowGroups(nRows: number, t: MatmulTuning): number {
+  return Math.ceil(nRows / (t.matvecKernel === "rows" ? t.rowsMatvec * t.wgMatvec : t.rowsMatvec));
 }
 
 function chunkParams(
@@ -418,7 +518,7 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
       params.buffer,
       ...table,
     ];
-    const rowGroups = Math.ceil(chunk.nRows / t.rowsMatvec);
+    const rowGroups = matvecRowGroups(chunk.nRows, t);
     const rowTiles = Math.ceil(chunk.nRows / t.tileRows);
     // Decode (T = 1), few tokens (TT a workgroup, weights dequantised once for them), prefill.
     const few = t.tokensMatvec > 1 && t.matvecMaxTokens > 1;
@@ -537,7 +637,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
       );
     }
   };
-  const rowGroups = Math.ceil(chunk.nRows / t.rowsMatvec);
+  const rowGroups = matvecRowGroups(chunk.nRows, t);
   const rowTiles = Math.ceil(chunk.nRows / t.tileRows);
   return [
     {

@@ -10,7 +10,9 @@ import { Rng } from "../../util/rng.ts";
 import { createBuffer, readback } from "../buffers.ts";
 import { expectNoGpuErrors, type Gpu } from "../device.ts";
 import {
-  DEFAULT_MATMUL_TUNING,
+  chooseMatmulProfile,
+  MATMUL_PROFILES,
+  matmulProfile,
   type MatmulTuning,
   prepareMatmul,
   prepareMatmulId,
@@ -184,14 +186,20 @@ gpuTest("matmul: every weight type, matvec and tiled kernels, odd shapes", async
         [67, 11, { matvecMaxTokens: 64, tokensMatvec: 4, rowsMatvec: 3, wgMatvec: 32 }],
         [67, 2, { matvecMaxTokens: 2, tokensMatvec: 1, rowsMatvec: 1 }],
         [67, 1, { rowsMatvec: 8, wgMatvec: 64 }],
-        // The GPU defaults, whatever this adapter is.
-        [37, 1, DEFAULT_MATMUL_TUNING],
-        [37, 6, DEFAULT_MATMUL_TUNING],
-        [37, 40, DEFAULT_MATMUL_TUNING],
+        // Every other profile's tuning (the cases above ran this adapter's).
+        ...MATMUL_PROFILES.filter((p) => p.name !== matmulProfile(gpu).name).flatMap((p) =>
+          [1, 6, 40].map((t) => [37, t, p.tuning] as [number, number, Partial<MatmulTuning>])
+        ),
+        // Both matvec kernels, whatever this adapter's profile is, at other shapes.
+        [67, 1, { matvecKernel: "tree", wgMatvec: 8, rowsMatvec: 3 }],
+        [67, 1, { matvecKernel: "rows", wgMatvec: 4, rowsMatvec: 3 }],
+        [67, 5, { matvecKernel: "rows", wgMatvec: 2, rowsMatvec: 8, tokensMatvec: 2 }],
       ];
       // The I-quant and ternary sections share the piece layout of 8 consecutive
-      // elements: two other shapes each keep this test's time on a software adapter.
-      const shapes = /^(IQ[123]|TQ)/.test(type.name) ? [more[0]!, more[2]!] : more;
+      // elements: fewer shapes keep this test's time on a software adapter.
+      const shapes = /^(IQ[123]|TQ)/.test(type.name)
+        ? [more[0]!, more[2]!, more[more.length - 2]!, more[more.length - 1]!]
+        : more;
       for (const [nRows, nTokens, tuning] of shapes) {
         cases.push(await matmulCase(gpu, { type, nCols, nRows, nTokens, tuning, seed: seed++ }));
       }
@@ -416,20 +424,22 @@ gpuTest(
           );
         }
       }
-      cases.push(
-        await idCase(gpu, {
-          type,
-          nCols,
-          nRows: 19,
-          nMats: 4,
-          nUsed: 2,
-          nTokens: 3,
-          idBase: 1,
-          xPerSlot: true,
-          tuning: MATVEC,
-          seed: seed++,
-        }),
-      );
+      for (const matvecKernel of ["tree", "rows"] as const) {
+        cases.push(
+          await idCase(gpu, {
+            type,
+            nCols,
+            nRows: 19,
+            nMats: 4,
+            nUsed: 2,
+            nTokens: 3,
+            idBase: 1,
+            xPerSlot: true,
+            tuning: { ...MATVEC, matvecKernel, wgMatvec: 4, rowsMatvec: 2 },
+            seed: seed++,
+          }),
+        );
+      }
       // Many entries per matrix: tiles of 4 entries, several tiles per matrix.
       cases.push(
         await idCase(gpu, {
@@ -516,3 +526,27 @@ gpuTest(
     await gpu.device.queue.onSubmittedWorkDone();
   },
 );
+
+Deno.test("matmul profiles: CPU adapters get the rows matvec, GPUs the tree; forcing by name", () => {
+  const traits = (description: string, vendor = "", isFallbackAdapter = false) => ({
+    info: { vendor, architecture: "", device: "", description, isFallbackAdapter },
+    features: new Set<string>(),
+  });
+  const software = [
+    traits("llvmpipe (LLVM 15.0.6, 256 bits)", "mesa"),
+    traits("SwiftShader Device (Subzero)", "google"),
+    traits("", "", true),
+  ];
+  for (const t of software) {
+    const p = chooseMatmulProfile(t);
+    assert.equal(p.name, "software", t.info.description);
+    assert.equal(p.tuning.matvecKernel, "rows");
+  }
+  for (const t of [traits("NVIDIA H200", "nvidia"), traits("AMD Radeon RX 7900 XTX", "amd")]) {
+    const p = chooseMatmulProfile(t);
+    assert.equal(p.name, "gpu", t.info.description);
+    assert.equal(p.tuning.matvecKernel, "tree");
+  }
+  assert.equal(chooseMatmulProfile(software[0]!, "gpu").tuning.matvecKernel, "tree");
+  assert.throws(() => chooseMatmulProfile(software[0]!, "fast"), /"fast".*software, gpu/);
+});

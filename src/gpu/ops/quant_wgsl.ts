@@ -263,6 +263,23 @@ function library(baseUrl: URL): Promise<QuantLibrary> {
   return lib;
 }
 
+/** The block head of a section that has none: nothing shared, `deq_h` is `deq`. */
+const GENERIC_HEAD = `
+const PH = NP;
+
+struct Head {
+  unused: u32,
+}
+
+fn head(b: u32, g: u32) -> Head {
+  return Head(0u);
+}
+
+fn deq_h(b: u32, h: Head, p: u32) -> Piece {
+  return deq(b, p);
+}
+`;
+
 /**
  * The WGSL dequantiser of a type: quant.wgsl's common part and the type's
  * section, ready for a template's `{{QUANT}}` placeholder. For a type that
@@ -284,12 +301,13 @@ export async function quantWgsl(
   if (section === undefined) {
     throw new ShaderSourceError(`shaders/quant.wgsl has no "//#type ${name}" section.`);
   }
-  if (!TABLE_SECTIONS.has(name)) return `${lib.common}\n${section}`;
+  const body = /\bfn deq_h\(/.test(section) ? section : `${section}\n${GENERIC_HEAD}`;
+  if (!TABLE_SECTIONS.has(name)) return `${lib.common}\n${body}`;
   if (tableBinding === undefined) {
     throw new ShaderSourceError(
       `quantWgsl: ${name} reads the I-quant table buffer; pass the binding number it gets.`,
     );
   }
   return `${lib.common}\n@group(0) @binding(${tableBinding}) var<storage, read> QT: array<u32>;\n` +
-    `//#include quant_table\n${section}`;
+    `//#include quant_table\n${body}`;
 }
