@@ -82,7 +82,7 @@ export interface MatmulBenchOptions {
   variants?: readonly MatvecVariant[];
 }
 
-/** A named matvec tuning override, parsed from `kernel/wg/rows` (e.g. `rows/8/2`). */
+/** A named matvec tuning override, parsed from `kernel/wg/rows[/x4|/f32]` (e.g. `rows/8/2`). */
 export interface MatvecVariant {
   /** As given on the command line; `default` is the adapter's tuning. */
   name: string;
@@ -90,17 +90,26 @@ export interface MatvecVariant {
   tuning: Partial<MatmulTuning>;
 }
 
-/** Parses `default` or `KERNEL/WG/ROWS` (`tree/128/4`, `rows/8/2`). */
+/**
+ * Parses `default` or `KERNEL/WG/ROWS[/x4|/f32]` (`tree/128/4`, `rows/8/2/f32`):
+ * the matvec kernel, invocations a workgroup, rows a workgroup (`tree`) or an
+ * invocation (`rows`), and x read as vec4s or f32s (default: the adapter's).
+ */
 export function parseVariant(spec: string): MatvecVariant {
   if (spec === "default") return { name: spec, tuning: {} };
-  const m = /^(tree|rows)\/(\d+)\/(\d+)$/.exec(spec);
-  if (!m) throw new Error(`--variants: "${spec}" is not default or KERNEL/WG/ROWS (tree/128/4)`);
+  const m = /^(tree|rows)\/(\d+)\/(\d+)(?:\/(x4|f32))?$/.exec(spec);
+  if (!m) {
+    throw new Error(
+      `--variants: "${spec}" is not default or KERNEL/WG/ROWS[/x4|/f32] (tree/128/4)`,
+    );
+  }
   return {
     name: spec,
     tuning: {
       matvecKernel: m[1] as MatvecKernel,
       wgMatvec: Number(m[2]),
       rowsMatvec: Number(m[3]),
+      ...(m[4] ? { vectorX: m[4] === "x4" } : {}),
     },
   };
 }

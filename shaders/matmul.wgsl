@@ -7,9 +7,11 @@
 // per token, each naming a matrix of the stack in ids[t, s]; a matrix outside
 // [id_base, id_base + n_mats) is skipped, leaving its y untouched.
 //
-// Variants (text substitution, weight type only):
+// Variants (text substitution, weight and activation types only):
 //   QUANT  (in double braces, below) the common part and one type section
 //          of quant.wgsl: QK, QB, NP, TAIL, xoff, deq; see there
+//   X_LIB  x_f32 (X an array of f32) or x_vec4 (of vec4f: x offsets and
+//          strides multiples of 4), shaders/lib/; both give x1(i), x4(i)
 // Overrides (tunables):
 //   WG_MV  matvec: invocations per workgroup, a power of two (default 64)
 //   ROWS   matvec: rows per workgroup, 1..8 (default 2)
@@ -22,7 +24,7 @@
 //
 // Bindings (inputs -> outputs -> params):
 //   @binding(0) W:     array<u32>  raw ggml bytes of the stack        read
-//   @binding(1) X:     array<f32>  activations                         read_write*
+//   @binding(1) X:     array<f32>  activations (array<vec4f>: x_vec4)  read_write*
 //   @binding(2) ids:   array<u32>  [T, n_used] matrix ids (mul_mat_id) read_write*
 //   @binding(3) route: array<u32>  tiles sorted by matrix, written by
 //                                  matmul_route.wgsl (tiled mul_mat_id) read
@@ -72,7 +74,7 @@ const MAX_TM = 8u;
 const NONE = 0xffffffffu;
 
 @group(0) @binding(0) var<storage, read> W: array<u32>;
-@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+//#include {{X_LIB}}
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(3) var<storage, read> route: array<u32>;
 @group(0) @binding(4) var<storage, read> step: array<u32>;
@@ -114,12 +116,12 @@ fn load_x(base: u32, col: u32) -> vec4f {
     var v = vec4f(0.0);
     for (var k = 0u; k < 4u; k++) {
       if (col + k < params.n_cols) {
-        v[k] = X[i + k];
+        v[k] = x1(i + k);
       }
     }
     return v;
   }
-  return vec4f(X[i], X[i + 1u], X[i + 2u], X[i + 3u]);
+  return x4(i);
 }
 
 // Piece p of block blk of the row at byte rb; weights past the row end are

@@ -30,7 +30,7 @@ import {
   UnsupportedWeightTypeError,
   usesQuantTable,
 } from "./quant_wgsl.ts";
-import { bindView, bindWeightChunk } from "./weights.ts";
+import { bindView, bindWeightChunk, type ViewBinding } from "./weights.ts";
 
 /** Tunables of the matrix kernels (WGSL override constants and the path switch). */
 export interface MatmulTuning {
@@ -41,6 +41,12 @@ export interface MatmulTuning {
    * memory, no barriers; for CPU adapters).
    */
   readonly matvecKernel: MatvecKernel;
+  /**
+   * Read x as vec4s (one load per 4 values) when every x offset and stride
+   * of the op is a multiple of 4 and its binding holds whole vec4s; else,
+   * or when false, as f32s.
+   */
+  readonly vectorX: boolean;
   /** matvec: invocations per workgroup, a power of two. */
   readonly wgMatvec: number;
   /** matvec: rows per workgroup, 1 to 8. */
@@ -78,6 +84,7 @@ export type MatvecKernel = "tree" | "rows";
  */
 export const DEFAULT_MATMUL_TUNING: MatmulTuning = Object.freeze({
   matvecKernel: "tree",
+  vectorX: false,
   wgMatvec: 128,
   rowsMatvec: 4,
   tokensMatvec: 4,
@@ -101,6 +108,7 @@ export const DEFAULT_MATMUL_TUNING: MatmulTuning = Object.freeze({
  */
 export const SOFTWARE_MATMUL_TUNING: MatmulTuning = Object.freeze({
   matvecKernel: "rows",
+  vectorX: true,
   wgMatvec: 8,
   rowsMatvec: 4,
   tokensMatvec: 8,
@@ -176,9 +184,9 @@ export function chooseMatmulProfile(adapter: AdapterTraits, force?: string): Mat
   return MATMUL_PROFILES.find((p) => p.matches(adapter))!;
 }
 
-function profileEnv(): string | undefined {
+function env(name: string): string | undefined {
   try {
-    return Deno.env.get("ODMOE_MATMUL_PROFILE");
+    return Deno.env.get(name);
   } catch {
     return undefined; // no --allow-env: the adapter decides
   }
@@ -186,7 +194,10 @@ function profileEnv(): string | undefined {
 
 /** The profile the matrix kernels of `gpu` are built with (see {@linkcode chooseMatmulProfile}). */
 export function matmulProfile(gpu: Gpu): MatmulProfile {
-  return chooseMatmulProfile({ info: gpu.adapterInfo, features: gpu.features }, profileEnv());
+  return chooseMatmulProfile(
+    { info: gpu.adapterInfo, features: gpu.features },
+    env("ODMOE_MATMUL_PROFILE"),
+  );
 }
 
 /** Whether `gpu` is a CPU implementation of WebGPU (llvmpipe, lavapipe, SwiftShader, WARP). */
@@ -194,9 +205,21 @@ export function isSoftwareAdapter(gpu: Gpu): boolean {
   return isSoftwareTraits({ info: gpu.adapterInfo, features: gpu.features });
 }
 
-/** The default tuning for this adapter: its {@linkcode matmulProfile}'s. */
+/**
+ * The default tuning for this adapter: its {@linkcode matmulProfile}'s, with
+ * the matvec kernel replaced by `ODMOE_MATVEC` (`tree` or `rows`) when set,
+ * so that a whole test or benchmark run can take the other kernel.
+ *
+ * @throws {RangeError} when `ODMOE_MATVEC` names no kernel.
+ */
 export function defaultMatmulTuning(gpu: Gpu): MatmulTuning {
-  return matmulProfile(gpu).tuning;
+  const tuning = matmulProfile(gpu).tuning;
+  const kernel = env("ODMOE_MATVEC");
+  if (kernel === undefined || kernel === "") return tuning;
+  if (kernel !== "tree" && kernel !== "rows") {
+    throw new RangeError(`ODMOE_MATVEC "${kernel}" is not tree or rows.`);
+  }
+  return { ...tuning, matvecKernel: kernel };
 }
 
 /** Options of {@linkcode prepareMatmul}. */
@@ -406,10 +429,30 @@ interface Kernels {
   readonly tiled: Kernel;
 }
 
-async function matmulKernels(gpu: Gpu, w: GpuWeight, t: MatmulTuning): Promise<Kernels> {
-  const variant = quantVariant(w.type, w.name);
+/**
+ * Whether x can be bound as vec4s: the tuning asks for it, every element
+ * offset the kernels add (binding offset, token stride, slot stride) is a
+ * multiple of 4, and the binding's size is a multiple of 16 bytes.
+ */
+function vectorX(t: MatmulTuning, x: ViewBinding, strides: readonly number[]): boolean {
+  const b = x.binding;
+  const size = b instanceof GPUBuffer ? b.size : b.size ?? b.buffer.size - (b.offset ?? 0);
+  return t.vectorX && x.offset % 4 === 0 && strides.every((s) => s % 4 === 0) &&
+    size % 16 === 0 && size > 0;
+}
+
+async function matmulKernels(
+  gpu: Gpu,
+  w: GpuWeight,
+  t: MatmulTuning,
+  x4: boolean,
+): Promise<Kernels> {
+  const variant = quantVariant(w.type, w.name) + (x4 ? "_xv4" : "");
   // The I-quants read their grids from a table buffer bound after the template's 7 bindings.
-  const defines = { QUANT: await quantWgsl(w.type, w.name, t.baseUrl, 7) };
+  const defines = {
+    QUANT: await quantWgsl(w.type, w.name, t.baseUrl, 7),
+    X_LIB: x4 ? "x_vec4" : "x_f32",
+  };
   const matvec = (tokens: number) =>
     getPipeline(gpu, "matmul", {
       variant,
@@ -482,8 +525,8 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
   checkView(y, "y", label);
   checkStepBuffer(step, label);
   const t = resolveTuning(gpu, opts.tuning, label);
-  const k = await matmulKernels(gpu, w, t);
   const xb = bindView(gpu, x.buffer, x.offset);
+  const k = await matmulKernels(gpu, w, t, vectorX(t, xb, [x.stride]));
   const yb = bindView(gpu, y.buffer, y.offset);
   const table = usesQuantTable(w.type) ? [quantTableBuffer(gpu)] : [];
   const ops: Op[] = [];
@@ -596,14 +639,14 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
   const maxTiles = (nEntries: number) =>
     Math.ceil(nEntries / t.tileTokens) + Math.min(w.nMats, nEntries);
 
+  const xb = bindView(gpu, x.buffer, x.offset);
   const [k, route] = await Promise.all([
-    matmulKernels(gpu, w, t),
+    matmulKernels(gpu, w, t, vectorX(t, xb, [x.stride, xSlot])),
     getPipeline(gpu, "matmul_route", { constants: { BN: t.tileTokens }, baseUrl: t.baseUrl }),
   ]);
   const chunk = w.chunks[0]!;
   const wb = bindWeightChunk(gpu, w, chunk);
   const table = usesQuantTable(w.type) ? [quantTableBuffer(gpu)] : [];
-  const xb = bindView(gpu, x.buffer, x.offset);
   const yb = bindView(gpu, y.buffer, y.offset);
   const ib = bindView(gpu, ids.buffer, ids.offset);
   const sortedOff = 4 + 2 * w.nMats;

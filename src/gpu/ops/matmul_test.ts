@@ -105,6 +105,8 @@ interface MatmulCase {
   accumulate?: boolean;
   /** Build the weight: default uploadWeight in one chunk. */
   weight?: (bytes: Uint8Array) => GpuWeight;
+  /** x at offset 4 with a stride of a multiple of 4 (x read as vec4s where the tuning says so). */
+  alignedX?: boolean;
   seed: number;
 }
 
@@ -119,8 +121,10 @@ async function matmulCase(gpu: Gpu, spec: MatmulCase): Promise<Case> {
   const w = spec.weight?.(bytes) ??
     uploadWeight(gpu, `w.${type.name}`, type, [nCols, nRows], bytes);
   const wf = dequantize(type.id, bytes, nCols * nRows);
-  const xv: ActView = { buffer: undefined!, offset: 5, stride: nCols + 3 };
-  const x = normals(rng, xv.offset + nTokens * xv.stride);
+  const xv: ActView = spec.alignedX
+    ? { buffer: undefined!, offset: 4, stride: 4 * Math.ceil(nCols / 4) + 4 }
+    : { buffer: undefined!, offset: 5, stride: nCols + 3 };
+  const x = normals(rng, 4 * Math.ceil((xv.offset + nTokens * xv.stride) / 4));
   const yView = { offset: 7, stride: nRows + 2 };
   const yLen = yView.offset + nTokens * yView.stride + 4;
   const y0 = spec.accumulate ? normals(rng, yLen) : new Float32Array(yLen).fill(SENTINEL);
@@ -128,7 +132,7 @@ async function matmulCase(gpu: Gpu, spec: MatmulCase): Promise<Case> {
   const yb = outBuffer(gpu, yLen, y0);
   const name =
     `${type.name} [${nRows}x${nCols}] T=${nTokens} ${JSON.stringify(spec.tuning ?? {})}` +
-    (spec.accumulate ? " +=" : "");
+    (spec.accumulate ? " +=" : "") + (spec.alignedX ? " x aligned" : "");
   const ops = await prepareMatmul(gpu, {
     w,
     x: { buffer: xb, offset: xv.offset, stride: xv.stride },
@@ -138,6 +142,11 @@ async function matmulCase(gpu: Gpu, spec: MatmulCase): Promise<Case> {
     label: name,
     tuning: spec.tuning,
   });
+  // The aligned views must take the vec4 reads when the tuning asks for them, and only then.
+  const x4 = Boolean(spec.alignedX && spec.tuning?.vectorX);
+  for (const op of ops) {
+    assert.equal(op.kernel.variant.endsWith("_xv4"), x4, `${name}: ${op.label}`);
+  }
   return {
     name,
     ops,
@@ -195,6 +204,12 @@ gpuTest("matmul: every weight type, matvec and tiled kernels, odd shapes", async
         [67, 1, { matvecKernel: "rows", wgMatvec: 4, rowsMatvec: 3 }],
         [67, 5, { matvecKernel: "rows", wgMatvec: 2, rowsMatvec: 8, tokensMatvec: 2 }],
       ];
+      // x read as vec4s (aligned views): every kernel.
+      const aligned: [number, number, Partial<MatmulTuning>][] = [
+        [37, 1, { matvecKernel: "rows", vectorX: true }],
+        [37, 5, { matvecKernel: "tree", vectorX: true, wgMatvec: 8 }],
+        [37, 40, { vectorX: true }],
+      ];
       // The I-quant and ternary sections share the piece layout of 8 consecutive
       // elements: fewer shapes keep this test's time on a software adapter.
       const shapes = /^(IQ[123]|TQ)/.test(type.name)
@@ -202,6 +217,19 @@ gpuTest("matmul: every weight type, matvec and tiled kernels, odd shapes", async
         : more;
       for (const [nRows, nTokens, tuning] of shapes) {
         cases.push(await matmulCase(gpu, { type, nCols, nRows, nTokens, tuning, seed: seed++ }));
+      }
+      for (const [nRows, nTokens, tuning] of aligned) {
+        cases.push(
+          await matmulCase(gpu, {
+            type,
+            nCols,
+            nRows,
+            nTokens,
+            tuning,
+            alignedX: true,
+            seed: seed++,
+          }),
+        );
       }
     }
     await runCases(gpu, cases);
@@ -330,6 +358,8 @@ interface IdCase {
   nTokens: number;
   idBase: number;
   xPerSlot: boolean;
+  /** x offsets and strides multiples of 4 (x read as vec4s where the tuning says so). */
+  alignedX?: boolean;
   tuning?: Partial<MatmulTuning>;
   seed: number;
 }
@@ -348,16 +378,19 @@ async function idCase(gpu: Gpu, spec: IdCase): Promise<Case> {
   const ids = new Uint32Array(2 + nTokens * idsStride);
   for (let i = 0; i < ids.length; i++) ids[i] = Math.max(0, idBase - 2 + rng.int(nMats + 4));
   if (nTokens > 1) ids[2 + idsStride] = ids[2]!; // a repeat across tokens for sure
-  const xSlot = nCols + 1;
-  const xv = { offset: 3, stride: spec.xPerSlot ? nUsed * xSlot + 2 : nCols + 2 };
-  const x = normals(rng, xv.offset + nTokens * xv.stride);
+  const xSlot = spec.alignedX ? 4 * Math.ceil(nCols / 4) + 4 : nCols + 1;
+  const xv = spec.alignedX
+    ? { offset: 8, stride: spec.xPerSlot ? nUsed * xSlot + 4 : xSlot }
+    : { offset: 3, stride: spec.xPerSlot ? nUsed * xSlot + 2 : nCols + 2 };
+  const x = normals(rng, 4 * Math.ceil((xv.offset + nTokens * xv.stride) / 4));
   const yv = { offset: 5, stride: nUsed * nRows + 3 };
   const yLen = yv.offset + nTokens * yv.stride;
   const xb = createBuffer(gpu, { label: "x", data: x });
   const yb = outBuffer(gpu, yLen);
   const ib = createBuffer(gpu, { label: "ids", data: ids });
   const name = `id ${type.name} [${nMats}x${nRows}x${nCols}] used ${nUsed} T=${nTokens} ` +
-    `base ${idBase}${spec.xPerSlot ? " x per slot" : ""} ${JSON.stringify(spec.tuning ?? {})}`;
+    `base ${idBase}${spec.xPerSlot ? " x per slot" : ""}${spec.alignedX ? " x aligned" : ""} ` +
+    JSON.stringify(spec.tuning ?? {});
   const ops = await prepareMatmulId(gpu, {
     w,
     ids: { buffer: ib, offset: 2, stride: idsStride },
@@ -425,21 +458,39 @@ gpuTest(
         }
       }
       for (const matvecKernel of ["tree", "rows"] as const) {
-        cases.push(
-          await idCase(gpu, {
-            type,
-            nCols,
-            nRows: 19,
-            nMats: 4,
-            nUsed: 2,
-            nTokens: 3,
-            idBase: 1,
-            xPerSlot: true,
-            tuning: { ...MATVEC, matvecKernel, wgMatvec: 4, rowsMatvec: 2 },
-            seed: seed++,
-          }),
-        );
+        for (const alignedX of [false, true]) {
+          cases.push(
+            await idCase(gpu, {
+              type,
+              nCols,
+              nRows: 19,
+              nMats: 4,
+              nUsed: 2,
+              nTokens: 3,
+              idBase: 1,
+              xPerSlot: true,
+              alignedX,
+              tuning: { ...MATVEC, matvecKernel, vectorX: alignedX, wgMatvec: 4, rowsMatvec: 2 },
+              seed: seed++,
+            }),
+          );
+        }
       }
+      cases.push(
+        await idCase(gpu, {
+          type,
+          nCols,
+          nRows: 9,
+          nMats: 3,
+          nUsed: 2,
+          nTokens: 33,
+          idBase: 2,
+          xPerSlot: false,
+          alignedX: true,
+          tuning: { ...TILED, vectorX: true },
+          seed: seed++,
+        }),
+      );
       // Many entries per matrix: tiles of 4 entries, several tiles per matrix.
       cases.push(
         await idCase(gpu, {
