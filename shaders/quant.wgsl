@@ -329,9 +329,19 @@ fn head(b: u32, g: u32) -> Head {
   return Head(bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u)));
 }
 
+// The doubled E2M1 values of four codes computed, not looked up (a lookup
+// is a gather per lane on a CPU adapter): code s·e·m (sign, 2-bit exponent,
+// mantissa bit) is m for e = 0, (2 + m) << (e - 1) otherwise.
+fn fp4x4_alu(c: vec4u) -> vec4f {
+  let e = (c >> vec4u(1u)) & vec4u(3u);
+  let m = c & vec4u(1u);
+  let mag = select(m, (vec4u(2u) + m) << (max(e, vec4u(1u)) - vec4u(1u)), e > vec4u(0u));
+  return select(vec4f(mag), -vec4f(mag), (c & vec4u(8u)) != vec4u(0u));
+}
+
 fn deq_h(b: u32, hd: Head, p: u32) -> Piece {
   let q = ld32(b + 1u + 4u * p);
-  return Piece(fp4x4(nib_lo(q)) * hd.d, fp4x4(nib_hi(q)) * hd.d);
+  return Piece(fp4x4_alu(nib_lo(q)) * hd.d, fp4x4_alu(nib_hi(q)) * hd.d);
 }
 
 //#type q2_k
