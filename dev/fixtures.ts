@@ -657,13 +657,17 @@ let sourceHash: Promise<string> | undefined;
  */
 function generatorHash(): Promise<string> {
   sourceHash ??= (async () => {
-    // the generator and what drives it: the arch files (hyperparameters,
-    // tensor plans, init hints), the config writers and the plan blocks
+    // the generator and what drives it: the config writers and plan blocks,
+    // and every arch file (hyperparameters, tensor plans, init hints: the
+    // files that import arch.ts); not the engine's other files
     const modelDir = `${REPO_ROOT}/src/model`;
-    const notGenerator = new Set(["load.ts", "model.ts", "transformer.ts", "weights.ts"]);
+    const generator = new Set(["synthetic.ts", "vocab.ts", "arch.ts", "config.ts", "plan.ts"]);
     const sources = [...Deno.readDirSync(modelDir)]
       .map((e) => e.name)
-      .filter((n) => isSource(n) && !notGenerator.has(n))
+      .filter((n) =>
+        isSource(n) &&
+        (generator.has(n) || Deno.readTextFileSync(`${modelDir}/${n}`).includes(`"./arch.ts"`))
+      )
       .sort()
       .map((n) => `src/model/${n}`);
     const files = [...sources, "node_modules/@node-llama-cpp/linux-x64/package.json"];
