@@ -11,6 +11,8 @@
  * - `node-llama-cpp`: llama.cpp's source as a git bundle (vocabularies, headers).
  * - `@node-llama-cpp/linux-x64`: llama.cpp's CPU shared libraries, the reference.
  * - `openai`: the official client, to test the OpenAI-compatible endpoints.
+ * - `ajv`: a JSON-schema validator, to check that constrained decoding's
+ *   output validates against the schema it was given.
  * - `playwright-core`: drives the system's Chromium (no browser download) for
  *   the web page's tests.
  *
@@ -20,4 +22,5 @@
 export type {} from "npm:node-llama-cpp@3.21.1";
 export type {} from "npm:@node-llama-cpp/linux-x64@3.21.1";
 export { default as OpenAI } from "npm:openai@7.57.0";
+export { Ajv } from "npm:ajv@8.20.0";
 export { type BrowserContext, chromium, type Page } from "npm:playwright-core@1.65.1";

@@ -15,7 +15,9 @@ import { Tokenizer } from "../tokenizer/tokenizer.ts";
 import { renderChat } from "../tokenizer/chat.ts";
 import type { GpuSampler } from "../gpu/ops/sample.ts";
 import { checkPrompt, RequestError, Session, StatsMeter, type StepsResult } from "./session.ts";
-import type { GenerateRequest, GenerationStats, StreamChunk } from "./types.ts";
+import { readbackSteps } from "./readback.ts";
+import { Constraint } from "./constrain.ts";
+import type { GenerateRequest, GenerationStats, StreamChunk, TokenLogprob } from "./types.ts";
 
 export { RequestError } from "./session.ts";
 
@@ -41,6 +43,8 @@ export interface GenerateOutput {
   text: string;
   /** The generated token ids. */
   tokens: number[];
+  /** Their log probabilities (when the request asked for them). */
+  logprobs?: TokenLogprob[];
   /** Statistics. */
   stats: GenerationStats;
 }
@@ -49,6 +53,8 @@ export interface GenerateOutput {
 export class Engine {
   #queue: Promise<unknown> = Promise.resolve();
   #pending = 0;
+  /** The running request's log probabilities, one per generated token (readback path). */
+  #logprobs: TokenLogprob[] = [];
 
   private constructor(
     /** The model on the GPU. */
@@ -193,12 +199,27 @@ export class Engine {
         : this.cachedPrefix(prompt),
       finishReason: "cancelled",
     });
-    const it = this.session.steps(prompt, {
-      maxTokens: req.maxTokens,
-      stopTokens: [...this.tokenizer.eogIds, ...(req.stopTokens ?? [])],
-      sampling: req.sampling ?? {},
-      context: req.cachePrompt === false ? "reset" : "reuse",
-    });
+    const stopTokens = [...this.tokenizer.eogIds, ...(req.stopTokens ?? [])];
+    const context = req.cachePrompt === false ? "reset" : "reuse";
+    this.#logprobs = [];
+    // a grammar or log probabilities need each token's logits on the CPU
+    const it = req.grammar !== undefined || req.logprobs !== undefined
+      ? readbackSteps(this.session, prompt, {
+        maxTokens: req.maxTokens,
+        stopTokens,
+        sampling: req.sampling ?? {},
+        context,
+        historyCapacity: this.sampler.historyCapacity,
+        constraint: req.grammar && new Constraint(req.grammar, this.tokenizer),
+        logprobs: req.logprobs,
+        onLogprob: (lp) => this.#logprobs.push(lp),
+      })
+      : this.session.steps(prompt, {
+        maxTokens: req.maxTokens,
+        stopTokens,
+        sampling: req.sampling ?? {},
+        context,
+      });
     try {
       for (;;) {
         if (req.signal?.aborted) return cancelled();
@@ -219,7 +240,7 @@ export class Engine {
    */
   async *streamGenerate(req: GenerateRequest): AsyncGenerator<StreamChunk, GenerationStats, void> {
     const meter = new StatsMeter(this.model);
-    const decoder = this.tokenizer.createStreamDecoder({ skipSpecial: true });
+    const decoder = this.tokenizer.createStreamDecoder({ skipSpecial: true, keep: req.keepTokens });
     const stops = (req.stop ?? []).filter((s) => s.length > 0);
     // tokenised once here, so every ending (a stop string, cancellation, an error) knows its length
     const prompt = this.promptTokens(req);
@@ -237,7 +258,10 @@ export class Engine {
     const take = (n: number): StreamChunk => {
       let k = 0;
       while (k < pendingTokens.length && pendingStarts[k]! < n) k++;
-      const chunk = { text: pending.slice(0, n), tokens: pendingTokens.slice(0, k) };
+      const chunk: StreamChunk = { text: pending.slice(0, n), tokens: pendingTokens.slice(0, k) };
+      if (req.logprobs !== undefined) {
+        chunk.logprobs = this.#logprobs.slice(emittedTokens, emittedTokens + k);
+      }
       pending = pending.slice(n);
       pendingTokens = pendingTokens.slice(k);
       pendingStarts = pendingStarts.slice(k).map((p) => p - n);
@@ -319,11 +343,13 @@ export class Engine {
         const it = this.streamGenerate(req);
         let text = "";
         const tokens: number[] = [];
+        const logprobs: TokenLogprob[] | undefined = req.logprobs === undefined ? undefined : [];
         for (;;) {
           const r = await it.next();
-          if (r.done) return { text, tokens, stats: r.value };
+          if (r.done) return { text, tokens, ...(logprobs ? { logprobs } : {}), stats: r.value };
           text += r.value.text;
           tokens.push(...r.value.tokens);
+          logprobs?.push(...r.value.logprobs ?? []);
           onChunk?.(r.value);
         }
       },

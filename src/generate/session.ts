@@ -188,6 +188,31 @@ export class Session {
   }
 
   /**
+   * Readies the context for `prompt` as {@linkcode Session.steps} does, for
+   * a caller that then drives the model itself (the readback path,
+   * `./readback.ts`): "reuse" keeps the longest prefix the session knows
+   * (the live context's or the prompt cache's), "reset" empties it. Returns
+   * the prefix kept; record what the caller leaves with `adopt`.
+   */
+  async beginContext(prompt: readonly number[], mode: "reuse" | "reset"): Promise<number> {
+    const cached = mode === "reuse" ? await this.#reuse(prompt) : 0;
+    if (mode === "reset") this.model.truncate(0);
+    this.#cachedTokens = cached;
+    this.#context = [];
+    return cached;
+  }
+
+  /**
+   * Records that the KV cache holds `tokens` at positions [0, nPast), for a
+   * caller that drove the model itself (the readback path, `./readback.ts`),
+   * so that the next request can reuse them; `[]` forgets.
+   */
+  adopt(tokens: readonly number[]): void {
+    this.#context = tokens.slice(0, this.model.nPast);
+    this.#contextVersion = this.model.contextVersion;
+  }
+
+  /**
    * Generation after `prompt`, as an async generator of accepted token
    * ids, a window at a time; see the module doc. Stopping the iteration
    * early leaves the context at the tokens yielded; a failure forgets it.

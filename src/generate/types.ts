@@ -1,4 +1,5 @@
 import type { ChatMessage } from "../tokenizer/chat.ts";
+import type { GrammarNode } from "./constrain.ts";
 
 /**
  * The contract between the generation loop and its users (the CLI, the
@@ -55,6 +56,33 @@ export interface GenerateRequest {
    * true; the tokens are the same either way.
    */
   cachePrompt?: boolean;
+  /**
+   * A grammar the output must follow (constrained decoding,
+   * `./constrain.ts`): JSON of a schema, a tool call. Such requests take
+   * the slower readback path (`./readback.ts`).
+   */
+  grammar?: GrammarNode;
+  /**
+   * Log probabilities of each generated token and of this many most likely
+   * alternatives (0…20; 0 = the chosen token's only); omitted = none. Such
+   * requests take the slower readback path.
+   */
+  logprobs?: number;
+  /**
+   * Control tokens whose text stays in the output (a chat format's
+   * markers, e.g. `<|channel|>`, that its parser reads); others are dropped.
+   */
+  keepTokens?: ReadonlySet<number>;
+}
+
+/** A generated token's log probability, with the most likely alternatives. */
+export interface TokenLogprob {
+  /** Token id. */
+  token: number;
+  /** Its natural-log probability under the model (log-softmax of the raw logits). */
+  logprob: number;
+  /** The most likely tokens, most likely first. */
+  top: { token: number; logprob: number }[];
 }
 
 /** Why a generation ended. */
@@ -66,6 +94,8 @@ export interface StreamChunk {
   text: string;
   /** The token ids this text came from. */
   tokens: number[];
+  /** Their log probabilities (when the request asked for them). */
+  logprobs?: TokenLogprob[];
 }
 
 /** Statistics of one generation. */

@@ -53,6 +53,9 @@ import {
   ServerMetrics,
 } from "./metrics.ts";
 import { sseStream } from "./sse.ts";
+import { chatCompletions } from "./openai/chat.ts";
+import { completions } from "./openai/completions.ts";
+import { errorBody, type OpenAIContext, type ServeShape } from "./openai/shared.ts";
 import { type Guard, startGuard } from "./guard.ts";
 import { ExpertsFeed } from "./experts_feed.ts";
 import { UI_ASSET_PATTERN, uiResponse, wantsHtml } from "./ui.ts";
@@ -169,45 +172,7 @@ const GENERATE_FIELDS = [
   ...SAMPLING_FIELDS,
 ] as const;
 
-const OPENAI_COMMON = [
-  "model",
-  "max_tokens",
-  "stop",
-  "stream",
-  "stream_options",
-  "n",
-  "logprobs",
-  "logit_bias",
-  "user",
-  "cache_prompt",
-  ...SAMPLING_FIELDS,
-] as const;
-
 const TOKENIZE_FIELDS = ["content", "add_special", "parse_special", "with_pieces"] as const;
-
-const COMPLETION_FIELDS = [...OPENAI_COMMON, "prompt", "echo", "best_of", "suffix"] as const;
-
-const CHAT_FIELDS = [
-  ...OPENAI_COMMON,
-  "messages",
-  "max_completion_tokens",
-  "top_logprobs",
-  "response_format",
-  "tools",
-  "tool_choice",
-  "parallel_tool_calls",
-] as const;
-
-function errorBody(e: HttpError): Record<string, unknown> {
-  return {
-    error: {
-      message: e.message,
-      type: e.type,
-      param: e.field ?? null,
-      code: e.status === 413 ? "body_too_large" : e.status === 401 ? "invalid_api_key" : null,
-    },
-  };
-}
 
 function json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
   return new Response(JSON.stringify(body), {
@@ -261,11 +226,6 @@ function sameSecret(a: string, b: string): boolean {
   let diff = x.length ^ y.length;
   for (let i = 0; i < x.length; i++) diff |= x[i]! ^ (y[i % Math.max(1, y.length)] ?? 0);
   return diff === 0;
-}
-
-function randomId(prefix: string): string {
-  const b = crypto.getRandomValues(new Uint8Array(12));
-  return prefix + Array.from(b, (v) => v.toString(16).padStart(2, "0")).join("");
 }
 
 type Handler = (req: Request, url: URL, params: string[]) => Promise<Response> | Response;
@@ -704,12 +664,13 @@ class App {
   #prepare(
     e: Engine,
     p: { prompt?: string | number[]; messages?: ChatMessage[] },
+    fromMessages = p.messages !== undefined,
   ): number[] {
     try {
       const ids = e.promptTokens(p);
       e.checkPrompt(ids, {
-        field: p.messages ? "messages" : "prompt",
-        what: p.messages ? "prompt rendered from the messages" : "prompt",
+        field: fromMessages ? "messages" : "prompt",
+        what: fromMessages ? "prompt rendered from the messages" : "prompt",
       });
       return ids;
     } catch (err) {
@@ -762,15 +723,7 @@ class App {
     req: Request,
     g: GenerateRequest,
     stream: boolean,
-    shape: {
-      start?: () => [string, string | undefined][];
-      chunk: (c: StreamChunk) => [string, string | undefined][];
-      finish: (
-        out: { text: string; tokens: number[]; stats: GenerationStats },
-      ) => [string, string | undefined][];
-      body: (out: { text: string; tokens: number[]; stats: GenerationStats }) => unknown;
-      fail: (e: HttpError) => [string, string | undefined][];
-    },
+    shape: ServeShape,
   ): Promise<Response> | Response {
     const t = this.#admit(req);
     if (!stream) {
@@ -941,183 +894,25 @@ class App {
     });
   }
 
-  /** Fields every OpenAI endpoint reads the same way. */
-  #openaiCommon(f: Fields): { stream: boolean; includeUsage: boolean } {
-    f.string("model", 1000);
-    f.string("user", 1000);
-    f.only("n", [1], "is not supported: one choice per request");
-    f.only("logprobs", [false], "is not supported: no log probabilities");
-    const bias = f.object("logit_bias");
-    if (bias && Object.keys(bias).length > 0) {
-      throw badRequest("logit_bias", "'logit_bias' is not supported");
-    }
-    const stream = f.boolean("stream") ?? false;
-    let includeUsage = false;
-    const so = f.object("stream_options");
-    if (so) {
-      if (!stream) throw badRequest("stream_options", "'stream_options' needs 'stream': true");
-      includeUsage =
-        new Fields(so, ["include_usage"], "stream_options.").boolean("include_usage") ??
-          false;
-    }
-    return { stream, includeUsage };
+  /** The hooks the OpenAI endpoints run through. */
+  #openai(e: Engine): OpenAIContext {
+    return {
+      engine: e,
+      limits: this.#limits(e),
+      prepare: (p, fromMessages) => this.#prepare(e, p, fromMessages),
+      serve: (req, g, stream, shape) => this.#serve(req, g, stream, shape),
+    };
   }
 
   async completionsRoute(req: Request): Promise<Response> {
     const e = this.#engine();
-    const body = await readJsonObject(
-      req,
-      this.o.maxBodyBytes ?? MAX_BODY_BYTES,
-      this.#bodyTimeout,
-    );
-    const limits = this.#limits(e);
-    const f = new Fields(body, COMPLETION_FIELDS);
-    const { stream, includeUsage } = this.#openaiCommon(f);
-    f.only("echo", [false], "is not supported");
-    f.only("best_of", [1], "is not supported: one choice per request");
-    f.only("suffix", [""], "is not supported (no fill-in-the-middle)");
-    let raw = f.raw("prompt");
-    // a batch of one prompt is accepted as that prompt
-    if (Array.isArray(raw) && raw.length === 1 && typeof raw[0] !== "number") raw = raw[0];
-    if (Array.isArray(raw) && raw.length > 1 && typeof raw[0] !== "number") {
-      throw badRequest("prompt", "'prompt' holds several prompts; send one per request");
-    }
-    if (raw === undefined) throw badRequest("prompt", "'prompt' is required");
-    const prompt = readPrompt(new Fields({ prompt: raw }, ["prompt"]), "prompt", limits)!;
-    const g: GenerateRequest = {
-      maxTokens: readMaxTokens(f, "max_tokens", limits, DEFAULT_MAX_TOKENS.completions),
-      sampling: readSampling(f, limits),
-      stop: f.stop("stop"),
-      cachePrompt: f.boolean("cache_prompt"),
-    };
-    g.prompt = this.#prepare(e, { prompt });
-    const id = randomId("cmpl-");
-    const created = Math.floor(Date.now() / 1000);
-    const model = e.info.name;
-    const chunk = (text: string, finish: string | null) =>
-      JSON.stringify({
-        id,
-        object: "text_completion",
-        created,
-        model,
-        choices: [{ text, index: 0, logprobs: null, finish_reason: finish }],
-      });
-    return this.#serve(req, g, stream, {
-      chunk: (c) => [[chunk(c.text, null), undefined]],
-      finish: (out) => [
-        [chunk("", openaiFinish(out.stats)), undefined],
-        ...usageChunk(includeUsage, { id, object: "text_completion", created, model }, out.stats),
-        ["[DONE]", undefined],
-      ],
-      body: (out) => ({
-        id,
-        object: "text_completion",
-        created,
-        model,
-        choices: [{
-          text: out.text,
-          index: 0,
-          logprobs: null,
-          finish_reason: openaiFinish(out.stats),
-        }],
-        usage: usage(out.stats),
-      }),
-      fail: (h) => [[JSON.stringify(errorBody(h)), undefined], ["[DONE]", undefined]],
-    });
+    return await completions(this.#openai(e), req, await this.#body(req));
   }
 
   async chatRoute(req: Request): Promise<Response> {
     const e = this.#engine();
-    const body = await readJsonObject(
-      req,
-      this.o.maxBodyBytes ?? MAX_BODY_BYTES,
-      this.#bodyTimeout,
-    );
-    const limits = this.#limits(e);
-    const f = new Fields(body, CHAT_FIELDS);
-    const { stream, includeUsage } = this.#openaiCommon(f);
-    f.only("top_logprobs", [0], "is not supported: no log probabilities");
-    const tools = f.raw("tools");
-    if (tools !== undefined && !(Array.isArray(tools) && tools.length === 0)) {
-      throw badRequest("tools", "'tools' is not supported (no tool calling)");
-    }
-    f.only("tool_choice", ["none"], "is not supported (no tool calling)");
-    f.boolean("parallel_tool_calls");
-    const rf = f.object("response_format");
-    if (rf) {
-      const type = new Fields(rf, ["type"], "response_format.").string("type");
-      if (type !== "text") {
-        throw badRequest(
-          "response_format.type",
-          'only \'response_format\': {"type": "text"} is supported',
-        );
-      }
-    }
-    const messages = readMessages(f, "messages");
-    if (!messages) throw badRequest("messages", "'messages' is required");
-    if (f.has("max_tokens") && f.has("max_completion_tokens")) {
-      throw badRequest(
-        "max_completion_tokens",
-        "send 'max_tokens' or 'max_completion_tokens', not both",
-      );
-    }
-    const maxKey = f.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-    const g: GenerateRequest = {
-      maxTokens: readMaxTokens(f, maxKey, limits, DEFAULT_MAX_TOKENS.chat),
-      sampling: readSampling(f, limits),
-      stop: f.stop("stop"),
-      cachePrompt: f.boolean("cache_prompt"),
-    };
-    g.prompt = this.#prepare(e, { messages });
-    const id = randomId("chatcmpl-");
-    const created = Math.floor(Date.now() / 1000);
-    const model = e.info.name;
-    const head = { id, object: "chat.completion.chunk", created, model, system_fingerprint: null };
-    const chunk = (delta: Record<string, unknown>, finish: string | null) =>
-      JSON.stringify({
-        ...head,
-        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
-      });
-    return this.#serve(req, g, stream, {
-      start: () => [[chunk({ role: "assistant", content: "" }, null), undefined]],
-      chunk: (c) => [[chunk({ content: c.text }, null), undefined]],
-      finish: (out) => [
-        [chunk({}, openaiFinish(out.stats)), undefined],
-        ...usageChunk(includeUsage, head, out.stats),
-        ["[DONE]", undefined],
-      ],
-      body: (out) => ({
-        id,
-        object: "chat.completion",
-        created,
-        model,
-        system_fingerprint: null,
-        choices: [{
-          index: 0,
-          message: { role: "assistant", content: out.text, refusal: null },
-          logprobs: null,
-          finish_reason: openaiFinish(out.stats),
-        }],
-        usage: usage(out.stats),
-      }),
-      fail: (h) => [[JSON.stringify(errorBody(h)), undefined], ["[DONE]", undefined]],
-    });
+    return await chatCompletions(this.#openai(e), req, await this.#body(req));
   }
-}
-
-/**
- * The OpenAI finish reason of a generation; a generation the server cut
- * short (shutdown) has none in OpenAI's set, so it is reported as an error.
- */
-function openaiFinish(s: GenerationStats): "stop" | "length" {
-  if (s.finishReason === "cancelled") {
-    throw new HttpError(
-      503,
-      `the server is shutting down; the generation stopped after ${s.completionTokens} tokens`,
-      { type: "server_shutting_down" },
-    );
-  }
-  return s.finishReason;
 }
 
 /** The `Access-Control-*` answer to a browser's preflight from an allowed origin. */
@@ -1150,24 +945,6 @@ function isIpLiteral(name: string): boolean {
 
 function isLoopbackHost(host: string): boolean {
   return host === "localhost" || host === "::1" || host === "[::1]" || /^127\./.test(host);
-}
-
-function usage(s: GenerationStats) {
-  return {
-    prompt_tokens: s.promptTokens,
-    completion_tokens: s.completionTokens,
-    total_tokens: s.promptTokens + s.completionTokens,
-    // prompt tokens whose KV cache was kept from the previous request (prefix reuse)
-    prompt_tokens_details: { cached_tokens: s.cachedTokens },
-  };
-}
-
-function usageChunk(
-  include: boolean,
-  head: Record<string, unknown>,
-  s: GenerationStats,
-): [string, string | undefined][] {
-  return include ? [[JSON.stringify({ ...head, choices: [], usage: usage(s) }), undefined]] : [];
 }
 
 /** The `stats` object of a `/generate` response. */

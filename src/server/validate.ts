@@ -391,6 +391,9 @@ export function readMessages(f: Fields, k: string): ChatMessage[] | undefined {
       "content",
       "name",
       "tool_call_id",
+      "tool_calls",
+      "reasoning_content",
+      "refusal",
     ], `${at}.`);
     const role = mf.string("role");
     if (role === undefined) throw badRequest(`${at}.role`, `'${at}.role' is required`);
@@ -400,13 +403,51 @@ export function readMessages(f: Fields, k: string): ChatMessage[] | undefined {
         `'${at}.role' must be one of ${CHAT_ROLES.join(", ")}, got ${JSON.stringify(role)}`,
       );
     }
-    const content = readContent(mf.raw("content"), `${at}.content`);
+    const calls = readToolCalls(mf.raw("tool_calls"), `${at}.tool_calls`, role);
+    // an assistant turn that only calls tools has no content (null or absent)
+    const rawContent = mf.raw("content");
+    const content = calls && (rawContent === null || rawContent === undefined)
+      ? ""
+      : readContent(rawContent, `${at}.content`);
     const msg: ChatMessage = { role: role === "developer" ? "system" : role, content };
+    if (calls) msg.tool_calls = calls;
+    const reasoning = mf.string("reasoning_content");
+    if (reasoning !== undefined) msg.reasoning_content = reasoning;
+    mf.raw("refusal");
     const n = mf.string("name", 256);
     if (n !== undefined) msg.name = n;
     const t = mf.string("tool_call_id", 256);
     if (t !== undefined) msg.tool_call_id = t;
     return msg;
+  });
+}
+
+/** An assistant message's `tool_calls`: `{id, type: "function", function: {name, arguments}}`. */
+function readToolCalls(v: unknown, at: string, role: string): unknown[] | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (role !== "assistant") throw badRequest(at, `'${at}' belongs on assistant messages only`);
+  if (!Array.isArray(v)) throw badRequest(at, `'${at}' must be an array, got ${describe(v)}`);
+  return v.map((c, j) => {
+    const cat = `${at}[${j}]`;
+    if (typeof c !== "object" || c === null || Array.isArray(c)) {
+      throw badRequest(cat, `'${cat}' must be an object, got ${describe(c)}`);
+    }
+    const cf = new Fields(c as Record<string, unknown>, ["id", "type", "function"], `${cat}.`);
+    const id = cf.string("id", 256);
+    const type = cf.string("type") ?? "function";
+    if (type !== "function") {
+      throw badRequest(
+        `${cat}.type`,
+        `'${cat}.type' must be "function", got ${JSON.stringify(type)}`,
+      );
+    }
+    const fn = cf.object("function");
+    if (!fn) throw badRequest(`${cat}.function`, `'${cat}.function' is required`);
+    const ff = new Fields(fn, ["name", "arguments"], `${cat}.function.`);
+    const name = ff.string("name", 256);
+    if (!name) throw badRequest(`${cat}.function.name`, `'${cat}.function.name' is required`);
+    const args = ff.string("arguments") ?? "{}";
+    return { ...(id === undefined ? {} : { id }), type, function: { name, arguments: args } };
   });
 }
 

@@ -274,6 +274,11 @@ export interface DecodeOptions {
   /** Render control tokens (BOS, `<|im_end|>`) as nothing. Default false: as their text. */
   skipSpecial?: boolean;
   /**
+   * Control tokens rendered as their text even with `skipSpecial` (a chat
+   * format's markers, such as `<|channel|>`, that its output parser reads).
+   */
+  keep?: ReadonlySet<number>;
+  /**
    * Drop a leading BOS and a trailing EOS where the file adds them
    * (llama.cpp's `remove_special`). Default false. Decode only.
    */
@@ -680,7 +685,7 @@ export class Tokenizer {
     const parts: Uint8Array[] = [];
     let total = 0;
     for (let i = from; i < to; i++) {
-      let p = this.#renderPiece(ids[i]!, skip);
+      let p = this.#renderPiece(ids[i]!, skip && !options.keep?.has(ids[i]!));
       if (removeSpace && p.length > 0 && p[0] === 0x20) p = p.subarray(1);
       removeSpace = false;
       parts.push(p);
@@ -703,9 +708,11 @@ export class Tokenizer {
    */
   createStreamDecoder(options: Omit<DecodeOptions, "removeSpecial"> = {}): StreamDecoder {
     const skip = options.skipSpecial ?? false;
+    const keep = options.keep;
     let td = new TextDecoder("utf-8", { ignoreBOM: true });
     return {
-      push: (id: number) => td.decode(this.#renderPiece(id, skip), { stream: true }),
+      push: (id: number) =>
+        td.decode(this.#renderPiece(id, skip && !keep?.has(id)), { stream: true }),
       flush: () => {
         const rest = td.decode();
         td = new TextDecoder("utf-8", { ignoreBOM: true });

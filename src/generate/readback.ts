@@ -1,0 +1,158 @@
+/**
+ * The slow generation path: one token at a time, its logits read back and
+ * the token chosen on the CPU ({@linkcode sampleWith}, the GPU sampler's
+ * reference: the same token for the same logits, seed and position). Used
+ * when a request needs what the GPU sampler cannot give without a readback
+ * per token anyway: a grammar mask (constrained decoding) or log
+ * probabilities.
+ *
+ * Cost per token: one forward pass submitted alone (no window of tokens in
+ * flight), a readback of the logits (4 × nVocab bytes, ~0.6 MB at 152k
+ * tokens) and the CPU sampler (~10 ms at 152k with top-k 40). A grammar
+ * first checks the token sampled without a mask (a few byte steps); only
+ * when it is refused is the whole vocabulary masked (a walk over the
+ * tokens in byte order) and the token drawn again from the masked logits,
+ * as llama.cpp does, which for greedy decoding is exactly the argmax of the
+ * masked logits.
+ *
+ * @module
+ */
+
+import { deriveSampler } from "../gpu/ops/sample.ts";
+import { resolveSampling, sampleWith } from "./sampler_cpu.ts";
+import type { Constraint } from "./constrain.ts";
+import {
+  checkPrompt,
+  type ContextMode,
+  RequestError,
+  type Session,
+  type StepsResult,
+} from "./session.ts";
+import type { FinishReason, SamplingParams, TokenLogprob } from "./types.ts";
+
+/** Options of {@linkcode readbackSteps}. */
+export interface ReadbackOptions {
+  /** Tokens to generate at most (cut to the room left in the context). */
+  maxTokens: number;
+  /** Tokens that end generation (included in the output). */
+  stopTokens: Iterable<number>;
+  /** Sampling parameters. */
+  sampling: SamplingParams;
+  /** How the prompt meets the context: "reuse" keeps the prefix shared with the session's last tokens. */
+  context: Exclude<ContextMode, "append">;
+  /** Penalty history capacity (the GPU sampler's), bounding `penaltyLastN = −1`. */
+  historyCapacity: number;
+  /** The grammar the output must follow. */
+  constraint?: Constraint;
+  /** Log probabilities: how many alternatives per token (0 = the chosen token's only); omitted = none. */
+  logprobs?: number;
+  /** Receives each token's log probabilities, in order. */
+  onLogprob?: (lp: TokenLogprob) => void;
+}
+
+/**
+ * Generation after `prompt` on the session's model, a token at a time, as
+ * {@linkcode Session.steps} does it (the same checks, prefix reuse and
+ * context left behind: every generated token but the last fed in).
+ */
+export async function* readbackSteps(
+  session: Session,
+  prompt: readonly number[],
+  o: ReadbackOptions,
+): AsyncGenerator<number[], StepsResult, void> {
+  const model = session.model;
+  checkPrompt(prompt, model.nCtx);
+  try {
+    model.checkIds(prompt);
+  } catch (e) {
+    throw new RequestError("prompt", (e as Error).message);
+  }
+  if (!Number.isInteger(o.maxTokens) || o.maxTokens < 1) {
+    throw new RequestError(
+      "max_tokens",
+      `max_tokens must be a positive integer, got ${o.maxTokens}`,
+    );
+  }
+  // the last generated token is never fed back, so it needs no cache room
+  const maxTokens = Math.min(o.maxTokens, model.nCtx - prompt.length + 1);
+  const stop = new Set(o.stopTokens);
+  const c = deriveSampler(resolveSampling(o.sampling), model.config.nVocab, o.historyCapacity);
+  const history = [...prompt];
+  const generated: number[] = [];
+  let finishReason: FinishReason = "length";
+  let failed = false;
+  const cached = await session.beginContext(prompt, o.context);
+  try {
+    let logits = await model.forward(prompt.slice(cached));
+    for (;;) {
+      const pos = model.nPast - 1; // the RNG counter: the logits' token's position, as on the GPU
+      const window = c.penaltyLastN > 0 ? history.slice(-c.penaltyLastN) : [];
+      const room = maxTokens - generated.length;
+      let id = sampleWith(logits, c, window, pos).token;
+      const g = o.constraint;
+      if (g && !g.allows(id, room)) {
+        const mask = g.mask(room);
+        const masked = new Float32Array(logits);
+        for (let i = 0; i < masked.length; i++) if (mask[i] === 0) masked[i] = -Infinity;
+        id = sampleWith(masked, c, window, pos).token;
+        // every allowed logit −∞ (or NaN): the first allowed token
+        if (mask[id] === 0) id = mask.indexOf(1);
+      }
+      g?.accept(id);
+      if (o.logprobs !== undefined) o.onLogprob?.(logprobsOf(logits, id, o.logprobs));
+      history.push(id);
+      generated.push(id);
+      yield [id];
+      if (stop.has(id)) {
+        finishReason = "stop";
+        break;
+      }
+      if (generated.length >= maxTokens) break;
+      logits = await model.forward([id]);
+    }
+    return { promptTokens: prompt.length, cachedTokens: cached, finishReason };
+  } catch (e) {
+    failed = true;
+    throw e;
+  } finally {
+    if (failed) {
+      // the cache may hold anything beyond the kept prefix: forget it all
+      model.reset();
+      session.adopt([]);
+    } else {
+      session.adopt([...prompt, ...generated]);
+    }
+  }
+}
+
+/**
+ * The log probability of `id` and of the `top` most likely tokens under the
+ * model's distribution (log-softmax of the raw logits: before penalties,
+ * temperature, truncation and any grammar).
+ */
+export function logprobsOf(logits: Float32Array, id: number, top: number): TokenLogprob {
+  let max = -Infinity;
+  for (const v of logits) if (v > max) max = v;
+  let sum = 0;
+  for (const v of logits) sum += Math.exp(v - max);
+  const logZ = max + Math.log(sum);
+  const best: number[] = [];
+  if (top > 0) {
+    // a sorted list of the best `top` so far (top ≤ 20)
+    for (let i = 0; i < logits.length; i++) {
+      const v = logits[i]!;
+      if (best.length === top && !(v > logits[best[top - 1]!]!)) continue;
+      let j = best.length < top ? best.length : top - 1;
+      while (j > 0 && logits[best[j - 1]!]! < v) {
+        if (j < top) best[j] = best[j - 1]!;
+        j--;
+      }
+      best[j] = i;
+    }
+  }
+  return {
+    token: id,
+    logprob: logits[id]! - logZ,
+    top: best.map((t) => ({ token: t, logprob: logits[t]! - logZ })),
+  };
+}

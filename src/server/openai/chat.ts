@@ -1,0 +1,182 @@
+/**
+ * `POST /v1/chat/completions`: the messages rendered with the model's chat
+ * template (with the tools when given), the output split into
+ * `reasoning_content`, `content` and `tool_calls` by the model family's
+ * format (`chat_format.ts`), constrained decoding for forced tool calls and
+ * `response_format`, and log probabilities; as one JSON body or as SSE
+ * deltas.
+ *
+ * @module
+ */
+
+import type { GenerateRequest } from "../../generate/types.ts";
+import { renderChat } from "../../tokenizer/chat.ts";
+import { ChatTemplateError } from "../../tokenizer/chat.ts";
+import type { Tokenizer } from "../../tokenizer/tokenizer.ts";
+import { badRequest, Fields, readMaxTokens, readMessages, readSampling } from "../validate.ts";
+import { type ChatDelta, type ChatFormat, chatFormat, ChatStreamParser } from "./chat_format.ts";
+import { chatLogprobs } from "./logprobs.ts";
+import {
+  errorBody,
+  OPENAI_COMMON,
+  openaiCommon,
+  type OpenAIContext,
+  openaiFinish,
+  randomId,
+  type SseEvents,
+  usage,
+  usageChunk,
+} from "./shared.ts";
+import { readToolRequest, requestGrammar, toolCallsJson } from "./tools.ts";
+
+/** The fields `/v1/chat/completions` accepts. */
+export const CHAT_FIELDS = [
+  ...OPENAI_COMMON,
+  "messages",
+  "max_completion_tokens",
+  "top_logprobs",
+  "response_format",
+  "tools",
+  "tool_choice",
+  "parallel_tool_calls",
+] as const;
+
+const DEFAULT_MAX_TOKENS = 256;
+
+/** The control tokens that spell a format's markers (kept in the decoded output for the parser). */
+function markerTokens(tok: Tokenizer, format: ChatFormat): Set<number> {
+  const out = new Set<number>();
+  for (const m of format.markers) {
+    const ids = tok.encode(m, { addSpecial: false, parseSpecial: true });
+    if (ids.length === 1 && tok.isControl(ids[0]!)) out.add(ids[0]!);
+  }
+  return out;
+}
+
+/** Serves a chat completion request (`body` already read as a JSON object). */
+export function chatCompletions(
+  ctx: OpenAIContext,
+  req: Request,
+  body: Record<string, unknown>,
+): Promise<Response> | Response {
+  const e = ctx.engine;
+  const tok = e.tokenizer;
+  const f = new Fields(body, CHAT_FIELDS);
+  const { stream, includeUsage } = openaiCommon(f);
+  const wantLogprobs = f.boolean("logprobs") ?? false;
+  const top = f.integer("top_logprobs", { min: 0, max: 20 });
+  if (top !== undefined && !wantLogprobs) {
+    throw badRequest("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+  }
+  const tools = readToolRequest(f);
+  const messages = readMessages(f, "messages");
+  if (!messages) throw badRequest("messages", "'messages' is required");
+  if (f.has("max_tokens") && f.has("max_completion_tokens")) {
+    throw badRequest(
+      "max_completion_tokens",
+      "send 'max_tokens' or 'max_completion_tokens', not both",
+    );
+  }
+  const maxKey = f.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  const g: GenerateRequest = {
+    maxTokens: readMaxTokens(f, maxKey, ctx.limits, DEFAULT_MAX_TOKENS),
+    sampling: readSampling(f, ctx.limits),
+    stop: f.stop("stop"),
+    cachePrompt: f.boolean("cache_prompt"),
+  };
+  if (wantLogprobs) g.logprobs = top ?? 0;
+  const format = chatFormat(tok.chatTemplate);
+  const useTools = tools.tools.length > 0 && tools.choice !== "none";
+  let rendered: string;
+  try {
+    // templates print a tool's description and parameters unguarded (DeepSeek, Kimi)
+    const forTemplate = tools.tools.map((t) => ({
+      ...t,
+      function: { description: "", parameters: { type: "object" }, ...t.function },
+    }));
+    rendered = renderChat(tok, messages, useTools ? { tools: forTemplate } : {});
+  } catch (err) {
+    if (err instanceof ChatTemplateError) throw badRequest("messages", err.message);
+    throw err;
+  }
+  g.prompt = ctx.prepare({ prompt: rendered }, true);
+  g.grammar = requestGrammar(tools, format);
+  // the output is parsed when the format has parts to tell apart: reasoning, tool calls, channels
+  const parse = format.thinking || useTools;
+  const inThinking = format.thinking &&
+    rendered.lastIndexOf("<think>") > rendered.lastIndexOf("</think>");
+  if (parse) g.keepTokens = markerTokens(tok, format);
+
+  const id = randomId("chatcmpl-");
+  const created = Math.floor(Date.now() / 1000);
+  const model = e.info.name;
+  const head = { id, object: "chat.completion.chunk", created, model, system_fingerprint: null };
+  const chunk = (delta: Record<string, unknown>, finish: string | null, logprobs: unknown = null) =>
+    JSON.stringify({ ...head, choices: [{ index: 0, delta, logprobs, finish_reason: finish }] });
+  const parser = new ChatStreamParser(format, inThinking, useTools);
+  const ids: string[] = [];
+  const deltaEvents = (deltas: ChatDelta[], logprobs: unknown): SseEvents => {
+    const out: SseEvents = deltas.map((d, i) => {
+      const lp = i === 0 ? logprobs : null;
+      if (d.reasoning !== undefined) {
+        return [chunk({ reasoning_content: d.reasoning }, null, lp), undefined];
+      }
+      if (d.content !== undefined) return [chunk({ content: d.content }, null, lp), undefined];
+      const c = d.toolCall!;
+      const [call] = toolCallsJson([c], ids.slice(c.index, c.index + 1));
+      ids[c.index] = call!.id;
+      return [chunk({ tool_calls: [{ index: c.index, ...call }] }, null, lp), undefined];
+    });
+    if (out.length === 0 && logprobs !== null) out.push([chunk({}, null, logprobs), undefined]);
+    return out;
+  };
+  const finishReason = (calls: number, stats: Parameters<typeof openaiFinish>[0]) => {
+    const r = openaiFinish(stats);
+    return calls > 0 && r === "stop" ? "tool_calls" : r;
+  };
+  return ctx.serve(req, g, stream, {
+    start: () => [[chunk({ role: "assistant", content: "" }, null), undefined]],
+    chunk: (c) => {
+      const lp = c.logprobs ? { content: chatLogprobs(tok, c.logprobs), refusal: null } : null;
+      if (!parse) {
+        return c.text || lp ? [[chunk({ content: c.text }, null, lp), undefined]] : [];
+      }
+      return deltaEvents(parser.push(c.text), lp);
+    },
+    finish: (out) => [
+      ...(parse ? deltaEvents(parser.finish(), null) : []),
+      [chunk({}, finishReason(parser.message.toolCalls.length, out.stats)), undefined],
+      ...usageChunk(includeUsage, head, out.stats),
+      ["[DONE]", undefined],
+    ],
+    body: (out) => {
+      const m = parse
+        ? format.parse(out.text, false, inThinking, useTools)
+        : { reasoning: "", content: out.text, toolCalls: [] };
+      const message: Record<string, unknown> = {
+        role: "assistant",
+        content: m.content === "" && m.toolCalls.length > 0 ? null : m.content,
+        refusal: null,
+      };
+      if (m.reasoning) message.reasoning_content = m.reasoning;
+      if (m.toolCalls.length > 0) message.tool_calls = toolCallsJson(m.toolCalls, []);
+      return {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        system_fingerprint: null,
+        choices: [{
+          index: 0,
+          message,
+          logprobs: g.logprobs === undefined
+            ? null
+            : { content: chatLogprobs(tok, out.logprobs ?? []), refusal: null },
+          finish_reason: finishReason(m.toolCalls.length, out.stats),
+        }],
+        usage: usage(out.stats),
+      };
+    },
+    fail: (h) => [[JSON.stringify(errorBody(h)), undefined], ["[DONE]", undefined]],
+  });
+}

@@ -1,0 +1,196 @@
+import assert from "node:assert/strict";
+import { Ajv } from "../../../dev/ref/packages.ts";
+import { llamaSourceDir } from "../../../dev/ref/llama_src.ts";
+import { canFinish, minToFinish, startState, stepState } from "../../generate/constrain.ts";
+import { applyChatTemplate } from "../../tokenizer/chat.ts";
+import { Rng } from "../../util/rng.ts";
+import {
+  type ChatFormat,
+  chatFormat,
+  type ChatFormatName,
+  ChatStreamParser,
+  type ParsedMessage,
+} from "./chat_format.ts";
+
+/** Real templates from llama.cpp's source, with the format each must be read as. */
+const TEMPLATES: [string, ChatFormatName][] = [
+  ["Qwen-Qwen3-0.6B.jinja", "hermes"],
+  ["deepseek-ai-DeepSeek-V3.1.jinja", "deepseek"],
+  ["deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "deepseek"],
+  ["moonshotai-Kimi-K2.jinja", "kimi"],
+  ["Kimi-K2-Thinking.jinja", "kimi"],
+  ["openai-gpt-oss-120b.jinja", "harmony"],
+];
+
+const WEATHER = {
+  type: "object",
+  properties: {
+    location: { type: "string", maxLength: 20 },
+    unit: { type: "string", enum: ["celsius", "fahrenheit"] },
+  },
+  required: ["location", "unit"],
+  additionalProperties: false,
+};
+const TOOLS = [{
+  type: "function",
+  function: { name: "get_weather", description: "The weather now", parameters: WEATHER },
+}];
+const USER = [{ role: "user", content: "Weather in Paris?" }];
+const CALL = {
+  role: "assistant",
+  content: "",
+  tool_calls: [{
+    id: "call_1",
+    type: "function",
+    function: { name: "get_weather", arguments: '{"location":"Paris","unit":"celsius"}' },
+  }],
+};
+
+async function template(name: string): Promise<string> {
+  return await Deno.readTextFile(`${await llamaSourceDir()}/models/templates/${name}`);
+}
+
+/** What the model wrote in the assistant turn of `messages` (the template's own rendering). */
+function assistantTurn(src: string): { output: string; prompt: string } {
+  const o = { tools: TOOLS, bosToken: "<s>", eosToken: "</s>" };
+  const prompt = applyChatTemplate(src, USER, o);
+  const full = applyChatTemplate(src, [...USER, CALL], { ...o, addGenerationPrompt: false });
+  // R1's generation prompt opens <think>, which a finished turn does not repeat
+  const common = full.startsWith(prompt) ? prompt.length : full.indexOf("<｜tool▁calls▁begin｜>");
+  const output = full.slice(common)
+    .replace(/(<\|im_end\|>\n?|<｜end▁of▁sentence｜>.*|<\|call\|>)$/s, "");
+  return { output, prompt };
+}
+
+/** The output fed a few characters at a time: the deltas joined equal the final parse. */
+function streamed(f: ChatFormat, text: string, inThinking: boolean, step: number): ParsedMessage {
+  const p = new ChatStreamParser(f, inThinking);
+  const got: ParsedMessage = { reasoning: "", content: "", toolCalls: [] };
+  const take = (ds: ReturnType<ChatStreamParser["push"]>) => {
+    for (const d of ds) {
+      got.reasoning += d.reasoning ?? "";
+      got.content += d.content ?? "";
+      if (d.toolCall) {
+        assert.equal(d.toolCall.index, got.toolCalls.length, "each call once, in order");
+        got.toolCalls.push({
+          name: d.toolCall.name,
+          arguments: d.toolCall.arguments,
+          ...(d.toolCall.id ? { id: d.toolCall.id } : {}),
+        });
+      }
+    }
+  };
+  for (let i = 0; i < text.length; i += step) take(p.push(text.slice(i, i + step)));
+  take(p.finish());
+  return got;
+}
+
+Deno.test("chat format: each family's own rendering of a tool call parses back to the call", async () => {
+  for (const [name, want] of TEMPLATES) {
+    const src = await template(name);
+    const f = chatFormat(src);
+    assert.equal(f.name, want, name);
+    const { output, prompt } = assistantTurn(src);
+    const inThinking = f.thinking && prompt.lastIndexOf("<think>") > prompt.lastIndexOf("</think>");
+    const m = f.parse(output, false, inThinking);
+    assert.equal(
+      m.toolCalls.length,
+      1,
+      `${name}: ${JSON.stringify(output)} → ${JSON.stringify(m)}`,
+    );
+    assert.equal(m.toolCalls[0]!.name, "get_weather", name);
+    assert.deepEqual(JSON.parse(m.toolCalls[0]!.arguments), { location: "Paris", unit: "celsius" });
+    assert.equal(m.content.trim(), "", `${name}: no call text left in the content`);
+    for (const step of [1, 3, 7]) {
+      assert.deepEqual(streamed(f, output, inThinking, step), m, `${name} step ${step}`);
+    }
+    // offered no tools, the same text is the answer, not a call
+    assert.equal(
+      f.parse(output, false, inThinking, false).toolCalls.length,
+      want === "harmony" ? 1 : 0,
+    );
+  }
+});
+
+Deno.test("chat format: the forced-call grammar's outputs parse as calls whose arguments validate", async () => {
+  const validate = new Ajv({ strict: false }).compile(WEATHER);
+  const rng = new Rng(5);
+  for (const [name] of TEMPLATES) {
+    const f = chatFormat(await template(name));
+    const g = f.callGrammar([{ name: "get_weather", parameters: WEATHER }, {
+      name: "get_time",
+      parameters: {
+        type: "object",
+        properties: { zone: { enum: ["UTC", "CET"] } },
+        required: ["zone"],
+      },
+    }]);
+    for (let run = 0; run < 10; run++) {
+      // a random text of the grammar, byte by byte, as a model forced by it would write
+      let state = startState(g);
+      const bytes: number[] = [];
+      for (let left = 200; !state.every((s) => s === null) && left > 0; left--) {
+        const ok: number[] = [];
+        for (let b = 0; b < 256; b++) {
+          const next = stepState(state, Uint8Array.of(b));
+          if (next.length > 0 && minToFinish(next) <= left - 1) ok.push(b);
+        }
+        if (ok.length === 0) break;
+        const b = ok[Math.floor(rng.next() * ok.length)]!;
+        state = stepState(state, Uint8Array.of(b));
+        bytes.push(b);
+      }
+      assert.ok(canFinish(state), name);
+      const text = new TextDecoder().decode(Uint8Array.from(bytes));
+      const m = f.parse(text, false, false);
+      assert.equal(m.toolCalls.length, 1, `${name}: ${text}`);
+      const c = m.toolCalls[0]!;
+      const args = JSON.parse(c.arguments);
+      if (c.name === "get_weather") assert.ok(validate(args), `${name}: ${text}`);
+      else assert.ok(c.name === "get_time" && ["UTC", "CET"].includes(args.zone), text);
+    }
+  }
+});
+
+Deno.test("chat format: reasoning is split from the answer, streamed or not", async () => {
+  const cases: [string, string, boolean, Partial<ParsedMessage>][] = [
+    ["Qwen-Qwen3-0.6B.jinja", "<think>\nThe user greets.\n</think>\n\nHello!", false, {
+      reasoning: "The user greets.",
+      content: "Hello!",
+    }],
+    ["deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "Let me think.\n</think>\n\n42", true, {
+      reasoning: "Let me think.",
+      content: "42",
+    }],
+    ["Kimi-K2-Thinking.jinja", "<think>hmm</think>Sure.", false, {
+      reasoning: "hmm",
+      content: "Sure.",
+    }],
+    [
+      "openai-gpt-oss-120b.jinja",
+      "<|channel|>analysis<|message|>Simple greeting.<|end|><|start|>assistant<|channel|>final<|message|>Hi there",
+      false,
+      { reasoning: "Simple greeting.", content: "Hi there" },
+    ],
+    // unfinished thinking (max_tokens hit inside it) is all reasoning
+    ["Qwen-Qwen3-0.6B.jinja", "<think>\nStill going", false, {
+      reasoning: "Still going",
+      content: "",
+    }],
+    // a plain answer from a thinking model
+    ["Qwen-Qwen3-0.6B.jinja", "Just text <b>", false, { reasoning: "", content: "Just text <b>" }],
+  ];
+  for (const [name, text, inThinking, want] of cases) {
+    const f = chatFormat(await template(name));
+    const m = f.parse(text, false, inThinking);
+    assert.deepEqual({ reasoning: m.reasoning, content: m.content }, want, `${name}: ${text}`);
+    for (const step of [1, 2, 5]) {
+      const s = streamed(f, text, inThinking, step);
+      assert.deepEqual(
+        { reasoning: s.reasoning, content: s.content },
+        want,
+        `${name} streamed by ${step}`,
+      );
+    }
+  }
+});
