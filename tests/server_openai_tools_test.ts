@@ -324,6 +324,9 @@ Deno.test({
           });
           const c = r.choices[0]!;
           assert.equal(c.message.content, plain.choices[0]!.message.content);
+          // the same prompt again: its KV cache is reused on either path
+          const full = r.usage!.prompt_tokens - 1;
+          assert.equal(r.usage!.prompt_tokens_details?.cached_tokens, full);
           const lps = c.logprobs!.content!;
           assert.equal(lps.length, r.usage!.completion_tokens);
           for (const lp of lps) {
@@ -339,10 +342,16 @@ Deno.test({
             logprobs: true,
             top_logprobs: 3,
             stream: true,
+            stream_options: { include_usage: true },
           });
           const streamed: OpenAI.ChatCompletionTokenLogprob[] = [];
-          for await (const ch of stream) streamed.push(...ch.choices[0]?.logprobs?.content ?? []);
+          let cached: number | undefined;
+          for await (const ch of stream) {
+            streamed.push(...ch.choices[0]?.logprobs?.content ?? []);
+            if (ch.usage) cached = ch.usage.prompt_tokens_details?.cached_tokens;
+          }
           assert.deepEqual(streamed, lps);
+          assert.equal(cached, full);
           // the completions endpoint's columns
           const comp = await client.completions.create({
             model,

@@ -680,6 +680,11 @@ export class TokenIndex {
   readonly bytes: readonly Uint8Array[];
   /** Vocabulary size. */
   readonly size: number;
+  /**
+   * 1 for tokens of printable ASCII other than `"` and `\`: text that any
+   * free JSON string accepts as it is (the mask's shortcut inside strings).
+   */
+  readonly plain: Uint8Array;
 
   /** Indexes `tokenizer`'s vocabulary. */
   constructor(tokenizer: Tokenizer) {
@@ -710,7 +715,20 @@ export class TokenIndex {
     this.control = control;
     this.eog = [...tokenizer.eogIds];
     this.bytes = bytes;
+    this.plain = new Uint8Array(this.size);
+    for (const id of ids) {
+      const b = bytes[id]!;
+      this.plain[id] = b.every((c) => c >= 0x20 && c < 0x7f && c !== 0x22 && c !== 0x5c) ? 1 : 0;
+    }
   }
+}
+
+/** Whether every alternative is inside a JSON string with no length limit, between characters. */
+function freeString(state: GrammarState): boolean {
+  return state.length > 0 && state.every((s) => {
+    const f = s?.head;
+    return f?.t === "str" && f.max === Infinity && f.cont === 0 && f.hex === 0 && f.esc === 0;
+  });
 }
 
 function latin1(b: Uint8Array): string {
@@ -791,6 +809,9 @@ export class Constraint {
     const out = new Uint8Array(x.size);
     const fill = (budget: number): boolean => {
       let any = false;
+      // inside a string of any length, plain text is allowed as it is: only the
+      // other tokens (quotes, escapes, UTF-8 pieces) are stepped through
+      const shortcut = freeString(this.#state) && minToFinish(this.#state) <= budget - 1;
       const levels: GrammarState[] = [this.#state];
       let have = 0; // levels[0..have] hold the states after the previous token's first bytes
       let dead = Infinity; // a level whose states are empty
@@ -799,6 +820,11 @@ export class Constraint {
         const b = x.bytes[id]!;
         have = Math.min(have, x.lcp[k]!);
         if (dead > have) dead = Infinity;
+        if (shortcut && x.plain[id] === 1) {
+          out[id] = 1;
+          any = true;
+          continue;
+        }
         if (dead <= have) continue;
         for (; have < b.length; have++) {
           const next = stepState(levels[have]!, b.subarray(have, have + 1));

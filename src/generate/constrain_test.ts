@@ -177,3 +177,18 @@ Deno.test("constrain: the token mask is each token's own check, and forced decod
     assert.ok(validate(JSON.parse(text)), `${text}: ${JSON.stringify(validate.errors)}`);
   }
 });
+
+Deno.test("constrain: inside a string the mask (with its plain-text shortcut) is each token's own check", () => {
+  const tok = builtin();
+  const c = new Constraint(jsonSchema(SCHEMAS.any), tok);
+  for (const id of tok.encode('{"a": "x', { addSpecial: false })) c.accept(id);
+  for (const room of [Infinity, 40, 3, 2]) {
+    const mask = c.mask(room);
+    let allowed = 0;
+    for (let id = 0; id < tok.vocabSize; id++) {
+      assert.equal(mask[id] === 1, c.allows(id, room), `token ${id} (room ${room})`);
+      allowed += mask[id]!;
+    }
+    assert.ok(allowed > (room > 3 ? 100 : 0), `room ${room}: ${allowed} allowed`);
+  }
+});
