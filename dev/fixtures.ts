@@ -30,6 +30,14 @@
  * | deepseek2 b | 256 | 3 | 4 (1) | MLA | 256 (1 shared) | 8 (2) | 1e4 | 1e-6 | no | qwen2 3000 + 3 control |
  * | minimax-m2 a | 128 | 2 | 4 (2) | 32 (rope 16) | 64 | 6 (2) | 1e4 | 1e-6 | no | qwen2 3000 + 3 control |
  * | minimax-m2 b | 256 | 3 | 8 (2) | 64 (rope 32) | 256 | 8 (3) | 5e6 | 1e-6 | no | llama-bpe 3000 + 256 control |
+ * | qwen35moe a | 128 | 4 (3 DeltaNet) | 4 (2) | 32 (rope 16) | 64 (96) | 6 (2) | 1e6 | 1e-6 | yes | qwen2 3000 + 3 control |
+ * | qwen35moe b | 256 | 4 (2 DeltaNet) | 4 (1) | 64 (rope 32) | 256 (256) | 7 (3) | 1e7 | 1e-6 | no | qwen2 3000 + 3 control |
+ * | qwen3next a | 128 | 4 (3 DeltaNet) | 4 (2) | 32 (rope 8) | 64 (128) | 5 (2) | 1e7 | 1e-6 | no | qwen2 3000 + 3 control |
+ * | qwen3next b | 256 | 4 (2 DeltaNet) | 8 (2) | 32 (rope 16) | 256 (512) | 8 (2) | 1e7 | 1e-6 | no | qwen2 3000 + 3 control |
+ *
+ * Hybrid Qwens (gated DeltaNet layers, conv kernel 4): state 16 with 4 value
+ * heads over 2 q/k heads (a); qwen35moe b 32 with 8 over 2, qwen3next b 32
+ * with 8 over 4 — so the two ways of sharing q/k heads differ.
  *
  * GPT-OSS: sliding window 8 (a) / 12 (b) on the even blocks, attention sinks,
  * biases everywhere, YaRN (factor 8 from 64 positions / 32 from 128).
@@ -439,6 +447,92 @@ export const FIXTURE_SHAPES: Record<SyntheticArch, Record<FixtureShape, FixtureS
       rmsEps: 1e-6,
       seed: 702,
       vocab: "llama-bpe",
+      vocabSize: 3000,
+    },
+  },
+  qwen35moe: {
+    a: {
+      nEmbd: 128,
+      nLayer: 4,
+      nHead: 4,
+      nHeadKv: 2,
+      headDim: 32,
+      ropeDim: 16,
+      nFfExp: 64,
+      nFfShexp: 96,
+      nExpert: 6,
+      nExpertUsed: 2,
+      ssm: { convKernel: 4, stateSize: 16, nVHeads: 4, nKHeads: 2 },
+      nCtx: 512,
+      ropeBase: 1_000_000,
+      rmsEps: 1e-6,
+      tiedOutput: true,
+      seed: 701,
+      vocab: "qwen2",
+      vocabSize: 3000,
+    },
+    b: {
+      nEmbd: 256,
+      nLayer: 4,
+      nHead: 4,
+      nHeadKv: 1,
+      headDim: 64,
+      ropeDim: 32,
+      nFfExp: 256,
+      nFfShexp: 256,
+      nExpert: 7,
+      nExpertUsed: 3,
+      ssm: { convKernel: 4, stateSize: 32, nVHeads: 8, nKHeads: 2 },
+      fullAttnInterval: 2,
+      nCtx: 2048,
+      ropeBase: 10_000_000,
+      rmsEps: 1e-6,
+      tiedOutput: false,
+      seed: 702,
+      vocab: "qwen2",
+      vocabSize: 3000,
+    },
+  },
+  qwen3next: {
+    a: {
+      nEmbd: 128,
+      nLayer: 4,
+      nHead: 4,
+      nHeadKv: 2,
+      headDim: 32,
+      ropeDim: 8,
+      nFfExp: 64,
+      nFfShexp: 128,
+      nExpert: 5,
+      nExpertUsed: 2,
+      ssm: { convKernel: 4, stateSize: 16, nVHeads: 4, nKHeads: 2 },
+      nCtx: 512,
+      ropeBase: 10_000_000,
+      rmsEps: 1e-6,
+      tiedOutput: false,
+      seed: 801,
+      vocab: "qwen2",
+      vocabSize: 3000,
+    },
+    b: {
+      nEmbd: 256,
+      nLayer: 4,
+      nHead: 8,
+      nHeadKv: 2,
+      headDim: 32,
+      ropeDim: 16,
+      nFfExp: 256,
+      nFfShexp: 512,
+      nExpert: 8,
+      nExpertUsed: 2,
+      ssm: { convKernel: 4, stateSize: 32, nVHeads: 8, nKHeads: 4 },
+      fullAttnInterval: 2,
+      nCtx: 2048,
+      ropeBase: 10_000_000,
+      rmsEps: 1e-6,
+      tiedOutput: false,
+      seed: 802,
+      vocab: "qwen2",
       vocabSize: 3000,
     },
   },

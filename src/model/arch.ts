@@ -26,7 +26,8 @@ export type ResolvedSyntheticSpec = Required<SyntheticSpec>;
 /** How the generator draws a tensor's values. */
 export type Init =
   | { kind: "normal"; std: number }
-  | { kind: "norm"; scale: number; jitter: number };
+  | { kind: "norm"; scale: number; jitter: number }
+  | { kind: "uniform"; lo: number; hi: number };
 
 /** `N(0, (gain / √fanIn)²)`: unit-scale activations through a projection with `fanIn` inputs. */
 export function normalInit(fanIn: number, gain = 1): Init {
@@ -63,7 +64,9 @@ export type ArchOnlyField =
   | "yarnMscaleAllDim"
   | "archName"
   | "nNextn"
-  | "slidingWindow";
+  | "slidingWindow"
+  | "ssm"
+  | "fullAttnInterval";
 
 /**
  * What the synthetic-model generator needs from an architecture beyond

@@ -40,6 +40,36 @@ export interface MlaConfig {
   readonly vHeadDim: number;
 }
 
+/**
+ * Gated DeltaNet (linear attention) layers of the hybrid Qwen models
+ * (Qwen3-Next, Qwen3.5/3.6-MoE): a short causal conv1d over the q/k/v
+ * projection, then per value head a state matrix updated by the delta rule.
+ */
+export interface DeltaNetConfig {
+  /** Conv kernel width (`ssm.conv_kernel`). */
+  readonly convKernel: number;
+  /** Width of each q/k/v head and of the square state (`ssm.state_size`). */
+  readonly stateSize: number;
+  /** Value heads (`ssm.time_step_rank`). */
+  readonly nVHeads: number;
+  /** q/k heads (`ssm.group_count`); divides nVHeads. */
+  readonly nKHeads: number;
+  /** Per layer: a DeltaNet layer (true) or gated full attention (false). */
+  readonly recurrent: readonly boolean[];
+  /**
+   * Value head h reads q/k head h / (nV / nK) (Qwen3-Next) rather than
+   * h % nK (Qwen3.5's layout).
+   */
+  readonly interleaved: boolean;
+  /** Beta and alpha come from one `ssm_ba` projection, per k head [beta | alpha] (Qwen3-Next). */
+  readonly fusedBa: boolean;
+}
+
+/** Whether block `l` is a gated DeltaNet (recurrent) layer. */
+export function isRecurrentLayer(c: ModelConfig, l: number): boolean {
+  return c.deltaNet?.recurrent[l] ?? false;
+}
+
 /** Everything the forward pass needs to know about a model's shape. */
 export interface ModelConfig {
   /** `general.architecture`. */
@@ -133,6 +163,13 @@ export interface ModelConfig {
   readonly nNextn?: number;
   /** YaRN's log multiplier as llama.cpp holds it (DeepSeek's `mscale_all_dim`); default 0. */
   readonly yarnLogMul?: number;
+  /**
+   * The Q projection yields per head [q | gate] and the attention output is
+   * multiplied by sigmoid(gate) (Qwen3-Next, Qwen3.5-MoE).
+   */
+  readonly attnGated?: boolean;
+  /** Gated DeltaNet layers (hybrid models); absent = attention in every layer. */
+  readonly deltaNet?: DeltaNetConfig;
 }
 
 /** Block `l`'s FFN input-norm tensor name. */
@@ -206,6 +243,8 @@ export interface TensorPlanEntry {
   readonly role: "base" | "expert";
   /** May be absent (biases, a tied output head). */
   readonly optional?: boolean;
+  /** Held on the GPU as an f32 array whatever its type and rank (conv kernels read it directly). */
+  readonly asF32?: boolean;
 }
 
 /** A model configuration error naming the file and key. */

@@ -16,11 +16,22 @@ import { deepseek2, mistral4 } from "./deepseek2.ts";
 import { gptOss } from "./gpt_oss.ts";
 import { olmoe } from "./olmoe.ts";
 import { minimaxM2 } from "./minimax_m2.ts";
+import { qwen35Moe, qwen3Next } from "./qwen3next.ts";
 
 export type { ArchSpec } from "./arch.ts";
 
 /** The architectures with their own synthetic models and fixtures, in the order tests list them. */
-const ARCHITECTURES = [llamaMoe, qwen2Moe, qwen3Moe, olmoe, gptOss, deepseek2, minimaxM2] as const;
+const ARCHITECTURES = [
+  llamaMoe,
+  qwen2Moe,
+  qwen3Moe,
+  olmoe,
+  gptOss,
+  deepseek2,
+  minimaxM2,
+  qwen35Moe,
+  qwen3Next,
+] as const;
 
 /** Other names of those graphs (synthetic files: deepseek2's `archName`). */
 const ALIASES = [mistral4] as const;

@@ -79,8 +79,12 @@ export interface SyntheticSpec {
   ropeDim?: number;
   /** Width of one routed expert's FFN. */
   nFfExp: number;
-  /** Width of the shared expert (`qwen2moe` only, where it is required). */
+  /** Width of the shared expert (`qwen2moe`, `qwen35moe`, `qwen3next`: required). */
   nFfShexp?: number;
+  /** `qwen35moe`, `qwen3next`: the gated DeltaNet layers' shape, required. */
+  ssm?: SyntheticSsm;
+  /** `qwen35moe`, `qwen3next`: block i is full attention iff (i + 1) % interval == 0 (default 4). */
+  fullAttnInterval?: number;
   /** `deepseek2`: rank of the q compression; 0 = the V2-Lite shape, one `attn_q` (default 0). */
   qLoraRank?: number;
   /** `deepseek2`: width of the cached latent (`kv_lora_rank`), required. */
@@ -156,6 +160,18 @@ export interface SyntheticSpec {
   routerStd?: number;
 }
 
+/** The gated DeltaNet layers' shape (`qwen35moe`, `qwen3next`). */
+export interface SyntheticSsm {
+  /** Conv kernel width (`ssm.conv_kernel`). */
+  convKernel: number;
+  /** Width of each q/k/v head and of the state (`ssm.state_size`). */
+  stateSize: number;
+  /** Value heads (`ssm.time_step_rank`). */
+  nVHeads: number;
+  /** q/k heads (`ssm.group_count`), dividing nVHeads. */
+  nKHeads: number;
+}
+
 /** One tensor the generator writes: its name and ggml shape. */
 export interface SyntheticTensorInfo {
   /** Full tensor name (`blk.0.ffn_up_exps.weight`). */
@@ -191,6 +207,8 @@ const ARCH_ONLY_FIELDS: readonly ArchOnlyField[] = [
   "archName",
   "nNextn",
   "slidingWindow",
+  "ssm",
+  "fullAttnInterval",
 ];
 
 /** The spec of `arch` if the generator writes it, else a RangeError listing those it does. */
@@ -295,6 +313,8 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): ResolvedSyntheticSpec
     yarnOrigCtx: 0,
     yarnMscaleAllDim: 0,
     slidingWindow: 0,
+    ssm: { convKernel: 0, stateSize: 0, nVHeads: 0, nKHeads: 0 },
+    fullAttnInterval: 4,
     tiedOutput: false,
     logitStd: 4,
     routerStd: 3,
@@ -380,7 +400,9 @@ function plan(s: ResolvedSyntheticSpec): PlannedTensor[] {
         name: t.name,
         shape: t.shape,
         init: hints.init?.(info, s) ?? defaultInit(info, s),
-        matrix: t.shape.length >= 2 && base !== Tensors.ffnGateInp && suffix === "weight",
+        // tensors the engine holds as f32 (conv kernels) stay F32 like llama.cpp's converter writes them
+        matrix: t.shape.length >= 2 && base !== Tensors.ffnGateInp && suffix === "weight" &&
+          !t.asF32,
       };
     });
 }
@@ -412,6 +434,10 @@ function hashName(name: string): number {
 
 function fillValues(init: Init, n: number, rng: Rng): Float32Array {
   const out = new Float32Array(n);
+  if (init.kind === "uniform") {
+    for (let i = 0; i < n; i++) out[i] = init.lo + (init.hi - init.lo) * rng.next();
+    return out;
+  }
   const std = init.kind === "normal" ? init.std : init.jitter;
   const mean = init.kind === "normal" ? 0 : 1;
   const scale = init.kind === "normal" ? 1 : init.scale;

@@ -138,7 +138,7 @@ export function uploadPlannedTensors(
     const t = model.tensorMap.get(entry.name);
     if (!t) continue;
     const bytes = source.bytes(t);
-    if (t.shape.length === 1) {
+    if (t.shape.length === 1 || entry.asF32) {
       const data = dequantize(t.type.id, bytes, t.nElements);
       const buf = createBuffer(gpu, { label: t.name, data });
       into.vectors.set(t.name, buf);
