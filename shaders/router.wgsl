@@ -8,8 +8,10 @@
 // gating 2), optionally renormalised to sum 1 (sum clamped ≥ 2^-14), times
 // scale unless it is 0 or 1.
 // Residency: slot = table[layer, id]; a slot < 0 is a miss: the counter
-// misses[0] is incremented atomically, the record (layer, token, expert) is
-// written at misses[4 + 3i] if it fits, and the slot becomes NONE
+// misses[0] is incremented atomically, misses[1] is set to 1 (it stays set
+// across the passes of a decode window until the CPU clears it), the record
+// (layer, token, expert) is written at misses[4 + 3i] if it fits, and the
+// slot becomes NONE
 // (0xffffffff): outside every arena, so mul_mat_id skips the pair and leaves
 // its output row as it was (the expert-group passes rely on this).
 // Without a table, slot = id. NaN scores are never chosen; a token with no
@@ -24,7 +26,7 @@
 //   @binding(4) ids:       array<u32>  [T, K]: idsOffset + t*idsStride + r               written
 //   @binding(5) weights:   array<f32>  [T, K]: wOffset + t*wStride + r                   written
 //   @binding(6) slots:     array<u32>  [T, K]: slotsOffset + t*slotsStride + r (if hasSlots) written
-//   @binding(7) misses:    array<atomic<u32>>  [0] miss count, [1..3] 0, then (layer, token,
+//   @binding(7) misses:    array<atomic<u32>>  [0] miss count, [1] any miss, [2..3] 0, then (layer, token,
 //                                      expert) triples (if hasResidency)               written
 //   @binding(8) params: read-only storage, struct Params below
 // Overrides: WG_SIZE (a power of two), N_EXPERT, K (experts chosen).
@@ -242,6 +244,7 @@ fn route(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid
       let s = residency[params.residencyOffset + params.layer * N_EXPERT + e];
       if (s < 0) {
         let i = atomicAdd(&misses[0], 1u);
+        atomicStore(&misses[1], 1u);
         let at = MISS_HEADER + 3u * i;
         if (at + 3u <= nMissWords) {
           atomicStore(&misses[at], params.layer);

@@ -184,6 +184,8 @@ export class Session {
     const n = Math.min(ctx.length, prompt.length - 1);
     let i = 0;
     while (i < n && ctx[i] === prompt[i]) i++;
+    // a recurrent state (gated DeltaNet) is reusable only whole: the prompt must extend the context
+    if (!this.model.canRewind && i !== ctx.length) return 0;
     return i;
   }
 
@@ -354,7 +356,9 @@ export class Session {
   async #reuse(prompt: readonly number[]): Promise<number> {
     const model = this.model;
     const live = this.cachedPrefix(prompt);
-    const cache = this.promptCache;
+    // Saved sequences hold per-position KV rows; a recurrent state (gated DeltaNet) is one
+    // summary of a whole sequence that a prefix of it cannot be cut from: not cached.
+    const cache = model.canRewind ? this.promptCache : undefined;
     if (cache) {
       const known = model.contextVersion === this.#contextVersion &&
         model.nPast === this.#context.length;
@@ -397,7 +401,7 @@ export class Session {
     for (let j = 0; j < n; j++) {
       model.writeStep(pos + j, 1);
       const enc = model.gpu.device.createCommandEncoder();
-      model.recordBatch(enc, pos + j, 1, { sample, head: true, slot: j });
+      model.recordBatch(enc, pos + j, 1, { sample, head: true, slot: j, keepWindowFlag: j > 0 });
       enc.copyBufferToBuffer(s.tokens, 0, this.#tokenLog, 4 * (pos + j + 1), 4);
       if (streaming) enc.copyBufferToBuffer(s.saved, 0, this.#savedRing, 4 * j * E, 4 * E);
       model.gpu.submit(enc);

@@ -342,6 +342,12 @@ export class Model {
     if (!Number.isInteger(n) || n < 0 || n > this.nPast) {
       throw new RangeError(`truncate: ${n} is not a position in 0…${this.nPast}`);
     }
+    if (!this.canRewind && n !== 0 && n !== this.nPast) {
+      throw new RangeError(
+        `truncate: ${this.config.arch} keeps a recurrent state (gated DeltaNet layers) that ` +
+          `holds all ${this.nPast} positions at once; it can be kept whole or reset (0), not cut to ${n}`,
+      );
+    }
     this.nPast = n;
     this.#contextVersion++;
   }
@@ -366,6 +372,16 @@ export class Model {
     restoreContext(this.gpu, this.#caches, snapshot, from, n);
     this.nPast = n;
     this.#contextVersion++;
+  }
+
+  /**
+   * Whether {@link truncate} may cut the context anywhere: false for models
+   * with a recurrent state (gated DeltaNet layers), which sums up every
+   * position and keeps no per-position history to go back to — the context
+   * can only be kept whole (and extended) or reset.
+   */
+  get canRewind(): boolean {
+    return this.config.deltaNet === undefined;
   }
 
   /** Writes the step buffer: a batch of `nTokens` at positions from `pos0`. */
@@ -403,13 +419,20 @@ export class Model {
     enc: GPUCommandEncoder,
     pos: number,
     nTokens: number,
-    o: BatchEnd & { fromLayer?: number; expertGroup?: "partial" | "last"; slot?: number } = {},
+    o: BatchEnd & {
+      fromLayer?: number;
+      expertGroup?: "partial" | "last";
+      slot?: number;
+      /** A decode-window token after the first (see {@linkcode MoeTransformer.record}). */
+      keepWindowFlag?: boolean;
+    } = {},
   ): void {
     this.transformer.record(enc, nTokens, {
       fromLayer: o.fromLayer,
       sample: o.sample,
       head: o.head ?? true,
       expertGroup: o.expertGroup,
+      keepWindowFlag: o.keepWindowFlag,
     });
     if (o.expertGroup === "partial") return;
     this.scheduler.record(enc, nTokens, o.slot);

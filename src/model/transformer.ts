@@ -30,12 +30,13 @@ import { prepareArgmax } from "../gpu/ops/sample.ts";
 import { prepareCopyLastRow, prepareSaveIfClean } from "../gpu/ops/rows.ts";
 import { FINITE, prepareCheckFinite } from "../gpu/ops/finite.ts";
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
-import { isMoeLayer, type ModelConfig } from "./config.ts";
+import { isMoeLayer, isRecurrentLayer, type ModelConfig } from "./config.ts";
 import type { GpuWeights } from "./weights.ts";
 import { OpBuilder, view } from "./blocks/builder.ts";
 import { gqaAttention } from "./blocks/attention.ts";
 import { mlaAttention } from "./blocks/mla.ts";
 import { denseFfn, moeFfn } from "./blocks/ffn.ts";
+import { deltaNetBlock, gatedAttention } from "./blocks/delta_net.ts";
 
 /** Sizes of the run state. */
 export interface RunStateOptions {
@@ -146,6 +147,26 @@ export class RunState {
   readonly kCache: GPUBuffer[] = [];
   /** Values cache, per layer. */
   readonly vCache: GPUBuffer[] = [];
+  /** Gated attention: f32 [maxBatch, nHead, 2 · headDimK], each head's [q | gate]. */
+  readonly qGate?: GPUBuffer;
+  /** DeltaNet: f32 [maxBatch, 2 · nK · S + nV · S], the q/k/v projection. */
+  readonly dnQkv?: GPUBuffer;
+  /** DeltaNet: f32 [maxBatch, 2 · nK · S + nV · S], after the conv and SiLU. */
+  readonly dnConv?: GPUBuffer;
+  /** DeltaNet: f32 [maxBatch, nV · S], the output gate z. */
+  readonly dnZ?: GPUBuffer;
+  /** DeltaNet: f32 [maxBatch, 2 · nV], beta and alpha, then sigmoid(beta) and the decay. */
+  readonly dnBa?: GPUBuffer;
+  /** DeltaNet: f32 [maxBatch, nV · S], the recurrence's output, then normed and gated. */
+  readonly dnOut?: GPUBuffer;
+  /**
+   * Per DeltaNet layer (others: a 4-byte placeholder): f32 [convDim, K − 1],
+   * the last inputs of the conv. With {@link ssmState}, the recurrent cache:
+   * one sequence's, reset at position 0.
+   */
+  readonly convState: GPUBuffer[] = [];
+  /** Per DeltaNet layer: f32 [nV, S, S], each value head's state matrix. */
+  readonly ssmState: GPUBuffer[] = [];
   /** Bytes allocated. */
   readonly bytes: number;
 
@@ -194,8 +215,26 @@ export class RunState {
       this.k = f32("k", B * c.nHeadKv * c.headDimK);
       this.v = f32("v", B * c.nHeadKv * c.headDimV);
       for (let l = 0; l < c.nLayer; l++) {
-        this.kCache.push(f32(`k_cache.${l}`, o.nCtx * c.nHeadKv * c.headDimK));
-        this.vCache.push(f32(`v_cache.${l}`, o.nCtx * c.nHeadKv * c.headDimV));
+        // DeltaNet layers keep no KV cache
+        const n = isRecurrentLayer(c, l) ? 0 : o.nCtx;
+        this.kCache.push(f32(`k_cache.${l}`, n * c.nHeadKv * c.headDimK));
+        this.vCache.push(f32(`v_cache.${l}`, n * c.nHeadKv * c.headDimV));
+      }
+    }
+    if (c.attnGated) this.qGate = f32("q_gate", B * 2 * c.nHead * c.headDimK);
+    const d = c.deltaNet;
+    if (d) {
+      const valueDim = d.stateSize * d.nVHeads;
+      const convDim = 2 * d.stateSize * d.nKHeads + valueDim;
+      this.dnQkv = f32("dn_qkv", B * convDim);
+      this.dnConv = f32("dn_conv", B * convDim);
+      this.dnZ = f32("dn_z", B * valueDim);
+      this.dnBa = f32("dn_ba", B * 2 * d.nVHeads);
+      this.dnOut = f32("dn_out", B * valueDim);
+      for (let l = 0; l < c.nLayer; l++) {
+        const r = d.recurrent[l];
+        this.convState.push(f32(`conv_state.${l}`, r ? convDim * (d.convKernel - 1) : 0));
+        this.ssmState.push(f32(`ssm_state.${l}`, r ? d.nVHeads * d.stateSize ** 2 : 0));
       }
     }
     this.routerLogits = f32("router_logits", B * c.nExpert);
@@ -223,7 +262,13 @@ export class RunState {
 
   /** Frees every buffer. */
   destroy(): void {
-    const all = new Set<GPUBuffer>([...this.kCache, ...this.vCache, ...this.hidden]);
+    const all = new Set<GPUBuffer>([
+      ...this.kCache,
+      ...this.vCache,
+      ...this.hidden,
+      ...this.convState,
+      ...this.ssmState,
+    ]);
     for (const v of Object.values(this)) if (v instanceof GPUBuffer) all.add(v);
     for (const b of all) b.destroy();
   }
@@ -295,7 +340,13 @@ export class MoeTransformer {
 
     for (let l = 0; l < c.nLayer; l++) {
       this.attention.push(b.ops = []);
-      await (c.mla ? mlaAttention(b, l) : gqaAttention(b, l));
+      await (c.mla
+        ? mlaAttention(b, l)
+        : isRecurrentLayer(c, l)
+        ? deltaNetBlock(b, l)
+        : c.attnGated
+        ? gatedAttention(b, l)
+        : gqaAttention(b, l));
       this.save.push(
         await prepareSaveIfClean(gpu, {
           x: view(s.x, E),
@@ -413,9 +464,13 @@ export class MoeTransformer {
       sample?: readonly Op[];
       head?: boolean;
       expertGroup?: "partial" | "last";
+      keepWindowFlag?: boolean;
     } = {},
   ): void {
-    encoder.clearBuffer(this.state.misses, 0, 16);
+    // `keepWindowFlag`: a decode-window token after the first keeps the
+    // misses' window word, so that if an earlier token of the window missed
+    // (and this one will be dropped) the recurrent state is left alone.
+    encoder.clearBuffer(this.state.misses, 0, o.keepWindowFlag ? 4 : 16);
     let pass = encoder.beginComputePass({ label: `forward×${nTokens}` });
     const L = this.config.nLayer;
     if (o.fromLayer === undefined) {

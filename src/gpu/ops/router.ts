@@ -23,11 +23,14 @@ const WG_SIZE = 64;
 /**
  * Layout of the misses buffer (u32 elements): `[count]` is the number of
  * misses recorded since the buffer was last cleared (it may exceed the
- * records that fit), then `(layer, token, expert)` triples from `[header]`.
+ * records that fit), `[window]` is 1 once any was (a forward pass may clear
+ * `[count]` alone and keep this: the recurrent kernels then leave their
+ * state alone for the rest of a decode window), then `(layer, token,
+ * expert)` triples from `[header]`.
  * Clear at least the first 4 words (`encoder.clearBuffer(misses, 0, 16)`)
  * before each forward pass.
  */
-export const MISSES = { count: 0, header: 4, recordWords: 3 } as const;
+export const MISSES = { count: 0, window: 1, header: 4, recordWords: 3 } as const;
 
 /** Bytes of a misses buffer that holds `records` miss records. */
 export function missesBytes(records: number): number {
