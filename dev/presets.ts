@@ -94,6 +94,30 @@ const DEEPSEEK_MLA = {
   vocab: "qwen2",
 } as const;
 
+/**
+ * The hybrid Qwens' shared shape (Qwen3-Next-80B-A3B and Qwen3.5-35B-A3B
+ * config.json): width 2048, 16 heads of 256 over 2 KV heads with a quarter
+ * of each rotated, gated DeltaNet layers of 32 value heads over 16 q/k heads
+ * of 128 with a conv of 4, every fourth block full attention, experts 512
+ * wide and a shared expert of 512.
+ */
+const QWEN_HYBRID = {
+  shape: "b",
+  nEmbd: 2048,
+  nHead: 16,
+  nHeadKv: 2,
+  headDim: 256,
+  ropeDim: 64,
+  nFfExp: 512,
+  nFfShexp: 512,
+  ssm: { convKernel: 4, stateSize: 128, nVHeads: 32, nKHeads: 16 },
+  fullAttnInterval: 4,
+  nCtx: 262_144,
+  ropeBase: 10_000_000,
+  rmsEps: 1e-6,
+  tiedOutput: false,
+} as const;
+
 /** The shape presets, by name. */
 export const SHAPE_PRESETS = {
   "qwen3-30b-a3b": {
@@ -220,6 +244,34 @@ export const SHAPE_PRESETS = {
     about: "openai/gpt-oss-120b",
     options: { ...GPT_OSS, nLayer: 36, nExpert: 128, seed: 1608 },
     defaultLayers: 2,
+  },
+  "qwen3-next-80b-a3b": {
+    about: "Qwen/Qwen3-Next-80B-A3B-Instruct",
+    options: {
+      ...QWEN_HYBRID,
+      arch: "qwen3next",
+      nLayer: 48,
+      nExpert: 512,
+      nExpertUsed: 10,
+      vocab: "qwen2",
+      vocabSize: 151_936,
+      seed: 1610,
+    },
+    defaultLayers: 4,
+  },
+  "qwen3.5-35b-a3b": {
+    about: "Qwen/Qwen3.5-35B-A3B",
+    options: {
+      ...QWEN_HYBRID,
+      arch: "qwen35moe",
+      nLayer: 40,
+      nExpert: 256,
+      nExpertUsed: 8,
+      vocab: "qwen35",
+      vocabSize: 248_320,
+      seed: 1611,
+    },
+    defaultLayers: 4,
   },
   "olmoe-1b-7b": {
     about: "allenai/OLMoE-1B-7B-0924",

@@ -22,6 +22,8 @@ const PUBLISHED: Record<string, number> = {
   "gpt-oss-20b": 20.9,
   "gpt-oss-120b": 116.8,
   "olmoe-1b-7b": 6.9,
+  "qwen3-next-80b-a3b": 80,
+  "qwen3.5-35b-a3b": 35,
 };
 
 Deno.test("every preset at full depth has its model card's parameter count (within 1.5%)", () => {

@@ -26,6 +26,14 @@ const TYPES: FixtureType[] = ["F32", "F16", "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", 
 const EXTRA_TYPES: Partial<Record<SyntheticArch, FixtureType[]>> = {
   "gpt-oss": ["MXFP4_MOE", "MXFP4_F16"],
 };
+/**
+ * The hybrid Qwens (gated DeltaNet state, conv) amplify weight rounding: on
+ * shape a, llama.cpp's own all-F32 copy of the Q4_0 file is as far from the
+ * F32 file (median 0.51 of the range) as the Q4_0 file itself (0.52), while
+ * the two differ by 0.05 — the rounding of 4-bit weights, not a broken file
+ * (an unrelated model is ≥ 1 away).
+ */
+const MAX_MEDIAN_DIFF: Partial<Record<SyntheticArch, number>> = { qwen35moe: 0.6, qwen3next: 0.6 };
 const typesOf = (arch: SyntheticArch) => [...TYPES, ...EXTRA_TYPES[arch] ?? []];
 /** The K-quant type each K-quant file type is named after. */
 const K_BASE: Partial<Record<FixtureType, string>> = {
@@ -117,7 +125,7 @@ for (const arch of SYNTHETIC_ARCHS) {
           // unrelated model; a quantised one stays within a fraction of the
           // range except where rounding flips an expert choice (the max).
           assert.ok(
-            medianDiff < 0.25,
+            medianDiff < (MAX_MEDIAN_DIFF[arch] ?? 0.25),
             `${file}: logits differ from F32 by ${medianDiff} of the range`,
           );
 

@@ -38,6 +38,21 @@ function spec(arch: SyntheticArch, extra: Partial<SyntheticSpec> = {}): Syntheti
       expProbsBias: true,
       nExpertGroups: 1,
     },
+    qwen35moe: {
+      nLayer: 4,
+      headDim: 16,
+      ropeDim: 8,
+      nFfShexp: 48,
+      ssm: { convKernel: 4, stateSize: 8, nVHeads: 4, nKHeads: 2 },
+    },
+    qwen3next: {
+      nLayer: 4,
+      headDim: 16,
+      ropeDim: 4,
+      nFfShexp: 48,
+      ssm: { convKernel: 4, stateSize: 8, nVHeads: 4, nKHeads: 2 },
+      fullAttnInterval: 2,
+    },
   };
   return {
     arch,
@@ -60,7 +75,8 @@ function spec(arch: SyntheticArch, extra: Partial<SyntheticSpec> = {}): Syntheti
 
 /**
  * The tensors llama.cpp's loader asks for (src/models/{llama,qwen2moe,qwen3moe,
- * olmoe,openai-moe,deepseek2,minimax-m2}.cpp, `create_tensor` calls), written out
+ * olmoe,openai-moe,deepseek2,minimax-m2,qwen35moe,qwen3next}.cpp, `create_tensor`
+ * calls), written out
  * independently of the generator.
  */
 function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
@@ -71,10 +87,36 @@ function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
     ["output_norm.weight", [e]],
   ]);
   if (!s.tiedOutput) m.set("output.weight", [e, v]);
+  const hybrid = s.arch === "qwen35moe" || s.arch === "qwen3next";
   for (let i = 0; i < s.nLayer; i++) {
     const b = `blk.${i}`;
     m.set(`${b}.attn_norm.weight`, [e]);
-    if (s.arch === "deepseek2") {
+    if (hybrid && (i + 1) % (s.fullAttnInterval ?? 4) !== 0) {
+      // the linear-attention (gated delta net) tensors
+      const { convKernel, stateSize, nVHeads, nKHeads } = s.ssm!;
+      const keyDim = stateSize * nKHeads;
+      const valueDim = stateSize * nVHeads;
+      m.set(`${b}.attn_qkv.weight`, [e, 2 * keyDim + valueDim]);
+      m.set(`${b}.attn_gate.weight`, [e, valueDim]);
+      m.set(`${b}.ssm_conv1d.weight`, [convKernel, 2 * keyDim + valueDim]);
+      m.set(`${b}.ssm_dt.bias`, [nVHeads]);
+      m.set(`${b}.ssm_a`, [nVHeads]);
+      if (s.arch === "qwen3next") {
+        m.set(`${b}.ssm_ba.weight`, [e, 2 * nVHeads]);
+      } else {
+        m.set(`${b}.ssm_beta.weight`, [e, nVHeads]);
+        m.set(`${b}.ssm_alpha.weight`, [e, nVHeads]);
+      }
+      m.set(`${b}.ssm_norm.weight`, [stateSize]);
+      m.set(`${b}.ssm_out.weight`, [valueDim, e]);
+    } else if (hybrid) {
+      m.set(`${b}.attn_q.weight`, [e, 2 * q]);
+      m.set(`${b}.attn_k.weight`, [e, kv]);
+      m.set(`${b}.attn_v.weight`, [e, kv]);
+      m.set(`${b}.attn_output.weight`, [q, e]);
+      m.set(`${b}.attn_q_norm.weight`, [hd]);
+      m.set(`${b}.attn_k_norm.weight`, [hd]);
+    } else if (s.arch === "deepseek2") {
       const qHead = s.qkNopeDim! + s.qkRopeDim!;
       if (s.qLoraRank) {
         m.set(`${b}.attn_q_a.weight`, [e, s.qLoraRank]);
@@ -94,7 +136,8 @@ function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
       m.set(`${b}.attn_v.weight`, [e, kv]);
       m.set(`${b}.attn_output.weight`, [q, e]);
     }
-    m.set(`${b}.${s.arch === "gpt-oss" ? "post_attention_norm" : "ffn_norm"}.weight`, [e]);
+    const post = s.arch === "gpt-oss" || hybrid;
+    m.set(`${b}.${post ? "post_attention_norm" : "ffn_norm"}.weight`, [e]);
     if (s.arch === "deepseek2" && i < (s.nLayerDenseLead ?? 0)) {
       m.set(`${b}.ffn_gate.weight`, [e, s.nFf!]);
       m.set(`${b}.ffn_up.weight`, [e, s.nFf!]);
@@ -110,7 +153,7 @@ function expectedTensors(s: SyntheticSpec): Map<string, number[]> {
       m.set(`${b}.attn_k.bias`, [kv]);
       m.set(`${b}.attn_v.bias`, [kv]);
     }
-    if (s.arch === "qwen2moe") {
+    if (s.arch === "qwen2moe" || hybrid) {
       m.set(`${b}.ffn_gate_inp_shexp.weight`, [e]);
       m.set(`${b}.ffn_gate_shexp.weight`, [e, s.nFfShexp!]);
       m.set(`${b}.ffn_up_shexp.weight`, [e, s.nFfShexp!]);
@@ -184,6 +227,7 @@ for (const arch of SYNTHETIC_ARCHS) {
       );
       for (const [name, shape] of want) assert.deepEqual(got.get(name), shape, name);
       assert.ok(h.tensors.every((t) => t.type.id === GgmlType.F32));
+      const hybrid = arch === "qwen35moe" || arch === "qwen3next";
 
       const md = h.metadata;
       const hd = s.headDim ?? s.nEmbd / s.nHead;
@@ -208,6 +252,23 @@ for (const arch of SYNTHETIC_ARCHS) {
         assert.equal(key("feed_forward_length"), s.nFf);
         assert.equal(key("expert_shared_count"), s.nExpertShared);
         assert.equal(key("expert_gating_func"), 2);
+      } else if (hybrid) {
+        assert.equal(key("attention.key_length"), hd);
+        assert.equal(key("attention.value_length"), hd);
+        assert.equal(key("rope.dimension_count"), s.ropeDim);
+        assert.equal(key("full_attention_interval"), s.fullAttnInterval ?? 4);
+        assert.equal(key("ssm.conv_kernel"), s.ssm!.convKernel);
+        assert.equal(key("ssm.state_size"), s.ssm!.stateSize);
+        assert.equal(key("ssm.inner_size"), s.ssm!.stateSize * s.ssm!.nVHeads);
+        assert.equal(key("ssm.time_step_rank"), s.ssm!.nVHeads);
+        assert.equal(key("ssm.group_count"), s.ssm!.nKHeads);
+        assert.equal(key("expert_shared_feed_forward_length"), s.nFfShexp);
+        if (arch === "qwen35moe") {
+          // llama.cpp requires the IMRoPE sections; they cover the rotated pairs
+          const sections = md.numbers(`${arch}.rope.dimension_sections`)!;
+          assert.equal(sections.length, 4);
+          assert.equal(sections.reduce((a, b) => a + b, 0), s.ropeDim! / 2);
+        }
       } else {
         assert.equal(key("attention.key_length"), hd);
         assert.equal(key("attention.value_length"), hd);
