@@ -52,7 +52,7 @@
  */
 
 import type { Gpu } from "../gpu/device.ts";
-import { createBuffer, STORAGE_USAGE, upload } from "../gpu/buffers.ts";
+import { upload } from "../gpu/buffers.ts";
 import type { ExpertSource } from "./source.ts";
 import { ExpertReadError } from "./source.ts";
 import { ExpertStats } from "./stats.ts";
@@ -63,6 +63,7 @@ import {
   lruPolicy,
 } from "./eviction.ts";
 import { type Group, layoutSlots, type PoolArena, type SlotGroup } from "./slots.ts";
+import { ResidencyTable } from "./residency.ts";
 export type { PoolArena, SlotGroup } from "./slots.ts";
 
 /** Options of {@link ExpertPool}. */
@@ -201,9 +202,7 @@ export class ExpertPool {
   readonly #arenaBase: readonly number[];
   readonly #arenaSlotBytes: readonly number[];
   #residentBytes = 0;
-  // [nLayer, nExpert] mirror of residencyBuffer.
-  readonly #table: Int32Array;
-  readonly #dirty = new Set<number>();
+  readonly #table: ResidencyTable;
   readonly #listeners = new Set<(e: PoolEvent) => void>();
   #pendingFlush = false;
   #destroyed = false;
@@ -274,12 +273,8 @@ export class ExpertPool {
       expertOf: (s) => this.#slotExpert[s] ?? -1,
     });
 
-    this.#table = new Int32Array(this.nLayer * this.nExpert).fill(-1);
-    this.residencyBuffer = createBuffer(gpu, {
-      label: `${label}.residency`,
-      data: this.#table,
-      usage: STORAGE_USAGE,
-    });
+    this.#table = new ResidencyTable(gpu, this.nLayer, this.nExpert, `${label}.residency`);
+    this.residencyBuffer = this.#table.buffer;
     this.#syncMemoryStats();
   }
 
@@ -341,20 +336,20 @@ export class ExpertPool {
   /** The slot of an expert, or −1 when absent. */
   slotOf(layer: number, expert: number): number {
     this.#checkExpert(layer, expert);
-    return this.#table[layer * this.nExpert + expert]!;
+    return this.#table.get(layer, expert);
   }
 
   /** The resident experts of `layer`, ascending. */
   residentExperts(layer: number): number[] {
     const n = this.#layerExperts[layer] ?? 0;
     const out: number[] = [];
-    for (let e = 0; e < n; e++) if (this.#table[layer * this.nExpert + e]! >= 0) out.push(e);
+    for (let e = 0; e < n; e++) if (this.#table.get(layer, e) >= 0) out.push(e);
     return out;
   }
 
   /** A copy of the CPU mirror of the residency table, i32 [nLayer, nExpert]. */
   residencyTable(): Int32Array {
-    return this.#table.slice();
+    return this.#table.snapshot();
   }
 
   /**
@@ -563,7 +558,7 @@ export class ExpertPool {
       this.#prefetched[slot] = 0;
       this.#residentBytes -= this.#slotSize[slot]!;
       this.#free[g.index]!.push(slot);
-      this.#setEntry(layer, expert, -1);
+      this.#table.set(layer, expert, -1);
       n++;
     }
     this.#commit(true);
@@ -596,7 +591,7 @@ export class ExpertPool {
     if (this.#destroyed) return;
     this.#destroyed = true;
     for (const b of this.buffers) b.destroy();
-    this.residencyBuffer.destroy();
+    this.#table.destroy();
   }
 
   #group(layer: number): Group {
@@ -632,7 +627,7 @@ export class ExpertPool {
   }
 
   #slot(layer: number, expert: number): number {
-    return this.#table[layer * this.nExpert + expert]!;
+    return this.#table.get(layer, expert);
   }
 
   // Slots not to evict for `layer`: its requested experts, pinned ones, and
@@ -698,7 +693,7 @@ export class ExpertPool {
     this.#slotLayer[slot] = this.#slotExpert[slot] = -1;
     this.#prefetched[slot] = 0;
     this.#residentBytes -= this.#slotSize[slot]!;
-    this.#setEntry(layer, expert, -1);
+    this.#table.set(layer, expert, -1);
     if (this.#listeners.size) this.#emit("evict", layer, expert);
     evicted.push([layer, expert]);
     return slot;
@@ -710,7 +705,7 @@ export class ExpertPool {
     this.#prefetched[slot] = prefetched ? 1 : 0;
     this.policy.touch(slot);
     this.#residentBytes += this.#slotSize[slot]!;
-    this.#setEntry(layer, expert, slot);
+    this.#table.set(layer, expert, slot);
     if (this.#listeners.size) this.#emit(prefetched ? "prefetch" : "load", layer, expert);
   }
 
@@ -734,42 +729,9 @@ export class ExpertPool {
     return performance.now() - t0;
   }
 
-  #setEntry(layer: number, expert: number, slot: number): void {
-    const i = layer * this.nExpert + expert;
-    this.#table[i] = slot;
-    this.#dirty.add(i);
-  }
-
-  // Writes the changed table entries, merging runs less than 16 entries
-  // apart (rewriting unchanged entries from the mirror is harmless).
+  // Writes the changed residency entries; flushes the queue when asked and something is pending.
   #commit(flush: boolean): void {
-    if (this.#dirty.size > 0) {
-      const idx = [...this.#dirty].sort((a, b) => a - b);
-      this.#dirty.clear();
-      let start = idx[0]!;
-      let end = start + 1;
-      const write = () => {
-        this.gpu.device.queue.writeBuffer(
-          this.residencyBuffer,
-          start * 4,
-          this.#table.buffer,
-          start * 4,
-          (end - start) * 4,
-        );
-        this.gpu.stats.bytesUploaded += (end - start) * 4;
-      };
-      for (const i of idx.slice(1)) {
-        if (i - end < 16) {
-          end = i + 1;
-        } else {
-          write();
-          start = i;
-          end = i + 1;
-        }
-      }
-      write();
-      this.#pendingFlush = true;
-    }
+    if (this.#table.write()) this.#pendingFlush = true;
     this.#syncMemoryStats();
     if (flush && this.#pendingFlush) {
       this.gpu.flush();
