@@ -22,6 +22,9 @@ import { Rng } from "../src/util/rng.ts";
 import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import { fixtureModel, type FixtureShape, type FixtureType } from "../dev/fixtures.ts";
 import { checkBudgets, device, parityRun } from "./_parity.ts";
+import { generate } from "../src/generate/session.ts";
+import { expertLayout } from "../src/experts/layout.ts";
+import { readGgufModel } from "../src/gguf/reader.ts";
 
 const TYPES: FixtureType[] = ["F32", "F16", "Q8_0", "Q4_K_M"];
 const SHAPES: FixtureShape[] = ["a", "b"];
@@ -80,6 +83,57 @@ for (const arch of ARCHS) {
     },
   });
 }
+
+// The lookahead predictor (the next layer's router on the residual stream entering this
+// layer's MoE step) across DeltaNet layers: it must predict, and prediction must never
+// change the tokens.
+Deno.test({
+  name: "hybrid Qwens: the lookahead predictor across DeltaNet layers prefetches; same tokens",
+  sanitizeResources: false,
+  async fn() {
+    for (const arch of ARCHS) {
+      const path = await fixtureModel({ arch, shape: "b", type: "Q8_0" });
+      const prompt = [5, 17, 99, 230, 41, 7, 300, 12];
+      const run = async (cacheSizeGB: number, enablePrefetch: boolean) => {
+        const model = await loadModel({
+          model: path,
+          gpu: await device(),
+          nCtx: 64,
+          maxBatch: 4,
+          cacheSizeGB,
+          enablePrefetch,
+        });
+        try {
+          const r = await generate(model, prompt, { maxTokens: 16 });
+          return { tokens: r.tokens, p: model.prefetchStats };
+        } finally {
+          model.close();
+        }
+      };
+      const resident = await run(4, false);
+      const total = expertLayout(readGgufModel(path)).reduce(
+        (n, l) => n + l.nExpert * l.bytesPerExpert,
+        0,
+      );
+      const off = await run((0.4 * total) / 2 ** 30, false);
+      const on = await run((0.4 * total) / 2 ** 30, true);
+      assert.deepEqual(off.tokens, resident.tokens, `${arch}: tokens at 40% without prefetch`);
+      assert.deepEqual(on.tokens, resident.tokens, `${arch}: tokens at 40% with lookahead`);
+      const p = on.p!;
+      assert.equal(p.predictor, "lookahead");
+      assert.ok(p.prefetchUploads > 0, `${arch}: nothing prefetched`);
+      assert.ok(
+        p.recallByDistance[0]! > 0.3,
+        `${arch}: next-layer recall ${p.recallByDistance[0]}`,
+      );
+      console.log(
+        `${arch}/b/Q8_0 at 40%: stalls ${off.p!.stalls} without prefetch, ${p.stalls} with ` +
+          `lookahead (next-layer recall ${p.recallByDistance[0]!.toFixed(2)}, accuracy ` +
+          `${p.prefetchAccuracy.toFixed(2)})`,
+      );
+    }
+  },
+});
 
 Deno.test({
   name: "hybrid Qwen parity: a deliberately broken engine is caught",
