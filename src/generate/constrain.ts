@@ -10,9 +10,10 @@
  * dying. The mask over the whole vocabulary walks the tokens in byte order
  * ({@linkcode TokenIndex}, built once per tokenizer), so a prefix shared by
  * many tokens is stepped once and a dead prefix rules out every token under
- * it. Control tokens (`<|im_end|>`, `<|channel|>`) are allowed only where a
- * literal of the grammar spells their text; end-of-generation tokens only
- * where the grammar may end.
+ * it. Markup tokens (control and user-defined: `<|im_end|>`, `<tool_call>`,
+ * `<|channel|>`) are allowed only where a literal of the grammar spells
+ * their text (inside a JSON string they would break the format's parser);
+ * end-of-generation tokens only where the grammar may end.
  *
  * Every constraint also keeps a length budget: with `room` tokens left, a
  * token is allowed only if the shortest way to finish after it fits in the
@@ -35,7 +36,7 @@
  * @module
  */
 
-import type { Tokenizer } from "../tokenizer/tokenizer.ts";
+import { TokenAttr, type Tokenizer } from "../tokenizer/tokenizer.ts";
 
 /** A grammar node. Build them with {@linkcode lit}, {@linkcode seq}, {@linkcode alt}, {@linkcode jsonSchema}. */
 export type GrammarNode =
@@ -46,7 +47,8 @@ export type GrammarNode =
   | { readonly k: "num"; readonly integer: boolean }
   | { readonly k: "obj"; readonly o: ObjSpec; readonly i: number; readonly first: boolean }
   | { readonly k: "arr"; readonly a: ArrSpec; readonly n: number }
-  | { readonly k: "ref"; readonly get: () => GrammarNode };
+  | { readonly k: "ref"; readonly get: () => GrammarNode }
+  | { readonly k: "until"; readonly marker: Uint8Array };
 
 interface ObjSpec {
   readonly props: readonly { key: GrammarNode; value: GrammarNode; required: boolean }[];
@@ -70,6 +72,11 @@ export function lit(text: string): GrammarNode {
 /** The nodes one after another. */
 export function seq(...items: GrammarNode[]): GrammarNode {
   return { k: "seq", items };
+}
+
+/** Any text up to and including the first `marker` (a reasoning block and its close). */
+export function until(marker: string): GrammarNode {
+  return { k: "until", marker: utf8.encode(marker) };
 }
 
 /** Any one of the nodes. */
@@ -335,7 +342,9 @@ type Frame =
     readonly hi: number;
   }
   | { readonly t: "num"; readonly integer: boolean; readonly st: number; readonly digits: number }
-  | { readonly t: "node"; readonly node: GrammarNode };
+  | { readonly t: "node"; readonly node: GrammarNode }
+  /** Free text until `marker`; `m` bytes of it matched at the end so far. */
+  | { readonly t: "until"; readonly marker: Uint8Array; readonly m: number };
 
 interface Stack {
   readonly head: Frame;
@@ -399,6 +408,9 @@ function expand(s: Stack | null, out: (Stack | null)[], depth = 0): void {
       return;
     case "num":
       out.push(push({ t: "num", integer: node.integer, st: 0, digits: 0 }, tail));
+      return;
+    case "until":
+      out.push(push({ t: "until", marker: node.marker, m: 0 }, tail));
       return;
     case "obj":
       for (const x of objectNext(node.o, node.i, node.first)) {
@@ -518,6 +530,14 @@ function stepStack(s: Stack | null, b: number, literalOnly: boolean, out: (Stack
       if (canEnd(f)) stepStack(tail, b, literalOnly, out);
       return;
     }
+    case "until": {
+      const m = untilMatch(f.marker, f.m, b);
+      // markup tokens only as (part of) the marker itself
+      if (literalOnly && m !== f.m + 1) return;
+      if (m === f.marker.length) expand(tail, out);
+      else out.push(push({ t: "until", marker: f.marker, m }, tail));
+      return;
+    }
     case "node": {
       const ex: (Stack | null)[] = [];
       expand(s, ex);
@@ -525,6 +545,21 @@ function stepStack(s: Stack | null, b: number, literalOnly: boolean, out: (Stack
       return;
     }
   }
+}
+
+/**
+ * The longest prefix of `marker` that the text ends with after byte `b`,
+ * given that it ended with `m` bytes of it before.
+ */
+function untilMatch(marker: Uint8Array, m: number, b: number): number {
+  for (let k = Math.min(m + 1, marker.length); k > 0; k--) {
+    // is marker[0..k) a suffix of marker[0..m) + b?
+    if (marker[k - 1] !== b) continue;
+    let ok = true;
+    for (let i = 0; i < k - 1 && ok; i++) ok = marker[i] === marker[m - (k - 1) + i];
+    if (ok) return k;
+  }
+  return 0;
 }
 
 /** The number lexer: the next state, or −1. States 2, 3, 5, 8 may end. */
@@ -610,6 +645,9 @@ function minLength(n: GrammarNode, depth = 0): number {
     case "num":
       v = 1;
       break;
+    case "until":
+      v = n.marker.length;
+      break;
     case "obj": {
       v = 1;
       let first = n.first;
@@ -640,6 +678,8 @@ function frameMin(f: Frame): number {
       return f.cont + f.hex + f.esc + Math.max(0, f.min - f.n) + 1;
     case "num":
       return canEnd(f) ? 0 : 1;
+    case "until":
+      return f.marker.length - f.m;
     case "node":
       return minLength(f.node);
   }
@@ -672,7 +712,7 @@ export class TokenIndex {
   readonly order: Int32Array;
   /** Bytes shared with the previous token in `order`. */
   readonly lcp: Int32Array;
-  /** Control tokens that are not end-of-generation, with their text's bytes. */
+  /** Markup tokens (control and user-defined) that do not end generation, with their text's bytes. */
   readonly control: readonly { id: number; bytes: Uint8Array }[];
   /** End-of-generation tokens. */
   readonly eog: readonly number[];
@@ -696,8 +736,11 @@ export class TokenIndex {
       const b = tokenizer.tokenToBytes(id);
       bytes.push(b);
       if (tokenizer.isEog(id) || b.length === 0) continue;
-      if (tokenizer.isControl(id)) control.push({ id, bytes: b });
-      else ids.push(id);
+      // markup (control and user-defined tokens: <|im_end|>, <tool_call>, gpt-oss's
+      // <|channel|>) only where a literal spells it: inside JSON it would break the format
+      if (tokenizer.tokenAttr(id) & (TokenAttr.control | TokenAttr.userDefined)) {
+        control.push({ id, bytes: b });
+      } else ids.push(id);
     }
     // bytes as Latin-1 strings sort in byte order with the engine's own comparison
     const keyed = ids.map((id) => ({ id, key: latin1(bytes[id]!) }));

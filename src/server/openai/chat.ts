@@ -12,9 +12,8 @@
 import type { GenerateRequest } from "../../generate/types.ts";
 import { renderChat } from "../../tokenizer/chat.ts";
 import { ChatTemplateError } from "../../tokenizer/chat.ts";
-import type { Tokenizer } from "../../tokenizer/tokenizer.ts";
 import { badRequest, Fields, readMaxTokens, readMessages, readSampling } from "../validate.ts";
-import { type ChatDelta, type ChatFormat, chatFormat, ChatStreamParser } from "./chat_format.ts";
+import { type ChatDelta, chatFormat, ChatStreamParser, markerTokens } from "./chat_format.ts";
 import { chatLogprobs } from "./logprobs.ts";
 import {
   errorBody,
@@ -42,16 +41,6 @@ export const CHAT_FIELDS = [
 ] as const;
 
 const DEFAULT_MAX_TOKENS = 256;
-
-/** The control tokens that spell a format's markers (kept in the decoded output for the parser). */
-function markerTokens(tok: Tokenizer, format: ChatFormat): Set<number> {
-  const out = new Set<number>();
-  for (const m of format.markers) {
-    const ids = tok.encode(m, { addSpecial: false, parseSpecial: true });
-    if (ids.length === 1 && tok.isControl(ids[0]!)) out.add(ids[0]!);
-  }
-  return out;
-}
 
 /** Serves a chat completion request (`body` already read as a JSON object). */
 export function chatCompletions(
@@ -100,11 +89,11 @@ export function chatCompletions(
     throw err;
   }
   g.prompt = ctx.prepare({ prompt: rendered }, true);
-  g.grammar = requestGrammar(tools, format);
-  // the output is parsed when the format has parts to tell apart: reasoning, tool calls, channels
-  const parse = format.thinking || useTools;
   const inThinking = format.thinking &&
     rendered.lastIndexOf("<think>") > rendered.lastIndexOf("</think>");
+  g.grammar = requestGrammar(tools, format, inThinking);
+  // the output is parsed when the format has parts to tell apart: reasoning, tool calls, channels
+  const parse = format.thinking || useTools;
   if (parse) g.keepTokens = markerTokens(tok, format);
 
   const id = randomId("chatcmpl-");

@@ -17,6 +17,7 @@
  */
 
 import { alt, type GrammarNode, jsonSchema, lit, seq } from "../../generate/constrain.ts";
+import type { Tokenizer } from "../../tokenizer/tokenizer.ts";
 
 /** One parsed tool call. */
 export interface ParsedToolCall {
@@ -69,7 +70,15 @@ export interface ChatFormat {
   callGrammar(tools: readonly ToolFunction[]): GrammarNode;
   /** What the output must start with before a JSON answer (`response_format`). */
   readonly answerPrefix: string;
+  /**
+   * How a reasoning block opens and closes, and what follows its close
+   * before the answer, when the family has one (a constrained answer may
+   * come after it).
+   */
+  readonly reasoning?: { open: string; close: string; then: string };
 }
+
+const THINK = { open: "<think>", close: "</think>", then: "" } as const;
 
 /** The format of a chat template (llama.cpp's detection by the template's text). */
 export function chatFormat(template: string | null): ChatFormat {
@@ -79,6 +88,19 @@ export function chatFormat(template: string | null): ChatFormat {
   if (src.includes("<|tool_calls_section_begin|>")) return kimi(thinking);
   if (src.includes("tool▁calls▁begin")) return deepseek(thinking, src.includes("```json"));
   return hermes(thinking);
+}
+
+/**
+ * The control tokens that spell a format's markers: kept in the decoded
+ * output (which drops control tokens) so that the parser sees them.
+ */
+export function markerTokens(tok: Tokenizer, format: ChatFormat): Set<number> {
+  const out = new Set<number>();
+  for (const m of format.markers) {
+    const ids = tok.encode(m, { addSpecial: false, parseSpecial: true });
+    if (ids.length === 1 && tok.isControl(ids[0]!)) out.add(ids[0]!);
+  }
+  return out;
 }
 
 const argsSchema = (t: ToolFunction) => jsonSchema(t.parameters ?? { type: "object" });
@@ -202,6 +224,7 @@ function hermes(thinking: boolean): ChatFormat {
   return {
     name: "hermes",
     thinking,
+    ...(thinking ? { reasoning: THINK } : {}),
     markers: [BEGIN, END, "<think>", "</think>"],
     answerPrefix: "",
     parse(text, partial, inThinking, tools = true) {
@@ -246,6 +269,7 @@ function deepseek(thinking: boolean, fenced: boolean): ChatFormat {
   return {
     name: "deepseek",
     thinking,
+    ...(thinking ? { reasoning: THINK } : {}),
     markers: [SECTION, SECTION_END, BEGIN, END, SEP, "<think>", "</think>"],
     answerPrefix: "",
     parse(text, partial, inThinking, tools = true) {
@@ -302,6 +326,7 @@ function kimi(thinking: boolean): ChatFormat {
   return {
     name: "kimi",
     thinking,
+    ...(thinking ? { reasoning: THINK } : {}),
     markers: [SECTION, SECTION_END, BEGIN, ARGS, END, "<think>", "</think>"],
     answerPrefix: "",
     parse(text, partial, inThinking, tools = true) {
@@ -346,6 +371,7 @@ const harmony: ChatFormat = (() => {
   return {
     name: "harmony",
     thinking: true,
+    reasoning: { open: `${CHANNEL}analysis${MESSAGE}`, close: END, then: `${START}assistant` },
     markers: [START, CHANNEL, MESSAGE, END, CONSTRAIN],
     answerPrefix: `${CHANNEL}final${MESSAGE}`,
     parse(text, partial) {

@@ -1,14 +1,27 @@
 import assert from "node:assert/strict";
 import { Ajv } from "../../../dev/ref/packages.ts";
 import { llamaSourceDir } from "../../../dev/ref/llama_src.ts";
-import { canFinish, minToFinish, startState, stepState } from "../../generate/constrain.ts";
+import {
+  canFinish,
+  Constraint,
+  minToFinish,
+  startState,
+  stepState,
+} from "../../generate/constrain.ts";
+import { GgufMetadata } from "../../gguf/reader.ts";
+import { Keys } from "../../gguf/names.ts";
+import { gv } from "../../gguf/value.ts";
+import { builtinTokenizer, TokenType } from "../../model/vocab.ts";
+import { Tokenizer } from "../../tokenizer/tokenizer.ts";
 import { applyChatTemplate } from "../../tokenizer/chat.ts";
+import { requestGrammar, type ToolRequest } from "./tools.ts";
 import { Rng } from "../../util/rng.ts";
 import {
   type ChatFormat,
   chatFormat,
   type ChatFormatName,
   ChatStreamParser,
+  markerTokens,
   type ParsedMessage,
 } from "./chat_format.ts";
 
@@ -192,5 +205,140 @@ Deno.test("chat format: reasoning is split from the answer, streamed or not", as
         `${name} streamed by ${step}`,
       );
     }
+  }
+});
+
+/** The built-in vocabulary with `extra` appended as control tokens (as a GGUF marks them). */
+function withControls(extra: readonly string[]): Tokenizer {
+  const v = builtinTokenizer();
+  const entries = v.entries.map(([k, val]) => {
+    if (k === Keys.tokenizerTokens && val.type === "array") {
+      return [k, gv.strings([...(val.value as string[]), ...extra])] as const;
+    }
+    if (k === Keys.tokenizerTokenType && val.type === "array") {
+      return [
+        k,
+        gv.i32s([
+          ...Array.from(val.value as ArrayLike<number>),
+          ...extra.map(() => TokenType.control),
+        ]),
+      ] as const;
+    }
+    return [k, val] as const;
+  });
+  return Tokenizer.fromGguf(new GgufMetadata(new Map(entries), "<test vocab>"));
+}
+
+Deno.test("chat format: forced calls through the token mask with each family's marker tokens decode and parse", async () => {
+  const validate = new Ajv({ strict: false }).compile(WEATHER);
+  const families: [string, string[]][] = [
+    ["openai-gpt-oss-120b.jinja", [
+      "<|start|>",
+      "<|channel|>",
+      "<|message|>",
+      "<|end|>",
+      "<|constrain|>",
+      "<|return|>",
+      "<|call|>",
+    ]],
+    ["moonshotai-Kimi-K2.jinja", [
+      "<|tool_calls_section_begin|>",
+      "<|tool_calls_section_end|>",
+      "<|tool_call_begin|>",
+      "<|tool_call_argument_begin|>",
+      "<|tool_call_end|>",
+    ]],
+    ["deepseek-ai-DeepSeek-V3.1.jinja", [
+      "<｜tool▁calls▁begin｜>",
+      "<｜tool▁calls▁end｜>",
+      "<｜tool▁call▁begin｜>",
+      "<｜tool▁call▁end｜>",
+      "<｜tool▁sep｜>",
+    ]],
+  ];
+  const rng = new Rng(11);
+  for (const [name, controls] of families) {
+    const tok = withControls(controls);
+    const f = chatFormat(await template(name));
+    const keep = markerTokens(tok, f);
+    const specials = new Set(
+      controls.map((c) => tok.encode(c, { addSpecial: false })).filter((ids) => ids.length === 1)
+        .map((ids) => ids[0]!),
+    );
+    for (let run = 0; run < 3; run++) {
+      const c = new Constraint(f.callGrammar([{ name: "get_weather", parameters: WEATHER }]), tok);
+      const ids: number[] = [];
+      let usedSpecial = false;
+      for (let left = 300; left > 0; left--) {
+        const mask = c.mask(left);
+        const allowed = [...mask.keys()].filter((id) => mask[id] === 1);
+        // the marker tokens when the grammar allows them, as a trained model would write them
+        const special = allowed.filter((id) => specials.has(id) && !tok.isEog(id));
+        const pool = special.length > 0 && run < 2 ? special : allowed;
+        const id = pool[Math.floor(rng.next() * pool.length)]!;
+        usedSpecial ||= specials.has(id);
+        c.accept(id);
+        ids.push(id);
+        if (tok.isEog(id)) break;
+      }
+      assert.ok(tok.isEog(ids.at(-1)!) || c.finished, `${name}: unfinished`);
+      if (run < 2) assert.ok(usedSpecial, `${name}: the marker tokens were allowed`);
+      const d = tok.createStreamDecoder({ skipSpecial: true, keep });
+      const text = ids.map((id) => tok.isEog(id) ? "" : d.push(id)).join("") + d.flush();
+      const m = f.parse(text, false, false);
+      assert.equal(m.toolCalls.length, 1, `${name}: ${text}`);
+      assert.equal(m.toolCalls[0]!.name, "get_weather");
+      assert.ok(validate(JSON.parse(m.toolCalls[0]!.arguments)), text);
+    }
+  }
+});
+
+Deno.test("chat format: a constrained answer may follow reasoning, and parses out of it", async () => {
+  const validate = new Ajv({ strict: false }).compile(WEATHER);
+  const rng = new Rng(17);
+  const request: ToolRequest = {
+    tools: [],
+    choice: "none",
+    parallel: true,
+    responseFormat: { type: "json_schema", name: "w", schema: WEATHER, strict: true },
+  };
+  const cases: [string, boolean][] = [
+    ["deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", true], // the prompt opened <think>
+    ["Qwen-Qwen3-0.6B.jinja", false],
+    ["openai-gpt-oss-120b.jinja", false],
+  ];
+  for (const [name, inThinking] of cases) {
+    const f = chatFormat(await template(name));
+    const g = requestGrammar(request, f, inThinking)!;
+    let thought = 0;
+    for (let run = 0; run < 8; run++) {
+      let state = startState(g);
+      const bytes: number[] = [];
+      // early on, prefer the reasoning block's opening so that both branches are walked
+      const open = new TextEncoder().encode(f.reasoning!.open);
+      for (let left = 160; !state.every((s) => s === null) && left > 0; left--) {
+        const ok: number[] = [];
+        for (let b = 0x0a; b < 0x7f; b++) {
+          const next = stepState(state, Uint8Array.of(b));
+          if (next.length > 0 && minToFinish(next) <= left - 1) ok.push(b);
+        }
+        if (ok.length === 0) break;
+        const want = run % 2 === 0 && bytes.length < open.length ? open[bytes.length] : undefined;
+        const b = want !== undefined && ok.includes(want)
+          ? want
+          : ok[Math.floor(rng.next() * ok.length)]!;
+        state = stepState(state, Uint8Array.of(b));
+        bytes.push(b);
+      }
+      assert.ok(canFinish(state), name);
+      const text = new TextDecoder().decode(Uint8Array.from(bytes));
+      const m = f.parse(text, false, inThinking);
+      if (m.reasoning) thought++;
+      assert.ok(
+        validate(JSON.parse(m.content)),
+        `${name}: ${JSON.stringify(text)} → ${JSON.stringify(m)}`,
+      );
+    }
+    assert.ok(thought > 0, `${name}: some walks reasoned first`);
   }
 });

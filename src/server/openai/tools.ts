@@ -8,7 +8,15 @@
  * @module
  */
 
-import { type GrammarNode, jsonSchema, lit, SchemaError, seq } from "../../generate/constrain.ts";
+import {
+  alt,
+  type GrammarNode,
+  jsonSchema,
+  lit,
+  SchemaError,
+  seq,
+  until,
+} from "../../generate/constrain.ts";
 import { badRequest, describe, Fields } from "../validate.ts";
 import type { ChatFormat, ParsedToolCall, ToolFunction } from "./chat_format.ts";
 import { randomId } from "./shared.ts";
@@ -176,7 +184,11 @@ function readResponseFormat(f: Fields): ResponseFormat {
  *
  * @throws a 400 naming the schema keyword that cannot be enforced.
  */
-export function requestGrammar(r: ToolRequest, format: ChatFormat): GrammarNode | undefined {
+export function requestGrammar(
+  r: ToolRequest,
+  format: ChatFormat,
+  inThinking = false,
+): GrammarNode | undefined {
   const forced = r.choice === "required"
     ? r.tools
     : typeof r.choice === "object"
@@ -189,7 +201,9 @@ export function requestGrammar(r: ToolRequest, format: ChatFormat): GrammarNode 
     );
   }
   try {
-    if (forced.length > 0) return format.callGrammar(forced.map((t) => t.function));
+    if (forced.length > 0) {
+      return withReasoning(format, inThinking, format.callGrammar(forced.map((t) => t.function)));
+    }
   } catch (e) {
     if (!(e instanceof SchemaError)) throw e;
     const i = r.tools.findIndex((t) => forced.includes(t));
@@ -200,12 +214,27 @@ export function requestGrammar(r: ToolRequest, format: ChatFormat): GrammarNode 
   if (rf.type === "text") return undefined;
   try {
     const json = jsonSchema(rf.type === "json_object" ? { type: "object" } : rf.schema);
-    return format.answerPrefix ? seq(lit(format.answerPrefix), json) : json;
+    const answer = format.answerPrefix ? seq(lit(format.answerPrefix), json) : json;
+    return withReasoning(format, inThinking, answer);
   } catch (e) {
     if (!(e instanceof SchemaError)) throw e;
     const field = `response_format.json_schema.schema${e.path ? `.${e.path}` : ""}`;
     throw badRequest(field, `${field}: ${e.message}`);
   }
+}
+
+/**
+ * `body` after an optional reasoning block (required to be closed when the
+ * prompt already opened it), as llama.cpp lets thinking models think before
+ * a constrained answer.
+ */
+function withReasoning(format: ChatFormat, inThinking: boolean, body: GrammarNode): GrammarNode {
+  const r = format.reasoning;
+  if (!r) return body;
+  const newline = alt(lit("\n"), seq());
+  const gap = r.then ? lit(r.then) : seq(newline, newline);
+  const after = seq(until(r.close), gap, body);
+  return inThinking ? after : alt(seq(lit(r.open), after), body);
 }
 
 /** OpenAI's `tool_calls` entries of parsed calls (ids made here unless the model wrote one). */
