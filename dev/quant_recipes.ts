@@ -94,16 +94,24 @@ export function syntheticImatrix(ggufPath: string): Map<string, Float32Array<Arr
   const out = new Map<string, Float32Array<ArrayBuffer>>();
   for (const t of readGgufModel(ggufPath).tensors) {
     if (t.shape.length < 2) continue;
-    let seed = 17;
-    for (let i = 0; i < t.name.length; i++) seed = Math.imul(seed, 31) + t.name.charCodeAt(i);
-    const rng = new Rng(seed);
-    const n = t.shape[0]! * (t.shape[2] ?? 1);
-    out.set(
-      t.name,
-      Float32Array.from({ length: n }, () => (rng.next() < 1 / 16 ? 10 : 1) * (0.25 + rng.next())),
-    );
+    out.set(t.name, syntheticImatrixFor(t.name, t.shape));
   }
   return out;
+}
+
+/** {@linkcode syntheticImatrix}'s weights for one matrix, from its name and shape. */
+export function syntheticImatrixFor(
+  name: string,
+  shape: readonly number[],
+): Float32Array<ArrayBuffer> {
+  let seed = 17;
+  for (let i = 0; i < name.length; i++) seed = Math.imul(seed, 31) + name.charCodeAt(i);
+  const rng = new Rng(seed);
+  const n = shape[0]! * (shape[2] ?? 1);
+  return Float32Array.from(
+    { length: n },
+    () => (rng.next() < 1 / 16 ? 10 : 1) * (0.25 + rng.next()),
+  );
 }
 
 /** The ggml types whose quantiser refuses to run without an importance matrix. */

@@ -31,12 +31,19 @@
  *
  * Dimensions start from the test fixture shape `--shape` (default `a`, see
  * `dev/fixtures.ts`); flags override them. F32 and F16 are written by the
- * generator; other types are quantised from an F32 temporary by llama.cpp's
- * own quantiser (`llama_model_quantize` through `dev/ref/llama_cpp.ts`), so
- * the file is what llama.cpp itself would make, with llama.cpp's per-tensor
- * type choices for the file type (`llama_model_quantize` reads and
- * quantises one tensor at a time). The temporary is F16 instead of F32 when
- * an F32 one would pass 16 GiB. Prints one summary line.
+ * generator. Other types are written by the streaming quantiser of
+ * `dev/quant_stream.ts`: llama.cpp's own per-tensor type choices for the file
+ * type (`llama_quant_compute_types`), each piece (at most one expert's
+ * slice) drawn and quantised by ggml's `ggml_quantize_chunk` in worker
+ * threads (`--threads N`, default the cores) and written straight into the
+ * file, so a one-layer `deepseek-v3` (11.3 G expert values) needs a few
+ * hundred MiB of memory, not an F32 copy. Its tensor bytes equal what
+ * `llama_model_quantize` writes from the F32 file (`dev/quant_stream_test.ts`).
+ * `--via-llama-quantize` takes that older route instead (an F32 temporary,
+ * F16 above 16 GiB, quantised by `llama_model_quantize`); it is also taken
+ * for the file types whose choices depend on having an importance matrix
+ * (IQ3_XXS, IQ4_NL, IQ4_XS, Q4_0, Q5_0) when one is used. Prints one summary
+ * line (progress on stderr while a long file is written).
  *
  * `--tensor-type REGEX=TYPE` (repeatable, as llama-quantize's) sets the type
  * of every tensor whose name matches REGEX, the first match winning; the
@@ -67,6 +74,7 @@ import {
   type ShapePreset,
 } from "../dev/presets.ts";
 import { LlamaFtype, type LlamaFtypeName, loadReference } from "../dev/ref/llama_cpp.ts";
+import { writeQuantizedSynthetic } from "../dev/quant_stream.ts";
 import {
   IMATRIX_TYPES,
   QUANT_RECIPES,
@@ -86,6 +94,7 @@ const USAGE = `usage: deno task make-model --arch ${SYNTHETIC_ARCHS.join("|")} -
   [--vocab qwen2|llama-spm|llama-bpe|builtin|<llama.cpp vocab name> --vocab-size N (0: all)]
   [--seed S] [--tied | --untied]
   deepseek2: [--arch-name deepseek2|mistral4] [--nextn N]
+  [--threads N]  quantising workers (default: the cores)   [--via-llama-quantize]
 usage: deno task make-model --preset NAME --out FILE [--layers N] [--type T] [--tensor-type ...]
   presets: ${SHAPE_PRESET_NAMES.join(", ")}, ${Object.keys(DEEPSEEK2_PRESETS).join(", ")}
 usage: deno task make-model --list [--layers N]   (presets with parameter counts)`;
@@ -130,6 +139,8 @@ function parse(args: string[]) {
       "arch-name": { type: "string" },
       nextn: { type: "string" },
       list: { type: "boolean" },
+      threads: { type: "string" },
+      "via-llama-quantize": { type: "boolean" },
       help: { type: "boolean", short: "h" },
       ...Object.fromEntries(Object.keys(NUMBER_FLAGS).map((k) => [k, { type: "string" }])),
     } as Record<
@@ -237,7 +248,13 @@ function parse(args: string[]) {
   if (values.tied && values.untied) fail("--tied and --untied contradict each other");
   if (values.tied) overrides.tiedOutput = true;
   if (values.untied) overrides.tiedOutput = false;
+  const threads = values.threads === undefined ? undefined : Number(values.threads);
+  if (threads !== undefined && !(Number.isInteger(threads) && threads >= 0)) {
+    fail(`--threads must be an integer ≥ 0, got ${values.threads}`);
+  }
   return {
+    threads,
+    viaLlama: values["via-llama-quantize"] === true,
     arch: arch as SyntheticArch,
     out,
     type,
@@ -305,15 +322,26 @@ function count(n: number): string {
 }
 
 async function main(): Promise<void> {
-  const { arch, out, type, tensorTypes, shape, overrides: fields, preset } = parse(Deno.args);
+  const { arch, out, type, tensorTypes, shape, overrides: fields, preset, threads, viaLlama } =
+    parse(Deno.args);
   const spec = await fixtureSpec({ arch, shape, ...fields });
   spec.name = preset ? `od-moe synthetic ${preset} shape` : `od-moe synthetic ${arch}`;
-  // The writer holds one tensor at a time, drawn in F32 (plus its F16 copy
+  const quantised = type !== "F32" && type !== "F16";
+  const recipe = QUANT_RECIPES[type as QuantRecipeName] as QuantRecipe | undefined;
+  const ftype = recipe?.ftype ?? `MOSTLY_${type}` as LlamaFtypeName;
+  const overrides = tensorTypeIds([...tensorTypes, ...(recipe?.tensorTypes ?? [])]);
+  const needsImatrix = /IQ1|IQ2|IQ3_XXS/.test(ftype) ||
+    overrides.some(([, id]) => IMATRIX_TYPES.has(id));
+  // llama.cpp's choices for these file types differ with an importance
+  // matrix, which its type-choice entry point does not take.
+  const streamed = quantised && !viaLlama &&
+    !(needsImatrix && /IQ3_XXS|IQ4_NL|IQ4_XS|Q4_0|Q5_0/.test(ftype));
+  // The generator holds one tensor at a time, drawn in F32 (plus its F16 copy
   // for F16): refuse before starting when that cannot fit in memory.
   const counts = countParams({ arch, shape, ...fields });
   const need = counts.largest * (type === "F32" ? 4 : 6);
   const available = Deno.systemMemoryInfo().available;
-  if (need > 0.8 * available) {
+  if (!streamed && need > 0.8 * available) {
     throw new Error(
       `the largest tensor of this model (${(counts.largest / 1e9).toFixed(2)} G values) needs ` +
         `${human(need)} in memory while it is written, and ${human(available)} is available; ` +
@@ -321,19 +349,34 @@ async function main(): Promise<void> {
     );
   }
   const t0 = performance.now();
+  let workers = "";
   if (type === "F32" || type === "F16") {
     await writeGgufFileLazy(out, syntheticModelLazy({ ...spec, weightType: type }));
+  } else if (streamed) {
+    let shown = t0;
+    const done = await writeQuantizedSynthetic(out, spec, {
+      ftype,
+      tensorTypes: overrides,
+      imatrix: needsImatrix,
+      workers: threads,
+      onProgress: (written, total) => {
+        const now = performance.now();
+        if (now - shown < 15_000) return;
+        shown = now;
+        console.error(
+          `make-model: ${human(written)} of ${human(total)} (${
+            (100 * written / total).toFixed(0)
+          }%) in ${((now - t0) / 1000).toFixed(0)} s`,
+        );
+      },
+    });
+    workers = ` | ${done.workers} workers`;
   } else {
     const f32 = `${out}.f32-${Deno.pid}.tmp`;
     const tmp = `${out}.${type}-${Deno.pid}.tmp`;
     try {
       const sourceType = counts.total * 4 > 16 * 2 ** 30 ? "F16" : "F32";
       await writeGgufFileLazy(f32, syntheticModelLazy({ ...spec, weightType: sourceType }));
-      const recipe = QUANT_RECIPES[type as QuantRecipeName] as QuantRecipe | undefined;
-      const ftype = recipe?.ftype ?? `MOSTLY_${type}` as LlamaFtypeName;
-      const overrides = tensorTypeIds([...tensorTypes, ...(recipe?.tensorTypes ?? [])]);
-      const needsImatrix = /IQ1|IQ2|IQ3_XXS/.test(ftype) ||
-        overrides.some(([, id]) => IMATRIX_TYPES.has(id));
       loadReference().quantize(f32, tmp, ftype, {
         tensorTypes: overrides,
         imatrix: needsImatrix ? syntheticImatrix(f32) : undefined,
@@ -366,7 +409,7 @@ async function main(): Promise<void> {
       ` experts ${spec.nExpertUsed}/${spec.nExpert} vocab ${spec.vocab!.nTokens}` +
       ` | params ${count(params)} (experts ${count(expertParams)})` +
       ` | ${human(fileSize)} (experts ${human(expertBytes)}) | tensors ${typeList}` +
-      ` | ${ms.toFixed(0)} ms`,
+      ` | ${ms.toFixed(0)} ms${workers}`,
   );
 }
 

@@ -359,6 +359,84 @@ const LLAMA_SYMBOLS = {
   llama_model_quantize: { parameters: ["buffer", "buffer", "buffer"], result: "u32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
+/**
+ * llama.cpp's per-tensor type choice, exported (C++ names) for its own tests
+ * from `src/llama-ext.h`: a model made from a few hyperparameters, and the
+ * types `llama_model_quantize` would give a list of tensors.
+ */
+const LLAMA_QUANT_SYMBOLS = {
+  /** `llama_model * llama_quant_model_from_metadata(const llama_quant_model_desc *)` */
+  _Z31llama_quant_model_from_metadataPK22llama_quant_model_desc: {
+    parameters: ["buffer"],
+    result: "pointer",
+  },
+  /** `quantize_state_impl * llama_quant_init(const llama_model *, const llama_model_quantize_params *)` */
+  _Z16llama_quant_initPK11llama_modelPK27llama_model_quantize_params: {
+    parameters: ["pointer", "buffer"],
+    result: "pointer",
+  },
+  /** `void llama_quant_free(quantize_state_impl *)` */
+  _Z16llama_quant_freeP19quantize_state_impl: { parameters: ["pointer"], result: "void" },
+  /** `bool llama_quant_tensor_allows_quantization(const quantize_state_impl *, const ggml_tensor *)` */
+  _Z38llama_quant_tensor_allows_quantizationPK19quantize_state_implPK11ggml_tensor: {
+    parameters: ["pointer", "pointer"],
+    result: "bool",
+  },
+  /** `void llama_quant_compute_types(quantize_state_impl *, llama_ftype, ggml_tensor **, ggml_type *, size_t)` */
+  _Z25llama_quant_compute_typesP19quantize_state_impl11llama_ftypePP11ggml_tensorP9ggml_typem: {
+    parameters: ["pointer", "i32", "buffer", "buffer", "usize"],
+    result: "void",
+  },
+  llama_model_free: { parameters: ["pointer"], result: "void" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** ggml's tensor bookkeeping, to describe tensors to {@linkcode LLAMA_QUANT_SYMBOLS}. */
+const GGML_BASE_SYMBOLS = {
+  /** `ggml_init(struct ggml_init_params { size_t mem_size; void * mem_buffer; bool no_alloc; })` */
+  ggml_init: { parameters: [{ struct: ["usize", "pointer", "bool"] }], result: "pointer" },
+  ggml_free: { parameters: ["pointer"], result: "void" },
+  ggml_new_tensor: { parameters: ["pointer", "i32", "i32", "buffer"], result: "pointer" },
+  ggml_set_name: { parameters: ["pointer", "buffer"], result: "pointer" },
+  ggml_tensor_overhead: { parameters: [], result: "usize" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** `struct llama_quant_model_desc` of `src/llama-ext.h`. */
+const QUANT_MODEL_DESC = cLayout(
+  [
+    ["architecture", "pointer"],
+    ["n_embd", "u32"],
+    ["n_ff", "u32"],
+    ["n_layer", "u32"],
+    ["n_head", "u32"],
+    ["n_head_kv", "u32"],
+    ["n_expert", "u32"],
+    ["n_embd_head_k", "u32"],
+    ["n_embd_head_v", "u32"],
+  ] as const,
+);
+
+/** The hyperparameters llama.cpp's type choice reads (`llama_quant_model_desc`). */
+export interface QuantModelDesc {
+  /** `general.architecture` (e.g. `deepseek2`). */
+  architecture: string;
+  /** Width. */
+  nEmbd: number;
+  /** Dense FFN width. */
+  nFf: number;
+  /** `block_count`: every block the file has (the layer index of `use_more_bits` runs over it). */
+  nLayer: number;
+  /** Query heads. */
+  nHead: number;
+  /** KV heads (grouped-query factor `nHead / nHeadKv`). */
+  nHeadKv: number;
+  /** Routed experts (0 for a dense model). */
+  nExpert: number;
+  /** Key head width. */
+  nEmbdHeadK: number;
+  /** Value head width. */
+  nEmbdHeadV: number;
+}
+
 const GGML_SYMBOLS = {
   ggml_backend_load_all_from_path: { parameters: ["buffer"], result: "void" },
   ggml_backend_dev_count: { parameters: [], result: "usize" },
@@ -548,14 +626,132 @@ export class LlamaCpp {
     ftype: LlamaFtypeName,
     options: QuantizeOptions = {},
   ): void {
+    const nThread = options.nThread ?? 1;
+    // Buffers the parameter structs point into; referenced until the call returns.
+    const keep: BufferSource[] = [];
+    const params = this.#quantizeParams(ftype, options, keep);
+    const run = () =>
+      this.#lib.llama_model_quantize(cString(inPath), cString(outPath), params.bytes);
+    // Worker threads must not call into JavaScript: capture only when single-threaded.
+    const { result: rc, log } = nThread === 1 ? this.#log.capture(run) : { result: run(), log: [] };
+    keep.length = 0;
+    if (rc !== 0) {
+      throw new Error(
+        `llama_model_quantize(${inPath} -> ${outPath}, ${ftype}) failed with code ${rc}${
+          this.#log.explain(log)
+        }`,
+      );
+    }
+  }
+
+  /**
+   * The ggml type `llama_model_quantize` would give each tensor of a model
+   * for file type `ftype` and these options, without a file: llama.cpp's own
+   * choice (`llama_quant_compute_types` on a model made by
+   * `llama_quant_model_from_metadata`, the entry points of its
+   * quantisation-type tests). Tensors it leaves alone (norms, routers,
+   * vectors) keep `type`. Imatrix-dependent choices are those without an
+   * importance matrix.
+   *
+   * @param tensors in file order (the counters of attention V and FFN layers run in it)
+   */
+  quantTypes(
+    desc: QuantModelDesc,
+    ftype: LlamaFtypeName,
+    tensors: ReadonlyArray<{ name: string; shape: readonly number[]; type: number }>,
+    options: Omit<QuantizeOptions, "nThread" | "imatrix" | "allowRequantize"> = {},
+  ): number[] {
     const code = LlamaFtype[ftype];
     if (code === undefined) throw new Error(`unknown llama_ftype ${ftype}`);
-    const nThread = options.nThread ?? 1;
+    this.#quant ??= {
+      llama: Deno.dlopen(`${LLAMA_LIB_DIR}/${LIBLLAMA}`, LLAMA_QUANT_SYMBOLS).symbols,
+      ggml: Deno.dlopen(`${LLAMA_LIB_DIR}/libggml-base.so`, GGML_BASE_SYMBOLS).symbols,
+    };
+    const { llama, ggml } = this.#quant;
+    const keep: BufferSource[] = [];
+    const params = this.#quantizeParams(ftype, options, keep);
+    const arch = cString(desc.architecture);
+    const d = new CStruct(QUANT_MODEL_DESC)
+      .setPointer("architecture", Deno.UnsafePointer.of(arch))
+      .set("n_embd", desc.nEmbd)
+      .set("n_ff", desc.nFf)
+      .set("n_layer", desc.nLayer)
+      .set("n_head", desc.nHead)
+      .set("n_head_kv", desc.nHeadKv)
+      .set("n_expert", desc.nExpert)
+      .set("n_embd_head_k", desc.nEmbdHeadK)
+      .set("n_embd_head_v", desc.nEmbdHeadV);
+    const model = llama._Z31llama_quant_model_from_metadataPK22llama_quant_model_desc(d.bytes);
+    if (model === null) throw new Error(`llama.cpp made no model for ${desc.architecture}`);
+    const ctxBytes = Number(ggml.ggml_tensor_overhead()) * (tensors.length + 1);
+    const ctx = ggml.ggml_init(
+      new Uint8Array(new BigUint64Array([BigInt(ctxBytes), 0n, 1n]).buffer),
+    );
+    if (ctx === null) {
+      llama.llama_model_free(model);
+      throw new Error("ggml_init failed");
+    }
+    let qs: Deno.PointerValue = null;
+    try {
+      qs = llama._Z16llama_quant_initPK11llama_modelPK27llama_model_quantize_params(
+        model,
+        params.bytes,
+      );
+      const out = tensors.map((t) => t.type);
+      const pick: number[] = [];
+      const ptrs: bigint[] = [];
+      tensors.forEach((t, i) => {
+        const ne = new BigInt64Array(t.shape.map((n) => BigInt(n)));
+        const tensor = ggml.ggml_new_tensor(ctx, t.type, t.shape.length, ne);
+        if (tensor === null) throw new Error(`ggml_new_tensor failed for ${t.name}`);
+        ggml.ggml_set_name(tensor, cString(t.name));
+        const allowed = llama
+          ._Z38llama_quant_tensor_allows_quantizationPK19quantize_state_implPK11ggml_tensor(
+            qs,
+            tensor,
+          );
+        if (allowed) {
+          pick.push(i);
+          ptrs.push(BigInt(Deno.UnsafePointer.value(tensor)));
+        }
+      });
+      const types = new Int32Array(pick.length);
+      llama
+        ._Z25llama_quant_compute_typesP19quantize_state_impl11llama_ftypePP11ggml_tensorP9ggml_typem(
+          qs,
+          code,
+          new BigUint64Array(ptrs),
+          types,
+          BigInt(pick.length),
+        );
+      pick.forEach((i, j) => out[i] = types[j]!);
+      return out;
+    } finally {
+      if (qs !== null) llama._Z16llama_quant_freeP19quantize_state_impl(qs);
+      ggml.ggml_free(ctx);
+      llama.llama_model_free(model);
+      keep.length = 0;
+    }
+  }
+
+  #quant?: {
+    llama: Deno.DynamicLibrary<typeof LLAMA_QUANT_SYMBOLS>["symbols"];
+    ggml: Deno.DynamicLibrary<typeof GGML_BASE_SYMBOLS>["symbols"];
+  };
+
+  /** `llama_model_quantize_params` for `ftype` and `options`; `keep` holds what it points into. */
+  #quantizeParams(
+    ftype: LlamaFtypeName,
+    options: QuantizeOptions,
+    keep: BufferSource[],
+  ): CStruct<keyof typeof LAYOUTS.quantizeParams.fields> {
+    const code = LlamaFtype[ftype];
+    if (code === undefined) throw new Error(`unknown llama_ftype ${ftype}`);
     const params = new CStruct(
       LAYOUTS.quantizeParams,
       this.#lib.llama_model_quantize_default_params(),
     )
-      .set("nthread", nThread)
+      .set("nthread", options.nThread ?? 1)
       .set("ftype", code)
       .set("allow_requantize", options.allowRequantize ?? false)
       .set("pure", options.pure ?? false);
@@ -565,8 +761,6 @@ export class LlamaCpp {
     if (options.tokenEmbeddingType !== undefined) {
       params.set("token_embedding_type", options.tokenEmbeddingType);
     }
-    // Buffers the parameter structs point into; referenced until the call returns.
-    const keep: BufferSource[] = [];
     if (options.imatrix) {
       const entries = [...options.imatrix];
       // struct llama_model_imatrix_data { const char * name; const float * data; size_t size; }
@@ -594,18 +788,7 @@ export class LlamaCpp {
       keep.push(arr);
       params.setPointer("tt_overrides", Deno.UnsafePointer.of(arr));
     }
-    const run = () =>
-      this.#lib.llama_model_quantize(cString(inPath), cString(outPath), params.bytes);
-    // Worker threads must not call into JavaScript: capture only when single-threaded.
-    const { result: rc, log } = nThread === 1 ? this.#log.capture(run) : { result: run(), log: [] };
-    keep.length = 0;
-    if (rc !== 0) {
-      throw new Error(
-        `llama_model_quantize(${inPath} -> ${outPath}, ${ftype}) failed with code ${rc}${
-          this.#log.explain(log)
-        }`,
-      );
-    }
+    return params;
   }
 }
 

@@ -37,6 +37,25 @@ export interface GgufLazyTensorSpec {
   produce: () => Uint8Array;
 }
 
+/**
+ * One tensor to write whose bytes arrive in pieces, in order (e.g. one
+ * expert's slice of a stacked expert tensor at a time), so even a single
+ * tensor larger than memory can be written.
+ */
+export interface GgufStreamedTensorSpec {
+  /** Tensor name. */
+  name: string;
+  /** ggml type id. */
+  type: number;
+  /** ggml dimension order: `shape[0]` is the row length. */
+  shape: readonly number[];
+  /** Yields the tensor's bytes in order, in pieces of any size; iterated once. */
+  chunks: () => Iterable<Uint8Array> | AsyncIterable<Uint8Array>;
+}
+
+/** A tensor for {@linkcode writeGgufFileLazy}: its bytes, made on demand or in pieces. */
+export type GgufAnyTensorSpec = GgufTensorSpec | GgufLazyTensorSpec | GgufStreamedTensorSpec;
+
 /** Everything a GGUF file holds. */
 export interface GgufWriteSpec {
   /** Metadata entries, in the order to write them. */
@@ -162,9 +181,7 @@ class ByteSink {
 }
 
 function buildHeader(
-  spec: Omit<GgufWriteSpec, "tensors"> & {
-    tensors: ReadonlyArray<GgufTensorSpec | GgufLazyTensorSpec>;
-  },
+  spec: Omit<GgufWriteSpec, "tensors"> & { tensors: ReadonlyArray<GgufAnyTensorSpec> },
 ): { header: Uint8Array; offsets: number[]; alignment: number } {
   const alignment = spec.alignment ?? GGUF_DEFAULT_ALIGNMENT;
   const meta = new Map(spec.metadata);
@@ -227,16 +244,16 @@ export function writeGgufFile(path: string, spec: GgufWriteSpec): Promise<void> 
 
 /**
  * {@linkcode writeGgufFile} for tensors that may be made on demand
- * ({@linkcode GgufLazyTensorSpec}): each is produced, written and dropped
- * before the next, so memory holds one tensor at a time.
+ * ({@linkcode GgufLazyTensorSpec}) or in pieces
+ * ({@linkcode GgufStreamedTensorSpec}): each is produced, written and
+ * dropped before the next, so memory holds one tensor (or one piece) at a
+ * time.
  *
  * @throws a `RangeError` naming the tensor whose bytes do not match its type and shape.
  */
 export async function writeGgufFileLazy(
   path: string,
-  spec: Omit<GgufWriteSpec, "tensors"> & {
-    tensors: ReadonlyArray<GgufTensorSpec | GgufLazyTensorSpec>;
-  },
+  spec: Omit<GgufWriteSpec, "tensors"> & { tensors: ReadonlyArray<GgufAnyTensorSpec> },
 ): Promise<void> {
   const { header, offsets } = buildHeader(spec);
   const tmp = `${path}.tmp-${Deno.pid}`;
@@ -248,8 +265,23 @@ export async function writeGgufFileLazy(
       const t = spec.tensors[i]!;
       const at = offsets[i]!;
       if (at > pos) await writeAll(file, new Uint8Array(at - pos));
-      const data = "data" in t ? t.data : t.produce();
       const n = tensorBytes(requireGgmlType(t.type), t.shape);
+      if ("chunks" in t) {
+        let written = 0;
+        for await (const piece of t.chunks()) {
+          if (written + piece.length > n) {
+            throw new RangeError(`tensor ${t.name}: needs ${n} bytes, chunks() gave more`);
+          }
+          await writeAll(file, piece);
+          written += piece.length;
+        }
+        if (written !== n) {
+          throw new RangeError(`tensor ${t.name}: needs ${n} bytes, chunks() gave ${written}`);
+        }
+        pos = at + n;
+        continue;
+      }
+      const data = "data" in t ? t.data : t.produce();
       if (data.length !== n) {
         throw new RangeError(`tensor ${t.name}: needs ${n} bytes, produce() gave ${data.length}`);
       }

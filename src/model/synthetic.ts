@@ -432,7 +432,72 @@ function hashName(name: string): number {
   return h >>> 0;
 }
 
-function fillValues(init: Init, n: number, rng: Rng): Float32Array {
+/**
+ * How the generator draws one tensor's values: any stretch of them can be
+ * drawn on its own ({@linkcode syntheticValues}), so a writer may make a
+ * tensor piece by piece, or in parallel, and get the bytes of the whole.
+ */
+export interface SyntheticValueSource {
+  /** The distribution. */
+  readonly init: Init;
+  /** The tensor's random stream (from its name and the spec's seed). */
+  readonly seed: number;
+}
+
+/** One tensor of {@linkcode syntheticTensorSources}. */
+export interface SyntheticTensorSource extends SyntheticTensorInfo, SyntheticValueSource {
+  /** A matrix (takes the weight type); norms, biases and routers are not. */
+  readonly matrix: boolean;
+}
+
+/**
+ * The metadata and tensors of {@linkcode syntheticModelLazy} with the
+ * recipe of each tensor's values instead of its bytes: for writers that
+ * convert them on the way (the quantising writer of `dev/quant_stream.ts`).
+ * The metadata's file type is the spec's `weightType`.
+ *
+ * @throws like {@linkcode resolveSyntheticSpec}.
+ */
+export function syntheticTensorSources(
+  spec: SyntheticSpec,
+): { metadata: [string, GgufValue][]; tensors: SyntheticTensorSource[] } {
+  const s = resolveSyntheticSpec(spec);
+  return {
+    metadata: syntheticMetadata(s),
+    tensors: plan(s).map((t) => ({
+      name: t.name,
+      shape: t.shape,
+      matrix: t.matrix,
+      init: t.init,
+      seed: tensorSeed(t.name, s.seed),
+    })),
+  };
+}
+
+/** Mulberry32's state step: its state after `k` draws is `seed + k·STEP`. */
+const RNG_STEP = 0x6d2b79f5;
+
+/**
+ * Values `offset … offset + n − 1` of a tensor as the generator draws them
+ * (the same floats as drawing the whole tensor and slicing it). `offset`
+ * must be even: values come in Box–Muller pairs.
+ */
+export function syntheticValues(
+  source: SyntheticValueSource,
+  offset: number,
+  n: number,
+): Float32Array<ArrayBuffer> {
+  if (offset % 2 !== 0) throw new RangeError(`syntheticValues: offset ${offset} is odd`);
+  // Each value takes one draw; jump the stream to draw `offset`.
+  const rng = new Rng((source.seed + Math.imul(offset, RNG_STEP)) >>> 0);
+  return fillValues(source.init, n, rng);
+}
+
+function tensorSeed(name: string, seed: number): number {
+  return (hashName(name) ^ Math.imul(seed >>> 0, 0x9e3779b1)) >>> 0;
+}
+
+function fillValues(init: Init, n: number, rng: Rng): Float32Array<ArrayBuffer> {
   const out = new Float32Array(n);
   if (init.kind === "uniform") {
     for (let i = 0; i < n; i++) out[i] = init.lo + (init.hi - init.lo) * rng.next();
@@ -466,6 +531,16 @@ export function syntheticModel(spec: SyntheticSpec): GgufWriteSpec {
   };
 }
 
+function syntheticMetadata(s: ResolvedSyntheticSpec): [string, GgufValue][] {
+  return [
+    [Keys.architecture, gv.str(s.archName)],
+    [Keys.name, gv.str(s.name)],
+    ...archSpec(s.archName).writeConfig(syntheticArch(s.arch).synthetic.config(s)),
+    [Keys.fileType, gv.u32(FILE_TYPE[s.weightType])],
+    ...s.vocab.entries.map(([key, value]) => [key, value] as [string, GgufValue]),
+  ];
+}
+
 /**
  * {@linkcode syntheticModel} with each tensor's values drawn only when its
  * `produce()` is called (for `writeGgufFileLazy`): a model larger than
@@ -477,13 +552,7 @@ export function syntheticModelLazy(
   spec: SyntheticSpec,
 ): { metadata: [string, GgufValue][]; tensors: GgufLazyTensorSpec[] } {
   const s = resolveSyntheticSpec(spec);
-  const metadata: [string, GgufValue][] = [
-    [Keys.architecture, gv.str(s.archName)],
-    [Keys.name, gv.str(s.name)],
-    ...archSpec(s.archName).writeConfig(syntheticArch(s.arch).synthetic.config(s)),
-    [Keys.fileType, gv.u32(FILE_TYPE[s.weightType])],
-    ...s.vocab.entries.map(([key, value]) => [key, value] as [string, GgufValue]),
-  ];
+  const metadata = syntheticMetadata(s);
   const tensors: GgufLazyTensorSpec[] = plan(s).map((t) => {
     const half = t.matrix && s.weightType === "F16";
     return {
@@ -492,7 +561,7 @@ export function syntheticModelLazy(
       shape: t.shape,
       produce: () => {
         const n = t.shape.reduce((a, b) => a * b, 1);
-        const rng = new Rng((hashName(t.name) ^ Math.imul(s.seed >>> 0, 0x9e3779b1)) >>> 0);
+        const rng = new Rng(tensorSeed(t.name, s.seed));
         const values = fillValues(t.init, n, rng);
         const out = half ? f32ToF16Array(values) : values;
         return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
