@@ -31,6 +31,32 @@ export const LLAMA_LIB_DIR: string =
 const LIBLLAMA = "libllama.v0.4.0.so";
 const LIBGGML = "libggml.v0.4.0.so";
 
+/**
+ * llama.cpp's builds of the pinned release: `cpu` (the parity reference) and
+ * the GPU builds node-llama-cpp ships, `vulkan` and `cuda` (test-only
+ * packages `@node-llama-cpp/linux-x64-vulkan` and `-cuda`, for
+ * `deno task bench gpu`). One process loads one build (they share library
+ * names).
+ */
+export type LlamaBuild = "cpu" | "vulkan" | "cuda";
+
+/** Where a build's libraries are, and their names. */
+export function llamaBuildFiles(
+  build: LlamaBuild,
+): { dir: string; libllama: string; libggml: string; fallbackDir?: string } {
+  if (build === "cpu") return { dir: LLAMA_LIB_DIR, libllama: LIBLLAMA, libggml: LIBGGML };
+  const pkg = `${REPO_ROOT}/node_modules/@node-llama-cpp/linux-x64-${build}`;
+  return {
+    dir: `${pkg}/bins/linux-x64-${build}`,
+    libllama: `libllama.${build}.v0.4.0.so`,
+    libggml: `libggml.${build}.v0.4.0.so`,
+    // the CUDA 12 build of libggml-cuda.so (the main one links CUDA 13's runtime)
+    fallbackDir: build === "cuda"
+      ? `${REPO_ROOT}/node_modules/@node-llama-cpp/linux-x64-cuda-ext/bins/linux-x64-cuda/fallback`
+      : undefined,
+  };
+}
+
 /** Environment variable that, when set to anything but `""`/`"0"`, lets llama.cpp log to stderr. */
 export const VERBOSE_ENV = "ODMOE_REF_VERBOSE";
 
@@ -439,7 +465,13 @@ export interface QuantModelDesc {
 
 const GGML_SYMBOLS = {
   ggml_backend_load_all_from_path: { parameters: ["buffer"], result: "void" },
+  ggml_backend_load: { parameters: ["buffer"], result: "pointer" },
   ggml_backend_dev_count: { parameters: [], result: "usize" },
+  ggml_backend_dev_get: { parameters: ["usize"], result: "pointer" },
+  ggml_backend_dev_name: { parameters: ["pointer"], result: "pointer" },
+  ggml_backend_dev_description: { parameters: ["pointer"], result: "pointer" },
+  ggml_backend_dev_type: { parameters: ["pointer"], result: "i32" },
+  ggml_backend_dev_memory: { parameters: ["pointer", "buffer", "buffer"], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type LlamaLib = Deno.DynamicLibrary<typeof LLAMA_SYMBOLS>["symbols"];
@@ -462,21 +494,22 @@ function verboseRequested(): boolean {
  * Why the llama.cpp reference cannot run in this process, or `null` if it can.
  * Tests pass this to `Deno.test({ ignore })` and print it, so a skip is visible.
  */
-export function referenceUnavailableReason(): string | null {
+export function referenceUnavailableReason(build: LlamaBuild = "cpu"): string | null {
   if (Deno.build.os !== "linux" || Deno.build.arch !== "x86_64") {
     return `llama.cpp reference libraries exist only for linux x86_64 (this is ${Deno.build.os} ${Deno.build.arch})`;
   }
   if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
     return "llama.cpp reference needs --allow-ffi";
   }
-  if (Deno.permissions.querySync({ name: "read", path: LLAMA_LIB_DIR }).state !== "granted") {
-    return `llama.cpp reference needs --allow-read for ${LLAMA_LIB_DIR}`;
+  const { dir, libllama, libggml } = llamaBuildFiles(build);
+  if (Deno.permissions.querySync({ name: "read", path: dir }).state !== "granted") {
+    return `llama.cpp reference needs --allow-read for ${dir}`;
   }
-  for (const lib of [LIBLLAMA, LIBGGML]) {
+  for (const lib of [libllama, libggml]) {
     try {
-      Deno.statSync(`${LLAMA_LIB_DIR}/${lib}`);
+      Deno.statSync(`${dir}/${lib}`);
     } catch {
-      return `llama.cpp reference library ${LLAMA_LIB_DIR}/${lib} is missing: run \`deno install\``;
+      return `llama.cpp reference library ${dir}/${lib} is missing: run \`deno task dev-install\``;
     }
   }
   return null;
@@ -486,14 +519,34 @@ let singleton: LlamaCpp | undefined;
 
 /**
  * The process-wide {@linkcode LlamaCpp}, loading the libraries on first use.
+ * `build` picks llama.cpp's CPU build (default, the parity reference) or a
+ * GPU build; a process holds one build.
  *
  * @throws with {@linkcode referenceUnavailableReason}'s text where the
- * reference cannot run, or if the libraries do not match the struct layouts
- * this wrapper was written for.
+ * reference cannot run, if another build is loaded in this process, or if
+ * the libraries do not match the struct layouts this wrapper was written for.
  */
-export function loadReference(): LlamaCpp {
-  singleton ??= new LlamaCpp();
+export function loadReference(build: LlamaBuild = "cpu"): LlamaCpp {
+  if (singleton && singleton.build !== build) {
+    throw new Error(
+      `llama.cpp's ${singleton.build} build is loaded in this process; its ${build} build ` +
+        `shares library names with it: run that in another process`,
+    );
+  }
+  singleton ??= new LlamaCpp(build);
   return singleton;
+}
+
+/** A ggml backend device llama.cpp can use (`ggml_backend_dev_*`). */
+export interface LlamaDevice {
+  /** Short name (`CPU`, `Vulkan0`, `CUDA0`). */
+  name: string;
+  /** The driver's description (the GPU's name). */
+  description: string;
+  /** `cpu`, `gpu`, `igpu` or `accel`. */
+  type: string;
+  /** Memory the device reports, bytes. */
+  memoryTotal: number;
 }
 
 /** Options for {@linkcode LlamaCpp.loadModel}. */
@@ -512,6 +565,11 @@ export interface LoadModelOptions {
    * decode's error carries no log.
    */
   nThreads?: number;
+  /**
+   * Layers offloaded to the build's GPU (default 0: all on the CPU, the
+   * parity setup); a large number offloads every layer and the output head.
+   */
+  nGpuLayers?: number;
 }
 
 /** Options for {@linkcode LlamaCpp.quantize}. */
@@ -568,37 +626,71 @@ function ptrOf(buffer: BufferSource): bigint {
 export class LlamaCpp {
   /** llama.cpp's `llama_print_system_info()`: the CPU features of the loaded backend. */
   readonly systemInfo: string;
+  /** Which of llama.cpp's builds this is. */
+  readonly build: LlamaBuild;
+  /** The backend devices the build found (the CPU, and GPUs for a GPU build). */
+  readonly devices: LlamaDevice[];
   readonly #lib: LlamaLib;
   readonly #log: LogControl;
+  readonly #dir: string;
+  readonly #libllama: string;
 
   /**
-   * Loads the libraries, checks the struct layouts and loads the CPU backend.
+   * Loads the libraries, checks the struct layouts and loads the backends
+   * (the CPU's; a GPU build's too, where its driver libraries load).
    * Prefer {@linkcode loadReference}, which does this once per process.
    */
-  constructor() {
-    const reason = referenceUnavailableReason();
+  constructor(build: LlamaBuild = "cpu") {
+    const reason = referenceUnavailableReason(build);
     if (reason !== null) throw new Error(reason);
-    const ggml = Deno.dlopen(`${LLAMA_LIB_DIR}/${LIBGGML}`, GGML_SYMBOLS).symbols;
-    this.#lib = Deno.dlopen(`${LLAMA_LIB_DIR}/${LIBLLAMA}`, LLAMA_SYMBOLS).symbols;
+    const files = llamaBuildFiles(build);
+    this.build = build;
+    this.#dir = files.dir;
+    this.#libllama = files.libllama;
+    const ggml = Deno.dlopen(`${files.dir}/${files.libggml}`, GGML_SYMBOLS).symbols;
+    this.#lib = Deno.dlopen(`${files.dir}/${files.libllama}`, LLAMA_SYMBOLS).symbols;
     this.#log = new LogControl(this.#lib);
-    checkLayouts(this.#lib);
-    ggml.ggml_backend_load_all_from_path(cString(LLAMA_LIB_DIR));
-    if (Number(ggml.ggml_backend_dev_count()) === 0) {
-      throw new Error(`no ggml backend could be loaded from ${LLAMA_LIB_DIR}`);
+    checkLayouts(this.#lib, files.dir);
+    ggml.ggml_backend_load_all_from_path(cString(files.dir));
+    const devices = () =>
+      Array.from({ length: Number(ggml.ggml_backend_dev_count()) }, (_, i) => {
+        const dev = ggml.ggml_backend_dev_get(BigInt(i));
+        const free = new BigUint64Array(1);
+        const total = new BigUint64Array(1);
+        ggml.ggml_backend_dev_memory(dev, free, total);
+        return {
+          name: Deno.UnsafePointerView.getCString(ggml.ggml_backend_dev_name(dev)!),
+          description: Deno.UnsafePointerView.getCString(ggml.ggml_backend_dev_description(dev)!),
+          type: ["cpu", "gpu", "igpu", "accel"][ggml.ggml_backend_dev_type(dev)] ?? "?",
+          memoryTotal: Number(total[0]),
+        };
+      });
+    this.devices = devices();
+    if (
+      files.fallbackDir && !this.devices.some((d) => d.type !== "cpu") &&
+      Deno.statSync(files.fallbackDir).isDirectory
+    ) {
+      // node-llama-cpp's own fallback: the CUDA backend built against CUDA 12's runtime
+      ggml.ggml_backend_load(cString(`${files.fallbackDir}/libggml-cuda.so`));
+      this.devices = devices();
+    }
+    if (this.devices.length === 0) {
+      throw new Error(`no ggml backend could be loaded from ${files.dir}`);
     }
     this.#lib.llama_backend_init();
     this.systemInfo = Deno.UnsafePointerView.getCString(this.#lib.llama_print_system_info()!);
   }
 
   /**
-   * Loads a GGUF model on the CPU. The file is read into memory (not
+   * Loads a GGUF model on the CPU (or `nGpuLayers` of it on the build's
+   * GPU). The file is read into memory (not
    * mapped), so it may be rewritten or deleted while the model is open.
    *
    * @throws naming the file and quoting llama.cpp's error log if it fails.
    */
   loadModel(path: string, options: LoadModelOptions = {}): RefModel {
     const params = new CStruct(LAYOUTS.modelParams, this.#lib.llama_model_default_params())
-      .set("n_gpu_layers", 0)
+      .set("n_gpu_layers", options.nGpuLayers ?? 0)
       .set("split_mode", LLAMA_SPLIT_MODE_NONE)
       .set("load_mode", LLAMA_LOAD_MODE_NONE)
       .set("lazy_mode", LLAMA_LAZY_MODE_OFF)
@@ -664,8 +756,8 @@ export class LlamaCpp {
     const code = LlamaFtype[ftype];
     if (code === undefined) throw new Error(`unknown llama_ftype ${ftype}`);
     this.#quant ??= {
-      llama: Deno.dlopen(`${LLAMA_LIB_DIR}/${LIBLLAMA}`, LLAMA_QUANT_SYMBOLS).symbols,
-      ggml: Deno.dlopen(`${LLAMA_LIB_DIR}/libggml-base.so`, GGML_BASE_SYMBOLS).symbols,
+      llama: Deno.dlopen(`${this.#dir}/${this.#libllama}`, LLAMA_QUANT_SYMBOLS).symbols,
+      ggml: Deno.dlopen(`${this.#dir}/libggml-base.so`, GGML_BASE_SYMBOLS).symbols,
     };
     const { llama, ggml } = this.#quant;
     const keep: BufferSource[] = [];
@@ -834,6 +926,7 @@ export class RefModel {
   readonly #log: LogControl;
   readonly #nCtx: number | undefined;
   readonly #nThreads: number;
+  readonly #nGpuLayers: number;
   #model: Deno.PointerObject | null;
   #vocab: Deno.PointerValue;
 
@@ -857,6 +950,7 @@ export class RefModel {
     this.vocabOnly = options.vocabOnly ?? false;
     this.#nCtx = options.nCtx;
     this.#nThreads = options.nThreads ?? 1;
+    this.#nGpuLayers = options.nGpuLayers ?? 0;
     if (!Number.isInteger(this.#nThreads) || this.#nThreads < 1) {
       throw new RangeError(`nThreads must be a positive integer, got ${options.nThreads}`);
     }
@@ -1014,8 +1108,9 @@ export class RefModel {
       .set("flash_attn_type", LLAMA_FLASH_ATTN_TYPE_DISABLED)
       .set("type_k", GGML_TYPE_F32)
       .set("type_v", GGML_TYPE_F32)
-      .set("offload_kqv", false)
-      .set("op_offload", false)
+      // on a GPU build with offloaded layers, the KV cache and attention go with them
+      .set("offload_kqv", this.#nGpuLayers > 0)
+      .set("op_offload", this.#nGpuLayers > 0)
       .set("embeddings", false);
     const { result: ctx, log } = this.#log.capture(() =>
       this.#lib.llama_init_from_model(model, params.bytes)
@@ -1069,7 +1164,7 @@ export class RefModel {
       .setPointer("logits", ptr(outputs));
     // Worker threads must not call into JavaScript: capture only when single-threaded.
     const run = () => this.#lib.llama_decode(ctx, batch.bytes);
-    const { result: rc, log } = this.#nThreads === 1
+    const { result: rc, log } = this.#nThreads === 1 && this.#nGpuLayers === 0
       ? this.#log.capture(run)
       : { result: run(), log: [] as string[] };
     if (rc !== 0) {
@@ -1108,7 +1203,7 @@ function argmax(v: Float32Array): number {
  * src/llama-context.cpp and src/llama-quant.cpp at the pinned commit). A
  * mismatch means the libraries are not the version this file was written for.
  */
-function checkLayouts(lib: LlamaLib): void {
+function checkLayouts(lib: LlamaLib, dir: string): void {
   const expect = <N extends string>(
     what: string,
     s: CStruct<N>,
@@ -1119,7 +1214,7 @@ function checkLayouts(lib: LlamaLib): void {
       if (got !== value) {
         throw new Error(
           `${what}.${name} reads ${got}, expected the default ${value}: ` +
-            `the llama.cpp libraries in ${LLAMA_LIB_DIR} do not match the layouts in dev/ref/llama_cpp.ts`,
+            `the llama.cpp libraries in ${dir} do not match the layouts in dev/ref/llama_cpp.ts`,
         );
       }
     }
