@@ -16,7 +16,8 @@
  * ```sh
  * deno run -A bench/decode.ts [--model FILE.gguf] [--tokens 64] [--prompt-tokens 64]
  *   [--cache-size-gb 4] [--repeats 2] [--type Q4_K_M] [--no-profile] [--quick]
- *   [--preset NAME [--layers N]] [--llama-threads 1,2] [--budgets 0.25] [--out-dir bench/out]
+ *   [--preset NAME [--layers N]] [--llama-threads 1,2] [--budgets 0.25|none] [--out-dir bench/out]
+ *   [--llama-build cpu|vulkan|cuda [--llama-gpu-layers N]]
  * deno task bench decode --preset qwen3-30b-a3b --layers 4 --type Q4_K_M --prompt-tokens 64
  * ```
  *
@@ -39,7 +40,7 @@ import process from "node:process";
 import { fixtureModel, type FixtureOptions, type FixtureType } from "../dev/fixtures.ts";
 import { presetOptions, SHAPE_PRESET_NAMES } from "../dev/presets.ts";
 import { isExpertTensor } from "../src/gguf/names.ts";
-import { loadReference } from "../dev/ref/llama_cpp.ts";
+import { type LlamaBuild, loadReference } from "../dev/ref/llama_cpp.ts";
 import { loadModel, type Model } from "../src/model/model.ts";
 import { generateSteps } from "../src/generate/session.ts";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
@@ -111,6 +112,13 @@ export interface DecodeBenchOptions {
   noReference?: boolean;
   /** llama.cpp CPU thread counts, each reported (default `[1, 2]`); the first is the ratios' reference. */
   llamaThreads?: number[];
+  /**
+   * llama.cpp's build (default `cpu`); a GPU build (`vulkan`, `cuda`) runs
+   * with `llamaGpuLayers` layers offloaded (default all) on its GPU.
+   */
+  llamaBuild?: LlamaBuild;
+  /** Layers llama.cpp's GPU build offloads (default 999: all, and the output head). */
+  llamaGpuLayers?: number;
   /**
    * Expert budgets below 100% to decode at after the all-resident runs,
    * as fractions of the file's expert bytes (default `[0.25]`).
@@ -366,9 +374,11 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
   });
   const loadMs = performance.now() - loadT0;
   const threads = o.llamaThreads ?? [1, 2];
+  const build = o.llamaBuild ?? "cpu";
+  const nGpuLayers = build === "cpu" ? 0 : o.llamaGpuLayers ?? 999;
   const refs = o.noReference
     ? []
-    : threads.map((n) => loadReference().loadModel(path, { nCtx, nThreads: n }));
+    : threads.map((n) => loadReference(build).loadModel(path, { nCtx, nThreads: n, nGpuLayers }));
   const ref = refs[0];
   let rssAfterOurs = 0;
   const budgetRuns: Record<string, unknown>[] = [];
@@ -390,15 +400,11 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
       ours.push(await runOurs(model, prompt, o.tokens));
       for (const [i, rf] of refs.entries()) {
         note(`decode: run ${r + 1}/${o.repeats}: llama.cpp, ${threads[i]} thread(s)`);
-        // prefill = a greedy run that stops at the first token; decode = the rest of a full run
-        const t0 = performance.now();
-        rf.greedy(prompt, 1);
-        const t1 = performance.now();
+        // prefill = the prompt's evaluation to its logits; decode = the steps after it
         const g = rf.greedy(prompt, o.tokens + 1);
-        const t2 = performance.now();
         theirsAll[i]!.push({
-          prefillMs: t1 - t0,
-          decodeMs: Math.max(1e-3, t2 - t1 - (t1 - t0)),
+          prefillMs: g.prefillMs,
+          decodeMs: g.decodeMs,
           decoded: o.tokens,
           tokens: g.tokens,
         });
@@ -564,8 +570,12 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
           decode_tokens_per_s: x.decoded / x.decodeMs * 1e3,
         })),
       },
+      llama_cpp_build: ref
+        ? { build, gpu_layers: nGpuLayers, devices: loadReference(build).devices }
+        : null,
       llama_cpp: ref
         ? {
+          build,
           threads: threads[0],
           prefill_tokens_per_s: refPrefill,
           decode_tokens_per_s: refDecode,
@@ -580,6 +590,7 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
         const p = median(rate(runs, "prefill"));
         const d = median(rate(runs, "decode"));
         return {
+          build,
           threads: threads[i],
           prefill_tokens_per_s: p,
           decode_tokens_per_s: d,
@@ -667,7 +678,9 @@ export async function writeDecodeOutputs(
       decode: b.decode_tokens_per_s as number,
     })),
     ...g.llama_cpp_by_threads.map((l) => ({
-      label: `llama.cpp CPU, ${l.threads} thread${l.threads === 1 ? "" : "s"}`,
+      label: `llama.cpp ${
+        (l.build as unknown) === "cpu" || l.build === undefined ? "CPU" : String(l.build)
+      }, ${l.threads} thread${l.threads === 1 ? "" : "s"}`,
       prefill: l.prefill_tokens_per_s as number,
       decode: l.decode_tokens_per_s as number,
     })),
@@ -815,6 +828,8 @@ export function decodeOptions(args: string[], quick = false): DecodeBenchOptions
       preset: { type: "string" },
       layers: { type: "string" },
       "llama-threads": { type: "string" },
+      "llama-build": { type: "string" },
+      "llama-gpu-layers": { type: "string" },
       budgets: { type: "string" },
       "out-dir": { type: "string" },
     },
@@ -845,9 +860,17 @@ export function decodeOptions(args: string[], quick = false): DecodeBenchOptions
     : values.model !== undefined
     ? `decode-${values.model.replace(/^.*\//, "").replace(/\.gguf$/, "")}`
     : "decode";
+  const build = values["llama-build"] ?? "cpu";
+  if (build !== "cpu" && build !== "vulkan" && build !== "cuda") {
+    throw new Error(`decode: --llama-build takes cpu, vulkan or cuda, got ${build}`);
+  }
   return {
     llamaThreads: list("llama-threads", values["llama-threads"], [1, 2]),
-    budgets: list("budgets", values.budgets, [0.25]),
+    llamaBuild: build,
+    llamaGpuLayers: values["llama-gpu-layers"] === undefined
+      ? undefined
+      : intFlag("llama-gpu-layers", values["llama-gpu-layers"], 0, 0),
+    budgets: values.budgets === "none" ? [] : list("budgets", values.budgets, [0.25]),
     outDir: values["out-dir"],
     name,
     model: values.model,

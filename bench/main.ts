@@ -8,7 +8,10 @@
  * in `decode` and `cache_hit_rate` instead of their generated models.
  * `deno task bench decode FLAGS…` passes the decode bench its own flags
  * (`--preset qwen3-30b-a3b --layers 4 --type Q4_K_M --prompt-tokens 64`…,
- * see `bench/decode.ts`).
+ * see `bench/decode.ts`). `deno task bench gpu` is the GPU check
+ * (`bench/gpu.ts`: installs the Vulkan loader where an NVIDIA GPU needs it,
+ * parity tests, decode at two presets against llama.cpp's GPU builds, one
+ * table); a plain `deno task bench` does not run it.
  *
  * | name | what it measures | reference in the same run |
  * |---|---|---|
@@ -42,6 +45,7 @@ import { type MlaAttentionResult, runMlaAttentionBench } from "./mla_attention.t
 import { runSoakBench, soakSummary } from "./soak.ts";
 import { runPerplexityBench } from "./perplexity.ts";
 import { note } from "./_util.ts";
+import { type GpuBenchRow, gpuCheckOptions, runGpuCheck } from "./gpu.ts";
 
 type Report = Record<string, unknown>;
 
@@ -173,6 +177,12 @@ export const BENCHES: Record<string, Bench> = {
 };
 
 async function main(): Promise<number> {
+  if (Deno.args[0] === "gpu") {
+    // `deno task bench gpu [flags]`: the GPU check (bench/gpu.ts); never part of a plain run
+    const report = await runGpuCheck(gpuCheckOptions(Deno.args.slice(1)));
+    const rows = report.rows as GpuBenchRow[];
+    return rows.some((r) => r.error && !r.error.startsWith("skipped")) ? 1 : 0;
+  }
   if (Deno.args[0] === "decode" && Deno.args.length > 1) {
     // `deno task bench decode --preset NAME [--layers N] …`: the decode bench's own flags
     const t0 = performance.now();

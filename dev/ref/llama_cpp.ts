@@ -906,6 +906,10 @@ export interface GreedyResult {
   tokens: number[];
   /** `logits[i]` are the logits that chose `tokens[i]`; `logits[0]` follow the prompt. */
   logits: Float32Array[];
+  /** Wall ms of the prompt's evaluation, to its logits (the context already made). */
+  prefillMs: number;
+  /** Wall ms of the `nGen − 1` decode steps after it. */
+  decodeMs: number;
 }
 
 /** A model loaded by llama.cpp. Free it with {@linkcode RefModel.close} (or `using`). */
@@ -1047,8 +1051,10 @@ export class RefModel {
     return this.#withContext(prompt.length + nGen - 1, (ctx) => {
       const tokens: number[] = [];
       const logits: Float32Array[] = [];
+      const t0 = performance.now();
       this.#decode(ctx, prompt, 0, false);
       let last = this.#readLogits(ctx, prompt.length - 1);
+      const t1 = performance.now();
       for (let step = 0;; step++) {
         logits.push(last);
         const next = argmax(last);
@@ -1057,7 +1063,7 @@ export class RefModel {
         this.#decode(ctx, [next], prompt.length + step, true);
         last = this.#readLogits(ctx, 0);
       }
-      return { tokens, logits };
+      return { tokens, logits, prefillMs: t1 - t0, decodeMs: performance.now() - t1 };
     });
   }
 
