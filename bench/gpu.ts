@@ -361,7 +361,7 @@ async function deno(
   const t0 = performance.now();
   const child = new Deno.Command(denoExe(), {
     args,
-    env,
+    env: { NO_COLOR: "1", ...env },
     cwd: REPO_ROOT,
     stdout: "piped",
     stderr: "piped",
@@ -511,7 +511,7 @@ export async function runGpuCheck(o: GpuCheckOptions): Promise<Record<string, un
     );
     const summary =
       /(ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed(?: \| (\d+) ignored)?/
-        .exec(r.stdout.replace(/\x1b\[[0-9;]*m/g, ""));
+        .exec(r.stdout);
     parity = {
       files: parityFiles,
       passed: summary ? Number(summary[2]) : null,
