@@ -11,8 +11,8 @@
  *   stacked expert tensor — is drawn (`syntheticValues`, the same floats as
  *   the F32 file) and quantised with ggml's `ggml_quantize_chunk` from the
  *   pinned libggml-base (`dev/ref/ggml.ts`), as llama.cpp does row by row,
- *   so the tensor bytes equal those `llama_model_quantize` writes from the
- *   F32 file (tested in `dev/quant_stream_test.ts`).
+ *   so the file equals, byte for byte, the one `llama_model_quantize` writes
+ *   from the F32 file (tested in `dev/quant_stream_test.ts`).
  * - Tensors are written in llama.cpp's order (block, then name), as
  *   `llama-quantize` writes them.
  * - Pieces are made by a pool of workers, in order, a bounded number ahead
@@ -109,13 +109,15 @@ export async function writeQuantizedSynthetic(
   );
   const useImatrix = options.imatrix ?? types.some((t) => IMATRIX_TYPES.has(t));
 
-  // llama_model_quantize sets the file type and adds the quantisation version.
-  const meta: [string, GgufValue][] = metadata.map(([k, v]) =>
-    k === Keys.fileType ? [k, { type: "u32", value: ftypeCode }] : [k, v]
+  // llama_model_quantize sets the quantisation version, then the file type
+  // (gguf_set_val moves a key it sets to the end)
+  const meta: [string, GgufValue][] = metadata.filter(([k]) =>
+    k !== Keys.fileType && k !== Keys.quantizationVersion
   );
-  if (!meta.some(([k]) => k === Keys.quantizationVersion)) {
-    meta.push([Keys.quantizationVersion, { type: "u32", value: 2 }]);
-  }
+  meta.push(
+    [Keys.quantizationVersion, { type: "u32", value: 2 }],
+    [Keys.fileType, { type: "u32", value: ftypeCode }],
+  );
 
   const maxPiece = options.maxPieceValues ?? 16 * 2 ** 20;
   const pieces: Piece[][] = tensors.map((t, i) => {

@@ -22,8 +22,8 @@ if (ignore) console.warn(`skipping quant_stream tests: ${referenceUnavailableRea
 
 /**
  * Writes `options`' model quantised both ways — llama_model_quantize from the
- * F32 file, and the streaming writer — and asserts the tensor table and
- * every tensor's bytes are the same.
+ * F32 file, and the streaming writer — and asserts the tensor table, every
+ * tensor's bytes, the metadata's order and so the whole file are the same.
  */
 async function sameAsLlamaQuantize(
   options: FixtureOptions,
@@ -56,6 +56,12 @@ async function sameAsLlamaQuantize(
     }
     const refBytes = await Deno.readFile(`${dir}/ref.gguf`);
     const gotBytes = await Deno.readFile(`${dir}/stream.gguf`);
+    // metadata in the same order (the header too): the whole file is llama.cpp's
+    assertEquals(
+      [...got.metadata.entries.keys()],
+      [...ref.metadata.entries.keys()],
+      `${options.arch} ${type}: metadata keys`,
+    );
     for (const r of ref.tensors) {
       const g = got.tensorMap.get(r.name)!;
       const a = refBytes.subarray(r.fileOffset, r.fileOffset + r.nBytes);
@@ -63,6 +69,10 @@ async function sameAsLlamaQuantize(
       const at = a.findIndex((v, i) => v !== b[i]);
       assert(at < 0, `${options.arch} ${type}: ${r.name} (${r.type.name}) differs at byte ${at}`);
     }
+    assert(
+      gotBytes.length === refBytes.length && gotBytes.every((v, i) => v === refBytes[i]),
+      `${options.arch} ${type}: the files differ`,
+    );
     // llama.cpp itself loads the streamed file.
     using model = loadReference().loadModel(`${dir}/stream.gguf`);
     assertEquals(model.nLayer, spec.nLayer);

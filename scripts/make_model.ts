@@ -37,7 +37,7 @@
  * slice) drawn and quantised by ggml's `ggml_quantize_chunk` in worker
  * threads (`--threads N`, default the cores) and written straight into the
  * file, so a one-layer `deepseek-v3` (11.3 G expert values) needs a few
- * hundred MiB of memory, not an F32 copy. Its tensor bytes equal what
+ * hundred MiB of memory, not an F32 copy. The file is, byte for byte, what
  * `llama_model_quantize` writes from the F32 file (`dev/quant_stream_test.ts`).
  * `--via-llama-quantize` takes that older route instead (an F32 temporary,
  * F16 above 16 GiB, quantised by `llama_model_quantize`); it is also taken
