@@ -84,6 +84,23 @@ for (const arch of ARCHS) {
   });
 }
 
+Deno.test({
+  name:
+    "qwen3next parity: a file of an older converter (one fused ssm_in, split by rows at load) = llama.cpp",
+  ignore: skip !== null,
+  sanitizeResources: false,
+  async fn() {
+    for (const [shape, type] of [["a", "F32"], ["b", "Q4_K_M"]] as const) {
+      const opts = { arch: "qwen3next", shape, type, legacyInProj: true } as const;
+      const file = readGgufModel(await fixtureModel(opts));
+      assert.ok(
+        file.tensorMap.has("blk.0.ssm_in.weight") && !file.tensorMap.has("blk.0.attn_qkv.weight"),
+      );
+      await parityRun(opts, `qwen3next/${shape}/${type} ssm_in`, 7);
+    }
+  },
+});
+
 // The lookahead predictor (the next layer's router on the residual stream entering this
 // layer's MoE step) across DeltaNet layers: it must predict, and prediction must never
 // change the tokens.

@@ -66,7 +66,8 @@ export type ArchOnlyField =
   | "nNextn"
   | "slidingWindow"
   | "ssm"
-  | "fullAttnInterval";
+  | "fullAttnInterval"
+  | "legacyInProj";
 
 /**
  * What the synthetic-model generator needs from an architecture beyond
@@ -87,6 +88,8 @@ export interface SyntheticHints {
   writeOptional?(name: string, s: ResolvedSyntheticSpec): boolean;
   /** Tensors the file holds that the engine does not read (deepseek2's MTP blocks). */
   extraTensors?(c: ModelConfig): TensorPlanEntry[];
+  /** The file's tensors from the plan's, where a spec asks for another layout (older converters'); default as planned. */
+  fileTensors?(entries: TensorPlanEntry[], s: ResolvedSyntheticSpec): TensorPlanEntry[];
 }
 
 /** What an architecture file provides. */

@@ -245,6 +245,16 @@ export interface TensorPlanEntry {
   readonly optional?: boolean;
   /** Held on the GPU as an f32 array whatever its type and rank (conv kernels read it directly). */
   readonly asF32?: boolean;
+  /**
+   * When the file lacks this matrix, it is assembled from these rows (ggml
+   * `ne[1]` indices, in order) of another one (an older converter's fused
+   * layout: Qwen3-Next's `ssm_in`).
+   */
+  readonly alternative?: {
+    readonly name: string;
+    readonly shape: readonly number[];
+    readonly rows: readonly number[];
+  };
 }
 
 /** A model configuration error naming the file and key. */

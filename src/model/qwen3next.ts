@@ -194,10 +194,42 @@ function deltaNetPlan(c: ModelConfig, i: number): TensorPlanEntry[] {
   const keyDim = d.stateSize * d.nKHeads;
   const valueDim = d.stateSize * d.nVHeads;
   const convDim = 2 * keyDim + valueDim;
+  // Qwen3-Next files of older converters hold one `ssm_in` [E, nK · (q | k | v | z)]
+  // per k head, v and z holding the head's nV / nK value heads: split by rows.
+  const legacy = (part: "qkv" | "z") => {
+    if (!d.fusedBa) return undefined;
+    const S = d.stateSize;
+    const vPerK = (d.nVHeads / d.nKHeads) * S;
+    const G = 2 * S + 2 * vPerK;
+    const rows: number[] = [];
+    const take = (offset: number, n: number) => {
+      for (let kh = 0; kh < d.nKHeads; kh++) {
+        for (let r = 0; r < n; r++) rows.push(kh * G + offset + r);
+      }
+    };
+    if (part === "qkv") {
+      take(0, S);
+      take(S, S);
+      take(2 * S, vPerK);
+    } else {
+      take(2 * S + vPerK, vPerK);
+    }
+    return { name: tn(Tensors.ssmIn, i), shape: [c.nEmbd, d.nKHeads * G], rows };
+  };
   const out: TensorPlanEntry[] = [
     { name: tn(Tensors.attnNorm, i), shape: [c.nEmbd], role: "base" },
-    { name: tn(Tensors.attnQkv, i), shape: [c.nEmbd, convDim], role: "base" },
-    { name: tn(Tensors.attnGate, i), shape: [c.nEmbd, valueDim], role: "base" },
+    {
+      name: tn(Tensors.attnQkv, i),
+      shape: [c.nEmbd, convDim],
+      role: "base",
+      alternative: legacy("qkv"),
+    },
+    {
+      name: tn(Tensors.attnGate, i),
+      shape: [c.nEmbd, valueDim],
+      role: "base",
+      alternative: legacy("z"),
+    },
     {
       name: tn(Tensors.ssmConv1d, i),
       shape: [d.convKernel, convDim],
@@ -240,7 +272,22 @@ function hybridArch<N extends HybridArch>(name: N): ArchSpec<N> {
     writeConfig,
     tensorPlan,
     synthetic: {
-      fields: ["nFfShexp", "ssm", "fullAttnInterval"],
+      fields: name === "qwen3next"
+        ? ["nFfShexp", "ssm", "fullAttnInterval", "legacyInProj"]
+        : ["nFfShexp", "ssm", "fullAttnInterval"],
+      // an older converter's file: one fused ssm_in instead of attn_qkv and attn_gate
+      fileTensors: (entries, s) => {
+        if (!s.legacyInProj) return entries;
+        const out: TensorPlanEntry[] = [];
+        for (const e of entries) {
+          if (e.alternative && e.name.endsWith(".attn_qkv.weight")) {
+            out.push({ name: e.alternative.name, shape: e.alternative.shape, role: "base" });
+          } else if (!e.alternative) {
+            out.push(e);
+          }
+        }
+        return out;
+      },
       check(s, bad) {
         if (!Number.isInteger(s.nFfShexp) || s.nFfShexp < 1) {
           bad(

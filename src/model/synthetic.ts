@@ -85,6 +85,8 @@ export interface SyntheticSpec {
   ssm?: SyntheticSsm;
   /** `qwen35moe`, `qwen3next`: block i is full attention iff (i + 1) % interval == 0 (default 4). */
   fullAttnInterval?: number;
+  /** `qwen3next`: write the older converters' fused `ssm_in` instead of `attn_qkv` + `attn_gate`. */
+  legacyInProj?: boolean;
   /** `deepseek2`: rank of the q compression; 0 = the V2-Lite shape, one `attn_q` (default 0). */
   qLoraRank?: number;
   /** `deepseek2`: width of the cached latent (`kv_lora_rank`), required. */
@@ -209,6 +211,7 @@ const ARCH_ONLY_FIELDS: readonly ArchOnlyField[] = [
   "slidingWindow",
   "ssm",
   "fullAttnInterval",
+  "legacyInProj",
 ];
 
 /** The spec of `arch` if the generator writes it, else a RangeError listing those it does. */
@@ -315,6 +318,7 @@ export function resolveSyntheticSpec(spec: SyntheticSpec): ResolvedSyntheticSpec
     slidingWindow: 0,
     ssm: { convKernel: 0, stateSize: 0, nVHeads: 0, nKHeads: 0 },
     fullAttnInterval: 4,
+    legacyInProj: false,
     tiedOutput: false,
     logitStd: 4,
     routerStd: 3,
@@ -388,7 +392,8 @@ function plan(s: ResolvedSyntheticSpec): PlannedTensor[] {
   const arch = syntheticArch(s.arch);
   const hints = arch.synthetic;
   const c: ModelConfig = hints.config(s);
-  const entries: TensorPlanEntry[] = [...arch.tensorPlan(c), ...(hints.extraTensors?.(c) ?? [])];
+  const planned: TensorPlanEntry[] = [...arch.tensorPlan(c), ...(hints.extraTensors?.(c) ?? [])];
+  const entries = hints.fileTensors?.(planned, s) ?? planned;
   return entries
     .filter((t) =>
       !t.optional || (t.name === OUTPUT ? !s.tiedOutput : hints.writeOptional?.(t.name, s))

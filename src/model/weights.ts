@@ -44,10 +44,24 @@ export function checkTensorPlan(
   const present: TensorPlanEntry[] = [];
   for (const entry of plan) {
     const t = model.tensorMap.get(entry.name);
+    const alt = entry.alternative;
+    if (!t && alt && model.tensorMap.has(alt.name)) {
+      const src = model.tensorMap.get(alt.name)!;
+      if (src.shape.length !== alt.shape.length || src.shape.some((d, i) => d !== alt.shape[i])) {
+        throw new TensorPlanError(
+          `${file}: tensor ${alt.name} (the source of ${entry.name}) has shape ${
+            JSON.stringify(src.shape)
+          }, expected ${JSON.stringify(alt.shape)}`,
+        );
+      }
+      present.push(entry);
+      continue;
+    }
     if (!t) {
       if (entry.optional) continue;
       throw new TensorPlanError(
-        `${file}: tensor ${entry.name} is missing (expected shape ${JSON.stringify(entry.shape)})`,
+        `${file}: tensor ${entry.name} is missing (expected shape ${JSON.stringify(entry.shape)})` +
+          (alt ? ` and so is ${alt.name}, which it can be made from` : ""),
       );
     }
     const same = t.shape.length === entry.shape.length &&
@@ -136,6 +150,22 @@ export function uploadPlannedTensors(
   for (const entry of plan) {
     if (!roles.includes(entry.role)) continue;
     const t = model.tensorMap.get(entry.name);
+    if (!t && entry.alternative) {
+      // gather the rows from the fused source: ggml rows are whole blocks, any type
+      const alt = entry.alternative;
+      const src = model.tensorMap.get(alt.name);
+      if (!src) continue;
+      const from = source.bytes(src);
+      const rowBytes = src.nBytes / (src.shape[1]! * (src.shape[2] ?? 1));
+      const bytes = new Uint8Array(alt.rows.length * rowBytes);
+      alt.rows.forEach((r, i) =>
+        bytes.set(from.subarray(r * rowBytes, (r + 1) * rowBytes), i * rowBytes)
+      );
+      const w = uploadWeight(gpu, entry.name, src.type, entry.shape, bytes);
+      into.matrices.set(entry.name, w);
+      into.bytes += bytes.byteLength;
+      continue;
+    }
     if (!t) continue;
     const bytes = source.bytes(t);
     if (t.shape.length === 1 || entry.asF32) {
