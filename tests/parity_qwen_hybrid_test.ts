@@ -23,6 +23,7 @@ import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import { fixtureModel, type FixtureShape, type FixtureType } from "../dev/fixtures.ts";
 import { checkBudgets, device, parityRun } from "./_parity.ts";
 import { generate } from "../src/generate/session.ts";
+import { Engine } from "../src/generate/engine.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 
@@ -177,6 +178,56 @@ Deno.test({
         /logit diff|tokens differ/,
         what,
       );
+    }
+  },
+});
+
+// Prefix reuse through the engine: a prompt that extends the whole context (the next turn
+// of a chat) keeps the recurrent state and the KV cache; one that leaves it part way
+// starts over (the state cannot be cut), and so does the prompt cache of earlier
+// sequences (off for these models). Tokens always equal computing the prompt afresh.
+Deno.test({
+  name:
+    "hybrid Qwens: prefix reuse keeps a context the prompt extends, else starts over; same tokens",
+  sanitizeResources: false,
+  async fn() {
+    for (const arch of ARCHS) {
+      const model = await fixtureModel({ arch, shape: "a", type: "F32" });
+      const e = await Engine.load({ model, gpu: await device(), nCtx: 128, maxBatch: 8 });
+      try {
+        const gen = async (prompt: number[], cachePrompt = true) => {
+          const r = await e.generate({
+            prompt,
+            maxTokens: 8,
+            sampling: { temperature: 0 },
+            cachePrompt,
+          });
+          return [r.stats.cachedTokens, r.tokens] as const;
+        };
+        const a = e.tokenizer.encode("The quick brown fox jumps over the lazy dog.");
+        const [, reply] = await gen(a, false);
+        const more = e.tokenizer.encode(" Then it ran into the forest.", { addSpecial: false });
+        const b = [...a, ...reply, ...more];
+        const [cached, reused] = await gen(b);
+        // the last reply token was never fed back: the context is a and the reply but that one
+        assert.equal(
+          cached,
+          a.length + reply.length - 1,
+          `${arch}: the next turn reused the context`,
+        );
+        assert.deepEqual(reused, (await gen(b, false))[1], `${arch}: reused = afresh`);
+        // leaving the context part way: nothing reused (it cannot be cut), same tokens
+        const c = [...a.slice(0, 5), ...more];
+        const [cutCached, cut] = await gen(c);
+        assert.equal(cutCached, 0, `${arch}: a context left part way is not reused`);
+        assert.deepEqual(cut, (await gen(c, false))[1], `${arch}: cut prompt = afresh`);
+        // back to b after another conversation: the prompt cache would have it; not for these
+        const [again, back] = await gen(b);
+        assert.equal(again, 0, `${arch}: no saved sequence restored`);
+        assert.deepEqual(back, reused, `${arch}: the same tokens again`);
+      } finally {
+        e.close();
+      }
     }
   },
 });
