@@ -307,3 +307,187 @@ fn attend_heads(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_ind
     }
   }
 }
+
+// ---------------------------------------------------------------------------
+// attend_tiled: the same attention for a block of QB query tokens of one head
+// per workgroup (prefill over a long cache). The workgroup walks the keys its
+// tokens see in tiles of WG_SIZE: invocation lid scores key tile + lid against
+// all the block's queries (one read of the key row for QB queries), a part of
+// the invocations turns each query's scores into probabilities (online
+// softmax per query), then invocation lid adds the tile's value rows into its
+// output elements of every query (one read of each value for QB queries).
+// Dispatch: [nHead, ⌈T / QB⌉]; T (step[1]) may be anything, 1 included: the
+// loops run over the block's nq = min(QB, T − t0) tokens only.
+// QB divides WG_SIZE; per invocation QB scores and QB · ⌈D_V / WG_SIZE⌉
+// output elements live in registers (QB ≤ TQ_MAX, QB · ⌈D_V / WG_SIZE⌉ ≤ REG_MAX).
+// Workgroup memory: QB · D_K (queries) + QB · WG_SIZE (scores) + QB + WG_SIZE.
+// ---------------------------------------------------------------------------
+
+override QB: u32 = 16;
+const TQ_MAX: u32 = 32u;
+
+var<workgroup> tq: array<f32, QB * D_K>;
+var<workgroup> ts: array<f32, QB * WG_SIZE>;
+var<workgroup> trow: array<f32, QB>;
+var<workgroup> tpart: array<f32, WG_SIZE>;
+
+// Scores of key `key` (past kEnd: row kEnd − 1 again, masked) against the block's first
+// n queries (query qi at position qPos0 + qi) into ts[qi · WG_SIZE + lid]; masked → NEG_BIG.
+fn tile_scores(n: u32, key: u32, kEnd: u32, qPos0: u32, kb: u32, lid: u32) {
+  let row = kb + min(key, kEnd - 1u) * params.kRowStride;
+  var dots: array<f32, TQ_MAX>;
+  for (var qi = 0u; qi < n; qi++) {
+    dots[qi] = 0.0;
+  }
+  for (var d = 0u; d < D_K; d++) {
+    let kd = k[row + d];
+    for (var qi = 0u; qi < n; qi++) {
+      dots[qi] += tq[qi * D_K + d] * kd;
+    }
+  }
+  for (var qi = 0u; qi < QB; qi++) {
+    let p = qPos0 + qi;
+    var s = NEG_BIG;
+    if (qi < n && key <= p && (params.window == 0u || p - key < params.window)) {
+      var dot = dots[qi];
+      if (params.softcap > 0.0) {
+        dot = params.softcap * tanh(dot / params.softcap);
+      }
+      s = dot * params.scale;
+    }
+    ts[qi * WG_SIZE + lid] = s;
+  }
+}
+
+// acc[qi · vpt + i] = alpha_qi · acc + Σ_j p_qj · v_j[lid + i · WG_SIZE] over the tile's nk
+// value rows from element vRow0, for the first n queries (probabilities in ts, alphas in trow).
+fn tile_values(n: u32, acc: ptr<function, array<f32, REG_MAX>>, vRow0: u32, nk: u32, lid: u32) {
+  let vpt = (D_V + WG_SIZE - 1u) / WG_SIZE;
+  for (var i = 0u; i < vpt; i++) {
+    let d = lid + i * WG_SIZE;
+    if (d < D_V) {
+      for (var qi = 0u; qi < n; qi++) {
+        (*acc)[qi * vpt + i] *= trow[qi];
+      }
+      var vr = vRow0 + d;
+      for (var j = 0u; j < nk; j++) {
+        let vd = v[vr];
+        for (var qi = 0u; qi < n; qi++) {
+          (*acc)[qi * vpt + i] += ts[qi * WG_SIZE + j] * vd;
+        }
+        vr += params.vRowStride;
+      }
+    }
+  }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn attend_tiled(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let h = wid.x;
+  let t0 = wid.y * QB;
+  let pos0 = step[0];
+  let nq = min(QB, step[1] - t0);
+  // keys of the block: from the first token's window start to the last token's own key
+  let kEnd = pos0 + t0 + nq;
+  var kStart = 0u;
+  if (params.window > 0u && pos0 + t0 + 1u > params.window) {
+    kStart = pos0 + t0 + 1u - params.window;
+  }
+  let kvh = h / params.group;
+  let kb = params.kOffset + kvh * params.kHeadStride;
+  let vb = params.vOffset + kvh * params.vHeadStride;
+  for (var i = lid; i < QB * D_K; i += WG_SIZE) {
+    let qi = i / D_K;
+    var x = 0.0;
+    if (qi < nq) {
+      x = q[params.qOffset + (t0 + qi) * params.qStride + h * params.qHeadStride + i % D_K];
+    }
+    tq[i] = x;
+  }
+  let vpt = (D_V + WG_SIZE - 1u) / WG_SIZE;
+  var acc: array<f32, REG_MAX>; // acc[qi · vpt + i]: element lid + i · WG_SIZE of query qi
+  for (var i = 0u; i < QB * vpt; i++) {
+    acc[i] = 0.0;
+  }
+  // Softmax role: PARTS invocations per query row br, each with QB of the tile's keys.
+  let parts = WG_SIZE / QB;
+  let br = lid / parts;
+  let bpart = lid % parts;
+  var m = NEG_BIG; // row br's running max (the same in its PARTS invocations)
+  var l = 0.0; // this invocation's share of row br's denominator, relative to m
+  workgroupBarrier();
+
+  for (var tile = kStart; tile < kEnd; tile += WG_SIZE) {
+    // Scores of key tile + lid against each query. A whole block takes the
+    // constant-trip path (its loops unroll and the scores stay in registers).
+    if (nq == QB) {
+      tile_scores(QB, tile + lid, kEnd, pos0 + t0, kb, lid);
+    } else {
+      tile_scores(nq, tile + lid, kEnd, pos0 + t0, kb, lid);
+    }
+    workgroupBarrier();
+    // Row br's max over the tile (every part reads the whole row before any rewrites it).
+    let rb = br * WG_SIZE;
+    var tmax = NEG_BIG;
+    for (var j = 0u; j < WG_SIZE; j++) {
+      tmax = max(tmax, ts[rb + j]);
+    }
+    let mNew = max(m, tmax);
+    let alpha = exp(m - mNew);
+    workgroupBarrier();
+    // This part's keys become probabilities (masked keys 0).
+    l *= alpha;
+    for (var jj = 0u; jj < QB; jj++) {
+      let j = rb + bpart * QB + jj;
+      let s = ts[j];
+      var p = 0.0;
+      if (s > NEG_BIG) {
+        p = exp(s - mNew);
+      }
+      l += p;
+      ts[j] = p;
+    }
+    if (bpart == 0u) {
+      trow[br] = alpha;
+    }
+    m = mNew;
+    workgroupBarrier();
+    // Values: each element of the tile's rows is read once and added into every query.
+    let nk = min(WG_SIZE, kEnd - tile);
+    if (nq == QB) {
+      tile_values(QB, &acc, vb + tile * params.vRowStride, nk, lid);
+    } else {
+      tile_values(nq, &acc, vb + tile * params.vRowStride, nk, lid);
+    }
+    // ts and trow are rewritten by the next tile.
+    workgroupBarrier();
+  }
+
+  // Each row's denominator from its parts' shares, the sink, then 1 / denominator.
+  tpart[lid] = l;
+  workgroupBarrier();
+  if (bpart == 0u && br < nq) {
+    var sum = 0.0;
+    for (var p = 0u; p < parts; p++) {
+      sum += tpart[br * parts + p];
+    }
+    var corr = 1.0;
+    if (params.hasSinks != 0u) {
+      let sink = sinks[params.sinksOffset + h];
+      let mAll = max(m, sink);
+      corr = exp(m - mAll);
+      sum = sum * corr + exp(sink - mAll);
+    }
+    trow[br] = corr / sum;
+  }
+  workgroupBarrier();
+  for (var i = 0u; i < vpt; i++) {
+    let d = lid + i * WG_SIZE;
+    if (d < D_V) {
+      for (var qi = 0u; qi < nq; qi++) {
+        out[params.oOffset + (t0 + qi) * params.oStride + h * params.oHeadStride + d] =
+          acc[qi * vpt + i] * trow[qi];
+      }
+    }
+  }
+}

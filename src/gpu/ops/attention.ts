@@ -1,9 +1,15 @@
 /**
  * Attention against the KV cache (`shaders/attention.wgsl`): causal, with
  * grouped-query heads, `headDimV` ≠ `headDimK` (MLA), an optional sliding
- * window, GPT-OSS attention sinks and logit soft-capping. One workgroup per
- * (head, token) walks the visible keys in tiles with an online softmax: no
- * scratch buffer, no per-token allocation, decode and prefill alike.
+ * window, GPT-OSS attention sinks and logit soft-capping. Workgroups walk
+ * the visible keys in tiles with an online softmax: no scratch buffer, no
+ * per-token allocation, decode and prefill alike. By default one workgroup
+ * takes a block of query tokens of one head (`attend_tiled`), so a prefill
+ * batch reads each cached key and value once per block rather than once per
+ * token; heads that share a kv head may instead be grouped
+ * (`headsPerWorkgroup`, MLA), and one workgroup per (head, token)
+ * (`attend`) remains for `queriesPerWorkgroup: 1` and head widths too wide
+ * for a block.
  *
  * @module
  */
@@ -75,6 +81,13 @@ export interface AttentionOptions {
    * `nHead / nHeadKv` and fit the device's workgroup memory (up to 16).
    */
   headsPerWorkgroup?: number | "auto";
+  /**
+   * Query tokens per workgroup when heads are not grouped (default
+   * `"auto"`: the most of 16, 8, 4, 2 that fit the device's workgroup
+   * memory and the shader's registers, else 1). 1: one workgroup per
+   * (head, token), each reading the whole visible cache.
+   */
+  queriesPerWorkgroup?: number | "auto";
 }
 
 /** `attend_heads`' invocation-private limits (REG_MAX, KPT2 in the shader). */
@@ -110,9 +123,41 @@ function headsPerWorkgroup(gpu: Gpu, o: AttentionOptions): number {
   return want;
 }
 
+/** `attend_tiled`'s invocation-private limit on query tokens per workgroup (TQ_MAX). */
+const TQ_MAX = 32;
+
+/** Workgroup bytes `attend_tiled` needs for blocks of `qb` tokens. */
+function tiledShared(qb: number, headDimK: number): number {
+  return (qb * headDimK + qb * WG_SIZE + qb + WG_SIZE) * 4;
+}
+
+/** Query tokens per workgroup for `attend_tiled` (1: the per-token `attend`). */
+function queriesPerWorkgroup(gpu: Gpu, o: AttentionOptions): number {
+  const vpt = Math.ceil(o.headDimV / WG_SIZE);
+  const fits = (qb: number) =>
+    WG_SIZE % qb === 0 && qb <= TQ_MAX && qb * vpt <= REG_MAX &&
+    tiledShared(qb, o.headDimK) <= gpu.limits.maxComputeWorkgroupStorageSize;
+  const want = o.queriesPerWorkgroup ?? "auto";
+  if (want === "auto") {
+    for (const qb of [16, 8, 4, 2]) if (fits(qb)) return qb;
+    return 1;
+  }
+  checkInt(o.label, "queriesPerWorkgroup", want, 1);
+  if (want > 1 && !fits(want)) {
+    throw new RangeError(
+      `${o.label}: ${want} query tokens per workgroup must divide ${WG_SIZE}, be at most ` +
+        `${TQ_MAX}, keep ${want} × ⌈headDimV / ${WG_SIZE}⌉ ≤ ${REG_MAX}, and need ` +
+        `${tiledShared(want, o.headDimK)} bytes of workgroup memory ` +
+        `(device: ${gpu.limits.maxComputeWorkgroupStorageSize})`,
+    );
+  }
+  return want;
+}
+
 /**
  * Prepares causal attention of the batch's queries against the cache:
- * workgroups `[nHead / headsPerWorkgroup, T]`.
+ * workgroups `[nHead, ⌈T / queriesPerWorkgroup⌉]`, or `[nHead / headsPerWorkgroup, T]`
+ * with heads grouped.
  */
 export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<Op> {
   checkInt(o.label, "nHead", o.nHead, 1);
@@ -161,15 +206,16 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
   const sk = o.sinks ? resolveRef(o.sinks) : undefined;
   const sb = sk ? bindFrom(gpu, sk.buffer, sk.offset, o.nHead) : undefined;
   const g = headsPerWorkgroup(gpu, o);
+  const qb = g > 1 ? 1 : queriesPerWorkgroup(gpu, o);
+  const dims = { WG_SIZE, D_K: o.headDimK, D_V: o.headDimV };
   const kernel = await getPipeline(
     gpu,
     "attention",
     g > 1
-      ? {
-        entryPoint: "attend_heads",
-        constants: { WG_SIZE, D_K: o.headDimK, D_V: o.headDimV, G: g },
-      }
-      : { entryPoint: "attend", constants: { WG_SIZE, D_K: o.headDimK, D_V: o.headDimV } },
+      ? { entryPoint: "attend_heads", constants: { ...dims, G: g } }
+      : qb > 1
+      ? { entryPoint: "attend_tiled", constants: { ...dims, QB: qb } }
+      : { entryPoint: "attend", constants: dims },
   );
   const params = new ParamsBuffer(gpu, `${o.label}.params`, {
     group: "u32",
@@ -223,6 +269,8 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
       o.step,
       params.buffer,
     ],
-    workgroups: tokenGrid(o.nHead / g),
+    workgroups: qb > 1
+      ? (nTokens: number) => [o.nHead, Math.ceil(nTokens / qb)]
+      : tokenGrid(o.nHead / g),
   };
 }

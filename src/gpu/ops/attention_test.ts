@@ -145,12 +145,48 @@ const CASES: Case[] = [
     scale: 1,
     qScale: 3,
   },
+  {
+    name: "prefill of 37 tokens after 90 (blocks of tokens, a window starting inside a block)",
+    nTokens: 37,
+    pos0: 90,
+    nHead: 4,
+    nHeadKv: 2,
+    dK: 24,
+    dV: 20,
+    nCtx: 130,
+    scale: 0.2,
+    window: 40,
+    sinks: [1, -2, 0.5, 6],
+    qScale: 2,
+  },
+  {
+    name: "prefill of 20 tokens after 700, wide heads (2 output elements per invocation)",
+    nTokens: 20,
+    pos0: 700,
+    nHead: 2,
+    nHeadKv: 2,
+    dK: 96,
+    dV: 80,
+    nCtx: 720,
+    scale: 0.1,
+    softcap: 30,
+    qScale: 3,
+  },
 ];
 
-for (const heads of [1, "auto", 2] as const) {
+/** Kernels under test: heads per workgroup, query tokens per workgroup. */
+const VARIANTS = [
+  [1, 1], // attend: one workgroup per (head, token)
+  [1, "auto"], // attend_tiled, blocks of 16 tokens
+  [1, 4], // attend_tiled, blocks of 4 tokens
+  ["auto", "auto"], // attend_heads where heads share a kv head
+  [2, "auto"],
+] as const;
+
+for (const [heads, queries] of VARIANTS) {
   gpuTest({
     name: `attention: causal GQA attention matches the CPU (decode, prefill, window, sinks, MLA, ` +
-      `softcap), ${heads} heads per workgroup`,
+      `softcap), ${heads} heads and ${queries} query tokens per workgroup`,
     async fn(g) {
       // 2 heads per workgroup: the cases whose heads per kv head are even
       const cases = heads === 2 ? CASES.filter((c) => (c.nHead / c.nHeadKv) % 2 === 0) : CASES;
@@ -202,6 +238,7 @@ for (const heads of [1, "auto", 2] as const) {
             step: stepBuffer(g, c.pos0, c.nTokens),
             label: c.name,
             headsPerWorkgroup: heads,
+            queriesPerWorkgroup: queries,
           }),
         );
         wants.push(attention(qDense, k, v, { ...c, vRowStride: c.mla ? c.dK : undefined }));
@@ -228,6 +265,9 @@ for (const heads of [1, "auto", 2] as const) {
       wrong(3, { sinks: undefined }, "no sinks");
       wrong(5, { softcap: 0 }, "no soft cap");
       wrong(6, { pos0: 299 }, "the 16-head MLA case one key short");
+      wrong(8, { window: 41 }, "a window one key wider");
+      wrong(8, { sinks: undefined }, "no sinks");
+      wrong(9, { pos0: 701 }, "seeing one key past the causal limit");
     },
   });
 }
