@@ -208,6 +208,7 @@ class QuantPool implements Disposable {
     { resolve: (b: Uint8Array) => void; reject: (e: Error) => void }
   >();
   #nextId = 0;
+  #failed: string | undefined;
 
   constructor(n: number) {
     for (let i = 0; i < n; i++) {
@@ -225,9 +226,9 @@ class QuantPool implements Disposable {
       };
       w.onerror = (e) => {
         e.preventDefault();
-        for (const waiter of this.#waiting.values()) {
-          waiter.reject(new Error(`quantising worker failed: ${e.message}`));
-        }
+        // a worker that failed (e.g. its module did not load) answers nothing more
+        this.#failed = `quantising worker failed: ${e.message}`;
+        for (const waiter of this.#waiting.values()) waiter.reject(new Error(this.#failed));
         this.#waiting.clear();
       };
       this.#workers.push(w);
@@ -245,6 +246,7 @@ class QuantPool implements Disposable {
         return Promise.reject(e);
       }
     }
+    if (this.#failed) return Promise.reject(new Error(this.#failed));
     return new Promise((resolve, reject) => {
       this.#waiting.set(id, { resolve, reject });
       this.#queue.push({ ...job, id });

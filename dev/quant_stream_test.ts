@@ -113,6 +113,32 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "a type that needs an importance matrix, given none, fails naming the type, in a worker",
+  ignore,
+  async fn() {
+    const spec = await fixtureSpec({ arch: "qwen3moe", shape: "b" });
+    const path = `${await Deno.makeTempDir()}/m.gguf`;
+    let message = "";
+    try {
+      await writeQuantizedSynthetic(path, spec, {
+        ftype: "MOSTLY_Q4_K_M",
+        tensorTypes: tensorTypeIds([["ffn_down_exps", "IQ2_XXS"]]),
+        imatrix: false,
+        workers: 1,
+      });
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    assert(message.includes("iq2_xxs") && message.includes("importance matrix"), message);
+    // nothing half-written is left at the path
+    let exists = true;
+    await Deno.stat(path).catch(() => exists = false);
+    assert(!exists, `${path} was left behind`);
+    await Deno.remove(path.replace(/\/m\.gguf$/, ""), { recursive: true });
+  },
+});
+
 Deno.test("a streamed tensor whose pieces do not add up to its size is refused, by name", async () => {
   const path = await Deno.makeTempFile();
   try {
