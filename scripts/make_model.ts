@@ -348,6 +348,23 @@ async function main(): Promise<void> {
         `use fewer --layers or a smaller --experts/--ff, or a machine with more memory`,
     );
   }
+  // a multi-GiB file stopped half-way should not stay on the disk
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(signal, () => {
+      const made = [
+        `${out}.tmp-${Deno.pid}`,
+        `${out}.f32-${Deno.pid}.tmp`,
+        `${out}.${type}-${Deno.pid}.tmp`,
+      ];
+      for (const tmp of made) {
+        try {
+          Deno.removeSync(tmp);
+        } catch { /* not made yet */ }
+      }
+      console.error(`make-model: stopped by ${signal}; nothing was left at ${out}`);
+      Deno.exit(130);
+    });
+  }
   const t0 = performance.now();
   let workers = "";
   if (type === "F32" || type === "F16") {
