@@ -186,7 +186,8 @@ const CASES: Case[] = [
   },
   { name: "no messages", path: CHAT, body: { model: "m" }, status: 400, field: "messages" },
   // OpenAI features not offered
-  { name: "n = 2", path: CHAT, body: { ...chat, n: 2 }, status: 400, field: "n" },
+  { name: "n = 9", path: CHAT, body: { ...chat, n: 9 }, status: 400, field: "n" },
+  { name: "n = 0", path: COMP, body: { prompt: "a", n: 0 }, status: 400, field: "n" },
   {
     name: "a tool without a name",
     path: CHAT,

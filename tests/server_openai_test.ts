@@ -121,6 +121,31 @@ Deno.test({
         assert.equal(streamed, r.choices[0]!.text);
       });
 
+      await t.step("n choices: each its own text, streamed as the same per index", async () => {
+        const base = { model: id, messages, max_tokens: 6, temperature: 1, seed: 7, n: 3 };
+        const r = await client.chat.completions.create(base);
+        assert.deepEqual(r.choices.map((c) => c.index), [0, 1, 2]);
+        const texts = r.choices.map((c) => c.message.content!);
+        assert.ok(new Set(texts).size > 1, `three seeds, one text: ${JSON.stringify(texts)}`);
+        assert.ok(r.usage!.completion_tokens > 6 && r.usage!.completion_tokens <= 18);
+        const s = await client.chat.completions.create({ ...base, stream: true });
+        const streamed = ["", "", ""];
+        for await (const ch of s) {
+          for (const c of ch.choices) streamed[c.index] += c.delta.content ?? "";
+        }
+        assert.deepEqual(streamed, texts);
+        const comp = await client.completions.create({
+          model: id,
+          prompt: "Once upon a time",
+          max_tokens: 4,
+          temperature: 1,
+          seed: 3,
+          n: 2,
+        });
+        assert.equal(comp.choices.length, 2);
+        assert.notEqual(comp.choices[0]!.text, comp.choices[1]!.text);
+      });
+
       await t.step("errors arrive as the client's typed errors", async () => {
         await assert.rejects(
           () =>

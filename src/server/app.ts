@@ -55,7 +55,13 @@ import {
 import { sseStream } from "./sse.ts";
 import { chatCompletions } from "./openai/chat.ts";
 import { completions } from "./openai/completions.ts";
-import { errorBody, type OpenAIContext, type ServeShape } from "./openai/shared.ts";
+import {
+  errorBody,
+  type GenerationOutput,
+  type OpenAIContext,
+  type ServeShape,
+  type ServeShapeN,
+} from "./openai/shared.ts";
 import { type Guard, startGuard } from "./guard.ts";
 import { ExpertsFeed } from "./experts_feed.ts";
 import { UI_ASSET_PATTERN, uiResponse, wantsHtml } from "./ui.ts";
@@ -725,13 +731,41 @@ class App {
     stream: boolean,
     shape: ServeShape,
   ): Promise<Response> | Response {
+    return this.#serveAll(req, [g], stream, {
+      ...shape,
+      chunk: (c) => shape.chunk(c),
+      finish: (outs) => shape.finish(outs[0]!),
+      body: (outs) => shape.body(outs[0]!),
+    });
+  }
+
+  /**
+   * Serves several generations one after another under one admission
+   * (OpenAI's `n` choices): `chunk` sees each piece with its choice's index,
+   * `finish` and `body` all the outputs. A cancelled choice ends the rest.
+   */
+  #serveAll(
+    req: Request,
+    gs: readonly GenerateRequest[],
+    stream: boolean,
+    shape: ServeShapeN,
+  ): Promise<Response> | Response {
     const t = this.#admit(req);
+    const runAll = async (onChunk?: (c: StreamChunk, i: number) => void) => {
+      const outs: GenerationOutput[] = [];
+      for (const [i, g] of gs.entries()) {
+        const out = await this.#run(t, g, onChunk && ((c) => onChunk(c, i)));
+        outs.push(out);
+        if (out.stats.finishReason === "cancelled") break;
+      }
+      return outs;
+    };
     if (!stream) {
-      return this.#run(t, g).then((out) =>
+      return runAll().then((outs) =>
         // nobody reads the answer of a client that left (nginx's 499 in the request log)
-        out.stats.finishReason === "cancelled" && req.signal.aborted
+        outs.some((o) => o.stats.finishReason === "cancelled") && req.signal.aborted
           ? new Response(null, { status: 499 })
-          : json(shape.body(out))
+          : json(shape.body(outs))
       ).finally(() => t.release());
     }
     const sse = sseStream({ onCancel: () => t.abort() });
@@ -741,8 +775,8 @@ class App {
     (async () => {
       try {
         if (shape.start) emit(shape.start());
-        const out = await this.#run(t, g, (c) => emit(shape.chunk(c)));
-        emit(shape.finish(out));
+        const outs = await runAll((c, i) => emit(shape.chunk(c, i)));
+        emit(shape.finish(outs));
       } catch (e) {
         const h = toHttpError(e);
         // the 200 went out with the headers; the request log and metrics count the failure
@@ -900,7 +934,7 @@ class App {
       engine: e,
       limits: this.#limits(e),
       prepare: (p, fromMessages) => this.#prepare(e, p, fromMessages),
-      serve: (req, g, stream, shape) => this.#serve(req, g, stream, shape),
+      serve: (req, gs, stream, shape) => this.#serveAll(req, gs, stream, shape),
     };
   }
 

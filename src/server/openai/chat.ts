@@ -16,6 +16,8 @@ import { badRequest, Fields, readMaxTokens, readMessages, readSampling } from ".
 import { type ChatDelta, chatFormat, ChatStreamParser, markerTokens } from "./chat_format.ts";
 import { chatLogprobs } from "./logprobs.ts";
 import {
+  choiceRequests,
+  combinedStats,
   errorBody,
   OPENAI_COMMON,
   openaiCommon,
@@ -51,7 +53,7 @@ export function chatCompletions(
   const e = ctx.engine;
   const tok = e.tokenizer;
   const f = new Fields(body, CHAT_FIELDS);
-  const { stream, includeUsage } = openaiCommon(f);
+  const { stream, includeUsage, n } = openaiCommon(f);
   const wantLogprobs = f.boolean("logprobs") ?? false;
   const top = f.integer("top_logprobs", { min: 0, max: 20 });
   if (top !== undefined && !wantLogprobs) {
@@ -100,72 +102,86 @@ export function chatCompletions(
   const created = Math.floor(Date.now() / 1000);
   const model = e.info.name;
   const head = { id, object: "chat.completion.chunk", created, model, system_fingerprint: null };
-  const chunk = (delta: Record<string, unknown>, finish: string | null, logprobs: unknown = null) =>
-    JSON.stringify({ ...head, choices: [{ index: 0, delta, logprobs, finish_reason: finish }] });
-  const parser = new ChatStreamParser(format, inThinking, useTools);
-  const ids: string[] = [];
-  const deltaEvents = (deltas: ChatDelta[], logprobs: unknown): SseEvents => {
+  const chunk = (
+    index: number,
+    delta: Record<string, unknown>,
+    finish: string | null,
+    logprobs: unknown = null,
+  ) => JSON.stringify({ ...head, choices: [{ index, delta, logprobs, finish_reason: finish }] });
+  const parsers = Array.from(
+    { length: n },
+    () => new ChatStreamParser(format, inThinking, useTools),
+  );
+  const ids: string[][] = Array.from({ length: n }, () => []);
+  const deltaEvents = (index: number, deltas: ChatDelta[], logprobs: unknown): SseEvents => {
     const out: SseEvents = deltas.map((d, i) => {
       const lp = i === 0 ? logprobs : null;
       if (d.reasoning !== undefined) {
-        return [chunk({ reasoning_content: d.reasoning }, null, lp), undefined];
+        return [chunk(index, { reasoning_content: d.reasoning }, null, lp), undefined];
       }
-      if (d.content !== undefined) return [chunk({ content: d.content }, null, lp), undefined];
+      if (d.content !== undefined) {
+        return [chunk(index, { content: d.content }, null, lp), undefined];
+      }
       const c = d.toolCall!;
-      const [call] = toolCallsJson([c], ids.slice(c.index, c.index + 1));
-      ids[c.index] = call!.id;
-      return [chunk({ tool_calls: [{ index: c.index, ...call }] }, null, lp), undefined];
+      const [call] = toolCallsJson([c], ids[index]!.slice(c.index, c.index + 1));
+      ids[index]![c.index] = call!.id;
+      return [chunk(index, { tool_calls: [{ index: c.index, ...call }] }, null, lp), undefined];
     });
-    if (out.length === 0 && logprobs !== null) out.push([chunk({}, null, logprobs), undefined]);
+    if (out.length === 0 && logprobs !== null) {
+      out.push([chunk(index, {}, null, logprobs), undefined]);
+    }
     return out;
   };
   const finishReason = (calls: number, stats: Parameters<typeof openaiFinish>[0]) => {
     const r = openaiFinish(stats);
     return calls > 0 && r === "stop" ? "tool_calls" : r;
   };
-  return ctx.serve(req, g, stream, {
-    start: () => [[chunk({ role: "assistant", content: "" }, null), undefined]],
-    chunk: (c) => {
+  return ctx.serve(req, choiceRequests(g, n), stream, {
+    start: () =>
+      parsers.map((_, i) => [chunk(i, { role: "assistant", content: "" }, null), undefined]),
+    chunk: (c, i) => {
       const lp = c.logprobs ? { content: chatLogprobs(tok, c.logprobs), refusal: null } : null;
       if (!parse) {
-        return c.text || lp ? [[chunk({ content: c.text }, null, lp), undefined]] : [];
+        return c.text || lp ? [[chunk(i, { content: c.text }, null, lp), undefined]] : [];
       }
-      return deltaEvents(parser.push(c.text), lp);
+      return deltaEvents(i, parsers[i]!.push(c.text), lp);
     },
-    finish: (out) => [
-      ...(parse ? deltaEvents(parser.finish(), null) : []),
-      [chunk({}, finishReason(parser.message.toolCalls.length, out.stats)), undefined],
-      ...usageChunk(includeUsage, head, out.stats),
+    finish: (outs) => [
+      ...outs.flatMap((out, i): SseEvents => [
+        ...(parse ? deltaEvents(i, parsers[i]!.finish(), null) : []),
+        [chunk(i, {}, finishReason(parsers[i]!.message.toolCalls.length, out.stats)), undefined],
+      ]),
+      ...usageChunk(includeUsage, head, combinedStats(outs)),
       ["[DONE]", undefined],
     ],
-    body: (out) => {
-      const m = parse
-        ? format.parse(out.text, false, inThinking, useTools)
-        : { reasoning: "", content: out.text, toolCalls: [] };
-      const message: Record<string, unknown> = {
-        role: "assistant",
-        content: m.content === "" && m.toolCalls.length > 0 ? null : m.content,
-        refusal: null,
-      };
-      if (m.reasoning) message.reasoning_content = m.reasoning;
-      if (m.toolCalls.length > 0) message.tool_calls = toolCallsJson(m.toolCalls, []);
-      return {
-        id,
-        object: "chat.completion",
-        created,
-        model,
-        system_fingerprint: null,
-        choices: [{
-          index: 0,
+    body: (outs) => ({
+      id,
+      object: "chat.completion",
+      created,
+      model,
+      system_fingerprint: null,
+      choices: outs.map((out, index) => {
+        const m = parse
+          ? format.parse(out.text, false, inThinking, useTools)
+          : { reasoning: "", content: out.text, toolCalls: [] };
+        const message: Record<string, unknown> = {
+          role: "assistant",
+          content: m.content === "" && m.toolCalls.length > 0 ? null : m.content,
+          refusal: null,
+        };
+        if (m.reasoning) message.reasoning_content = m.reasoning;
+        if (m.toolCalls.length > 0) message.tool_calls = toolCallsJson(m.toolCalls, []);
+        return {
+          index,
           message,
           logprobs: g.logprobs === undefined
             ? null
             : { content: chatLogprobs(tok, out.logprobs ?? []), refusal: null },
           finish_reason: finishReason(m.toolCalls.length, out.stats),
-        }],
-        usage: usage(out.stats),
-      };
-    },
+        };
+      }),
+      usage: usage(combinedStats(outs)),
+    }),
     fail: (h) => [[JSON.stringify(errorBody(h)), undefined], ["[DONE]", undefined]],
   });
 }

@@ -9,6 +9,8 @@ import type { GenerateRequest } from "../../generate/types.ts";
 import { badRequest, Fields, readMaxTokens, readPrompt, readSampling } from "../validate.ts";
 import { completionLogprobs } from "./logprobs.ts";
 import {
+  choiceRequests,
+  combinedStats,
   errorBody,
   OPENAI_COMMON,
   openaiCommon,
@@ -32,9 +34,9 @@ export function completions(
 ): Promise<Response> | Response {
   const e = ctx.engine;
   const f = new Fields(body, COMPLETION_FIELDS);
-  const { stream, includeUsage } = openaiCommon(f);
+  const { stream, includeUsage, n } = openaiCommon(f);
   f.only("echo", [false], "is not supported");
-  f.only("best_of", [1], "is not supported: one choice per request");
+  f.only("best_of", [1], "is not supported (n choices are; best_of would rank them)");
   f.only("suffix", [""], "is not supported (no fill-in-the-middle)");
   // OpenAI's legacy endpoint: logprobs is the number of alternatives (0…5), null = none
   const logprobs = f.raw("logprobs") === null
@@ -59,38 +61,45 @@ export function completions(
   const id = randomId("cmpl-");
   const created = Math.floor(Date.now() / 1000);
   const model = e.info.name;
-  let offset = 0; // characters streamed so far (text_offset of the next token)
-  const chunk = (text: string, finish: string | null, lp: unknown = null) =>
+  const offsets = new Array<number>(n).fill(0); // characters streamed per choice (text_offset)
+  const chunk = (index: number, text: string, finish: string | null, lp: unknown = null) =>
     JSON.stringify({
       id,
       object: "text_completion",
       created,
       model,
-      choices: [{ text, index: 0, logprobs: lp, finish_reason: finish }],
+      choices: [{ text, index, logprobs: lp, finish_reason: finish }],
     });
-  return ctx.serve(req, g, stream, {
-    chunk: (c) => {
-      const lp = c.logprobs ? completionLogprobs(e.tokenizer, c.logprobs, offset) : null;
-      offset += c.text.length;
-      return [[chunk(c.text, null, lp), undefined]];
+  return ctx.serve(req, choiceRequests(g, n), stream, {
+    chunk: (c, i) => {
+      const lp = c.logprobs ? completionLogprobs(e.tokenizer, c.logprobs, offsets[i]) : null;
+      offsets[i]! += c.text.length;
+      return [[chunk(i, c.text, null, lp), undefined]];
     },
-    finish: (out) => [
-      [chunk("", openaiFinish(out.stats)), undefined],
-      ...usageChunk(includeUsage, { id, object: "text_completion", created, model }, out.stats),
+    finish: (outs) => [
+      ...outs.map((out, i): [string, undefined] => [
+        chunk(i, "", openaiFinish(out.stats)),
+        undefined,
+      ]),
+      ...usageChunk(
+        includeUsage,
+        { id, object: "text_completion", created, model },
+        combinedStats(outs),
+      ),
       ["[DONE]", undefined],
     ],
-    body: (out) => ({
+    body: (outs) => ({
       id,
       object: "text_completion",
       created,
       model,
-      choices: [{
+      choices: outs.map((out, index) => ({
         text: out.text,
-        index: 0,
+        index,
         logprobs: out.logprobs ? completionLogprobs(e.tokenizer, out.logprobs) : null,
         finish_reason: openaiFinish(out.stats),
-      }],
-      usage: usage(out.stats),
+      })),
+      usage: usage(combinedStats(outs)),
     }),
     fail: (h) => [[JSON.stringify(errorBody(h)), undefined], ["[DONE]", undefined]],
   });

@@ -45,6 +45,20 @@ export interface ServeShape {
   fail: (e: HttpError) => SseEvents;
 }
 
+/** {@linkcode ServeShape} for several choices (OpenAI's `n`), run one after another. */
+export interface ServeShapeN {
+  /** The events sent before the first chunk. */
+  start?: () => SseEvents;
+  /** The events of a streamed piece of choice `index`. */
+  chunk: (c: StreamChunk, index: number) => SseEvents;
+  /** The events after the last piece of the last choice. */
+  finish: (outs: GenerationOutput[]) => SseEvents;
+  /** The JSON body of a request that did not stream. */
+  body: (outs: GenerationOutput[]) => unknown;
+  /** The events of an error after the headers went out. */
+  fail: (e: HttpError) => SseEvents;
+}
+
 /** The server's hooks an endpoint runs through. */
 export interface OpenAIContext {
   /** The engine (the model is loaded). */
@@ -59,12 +73,12 @@ export interface OpenAIContext {
     p: { prompt?: string | number[]; messages?: ChatMessage[] },
     fromMessages?: boolean,
   ): number[];
-  /** Queues the generation and answers as `shape` says. */
+  /** Queues the generations (one per choice) and answers as `shape` says. */
   serve(
     req: Request,
-    g: GenerateRequest,
+    gs: readonly GenerateRequest[],
     stream: boolean,
-    shape: ServeShape,
+    shape: ServeShapeN,
   ): Promise<Response> | Response;
 }
 
@@ -84,10 +98,10 @@ export const OPENAI_COMMON = [
 ] as const;
 
 /** Reads the fields every OpenAI endpoint reads the same way. */
-export function openaiCommon(f: Fields): { stream: boolean; includeUsage: boolean } {
+export function openaiCommon(f: Fields): { stream: boolean; includeUsage: boolean; n: number } {
   f.string("model", 1000);
   f.string("user", 1000);
-  f.only("n", [1], "is not supported: one choice per request");
+  const n = f.integer("n", { min: 1, max: MAX_CHOICES }) ?? 1;
   const bias = f.object("logit_bias");
   if (bias && Object.keys(bias).length > 0) {
     throw badRequest("logit_bias", "'logit_bias' is not supported");
@@ -100,7 +114,25 @@ export function openaiCommon(f: Fields): { stream: boolean; includeUsage: boolea
     includeUsage = new Fields(so, ["include_usage"], "stream_options.").boolean("include_usage") ??
       false;
   }
-  return { stream, includeUsage };
+  return { stream, includeUsage, n };
+}
+
+/** The most choices (`n`) a request may ask for: they are generated one after another. */
+export const MAX_CHOICES = 8;
+
+/**
+ * The requests of `n` choices: the same but for the seed, which goes up by
+ * one per choice when given (without one, each draws its own).
+ */
+export function choiceRequests(g: GenerateRequest, n: number): GenerateRequest[] {
+  const seed = g.sampling?.seed;
+  return Array.from(
+    { length: n },
+    (_, i) =>
+      i === 0 || seed === undefined
+        ? g
+        : { ...g, sampling: { ...g.sampling, seed: (seed + i) >>> 0 } },
+  );
 }
 
 /** OpenAI's error body. */
@@ -134,6 +166,18 @@ export function openaiFinish(s: GenerationStats): "stop" | "length" {
     );
   }
   return s.finishReason;
+}
+
+/** The statistics of several choices as one: the prompt once, the completions summed. */
+export function combinedStats(outs: readonly GenerationOutput[]): GenerationStats {
+  const first = outs[0]!.stats;
+  return {
+    ...first,
+    completionTokens: outs.reduce((a, o) => a + o.stats.completionTokens, 0),
+    finishReason: outs.some((o) => o.stats.finishReason === "cancelled")
+      ? "cancelled"
+      : first.finishReason,
+  };
 }
 
 /** The `usage` object. */
