@@ -17,7 +17,12 @@
 
 import assert from "node:assert/strict";
 import { loadModel } from "../src/model/model.ts";
-import type { DeltaNetConfig, ModelConfig } from "../src/model/config.ts";
+import {
+  type DeltaNetConfig,
+  kvCacheBytesPerToken,
+  type ModelConfig,
+  recurrentStateBytes,
+} from "../src/model/config.ts";
 import { Rng } from "../src/util/rng.ts";
 import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import { fixtureModel, type FixtureShape, type FixtureType } from "../dev/fixtures.ts";
@@ -227,6 +232,38 @@ Deno.test({
         assert.deepEqual(back, reused, `${arch}: the same tokens again`);
       } finally {
         e.close();
+      }
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "hybrid Qwens: a KV cache for the attention layers only, a fixed recurrent state for the DeltaNet ones",
+  sanitizeResources: false,
+  async fn() {
+    const nCtx = 64;
+    for (const arch of ARCHS) {
+      const path = await fixtureModel({ arch, shape: "b", type: "F32" });
+      const model = await loadModel({ model: path, gpu: await device(), nCtx, maxBatch: 4 });
+      try {
+        const c = model.config;
+        const s = model.transformer.state;
+        const attention = c.deltaNet!.recurrent.map((r) => !r);
+        assert.ok(attention.some((a) => a) && attention.some((a) => !a), `${arch}: both kinds`);
+        const kv = [...s.kCache, ...s.vCache].reduce((a, b) => a + (b.size > 4 ? b.size : 0), 0);
+        assert.equal(kv / nCtx, kvCacheBytesPerToken(c), `${arch}: KV bytes per position`);
+        const state = [...s.convState, ...s.ssmState].reduce(
+          (a, b) => a + (b.size > 4 ? b.size : 0),
+          0,
+        );
+        assert.equal(state, recurrentStateBytes(c), `${arch}: recurrent state bytes`);
+        for (let l = 0; l < c.nLayer; l++) {
+          assert.equal(s.kCache[l]!.size > 4, attention[l], `${arch} layer ${l}: KV cache`);
+          assert.equal(s.ssmState[l]!.size > 4, !attention[l], `${arch} layer ${l}: state`);
+        }
+      } finally {
+        model.close();
       }
     }
   },

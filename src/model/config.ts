@@ -183,19 +183,38 @@ export function isMoeLayer(c: ModelConfig, l: number): boolean {
 }
 
 /**
- * KV-cache bytes per token of context over all layers, with `bytesPerElement`
+ * KV-cache bytes per token of context over all attention layers (a hybrid
+ * model's DeltaNet layers keep a fixed-size recurrent state instead, see
+ * {@linkcode recurrentStateBytes}), with `bytesPerElement`
  * per cached element (4 for this engine's f32 cache, 2 for f16). With MLA the
  * cache holds the latent and the rotated key part once per layer; `naive`
  * asks for the full per-head K/V cache the same model would need without it.
  */
 export function kvCacheBytesPerToken(
-  c: Pick<ModelConfig, "nLayer" | "nHead" | "nHeadKv" | "headDimK" | "headDimV" | "mla">,
+  c: Pick<
+    ModelConfig,
+    "nLayer" | "nHead" | "nHeadKv" | "headDimK" | "headDimV" | "mla" | "deltaNet"
+  >,
   o: { bytesPerElement?: number; naive?: boolean } = {},
 ): number {
   const b = o.bytesPerElement ?? 4;
-  if (c.mla && !o.naive) return c.nLayer * (c.mla.kvLoraRank + c.mla.ropeDim) * b;
+  const layers = c.nLayer - (c.deltaNet?.recurrent.filter((r) => r).length ?? 0);
+  if (c.mla && !o.naive) return layers * (c.mla.kvLoraRank + c.mla.ropeDim) * b;
   const heads = c.mla ? c.nHead : c.nHeadKv;
-  return c.nLayer * heads * (c.headDimK + c.headDimV) * b;
+  return layers * heads * (c.headDimK + c.headDimV) * b;
+}
+
+/**
+ * Bytes of a hybrid model's recurrent state (f32), whatever the context: per
+ * DeltaNet layer the conv state (K − 1 inputs of every q/k/v channel) and
+ * each value head's S × S state matrix. 0 without DeltaNet layers.
+ */
+export function recurrentStateBytes(c: Pick<ModelConfig, "deltaNet">): number {
+  const d = c.deltaNet;
+  if (!d) return 0;
+  const convDim = 2 * d.stateSize * d.nKHeads + d.stateSize * d.nVHeads;
+  const perLayer = convDim * (d.convKernel - 1) + d.nVHeads * d.stateSize ** 2;
+  return 4 * perLayer * d.recurrent.filter((r) => r).length;
 }
 
 /**
