@@ -41,8 +41,7 @@ import type {
   GenerationStats,
   StreamChunk,
 } from "../generate/types.ts";
-import { ChatTemplateError, renderChat } from "../tokenizer/chat.ts";
-import { DEFAULT_SAMPLING } from "../generate/sampler_cpu.ts";
+import { ChatTemplateError } from "../tokenizer/chat.ts";
 import { ExpertReadError } from "../experts/source.ts";
 import { NonFiniteError } from "../model/model.ts";
 import {
@@ -53,6 +52,7 @@ import {
   ServerMetrics,
 } from "./metrics.ts";
 import { sseStream } from "./sse.ts";
+import { applyTemplate, detokenize, props, tokenize } from "./llama_routes.ts";
 import { chatCompletions } from "./openai/chat.ts";
 import { completions } from "./openai/completions.ts";
 import {
@@ -77,7 +77,6 @@ import {
   readMessages,
   readPrompt,
   readSampling,
-  readTokenIds,
   SAMPLING_FIELDS,
 } from "./validate.ts";
 
@@ -177,8 +176,6 @@ const GENERATE_FIELDS = [
   "cache_prompt",
   ...SAMPLING_FIELDS,
 ] as const;
-
-const TOKENIZE_FIELDS = ["content", "add_special", "parse_special", "with_pieces"] as const;
 
 function json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
   return new Response(JSON.stringify(body), {
@@ -795,93 +792,25 @@ class App {
     return await readJsonObject(req, this.o.maxBodyBytes ?? MAX_BODY_BYTES, this.#bodyTimeout);
   }
 
-  /** `POST /tokenize` (llama.cpp): `content` → `tokens` (ids, or `{id, piece}` with `with_pieces`). */
+  /** `POST /tokenize` (llama.cpp's; `./llama_routes.ts`). */
   async tokenizeRoute(req: Request): Promise<Response> {
-    const e = this.#engine();
-    const f = new Fields(await this.#body(req), TOKENIZE_FIELDS);
-    const content = f.string("content");
-    if (content === undefined) throw badRequest("content", "'content' (the text) is required");
-    // llama.cpp's defaults: no BOS, control-token text parsed
-    const ids = e.tokenizer.encode(content, {
-      addSpecial: f.boolean("add_special") ?? false,
-      parseSpecial: f.boolean("parse_special") ?? true,
-    });
-    if (!(f.boolean("with_pieces") ?? false)) return json({ tokens: ids });
-    const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-    return json({
-      tokens: ids.map((id) => {
-        const bytes = e.tokenizer.tokenToBytes(id);
-        let piece: string | number[];
-        try {
-          piece = utf8.decode(bytes);
-        } catch {
-          piece = [...bytes]; // not whole UTF-8 characters: the bytes, as llama.cpp does
-        }
-        return { id, piece };
-      }),
-    });
+    return json(tokenize(this.#engine(), await this.#body(req)));
   }
 
-  /** `POST /detokenize` (llama.cpp): `tokens` → `content` (control tokens as their text). */
+  /** `POST /detokenize` (llama.cpp's). */
   async detokenizeRoute(req: Request): Promise<Response> {
     const e = this.#engine();
-    const f = new Fields(await this.#body(req), ["tokens"]);
-    const ids = readTokenIds(f, "tokens", this.#limits(e));
-    if (ids === undefined) {
-      throw badRequest("tokens", "'tokens' (an array of token ids) is required");
-    }
-    return json({ content: e.tokenizer.decode(ids) });
+    return json(detokenize(e, await this.#body(req), this.#limits(e)));
   }
 
-  /** `POST /apply-template` (llama.cpp): `messages` → `prompt`, the text the model would be given. */
+  /** `POST /apply-template` (llama.cpp's). */
   async applyTemplateRoute(req: Request): Promise<Response> {
-    const e = this.#engine();
-    const f = new Fields(await this.#body(req), ["messages"]);
-    const messages = readMessages(f, "messages");
-    if (!messages) throw badRequest("messages", "'messages' is required");
-    try {
-      return json({ prompt: renderChat(e.tokenizer, messages) });
-    } catch (err) {
-      throw toHttpError(err);
-    }
+    return json(applyTemplate(this.#engine(), await this.#body(req)));
   }
 
-  /** `GET /props` (llama.cpp's shape): default generation settings, slots, model, template. */
+  /** `GET /props` (llama.cpp's). */
   props(): Response {
-    const e = this.#engine();
-    const d = DEFAULT_SAMPLING;
-    const tok = (id: number | null) => id === null ? null : e.tokenizer.decode([id]);
-    return json({
-      default_generation_settings: {
-        n_ctx: e.info.contextLength,
-        params: {
-          n_predict: -1,
-          temperature: d.temperature,
-          top_k: d.topK,
-          top_p: d.topP,
-          min_p: d.minP,
-          repeat_last_n: d.penaltyLastN,
-          repeat_penalty: d.repeatPenalty,
-          presence_penalty: d.presencePenalty,
-          frequency_penalty: d.frequencyPenalty,
-          seed: 0xffffffff, // llama.cpp's "random"
-          stop: [],
-          cache_prompt: true,
-        },
-      },
-      total_slots: 1,
-      model_alias: e.info.name,
-      model_path: this.modelPath ?? null,
-      architecture: e.info.architecture,
-      modalities: { vision: false, audio: false },
-      chat_template: e.tokenizer.chatTemplate ?? "",
-      bos_token: tok(e.tokenizer.bos),
-      eos_token: tok(e.tokenizer.eos),
-      endpoint_metrics: true,
-      endpoint_props: false,
-      build_info: "od-moe",
-      is_sleeping: false,
-    });
+    return json(props(this.#engine(), this.modelPath));
   }
 
   async generateRoute(req: Request): Promise<Response> {
