@@ -146,6 +146,24 @@ Deno.test({
         assert.notEqual(comp.choices[0]!.text, comp.choices[1]!.text);
       });
 
+      await t.step(
+        "seeded sampling: the same text with logprobs (the CPU sampler's path)",
+        async () => {
+          const base = {
+            model: id,
+            messages,
+            max_tokens: 12,
+            temperature: 0.9,
+            top_k: 0,
+            seed: 11,
+          };
+          const gpu = await client.chat.completions.create(base);
+          const cpu = await client.chat.completions.create({ ...base, logprobs: true });
+          assert.equal(cpu.choices[0]!.message.content, gpu.choices[0]!.message.content);
+          assert.equal(cpu.choices[0]!.logprobs!.content!.length, cpu.usage!.completion_tokens);
+        },
+      );
+
       await t.step("errors arrive as the client's typed errors", async () => {
         await assert.rejects(
           () =>
