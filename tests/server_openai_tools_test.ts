@@ -149,8 +149,15 @@ Deno.test({
         const args = JSON.parse(call.function.arguments);
         const ok = ajv.validate(tool.function.parameters!, args);
         assert.ok(ok, `${call.function.arguments}: ${JSON.stringify(ajv.errors)}`);
-        // the tools were rendered into the prompt by the template
+        // the tools were rendered into the prompt by the template, as /apply-template shows
         assert.ok(r.usage!.prompt_tokens > plain.usage!.prompt_tokens + 50);
+        const applied = await (await fetch(`${server.url}/apply-template`, {
+          method: "POST",
+          body: JSON.stringify({ messages, tools: TOOLS, tool_choice: "required" }),
+        })).json();
+        assert.match(applied.prompt, /<tools>[\s\S]*"get_weather"[\s\S]*<\/tools>/);
+        const ids = server.engine.tokenizer.encode(applied.prompt);
+        assert.equal(ids.length, r.usage!.prompt_tokens);
       });
 
       await t.step(

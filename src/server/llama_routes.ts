@@ -13,6 +13,7 @@ import type { Engine } from "../generate/engine.ts";
 import { DEFAULT_SAMPLING } from "../generate/sampler_cpu.ts";
 import { renderChat } from "../tokenizer/chat.ts";
 import { badRequest, Fields, type ModelLimits, readMessages, readTokenIds } from "./validate.ts";
+import { readToolRequest, templateTools } from "./openai/tools.ts";
 
 const TOKENIZE_FIELDS = ["content", "add_special", "parse_special", "with_pieces"] as const;
 
@@ -52,12 +53,16 @@ export function detokenize(e: Engine, body: Record<string, unknown>, limits: Mod
   return { content: e.tokenizer.decode(ids) };
 }
 
-/** `POST /apply-template`: `messages` → `prompt`, the text the model would be given. */
+/**
+ * `POST /apply-template`: `messages` (and `tools`, `tool_choice`, as a chat
+ * request sends them) → `prompt`, the text the model would be given.
+ */
 export function applyTemplate(e: Engine, body: Record<string, unknown>): unknown {
-  const f = new Fields(body, ["messages"]);
+  const f = new Fields(body, ["messages", "tools", "tool_choice", "parallel_tool_calls"]);
   const messages = readMessages(f, "messages");
   if (!messages) throw badRequest("messages", "'messages' is required");
-  return { prompt: renderChat(e.tokenizer, messages) };
+  const tools = templateTools(readToolRequest(f));
+  return { prompt: renderChat(e.tokenizer, messages, tools ? { tools } : {}) };
 }
 
 /** `GET /props`: default generation settings, slots, model, template. */

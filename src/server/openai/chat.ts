@@ -28,7 +28,7 @@ import {
   usage,
   usageChunk,
 } from "./shared.ts";
-import { readToolRequest, requestGrammar, toolCallsJson } from "./tools.ts";
+import { readToolRequest, requestGrammar, templateTools, toolCallsJson } from "./tools.ts";
 
 /** The fields `/v1/chat/completions` accepts. */
 export const CHAT_FIELDS = [
@@ -80,12 +80,8 @@ export function chatCompletions(
   const useTools = tools.tools.length > 0 && tools.choice !== "none";
   let rendered: string;
   try {
-    // templates print a tool's description and parameters unguarded (DeepSeek, Kimi)
-    const forTemplate = tools.tools.map((t) => ({
-      ...t,
-      function: { description: "", parameters: { type: "object" }, ...t.function },
-    }));
-    rendered = renderChat(tok, messages, useTools ? { tools: forTemplate } : {});
+    const forTemplate = templateTools(tools);
+    rendered = renderChat(tok, messages, forTemplate ? { tools: forTemplate } : {});
   } catch (err) {
     if (err instanceof ChatTemplateError) throw badRequest("messages", err.message);
     throw err;

@@ -224,6 +224,19 @@ export function requestGrammar(
 }
 
 /**
+ * The tools as the chat template is given them: a description and
+ * parameters always present (DeepSeek's and Kimi's templates print them
+ * unguarded); none when `tool_choice` is "none".
+ */
+export function templateTools(r: ToolRequest): unknown[] | undefined {
+  if (r.tools.length === 0 || r.choice === "none") return undefined;
+  return r.tools.map((t) => ({
+    ...t,
+    function: { description: "", parameters: { type: "object" }, ...t.function },
+  }));
+}
+
+/**
  * `body` after an optional reasoning block (required to be closed when the
  * prompt already opened it), as llama.cpp lets thinking models think before
  * a constrained answer.
