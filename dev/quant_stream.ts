@@ -48,7 +48,10 @@ export interface QuantStreamOptions {
    * when some tensor's type requires an importance matrix.
    */
   imatrix?: boolean;
-  /** Worker threads (default: the machine's cores, at most 8; 0 works inline). */
+  /**
+   * Worker threads (default: the machine's cores, at most 16, fewer where a
+   * quarter of the available memory cannot hold them; 0 works inline).
+   */
   workers?: number;
   /** Floats drawn at once per piece (default 16 M = 64 MiB). */
   maxPieceValues?: number;
@@ -151,8 +154,16 @@ export async function writeQuantizedSynthetic(
     return out;
   });
 
-  const nWorkers = options.workers ??
-    Math.min(8, Math.max(1, navigator.hardwareConcurrency ?? 1));
+  // a worker holds about 3 pieces' worth (its floats, their quantised bytes,
+  // its heap): at most a quarter of the available memory goes to workers
+  const nWorkers = options.workers ?? Math.max(
+    1,
+    Math.min(
+      navigator.hardwareConcurrency ?? 1,
+      16,
+      Math.floor(0.25 * Deno.systemMemoryInfo().available / (12 * maxPiece)),
+    ),
+  );
   using pool = new QuantPool(nWorkers);
   const total = tensors.reduce(
     (a, t, i) => a + tensorBytes(requireGgmlType(types[i]!), t.shape),
