@@ -21,7 +21,7 @@
 //   @binding(6) params: read-only storage, struct Params below
 // Overrides: WG_SIZE (a power of two), D_K, D_V (head widths).
 //
-// Dispatch: [nHead, T].
+// Dispatch: [nHead, T], or [nHead, T mod block] after attend_tiled.
 
 struct Params {
   group: u32, // nHead / nHeadKv
@@ -42,6 +42,7 @@ struct Params {
   sinksOffset: u32,
   scale: f32,
   softcap: f32, // 0 = off
+  block: u32, // attend: 0, or QB when attend_tiled took the whole blocks of QB tokens
 }
 
 override WG_SIZE: u32 = 64;
@@ -70,7 +71,11 @@ const NEG_BIG: f32 = -3.0e38;
 @compute @workgroup_size(WG_SIZE)
 fn attend(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let h = wid.x;
-  let t = wid.y;
+  // after attend_tiled's whole blocks of params.block tokens: the tokens past them
+  var t = wid.y;
+  if (params.block > 0u) {
+    t += step[1] / params.block * params.block;
+  }
   let kEnd = step[0] + t + 1u;
   var kStart = 0u;
   if (params.window > 0u && kEnd > params.window) {
@@ -312,68 +317,77 @@ fn attend_heads(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_ind
 // attend_tiled: the same attention for a block of QB query tokens of one head
 // per workgroup (prefill over a long cache). The workgroup walks the keys its
 // tokens see in tiles of WG_SIZE: invocation lid scores key tile + lid against
-// all the block's queries (one read of the key row for QB queries), a part of
-// the invocations turns each query's scores into probabilities (online
-// softmax per query), then invocation lid adds the tile's value rows into its
-// output elements of every query (one read of each value for QB queries).
-// Dispatch: [nHead, ⌈T / QB⌉]; T (step[1]) may be anything, 1 included: the
-// loops run over the block's nq = min(QB, T − t0) tokens only.
-// QB divides WG_SIZE; per invocation QB scores and QB · ⌈D_V / WG_SIZE⌉
-// output elements live in registers (QB ≤ TQ_MAX, QB · ⌈D_V / WG_SIZE⌉ ≤ REG_MAX).
-// Workgroup memory: QB · D_K (queries) + QB · WG_SIZE (scores) + QB + WG_SIZE.
+// all the block's queries (one read of the key row for QB queries), then each
+// query's scores become probabilities (online softmax per query), then
+// invocation lid adds the tile's value rows into its output elements of every
+// query (one read of each value for QB queries). Queries are handled four at a
+// time as vec4s (query 4·qv + c in component c of group qv): one
+// workgroup-memory read serves four multiply-adds.
+// Dispatch: [nHead, ⌊T / QB⌋]: whole blocks only (constant-trip loops that
+// unroll, scores in registers); `attend` with params.block = QB takes the
+// T mod QB tokens after them (decode, T = 1, is all remainder). The two are
+// separate dispatches: naga 29 panics on one entry point holding both.
+// QB: a multiple of 4 dividing WG_SIZE, ≤ TQ_MAX; per invocation QB scores
+// and QB · ⌈D_V / WG_SIZE⌉ output elements live in registers (≤ REG_MAX).
+// Workgroup memory: QB · D_K (queries) + QB · WG_SIZE (scores) + 4 · WG_SIZE
+// (partial maxima and sums) + QB (per-query factors) floats.
 // ---------------------------------------------------------------------------
 
 override QB: u32 = 16;
 const TQ_MAX: u32 = 32u;
 
-var<workgroup> tq: array<f32, QB * D_K>;
-var<workgroup> ts: array<f32, QB * WG_SIZE>;
-var<workgroup> trow: array<f32, QB>;
-var<workgroup> tpart: array<f32, WG_SIZE>;
+var<workgroup> tq: array<vec4f, QB / 4u * D_K>; // [d · QB/4 + qv]
+var<workgroup> ts: array<vec4f, QB / 4u * WG_SIZE>; // [key · QB/4 + qv]: scores, then probabilities
+var<workgroup> tred: array<vec4f, WG_SIZE>; // one partial max or sum per invocation
+var<workgroup> trow: array<vec4f, QB / 4u>; // per query: rescale factor, then 1 / denominator
 
-// Scores of key `key` (past kEnd: row kEnd − 1 again, masked) against the block's first
-// n queries (query qi at position qPos0 + qi) into ts[qi · WG_SIZE + lid]; masked → NEG_BIG.
-fn tile_scores(n: u32, key: u32, kEnd: u32, qPos0: u32, kb: u32, lid: u32) {
+// Scores of key `key` (past kEnd: row kEnd − 1 again, masked) against the block's queries
+// (query qi at position qPos0 + qi) into ts[lid · QB/4 + qv]; masked → NEG_BIG.
+fn tile_scores(key: u32, kEnd: u32, qPos0: u32, kb: u32, lid: u32) {
+  let qvs = QB / 4u;
   let row = kb + min(key, kEnd - 1u) * params.kRowStride;
-  var dots: array<f32, TQ_MAX>;
-  for (var qi = 0u; qi < n; qi++) {
-    dots[qi] = 0.0;
+  var dots: array<vec4f, TQ_MAX / 4u>;
+  for (var qv = 0u; qv < qvs; qv++) {
+    dots[qv] = vec4f(0.0);
   }
   for (var d = 0u; d < D_K; d++) {
     let kd = k[row + d];
-    for (var qi = 0u; qi < n; qi++) {
-      dots[qi] += tq[qi * D_K + d] * kd;
+    for (var qv = 0u; qv < qvs; qv++) {
+      dots[qv] += tq[d * qvs + qv] * kd;
     }
   }
-  for (var qi = 0u; qi < QB; qi++) {
-    let p = qPos0 + qi;
-    var s = NEG_BIG;
-    if (qi < n && key <= p && (params.window == 0u || p - key < params.window)) {
-      var dot = dots[qi];
-      if (params.softcap > 0.0) {
-        dot = params.softcap * tanh(dot / params.softcap);
-      }
-      s = dot * params.scale;
+  for (var qv = 0u; qv < qvs; qv++) {
+    let qi = vec4u(4u * qv) + vec4u(0u, 1u, 2u, 3u);
+    let p = vec4u(qPos0) + qi;
+    let kv = vec4u(key);
+    var valid = kv <= p;
+    if (params.window > 0u) {
+      valid = valid & (p - kv < vec4u(params.window));
     }
-    ts[qi * WG_SIZE + lid] = s;
+    var dot = dots[qv];
+    if (params.softcap > 0.0) {
+      dot = params.softcap * tanh(dot / params.softcap);
+    }
+    ts[lid * qvs + qv] = select(vec4f(NEG_BIG), dot * params.scale, valid);
   }
 }
 
-// acc[qi · vpt + i] = alpha_qi · acc + Σ_j p_qj · v_j[lid + i · WG_SIZE] over the tile's nk
-// value rows from element vRow0, for the first n queries (probabilities in ts, alphas in trow).
-fn tile_values(n: u32, acc: ptr<function, array<f32, REG_MAX>>, vRow0: u32, nk: u32, lid: u32) {
+// acc[qv · vpt + i] = alpha · acc + Σ_j p_j · v_j[lid + i · WG_SIZE] over the tile's nk value
+// rows from element vRow0, for every query group qv (probabilities in ts, alphas in trow).
+fn tile_values(acc: ptr<function, array<vec4f, REG_MAX / 4u>>, vRow0: u32, nk: u32, lid: u32) {
+  let qvs = QB / 4u;
   let vpt = (D_V + WG_SIZE - 1u) / WG_SIZE;
   for (var i = 0u; i < vpt; i++) {
     let d = lid + i * WG_SIZE;
     if (d < D_V) {
-      for (var qi = 0u; qi < n; qi++) {
-        (*acc)[qi * vpt + i] *= trow[qi];
+      for (var qv = 0u; qv < qvs; qv++) {
+        (*acc)[qv * vpt + i] *= trow[qv];
       }
       var vr = vRow0 + d;
       for (var j = 0u; j < nk; j++) {
         let vd = v[vr];
-        for (var qi = 0u; qi < n; qi++) {
-          (*acc)[qi * vpt + i] += ts[qi * WG_SIZE + j] * vd;
+        for (var qv = 0u; qv < qvs; qv++) {
+          (*acc)[qv * vpt + i] += ts[j * qvs + qv] * vd;
         }
         vr += params.vRowStride;
       }
@@ -385,10 +399,10 @@ fn tile_values(n: u32, acc: ptr<function, array<f32, REG_MAX>>, vRow0: u32, nk: 
 fn attend_tiled(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let h = wid.x;
   let t0 = wid.y * QB;
+  let qvs = QB / 4u;
   let pos0 = step[0];
-  let nq = min(QB, step[1] - t0);
   // keys of the block: from the first token's window start to the last token's own key
-  let kEnd = pos0 + t0 + nq;
+  let kEnd = pos0 + t0 + QB;
   var kStart = 0u;
   if (params.window > 0u && pos0 + t0 + 1u > params.window) {
     kStart = pos0 + t0 + 1u - params.window;
@@ -398,95 +412,87 @@ fn attend_tiled(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_ind
   let vb = params.vOffset + kvh * params.vHeadStride;
   for (var i = lid; i < QB * D_K; i += WG_SIZE) {
     let qi = i / D_K;
-    var x = 0.0;
-    if (qi < nq) {
-      x = q[params.qOffset + (t0 + qi) * params.qStride + h * params.qHeadStride + i % D_K];
-    }
-    tq[i] = x;
+    let d = i % D_K;
+    tq[d * qvs + qi / 4u][qi % 4u] =
+      q[params.qOffset + (t0 + qi) * params.qStride + h * params.qHeadStride + d];
   }
   let vpt = (D_V + WG_SIZE - 1u) / WG_SIZE;
-  var acc: array<f32, REG_MAX>; // acc[qi · vpt + i]: element lid + i · WG_SIZE of query qi
-  for (var i = 0u; i < QB * vpt; i++) {
-    acc[i] = 0.0;
+  var tacc: array<vec4f, REG_MAX / 4u>; // [qv · vpt + i]: element lid + i · WG_SIZE of group qv
+  for (var i = 0u; i < qvs * vpt; i++) {
+    tacc[i] = vec4f(0.0);
   }
-  // Softmax role: PARTS invocations per query row br, each with QB of the tile's keys.
-  let parts = WG_SIZE / QB;
-  let br = lid / parts;
-  let bpart = lid % parts;
-  var m = NEG_BIG; // row br's running max (the same in its PARTS invocations)
-  var l = 0.0; // this invocation's share of row br's denominator, relative to m
+  // Softmax role: invocation (group sq, part sp) owns keys sp · QB/4 … + QB/4 − 1 of group sq.
+  let parts = WG_SIZE / qvs;
+  let sq = lid % qvs;
+  let sp = lid / qvs;
+  var m = vec4f(NEG_BIG); // group sq's running maxima (the same in all its parts)
+  var l = vec4f(0.0); // this invocation's share of group sq's denominators, relative to m
   workgroupBarrier();
 
   for (var tile = kStart; tile < kEnd; tile += WG_SIZE) {
-    // Scores of key tile + lid against each query. A whole block takes the
-    // constant-trip path (its loops unroll and the scores stay in registers).
-    if (nq == QB) {
-      tile_scores(QB, tile + lid, kEnd, pos0 + t0, kb, lid);
-    } else {
-      tile_scores(nq, tile + lid, kEnd, pos0 + t0, kb, lid);
-    }
+    tile_scores(tile + lid, kEnd, pos0 + t0, kb, lid);
     workgroupBarrier();
-    // Row br's max over the tile (every part reads the whole row before any rewrites it).
-    let rb = br * WG_SIZE;
-    var tmax = NEG_BIG;
-    for (var j = 0u; j < WG_SIZE; j++) {
-      tmax = max(tmax, ts[rb + j]);
+    // The tile's maxima: each part's over its keys, then over the parts.
+    var pm = vec4f(NEG_BIG);
+    for (var jj = 0u; jj < qvs; jj++) {
+      pm = max(pm, ts[(sp * qvs + jj) * qvs + sq]);
+    }
+    tred[lid] = pm;
+    workgroupBarrier();
+    var tmax = vec4f(NEG_BIG);
+    for (var pp = 0u; pp < parts; pp++) {
+      tmax = max(tmax, tred[pp * qvs + sq]);
     }
     let mNew = max(m, tmax);
     let alpha = exp(m - mNew);
-    workgroupBarrier();
     // This part's keys become probabilities (masked keys 0).
     l *= alpha;
-    for (var jj = 0u; jj < QB; jj++) {
-      let j = rb + bpart * QB + jj;
+    for (var jj = 0u; jj < qvs; jj++) {
+      let j = (sp * qvs + jj) * qvs + sq;
       let s = ts[j];
-      var p = 0.0;
-      if (s > NEG_BIG) {
-        p = exp(s - mNew);
-      }
+      let p = select(vec4f(0.0), exp(s - mNew), s > vec4f(NEG_BIG));
       l += p;
       ts[j] = p;
     }
-    if (bpart == 0u) {
-      trow[br] = alpha;
+    if (sp == 0u) {
+      trow[sq] = alpha;
     }
     m = mNew;
     workgroupBarrier();
     // Values: each element of the tile's rows is read once and added into every query.
     let nk = min(WG_SIZE, kEnd - tile);
-    if (nq == QB) {
-      tile_values(QB, &acc, vb + tile * params.vRowStride, nk, lid);
-    } else {
-      tile_values(nq, &acc, vb + tile * params.vRowStride, nk, lid);
-    }
-    // ts and trow are rewritten by the next tile.
+    tile_values(&tacc, vb + tile * params.vRowStride, nk, lid);
+    // ts, tred and trow are rewritten by the next tile.
     workgroupBarrier();
   }
 
-  // Each row's denominator from its parts' shares, the sink, then 1 / denominator.
-  tpart[lid] = l;
+  // Each query's denominator from its parts' shares, the sink, then 1 / denominator.
+  tred[lid] = l;
   workgroupBarrier();
-  if (bpart == 0u && br < nq) {
-    var sum = 0.0;
-    for (var p = 0u; p < parts; p++) {
-      sum += tpart[br * parts + p];
+  if (sp == 0u) {
+    var sum = vec4f(0.0);
+    for (var pp = 0u; pp < parts; pp++) {
+      sum += tred[pp * qvs + sq];
     }
-    var corr = 1.0;
+    var corr = vec4f(1.0);
     if (params.hasSinks != 0u) {
-      let sink = sinks[params.sinksOffset + h];
+      let sink = vec4f(sinks[params.sinksOffset + h]);
       let mAll = max(m, sink);
       corr = exp(m - mAll);
       sum = sum * corr + exp(sink - mAll);
     }
-    trow[br] = corr / sum;
+    trow[sq] = corr / sum;
   }
   workgroupBarrier();
   for (var i = 0u; i < vpt; i++) {
     let d = lid + i * WG_SIZE;
     if (d < D_V) {
-      for (var qi = 0u; qi < nq; qi++) {
-        out[params.oOffset + (t0 + qi) * params.oStride + h * params.oHeadStride + d] =
-          acc[qi * vpt + i] * trow[qi];
+      for (var qv = 0u; qv < qvs; qv++) {
+        let r = tacc[qv * vpt + i] * trow[qv];
+        for (var c = 0u; c < 4u; c++) {
+          out[params.oOffset + (t0 + 4u * qv + c) * params.oStride + h * params.oHeadStride + d] =
+            r[c];
+        }
       }
     }
   }

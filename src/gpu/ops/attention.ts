@@ -82,10 +82,11 @@ export interface AttentionOptions {
    */
   headsPerWorkgroup?: number | "auto";
   /**
-   * Query tokens per workgroup when heads are not grouped (default
-   * `"auto"`: the most of 16, 8, 4, 2 that fit the device's workgroup
+   * {@linkcode prepareAttentionOps}: query tokens per workgroup of the
+   * block dispatch when heads are not grouped (default
+   * `"auto"`: the most of 16, 8, 4 that fit the device's workgroup
    * memory and the shader's registers, else 1). 1: one workgroup per
-   * (head, token), each reading the whole visible cache.
+   * (head, token) only, each reading the whole visible cache.
    */
   queriesPerWorkgroup?: number | "auto";
 }
@@ -126,26 +127,32 @@ function headsPerWorkgroup(gpu: Gpu, o: AttentionOptions): number {
 /** `attend_tiled`'s invocation-private limit on query tokens per workgroup (TQ_MAX). */
 const TQ_MAX = 32;
 
+/** Workgroup bytes `attend` needs (q, the output accumulator, 4 · WG_SIZE probabilities, the reduction). */
+function tokenShared(headDimK: number, headDimV: number): number {
+  return (headDimK + headDimV + 5 * WG_SIZE) * 4;
+}
+
 /** Workgroup bytes `attend_tiled` needs for blocks of `qb` tokens. */
 function tiledShared(qb: number, headDimK: number): number {
-  return (qb * headDimK + qb * WG_SIZE + qb + WG_SIZE) * 4;
+  return (qb * headDimK + qb * WG_SIZE + 4 * WG_SIZE + qb) * 4;
 }
 
 /** Query tokens per workgroup for `attend_tiled` (1: the per-token `attend`). */
 function queriesPerWorkgroup(gpu: Gpu, o: AttentionOptions): number {
   const vpt = Math.ceil(o.headDimV / WG_SIZE);
   const fits = (qb: number) =>
-    WG_SIZE % qb === 0 && qb <= TQ_MAX && qb * vpt <= REG_MAX &&
+    qb % 4 === 0 && WG_SIZE % qb === 0 && qb <= TQ_MAX && qb * vpt <= REG_MAX &&
     tiledShared(qb, o.headDimK) <= gpu.limits.maxComputeWorkgroupStorageSize;
   const want = o.queriesPerWorkgroup ?? "auto";
   if (want === "auto") {
-    for (const qb of [16, 8, 4, 2]) if (fits(qb)) return qb;
+    for (const qb of [16, 8, 4]) if (fits(qb)) return qb;
     return 1;
   }
   checkInt(o.label, "queriesPerWorkgroup", want, 1);
   if (want > 1 && !fits(want)) {
     throw new RangeError(
-      `${o.label}: ${want} query tokens per workgroup must divide ${WG_SIZE}, be at most ` +
+      `${o.label}: ${want} query tokens per workgroup must be a multiple of 4 dividing ` +
+        `${WG_SIZE}, at most ` +
         `${TQ_MAX}, keep ${want} × ⌈headDimV / ${WG_SIZE}⌉ ≤ ${REG_MAX}, and need ` +
         `${tiledShared(want, o.headDimK)} bytes of workgroup memory ` +
         `(device: ${gpu.limits.maxComputeWorkgroupStorageSize})`,
@@ -155,11 +162,29 @@ function queriesPerWorkgroup(gpu: Gpu, o: AttentionOptions): number {
 }
 
 /**
- * Prepares causal attention of the batch's queries against the cache:
- * workgroups `[nHead, ⌈T / queriesPerWorkgroup⌉]`, or `[nHead / headsPerWorkgroup, T]`
- * with heads grouped.
+ * Prepares causal attention of the batch's queries against the cache as one
+ * dispatch: one workgroup per (head, token), `[nHead, T]`, or per (group of
+ * heads, token), `[nHead / headsPerWorkgroup, T]` (`queriesPerWorkgroup`
+ * is not used: see {@linkcode prepareAttentionOps}).
  */
 export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<Op> {
+  return (await prepare(gpu, o, false))[0]!;
+}
+
+/**
+ * Prepares causal attention of the batch's queries against the cache, the
+ * way a model records it: where heads are not grouped and a block fits, two
+ * dispatches, `attend_tiled` over the whole blocks of `qb =
+ * queriesPerWorkgroup` tokens (`[nHead, ⌊T / qb⌋]`) then `attend` over the
+ * `T mod qb` tokens after them (`[nHead, T mod qb]`; a decode step is all
+ * remainder, the tiled dispatch empty); otherwise {@linkcode prepareAttention}'s
+ * one.
+ */
+export function prepareAttentionOps(gpu: Gpu, o: AttentionOptions): Promise<Op[]> {
+  return prepare(gpu, o, true);
+}
+
+async function prepare(gpu: Gpu, o: AttentionOptions, blocks: boolean): Promise<Op[]> {
   checkInt(o.label, "nHead", o.nHead, 1);
   checkInt(o.label, "nHeadKv", o.nHeadKv, 1);
   checkInt(o.label, "headDimK", o.headDimK, 1);
@@ -168,8 +193,7 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
   if (o.nHead % o.nHeadKv !== 0) {
     throw new RangeError(`${o.label}: nHead ${o.nHead} is not a multiple of nHeadKv ${o.nHeadKv}.`);
   }
-  // q, the output accumulator, 4 · WG_SIZE probabilities (KPT in the shader) and the reduction.
-  const shared = (o.headDimK + o.headDimV + 5 * WG_SIZE) * 4;
+  const shared = tokenShared(o.headDimK, o.headDimV);
   if (shared > gpu.limits.maxComputeWorkgroupStorageSize) {
     throw new RangeError(
       `${o.label}: head widths ${o.headDimK}/${o.headDimV} need ${shared} bytes of workgroup ` +
@@ -206,15 +230,13 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
   const sk = o.sinks ? resolveRef(o.sinks) : undefined;
   const sb = sk ? bindFrom(gpu, sk.buffer, sk.offset, o.nHead) : undefined;
   const g = headsPerWorkgroup(gpu, o);
-  const qb = g > 1 ? 1 : queriesPerWorkgroup(gpu, o);
+  const qb = g > 1 || !blocks ? 1 : queriesPerWorkgroup(gpu, o);
   const dims = { WG_SIZE, D_K: o.headDimK, D_V: o.headDimV };
   const kernel = await getPipeline(
     gpu,
     "attention",
     g > 1
       ? { entryPoint: "attend_heads", constants: { ...dims, G: g } }
-      : qb > 1
-      ? { entryPoint: "attend_tiled", constants: { ...dims, QB: qb } }
       : { entryPoint: "attend", constants: dims },
   );
   const params = new ParamsBuffer(gpu, `${o.label}.params`, {
@@ -236,6 +258,7 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
     sinksOffset: "u32",
     scale: "f32",
     softcap: "f32",
+    block: "u32",
   });
   params.write({
     group: o.nHead / o.nHeadKv,
@@ -256,21 +279,34 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
     sinksOffset: sb?.offset ?? 0,
     scale: o.scale,
     softcap: o.softcap ?? 0,
+    block: qb > 1 ? qb : 0,
   });
-  return {
-    label: o.label,
-    kernel,
-    bindings: [
-      q.binding,
-      kb.binding,
-      vb.binding,
-      sb?.binding ?? placeholder(gpu, "read"),
-      out.binding,
-      o.step,
-      params.buffer,
-    ],
-    workgroups: qb > 1
-      ? (nTokens: number) => [o.nHead, Math.ceil(nTokens / qb)]
-      : tokenGrid(o.nHead / g),
-  };
+  const bindings = [
+    q.binding,
+    kb.binding,
+    vb.binding,
+    sb?.binding ?? placeholder(gpu, "read"),
+    out.binding,
+    o.step,
+    params.buffer,
+  ];
+  if (qb === 1) return [{ label: o.label, kernel, bindings, workgroups: tokenGrid(o.nHead / g) }];
+  const tiled = await getPipeline(gpu, "attention", {
+    entryPoint: "attend_tiled",
+    constants: { ...dims, QB: qb },
+  });
+  return [
+    {
+      label: `${o.label}.blocks`,
+      kernel: tiled,
+      bindings,
+      workgroups: (nTokens: number) => [o.nHead, Math.floor(nTokens / qb)],
+    },
+    {
+      label: o.label,
+      kernel,
+      bindings,
+      workgroups: (nTokens: number) => [o.nHead, nTokens % qb],
+    },
+  ];
 }

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { Gpu } from "../device.ts";
 import { createBuffer, readback } from "../buffers.ts";
 import { attention, type AttentionParams, compareArrays, makeRng, randomArray } from "./cpu_ref.ts";
-import { prepareAttention } from "./attention.ts";
+import { prepareAttention, prepareAttentionOps } from "./attention.ts";
 import { type Op, recordOps, stepWords } from "./op.ts";
 import { gpuTest } from "../../../dev/gpu.ts";
 
@@ -191,7 +191,7 @@ for (const [heads, queries] of VARIANTS) {
       // 2 heads per workgroup: the cases whose heads per kv head are even
       const cases = heads === 2 ? CASES.filter((c) => (c.nHead / c.nHeadKv) % 2 === 0) : CASES;
       const rng = makeRng(7);
-      const ops: Op[] = [];
+      const ops: Op[][] = [];
       const outs: GPUBuffer[] = [];
       const wants: Float32Array[] = [];
       const data: { q: Float32Array; k: Float32Array; v: Float32Array }[] = [];
@@ -217,7 +217,7 @@ for (const [heads, queries] of VARIANTS) {
         const out = createBuffer(g, { label: "out", size: c.nTokens * c.nHead * c.dV * 4 });
         outs.push(out);
         ops.push(
-          await prepareAttention(g, {
+          await prepareAttentionOps(g, {
             q: { buffer: createBuffer(g, { label: "q", data: qData }), offset: 1, stride: qStride },
             kCache: kBuf,
             vCache: vBuf,
@@ -244,7 +244,7 @@ for (const [heads, queries] of VARIANTS) {
         wants.push(attention(qDense, k, v, { ...c, vRowStride: c.mla ? c.dK : undefined }));
       }
       const enc = g.device.createCommandEncoder();
-      cases.forEach((c, i) => recordOps(enc, [ops[i]!], c.nTokens));
+      cases.forEach((c, i) => recordOps(enc, ops[i]!, c.nTokens));
       g.submit(enc);
       const got = (await readback(g, outs)).map((b) => new Float32Array(b));
       cases.forEach((c, i) => {

@@ -8,7 +8,7 @@
  */
 
 import { prepareKvStore } from "../../gpu/ops/kv.ts";
-import { prepareAttention } from "../../gpu/ops/attention.ts";
+import { prepareAttentionOps } from "../../gpu/ops/attention.ts";
 import { tensorName as tn, Tensors } from "../../gguf/names.ts";
 import { type OpBuilder, view } from "./builder.ts";
 
@@ -62,7 +62,7 @@ export async function gqaAttention(b: OpBuilder, l: number): Promise<void> {
     }),
   );
   b.add(
-    await prepareAttention(gpu, {
+    await prepareAttentionOps(gpu, {
       q,
       kCache: s.kCache[l]!,
       vCache: s.vCache[l]!,

@@ -15,7 +15,7 @@
  */
 
 import { prepareKvStore } from "../../gpu/ops/kv.ts";
-import { prepareAttention } from "../../gpu/ops/attention.ts";
+import { prepareAttentionOps } from "../../gpu/ops/attention.ts";
 import { prepareSwiglu } from "../../gpu/ops/elementwise.ts";
 import {
   prepareGdn,
@@ -139,7 +139,7 @@ export async function gatedAttention(b: OpBuilder, l: number): Promise<void> {
   );
   const attn = view(s.attn, qDim);
   b.add(
-    await prepareAttention(gpu, {
+    await prepareAttentionOps(gpu, {
       q,
       kCache: s.kCache[l]!,
       vCache: s.vCache[l]!,
