@@ -42,7 +42,7 @@ struct Params {
   sinksOffset: u32,
   scale: f32,
   softcap: f32, // 0 = off
-  block: u32, // attend: 0, or QB when attend_tiled took the whole blocks of QB tokens
+  block: u32, // 0, or the block size of the attend_tiled dispatch before this one: start after its blocks
 }
 
 override WG_SIZE: u32 = 64;
@@ -323,10 +323,12 @@ fn attend_heads(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_ind
 // query (one read of each value for QB queries). Queries are handled four at a
 // time as vec4s (query 4·qv + c in component c of group qv): one
 // workgroup-memory read serves four multiply-adds.
-// Dispatch: [nHead, ⌊T / QB⌋]: whole blocks only (constant-trip loops that
-// unroll, scores in registers); `attend` with params.block = QB takes the
-// T mod QB tokens after them (decode, T = 1, is all remainder). The two are
-// separate dispatches: naga 29 panics on one entry point holding both.
+// Dispatch: [nHead, whole blocks of QB]: whole blocks only (constant-trip
+// loops that unroll, scores in registers), from token 0 or, with
+// params.block = B, from ⌊T / B⌋ · B (after a dispatch of larger blocks of B);
+// `attend` with params.block = the smallest QB takes the tokens after the
+// last block (decode, T = 1, is all remainder). Separate dispatches: naga 29
+// panics on one entry point holding both kernels.
 // QB: a multiple of 4 dividing WG_SIZE, ≤ TQ_MAX; per invocation QB scores
 // and QB · ⌈D_V / WG_SIZE⌉ output elements live in registers (≤ REG_MAX).
 // Workgroup memory: QB · D_K (queries) + QB · WG_SIZE (scores) + 4 · WG_SIZE
@@ -398,7 +400,11 @@ fn tile_values(acc: ptr<function, array<vec4f, REG_MAX / 4u>>, vRow0: u32, nk: u
 @compute @workgroup_size(WG_SIZE)
 fn attend_tiled(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let h = wid.x;
-  let t0 = wid.y * QB;
+  // after the whole blocks of params.block tokens a dispatch of larger blocks took (0: none)
+  var t0 = wid.y * QB;
+  if (params.block > 0u) {
+    t0 += step[1] / params.block * params.block;
+  }
   let qvs = QB / 4u;
   let pos0 = step[0];
   // keys of the block: from the first token's window start to the last token's own key

@@ -17,6 +17,7 @@
 import type { Gpu } from "../device.ts";
 import { ParamsBuffer } from "../buffers.ts";
 import { getPipeline } from "../pipeline.ts";
+import type { BufferBinding } from "../dispatch.ts";
 import {
   bindFrom,
   type BufRef,
@@ -173,12 +174,12 @@ export async function prepareAttention(gpu: Gpu, o: AttentionOptions): Promise<O
 
 /**
  * Prepares causal attention of the batch's queries against the cache, the
- * way a model records it: where heads are not grouped and a block fits, two
- * dispatches, `attend_tiled` over the whole blocks of `qb =
- * queriesPerWorkgroup` tokens (`[nHead, ⌊T / qb⌋]`) then `attend` over the
- * `T mod qb` tokens after them (`[nHead, T mod qb]`; a decode step is all
- * remainder, the tiled dispatch empty); otherwise {@linkcode prepareAttention}'s
- * one.
+ * way a model records it: where heads are not grouped and a block fits,
+ * `attend_tiled` over the whole blocks of `qb = queriesPerWorkgroup` tokens
+ * (`[nHead, ⌊T / qb⌋]`), when qb > 4 again over the whole blocks of 4
+ * after them, then `attend` over the tokens left (`[nHead, T mod 4]`; a
+ * decode step is all remainder, the tiled dispatches empty); otherwise
+ * {@linkcode prepareAttention}'s one dispatch.
  */
 export function prepareAttentionOps(gpu: Gpu, o: AttentionOptions): Promise<Op[]> {
   return prepare(gpu, o, true);
@@ -239,28 +240,7 @@ async function prepare(gpu: Gpu, o: AttentionOptions, blocks: boolean): Promise<
       ? { entryPoint: "attend_heads", constants: { ...dims, G: g } }
       : { entryPoint: "attend", constants: dims },
   );
-  const params = new ParamsBuffer(gpu, `${o.label}.params`, {
-    group: "u32",
-    qOffset: "u32",
-    qStride: "u32",
-    qHeadStride: "u32",
-    kOffset: "u32",
-    kRowStride: "u32",
-    kHeadStride: "u32",
-    vOffset: "u32",
-    vRowStride: "u32",
-    vHeadStride: "u32",
-    oOffset: "u32",
-    oStride: "u32",
-    oHeadStride: "u32",
-    window: "u32",
-    hasSinks: "u32",
-    sinksOffset: "u32",
-    scale: "f32",
-    softcap: "f32",
-    block: "u32",
-  });
-  params.write({
+  const fields = {
     group: o.nHead / o.nHeadKv,
     qOffset: q.offset,
     qStride: o.q.stride,
@@ -279,34 +259,75 @@ async function prepare(gpu: Gpu, o: AttentionOptions, blocks: boolean): Promise<
     sinksOffset: sb?.offset ?? 0,
     scale: o.scale,
     softcap: o.softcap ?? 0,
-    block: qb > 1 ? qb : 0,
-  });
-  const bindings = [
-    q.binding,
-    kb.binding,
-    vb.binding,
-    sb?.binding ?? placeholder(gpu, "read"),
-    out.binding,
-    o.step,
-    params.buffer,
-  ];
-  if (qb === 1) return [{ label: o.label, kernel, bindings, workgroups: tokenGrid(o.nHead / g) }];
-  const tiled = await getPipeline(gpu, "attention", {
-    entryPoint: "attend_tiled",
-    constants: { ...dims, QB: qb },
-  });
-  return [
-    {
-      label: `${o.label}.blocks`,
-      kernel: tiled,
-      bindings,
-      workgroups: (nTokens: number) => [o.nHead, Math.floor(nTokens / qb)],
-    },
-    {
+  };
+  /** The bindings with a params buffer whose `block` is `block`. */
+  const bindings = (label: string, block: number): BufferBinding[] => {
+    const params = new ParamsBuffer(gpu, `${label}.params`, {
+      group: "u32",
+      qOffset: "u32",
+      qStride: "u32",
+      qHeadStride: "u32",
+      kOffset: "u32",
+      kRowStride: "u32",
+      kHeadStride: "u32",
+      vOffset: "u32",
+      vRowStride: "u32",
+      vHeadStride: "u32",
+      oOffset: "u32",
+      oStride: "u32",
+      oHeadStride: "u32",
+      window: "u32",
+      hasSinks: "u32",
+      sinksOffset: "u32",
+      scale: "f32",
+      softcap: "f32",
+      block: "u32",
+    });
+    params.write({ ...fields, block });
+    return [
+      q.binding,
+      kb.binding,
+      vb.binding,
+      sb?.binding ?? placeholder(gpu, "read"),
+      out.binding,
+      o.step,
+      params.buffer,
+    ];
+  };
+  if (qb === 1) {
+    return [{
       label: o.label,
       kernel,
-      bindings,
-      workgroups: (nTokens: number) => [o.nHead, nTokens % qb],
-    },
-  ];
+      bindings: bindings(o.label, 0),
+      workgroups: tokenGrid(o.nHead / g),
+    }];
+  }
+  // blocks of qb tokens, then of 4 (a 27-token batch: 16 + 2 × 4 + 3), then token by token
+  const sizes = qb > 4 ? [qb, 4] : [qb];
+  const whole = (n: number, b: number) => b === 0 ? 0 : Math.floor(n / b) * b;
+  const ops: Op[] = [];
+  for (let i = 0; i < sizes.length; i++) {
+    const size = sizes[i]!, before = sizes[i - 1] ?? 0;
+    const label = `${o.label}.blocks${size}`;
+    ops.push({
+      label,
+      kernel: await getPipeline(gpu, "attention", {
+        entryPoint: "attend_tiled",
+        constants: { ...dims, QB: size },
+      }),
+      bindings: bindings(label, before),
+      workgroups: (nTokens: number) => [
+        o.nHead,
+        (whole(nTokens, size) - whole(nTokens, before)) / size,
+      ],
+    });
+  }
+  const last = sizes[sizes.length - 1]!;
+  ops.push({
+    label: o.label,
+    kernel,
+    bindings: bindings(o.label, last),
+    workgroups: (nTokens: number) => [o.nHead, nTokens % last],
+  });
+  return ops;
 }
