@@ -34,16 +34,13 @@
  * @module
  */
 
-import { Engine, type EngineOptions, failureUsage, RequestError } from "../generate/engine.ts";
+import { Engine, type EngineOptions, failureUsage } from "../generate/engine.ts";
 import type {
   ChatMessage,
   GenerateRequest,
   GenerationStats,
   StreamChunk,
 } from "../generate/types.ts";
-import { ChatTemplateError } from "../tokenizer/chat.ts";
-import { ExpertReadError } from "../experts/source.ts";
-import { NonFiniteError } from "../model/model.ts";
 import {
   metricsJson,
   type MetricsView,
@@ -63,6 +60,16 @@ import {
   type ServeShapeN,
 } from "./openai/shared.ts";
 import { type Guard, startGuard } from "./guard.ts";
+import {
+  checkHost,
+  checkKey,
+  checkOrigin,
+  errorResponse,
+  json,
+  preflight,
+  toHttpError,
+  wantsPrometheus,
+} from "./http.ts";
 import { ExpertsFeed } from "./experts_feed.ts";
 import { UI_ASSET_PATTERN, uiResponse, wantsHtml } from "./ui.ts";
 import { ensureDemoModel } from "./demo.ts";
@@ -176,60 +183,6 @@ const GENERATE_FIELDS = [
   "cache_prompt",
   ...SAMPLING_FIELDS,
 ] as const;
-
-function json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { "content-type": "application/json; charset=utf-8", ...headers },
-  });
-}
-
-function errorResponse(e: HttpError): Response {
-  return json(errorBody(e), e.status, e.headers);
-}
-
-/** Turns what a generation threw into the HTTP error the client sees. */
-function toHttpError(e: unknown): HttpError {
-  if (e instanceof HttpError) return e;
-  if (e instanceof RequestError) return badRequest(e.field, e.message);
-  if (e instanceof ChatTemplateError) return badRequest("messages", e.message);
-  if (e instanceof ExpertReadError) {
-    return new HttpError(500, `expert read failed: ${e.message}`, { type: "expert_read_error" });
-  }
-  if (e instanceof NonFiniteError) {
-    return new HttpError(500, `generation failed: ${e.message}`, { type: "numerical_error" });
-  }
-  const msg = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-  return new HttpError(500, `generation failed: ${msg}`);
-}
-
-/**
- * Whether an `Accept` header prefers Prometheus text (`text/plain` or
- * OpenMetrics) over JSON: a strictly higher quality, so a client that
- * accepts both equally (axios sends `application/json, text/plain` and any type) gets JSON.
- */
-export function wantsPrometheus(accept: string): boolean {
-  let text = 0;
-  let json = 0;
-  for (const part of accept.split(",")) {
-    const [type = "", ...params] = part.trim().toLowerCase().split(";").map((x) => x.trim());
-    const qp = params.find((p) => p.startsWith("q="));
-    const q = qp ? Number(qp.slice(2)) : 1;
-    if (!(q >= 0)) continue;
-    if (type === "text/plain" || type === "application/openmetrics-text") text = Math.max(text, q);
-    if (type === "application/json" || type === "application/*") json = Math.max(json, q);
-  }
-  return text > 0 && text > json;
-}
-
-/** Constant-time comparison of two strings (as UTF-8). */
-function sameSecret(a: string, b: string): boolean {
-  const x = new TextEncoder().encode(a);
-  const y = new TextEncoder().encode(b);
-  let diff = x.length ^ y.length;
-  for (let i = 0; i < x.length; i++) diff |= x[i]! ^ (y[i % Math.max(1, y.length)] ?? 0);
-  return diff === 0;
-}
 
 type Handler = (req: Request, url: URL, params: string[]) => Promise<Response> | Response;
 
@@ -366,8 +319,8 @@ class App {
     let res: Response;
     let cors: string | undefined;
     try {
-      this.#checkHost(req);
-      cors = this.#checkOrigin(req);
+      checkHost(req, this.o.allowedHosts, this.boundHost);
+      cors = checkOrigin(req, this.o.corsOrigins);
       res = req.method === "OPTIONS" && cors !== undefined
         ? preflight(req)
         : await this.#dispatch(req, url, route);
@@ -395,72 +348,11 @@ class App {
   /** The final status of each response, where a stream that fails after its headers changes it. */
   readonly #outcomes = new WeakMap<Response, { status: number }>();
 
-  /**
-   * 403 unless the `Host` header names this server: its bound address, a
-   * loopback name or any IP address (a DNS-rebinding page sends its own
-   * domain), or an `allowedHosts` entry. Checked when listening on
-   * loopback, or always when `allowedHosts` is given.
-   */
-  #checkHost(req: Request): void {
-    const allowed = this.o.allowedHosts;
-    if (allowed === undefined && !isLoopbackHost(this.boundHost ?? "127.0.0.1")) return;
-    if (allowed?.includes("*")) return;
-    const host = req.headers.get("host");
-    if (host === null) return; // HTTP/1.0: no name to rebind
-    const h = host.trim().toLowerCase();
-    const name = hostName(h);
-    if (
-      isIpLiteral(name) || name === "localhost" || name.endsWith(".localhost") ||
-      name === (this.boundHost ?? "").toLowerCase() ||
-      allowed?.some((a) => a.toLowerCase() === h || a.toLowerCase() === name)
-    ) {
-      return;
-    }
-    throw new HttpError(
-      403,
-      `the Host header '${host}' is not an address of this server; if you reach it through ` +
-        `that name, start the server with --allowed-hosts ${name}`,
-      { type: "forbidden_host" },
-    );
-  }
-
-  /**
-   * For a request from a web page (it carries `Origin`, or
-   * `Sec-Fetch-Site: cross-site`): 403 unless the origin is this server's
-   * own or in `corsOrigins`. Returns the value for
-   * `Access-Control-Allow-Origin` when a listed cross origin is allowed.
-   */
-  #checkOrigin(req: Request): string | undefined {
-    const origin = req.headers.get("origin");
-    const site = req.headers.get("sec-fetch-site");
-    if (origin === null) {
-      if (site === "cross-site") {
-        throw new HttpError(403, "cross-site requests from web pages are refused", {
-          type: "forbidden_origin",
-        });
-      }
-      return undefined;
-    }
-    const host = req.headers.get("host");
-    if (host !== null && (origin === `http://${host}` || origin === `https://${host}`)) {
-      return undefined; // same origin: a page served by this server
-    }
-    const allowed = this.o.corsOrigins ?? [];
-    if (allowed.includes("*")) return "*";
-    if (allowed.includes(origin)) return origin;
-    throw new HttpError(
-      403,
-      `requests from the web page at ${origin} are refused; to allow them, start the server ` +
-        `with --cors-origin ${origin}`,
-      { type: "forbidden_origin" },
-    );
-  }
-
   /** The address listened on (set by startServer). */
   boundHost: string | undefined;
 
   async #dispatch(req: Request, url: URL, route: Route | undefined): Promise<Response> {
-    if (this.o.apiKey !== undefined && !route?.open) this.#checkKey(req);
+    if (this.o.apiKey !== undefined && !route?.open) checkKey(req, this.o.apiKey);
     if (!route) {
       throw new HttpError(404, `no endpoint at ${url.pathname}`, { type: "not_found_error" });
     }
@@ -489,18 +381,6 @@ class App {
     return res;
   }
 
-  #checkKey(req: Request): void {
-    const h = req.headers.get("authorization") ?? "";
-    const m = /^Bearer\s+(.+)$/i.exec(h.trim());
-    if (!m || !sameSecret(m[1]!, this.o.apiKey!)) {
-      throw new HttpError(
-        401,
-        m ? "the API key is wrong" : "an API key is required: send 'Authorization: Bearer <key>'",
-        { type: "authentication_error", headers: { "www-authenticate": 'Bearer realm="od-moe"' } },
-      );
-    }
-  }
-
   /** The engine, or 503 while loading. */
   #engine(): Engine {
     if (this.engine) return this.engine;
@@ -523,7 +403,7 @@ class App {
 
   index(req: Request): Promise<Response> | Response {
     if (wantsHtml(req.headers.get("accept") ?? "")) return uiResponse("/");
-    if (this.o.apiKey !== undefined) this.#checkKey(req);
+    if (this.o.apiKey !== undefined) checkKey(req, this.o.apiKey);
     return json({
       name: "od-moe",
       model: this.engine?.info.name ?? null,
@@ -876,38 +756,6 @@ class App {
     const e = this.#engine();
     return await chatCompletions(this.#openai(e), req, await this.#body(req));
   }
-}
-
-/** The `Access-Control-*` answer to a browser's preflight from an allowed origin. */
-function preflight(req: Request): Response {
-  return new Response(null, {
-    status: 204,
-    headers: {
-      "access-control-allow-methods": "GET, POST, OPTIONS",
-      "access-control-allow-headers": req.headers.get("access-control-request-headers") ??
-        "authorization, content-type",
-      "access-control-max-age": "600",
-    },
-  });
-}
-
-/** `host` without its port (`[::1]:8080` → `::1`, `a.b:80` → `a.b`). */
-function hostName(host: string): string {
-  if (host.startsWith("[")) {
-    const end = host.indexOf("]");
-    return end > 0 ? host.slice(1, end) : host;
-  }
-  const i = host.lastIndexOf(":");
-  return i >= 0 && host.indexOf(":") === i ? host.slice(0, i) : host;
-}
-
-function isIpLiteral(name: string): boolean {
-  return /^\d{1,3}(\.\d{1,3}){3}$/.test(name) ||
-    (name.includes(":") && /^[0-9a-f:.]+$/.test(name));
-}
-
-function isLoopbackHost(host: string): boolean {
-  return host === "localhost" || host === "::1" || host === "[::1]" || /^127\./.test(host);
 }
 
 /** The `stats` object of a `/generate` response. */

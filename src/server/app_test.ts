@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { statsJson, wantsPrometheus } from "./app.ts";
+import { statsJson } from "./app.ts";
+import { wantsPrometheus } from "./http.ts";
 
 Deno.test("metrics negotiation: Prometheus only when preferred over JSON", () => {
   assert.equal(wantsPrometheus("text/plain"), true);
