@@ -34,13 +34,8 @@
  * @module
  */
 
-import { Engine, type EngineOptions, failureUsage } from "../generate/engine.ts";
-import type {
-  ChatMessage,
-  GenerateRequest,
-  GenerationStats,
-  StreamChunk,
-} from "../generate/types.ts";
+import { Engine, type EngineOptions } from "../generate/engine.ts";
+import type { GenerateRequest, GenerationStats } from "../generate/types.ts";
 import {
   metricsJson,
   type MetricsView,
@@ -48,17 +43,10 @@ import {
   prometheusText,
   ServerMetrics,
 } from "./metrics.ts";
-import { sseStream } from "./sse.ts";
 import { applyTemplate, detokenize, props, tokenize } from "./llama_routes.ts";
 import { chatCompletions } from "./openai/chat.ts";
 import { completions } from "./openai/completions.ts";
-import {
-  errorBody,
-  type GenerationOutput,
-  type OpenAIContext,
-  type ServeShape,
-  type ServeShapeN,
-} from "./openai/shared.ts";
+import { errorBody, type OpenAIContext } from "./openai/shared.ts";
 import { type Guard, startGuard } from "./guard.ts";
 import {
   checkHost,
@@ -71,6 +59,7 @@ import {
   wantsPrometheus,
 } from "./http.ts";
 import { ExpertsFeed } from "./experts_feed.ts";
+import { GenerationQueue, preparePrompt } from "./queue.ts";
 import { UI_ASSET_PATTERN, uiResponse, wantsHtml } from "./ui.ts";
 import { ensureDemoModel } from "./demo.ts";
 import {
@@ -164,14 +153,6 @@ export interface RunningServer {
   readonly finished: Promise<void>;
 }
 
-/** A generation request admitted to the queue. */
-interface Ticket {
-  readonly t0: number;
-  readonly signal: AbortSignal;
-  abort(): void;
-  release(): void;
-}
-
 const DEFAULT_MAX_TOKENS = { generate: 128, completions: 16, chat: 256 } as const;
 
 const GENERATE_FIELDS = [
@@ -201,17 +182,21 @@ class App {
   readonly startedAt: number = Date.now();
   engine: Engine | undefined;
   loadError: Error | undefined;
-  closing = false;
-  inFlight = 0;
+  /** Admission and running of generations (`./queue.ts`). */
+  readonly queue: GenerationQueue;
   /** The model file served, for `/props` (unknown when the caller loads the engine). */
   modelPath: string | undefined;
-  readonly #shutdown = new AbortController();
   readonly #routes: Route[];
-  /** Mean duration of recent generations, s (for Retry-After). */
-  #avgGenSeconds = 1;
   #feed: ExpertsFeed | undefined;
 
   constructor(readonly o: ServerOptions) {
+    this.queue = new GenerationQueue({
+      maxQueue: o.maxQueue ?? 16,
+      metrics: this.metrics,
+      engine: () => this.#engine(),
+      log: o.log,
+      outcome: (res) => this.#outcomes.get(res),
+    });
     this.#routes = [
       { pattern: /^\/health$/, name: "/health", methods: { GET: () => this.health() }, open: true },
       {
@@ -282,17 +267,17 @@ class App {
     return this.o.bodyTimeoutMs ?? 30_000;
   }
 
-  get maxQueue(): number {
-    return this.o.maxQueue ?? 16;
+  get closing(): boolean {
+    return this.queue.closing;
   }
 
-  get queueDepth(): number {
-    return Math.max(0, this.inFlight - 1);
+  get inFlight(): number {
+    return this.queue.inFlight;
   }
 
   /** Cancels every generation (shutdown past its grace). */
   cancelAll(): void {
-    this.#shutdown.abort();
+    this.queue.cancelAll();
   }
 
   /** Ends the experts event streams (they would otherwise hold shutdown open). */
@@ -427,7 +412,7 @@ class App {
       vocab_size: e.info.vocabSize,
       uptime_seconds: uptime,
       requests_in_flight: this.inFlight,
-      queue_depth: this.queueDepth,
+      queue_depth: this.queue.queueDepth,
     });
   }
 
@@ -437,8 +422,8 @@ class App {
       startedAt: this.startedAt,
       model: e ? { name: e.info.name, architecture: e.info.architecture } : undefined,
       inFlight: this.inFlight,
-      queueDepth: this.queueDepth,
-      maxQueue: this.maxQueue,
+      queueDepth: this.queue.queueDepth,
+      maxQueue: this.queue.maxQueue,
       experts: e?.model.expertStats.snapshot(),
       prefetchEnabled: this.o.prefetchEnabled ?? false,
       prefetch: e?.model.prefetchStats,
@@ -496,178 +481,6 @@ class App {
     return json(this.#modelCard(e));
   }
 
-  /**
-   * Admits a generation: 503 when shutting down or when `maxQueue`
-   * requests already wait. The ticket's signal aborts when the client
-   * disconnects or shutdown cancels; `release()` must be called once.
-   */
-  #admit(req: Request): Ticket {
-    if (this.closing) {
-      throw new HttpError(503, "the server is shutting down", {
-        type: "server_shutting_down",
-        headers: { connection: "close" },
-      });
-    }
-    if (this.inFlight >= this.maxQueue + 1) {
-      this.metrics.queueRejections++;
-      const wait = Math.min(60, Math.max(1, Math.ceil(this.#avgGenSeconds * this.queueDepth)));
-      throw new HttpError(
-        503,
-        `the queue is full (${this.queueDepth} requests waiting, --max-queue ${this.maxQueue}); ` +
-          `retry in ${wait} s`,
-        { type: "queue_full", headers: { "retry-after": String(wait) } },
-      );
-    }
-    this.inFlight++;
-    const ac = new AbortController();
-    const abort = () => ac.abort();
-    // unlinked on release: Deno also aborts request.signal after a response completes
-    req.signal.addEventListener("abort", abort);
-    this.#shutdown.signal.addEventListener("abort", abort);
-    if (req.signal.aborted || this.#shutdown.signal.aborted) ac.abort();
-    let released = false;
-    return {
-      t0: performance.now(),
-      signal: ac.signal,
-      abort,
-      release: () => {
-        if (released) return;
-        released = true;
-        this.inFlight--;
-        req.signal.removeEventListener("abort", abort);
-        this.#shutdown.signal.removeEventListener("abort", abort);
-      },
-    };
-  }
-
-  /**
-   * Tokenises the prompt (or renders the chat) before queueing, so a bad
-   * prompt is refused at once rather than after the queue.
-   */
-  #prepare(
-    e: Engine,
-    p: { prompt?: string | number[]; messages?: ChatMessage[] },
-    fromMessages = p.messages !== undefined,
-  ): number[] {
-    try {
-      const ids = e.promptTokens(p);
-      e.checkPrompt(ids, {
-        field: fromMessages ? "messages" : "prompt",
-        what: fromMessages ? "prompt rendered from the messages" : "prompt",
-      });
-      return ids;
-    } catch (err) {
-      throw toHttpError(err);
-    }
-  }
-
-  /** Runs an admitted generation and records it. */
-  async #run(
-    t: Ticket,
-    req: GenerateRequest,
-    onChunk?: (c: StreamChunk) => void,
-  ): Promise<{ text: string; tokens: number[]; stats: GenerationStats }> {
-    const e = this.#engine();
-    let first = 0;
-    try {
-      const out = await e.generate({ ...req, signal: t.signal }, (c) => {
-        if (!first) first = performance.now();
-        onChunk?.(c);
-      });
-      const end = performance.now();
-      const totalMs = end - t.t0;
-      const s = out.stats;
-      this.metrics.recordGeneration({
-        stats: s,
-        totalMs,
-        ttftMs: (first || end) - t.t0,
-        queueMs: Math.max(0, totalMs - s.prefillMs - s.decodeMs),
-      });
-      if (s.finishReason !== "cancelled") {
-        this.#avgGenSeconds = 0.8 * this.#avgGenSeconds + 0.2 * (s.prefillMs + s.decodeMs) / 1000;
-      }
-      return out;
-    } catch (err) {
-      const h = toHttpError(err);
-      if (h.status >= 500) {
-        this.metrics.recordGenerationError(failureUsage(err));
-        this.o.log?.(`generation failed: ${h.message}`);
-      }
-      throw h;
-    }
-  }
-
-  /**
-   * Serves a generation: the JSON body from `finish`, or (stream) an SSE
-   * response with `chunk` per piece, `finish`'s events at the end, and
-   * `fail`'s event on an error after the headers went out.
-   */
-  #serve(
-    req: Request,
-    g: GenerateRequest,
-    stream: boolean,
-    shape: ServeShape,
-  ): Promise<Response> | Response {
-    return this.#serveAll(req, [g], stream, {
-      ...shape,
-      chunk: (c) => shape.chunk(c),
-      finish: (outs) => shape.finish(outs[0]!),
-      body: (outs) => shape.body(outs[0]!),
-    });
-  }
-
-  /**
-   * Serves several generations one after another under one admission
-   * (OpenAI's `n` choices): `chunk` sees each piece with its choice's index,
-   * `finish` and `body` all the outputs. A cancelled choice ends the rest.
-   */
-  #serveAll(
-    req: Request,
-    gs: readonly GenerateRequest[],
-    stream: boolean,
-    shape: ServeShapeN,
-  ): Promise<Response> | Response {
-    const t = this.#admit(req);
-    const runAll = async (onChunk?: (c: StreamChunk, i: number) => void) => {
-      const outs: GenerationOutput[] = [];
-      for (const [i, g] of gs.entries()) {
-        const out = await this.#run(t, g, onChunk && ((c) => onChunk(c, i)));
-        outs.push(out);
-        if (out.stats.finishReason === "cancelled") break;
-      }
-      return outs;
-    };
-    if (!stream) {
-      return runAll().then((outs) =>
-        // nobody reads the answer of a client that left (nginx's 499 in the request log)
-        outs.some((o) => o.stats.finishReason === "cancelled") && req.signal.aborted
-          ? new Response(null, { status: 499 })
-          : json(shape.body(outs))
-      ).finally(() => t.release());
-    }
-    const sse = sseStream({ onCancel: () => t.abort() });
-    const emit = (events: [string, string | undefined][]) => {
-      for (const [data, event] of events) sse.send(data, event);
-    };
-    (async () => {
-      try {
-        if (shape.start) emit(shape.start());
-        const outs = await runAll((c, i) => emit(shape.chunk(c, i)));
-        emit(shape.finish(outs));
-      } catch (e) {
-        const h = toHttpError(e);
-        // the 200 went out with the headers; the request log and metrics count the failure
-        const outcome = this.#outcomes.get(sse.response);
-        if (outcome && !sse.closed) outcome.status = h.status;
-        emit(shape.fail(h));
-      } finally {
-        t.release();
-        sse.close();
-      }
-    })();
-    return sse.response;
-  }
-
   async #body(req: Request): Promise<Record<string, unknown>> {
     return await readJsonObject(req, this.o.maxBodyBytes ?? MAX_BODY_BYTES, this.#bodyTimeout);
   }
@@ -719,14 +532,14 @@ class App {
       cachePrompt: f.boolean("cache_prompt"),
     };
     const stream = f.boolean("stream") ?? false;
-    g.prompt = this.#prepare(e, { prompt, messages });
+    g.prompt = preparePrompt(e, { prompt, messages });
     const result = (out: { text: string; tokens: number[]; stats: GenerationStats }) => ({
       text: out.text,
       tokens: out.tokens,
       finish_reason: out.stats.finishReason,
       stats: statsJson(out.stats),
     });
-    return this.#serve(req, g, stream, {
+    return this.queue.serve(req, g, stream, {
       chunk: (c) => [[JSON.stringify({ text: c.text, tokens: c.tokens }), undefined]],
       finish: (out) => {
         const r = result(out);
@@ -742,8 +555,8 @@ class App {
     return {
       engine: e,
       limits: this.#limits(e),
-      prepare: (p, fromMessages) => this.#prepare(e, p, fromMessages),
-      serve: (req, gs, stream, shape) => this.#serveAll(req, gs, stream, shape),
+      prepare: (p, fromMessages) => preparePrompt(e, p, fromMessages),
+      serve: (req, gs, stream, shape) => this.queue.serveAll(req, gs, stream, shape),
     };
   }
 
@@ -838,7 +651,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
   let closed: Promise<void> | undefined;
   const close = (c: { graceMs?: number } = {}): Promise<void> => {
     if (closed) return closed;
-    app.closing = true;
+    app.queue.closing = true;
     const grace = c.graceMs ?? o.shutdownGraceMs ?? 5000;
     const timer = setTimeout(() => app.cancelAll(), grace);
     closed = (async () => {
