@@ -326,7 +326,7 @@ export function gpuTable(rows: GpuBenchRow[]): string {
   const f = (x: number | null | undefined) =>
     typeof x === "number" && Number.isFinite(x) ? String(Number(x.toPrecision(3))) : "–";
   return [
-    "| preset | engine | device | prefill tok/s | decode tok/s | od-moe ÷ it (prefill, decode) | tokens vs od-moe |",
+    "| preset | engine | device | prefill tok/s | decode tok/s | od-moe (row above) ÷ it (prefill, decode) | tokens vs od-moe |",
     "|---|---|---|---|---|---|---|",
     ...rows.map((r) =>
       `| ${r.preset} | ${r.engine} | ${r.device} | ${f(r.prefill)} | ${f(r.decode)} | ${
@@ -600,17 +600,18 @@ export async function runGpuCheck(o: GpuCheckOptions): Promise<Record<string, un
       continue;
     }
     reports.push({ preset, build, report: rep });
-    if (!rows.some((x) => x.preset === preset && x.engine === "od-moe")) {
-      rows.push({
-        preset,
-        engine: "od-moe",
-        device: rep.device.replace(/ \[.*$/, ""),
-        prefill: rep.od_moe.prefill_tokens_per_s,
-        decode: rep.od_moe.decode_tokens_per_s,
-        ratio: null,
-        tokens: "",
-      });
-    }
+    // od-moe is measured again in each comparison's process: its row goes right above the
+    // llama.cpp row it is divided by (one od-moe row per preset showed the first run's figures
+    // beside ratios taken from later runs, which did not agree with each other under load)
+    rows.push({
+      preset,
+      engine: `od-moe (run against ${build})`,
+      device: rep.device.replace(/ \[.*$/, ""),
+      prefill: rep.od_moe.prefill_tokens_per_s,
+      decode: rep.od_moe.decode_tokens_per_s,
+      ratio: null,
+      tokens: "",
+    });
     const dev = rep.llama_cpp_build.devices.find((d) => d.type !== "cpu") ??
       rep.llama_cpp_build.devices[0];
     const div = rep.tokens.first_divergence_from_llama_cpp;
