@@ -8,14 +8,14 @@
 
 import assert from "node:assert/strict";
 import type { Gpu } from "../src/gpu/device.ts";
-import { requireGpu } from "../dev/gpu.ts";
+import { noGpuReason, requireGpu } from "../dev/gpu.ts";
 import { loadModel, type LoadModelOptions, type Model } from "../src/model/model.ts";
 import { generate } from "../src/generate/session.ts";
 import { fixtureDequantized, fixtureModel, type FixtureOptions } from "../dev/fixtures.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { Rng } from "../src/util/rng.ts";
-import { loadReference } from "../dev/ref/llama_cpp.ts";
+import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 
 /** Prompt tokens of a parity run. */
 export const PROMPT = 16;
@@ -264,4 +264,13 @@ export async function parityRun(
   } finally {
     model.close();
   }
+}
+
+/**
+ * Why the parity tests cannot run here — no llama.cpp reference, or no GPU
+ * (they are then reported as ignored, not failed) — or null.
+ */
+export function parityUnavailableReason(): string | null {
+  return referenceUnavailableReason() ??
+    (noGpuReason === undefined ? null : `no GPU: ${noGpuReason}`);
 }

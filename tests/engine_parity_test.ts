@@ -10,7 +10,6 @@
 import assert from "node:assert/strict";
 import { loadModel } from "../src/model/model.ts";
 import { Rng } from "../src/util/rng.ts";
-import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import {
   fixtureDequantized,
   fixtureModel,
@@ -18,13 +17,13 @@ import {
   type FixtureType,
 } from "../dev/fixtures.ts";
 import type { SyntheticArch } from "../src/model/synthetic.ts";
-import { argmax, compare, device, PROMPT, range } from "./_parity.ts";
+import { argmax, compare, device, parityUnavailableReason, PROMPT, range } from "./_parity.ts";
 
 const ARCHS: SyntheticArch[] = ["llama", "qwen2moe", "qwen3moe"];
 const TYPES: FixtureType[] = ["F32", "F16", "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"];
 const SHAPES: FixtureShape[] = ["a", "b"];
 
-const skip = referenceUnavailableReason();
+const skip = parityUnavailableReason();
 if (skip) console.log(`skipping engine parity tests: ${skip}`);
 
 for (const arch of ARCHS) {

@@ -21,7 +21,7 @@ import { kvCacheBytesPerToken, type ModelConfig } from "../src/model/config.ts";
 import { planConversion } from "../src/convert/plan.ts";
 import { inspectReport } from "../scripts/inspect.ts";
 import { Rng } from "../src/util/rng.ts";
-import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
+import { loadReference } from "../dev/ref/llama_cpp.ts";
 import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import {
   DEEPSEEK2_PRESETS,
@@ -36,12 +36,13 @@ import {
   type ParityResult,
   parityRun,
   type ParityRunOptions,
+  parityUnavailableReason,
 } from "./_parity.ts";
 
 const TYPES: FixtureType[] = ["F32", "F16", "Q8_0", "Q4_K_M"];
 const SHAPES: FixtureShape[] = ["a", "b"];
 
-const skip = referenceUnavailableReason();
+const skip = parityUnavailableReason();
 if (skip) console.log(`skipping deepseek2 parity tests: ${skip}`);
 
 const results: (ParityResult & { label: string })[] = [];

@@ -15,14 +15,19 @@ import assert from "node:assert/strict";
 import type { Model } from "../src/model/model.ts";
 import type { ModelConfig } from "../src/model/config.ts";
 import { Rng } from "../src/util/rng.ts";
-import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import {
   fixtureModel,
   type FixtureOptions,
   type FixtureShape,
   type FixtureType,
 } from "../dev/fixtures.ts";
-import { checkBudgets, type ParityResult, parityRun, type ParityRunOptions } from "./_parity.ts";
+import {
+  checkBudgets,
+  type ParityResult,
+  parityRun,
+  type ParityRunOptions,
+  parityUnavailableReason,
+} from "./_parity.ts";
 
 const SHAPES: FixtureShape[] = ["a", "b"];
 const TYPES: Record<"gpt-oss" | "olmoe", FixtureType[]> = {
@@ -30,7 +35,7 @@ const TYPES: Record<"gpt-oss" | "olmoe", FixtureType[]> = {
   olmoe: ["F32", "F16", "Q8_0", "Q4_K_M"],
 };
 
-const skip = referenceUnavailableReason();
+const skip = parityUnavailableReason();
 if (skip) console.log(`skipping gpt-oss/olmoe parity tests: ${skip}`);
 
 const results: (ParityResult & { label: string })[] = [];

@@ -13,16 +13,16 @@
 import assert from "node:assert/strict";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { Rng } from "../src/util/rng.ts";
-import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
+import { loadReference } from "../dev/ref/llama_cpp.ts";
 import { GgmlType } from "../src/gguf/types.ts";
 import { fixtureModel, type FixtureType } from "../dev/fixtures.ts";
-import { checkBudgets, device, parityRun } from "./_parity.ts";
+import { checkBudgets, device, parityRun, parityUnavailableReason } from "./_parity.ts";
 import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
 import { generate } from "../src/generate/session.ts";
 import { convertGguf } from "../src/convert/convert.ts";
 import { inspectReport } from "../scripts/inspect.ts";
 
-const skip = referenceUnavailableReason();
+const skip = parityUnavailableReason();
 if (skip) console.log(`skipping I-quant parity tests: ${skip}`);
 
 const ARCHS = ["qwen3moe", "deepseek2"] as const;

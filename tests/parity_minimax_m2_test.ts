@@ -11,11 +11,15 @@
 
 import assert from "node:assert/strict";
 import type { ModelConfig } from "../src/model/config.ts";
-import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import type { FixtureOptions } from "../dev/fixtures.ts";
-import { type ParityResult, parityRun, type ParityRunOptions } from "./_parity.ts";
+import {
+  type ParityResult,
+  parityRun,
+  type ParityRunOptions,
+  parityUnavailableReason,
+} from "./_parity.ts";
 
-const skip = referenceUnavailableReason();
+const skip = parityUnavailableReason();
 if (skip) console.log(`skipping minimax-m2 parity tests: ${skip}`);
 
 const results: (ParityResult & { label: string })[] = [];

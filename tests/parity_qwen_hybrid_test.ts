@@ -24,9 +24,8 @@ import {
   recurrentStateBytes,
 } from "../src/model/config.ts";
 import { Rng } from "../src/util/rng.ts";
-import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import { fixtureModel, type FixtureShape, type FixtureType } from "../dev/fixtures.ts";
-import { checkBudgets, device, parityRun } from "./_parity.ts";
+import { checkBudgets, device, parityRun, parityUnavailableReason } from "./_parity.ts";
 import { generate } from "../src/generate/session.ts";
 import { Engine } from "../src/generate/engine.ts";
 import { expertLayout } from "../src/experts/layout.ts";
@@ -36,7 +35,7 @@ const TYPES: FixtureType[] = ["F32", "F16", "Q8_0", "Q4_K_M"];
 const SHAPES: FixtureShape[] = ["a", "b"];
 const ARCHS = ["qwen35moe", "qwen3next"] as const;
 
-const skip = referenceUnavailableReason();
+const skip = parityUnavailableReason();
 if (skip) console.log(`skipping hybrid Qwen parity tests: ${skip}`);
 
 for (const arch of ARCHS) {

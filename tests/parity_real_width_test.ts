@@ -23,12 +23,16 @@
  * narrow and `bench/kimi_k2.ts` at Kimi's width (`kimi-k2-cut`).
  */
 
-import { referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import type { FixtureOptions } from "../dev/fixtures.ts";
 import { presetOptions } from "../dev/presets.ts";
-import { type ParityResult, parityRun, type ParityRunOptions } from "./_parity.ts";
+import {
+  type ParityResult,
+  parityRun,
+  type ParityRunOptions,
+  parityUnavailableReason,
+} from "./_parity.ts";
 
-const skip = referenceUnavailableReason();
+const skip = parityUnavailableReason();
 if (skip) console.log(`skipping real-width parity tests: ${skip}`);
 
 const CI_VOCAB = { vocabSize: 3000, vocabPre: undefined } as const;
