@@ -6,8 +6,10 @@
 // works without scratch memory:
 //   s_j = scale · cap(q · k_j)           cap(x) = softcap · tanh(x / softcap), or x
 //   out = Σ_j e^(s_j − m) v_j / (Σ_j e^(s_j − m) + e^(sink − m)),  m = max(s, sink)
-// Token t (position qPos = pos0 + t) sees key j iff j ≤ qPos and, with a
-// window W > 0, qPos − j < W. Query head h reads kv head h / group.
+// Token t (at position qPos, the step buffer's [4 + 2t]) sees key j of its
+// sequence iff j ≤ qPos and, with a window W > 0, qPos − j < W; its
+// sequence's keys start at cache row [5 + 2t] (several sequences share a
+// cache in regions: continuous batching). Query head h reads kv head h / group.
 //
 // Bindings (inputs → outputs → params):
 //   @binding(0) q:      array<f32>  [T, nHead, D_K]: qOffset + t*qStride + h*qHeadStride + d   read
@@ -17,7 +19,7 @@
 //                                   (may be the K buffer: MLA's V is a prefix of its K rows)
 //   @binding(3) sinks:  array<f32>  [nHead] from sinksOffset; unused when hasSinks = 0        read
 //   @binding(4) out:    array<f32>  [T, nHead, D_V]: oOffset + t*oStride + h*oHeadStride + d  written
-//   @binding(5) step:   array<u32>  the step buffer: [0] = pos0                              read
+//   @binding(5) step:   array<u32>  the step buffer: [1] tokens, per token [4 + 2t], [5 + 2t] read
 //   @binding(6) params: read-only storage, struct Params below
 // Overrides: WG_SIZE (a power of two), D_K, D_V (head widths).
 //
@@ -65,6 +67,14 @@ var<workgroup> acc: array<f32, D_V>;
 var<workgroup> ps: array<f32, KPT * WG_SIZE>;
 //#include wg_reduce
 
+// Token t's position, and the cache row where its sequence's keys start.
+fn tok_pos(t: u32) -> u32 {
+  return step[4u + 2u * t];
+}
+fn tok_base(t: u32) -> u32 {
+  return step[5u + 2u * t];
+}
+
 // Below any score; finite so that differences with it stay finite (e^(−big) = 0).
 const NEG_BIG: f32 = -3.0e38;
 
@@ -76,15 +86,15 @@ fn attend(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li
   if (params.block > 0u) {
     t += step[1] / params.block * params.block;
   }
-  let kEnd = step[0] + t + 1u;
+  let kEnd = tok_pos(t) + 1u;
   var kStart = 0u;
   if (params.window > 0u && kEnd > params.window) {
     kStart = kEnd - params.window;
   }
   let kvh = h / params.group;
   let qb = params.qOffset + t * params.qStride + h * params.qHeadStride;
-  let kb = params.kOffset + kvh * params.kHeadStride;
-  let vb = params.vOffset + kvh * params.vHeadStride;
+  let kb = params.kOffset + kvh * params.kHeadStride + tok_base(t) * params.kRowStride;
+  let vb = params.vOffset + kvh * params.vHeadStride + tok_base(t) * params.vRowStride;
 
   for (var d = lid; d < D_K; d += WG_SIZE) {
     qs[d] = q[qb + d];
@@ -193,14 +203,14 @@ var<workgroup> ginv: array<f32, G>;
 fn attend_heads(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let h0 = wid.x * G;
   let t = wid.y;
-  let kEnd = step[0] + t + 1u;
+  let kEnd = tok_pos(t) + 1u;
   var kStart = 0u;
   if (params.window > 0u && kEnd > params.window) {
     kStart = kEnd - params.window;
   }
   let kvh = h0 / params.group;
-  let kb = params.kOffset + kvh * params.kHeadStride;
-  let vb = params.vOffset + kvh * params.vHeadStride;
+  let kb = params.kOffset + kvh * params.kHeadStride + tok_base(t) * params.kRowStride;
+  let vb = params.vOffset + kvh * params.vHeadStride + tok_base(t) * params.vRowStride;
   let qb = params.qOffset + t * params.qStride;
   for (var i = lid; i < G * D_K; i += WG_SIZE) {
     let g = i / D_K;
@@ -406,16 +416,17 @@ fn attend_tiled(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_ind
     t0 += step[1] / params.block * params.block;
   }
   let qvs = QB / 4u;
-  let pos0 = step[0];
+  // a block is QB consecutive positions of one sequence (a batch of one sequence)
+  let qPos0 = tok_pos(t0);
   // keys of the block: from the first token's window start to the last token's own key
-  let kEnd = pos0 + t0 + QB;
+  let kEnd = qPos0 + QB;
   var kStart = 0u;
-  if (params.window > 0u && pos0 + t0 + 1u > params.window) {
-    kStart = pos0 + t0 + 1u - params.window;
+  if (params.window > 0u && qPos0 + 1u > params.window) {
+    kStart = qPos0 + 1u - params.window;
   }
   let kvh = h / params.group;
-  let kb = params.kOffset + kvh * params.kHeadStride;
-  let vb = params.vOffset + kvh * params.vHeadStride;
+  let kb = params.kOffset + kvh * params.kHeadStride + tok_base(t0) * params.kRowStride;
+  let vb = params.vOffset + kvh * params.vHeadStride + tok_base(t0) * params.vRowStride;
   for (var i = lid; i < QB * D_K; i += WG_SIZE) {
     let qi = i / D_K;
     let d = i % D_K;
@@ -436,7 +447,7 @@ fn attend_tiled(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_ind
   workgroupBarrier();
 
   for (var tile = kStart; tile < kEnd; tile += WG_SIZE) {
-    tile_scores(tile + lid, kEnd, pos0 + t0, kb, lid);
+    tile_scores(tile + lid, kEnd, qPos0, kb, lid);
     workgroupBarrier();
     // The tile's maxima: each part's over its keys, then over the parts.
     var pm = vec4f(NEG_BIG);

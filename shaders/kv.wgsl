@@ -1,5 +1,6 @@
-// kv: store the batch's keys and values into a layer's cache at positions
-// pos0 + t (pos0 from the step buffer). Rows are copied whole: a row is
+// kv: store the batch's keys and values into a layer's cache, token t at
+// row base + pos (its sequence's first cache row and its position, from the
+// step buffer's [5 + 2t] and [4 + 2t]). Rows are copied whole: a row is
 // whatever one position holds (nHeadKv · headDim for K or V, or MLA's
 // [latent | k_pe] row), so any row width works. vWidth = 0 stores K only.
 //
@@ -8,7 +9,7 @@
 //   @binding(1) v:      array<f32>  [T, vWidth] from vOffset, vStride apart       read
 //   @binding(2) kCache: array<f32>  [nCtx, kWidth] from kcOffset, kcStride apart  written
 //   @binding(3) vCache: array<f32>  [nCtx, vWidth] from vcOffset, vcStride apart  written
-//   @binding(4) step:   array<u32>  the step buffer: [0] = pos0                   read
+//   @binding(4) step:   array<u32>  the step buffer: per-token [4 + 2t], [5 + 2t]   read
 //   @binding(5) params: read-only storage, struct Params below
 //
 // Dispatch: [ceil((kWidth + vWidth) / WG_SIZE), T]; element j < kWidth is
@@ -40,7 +41,7 @@ override WG_SIZE: u32 = 64;
 fn store(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let j = wid.x * WG_SIZE + lid;
   let t = wid.y;
-  let pos = step[0] + t;
+  let pos = step[5u + 2u * t] + step[4u + 2u * t];
   if (j < params.kWidth) {
     kCache[params.kcOffset + pos * params.kcStride + j] = k[params.kOffset + t * params.kStride + j];
   } else if (j < params.kWidth + params.vWidth) {

@@ -3,7 +3,7 @@
 // start at dimOffset (ggml n_offs; 0 except for split heads):
 //   mode 0 "normal" pairs (2i, 2i+1)              (llama, deepseek2)
 //   mode 2 "neox"   pairs (i, i + nRot/2)         (qwen, gpt-oss, olmoe)
-// Token t sits at position pos0 + t (pos0 from the step buffer). Pair i's
+// Token t sits at the position the step buffer gives it ([4 + 2t]). Pair i's
 // angle is pos · thetaScale^i (ggml's running product in f32), divided by
 // the optional frequency factor, then YaRN-corrected (rope_yarn):
 //   interp = freqScale · extrap
@@ -20,7 +20,7 @@
 //                                   (read and written in place)
 //   @binding(1) ff:     array<f32>  [nRot / 2] frequency factors from ffOffset;
 //                                   unused when hasFreqFactors = 0             read
-//   @binding(2) step:   array<u32>  the step buffer: [0] = pos0                read
+//   @binding(2) step:   array<u32>  the step buffer: [4 + 2t] = token t's position  read
 //   @binding(3) params: read-only storage, struct Params below
 //
 // Dispatch: [ceil(nHeads · nRot/2 / WG_SIZE), T]; one invocation per pair.
@@ -74,7 +74,7 @@ fn rope(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let i = j % half;
   let t = wid.y;
 
-  var theta = f32(step[0] + t);
+  var theta = f32(step[4u + 2u * t]);
   for (var r = 0u; r < i; r++) {
     theta *= params.thetaScale;
   }

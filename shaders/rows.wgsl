@@ -32,6 +32,20 @@ fn copy_last_row(@builtin(global_invocation_id) gid: vec3u) {
   out[i] = x[params.offset + last * params.stride + i];
 }
 
+// gather_rows: out[r, i] = x[row r, i] for the rows a batch of several
+// sequences needs logits for (each sequence's last token), the rows listed
+// in the head's step buffer: [1] = rows, [4 + r] = batch row of output r.
+//   Same bindings as copy_last_row (out [rows, n]). Dispatch: [ceil(n / WG_SIZE), rows].
+@compute @workgroup_size(WG_SIZE)
+fn gather_rows(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x;
+  let r = gid.y;
+  if (i >= params.n || r >= step[1]) {
+    return;
+  }
+  out[r * params.n + i] = x[params.offset + step[4u + r] * params.stride + i];
+}
+
 // save_if_clean: out[t, i] = x[t, i] for t < nTokens while no expert miss
 // has been recorded yet in this pass (misses[0] == 0). Placed before each MoE
 // step, it leaves `out` holding the residual stream that entered the first

@@ -3,9 +3,11 @@
  * sampler, behind the generation layers (mlx-lm style):
  * `generateStep` (token ids as they are accepted) → `streamGenerate` (text
  * pieces that never split a character, stop strings, statistics) →
- * `generate` (one call). One generation runs at a time; requests wait in
- * order. The KV cache of the last generation is kept: a prompt that starts
- * with the same tokens processes only the rest (prefix reuse).
+ * `generate` (one call). One generation runs at a time, or with
+ * `parallel` N up to N, batched together (continuous batching,
+ * `./batch.ts`); requests wait in order. The KV cache of the last
+ * generation (of each sequence slot) is kept: a prompt that starts with the
+ * same tokens processes only the rest (prefix reuse).
  *
  * @module
  */
@@ -16,6 +18,7 @@ import { renderChat } from "../tokenizer/chat.ts";
 import type { GpuSampler } from "../gpu/ops/sample.ts";
 import { checkPrompt, RequestError, Session, StatsMeter, type StepsResult } from "./session.ts";
 import { readbackSteps } from "./readback.ts";
+import { Batcher } from "./batch.ts";
 import { Constraint } from "./constrain.ts";
 import type { GenerateRequest, GenerationStats, StreamChunk, TokenLogprob } from "./types.ts";
 
@@ -32,6 +35,21 @@ export interface EngineOptions extends LoadModelOptions {
    * uploaded instead of computed.
    */
   promptCacheMiB?: number;
+  /**
+   * Generations run at once (llama.cpp server's `--parallel`; default 1):
+   * with more than one, each gets a sequence slot of `nCtx` positions and
+   * their tokens are computed in shared batches (continuous batching); every
+   * token is then read back and chosen on the CPU.
+   */
+  parallel?: number;
+}
+
+/** What one generation's steps report back to the layers above (per request, so several can run). */
+interface StepState {
+  /** Its tokens' log probabilities, when asked for. */
+  readonly logprobs: TokenLogprob[];
+  /** Prompt tokens found in the KV cache, once known. */
+  cachedTokens?: number;
 }
 
 /** The default of {@linkcode EngineOptions.promptCacheMiB}. */
@@ -51,10 +69,9 @@ export interface GenerateOutput {
 
 /** A loaded model ready to turn text into text. */
 export class Engine {
-  #queue: Promise<unknown> = Promise.resolve();
   #pending = 0;
-  /** The running request's log probabilities, one per generated token (readback path). */
-  #logprobs: TokenLogprob[] = [];
+  #active = 0;
+  readonly #waiters: (() => void)[] = [];
 
   private constructor(
     /** The model on the GPU. */
@@ -65,7 +82,14 @@ export class Engine {
     readonly session: Session,
     /** Display name. */
     readonly name: string,
+    /** The sequence slots when generations run in parallel. */
+    readonly batcher: Batcher | undefined,
   ) {}
+
+  /** Generations that run at once (see {@linkcode EngineOptions.parallel}). */
+  get parallel(): number {
+    return this.batcher?.slots.length ?? 1;
+  }
 
   /** The GPU sampler (temperature, top-k/p, min-p, penalties, seed). */
   get sampler(): GpuSampler {
@@ -74,7 +98,15 @@ export class Engine {
 
   /** Loads a model, its tokenizer and the sampler. */
   static async load(o: EngineOptions): Promise<Engine> {
-    const model = await Model.load(o);
+    const parallel = o.parallel ?? 1;
+    if (!(Number.isInteger(parallel) && parallel >= 1 && parallel <= 64)) {
+      throw new RangeError(`parallel must be an integer in 1…64, got ${o.parallel}`);
+    }
+    const model = await Model.load({
+      ...o,
+      maxSequences: parallel,
+      maxBatch: Math.max(o.maxBatch ?? 64, parallel),
+    });
     try {
       const tokenizer = Tokenizer.fromGguf(model.file.metadata);
       const mib = o.promptCacheMiB ?? DEFAULT_PROMPT_CACHE_MIB;
@@ -82,7 +114,13 @@ export class Engine {
       const session = await Session.create(model, { promptCacheBytes: mib * 2 ** 20 });
       const name = o.name ?? model.file.metadata.string("general.name", null) ??
         (o.model ?? o.baseWeights ?? "model").split("/").pop()!.replace(/\.gguf$/, "");
-      return new Engine(model, tokenizer, session, name);
+      return new Engine(
+        model,
+        tokenizer,
+        session,
+        name,
+        parallel > 1 ? new Batcher(model) : undefined,
+      );
     } catch (e) {
       model.close();
       throw e;
@@ -124,39 +162,49 @@ export class Engine {
   }
 
   /**
-   * Runs `fn` when the requests before it are done. A request whose `signal`
-   * aborts while it waits leaves the queue at once with `left()` (it never
-   * runs); those behind it keep their order.
+   * Runs `fn` when fewer than `parallel` requests run and those before it
+   * have started. A request whose `signal` aborts while it waits leaves the
+   * queue at once with `left()` (it never runs); those behind it keep their
+   * order.
    */
   #exclusive<T>(fn: () => Promise<T>, signal?: AbortSignal, left?: () => T): Promise<T> {
     this.#pending++;
-    let started = false;
-    let gone = false;
-    let leave: ((v: T) => void) | undefined;
-    const run = this.#queue.then(() => {
-      if (gone) return undefined as T;
-      started = true;
-      return fn();
+    return new Promise<T>((resolve, reject) => {
+      let started = false;
+      let finished = false;
+      const finish = () => {
+        if (finished) return;
+        finished = true;
+        this.#pending--;
+        signal?.removeEventListener("abort", onAbort);
+      };
+      const start = () => {
+        started = true;
+        this.#active++;
+        fn().then(resolve, reject).finally(() => {
+          finish();
+          this.#active--;
+          this.#startWaiting();
+        });
+      };
+      const onAbort = () => {
+        if (started || !left) return;
+        const i = this.#waiters.indexOf(start);
+        if (i >= 0) this.#waiters.splice(i, 1);
+        finish();
+        resolve(left());
+      };
+      if (signal && left) {
+        signal.addEventListener("abort", onAbort);
+        if (signal.aborted) return onAbort();
+      }
+      this.#waiters.push(start);
+      this.#startWaiting();
     });
-    this.#queue = run.catch(() => {});
-    let done = false;
-    const finish = () => {
-      if (done) return;
-      done = true;
-      this.#pending--;
-      signal?.removeEventListener("abort", onAbort);
-    };
-    const onAbort = () => {
-      if (started || gone || !left) return;
-      gone = true;
-      finish();
-      leave?.(left());
-    };
-    if (!signal || !left) return run.finally(finish);
-    const waited = new Promise<T>((resolve) => leave = resolve);
-    signal.addEventListener("abort", onAbort);
-    if (signal.aborted) onAbort();
-    return Promise.race([waited, run.finally(() => gone || finish())]);
+  }
+
+  #startWaiting(): void {
+    while (this.#active < this.parallel && this.#waiters.length > 0) this.#waiters.shift()!();
   }
 
   /**
@@ -165,7 +213,7 @@ export class Engine {
    * {@linkcode Session.cachedPrefix}.
    */
   cachedPrefix(prompt: readonly number[]): number {
-    return this.session.cachedPrefix(prompt);
+    return this.batcher?.cachedPrefix(prompt) ?? this.session.cachedPrefix(prompt);
   }
 
   /**
@@ -184,27 +232,32 @@ export class Engine {
    * tokens keeps its KV cache and only the rest is processed. Ends at an
    * end-of-generation token, a stop token, `maxTokens` or cancellation.
    * Must be iterated to the end or returned early (for-await with break
-   * does that).
+   * does that). With `parallel` > 1 it runs in a free sequence slot (and
+   * throws when every slot is held).
    */
-  async *generateStep(req: GenerateRequest): AsyncGenerator<number[], StepsResult, void> {
+  generateStep(req: GenerateRequest): AsyncGenerator<number[], StepsResult, void> {
+    return this.#steps(req, { logprobs: [] });
+  }
+
+  async *#steps(req: GenerateRequest, st: StepState): AsyncGenerator<number[], StepsResult, void> {
     const prompt = this.promptTokens(req);
     let started = false;
+    const cachedAtStart = req.cachePrompt === false ? 0 : this.cachedPrefix(prompt);
     const cancelled = (): StepsResult => ({
       promptTokens: prompt.length,
-      // once started, the session knows (the prompt cache may have given more than the live context)
-      cachedTokens: started
-        ? this.session.cachedTokens
-        : req.cachePrompt === false
-        ? 0
-        : this.cachedPrefix(prompt),
+      // once started, the session or slot knows (the prompt cache may have given more)
+      cachedTokens: started ? st.cachedTokens ?? cachedAtStart : cachedAtStart,
       finishReason: "cancelled",
     });
     const stopTokens = [...this.tokenizer.eogIds, ...(req.stopTokens ?? [])];
     const context = req.cachePrompt === false ? "reset" : "reuse";
-    this.#logprobs = [];
-    // a grammar or log probabilities need each token's logits on the CPU
-    const it = req.grammar !== undefined || req.logprobs !== undefined
-      ? readbackSteps(this.session, prompt, {
+    const slot = this.batcher?.acquire(prompt);
+    if (this.batcher && !slot) {
+      throw new Error(`all ${this.parallel} sequence slots are running a generation`);
+    }
+    // a grammar or log probabilities need each token's logits on the CPU, and so do slots
+    const it = slot || req.grammar !== undefined || req.logprobs !== undefined
+      ? readbackSteps(slot ?? this.session, prompt, {
         maxTokens: req.maxTokens,
         stopTokens,
         sampling: req.sampling ?? {},
@@ -212,7 +265,8 @@ export class Engine {
         historyCapacity: this.sampler.historyCapacity,
         constraint: req.grammar && new Constraint(req.grammar, this.tokenizer),
         logprobs: req.logprobs,
-        onLogprob: (lp) => this.#logprobs.push(lp),
+        onLogprob: (lp) => st.logprobs.push(lp),
+        onContext: (n) => st.cachedTokens = n,
       })
       : this.session.steps(prompt, {
         maxTokens: req.maxTokens,
@@ -225,11 +279,16 @@ export class Engine {
         if (req.signal?.aborted) return cancelled();
         started = true;
         const r = await it.next();
+        if (!slot) st.cachedTokens = this.session.cachedTokens;
         if (r.done) return r.value;
         yield r.value;
       }
     } finally {
-      await it.return(cancelled());
+      try {
+        await it.return(cancelled());
+      } finally {
+        if (slot) this.batcher!.release(slot);
+      }
     }
   }
 
@@ -244,7 +303,8 @@ export class Engine {
     const stops = (req.stop ?? []).filter((s) => s.length > 0);
     // tokenised once here, so every ending (a stop string, cancellation, an error) knows its length
     const prompt = this.promptTokens(req);
-    const steps = this.generateStep({ ...req, prompt, messages: undefined });
+    const st: StepState = { logprobs: [] };
+    const steps = this.#steps({ ...req, prompt, messages: undefined }, st);
     let pending = ""; // decoded text not yet emitted (may hold a stop string's start)
     let pendingTokens: number[] = [];
     let pendingStarts: number[] = []; // where each pending token's text starts in `pending`
@@ -260,7 +320,7 @@ export class Engine {
       while (k < pendingTokens.length && pendingStarts[k]! < n) k++;
       const chunk: StreamChunk = { text: pending.slice(0, n), tokens: pendingTokens.slice(0, k) };
       if (req.logprobs !== undefined) {
-        chunk.logprobs = this.#logprobs.slice(emittedTokens, emittedTokens + k);
+        chunk.logprobs = st.logprobs.slice(emittedTokens, emittedTokens + k);
       }
       pending = pending.slice(n);
       pendingTokens = pendingTokens.slice(k);
@@ -301,14 +361,14 @@ export class Engine {
         // ends the model's generation (a no-op when it is what failed)
         await steps.return({
           promptTokens: prompt.length,
-          cachedTokens: tokens > 0 ? this.session.cachedTokens : cachedAtStart,
+          cachedTokens: tokens > 0 ? st.cachedTokens ?? cachedAtStart : cachedAtStart,
           finishReason: "cancelled",
         });
         // ended here (a stop string, or the caller stopped reading): the prompt was processed
         if (!failed) {
           result = {
             promptTokens: prompt.length,
-            cachedTokens: tokens > 0 ? this.session.cachedTokens : cachedAtStart,
+            cachedTokens: tokens > 0 ? st.cachedTokens ?? cachedAtStart : cachedAtStart,
             finishReason: req.signal?.aborted ? "cancelled" : "stop",
           };
         }

@@ -30,6 +30,54 @@ import {
 } from "./session.ts";
 import type { FinishReason, SamplingParams, TokenLogprob } from "./types.ts";
 
+/**
+ * What the readback path drives: one sequence's context on a model — the
+ * session's (the model's whole cache, {@linkcode sessionContext}) or a slot
+ * of a batched model (`./batch.ts`).
+ */
+export interface TokenContext {
+  /** Context length (positions). */
+  readonly nCtx: number;
+  /** Vocabulary size (logits per token). */
+  readonly nVocab: number;
+  /** Tokens in the context. */
+  readonly nPast: number;
+  /** Throws a RangeError naming the first id outside the vocabulary. */
+  checkIds(tokens: readonly number[]): void;
+  /** Readies the context for `prompt`: keeps the longest known prefix ("reuse") or none; returns it. */
+  begin(prompt: readonly number[], mode: "reuse" | "reset"): Promise<number>;
+  /** Appends `tokens`; the logits after the last (f32 [nVocab]). */
+  forward(tokens: readonly number[]): Promise<Float32Array>;
+  /** The generation is over: the context holds `tokens` (its first nPast), or anything (`undefined`: forget it). */
+  end(tokens: readonly number[] | undefined): void;
+}
+
+/** The session's context (the model's single sequence) as a {@link TokenContext}. */
+export function sessionContext(session: Session): TokenContext {
+  const model = session.model;
+  return {
+    get nCtx() {
+      return model.nCtx;
+    },
+    nVocab: model.config.nVocab,
+    get nPast() {
+      return model.nPast;
+    },
+    checkIds: (tokens) => model.checkIds(tokens),
+    begin: (prompt, mode) => session.beginContext(prompt, mode),
+    forward: (tokens) => model.forward(tokens),
+    end(tokens) {
+      if (tokens === undefined) {
+        // the cache may hold anything beyond the kept prefix: forget it all
+        model.reset();
+        session.adopt([]);
+      } else {
+        session.adopt(tokens);
+      }
+    },
+  };
+}
+
 /** Options of {@linkcode readbackSteps}. */
 export interface ReadbackOptions {
   /** Tokens to generate at most (cut to the room left in the context). */
@@ -48,19 +96,22 @@ export interface ReadbackOptions {
   logprobs?: number;
   /** Receives each token's log probabilities, in order. */
   onLogprob?: (lp: TokenLogprob) => void;
+  /** Told how many prompt tokens the context already held, before any is run. */
+  onContext?: (cachedTokens: number) => void;
 }
 
 /**
- * Generation after `prompt` on the session's model, a token at a time, as
- * {@linkcode Session.steps} does it (the same checks, prefix reuse and
- * context left behind: every generated token but the last fed in).
+ * Generation after `prompt` in a context (a session's model, or a slot of a
+ * batched one), a token at a time, as {@linkcode Session.steps} does it (the
+ * same checks, prefix reuse and context left behind: every generated token
+ * but the last fed in).
  */
 export async function* readbackSteps(
-  session: Session,
+  target: Session | TokenContext,
   prompt: readonly number[],
   o: ReadbackOptions,
 ): AsyncGenerator<number[], StepsResult, void> {
-  const model = session.model;
+  const model = "model" in target ? sessionContext(target) : target;
   checkPrompt(prompt, model.nCtx);
   try {
     model.checkIds(prompt);
@@ -76,12 +127,13 @@ export async function* readbackSteps(
   // the last generated token is never fed back, so it needs no cache room
   const maxTokens = Math.min(o.maxTokens, model.nCtx - prompt.length + 1);
   const stop = new Set(o.stopTokens);
-  const c = deriveSampler(resolveSampling(o.sampling), model.config.nVocab, o.historyCapacity);
+  const c = deriveSampler(resolveSampling(o.sampling), model.nVocab, o.historyCapacity);
   const history = [...prompt];
   const generated: number[] = [];
   let finishReason: FinishReason = "length";
   let failed = false;
-  const cached = await session.beginContext(prompt, o.context);
+  const cached = await model.begin(prompt, o.context);
+  o.onContext?.(cached);
   try {
     let logits = await model.forward(prompt.slice(cached));
     for (;;) {
@@ -115,13 +167,7 @@ export async function* readbackSteps(
     failed = true;
     throw e;
   } finally {
-    if (failed) {
-      // the cache may hold anything beyond the kept prefix: forget it all
-      model.reset();
-      session.adopt([]);
-    } else {
-      session.adopt([...prompt, ...generated]);
-    }
+    model.end(failed ? undefined : [...prompt, ...generated]);
   }
 }
 

@@ -17,7 +17,7 @@
 import type { GgufModelFile } from "../gguf/reader.ts";
 import { acquireGpu, type Gpu } from "../gpu/device.ts";
 import { createBuffer, recordReadback, upload } from "../gpu/buffers.ts";
-import { type Op, stepWords } from "../gpu/ops/op.ts";
+import { batchStepWords, type BatchToken, type Op, STEP, stepWords } from "../gpu/ops/op.ts";
 import { FINITE } from "../gpu/ops/finite.ts";
 import type { BufferBinding } from "../gpu/dispatch.ts";
 import { checkMoeConfig, type ModelConfig } from "./config.ts";
@@ -49,6 +49,12 @@ export interface LoadModelOptions extends ModelFiles {
   nCtx?: number;
   /** Most prompt tokens per batch; default 64. */
   maxBatch?: number;
+  /**
+   * Sequences that can share one batch (continuous batching, {@linkcode
+   * Model.forwardRows}); the KV cache holds `nCtx` positions for each.
+   * Default 1.
+   */
+  maxSequences?: number;
   /** A device to use; default a new one. */
   gpu?: Gpu;
   /**
@@ -115,6 +121,16 @@ export interface SampleState {
   readonly data: Uint32Array;
 }
 
+/** One sequence's part of a batch of several (see {@linkcode Model.forwardRows}). */
+export interface SequenceRun {
+  /** Its KV region: 0 … `maxSequences − 1`. */
+  readonly sequence: number;
+  /** The position of its first token (its tokens before it are in its region). */
+  readonly pos: number;
+  /** Its tokens (at least one). */
+  readonly tokens: readonly number[];
+}
+
 /** How a batch ends (see {@linkcode Model.settle} and {@linkcode Model.prefill}). */
 export interface BatchEnd {
   /** Run the output head (default true). */
@@ -147,8 +163,11 @@ export class Model {
     readonly transformer: MoeTransformer,
     /** The routed experts: the pool, the prefetcher, which layer missed and its repair. */
     readonly scheduler: ExpertScheduler,
+    /** Context length of a sequence (KV cache positions each). */
     readonly nCtx: number,
     readonly maxBatch: number,
+    /** Sequences the KV cache holds (regions of `nCtx` positions), and the most one batch may mix. */
+    readonly maxSequences: number,
     /** Decode tokens queued before a readback at most (a generation's window). */
     readonly window: number,
     readonly ownsGpu: boolean,
@@ -174,6 +193,18 @@ export class Model {
       const plan = checkTensorPlan(file, fullPlan.filter((e) => e.role === "base"));
       const nCtx = o.nCtx ?? Math.min(4096, config.nCtxTrain || 4096);
       const maxBatch = o.maxBatch ?? 64;
+      const maxSequences = o.maxSequences ?? 1;
+      if (!(Number.isInteger(maxSequences) && maxSequences >= 1 && maxSequences <= maxBatch)) {
+        throw new RangeError(
+          `maxSequences must be an integer in 1…${maxBatch} (the batch size), got ${o.maxSequences}`,
+        );
+      }
+      if (maxSequences > 1 && config.deltaNet) {
+        throw new RangeError(
+          `${config.arch} keeps one recurrent state (gated DeltaNet layers); it runs one ` +
+            `sequence at a time (maxSequences 1, --parallel 1), not ${maxSequences}`,
+        );
+      }
       const window = o.window ?? 16;
       if (!(Number.isInteger(window) && window >= 1)) {
         throw new RangeError(`window must be an integer ≥ 1, got ${o.window}`);
@@ -215,6 +246,7 @@ export class Model {
       const transformer = await MoeTransformer.build(gpu, config, weights, experts, {
         nCtx,
         maxBatch,
+        maxSequences,
       });
       // while experts stream: prefetch, or with it off the stall statistics and the policy's cursor
       const prefetch = !pool.allResident
@@ -243,6 +275,7 @@ export class Model {
         scheduler,
         nCtx,
         maxBatch,
+        maxSequences,
         window,
         !o.gpu,
         weights,
@@ -425,6 +458,10 @@ export class Model {
       slot?: number;
       /** A decode-window token after the first (see {@linkcode MoeTransformer.record}). */
       keepWindowFlag?: boolean;
+      /** The head computes the logits of these many rows (listed in `headStep`). */
+      rows?: number;
+      /** Sequences in the batch (default 1). */
+      sequences?: number;
     } = {},
   ): void {
     this.transformer.record(enc, nTokens, {
@@ -433,6 +470,8 @@ export class Model {
       head: o.head ?? true,
       expertGroup: o.expertGroup,
       keepWindowFlag: o.keepWindowFlag,
+      rows: o.rows,
+      sequences: o.sequences,
     });
     if (o.expertGroup === "partial") return;
     this.scheduler.record(enc, nTokens, o.slot);
@@ -475,6 +514,8 @@ export class Model {
     o: BatchEnd & {
       restoreFrom?: { buffer: GPUBuffer; offset: number };
       extra?: readonly BufferBinding[];
+      /** A batch of {@linkcode forwardRows}: its step words, rows the head computes, sequences. */
+      many?: { step: Uint32Array; rows: number; sequences: number };
     } = {},
   ): Promise<{ routes: Uint32Array; extra: ArrayBuffer[]; repaired: boolean }> {
     const sch = this.scheduler;
@@ -485,7 +526,8 @@ export class Model {
     const nExtra = o.extra?.length ?? 0;
     const head = o.head ?? true;
     while (miss) {
-      this.writeStep(pos, nTokens);
+      if (o.many) upload(this.gpu, this.transformer.state.step, o.many.step);
+      else this.writeStep(pos, nTokens);
       for (const pass of sch.repair(miss)) {
         if (pass !== "partial" && head) {
           for (const s of o.sampleState ?? []) upload(this.gpu, s.buffer, s.data);
@@ -508,6 +550,8 @@ export class Model {
           sample: o.sample,
           head,
           expertGroup: pass === "whole" ? undefined : pass,
+          rows: o.many?.rows,
+          sequences: o.many?.sequences,
         });
         this.gpu.submit(enc);
       }
@@ -578,6 +622,93 @@ export class Model {
     const [logits, flag] = await pending.read();
     this.checkFinite(flag);
     return new Float32Array(logits!);
+  }
+
+  /**
+   * One batch of several sequences (continuous batching): each run's tokens
+   * go into its own KV region at its positions, and the logits after each
+   * run's last token come back (f32 [nVocab] each, in order), in one
+   * submit and one readback (more when experts stream and a layer misses:
+   * the batch is repaired as a whole). A token's result does not depend on
+   * the other sequences in the batch. The single-sequence context
+   * (`nPast`, region 0) is left as it is; a caller mixing both keeps region
+   * 0's sequence out of the runs.
+   */
+  async forwardRows(runs: readonly SequenceRun[]): Promise<Float32Array[]> {
+    const s = this.transformer.state;
+    if (!s.headStep || !s.logitsRows) {
+      throw new RangeError("forwardRows needs a model loaded with maxSequences > 1");
+    }
+    if (runs.length === 0 || runs.length > this.maxSequences) {
+      throw new RangeError(`forwardRows takes 1…${this.maxSequences} runs, got ${runs.length}`);
+    }
+    const tokens: BatchToken[] = [];
+    const ids: number[] = [];
+    const rows: number[] = [];
+    const seen = new Set<number>();
+    for (const r of runs) {
+      if (!Number.isInteger(r.sequence) || r.sequence < 0 || r.sequence >= this.maxSequences) {
+        throw new RangeError(
+          `forwardRows: sequence ${r.sequence} is not in 0…${this.maxSequences - 1}`,
+        );
+      }
+      if (seen.has(r.sequence)) {
+        throw new RangeError(`forwardRows: sequence ${r.sequence} appears twice`);
+      }
+      seen.add(r.sequence);
+      if (r.tokens.length === 0) {
+        throw new RangeError(`forwardRows: sequence ${r.sequence} has no tokens`);
+      }
+      if (!Number.isInteger(r.pos) || r.pos < 0 || r.pos + r.tokens.length > this.nCtx) {
+        throw new RangeError(
+          `context full: sequence ${r.sequence} at position ${r.pos} + ${r.tokens.length} tokens ` +
+            `exceeds the context size ${this.nCtx}`,
+        );
+      }
+      this.checkIds(r.tokens);
+      const base = r.sequence * this.nCtx;
+      r.tokens.forEach((t, i) => {
+        tokens.push({ pos: r.pos + i, base });
+        ids.push(t);
+      });
+      rows.push(tokens.length - 1);
+    }
+    const n = ids.length;
+    if (n > this.maxBatch) {
+      throw new RangeError(`forwardRows: ${n} tokens exceed the batch size ${this.maxBatch}`);
+    }
+    const R = rows.length;
+    const sch = this.scheduler;
+    this.beginChecks();
+    const step = batchStepWords(tokens);
+    const head = new Uint32Array(STEP.tokens + R);
+    head[STEP.nTokens] = head[STEP.nKv] = R;
+    head.set(rows, STEP.tokens);
+    upload(this.gpu, s.tokens, new Uint32Array(ids));
+    upload(this.gpu, s.step, step);
+    upload(this.gpu, s.headStep, head);
+    const enc = this.gpu.device.createCommandEncoder();
+    this.recordBatch(enc, 0, n, { rows: R, sequences: R });
+    this.gpu.submit(enc);
+    const logits = { buffer: s.logitsRows, offset: 0, size: 4 * R * this.config.nVocab };
+    const range = sch.streaming ? sch.readRange(n) : [];
+    const [routes, rest] = await this.readRoutes(0, n, [...range, logits, this.finiteFlag]);
+    let out = rest.slice(range.length);
+    if (sch.streaming) {
+      sch.seen(range.length ? rest[0] : undefined, n);
+      const settled = await this.settle(0, n, routes, {
+        many: { step, rows: R, sequences: R },
+        extra: [logits, this.finiteFlag],
+      });
+      sch.settle(settled.routes, n, false);
+      if (settled.repaired) out = settled.extra;
+    } else {
+      sch.account(routes, n);
+    }
+    this.checkFinite(out[1]);
+    const all = new Float32Array(out[0]!);
+    const V = this.config.nVocab;
+    return rows.map((_, i) => all.subarray(i * V, (i + 1) * V));
   }
 
   /** Frees GPU memory (and the device if the model made it). */

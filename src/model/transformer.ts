@@ -20,14 +20,14 @@
 
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer } from "../gpu/buffers.ts";
-import { type GpuWeight, type Op, recordOps, STEP } from "../gpu/ops/op.ts";
+import { type GpuWeight, type Op, recordOps, STEP, stepLength } from "../gpu/ops/op.ts";
 import type { Workgroups } from "../gpu/dispatch.ts";
 import { prepareMatmul } from "../gpu/ops/matmul.ts";
 import { prepareGetRows } from "../gpu/ops/get_rows.ts";
 import { prepareRmsNorm } from "../gpu/ops/norm.ts";
 import { prepareCopy } from "../gpu/ops/elementwise.ts";
 import { prepareArgmax } from "../gpu/ops/sample.ts";
-import { prepareCopyLastRow, prepareSaveIfClean } from "../gpu/ops/rows.ts";
+import { prepareCopyLastRow, prepareGatherRows, prepareSaveIfClean } from "../gpu/ops/rows.ts";
 import { FINITE, prepareCheckFinite } from "../gpu/ops/finite.ts";
 import { tensorName as tn, Tensors } from "../gguf/names.ts";
 import { isMoeLayer, isRecurrentLayer, type ModelConfig } from "./config.ts";
@@ -40,10 +40,17 @@ import { deltaNetBlock, gatedAttention } from "./blocks/delta_net.ts";
 
 /** Sizes of the run state. */
 export interface RunStateOptions {
-  /** Context length: KV cache positions. */
+  /** Context length: KV cache positions of one sequence. */
   nCtx: number;
   /** Most tokens in one batch (prefill chunk). */
   maxBatch: number;
+  /**
+   * Sequences the KV cache holds, `nCtx` positions each in consecutive
+   * regions (continuous batching), and the most whose logits one batch
+   * computes ({@link MoeTransformer.record}'s `rows`); default 1: one
+   * sequence and the single-sequence head only.
+   */
+  maxSequences?: number;
 }
 
 /** One arena of routed-expert stacks: slots `idBase … idBase + nMats` of a layer's slot group. */
@@ -74,8 +81,18 @@ export interface ExpertStacks {
 
 /** Every activation buffer of the forward pass. */
 export class RunState {
-  /** u32 [STEP.length]: position of the batch, tokens in it, keys after it. */
+  /** u32 [stepLength(maxBatch)]: position of the batch, tokens in it, keys after it, per-token positions. */
   readonly step: GPUBuffer;
+  /**
+   * With several sequences: u32 [4 + maxSequences], the rows of a batch the
+   * head computes logits for: `[1]` their number, `[4 + r]` the batch row of
+   * output r (see {@link MoeTransformer.headRows}).
+   */
+  readonly headStep?: GPUBuffer;
+  /** With several sequences: f32 [maxSequences, nEmbd], the gathered rows, normed. */
+  readonly lastRows?: GPUBuffer;
+  /** With several sequences: f32 [maxSequences, nVocab], their logits. */
+  readonly logitsRows?: GPUBuffer;
   /** u32 [STEP.length]: a constant batch of one token, for the output head. */
   readonly stepOne: GPUBuffer;
   /** u32 [maxBatch]: the batch's token ids (the sampled id lands in [0]). */
@@ -182,7 +199,7 @@ export class RunState {
     const m = c.mla;
     this.step = createBuffer(gpu, {
       label: "step",
-      size: STEP.length * 4,
+      size: stepLength(o.maxBatch) * 4,
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     });
     this.stepOne = createBuffer(gpu, {
@@ -206,7 +223,7 @@ export class RunState {
         data: Uint32Array.from({ length: c.nHead }, (_, h) => h),
       });
       for (let l = 0; l < c.nLayer; l++) {
-        const cache = f32(`kv_cache.${l}`, o.nCtx * kvRow);
+        const cache = f32(`kv_cache.${l}`, kvRows(o) * kvRow);
         this.kCache.push(cache);
         this.vCache.push(cache);
       }
@@ -216,7 +233,7 @@ export class RunState {
       this.v = f32("v", B * c.nHeadKv * c.headDimV);
       for (let l = 0; l < c.nLayer; l++) {
         // DeltaNet layers keep no KV cache
-        const n = isRecurrentLayer(c, l) ? 0 : o.nCtx;
+        const n = isRecurrentLayer(c, l) ? 0 : kvRows(o);
         this.kCache.push(f32(`k_cache.${l}`, n * c.nHeadKv * c.headDimK));
         this.vCache.push(f32(`v_cache.${l}`, n * c.nHeadKv * c.headDimV));
       }
@@ -256,6 +273,16 @@ export class RunState {
     if (c.sharedExpertGated) this.shGateLogit = f32("sh_gate_logit", B);
     this.last = f32("last", c.nEmbd);
     this.logits = f32("logits", c.nVocab);
+    const S = o.maxSequences ?? 1;
+    if (S > 1) {
+      this.headStep = createBuffer(gpu, {
+        label: "head_step",
+        size: 4 * (STEP.tokens + S),
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      });
+      this.lastRows = f32("last_rows", S * c.nEmbd);
+      this.logitsRows = f32("logits_rows", S * c.nVocab);
+    }
     for (let l = 0; l < c.nLayer; l++) this.hidden.push(f32(`hidden.${l}`, B * c.nEmbd));
     this.bytes = bytes;
   }
@@ -272,6 +299,11 @@ export class RunState {
     for (const v of Object.values(this)) if (v instanceof GPUBuffer) all.add(v);
     for (const b of all) b.destroy();
   }
+}
+
+/** KV cache rows: `nCtx` positions for each sequence. */
+export function kvRows(o: RunStateOptions): number {
+  return o.nCtx * (o.maxSequences ?? 1);
 }
 
 /** An op's workgroups for a fixed batch size, whatever batch is recorded. */
@@ -297,6 +329,12 @@ export class MoeTransformer {
   readonly head: Op[] = [];
   /** Greedy sampling: argmax of the logits into tokens[0]. */
   readonly argmax: Op[] = [];
+  /**
+   * With several sequences: the rows of `headStep` → output_norm → lm_head
+   * (logits of each, `logitsRows`), then their check; recorded with the
+   * number of rows as the batch size.
+   */
+  readonly headRows: Op[] = [];
   /** Restores the saved residual stream before resuming at a MoE step. */
   restore!: Op;
 
@@ -323,7 +361,7 @@ export class MoeTransformer {
 
   async #prepare(o: RunStateOptions): Promise<void> {
     const { gpu, config: c, weights: w, state: s } = this;
-    const b = new OpBuilder({ gpu, c, w, s, experts: this.experts, nCtx: o.nCtx });
+    const b = new OpBuilder({ gpu, c, w, s, experts: this.experts, nCtx: kvRows(o) });
     const E = c.nEmbd;
 
     // token ids → embeddings
@@ -423,6 +461,49 @@ export class MoeTransformer {
         label: "output.check_finite",
       }),
     );
+    if (s.headStep && s.lastRows && s.logitsRows) {
+      b.ops = this.headRows;
+      b.add(
+        await prepareGatherRows(gpu, {
+          x: view(s.x, E),
+          out: s.lastRows,
+          n: E,
+          step: s.headStep,
+          label: "gather_rows",
+        }),
+      );
+      b.add(
+        await prepareRmsNorm(gpu, {
+          x: view(s.lastRows, E),
+          y: view(s.lastRows, E),
+          weight: w.vector(tn(Tensors.outputNorm)),
+          n: E,
+          rowsPerToken: 1,
+          eps: c.rmsEps,
+          label: "output_norm.rows",
+        }),
+      );
+      b.add(
+        await prepareMatmul(gpu, {
+          w: head,
+          x: view(s.lastRows, E),
+          y: view(s.logitsRows, c.nVocab),
+          step: s.headStep,
+          label: "output.rows",
+        }),
+      );
+      b.add(
+        await prepareCheckFinite(gpu, {
+          x: view(s.logitsRows, c.nVocab),
+          n: c.nVocab,
+          flag: s.nonFinite,
+          misses: s.misses,
+          step: s.headStep,
+          layer: c.nLayer,
+          label: "output.rows.check_finite",
+        }),
+      );
+    }
     b.ops = this.argmax;
     b.add(
       await prepareArgmax(gpu, {
@@ -455,6 +536,11 @@ export class MoeTransformer {
    * earlier groups computed. `"partial"`: that step only. `"last"`: then the
    * miss flag is cleared (the earlier groups' experts are absent now but were
    * computed) and the pass goes on to the later layers and the head.
+   *
+   * `sequences` > 1: the batch's tokens belong to several sequences (the
+   * step buffer's per-token positions and KV regions; attention token by
+   * token). `rows`: the head computes the logits of the `rows` batch rows
+   * listed in `headStep` instead of the last token's; no sampling.
    */
   record(
     encoder: GPUCommandEncoder,
@@ -465,8 +551,11 @@ export class MoeTransformer {
       head?: boolean;
       expertGroup?: "partial" | "last";
       keepWindowFlag?: boolean;
+      rows?: number;
+      sequences?: number;
     } = {},
   ): void {
+    const many = (o.sequences ?? 1) > 1;
     // `keepWindowFlag`: a decode-window token after the first keeps the
     // misses' window word, so that if an earlier token of the window missed
     // (and this one will be dropped) the recurrent state is left alone.
@@ -476,7 +565,7 @@ export class MoeTransformer {
     if (o.fromLayer === undefined) {
       if (o.expertGroup) throw new RangeError("record: expertGroup needs fromLayer");
       recordOps(pass, this.embed, nTokens);
-      for (let l = 0; l < L; l++) this.#layer(pass, l, nTokens);
+      for (let l = 0; l < L; l++) this.#layer(pass, l, nTokens, many);
     } else {
       recordOps(pass, [this.restore], nTokens);
       recordOps(pass, this.moe[o.fromLayer]!, nTokens);
@@ -490,17 +579,22 @@ export class MoeTransformer {
         pass = encoder.beginComputePass({ label: `forward×${nTokens}.after_groups` });
       }
       recordOps(pass, [this.check[o.fromLayer]!], nTokens);
-      for (let l = o.fromLayer + 1; l < L; l++) this.#layer(pass, l, nTokens);
+      for (let l = o.fromLayer + 1; l < L; l++) this.#layer(pass, l, nTokens, many);
     }
-    if (o.head !== false) {
+    if (o.head !== false && o.rows !== undefined) {
+      if (this.headRows.length === 0) {
+        throw new RangeError("record: rows needs a run state made with maxSequences > 1");
+      }
+      recordOps(pass, this.headRows, o.rows!);
+    } else if (o.head !== false) {
       recordOps(pass, this.head, nTokens);
       recordOps(pass, o.sample ?? this.argmax, nTokens);
     }
     pass.end();
   }
 
-  #layer(pass: GPUComputePassEncoder, l: number, nTokens: number): void {
-    recordOps(pass, this.attention[l]!, nTokens);
+  #layer(pass: GPUComputePassEncoder, l: number, nTokens: number, many: boolean): void {
+    recordOps(pass, this.attention[l]!, nTokens, many);
     recordOps(pass, [this.save[l]!, this.logHidden[l]!], nTokens);
     recordOps(pass, this.moe[l]!, nTokens);
     recordOps(pass, [this.check[l]!], nTokens);

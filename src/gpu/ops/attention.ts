@@ -71,7 +71,7 @@ export interface AttentionOptions {
   sinks?: BufRef;
   /** Soft cap of the raw q·k (`cap · tanh(x / cap)`, Gemma-2/Grok); 0 or omitted = off. */
   softcap?: number;
-  /** The step buffer (`STEP.pos0` is read; token t sees keys ≤ pos0 + t). */
+  /** The step buffer (per-token words from `STEP.tokens`: token t sees its sequence's keys up to its position). */
   step: GPUBuffer;
   /** Name for errors and timings. */
   label: string;
@@ -320,6 +320,7 @@ async function prepare(gpu: Gpu, o: AttentionOptions, blocks: boolean): Promise<
         o.nHead,
         (whole(nTokens, size) - whole(nTokens, before)) / size,
       ],
+      sequences: "one",
     });
   }
   const last = sizes[sizes.length - 1]!;
@@ -328,6 +329,15 @@ async function prepare(gpu: Gpu, o: AttentionOptions, blocks: boolean): Promise<
     kernel,
     bindings: bindings(o.label, last),
     workgroups: (nTokens: number) => [o.nHead, nTokens % last],
+    sequences: "one",
+  });
+  // a batch of several sequences: no blocks (their tokens are not consecutive positions of one)
+  ops.push({
+    label: `${o.label}.tokens`,
+    kernel,
+    bindings: bindings(`${o.label}.tokens`, 0),
+    workgroups: tokenGrid(o.nHead),
+    sequences: "many",
   });
   return ops;
 }

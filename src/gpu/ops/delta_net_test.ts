@@ -9,7 +9,7 @@ import {
   prepareSplitHeads,
   prepareSsmConv,
 } from "./delta_net.ts";
-import { type Op, recordOps, stepWords } from "./op.ts";
+import { type Op, recordOps, stepLength, stepWords } from "./op.ts";
 import { gpuTest } from "../../../dev/gpu.ts";
 import type { Gpu } from "../device.ts";
 
@@ -99,7 +99,7 @@ async function rig(
   const { C, K, H, Hk, S } = d;
   const step = createBuffer(g, {
     label: "step",
-    size: 16,
+    size: 4 * stepLength(maxT),
     usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
   });
   const misses = createBuffer(g, { label: "misses", size: 16 });

@@ -1,7 +1,8 @@
 /**
  * KV cache writes (`shaders/kv.wgsl`): the batch's K and V rows are copied
- * into a layer's f32 cache at positions `pos0 + t`, `pos0` read from the
- * step buffer. A row is whatever one position holds — `nHeadKv · headDim`
+ * into a layer's f32 cache, token t at row `base + pos` (its sequence's
+ * first cache row and its position, from the step buffer's per-token words;
+ * `0 + pos0 + t` for a batch of one sequence). A row is whatever one position holds — `nHeadKv · headDim`
  * for a plain cache, `[latent | k_pe]` for MLA — so only its width matters.
  *
  * @module
@@ -42,7 +43,7 @@ export interface KvStoreOptions {
   vCacheStride?: number;
   /** Cache positions; the caches must hold this many. Default: as many as they hold. */
   nCtx?: number;
-  /** The step buffer (`STEP.pos0` is read). */
+  /** The step buffer (per-token words from `STEP.tokens`: position, sequence base row). */
   step: GPUBuffer;
   /** Name for errors and timings. */
   label: string;

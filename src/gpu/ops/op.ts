@@ -26,33 +26,75 @@ export interface Op {
   readonly bindings: readonly BufferBinding[];
   /** Workgroups, fixed or computed from the number of tokens in the batch. */
   readonly workgroups: Workgroups | ((nTokens: number) => Workgroups);
+  /**
+   * Recorded only for batches of one sequence (`"one"`: consecutive
+   * positions, e.g. attention over blocks of a prompt's tokens) or only for
+   * batches whose tokens may belong to several (`"many"`); default both.
+   */
+  readonly sequences?: "one" | "many";
 }
 
-/** Records ops, in order, into an encoder or compute pass, for a batch of `nTokens`. */
+/**
+ * Records ops, in order, into an encoder or compute pass, for a batch of
+ * `nTokens` of one sequence, or of several with `manySequences`.
+ */
 export function recordOps(
   target: GPUCommandEncoder | GPUComputePassEncoder,
   ops: readonly Op[],
   nTokens: number,
+  manySequences = false,
 ): void {
   for (const op of ops) {
+    if (op.sequences === (manySequences ? "one" : "many")) continue;
     const wg = typeof op.workgroups === "function" ? op.workgroups(nTokens) : op.workgroups;
     dispatch(target, op.kernel, op.bindings, wg, { label: op.label });
   }
 }
 
 /**
- * The step buffer layout (u32 elements), written once per submit:
- * `[0]` position of the first token of the batch, `[1]` tokens in the batch,
- * `[2]` keys/values in the cache after this batch (`[0] + [1]`).
+ * The step buffer layout (u32 elements), written once per submit: a header
+ * of `length` words — `[0]` position of the first token of the batch, `[1]`
+ * tokens in the batch, `[2]` keys/values in the cache after this batch
+ * (`[0] + [1]`) — then two words per token from `tokens`: `[4 + 2t]` token
+ * t's position in its sequence (RoPE, the causal mask) and `[5 + 2t]` the
+ * cache row of its sequence's position 0 (its KV region; 0 for the one
+ * sequence of a single-sequence batch). A batch of several sequences
+ * (continuous batching) has `[0] = [2] = 0`: only the kernels that read the
+ * per-token words may run on it (see `Op.sequences`).
  */
-export const STEP = { pos0: 0, nTokens: 1, nKv: 2, length: 4 } as const;
+export const STEP = { pos0: 0, nTokens: 1, nKv: 2, tokens: 4, length: 4 } as const;
 
-/** The step buffer's words for a batch of `nTokens` starting at position `pos0`. */
+/** Words of a step buffer for batches of up to `maxBatch` tokens. */
+export function stepLength(maxBatch: number): number {
+  return STEP.tokens + 2 * maxBatch;
+}
+
+/** The step buffer's words for a batch of `nTokens` of one sequence starting at position `pos0`. */
 export function stepWords(pos0: number, nTokens: number): Uint32Array {
-  const s = new Uint32Array(STEP.length);
+  const s = new Uint32Array(stepLength(nTokens));
   s[STEP.pos0] = pos0;
   s[STEP.nTokens] = nTokens;
   s[STEP.nKv] = pos0 + nTokens;
+  for (let t = 0; t < nTokens; t++) s[STEP.tokens + 2 * t] = pos0 + t;
+  return s;
+}
+
+/** A token of a batch of several sequences: its position, and the cache row of its sequence's position 0. */
+export interface BatchToken {
+  /** Position in its sequence. */
+  readonly pos: number;
+  /** First cache row of its sequence's KV region. */
+  readonly base: number;
+}
+
+/** The step buffer's words for a batch whose tokens may belong to several sequences. */
+export function batchStepWords(tokens: readonly BatchToken[]): Uint32Array {
+  const s = new Uint32Array(stepLength(tokens.length));
+  s[STEP.nTokens] = tokens.length;
+  tokens.forEach((t, i) => {
+    s[STEP.tokens + 2 * i] = t.pos;
+    s[STEP.tokens + 2 * i + 1] = t.base;
+  });
   return s;
 }
 

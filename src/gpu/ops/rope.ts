@@ -2,8 +2,9 @@
  * Rotary position embedding (`shaders/rope.wgsl`), in place, as ggml's
  * `rope_ext` computes it: normal (adjacent pairs) and neox (halves) modes,
  * a rotated sub-range of each head, frequency factors, and the full YaRN
- * correction (`ggml_rope_yarn_corr_dims`, ramp, magnitude scale). Positions
- * are `pos0 + t` with `pos0` read from the step buffer.
+ * correction (`ggml_rope_yarn_corr_dims`, ramp, magnitude scale). Each
+ * token's position is read from the step buffer's per-token words
+ * (`stepWords`: `pos0 + t` for a batch of one sequence).
  *
  * @module
  */
@@ -58,7 +59,7 @@ export interface RopeOptions {
   nCtxOrig?: number;
   /** f32 `[nRot / 2]` frequency divisors (`rope_freqs.weight`); default none. */
   freqFactors?: BufRef;
-  /** The step buffer (`STEP.pos0` is read). */
+  /** The step buffer (per-token words from `STEP.tokens`: position, sequence base row). */
   step: GPUBuffer;
   /** Name for errors and timings. */
   label: string;

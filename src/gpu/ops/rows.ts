@@ -45,6 +45,25 @@ export function prepareCopyLastRow(
 }
 
 /**
+ * `out[r, i] = x[rows[r], i]` for `i < n`: the batch rows listed in the
+ * head step buffer `step` (`[1]` rows, `[4 + r]` the batch row of output r),
+ * for a batch of several sequences whose last tokens all need logits.
+ * Recorded with the number of rows as the batch size.
+ */
+export function prepareGatherRows(
+  gpu: Gpu,
+  a: { x: ActView; out: GPUBuffer; n: number; step: GPUBuffer; label: string },
+): Promise<Op> {
+  return prepareRowsOp(
+    gpu,
+    "gather_rows",
+    a,
+    a.step,
+    (rows: number) => [workgroupCount(a.n, WG_SIZE), rows],
+  );
+}
+
+/**
  * `out[t] = x[t]` for every token row of the batch while `misses[0] == 0`:
  * keeps the residual stream that entered the first MoE step that missed an
  * expert, so the token can resume there once the expert is uploaded.

@@ -1,0 +1,94 @@
+/**
+ * `parallel` generations (continuous batching) through the engine: a
+ * seeded request gives the same tokens alone and while other requests of
+ * other lengths, seeds and sampling settings run beside it and join or
+ * leave between its tokens; greedy requests give what the one-at-a-time
+ * engine gives; and they really share batches.
+ */
+
+import assert from "node:assert/strict";
+import { gpuTest } from "../dev/gpu.ts";
+import { fixtureModel } from "../dev/fixtures.ts";
+import { Engine } from "../src/generate/engine.ts";
+import type { GenerateRequest } from "../src/generate/types.ts";
+
+const PROMPTS = [
+  "In the beginning was the word, and the word was",
+  "The quick brown fox",
+  "Call me Ishmael. Some years ago, never mind how long precisely, having little money",
+  "It is a truth universally acknowledged",
+  "Once upon a time",
+];
+
+gpuTest({
+  name:
+    "parallel: a seeded request gives the same text alone and under load; greedy as one at a time",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
+    const e = await Engine.load({
+      model,
+      gpu,
+      nCtx: 128,
+      maxBatch: 16,
+      parallel: 4,
+      promptCacheMiB: 0,
+    });
+    try {
+      const seeded: GenerateRequest = {
+        prompt: PROMPTS[0],
+        maxTokens: 24,
+        sampling: { temperature: 1, seed: 1234 },
+        cachePrompt: false,
+      };
+      const alone = await e.generate(seeded);
+      assert.equal(alone.tokens.length, 24);
+      const before = { ...e.batcher!.stats };
+      // under load: four others with other seeds, lengths and settings, started before and after
+      const others = PROMPTS.slice(1).map((prompt, i) =>
+        e.generate({
+          prompt,
+          maxTokens: 8 + 7 * i,
+          sampling: i % 2 ? { temperature: 0 } : { temperature: 0.8, topK: 20, seed: i },
+          cachePrompt: false,
+        })
+      );
+      const [loaded] = await Promise.all([
+        new Promise((r) => setTimeout(r, 30)).then(() => e.generate(seeded)),
+        ...others,
+      ]);
+      assert.deepEqual(loaded!.tokens, alone.tokens, "the same tokens alone and under load");
+      assert.equal(loaded!.text, alone.text);
+      const s = e.batcher!.stats;
+      const rounds = s.decodeRounds - before.decodeRounds;
+      const rows = s.decodeRows - before.decodeRows;
+      assert.ok(rows / rounds > 1.5, `decode rounds shared: ${rows} rows in ${rounds} rounds`);
+    } finally {
+      e.close();
+    }
+    // greedy: the batched engine gives the one-at-a-time engine's tokens
+    const one = await Engine.load({ model, gpu, nCtx: 128, maxBatch: 16, promptCacheMiB: 0 });
+    const four = await Engine.load({
+      model,
+      gpu,
+      nCtx: 128,
+      maxBatch: 16,
+      parallel: 4,
+      promptCacheMiB: 0,
+    });
+    try {
+      const reqs = PROMPTS.map((prompt) => ({
+        prompt,
+        maxTokens: 12,
+        sampling: { temperature: 0 },
+      }));
+      const expected: number[][] = [];
+      for (const r of reqs) expected.push((await one.generate(r)).tokens);
+      const got = await Promise.all(reqs.map((r) => four.generate(r)));
+      got.forEach((g, i) => assert.deepEqual(g.tokens, expected[i], `greedy request ${i}`));
+    } finally {
+      one.close();
+      four.close();
+    }
+  },
+});
