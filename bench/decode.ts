@@ -46,7 +46,7 @@ import { generateSteps } from "../src/generate/session.ts";
 import { acquireGpu, type Gpu } from "../src/gpu/device.ts";
 import { readback, upload } from "../src/gpu/buffers.ts";
 import { dispatch } from "../src/gpu/dispatch.ts";
-import { type Op, STEP } from "../src/gpu/ops/op.ts";
+import { type Op, stepWords } from "../src/gpu/ops/op.ts";
 import { GpuTimer } from "../src/gpu/timer.ts";
 import {
   benchPrompt,
@@ -181,7 +181,8 @@ function forwardOps(model: Model): Op[] {
   const t = model.transformer;
   const ops: Op[] = [...t.embed];
   for (let l = 0; l < model.config.nLayer; l++) {
-    ops.push(...t.attention[l]!, t.save[l]!, ...t.moe[l]!);
+    // as a batch of one sequence records them (not the token-by-token attention of several)
+    ops.push(...t.attention[l]!.filter((op) => op.sequences !== "many"), t.save[l]!, ...t.moe[l]!);
   }
   ops.push(...t.head, ...t.argmax);
   return ops;
@@ -207,11 +208,7 @@ export async function profileForward(
   const timer = new GpuTimer(gpu, ops.length + 1);
   if (!timer.enabled) return null;
   try {
-    const step = new Uint32Array(STEP.length);
-    step[STEP.pos0] = pos;
-    step[STEP.nTokens] = nTokens;
-    step[STEP.nKv] = pos + nTokens;
-    upload(gpu, s.step, step);
+    upload(gpu, s.step, stepWords(pos, nTokens));
     const perOp: number[][] = ops.map(() => []);
     const whole: number[] = [];
     for (let r = 0; r < reps; r++) {

@@ -15,6 +15,20 @@
  * Without `--url` the server runs in this process on a free port with the
  * demo model (RSS is then this process's); with `--url` it measures a
  * running server (RSS from `/proc/PID/status` when `--pid` is given).
+ *
+ * `--sweep` measures continuous batching instead, in one run: for
+ * `--parallel 1` and `--parallel 8` (an in-process server with the model
+ * `deno task serve` runs by default: the trained demo, experts streaming
+ * through a third of their bytes unless `--cache-size-gb` says otherwise),
+ * tokens/s, requests/s and latency percentiles at 1, 4, 8 and 16 clients,
+ * then a 10-turn chat's time to first token per turn with and without
+ * prefix reuse (`./chat_turns.ts`); a table goes to
+ * `bench/out/server_load.md`:
+ *
+ * ```sh
+ * deno run -A --unstable-no-legacy-abort bench/server_load.ts --sweep [--duration 20]
+ *   [--max-tokens 32] [--cache-size-gb GB]
+ * ```
  * Progress goes to stderr, one JSON report to stdout. A client that gets
  * 503 (queue full) waits as its `Retry-After` says before its next request.
  *
@@ -24,7 +38,10 @@
 import { parseArgs } from "node:util";
 import { type RunningServer, startServer } from "../src/server/app.ts";
 import { readSse } from "../src/server/sse.ts";
-import { note, roundNumbers } from "./_util.ts";
+import { note, roundNumbers, writeTextFileMkdir } from "./_util.ts";
+import { Engine } from "../src/generate/engine.ts";
+import { ensureDemoModel, trainedDemoModel } from "../src/server/demo.ts";
+import { runChatTurnsBench } from "./chat_turns.ts";
 
 /** Options of {@linkcode runServerLoadBench}. */
 export interface ServerLoadOptions {
@@ -220,6 +237,129 @@ export async function runServerLoadBench(o: ServerLoadOptions): Promise<Record<s
   }
 }
 
+/** Options of {@linkcode runParallelSweep}. */
+export interface ParallelSweepOptions {
+  /** Client counts to load each server with. */
+  clients: readonly number[];
+  /** `--parallel` values to compare (the first is the reference). */
+  parallel: readonly number[];
+  /** Seconds per phase. */
+  durationS: number;
+  /** `max_tokens` of each request. */
+  maxTokens: number;
+  /** Expert budget, GiB; default the demo's serve default (a third of its experts). */
+  cacheSizeGB?: number;
+  /** Turns of the chat (0: no chat). */
+  chatTurns: number;
+}
+
+/**
+ * Each `--parallel` value's throughput and latency at each client count, and
+ * its chat's time to first token per turn, on in-process servers.
+ */
+export async function runParallelSweep(o: ParallelSweepOptions): Promise<Record<string, unknown>> {
+  const demo = trainedDemoModel();
+  const model = demo?.path ?? await ensureDemoModel({ log: note });
+  const cacheSizeGB = o.cacheSizeGB ?? demo?.cacheSizeGB ?? 4;
+  const load: ServerLoadOptions = {
+    clients: 1,
+    durationS: o.durationS,
+    maxTokens: o.maxTokens,
+    endpoint: "completions",
+    stream: false,
+    maxQueue: 64,
+  };
+  const runs: Record<string, unknown>[] = [];
+  for (const parallel of o.parallel) {
+    const server = await startServer({
+      port: 0,
+      maxQueue: 64,
+      load: () =>
+        Engine.load({ model, cacheSizeGB, parallel, enablePrefetch: cacheSizeGB < 4 }),
+    });
+    try {
+      await server.ready;
+      // warm up: shader compilation and the first uploads are not load
+      await phase(server.url, load, Math.min(parallel, 4), 2);
+      const phases: LoadPhase[] = [];
+      for (const clients of o.clients) {
+        note(`server_load: --parallel ${parallel}, ${clients} clients for ${o.durationS} s …`);
+        phases.push(await phase(server.url, load, clients, o.durationS));
+        const p = phases[phases.length - 1]!;
+        note(
+          `server_load:   ${p.tokensPerSecond.toFixed(1)} tokens/s, ${
+            p.requestsPerSecond.toFixed(2)
+          } req/s, p50 ${p.latencyMs.p50.toFixed(0)} ms, p95 ${p.latencyMs.p95.toFixed(0)} ms`,
+        );
+      }
+      const chat = o.chatTurns > 0
+        ? await runChatTurnsBench({ turns: o.chatTurns, maxTokens: 16, words: 40, url: server.url })
+        : undefined;
+      runs.push({ parallel, phases, chat });
+    } finally {
+      await server.close();
+    }
+  }
+  const ref = runs[0]!.phases as LoadPhase[];
+  const ratios = runs.map((r) => ({
+    parallel: r.parallel,
+    tokensPerSecondVsFirst: (r.phases as LoadPhase[]).map((p, i) => ({
+      clients: p.clients,
+      ratio: ref[i]!.tokensPerSecond > 0 ? p.tokensPerSecond / ref[i]!.tokensPerSecond : null,
+    })),
+  }));
+  return roundNumbers({
+    bench: "server_load_sweep",
+    model: model.split("/").pop(),
+    cacheSizeGB,
+    maxTokens: o.maxTokens,
+    durationS: o.durationS,
+    runs,
+    ratios,
+  });
+}
+
+/** The sweep's table (markdown). */
+export function parallelSweepTable(r: Record<string, unknown>): string {
+  const runs = r.runs as { parallel: number; phases: LoadPhase[]; chat?: Record<string, unknown> }[];
+  const ref = runs[0]!.phases;
+  const lines = [
+    `Continuous batching on ${r.model} (expert budget ${r.cacheSizeGB} GiB), ` +
+    `max_tokens ${r.maxTokens}, ${r.durationS} s per row; ratio = tokens/s over --parallel ${
+      runs[0]!.parallel
+    } at the same clients.`,
+    "",
+    "| --parallel | clients | tokens/s | ratio | req/s | p50 ms | p95 ms | errors |",
+    "|---:|---:|---:|---:|---:|---:|---:|---|",
+  ];
+  for (const run of runs) {
+    run.phases.forEach((p, i) => {
+      const ratio = ref[i]!.tokensPerSecond > 0 ? p.tokensPerSecond / ref[i]!.tokensPerSecond : 0;
+      lines.push(
+        `| ${run.parallel} | ${p.clients} | ${p.tokensPerSecond.toFixed(1)} | ${ratio.toFixed(2)}× | ${
+          p.requestsPerSecond.toFixed(2)
+        } | ${p.latencyMs.p50.toFixed(0)} | ${p.latencyMs.p95.toFixed(0)} | ${
+          JSON.stringify(p.errors)
+        } |`,
+      );
+    });
+  }
+  for (const run of runs) {
+    const c = run.chat as
+      | { withoutReuse: { ttftMs: number }[]; withReuse: { ttftMs: number }[] }
+      | undefined;
+    if (!c) continue;
+    const f = (xs: { ttftMs: number }[]) => xs.map((x) => x.ttftMs.toFixed(0)).join(", ");
+    lines.push(
+      "",
+      `--parallel ${run.parallel}, ${c.withReuse.length}-turn chat, time to first token per turn (ms):`,
+      `- without prefix reuse: ${f(c.withoutReuse)}`,
+      `- with prefix reuse: ${f(c.withReuse)}`,
+    );
+  }
+  return lines.join("\n") + "\n";
+}
+
 /** One line for humans. */
 export function serverLoadSummary(r: Record<string, unknown>): string {
   const l = r.load as LoadPhase;
@@ -244,9 +384,27 @@ if (import.meta.main) {
       url: { type: "string" },
       pid: { type: "string" },
       "api-key": { type: "string" },
+      sweep: { type: "boolean", default: false },
+      "cache-size-gb": { type: "string" },
+      "chat-turns": { type: "string", default: "10" },
     },
     strict: true,
   });
+  if (v.sweep) {
+    const report = await runParallelSweep({
+      clients: [1, 4, 8, 16],
+      parallel: [1, 8],
+      durationS: Number(v.duration),
+      maxTokens: Number(v["max-tokens"]),
+      cacheSizeGB: v["cache-size-gb"] === undefined ? undefined : Number(v["cache-size-gb"]),
+      chatTurns: Number(v["chat-turns"]),
+    });
+    const table = parallelSweepTable(report);
+    await writeTextFileMkdir("bench/out/server_load.md", table);
+    note(table);
+    console.log(JSON.stringify(report));
+    Deno.exit(0);
+  }
   const endpoint = v.endpoint as ServerLoadOptions["endpoint"];
   if (!["generate", "chat", "completions"].includes(endpoint)) {
     console.error(`--endpoint must be generate, chat or completions, got ${v.endpoint}`);

@@ -87,7 +87,7 @@ export function props(e: Engine, modelPath: string | undefined): unknown {
         cache_prompt: true,
       },
     },
-    total_slots: 1,
+    total_slots: e.parallel,
     model_alias: e.info.name,
     model_path: modelPath ?? null,
     architecture: e.info.architecture,

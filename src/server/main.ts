@@ -41,7 +41,11 @@ options:
   --predictor-path FILE          a trained shadow predictor (implies --enable-prefetch)
   --eviction-policy NAME         which expert leaves the budget first: predictive
                                  (default), lru or least-stale
-  --ctx-size N                   context length in tokens (default min(4096, the model's))
+  --ctx-size N                   context length in tokens of each sequence (default
+                                 min(4096, the model's))
+  --parallel N                   generations run at once, their tokens batched together
+                                 (continuous batching; default 1): each gets --ctx-size
+                                 positions of KV cache, and tokens are chosen on the CPU
   --cache-ram MIB                CPU memory for the KV caches of earlier conversations, reused
                                  when one comes back (default 1024; 0 = only the last one)
   --port N                       port (default 8080; 0 = any free port)
@@ -72,6 +76,8 @@ export interface ServeConfig {
   nCtx: number | undefined;
   /** `--cache-ram`, MiB, when given. */
   promptCacheMiB?: number;
+  /** `--parallel`: generations at once. */
+  parallel: number;
   /** Port. */
   port: number;
   /** Interface. */
@@ -196,6 +202,7 @@ export async function parseServeArgs(
         "body-timeout-s": { type: "string" },
         "header-timeout-s": { type: "string" },
         "ctx-size": { type: "string" },
+        parallel: { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -238,6 +245,7 @@ export async function parseServeArgs(
   const maxQueue = int("max-queue", v["max-queue"], 0, 1_000_000) ?? 16;
   const nCtx = int("ctx-size", v["ctx-size"], 16, 1 << 24);
   const promptCacheMiB = int("cache-ram", v["cache-ram"], 0, 1 << 30);
+  const parallel = int("parallel", v.parallel, 1, 64) ?? 1;
   const host = v.host ?? "127.0.0.1";
   if (host.trim() === "") throw new UsageError("--host must not be empty");
   const apiKey = v["api-key"] ?? (env("ODMOE_API_KEY") || undefined);
@@ -288,6 +296,7 @@ export async function parseServeArgs(
     cacheSizeDefault: cacheText === undefined,
     nCtx,
     promptCacheMiB,
+    parallel,
     port,
     host,
     apiKey,
@@ -363,6 +372,7 @@ export async function main(args: string[]): Promise<number> {
       cacheSizeGB,
       nCtx: c.nCtx,
       promptCacheMiB: c.promptCacheMiB,
+      parallel: c.parallel,
       enablePrefetch: prefetch,
       predictorPath: c.predictorPath,
       evictionPolicy: c.evictionPolicy,
@@ -437,7 +447,9 @@ export async function main(args: string[]): Promise<number> {
     const engine = await server.ready;
     const i = engine.info;
     console.log(
-      `od-moe ready: ${i.name} (${i.architecture}, context ${i.contextLength}, expert budget ${
+      `od-moe ready: ${i.name} (${i.architecture}, context ${i.contextLength}${
+        engine.parallel > 1 ? ` × ${engine.parallel} sequences` : ""
+      }, expert budget ${
         mib(engine.model.pool.limitBytes)
       }) loaded in ${
         ((performance.now() - t0) / 1000).toFixed(1)

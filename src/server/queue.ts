@@ -80,9 +80,18 @@ export class GenerationQueue {
     return this.#o.maxQueue;
   }
 
-  /** Generations waiting behind the running one. */
+  /** Generations the engine runs at once (1 while it loads). */
+  get parallel(): number {
+    try {
+      return this.#o.engine().parallel;
+    } catch {
+      return 1;
+    }
+  }
+
+  /** Generations waiting behind the running ones. */
   get queueDepth(): number {
-    return Math.max(0, this.inFlight - 1);
+    return Math.max(0, this.inFlight - this.parallel);
   }
 
   /** Cancels every generation (shutdown past its grace). */
@@ -102,7 +111,7 @@ export class GenerationQueue {
         headers: { connection: "close" },
       });
     }
-    if (this.inFlight >= this.maxQueue + 1) {
+    if (this.inFlight >= this.maxQueue + this.parallel) {
       this.#o.metrics.queueRejections++;
       const wait = Math.min(60, Math.max(1, Math.ceil(this.#avgGenSeconds * this.queueDepth)));
       throw new HttpError(
@@ -190,9 +199,10 @@ export class GenerationQueue {
   }
 
   /**
-   * Serves several generations one after another under one admission
-   * (OpenAI's `n` choices): `chunk` sees each piece with its choice's index,
-   * `finish` and `body` all the outputs. A cancelled choice ends the rest.
+   * Serves several generations under one admission (OpenAI's `n` choices),
+   * one after another, or at once when the engine runs several: `chunk`
+   * sees each piece with its choice's index, `finish` and `body` all the
+   * outputs. A cancelled choice ends the rest.
    */
   serveAll(
     req: Request,
@@ -202,6 +212,11 @@ export class GenerationQueue {
   ): Promise<Response> | Response {
     const t = this.#admit(req);
     const runAll = async (onChunk?: (c: StreamChunk, i: number) => void) => {
+      if (gs.length > 1 && this.parallel > 1) {
+        return await Promise.all(
+          gs.map((g, i) => this.#run(t, g, onChunk && ((c) => onChunk(c, i)))),
+        );
+      }
       const outs: GenerationOutput[] = [];
       for (const [i, g] of gs.entries()) {
         const out = await this.#run(t, g, onChunk && ((c) => onChunk(c, i)));
