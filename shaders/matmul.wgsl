@@ -12,6 +12,8 @@
 //          of quant.wgsl: QK, QB, NP, TAIL, xoff, deq; see there
 //   X_LIB  x_f32 (X an array of f32) or x_vec4 (of vec4f: x offsets and
 //          strides multiples of 4), shaders/lib/; both give x1(i), x4(i)
+//   MATVEC_ROWS1  the matvec_rows1 entry point, generated for ROWS rows
+//          (src/gpu/ops/matmul.ts rowsMatvecWgsl), or empty
 // Overrides (tunables):
 //   WG_MV  matvec: invocations per workgroup, a power of two (default 64)
 //   ROWS   matvec: rows per workgroup, 1..8 (default 2)
@@ -302,6 +304,11 @@ fn matvec_rows(
     }
   }
 }
+
+// matvec_rows1: matvec_rows for one entry (TT = 1, and every mul_mat_id
+// entry), its ROWS rows unrolled; generated (src/gpu/ops/matmul.ts
+// rowsMatvecWgsl), empty in the variants of the tree kernel.
+{{MATVEC_ROWS1}}
 
 // Workgroup tiles of the tiled kernel: [row][column quad] (ws) and
 // [entry][column quad] (xs), rows padded to TS vec4s so that invocations

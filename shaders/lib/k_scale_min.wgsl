@@ -20,3 +20,12 @@ fn k_sub_scales(i: u32, j: u32) -> vec4f {
   let s2 = W[i + 3u];
   return vec4f(scale_min_k4(s0, s1, s2, 2u * j) * dm, scale_min_k4(s0, s1, s2, 2u * j + 1u) * dm);
 }
+
+// k_sub_scales from the block's first 16 bytes as a vec4u (d, dmin | scales).
+fn k_scales_words(h: vec4u, j: u32) -> vec4f {
+  let dm = unpack2x16float(h.x);
+  return vec4f(
+    scale_min_k4(h.y, h.z, h.w, 2u * j) * dm,
+    scale_min_k4(h.y, h.z, h.w, 2u * j + 1u) * dm,
+  );
+}

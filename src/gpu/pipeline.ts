@@ -110,11 +110,22 @@ export class GpuFeatureError extends Error {
 }
 
 /**
+ * The key of a compiled module: `name[_variant]`, then `@folder` when the
+ * `.wgsl` files come from another folder than the package's `shaders/` (a
+ * benchmark comparing kernel versions must not get the first one's build).
+ */
+function moduleKeyOf(name: string, opts: PipelineOptions): string {
+  const key = opts.variant ? `${name}_${opts.variant}` : name;
+  const base = opts.baseUrl?.href;
+  return base === undefined || base === SHADER_DIR.href ? key : `${key}@${base}`;
+}
+
+/**
  * The readable cache key of a kernel: `name[_variant][.entry][{K=V,...}]`,
  * constants sorted by name.
  */
 export function pipelineKey(name: string, opts: PipelineOptions = {}): string {
-  let key = opts.variant ? `${name}_${opts.variant}` : name;
+  let key = moduleKeyOf(name, opts);
   const entry = opts.entryPoint ?? "main";
   if (entry !== "main") key += `.${entry}`;
   const constants = Object.entries(opts.constants ?? {});
@@ -180,7 +191,7 @@ export class PipelineCache {
     const fingerprint = JSON.stringify(
       Object.entries(opts.defines ?? {}).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0),
     );
-    const moduleKey = opts.variant ? `${name}_${opts.variant}` : name;
+    const moduleKey = moduleKeyOf(name, opts);
     const known = this.#fingerprints.get(moduleKey);
     if (known !== undefined && known !== fingerprint) {
       return Promise.reject(

@@ -32,6 +32,12 @@ gpuTest("pipeline cache: same key → same kernel, new constants → new kernel"
     getPipeline(g, "smoke", { variant: "f32", defines: { ENABLE: "", T: "f16" } }),
     /own variant name/,
   );
+  // The same file name in another folder (a benchmark's other kernel version) is another kernel.
+  const other = new URL("file:///bench/other-shaders/");
+  defineShaderText("smoke", "@compute @workgroup_size(1) fn main() {}", other);
+  const elsewhere = await getPipeline(g, "smoke", { baseUrl: other });
+  assert.equal(elsewhere.key, `smoke@${other.href}`);
+  assert.equal(cache.peek("smoke"), undefined, "not filed under the package's own smoke.wgsl");
 });
 
 gpuTest("compile errors name the kernel and line; validation errors are caught", async (g) => {
