@@ -16,8 +16,9 @@ import { loadModel } from "../src/model/model.ts";
 import { generate } from "../src/generate/session.ts";
 import { loadTokenizer } from "../src/tokenizer/mod.ts";
 import { trainedDemoModel } from "../src/server/demo.ts";
-import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
-import { argmax, device, range } from "./_parity.ts";
+import { loadReference } from "../dev/ref/llama_cpp.ts";
+import { gpuTest } from "../dev/gpu.ts";
+import { argmax, device, parityUnavailableReason, range } from "./_parity.ts";
 import { FIXTURE_DIR } from "../dev/fixtures.ts";
 import {
   chunks,
@@ -29,7 +30,7 @@ import {
   referencePerplexity,
 } from "../bench/perplexity.ts";
 
-const skip = referenceUnavailableReason();
+const skip = parityUnavailableReason();
 if (skip) console.log(`skipping the demo model's llama.cpp tests: ${skip}`);
 
 const PROMPTS = ["And God said unto Moses,", "Blessed are the poor in spirit"];
@@ -147,7 +148,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "demo model: the default budget streams experts and the text is English words",
   sanitizeResources: false,
   async fn() {

@@ -16,6 +16,7 @@ import { Engine } from "../src/generate/engine.ts";
 import { CHANGE, type ExpertsSnapshotJson } from "../src/server/experts_feed.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { expertLayout } from "../src/experts/layout.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const REPO = fileURLToPath(new URL("../", import.meta.url)).replace(/\/$/, "");
 
@@ -27,11 +28,11 @@ interface Frame {
   rates: { loads_per_s: number; upload_mb_per_s: number; lookups_per_s: number };
 }
 
-Deno.test({
+gpuTest({
   name: "experts feed: snapshot, throttled frames that replay to the pool's state",
   sanitizeResources: false,
   sanitizeOps: false,
-  async fn(t) {
+  async fn(_gpu, t) {
     const model = await ensureDemoModel({ cacheDir: `${REPO}/.cache/od-moe` });
     const layout = expertLayout(readGgufModel(model));
     // a quarter of the experts (8 of 32 slots): the budget is a hard cap, so the smallest (top-k

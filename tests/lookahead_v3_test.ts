@@ -15,7 +15,7 @@ import { fixtureModel } from "../dev/fixtures.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { Rng } from "../src/util/rng.ts";
-import { device } from "./_parity.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 /** DeepSeek-V3's routing at small width: 32 experts in 4 groups of which 2 are kept, top-4. */
 export const V3_ROUTING = {
@@ -29,11 +29,10 @@ export const V3_ROUTING = {
   nExpertGroupsUsed: 2,
 } as const;
 
-Deno.test({
+gpuTest({
   name: "lookahead on V3-style routing: selection bias and group limit raise held-out recall",
   sanitizeResources: false,
-  async fn() {
-    const gpu = await device();
+  async fn(gpu) {
     const model = await loadModel({
       model: await fixtureModel(V3_ROUTING),
       gpu,
@@ -79,11 +78,10 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "lookahead prefetch on V3-style routing: the same tokens at 25%, fewer stalls than without",
   sanitizeResources: false,
-  async fn() {
-    const gpu = await device();
+  async fn(gpu) {
     const path = await fixtureModel(V3_ROUTING);
     const total = expertLayout(readGgufModel(path)).reduce(
       (s, l) => s + l.nExpert * l.bytesPerExpert,

@@ -38,6 +38,7 @@ import {
   type ParityRunOptions,
   parityUnavailableReason,
 } from "./_parity.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const TYPES: FixtureType[] = ["F32", "F16", "Q8_0", "Q4_K_M"];
 const SHAPES: FixtureShape[] = ["a", "b"];
@@ -101,7 +102,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "deepseek2: the same tokens at expert budgets 0, 25% and 100%",
   sanitizeResources: false,
   async fn() {
@@ -250,7 +251,7 @@ const KIMI_K2 = {
   mla: { qLoraRank: 1536, kvLoraRank: 512, nopeDim: 128, ropeDim: 64, vHeadDim: 128 },
 } as const;
 
-Deno.test({
+gpuTest({
   name: "deepseek2: the KV cache holds the latent and the rope part, not per-head K/V",
   sanitizeResources: false,
   async fn() {

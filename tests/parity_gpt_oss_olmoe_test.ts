@@ -28,6 +28,7 @@ import {
   type ParityRunOptions,
   parityUnavailableReason,
 } from "./_parity.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const SHAPES: FixtureShape[] = ["a", "b"];
 const TYPES: Record<"gpt-oss" | "olmoe", FixtureType[]> = {
@@ -88,7 +89,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "gpt-oss/olmoe: the same tokens at expert budgets 0, 25% and 100%",
   sanitizeResources: false,
   async fn() {

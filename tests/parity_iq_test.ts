@@ -21,6 +21,7 @@ import { loadModel, type LoadModelOptions } from "../src/model/model.ts";
 import { generate } from "../src/generate/session.ts";
 import { convertGguf } from "../src/convert/convert.ts";
 import { inspectReport } from "../scripts/inspect.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const skip = parityUnavailableReason();
 if (skip) console.log(`skipping I-quant parity tests: ${skip}`);
@@ -83,7 +84,7 @@ for (const arch of ARCHS) {
   });
 }
 
-Deno.test({
+gpuTest({
   name: "IQ mixes: inspect shows each expert slice's type; the converter's keep mode carries " +
     "them and serves the GGUF's tokens and logits bit for bit",
   sanitizeResources: false,

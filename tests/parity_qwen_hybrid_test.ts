@@ -30,6 +30,7 @@ import { generate } from "../src/generate/session.ts";
 import { Engine } from "../src/generate/engine.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const TYPES: FixtureType[] = ["F32", "F16", "Q8_0", "Q4_K_M"];
 const SHAPES: FixtureShape[] = ["a", "b"];
@@ -72,7 +73,7 @@ for (const arch of ARCHS) {
   // Budget 0 stalls every token (a token repaired from a layer must not apply the state
   // updates of the layers after it twice); at 85% decode windows grow past one token and
   // a stall drops the tokens queued after it (they must leave the state alone).
-  Deno.test({
+  gpuTest({
     name: `${arch}: the same tokens at expert budgets 0, 25%, 85% and 100%`,
     sanitizeResources: false,
     async fn() {
@@ -109,7 +110,7 @@ Deno.test({
 // The lookahead predictor (the next layer's router on the residual stream entering this
 // layer's MoE step) across DeltaNet layers: it must predict, and prediction must never
 // change the tokens.
-Deno.test({
+gpuTest({
   name: "hybrid Qwens: the lookahead predictor across DeltaNet layers prefetches; same tokens",
   sanitizeResources: false,
   async fn() {
@@ -190,7 +191,7 @@ Deno.test({
 // of a chat) keeps the recurrent state and the KV cache; one that leaves it part way
 // starts over (the state cannot be cut), and so does the prompt cache of earlier
 // sequences (off for these models). Tokens always equal computing the prompt afresh.
-Deno.test({
+gpuTest({
   name:
     "hybrid Qwens: prefix reuse keeps a context the prompt extends, else starts over; same tokens",
   sanitizeResources: false,
@@ -236,7 +237,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name:
     "hybrid Qwens: a KV cache for the attention layers only, a fixed recurrent state for the DeltaNet ones",
   sanitizeResources: false,
@@ -268,7 +269,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "hybrid Qwen: a recurrent context can be kept whole or reset, not cut",
   sanitizeResources: false,
   async fn() {

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { startServer } from "../src/server/app.ts";
 import { ensureDemoModel } from "../src/server/demo.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const REPO = fileURLToPath(new URL("../", import.meta.url)).replace(/\/$/, "");
 const KEY = "s3cret-key";
@@ -422,11 +423,11 @@ async function raw(
   }
 }
 
-Deno.test({
+gpuTest({
   name: "server: malformed and hostile requests get the right status and a JSON error",
   sanitizeResources: false,
   sanitizeOps: false,
-  async fn(t) {
+  async fn(_gpu, t) {
     assert.ok(CASES.length >= 30);
     const model = await ensureDemoModel({ cacheDir: `${REPO}/.cache/od-moe` });
     const server = await startServer({

@@ -11,15 +11,16 @@ import { startServer } from "../src/server/app.ts";
 import { fixtureModel } from "../dev/fixtures.ts";
 import { loadReference, referenceUnavailableReason } from "../dev/ref/llama_cpp.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const TEXT = "Hello <|im_start|>user\nÜber café 東京 🦊 <|im_end|> done";
 
-Deno.test({
+gpuTest({
   name: "server: /tokenize, /detokenize, /apply-template, /props as llama.cpp's server",
   ignore: referenceUnavailableReason() !== null,
   sanitizeResources: false,
   sanitizeOps: false,
-  async fn(t) {
+  async fn(_gpu, t) {
     const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
     const server = await startServer({ port: 0, engineOptions: { model, nCtx: 256 } });
     const ref = loadReference().loadModel(model, { vocabOnly: true });

@@ -9,14 +9,15 @@ import { fileURLToPath } from "node:url";
 import { OpenAI } from "../dev/ref/packages.ts";
 import { startServer } from "../src/server/app.ts";
 import { ensureDemoModel } from "../src/server/demo.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const REPO = fileURLToPath(new URL("../", import.meta.url)).replace(/\/$/, "");
 
-Deno.test({
+gpuTest({
   name: "server: the openai client lists models, completes and streams a chat",
   sanitizeResources: false,
   sanitizeOps: false,
-  async fn(t) {
+  async fn(_gpu, t) {
     const model = await ensureDemoModel({ cacheDir: `${REPO}/.cache/od-moe` });
     const server = await startServer({
       port: 0,

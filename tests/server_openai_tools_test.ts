@@ -18,6 +18,7 @@ import { demoModelSpec, syntheticModel } from "../src/model/synthetic.ts";
 import { writeGgufFile } from "../src/gguf/writer.ts";
 import { Keys } from "../src/gguf/names.ts";
 import { gv } from "../src/gguf/value.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const WEATHER_PARAMS = {
   type: "object",
@@ -104,11 +105,11 @@ async function toolModel(dir: string): Promise<string> {
   return path;
 }
 
-Deno.test({
+gpuTest({
   name: "server: the openai client's tool calls, structured outputs and logprobs",
   sanitizeResources: false,
   sanitizeOps: false,
-  async fn(t) {
+  async fn(_gpu, t) {
     const dir = await Deno.makeTempDir({ prefix: "odmoe-tools-" });
     const server = await startServer({
       port: 0,

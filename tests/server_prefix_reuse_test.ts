@@ -10,10 +10,11 @@ import { fileURLToPath } from "node:url";
 import { OpenAI } from "../dev/ref/packages.ts";
 import { startServer } from "../src/server/app.ts";
 import { ensureDemoModel } from "../src/server/demo.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const REPO = fileURLToPath(new URL("../", import.meta.url)).replace(/\/$/, "");
 
-Deno.test({
+gpuTest({
   name: "server: a multi-turn chat reports cached prompt tokens from turn 2 on",
   sanitizeResources: false,
   sanitizeOps: false,

@@ -17,6 +17,7 @@ import type { GenerationStats } from "../src/generate/types.ts";
 import { readGgufModel } from "../src/gguf/reader.ts";
 import { expertLayout } from "../src/experts/layout.ts";
 import { ExpertReadError, type ExpertSource, GgufExpertSource } from "../src/experts/source.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const REPO = fileURLToPath(new URL("../", import.meta.url)).replace(/\/$/, "");
 const CACHE = `${REPO}/.cache`;
@@ -45,11 +46,11 @@ async function until(what: string, cond: () => boolean, ms = 5000): Promise<void
   }
 }
 
-Deno.test({
+gpuTest({
   name: "server: endpoints, streaming, metrics, queue, disconnects",
   sanitizeResources: false,
   sanitizeOps: false,
-  async fn(t) {
+  async fn(_gpu, t) {
     const model = await demo();
     const server = await startServer({
       port: 0,
@@ -374,7 +375,7 @@ function emptyStats(finishReason: "stop" | "length" | "cancelled"): GenerationSt
   };
 }
 
-Deno.test({
+gpuTest({
   name:
     "server: a client that disconnects stops its generation; a queued one leaves the queue at once",
   sanitizeResources: false,
@@ -489,11 +490,11 @@ class FlakySource implements ExpertSource {
   }
 }
 
-Deno.test({
+gpuTest({
   name: "server: loading state, failing expert reads (500, stays up), shutdown",
   sanitizeResources: false,
   sanitizeOps: false,
-  async fn(t) {
+  async fn(_gpu, t) {
     const model = await demo();
     const source = GgufExpertSource.open(model);
     const flaky = new FlakySource(source);
@@ -646,7 +647,7 @@ async function serve(args: string[], fn: (url: string) => Promise<void>): Promis
   }
 }
 
-Deno.test({
+gpuTest({
   name: "server: `deno task serve` with no flags serves the trained demo model, streaming its " +
     "experts from the first request; SIGTERM exits 0",
   sanitizeResources: false,
@@ -669,7 +670,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "server: `deno task serve --base-weights --expert-dir` serves converter output",
   sanitizeResources: false,
   sanitizeOps: false,
@@ -729,7 +730,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name: "server: with experts streaming and prefetch on, /metrics reports the prefetcher",
   sanitizeResources: false,
   sanitizeOps: false,
@@ -763,7 +764,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+gpuTest({
   name:
     "server: a budget below the experts' bytes with prefetch on: prefetch runs and is accurate, the cap holds",
   sanitizeResources: false,

@@ -9,8 +9,9 @@
 import assert from "node:assert/strict";
 import { runSoakBench } from "../bench/soak.ts";
 import { ensureDemoModel } from "../src/server/demo.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
-Deno.test({
+gpuTest({
   name: "soak (CI minute): 0 crashes, 0 wrong answers, every restore recovers, flat fds and RSS",
   sanitizeResources: false,
   sanitizeOps: false,

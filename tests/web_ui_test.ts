@@ -19,6 +19,7 @@ import { type BrowserContext, chromium, type Page } from "../dev/ref/packages.ts
 import { type RunningServer, startServer } from "../src/server/app.ts";
 import { trainedDemoModel } from "../src/server/demo.ts";
 import { Engine } from "../src/generate/engine.ts";
+import { gpuTest } from "../dev/gpu.ts";
 
 const REPO = fileURLToPath(new URL("../", import.meta.url)).replace(/\/$/, "");
 const CHROMIUM = "/usr/bin/chromium";
@@ -96,12 +97,12 @@ async function lastReply(page: Page) {
   return { reply, text: (await reply.locator(".content").textContent())!, stats };
 }
 
-Deno.test({
+gpuTest({
   name: "web page: chat and the experts view in Chromium",
   ignore: !haveChromium && !inCi,
   sanitizeResources: false,
   sanitizeOps: false,
-  async fn(t) {
+  async fn(_gpu, t) {
     if (!haveChromium) throw new Error(`no ${CHROMIUM}: .ci/run should have installed chromium`);
     const demo = trainedDemoModel(`${REPO}/data`);
     if (!demo) throw new Error(`data/kjv-moe-Q8_0.gguf is missing or cut short`);
