@@ -202,7 +202,21 @@ gpuTest({
           max_tokens: MAX_CALL_TOKENS,
           temperature: 0,
         });
+        // the arguments come in pieces as they are generated, after a delta that names the call
+        const deltas: OpenAI.ChatCompletionChunk.Choice.Delta.ToolCall[] = [];
+        runner.on("chunk", (c) => deltas.push(...c.choices[0]?.delta.tool_calls ?? []));
         const final = await runner.finalChatCompletion();
+        const [first, ...rest] = deltas;
+        assert.equal(first?.index, 0);
+        assert.equal(first?.type, "function");
+        assert.match(first?.id ?? "", /^call_/);
+        assert.deepEqual(first?.function, { name: call!.function.name, arguments: "" });
+        assert.ok(rest.length > 1, `${rest.length} arguments fragments`);
+        for (const d of rest) {
+          assert.deepEqual(Object.keys(d).sort(), ["function", "index"]);
+          assert.deepEqual(Object.keys(d.function!), ["arguments"]);
+        }
+        assert.equal(rest.map((d) => d.function!.arguments).join(""), call!.function.arguments);
         const got = fnCall(final.choices[0]!.message.tool_calls?.[0]);
         assert.equal(final.choices[0]!.finish_reason, "tool_calls");
         assert.equal(final.choices[0]!.message.tool_calls!.length, 1);

@@ -108,7 +108,6 @@ export function chatCompletions(
     { length: n },
     () => new ChatStreamParser(format, inThinking, useTools),
   );
-  const ids: string[][] = Array.from({ length: n }, () => []);
   const deltaEvents = (index: number, deltas: ChatDelta[], logprobs: unknown): SseEvents => {
     const out: SseEvents = deltas.map((d, i) => {
       const lp = i === 0 ? logprobs : null;
@@ -118,10 +117,17 @@ export function chatCompletions(
       if (d.content !== undefined) {
         return [chunk(index, { content: d.content }, null, lp), undefined];
       }
+      // a call's first delta names it (with `arguments: ""`); the next ones carry its arguments
       const c = d.toolCall!;
-      const [call] = toolCallsJson([c], ids[index]!.slice(c.index, c.index + 1));
-      ids[index]![c.index] = call!.id;
-      return [chunk(index, { tool_calls: [{ index: c.index, ...call }] }, null, lp), undefined];
+      const call = c.name === undefined
+        ? { index: c.index, function: { arguments: c.arguments } }
+        : {
+          index: c.index,
+          id: c.id ?? randomId("call_"),
+          type: "function",
+          function: { name: c.name, arguments: c.arguments },
+        };
+      return [chunk(index, { tool_calls: [call] }, null, lp), undefined];
     });
     if (out.length === 0 && logprobs !== null) {
       out.push([chunk(index, {}, null, logprobs), undefined]);

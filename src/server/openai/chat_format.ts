@@ -29,6 +29,12 @@ export interface ParsedToolCall {
   id?: string;
 }
 
+/**
+ * A tool call still being written (partial parses only): its name, and as
+ * much of its arguments as is sure to begin the final arguments text.
+ */
+export type OpenToolCall = ParsedToolCall;
+
 /** A generated message split into its parts. */
 export interface ParsedMessage {
   /** The reasoning (thinking) text. */
@@ -37,6 +43,8 @@ export interface ParsedMessage {
   content: string;
   /** Complete tool calls, in order. */
   toolCalls: ParsedToolCall[];
+  /** The call after `toolCalls` that is still being written, once its name is known. */
+  open?: OpenToolCall;
 }
 
 /** A function the model may call (OpenAI's `tools[].function`). */
@@ -60,8 +68,11 @@ export interface ChatFormat {
   readonly markers: readonly string[];
   /**
    * Splits generated text. `partial`: more text may follow, so anything
-   * that could be the start of a marker or an unfinished call is held back
-   * (the result is then a prefix of the final one). `inThinking`: the
+   * that could be the start of a marker is held back and a call being
+   * written is `open` (the result is then a prefix of the final one, the
+   * open call's arguments a prefix of that call's final arguments). A
+   * call's arguments are the JSON object's text as the model wrote it,
+   * without the whitespace around it. `inThinking`: the
    * prompt ended inside a `<think>` block. `tools`: tools were offered, so
    * call-shaped text is a call (otherwise it stays in the content).
    */
@@ -174,18 +185,21 @@ function splitCalls(
   end: string,
   call: (body: string) => ParsedToolCall | null,
   openers: readonly string[] = [begin],
-): { content: string; toolCalls: ParsedToolCall[] } {
+  open?: (body: string) => OpenToolCall | null,
+): { content: string; toolCalls: ParsedToolCall[]; open?: OpenToolCall } {
   let content = "";
   const toolCalls: ParsedToolCall[] = [];
   let rest = text;
+  let opened: OpenToolCall | null = null;
   for (;;) {
     const i = rest.indexOf(begin);
     if (i < 0) {
       const tail = toolCalls.length > 0 && rest.trim() === "" ? "" : rest;
       if (partial) {
         // after a call, whitespace may still be followed by another call
-        if (toolCalls.length > 0 && rest.trim() === "") break;
-        content += safePrefix(tail, openers);
+        const safe = safePrefix(tail, openers);
+        if (toolCalls.length > 0 && safe.trim() === "") break;
+        content += safe;
       } else content += tail;
       break;
     }
@@ -194,7 +208,11 @@ function splitCalls(
     const after = rest.slice(i + begin.length);
     const j = after.indexOf(end);
     if (j < 0) {
-      if (partial) break; // the call is still being written
+      // the call is still being written
+      if (partial) {
+        opened = open?.(safePrefix(after, [end])) ?? null;
+        break;
+      }
       const c = call(after); // cut off at the end (or its closing tag never came)
       if (c) toolCalls.push(c);
       else content += rest.slice(i);
@@ -205,16 +223,102 @@ function splitCalls(
     else content += rest.slice(i, i + begin.length + j + end.length);
     rest = after.slice(j + end.length);
   }
-  return { content, toolCalls };
+  return opened ? { content, toolCalls, open: opened } : { content, toolCalls };
 }
 
-/** A JSON object's text, normalised, or null. */
+/** A JSON object's text without the whitespace around it (as written, not re-encoded), or null. */
 function jsonObjectText(text: string): string | null {
+  const t = text.trim();
   try {
-    const v = JSON.parse(text.trim());
+    const v = JSON.parse(t);
+    return typeof v === "object" && v !== null && !Array.isArray(v) ? t : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A JSON object's text, re-encoded (arguments the model wrote as a JSON string), or null. */
+function jsonObjectOfString(text: string): string | null {
+  try {
+    const v = JSON.parse(text);
     return typeof v === "object" && v !== null && !Array.isArray(v) ? JSON.stringify(v) : null;
   } catch {
     return null;
+  }
+}
+
+/**
+ * The arguments so far of a call being written, from `text` (what follows
+ * the arguments marker): from the object's `{` on, less a tail that may yet
+ * turn out to be whitespace, a closing fence or the start of one of `ends`
+ * (so that it begins the final `jsonObjectText`). Empty before the `{`, or
+ * when something other than whitespace (or the opening fence) precedes it.
+ */
+function openArguments(text: string, ends: readonly string[], fence = false): string {
+  const t = safePrefix(text, ends);
+  const b = t.indexOf("{");
+  if (b < 0 || !(fence ? /^\s*(```(json)?)?\s*$/ : /^\s*$/).test(t.slice(0, b))) return "";
+  return t.slice(b).replace(fence ? /[\s`]+$/ : /\s+$/, "");
+}
+
+const isSpace = (c: string | undefined) => c === " " || c === "\n" || c === "\r" || c === "\t";
+
+/**
+ * Where the JSON value that starts at `s[i]` ends (the index after it), or
+ * -1 when the text ends first. Only strings and nesting are followed: the
+ * value is checked by `JSON.parse` once it is whole.
+ */
+function jsonValueEnd(s: string, i: number): number {
+  let depth = 0;
+  for (let k = i; k < s.length; k++) {
+    const c = s[k]!;
+    if (c === '"') {
+      for (k++; k < s.length && s[k] !== '"'; k++) if (s[k] === "\\") k++;
+      if (k >= s.length) return -1;
+      if (depth === 0) return k + 1;
+    } else if (c === "{" || c === "[") depth++;
+    else if (c === "}" || c === "]") {
+      if (depth === 0) return k;
+      if (--depth === 0) return k + 1;
+    } else if (depth === 0 && (c === "," || isSpace(c))) return k;
+  }
+  return -1;
+}
+
+/**
+ * The top-level members of the JSON object `s` opens, as far as written:
+ * each key's value as a span (`end` -1: still being written).
+ */
+function objectMembers(s: string): Map<string, { start: number; end: number }> {
+  const out = new Map<string, { start: number; end: number }>();
+  let i = 0;
+  const ws = () => {
+    while (isSpace(s[i])) i++;
+  };
+  ws();
+  if (s[i++] !== "{") return out;
+  for (;;) {
+    ws();
+    if (s[i] !== '"') return out;
+    const keyEnd = jsonValueEnd(s, i);
+    if (keyEnd < 0) return out;
+    let key: string;
+    try {
+      key = JSON.parse(s.slice(i, keyEnd));
+    } catch {
+      return out;
+    }
+    i = keyEnd;
+    ws();
+    if (s[i++] !== ":") return out;
+    ws();
+    if (i >= s.length) return out;
+    const end = jsonValueEnd(s, i);
+    out.set(key, { start: i, end });
+    if (end < 0) return out;
+    i = end;
+    ws();
+    if (s[i++] !== ",") return out;
   }
 }
 
@@ -232,19 +336,44 @@ function hermes(thinking: boolean): ChatFormat {
         ? splitThinking(text, partial, inThinking)
         : { reasoning: "", rest: text, held: false };
       if (!tools) return { reasoning: t.reasoning, content: t.rest, toolCalls: [] };
-      const { content, toolCalls } = splitCalls(t.rest, partial, BEGIN, END, (body) => {
-        try {
-          const v = JSON.parse(body.trim());
-          if (typeof v?.name !== "string") return null;
-          const args = typeof v.arguments === "string"
-            ? jsonObjectText(v.arguments)
-            : JSON.stringify(v.arguments ?? {});
-          return args === null ? null : { name: v.name, arguments: args };
-        } catch {
-          return null;
-        }
-      });
-      return { reasoning: t.reasoning, content, toolCalls };
+      const calls = splitCalls(
+        t.rest,
+        partial,
+        BEGIN,
+        END,
+        (body) => {
+          try {
+            const v = JSON.parse(body.trim());
+            if (typeof v?.name !== "string") return null;
+            let args: string | null = "{}";
+            if (typeof v.arguments === "string") args = jsonObjectOfString(v.arguments);
+            else if (v.arguments !== undefined && v.arguments !== null) {
+              const a = objectMembers(body).get("arguments");
+              args = a && a.end > 0 ? jsonObjectText(body.slice(a.start, a.end)) : null;
+            }
+            return args === null ? null : { name: v.name, arguments: args };
+          } catch {
+            return null;
+          }
+        },
+        [BEGIN],
+        (body) => {
+          // `{"name": …, "arguments": {…` : the object's text streams; a string waits to be whole
+          const members = objectMembers(body);
+          const n = members.get("name");
+          if (!n || n.end < 0 || body[n.start] !== '"') return null;
+          const a = members.get("arguments");
+          const args = a && body[a.start] === "{"
+            ? body.slice(a.start, a.end < 0 ? body.length : a.end).replace(/\s+$/, "")
+            : "";
+          try {
+            return { name: JSON.parse(body.slice(n.start, n.end)), arguments: args };
+          } catch {
+            return null; // a broken escape: the whole call decides
+          }
+        },
+      );
+      return { reasoning: t.reasoning, ...calls };
     },
     callGrammar(tools) {
       return seq(
@@ -266,6 +395,22 @@ function deepseek(thinking: boolean, fenced: boolean): ChatFormat {
   const BEGIN = "<｜tool▁call▁begin｜>";
   const END = "<｜tool▁call▁end｜>";
   const SEP = "<｜tool▁sep｜>";
+  /** A call's name and the text of its arguments (`partial`: null while the name is unfinished). */
+  const head = (body: string, partial = false) => {
+    const k = body.indexOf(SEP);
+    if (k < 0) return null;
+    const name = body.slice(0, k).trim();
+    const args = body.slice(k + SEP.length);
+    if (name !== "function") return { name, args, fenced: false };
+    // V3/R1: function<｜tool▁sep｜>NAME\n```json\n{…}\n```
+    const nl = args.indexOf("\n");
+    if (nl < 0 && partial) return null;
+    return {
+      name: (nl < 0 ? args : args.slice(0, nl)).trim(),
+      args: nl < 0 ? "" : args.slice(nl + 1),
+      fenced: true,
+    };
+  };
   return {
     name: "deepseek",
     thinking,
@@ -278,28 +423,29 @@ function deepseek(thinking: boolean, fenced: boolean): ChatFormat {
         : { reasoning: "", rest: text, held: false };
       if (!tools) return { reasoning: t.reasoning, content: t.rest, toolCalls: [] };
       const rest = t.rest.replaceAll(SECTION, "").replaceAll(SECTION_END, "");
-      const { content, toolCalls } = splitCalls(
+      const calls = splitCalls(
         rest,
         partial,
         BEGIN,
         END,
         (body) => {
-          const k = body.indexOf(SEP);
-          if (k < 0) return null;
-          let name = body.slice(0, k).trim();
-          let args = body.slice(k + SEP.length);
-          if (name === "function") {
-            const nl = args.indexOf("\n");
-            name = (nl < 0 ? args : args.slice(0, nl)).trim();
-            args = (nl < 0 ? "" : args.slice(nl + 1)).replace(/^\s*```(?:json)?/, "")
-              .replace(/```\s*$/, "");
-          }
+          const c = head(body);
+          if (!c) return null;
+          const args = c.fenced
+            ? c.args.replace(/^\s*```(?:json)?/, "").replace(/```\s*$/, "")
+            : c.args;
           const a = jsonObjectText(args);
-          return a === null || name === "" ? null : { name, arguments: a };
+          return a === null || c.name === "" ? null : { name: c.name, arguments: a };
         },
         [SECTION, SECTION_END, BEGIN],
+        (body) => {
+          const c = head(body, true);
+          return c && c.name !== ""
+            ? { name: c.name, arguments: openArguments(c.args, [END, SECTION_END], c.fenced) }
+            : null;
+        },
       );
-      return { reasoning: t.reasoning, content, toolCalls };
+      return { reasoning: t.reasoning, ...calls };
     },
     callGrammar(tools) {
       return seq(
@@ -335,22 +481,33 @@ function kimi(thinking: boolean): ChatFormat {
         : { reasoning: "", rest: text, held: false };
       if (!tools) return { reasoning: t.reasoning, content: t.rest, toolCalls: [] };
       const rest = t.rest.replaceAll(SECTION, "").replaceAll(SECTION_END, "");
-      const { content, toolCalls } = splitCalls(
+      /** `functions.NAME:0<|tool_call_argument_begin|>…`: the id, the name and the arguments' text. */
+      const head = (body: string) => {
+        const k = body.indexOf(ARGS);
+        if (k < 0) return null;
+        const id = body.slice(0, k).trim();
+        const m = /^(?:functions\.)?(.+?)(?::\d+)?$/.exec(id);
+        return m ? { id, name: m[1]!, args: body.slice(k + ARGS.length) } : null;
+      };
+      const calls = splitCalls(
         rest,
         partial,
         BEGIN,
         END,
         (body) => {
-          const k = body.indexOf(ARGS);
-          if (k < 0) return null;
-          const id = body.slice(0, k).trim();
-          const m = /^(?:functions\.)?(.+?)(?::\d+)?$/.exec(id);
-          const a = jsonObjectText(body.slice(k + ARGS.length));
-          return !m || a === null ? null : { id, name: m[1]!, arguments: a };
+          const c = head(body);
+          const a = c && jsonObjectText(c.args);
+          return !c || a === null ? null : { id: c.id, name: c.name, arguments: a };
         },
         [SECTION, SECTION_END, BEGIN],
+        (body) => {
+          const c = head(body);
+          return c
+            ? { id: c.id, name: c.name, arguments: openArguments(c.args, [END, SECTION_END]) }
+            : null;
+        },
       );
-      return { reasoning: t.reasoning, content, toolCalls };
+      return { reasoning: t.reasoning, ...calls };
     },
     callGrammar(tools) {
       return seq(
@@ -395,7 +552,10 @@ const harmony: ChatFormat = (() => {
         const channel = /<\|channel\|>(\w+)/.exec(header)?.[1] ?? "final";
         const to = /to=functions\.([^\s<]+)/.exec(header)?.[1];
         if (to !== undefined) {
-          if (open) return; // arguments still coming
+          if (open) {
+            out.open = { name: to, arguments: openArguments(body, [END, START]) };
+            return;
+          }
           const a = jsonObjectText(body);
           if (a !== null) out.toolCalls.push({ name: to, arguments: a });
           else out.content += body;
@@ -424,13 +584,21 @@ export interface ChatDelta {
   reasoning?: string;
   /** New content text. */
   content?: string;
-  /** A complete new tool call and its index among the calls. */
-  toolCall?: ParsedToolCall & { index: number };
+  /**
+   * A tool call's start or more of its arguments: the first delta of a call
+   * has its `name` (and the id the model wrote, if any) and empty
+   * `arguments`; the next ones only `arguments` fragments, which joined
+   * give the call's final arguments text.
+   */
+  toolCall?: { index: number; name?: string; id?: string; arguments: string };
 }
 
 /**
  * Parses a streamed output as it grows and hands out only what is new:
- * reasoning and content as text deltas, each tool call once it is whole.
+ * reasoning and content as text deltas; each tool call once its name is
+ * known, then its arguments as the model writes them. A call whose text
+ * turns out not to be one at the end (its JSON broken, or cut off by the
+ * token limit) was announced already; its text then follows as content.
  */
 export class ChatStreamParser {
   #text = "";
@@ -454,7 +622,7 @@ export class ChatStreamParser {
     return this.#diff(this.format.parse(this.#text, false, this.inThinking, this.tools));
   }
 
-  /** Everything parsed so far (after `finish`, the whole message). */
+  /** Everything sent so far (after `finish`, the whole message; calls with the arguments sent). */
   get message(): ParsedMessage {
     return this.#sent;
   }
@@ -467,16 +635,22 @@ export class ChatStreamParser {
     const grow = (was: string, now: string) => now.startsWith(was) ? now.slice(was.length) : "";
     const r = grow(s.reasoning, p.reasoning);
     if (r) out.push({ reasoning: r });
+    s.reasoning += r;
     const c = grow(s.content, p.content);
     if (c) out.push({ content: c });
-    for (let i = s.toolCalls.length; i < p.toolCalls.length; i++) {
-      out.push({ toolCall: { ...p.toolCalls[i]!, index: i } });
-    }
-    this.#sent = {
-      reasoning: s.reasoning + r,
-      content: s.content + c,
-      toolCalls: [...s.toolCalls, ...p.toolCalls.slice(s.toolCalls.length)],
-    };
+    s.content += c;
+    const calls = p.open ? [...p.toolCalls, p.open] : p.toolCalls;
+    calls.forEach((call, index) => {
+      let sent = s.toolCalls[index];
+      if (!sent) {
+        sent = { name: call.name, arguments: "", ...(call.id ? { id: call.id } : {}) };
+        s.toolCalls.push(sent);
+        out.push({ toolCall: { index, ...sent } });
+      }
+      const a = grow(sent.arguments, call.arguments);
+      if (a) out.push({ toolCall: { index, arguments: a } });
+      sent.arguments += a;
+    });
     return out;
   }
 }

@@ -75,21 +75,36 @@ function assistantTurn(src: string): { output: string; prompt: string } {
   return { output, prompt };
 }
 
-/** The output fed a few characters at a time: the deltas joined equal the final parse. */
-function streamed(f: ChatFormat, text: string, inThinking: boolean, step: number): ParsedMessage {
+/**
+ * The output fed a few characters at a time: the deltas joined equal the
+ * final parse. Each call starts with a delta that names it, with empty
+ * arguments; `fragments` counts the arguments deltas of each call.
+ */
+function streamed(
+  f: ChatFormat,
+  text: string,
+  inThinking: boolean,
+  step: number,
+  fragments: number[] = [],
+): ParsedMessage {
   const p = new ChatStreamParser(f, inThinking);
   const got: ParsedMessage = { reasoning: "", content: "", toolCalls: [] };
   const take = (ds: ReturnType<ChatStreamParser["push"]>) => {
     for (const d of ds) {
       got.reasoning += d.reasoning ?? "";
       got.content += d.content ?? "";
-      if (d.toolCall) {
-        assert.equal(d.toolCall.index, got.toolCalls.length, "each call once, in order");
-        got.toolCalls.push({
-          name: d.toolCall.name,
-          arguments: d.toolCall.arguments,
-          ...(d.toolCall.id ? { id: d.toolCall.id } : {}),
-        });
+      const c = d.toolCall;
+      if (!c) continue;
+      if (c.name !== undefined) {
+        assert.equal(c.index, got.toolCalls.length, "each call starts once, in order");
+        assert.equal(c.arguments, "", "a call's first delta has empty arguments");
+        got.toolCalls.push({ name: c.name, arguments: "", ...(c.id ? { id: c.id } : {}) });
+        fragments.push(0);
+      } else {
+        assert.ok(c.index < got.toolCalls.length, "arguments of a call that was started");
+        assert.notEqual(c.arguments, "");
+        got.toolCalls[c.index]!.arguments += c.arguments;
+        fragments[c.index]!++;
       }
     }
   };
@@ -115,7 +130,10 @@ Deno.test("chat format: each family's own rendering of a tool call parses back t
     assert.deepEqual(JSON.parse(m.toolCalls[0]!.arguments), { location: "Paris", unit: "celsius" });
     assert.equal(m.content.trim(), "", `${name}: no call text left in the content`);
     for (const step of [1, 3, 7]) {
-      assert.deepEqual(streamed(f, output, inThinking, step), m, `${name} step ${step}`);
+      const fragments: number[] = [];
+      assert.deepEqual(streamed(f, output, inThinking, step, fragments), m, `${name} step ${step}`);
+      // the arguments stream as they are written, not in one piece at the end
+      assert.ok(fragments[0]! > 4, `${name} step ${step}: ${fragments[0]} argument fragments`);
     }
     // offered no tools, the same text is the answer, not a call
     assert.equal(
@@ -157,6 +175,10 @@ Deno.test("chat format: the forced-call grammar's outputs parse as calls whose a
       const text = new TextDecoder().decode(Uint8Array.from(bytes));
       const m = f.parse(text, false, false);
       assert.equal(m.toolCalls.length, 1, `${name}: ${text}`);
+      // streamed in pieces of every size, the fragments join to the same arguments text
+      for (const step of [1, 2, 5]) {
+        assert.deepEqual(streamed(f, text, false, step), m, `${name} step ${step}: ${text}`);
+      }
       const c = m.toolCalls[0]!;
       const args = JSON.parse(c.arguments);
       if (c.name === "get_weather") assert.ok(validate(args), `${name}: ${text}`);
@@ -340,5 +362,50 @@ Deno.test("chat format: a constrained answer may follow reasoning, and parses ou
       );
     }
     assert.ok(thought > 0, `${name}: some walks reasoned first`);
+  }
+});
+
+Deno.test("chat format: streamed call arguments join to the text the model wrote, markers left out", async () => {
+  const args = '{"q": "a } { \\" ] </tool", "n": [1, 2, {"x": null}], "k": 12.5}';
+  const cases: [string, string, { name: string; arguments: string }[]][] = [
+    [
+      "Qwen-Qwen3-0.6B.jinja",
+      `Let me look.\n<tool_call>\n{"name": "find", "arguments": ${args}}\n</tool_call>\n` +
+      `<tool_call>\n{"name": "count", "arguments": "{\\"z\\": 1}"}\n</tool_call>`,
+      // arguments written as a JSON string are the object's text, re-encoded
+      [{ name: "find", arguments: args }, { name: "count", arguments: '{"z":1}' }],
+    ],
+    [
+      "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+      "</think>\n\n<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>find\n```json\n" +
+      `${args}\n\`\`\`<｜tool▁call▁end｜><｜tool▁calls▁end｜>`,
+      [{ name: "find", arguments: args }],
+    ],
+    [
+      "moonshotai-Kimi-K2.jinja",
+      "<|tool_calls_section_begin|><|tool_call_begin|>functions.find:0<|tool_call_argument_begin|>" +
+      ` ${args} <|tool_call_end|><|tool_calls_section_end|>`,
+      [{ name: "find", arguments: args }],
+    ],
+    [
+      "openai-gpt-oss-120b.jinja",
+      `<|channel|>commentary to=functions.find <|constrain|>json<|message|>${args}\n`,
+      [{ name: "find", arguments: args }],
+    ],
+  ];
+  for (const [name, text, want] of cases) {
+    const f = chatFormat(await template(name));
+    const inThinking = name.includes("R1");
+    const m = f.parse(text, false, inThinking);
+    assert.deepEqual(
+      m.toolCalls.map((c) => ({ name: c.name, arguments: c.arguments })),
+      want,
+      name,
+    );
+    for (const step of [1, 4]) {
+      const fragments: number[] = [];
+      assert.deepEqual(streamed(f, text, inThinking, step, fragments), m, `${name} step ${step}`);
+      assert.ok(fragments[0]! >= args.length / step / 2, `${name}: ${fragments[0]} fragments`);
+    }
   }
 });
