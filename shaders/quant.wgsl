@@ -93,6 +93,41 @@ fn xoff_nibbles(p: u32) -> vec2u {
   return vec2u(4u * p, 16u + 4u * p);
 }
 
+// For matmul.wgsl's generated matvec_rows1 (src/gpu/ops/matmul.ts q6kBlocks):
+// the word at a 2-byte-aligned address from the aligned words lo and hi
+// around it (u: the address is not 4-aligned), and four int8 bytes in f32.
+fn q6_fw(lo: u32, hi: u32, u: bool) -> u32 {
+  return select(lo, (lo >> 16u) | (hi << 16u), u);
+}
+
+// The 4 words at byte 4·ws + 2·h of the 8 words p, q (ws = e0 + 2·e1 < 4,
+// h = eh): a 16-byte run of a 2-byte-aligned block from the two aligned
+// vectors around it.
+fn q6_run(p: vec4u, q: vec4u, e0: bool, e1: bool, eh: bool) -> vec4u {
+  let tl = select(p, vec4u(p.yzw, q.x), e0);
+  let th = select(q.xyz, q.yzw, e0);
+  let u = select(tl, vec4u(tl.zw, th.xy), e1);
+  let u4 = select(th.x, th.z, e1);
+  return select(u, (u >> vec4u(16u)) | (vec4u(u.yzw, u4) << vec4u(16u)), eh);
+}
+
+// The 4 words at byte c of the binding from the aligned vectors p, q around
+// it (p = W4[c >> 4], q the next), any byte address.
+fn w4_run(p: vec4u, q: vec4u, c: u32) -> vec4u {
+  let e0 = (c & 4u) != 0u;
+  let e1 = (c & 8u) != 0u;
+  let tl = select(p, vec4u(p.yzw, q.x), e0);
+  let th = select(q.xyz, q.yzw, e0);
+  let u = select(tl, vec4u(tl.zw, th.xy), e1);
+  let u4 = select(th.x, th.z, e1);
+  let s = (c & 3u) << 3u;
+  return select(u, (u >> vec4u(s)) | (vec4u(u.yzw, u4) << vec4u(32u - s)), s != 0u);
+}
+
+fn q6_sb(v: vec4u) -> vec4f {
+  return vec4f(bitcast<vec4i>(v << vec4u(24u)) >> vec4u(24u));
+}
+
 //#type f32
 const QK = 8u;
 const QB = 32u;
@@ -563,28 +598,6 @@ fn deq_h(b: u32, hd: Head, p: u32) -> Piece {
   let qa = (ql & 0x0f0f0f0fu) | ((qh & 0x03030303u) << 4u);
   let qb = ((ql >> 4u) & 0x0f0f0f0fu) | ((qh & 0x30303030u));
   return Piece(hd.dsc.x * (vec4f(bytes4(qa)) - 32.0), hd.dsc.y * (vec4f(bytes4(qb)) - 32.0));
-}
-
-// For matmul.wgsl's generated matvec_rows1 (src/gpu/ops/matmul.ts q6kBlocks):
-// the word at a 2-byte-aligned address from the aligned words lo and hi
-// around it (u: the address is not 4-aligned), and four int8 bytes in f32.
-fn q6_fw(lo: u32, hi: u32, u: bool) -> u32 {
-  return select(lo, (lo >> 16u) | (hi << 16u), u);
-}
-
-// The 4 words at byte 4·ws + 2·h of the 8 words p, q (ws = e0 + 2·e1 < 4,
-// h = eh): a 16-byte run of a 2-byte-aligned block from the two aligned
-// vectors around it.
-fn q6_run(p: vec4u, q: vec4u, e0: bool, e1: bool, eh: bool) -> vec4u {
-  let tl = select(p, vec4u(p.yzw, q.x), e0);
-  let th = select(q.xyz, q.yzw, e0);
-  let u = select(tl, vec4u(tl.zw, th.xy), e1);
-  let u4 = select(th.x, th.z, e1);
-  return select(u, (u >> vec4u(16u)) | (vec4u(u.yzw, u4) << vec4u(16u)), eh);
-}
-
-fn q6_sb(v: vec4u) -> vec4f {
-  return vec4f(bitcast<vec4i>(v << vec4u(24u)) >> vec4u(24u));
 }
 
 // Sections of the types whose code lives in shaders/lib/ (with the grids and

@@ -456,11 +456,8 @@ export function rowsMatvecWgsl(rows: number, type?: string, w4Binding?: number):
   }
   const rs = Array.from({ length: rows }, (_, r) => r);
   const each = (f: (r: number) => string, sep = "\n") => rs.map(f).join(sep);
-  const blockLoop = type === "q6_k"
-    ? (w4Binding !== undefined ? q6kBlocksW4(rs) : q6kBlocks(rs))
-    : type === "q4_k" && w4Binding !== undefined
-    ? q4kBlocks(rs)
-    : genericBlocks(rs);
+  const w4Loop = w4Binding === undefined ? undefined : W4_LOOPS[type ?? ""];
+  const blockLoop = w4Loop ? w4Loop(rs) : type === "q6_k" ? q6kBlocks(rs) : genericBlocks(rs);
   const w4 = W4_TYPES.has(type ?? "") && w4Binding !== undefined
     ? `@group(0) @binding(${w4Binding}) var<storage, read> W4: array<vec4u>;\n\n`
     : "";
@@ -611,8 +608,72 @@ ${each(row)}
   }`;
 }
 
+/**
+ * The block loop of `matvec_rows1` for a type with 32-element blocks of one
+ * scale and a 16- or 32-byte quant run (Q8_0, MXFP4) reading the run as
+ * 16-byte vectors (`W4`) shifted into place (quant.wgsl `w4_run`, blocks at
+ * any byte address): 2–3 lane-by-lane loads a block where u32 words took
+ * 5–9. The 8 x vectors of a block are loaded once for all rows.
+ */
+function smallBlocksW4(kind: "q8_0" | "mxfp4") {
+  return (rs: readonly number[]): string => {
+    const each = (f: (r: number) => string) => rs.map(f).join("\n");
+    const comp = ["x", "y", "z", "w"];
+    const q8 = kind === "q8_0";
+    const row = (r: number) => {
+      const lines = [
+        `    let c${r} = b${r} + ob + ${q8 ? 2 : 1}u;`,
+        `    let v${r} = c${r} >> 4u;`,
+        `    let P0_${r} = W4[v${r}];`,
+        `    let P1_${r} = W4[v${r} + 1u];`,
+        `    let qa${r} = w4_run(P0_${r}, P1_${r}, c${r});`,
+      ];
+      if (q8) {
+        lines.push(
+          `    let P2_${r} = W4[v${r} + 2u];`,
+          `    let qb${r} = w4_run(P1_${r}, P2_${r}, c${r});`,
+          `    a${r} += ldh(b${r} + ob) * (`,
+          Array.from(
+            { length: 8 },
+            (_, k) => `      dot(sbytes4(q${k < 4 ? "a" : "b"}${r}.${comp[k % 4]}), xq${k})`,
+          ).join(" +\n"),
+          `    );`,
+        );
+      } else {
+        lines.push(
+          `    let ex${r} = ld8(b${r} + ob);`,
+          `    let d${r} = bitcast<f32>(select((ex${r} - 1u) << 23u, 0x00200000u << ex${r}, ex${r} < 2u));`,
+          `    a${r} += d${r} * (`,
+          Array.from(
+            { length: 8 },
+            (_, k) =>
+              `      dot(fp4x4_alu(${k < 4 ? "nib_lo" : "nib_hi"}(qa${r}.${comp[k % 4]})), xq${k})`,
+          )
+            .join(" +\n"),
+          `    );`,
+        );
+      }
+      return lines.join("\n");
+    };
+    return `  for (var blk = 0u; blk < nb; blk++) {
+    let ob = blk * QB;
+    let xo = xb + blk * QK;
+${Array.from({ length: 8 }, (_, k) => `    let xq${k} = x4(xo + ${4 * k}u);`).join("\n")}
+${each(row)}
+  }`;
+  };
+}
+
+/** `matvec_rows1` block loops that read the weights as 16-byte vectors (a `W4` binding), per type. */
+const W4_LOOPS: Readonly<Record<string, (rs: readonly number[]) => string>> = {
+  q4_k: (rs) => q4kBlocks(rs),
+  q6_k: (rs) => q6kBlocksW4(rs),
+  q8_0: smallBlocksW4("q8_0"),
+  mxfp4: smallBlocksW4("mxfp4"),
+};
+
 /** Types whose `matvec_rows1` reads the weights as 16-byte vectors when a `W4` binding is given. */
-const W4_TYPES: ReadonlySet<string> = new Set(["q4_k", "q6_k"]);
+const W4_TYPES: ReadonlySet<string> = new Set(Object.keys(W4_LOOPS));
 
 /**
  * The Q6_K block loop reading 16-byte vectors (`W4`): a 210-byte block
@@ -753,8 +814,8 @@ function w4Bindings(
 ): BufferBinding[] | undefined {
   const type = quantVariant(w.type, w.name);
   if (t.matvecKernel !== "rows" || !W4_TYPES.has(type)) return undefined;
-  // Q4_K's blocks must start at 16-byte boundaries; Q6_K's are shifted into place.
-  const aligned = type === "q6_k" ||
+  // Q4_K's blocks must start at 16-byte boundaries; the others' are shifted into place.
+  const aligned = type !== "q4_k" ||
     (w.rowBytes % 16 === 0 && (w.nMats === 1 || w.matStride % 16 === 0));
   if (!aligned) return undefined;
   const out: BufferBinding[] = [];
