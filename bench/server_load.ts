@@ -274,8 +274,7 @@ export async function runParallelSweep(o: ParallelSweepOptions): Promise<Record<
     const server = await startServer({
       port: 0,
       maxQueue: 64,
-      load: () =>
-        Engine.load({ model, cacheSizeGB, parallel, enablePrefetch: cacheSizeGB < 4 }),
+      load: () => Engine.load({ model, cacheSizeGB, parallel, enablePrefetch: cacheSizeGB < 4 }),
     });
     try {
       await server.ready;
@@ -321,7 +320,11 @@ export async function runParallelSweep(o: ParallelSweepOptions): Promise<Record<
 
 /** The sweep's table (markdown). */
 export function parallelSweepTable(r: Record<string, unknown>): string {
-  const runs = r.runs as { parallel: number; phases: LoadPhase[]; chat?: Record<string, unknown> }[];
+  const runs = r.runs as {
+    parallel: number;
+    phases: LoadPhase[];
+    chat?: Record<string, unknown>;
+  }[];
   const ref = runs[0]!.phases;
   const lines = [
     `Continuous batching on ${r.model} (expert budget ${r.cacheSizeGB} GiB), ` +
@@ -336,11 +339,11 @@ export function parallelSweepTable(r: Record<string, unknown>): string {
     run.phases.forEach((p, i) => {
       const ratio = ref[i]!.tokensPerSecond > 0 ? p.tokensPerSecond / ref[i]!.tokensPerSecond : 0;
       lines.push(
-        `| ${run.parallel} | ${p.clients} | ${p.tokensPerSecond.toFixed(1)} | ${ratio.toFixed(2)}× | ${
-          p.requestsPerSecond.toFixed(2)
-        } | ${p.latencyMs.p50.toFixed(0)} | ${p.latencyMs.p95.toFixed(0)} | ${
-          JSON.stringify(p.errors)
-        } |`,
+        `| ${run.parallel} | ${p.clients} | ${p.tokensPerSecond.toFixed(1)} | ${
+          ratio.toFixed(2)
+        }× | ${p.requestsPerSecond.toFixed(2)} | ${p.latencyMs.p50.toFixed(0)} | ${
+          p.latencyMs.p95.toFixed(0)
+        } | ${JSON.stringify(p.errors)} |`,
       );
     });
   }

@@ -92,3 +92,69 @@ gpuTest({
     }
   },
 });
+
+gpuTest({
+  name:
+    "parallel: experts streaming, log probabilities beside it, a request cancelled: the same seeded text",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
+    for (const cacheSizeGB of [4, 0]) {
+      const e = await Engine.load({
+        model,
+        gpu,
+        nCtx: 128,
+        maxBatch: 16,
+        parallel: 3,
+        promptCacheMiB: 0,
+        cacheSizeGB,
+        onWarning: () => {},
+      });
+      const label = cacheSizeGB ? "resident" : "streaming";
+      try {
+        const seeded: GenerateRequest = {
+          prompt: PROMPTS[2],
+          maxTokens: 20,
+          sampling: { temperature: 0.9, seed: 77 },
+          cachePrompt: false,
+        };
+        const alone = await e.generate(seeded);
+        const ac = new AbortController();
+        const cancelled = e.generate({
+          prompt: PROMPTS[1],
+          maxTokens: 60,
+          signal: ac.signal,
+          cachePrompt: false,
+        }, (c) => {
+          if (c.tokens.length) ac.abort();
+        });
+        const withLogprobs = e.generate({
+          prompt: PROMPTS[3],
+          maxTokens: 12,
+          logprobs: 2,
+          sampling: { temperature: 0 },
+          cachePrompt: false,
+        });
+        const [loaded, c, lp] = await Promise.all([e.generate(seeded), cancelled, withLogprobs]);
+        assert.deepEqual(
+          loaded.tokens,
+          alone.tokens,
+          `${label}: the same tokens alone and under load`,
+        );
+        assert.equal(c.stats.finishReason, "cancelled", `${label}: the cancelled request ended`);
+        assert.ok(c.tokens.length < 60);
+        assert.equal(
+          lp.logprobs?.length,
+          lp.tokens.length,
+          `${label}: a log probability per token`,
+        );
+        // the slots are free again: a fourth request runs
+        const after = await e.generate({ prompt: PROMPTS[4], maxTokens: 4 });
+        assert.equal(after.tokens.length, 4);
+        if (!cacheSizeGB) assert.ok(e.model.stalls > 0, "experts streamed: batches were repaired");
+      } finally {
+        e.close();
+      }
+    }
+  },
+});

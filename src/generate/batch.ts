@@ -1,48 +1,108 @@
 /**
  * Continuous batching: several generations share one model, each in a
- * sequence slot (a KV region of the model's cache, `Model.forwardRows`).
- * Each generation drives its slot as if it had the model alone (the
- * readback path, `./readback.ts`: forward, logits back, a token chosen on
- * the CPU with the request's own sampler, seed and grammar); the
- * {@link Batcher} gathers the slots' forward calls into batches:
+ * sequence slot (a KV region of the model's cache, `Model.forwardRows`),
+ * and the {@link Batcher} computes their tokens in shared batches:
  *
- * - a **decode round** runs one token of every slot waiting with one token,
- *   in one batch (one submit, one readback);
  * - a **prefill round** runs one chunk (at most `maxBatch` tokens) of the
- *   longest-waiting prompt, alone, so a newcomer's prompt never stalls the
- *   others for more than a chunk: rounds alternate while both wait.
+ *   longest-waiting prompt, alone, so a newcomer's prompt stalls the others
+ *   for one chunk at most: prefill and decode rounds alternate while both
+ *   wait;
+ * - a **decode round** feeds one token of every generating slot, in one
+ *   batch. While every expert is resident and no request needs each
+ *   token's logits on the CPU, rounds run in **windows**: each slot's own
+ *   GPU sampler (its parameters, seed and penalty history) picks its next
+ *   token on the GPU and the next round embeds it without a round trip, up
+ *   to `window` rounds per readback. Otherwise (experts streaming: a batch
+ *   that misses is repaired as a whole; a grammar; log probabilities) each
+ *   round reads the logits back and every slot's token is chosen on the CPU
+ *   (the GPU sampler's reference: the same token for the same logits, seed
+ *   and position).
  *
- * A sequence's tokens do not depend on what else runs: its prompt chunks are
- * always computed alone, at the same boundaries, and its decode tokens in
- * rounds whose rows are computed independently of each other (see the
- * module's test). New requests take a free slot between rounds and finished
- * ones leave; a slot keeps its last tokens, and a request takes the free
- * slot sharing the longest prefix with its prompt (prefix reuse per slot).
+ * A sequence's tokens do not depend on what else runs: its prompt chunks
+ * are computed alone, at the same boundaries, and a decode round computes
+ * each row independently of the others (bit for bit: tested). New requests
+ * take a free slot between rounds and finished ones leave; a slot keeps its
+ * last tokens, and a request takes the free slot sharing the longest prefix
+ * with its prompt (prefix reuse per slot).
  *
  * @module
  */
 
 import type { Model } from "../model/model.ts";
-import type { TokenContext } from "./readback.ts";
+import { createBuffer, upload } from "../gpu/buffers.ts";
+import { type GpuSampler, prepareSampler } from "../gpu/ops/sample.ts";
+import { recordOps } from "../gpu/ops/op.ts";
+import { resolveSampling } from "./sampler_cpu.ts";
+import { checkPrompt, RequestError, type StepsResult } from "./session.ts";
+import { type ReadbackOptions, TokenChooser, type TokenContext } from "./readback.ts";
+import type { FinishReason } from "./types.ts";
 
-/** A forward call waiting for its round. */
+/** A prompt chunk's forward call waiting for its round. */
 interface Call {
   readonly slot: SequenceSlot;
   readonly tokens: readonly number[];
-  /** Tokens already run (prefill chunks). */
+  /** Tokens already run (chunks). */
   done: number;
   readonly resolve: (logits: Float32Array) => void;
   readonly reject: (e: unknown) => void;
 }
 
+/** Tokens handed from the batcher to one generation, as they come. */
+class TokenChannel {
+  #items: number[][] = [];
+  #end: FinishReason | undefined;
+  #error: { e: unknown } | undefined;
+  #wake: (() => void) | undefined;
+
+  push(ids: number[]): void {
+    if (ids.length) this.#items.push(ids);
+    this.#wake?.();
+  }
+
+  finish(reason: FinishReason): void {
+    this.#end ??= reason;
+    this.#wake?.();
+  }
+
+  fail(e: unknown): void {
+    this.#error ??= { e };
+    this.#wake?.();
+  }
+
+  /** The next tokens, or how it ended. */
+  async next(): Promise<number[] | FinishReason> {
+    for (;;) {
+      if (this.#items.length) return this.#items.shift()!;
+      if (this.#error) throw this.#error.e;
+      if (this.#end) return this.#end;
+      await new Promise<void>((r) => this.#wake = r);
+      this.#wake = undefined;
+    }
+  }
+}
+
+/** A slot's generation after its first token, driven by the batcher. */
+interface Decoder {
+  readonly slot: SequenceSlot;
+  readonly chooser: TokenChooser;
+  readonly stop: ReadonlySet<number>;
+  /** Tokens it may still generate. */
+  remaining: number;
+  /** The last token chosen: fed in the next round. */
+  last: number;
+  /** Whether the slot's GPU sampler history holds `chooser.history`. */
+  ringFresh: boolean;
+  readonly out: TokenChannel;
+}
+
 /**
  * One sequence of a batched model: its KV region and the tokens there. A
- * generation drives it as a {@link TokenContext}.
+ * generation drives its prompt through it as a {@link TokenContext}.
  */
 export class SequenceSlot implements TokenContext {
   /** Tokens in the region (positions `[0, nPast)`). */
   nPast = 0;
-  /** Their ids, when known (for prefix reuse); cleared when the region holds anything else. */
+  /** Their ids, when known (for prefix reuse). */
   #tokens: number[] = [];
   /** Held by a generation. */
   busy = false;
@@ -83,7 +143,7 @@ export class SequenceSlot implements TokenContext {
     return Promise.resolve(kept);
   }
 
-  /** Runs `tokens` at the end of the region's sequence; the logits after the last. */
+  /** Runs `tokens` (a prompt) at the end of the region's sequence; the logits after the last. */
   forward(tokens: readonly number[]): Promise<Float32Array> {
     if (tokens.length === 0) throw new RangeError("forward needs at least one token");
     if (this.nPast + tokens.length > this.nCtx) {
@@ -105,20 +165,67 @@ export class SequenceSlot implements TokenContext {
   }
 }
 
-/** Gathers the slots' forward calls into batches (see the module doc). */
+/** Gathers the slots' work into batches (see the module doc). */
 export class Batcher {
   /** The slots, one per KV region of the model. */
   readonly slots: SequenceSlot[];
+  /** Most decode rounds per readback. */
+  readonly window: number;
   #calls: Call[] = [];
+  #decoders: Decoder[] = [];
   #running = false;
   #lastWasPrefill = false;
   #clock = 0;
-  /** Rounds run, and the rows they computed (for statistics and tests). */
-  readonly stats = { decodeRounds: 0, decodeRows: 0, prefillRounds: 0 };
+  /** Rounds run and the rows they computed (for statistics and tests). */
+  readonly stats = { decodeRounds: 0, decodeRows: 0, prefillRounds: 0, windows: 0 };
 
-  /** Slots for every sequence `model` was loaded for (`maxSequences`). */
-  constructor(readonly model: Model) {
+  private constructor(
+    readonly model: Model,
+    /** Per slot: its GPU sampler, and the step buffer giving the sampler its token's position. */
+    readonly samplers: readonly { sampler: GpuSampler; step: GPUBuffer }[],
+    /** u32 [window, maxSequences]: the tokens a window's rounds sampled. */
+    readonly tokenLog: GPUBuffer,
+  ) {
     this.slots = Array.from({ length: model.maxSequences }, (_, i) => new SequenceSlot(this, i));
+    // the route log holds a window's routes, a row per token
+    this.window = Math.max(
+      1,
+      Math.min(8, model.window, Math.floor(model.nCtx / model.maxSequences)),
+    );
+  }
+
+  /** Slots and samplers for every sequence `model` was loaded for (`maxSequences`). */
+  static async create(model: Model): Promise<Batcher> {
+    const s = model.transformer.state;
+    if (!s.logitsRows) throw new RangeError("a Batcher needs a model loaded with maxSequences > 1");
+    const V = model.config.nVocab;
+    const samplers = [];
+    for (let i = 0; i < model.maxSequences; i++) {
+      const step = createBuffer(model.gpu, {
+        label: `slot${i}.sample_step`,
+        size: 16,
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      });
+      const sampler = await prepareSampler(model.gpu, {
+        logits: { buffer: s.logitsRows, offset: 0, stride: V },
+        n: V,
+        params: resolveSampling({ seed: 0 }),
+        step,
+        out: { buffer: s.tokens, index: 0 },
+        label: `slot${i}.sampler`,
+      });
+      samplers.push({ sampler, step });
+    }
+    const tokenLog = createBuffer(model.gpu, {
+      label: "batch_token_log",
+      size: 4 * model.window * model.maxSequences,
+    });
+    return new Batcher(model, samplers, tokenLog);
+  }
+
+  /** The penalty history a slot's GPU sampler holds (as the session's does). */
+  get historyCapacity(): number {
+    return this.samplers[0]!.sampler.historyCapacity;
   }
 
   /**
@@ -153,7 +260,7 @@ export class Batcher {
     return best;
   }
 
-  /** Queues a forward call of `slot` for the next round that takes it. */
+  /** Queues a prompt's forward call of `slot` for the prefill rounds. */
   enqueue(slot: SequenceSlot, tokens: readonly number[]): Promise<Float32Array> {
     if (this.#calls.some((c) => c.slot === slot)) {
       throw new Error(`slot ${slot.index} already has a forward call waiting`);
@@ -161,56 +268,83 @@ export class Batcher {
     const p = new Promise<Float32Array>((resolve, reject) => {
       this.#calls.push({ slot, tokens: [...tokens], done: 0, resolve, reject });
     });
-    if (!this.#running) {
-      this.#running = true;
-      this.#loop().finally(() => this.#running = false);
-    }
+    this.#kick();
     return p;
   }
 
+  /**
+   * Generates in `slot` after `first` (chosen from the prompt's logits,
+   * not yet fed) until a stop token or `remaining` more tokens; the tokens
+   * arrive on the returned channel. `leave` ends it early.
+   */
+  decode(
+    slot: SequenceSlot,
+    o: { chooser: TokenChooser; stop: ReadonlySet<number>; remaining: number; first: number },
+  ): { channel: TokenChannel; leave: () => void } {
+    const d: Decoder = {
+      slot,
+      chooser: o.chooser,
+      stop: o.stop,
+      remaining: o.remaining,
+      last: o.first,
+      ringFresh: false,
+      out: new TokenChannel(),
+    };
+    this.samplers[slot.index]!.sampler.setParams(o.chooser.params);
+    this.#decoders.push(d);
+    this.#kick();
+    return { channel: d.out, leave: () => this.#remove(d) };
+  }
+
+  #remove(d: Decoder): void {
+    const i = this.#decoders.indexOf(d);
+    if (i >= 0) this.#decoders.splice(i, 1);
+  }
+
+  #kick(): void {
+    if (this.#running) return;
+    this.#running = true;
+    this.#loop().finally(() => this.#running = false);
+  }
+
   async #loop(): Promise<void> {
-    while (this.#calls.length > 0) {
+    while (this.#calls.length > 0 || this.#decoders.length > 0) {
       await this.#gather();
-      const decode = this.#calls.filter((c) => c.tokens.length === 1);
-      const prefill = this.#calls.filter((c) => !decode.includes(c));
-      if (decode.length > 0 && (prefill.length === 0 || this.#lastWasPrefill)) {
-        await this.#decodeRound(decode);
-        this.#lastWasPrefill = false;
-      } else {
-        await this.#prefillRound(prefill[0]!);
+      if (this.#calls.length > 0 && (this.#decoders.length === 0 || !this.#lastWasPrefill)) {
+        await this.#prefillRound(this.#calls[0]!);
         this.#lastWasPrefill = true;
+      } else if (this.#decoders.length > 0) {
+        const ds = [...this.#decoders];
+        try {
+          const windowed = !this.model.scheduler.streaming &&
+            ds.every((d) => d.chooser.gpuSamplable);
+          await (windowed ? this.#window(ds) : this.#readbackRound(ds));
+        } catch (e) {
+          for (const d of ds) {
+            this.#remove(d);
+            d.out.fail(e);
+          }
+        }
+        this.#lastWasPrefill = false;
       }
     }
   }
 
   /**
-   * Lets every held slot whose generation is between tokens (sampling,
-   * streaming its text) make its next call before a round starts, for a
-   * few milliseconds at most.
+   * Lets every held slot whose generation is between steps (choosing its
+   * first token, streaming its text) join before a round starts, for a few
+   * milliseconds at most.
    */
   async #gather(): Promise<void> {
     const deadline = performance.now() + 4;
     for (;;) {
+      const ready = new Set([
+        ...this.#calls.map((c) => c.slot),
+        ...this.#decoders.map((d) => d.slot),
+      ]);
+      if (this.slots.every((s) => !s.busy || ready.has(s))) return;
+      if (performance.now() >= deadline) return;
       await new Promise((r) => setTimeout(r, 0));
-      const held = this.slots.filter((s) => s.busy).length;
-      if (this.#calls.length >= held || performance.now() >= deadline) return;
-    }
-  }
-
-  async #decodeRound(calls: Call[]): Promise<void> {
-    for (const c of calls) this.#calls.splice(this.#calls.indexOf(c), 1);
-    try {
-      const logits = await this.model.forwardRows(
-        calls.map((c) => ({ sequence: c.slot.index, pos: c.slot.nPast, tokens: c.tokens })),
-      );
-      this.stats.decodeRounds++;
-      this.stats.decodeRows += calls.length;
-      calls.forEach((c, i) => {
-        c.slot.nPast += 1;
-        c.resolve(logits[i]!);
-      });
-    } catch (e) {
-      for (const c of calls) c.reject(e);
     }
   }
 
@@ -231,5 +365,163 @@ export class Batcher {
       this.#calls.splice(this.#calls.indexOf(call), 1);
       call.reject(e);
     }
+  }
+
+  /** Hands `ids` (in order) to `d` up to its stop token or budget; ends it there. */
+  #deliver(d: Decoder, ids: readonly number[]): number {
+    const take: number[] = [];
+    let reason: FinishReason | undefined;
+    for (const id of ids) {
+      take.push(id);
+      d.remaining--;
+      if (d.stop.has(id)) reason = "stop";
+      else if (d.remaining <= 0) reason = "length";
+      if (reason) break;
+    }
+    d.out.push(take);
+    if (take.length) d.last = take[take.length - 1]!;
+    if (reason) {
+      this.#remove(d);
+      d.out.finish(reason);
+    }
+    return take.length;
+  }
+
+  /** One round, logits read back, every token chosen on the CPU. */
+  async #readbackRound(ds: Decoder[]): Promise<void> {
+    const logits = await this.model.forwardRows(
+      ds.map((d) => ({ sequence: d.slot.index, pos: d.slot.nPast, tokens: [d.last] })),
+    );
+    this.stats.decodeRounds++;
+    this.stats.decodeRows += ds.length;
+    ds.forEach((d, i) => {
+      if (!this.#decoders.includes(d)) return; // left while the round ran
+      d.slot.nPast++;
+      d.ringFresh = false;
+      this.#deliver(d, [d.chooser.choose(logits[i]!, d.slot.nPast - 1, d.remaining)]);
+    });
+  }
+
+  /** Rounds sampled on the GPU, each feeding the next, with one readback. */
+  async #window(ds: Decoder[]): Promise<void> {
+    const model = this.model;
+    const R = ds.length;
+    // a prompt waiting for its chunk: one round, so that rounds keep alternating
+    const W = this.#calls.length > 0
+      ? 1
+      : Math.min(this.window, Math.max(...ds.map((d) => d.remaining)));
+    const s = model.transformer.state;
+    ds.forEach((d, r) => {
+      const { sampler } = this.samplers[d.slot.index]!;
+      if (!d.ringFresh) sampler.resetHistory(d.chooser.history);
+      sampler.retarget(r, r);
+    });
+    const ops = ds.flatMap((d) => this.samplers[d.slot.index]!.sampler.ops);
+    model.beginChecks();
+    for (let j = 0; j < W; j++) {
+      ds.forEach((d) => {
+        const pos = d.slot.nPast + j;
+        upload(model.gpu, this.samplers[d.slot.index]!.step, new Uint32Array([pos, 1, pos + 1, 0]));
+      });
+      model.queueRows(
+        ds.map((d) => ({ sequence: d.slot.index, pos: d.slot.nPast + j, tokens: [d.last] })),
+        {
+          feed: j === 0,
+          logRow: j * R,
+          after: (enc) => {
+            recordOps(enc, ops, 1);
+            enc.copyBufferToBuffer(s.tokens, 0, this.tokenLog, 4 * j * R, 4 * R);
+          },
+        },
+      );
+    }
+    const [routes, [log, flag]] = await model.readRoutes(0, W * R, [
+      { buffer: this.tokenLog, offset: 0, size: 4 * W * R },
+      model.finiteFlag,
+    ]);
+    model.scheduler.account(routes, W * R);
+    model.checkFinite(flag);
+    this.stats.windows++;
+    this.stats.decodeRounds += W;
+    this.stats.decodeRows += W * R;
+    const ids = new Uint32Array(log!);
+    ds.forEach((d, r) => {
+      if (!this.#decoders.includes(d)) return; // left while the window ran
+      const got = Array.from({ length: W }, (_, j) => ids[j * R + r]!);
+      const n = this.#deliver(d, got);
+      d.chooser.accept(got.slice(0, n));
+      d.slot.nPast += n;
+      d.ringFresh = true;
+    });
+  }
+
+  /** Frees the samplers (not the model). */
+  destroy(): void {
+    for (const { sampler, step } of this.samplers) {
+      sampler.destroy();
+      step.destroy();
+    }
+    this.tokenLog.destroy();
+  }
+}
+
+/**
+ * Generation after `prompt` in `slot` (see the module doc): the checks,
+ * prefix reuse and context left behind of `readbackSteps`, the prompt in
+ * prefill rounds, the first token chosen on the CPU from its logits, the
+ * rest from the batcher's decode rounds.
+ */
+export async function* batchSteps(
+  slot: SequenceSlot,
+  prompt: readonly number[],
+  o: ReadbackOptions,
+): AsyncGenerator<number[], StepsResult, void> {
+  checkPrompt(prompt, slot.nCtx);
+  try {
+    slot.checkIds(prompt);
+  } catch (e) {
+    throw new RequestError("prompt", (e as Error).message);
+  }
+  if (!Number.isInteger(o.maxTokens) || o.maxTokens < 1) {
+    throw new RequestError(
+      "max_tokens",
+      `max_tokens must be a positive integer, got ${o.maxTokens}`,
+    );
+  }
+  // the last generated token is never fed back, so it needs no cache room
+  const maxTokens = Math.min(o.maxTokens, slot.nCtx - prompt.length + 1);
+  const stop = new Set(o.stopTokens);
+  const chooser = new TokenChooser(o, slot.nVocab, prompt);
+  const generated: number[] = [];
+  let failed = false;
+  let leave: (() => void) | undefined;
+  const cached = await slot.begin(prompt, o.context);
+  o.onContext?.(cached);
+  const result = (finishReason: FinishReason): StepsResult => ({
+    promptTokens: prompt.length,
+    cachedTokens: cached,
+    finishReason,
+  });
+  try {
+    const logits = await slot.forward(prompt.slice(cached));
+    const first = chooser.choose(logits, slot.nPast - 1, maxTokens);
+    generated.push(first);
+    yield [first];
+    if (stop.has(first)) return result("stop");
+    if (maxTokens === 1) return result("length");
+    const d = slot.batcher.decode(slot, { chooser, stop, remaining: maxTokens - 1, first });
+    leave = d.leave;
+    for (;;) {
+      const next = await d.channel.next();
+      if (typeof next === "string") return result(next);
+      generated.push(...next);
+      yield next;
+    }
+  } catch (e) {
+    failed = true;
+    throw e;
+  } finally {
+    leave?.();
+    slot.end(failed ? undefined : [...prompt, ...generated]);
   }
 }

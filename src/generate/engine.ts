@@ -18,7 +18,7 @@ import { renderChat } from "../tokenizer/chat.ts";
 import type { GpuSampler } from "../gpu/ops/sample.ts";
 import { checkPrompt, RequestError, Session, StatsMeter, type StepsResult } from "./session.ts";
 import { readbackSteps } from "./readback.ts";
-import { Batcher } from "./batch.ts";
+import { Batcher, batchSteps } from "./batch.ts";
 import { Constraint } from "./constrain.ts";
 import type { GenerateRequest, GenerationStats, StreamChunk, TokenLogprob } from "./types.ts";
 
@@ -45,7 +45,7 @@ export interface EngineOptions extends LoadModelOptions {
 }
 
 /** What one generation's steps report back to the layers above (per request, so several can run). */
-interface StepState {
+export interface StepState {
   /** Its tokens' log probabilities, when asked for. */
   readonly logprobs: TokenLogprob[];
   /** Prompt tokens found in the KV cache, once known. */
@@ -114,13 +114,8 @@ export class Engine {
       const session = await Session.create(model, { promptCacheBytes: mib * 2 ** 20 });
       const name = o.name ?? model.file.metadata.string("general.name", null) ??
         (o.model ?? o.baseWeights ?? "model").split("/").pop()!.replace(/\.gguf$/, "");
-      return new Engine(
-        model,
-        tokenizer,
-        session,
-        name,
-        parallel > 1 ? new Batcher(model) : undefined,
-      );
+      const batcher = parallel > 1 ? await Batcher.create(model) : undefined;
+      return new Engine(model, tokenizer, session, name, batcher);
     } catch (e) {
       model.close();
       throw e;
@@ -233,13 +228,13 @@ export class Engine {
    * end-of-generation token, a stop token, `maxTokens` or cancellation.
    * Must be iterated to the end or returned early (for-await with break
    * does that). With `parallel` > 1 it runs in a free sequence slot (and
-   * throws when every slot is held).
+   * throws when every slot is held). `st` receives the log probabilities and
+   * the cached prompt tokens as they are known.
    */
-  generateStep(req: GenerateRequest): AsyncGenerator<number[], StepsResult, void> {
-    return this.#steps(req, { logprobs: [] });
-  }
-
-  async *#steps(req: GenerateRequest, st: StepState): AsyncGenerator<number[], StepsResult, void> {
+  async *generateStep(
+    req: GenerateRequest,
+    st: StepState = { logprobs: [] },
+  ): AsyncGenerator<number[], StepsResult, void> {
     const prompt = this.promptTokens(req);
     let started = false;
     const cachedAtStart = req.cachePrompt === false ? 0 : this.cachedPrefix(prompt);
@@ -255,19 +250,22 @@ export class Engine {
     if (this.batcher && !slot) {
       throw new Error(`all ${this.parallel} sequence slots are running a generation`);
     }
-    // a grammar or log probabilities need each token's logits on the CPU, and so do slots
-    const it = slot || req.grammar !== undefined || req.logprobs !== undefined
-      ? readbackSteps(slot ?? this.session, prompt, {
-        maxTokens: req.maxTokens,
-        stopTokens,
-        sampling: req.sampling ?? {},
-        context,
-        historyCapacity: this.sampler.historyCapacity,
-        constraint: req.grammar && new Constraint(req.grammar, this.tokenizer),
-        logprobs: req.logprobs,
-        onLogprob: (lp) => st.logprobs.push(lp),
-        onContext: (n) => st.cachedTokens = n,
-      })
+    const readback = {
+      maxTokens: req.maxTokens,
+      stopTokens,
+      sampling: req.sampling ?? {},
+      context,
+      historyCapacity: this.sampler.historyCapacity,
+      constraint: req.grammar && new Constraint(req.grammar, this.tokenizer),
+      logprobs: req.logprobs,
+      onLogprob: (lp: TokenLogprob) => st.logprobs.push(lp),
+      onContext: (n: number) => st.cachedTokens = n,
+    } as const;
+    // a grammar or log probabilities need each token's logits on the CPU
+    const it = slot
+      ? batchSteps(slot, prompt, readback)
+      : req.grammar !== undefined || req.logprobs !== undefined
+      ? readbackSteps(this.session, prompt, readback)
       : this.session.steps(prompt, {
         maxTokens: req.maxTokens,
         stopTokens,
@@ -304,7 +302,7 @@ export class Engine {
     // tokenised once here, so every ending (a stop string, cancellation, an error) knows its length
     const prompt = this.promptTokens(req);
     const st: StepState = { logprobs: [] };
-    const steps = this.#steps({ ...req, prompt, messages: undefined }, st);
+    const steps = this.generateStep({ ...req, prompt, messages: undefined }, st);
     let pending = ""; // decoded text not yet emitted (may hold a stop string's start)
     let pendingTokens: number[] = [];
     let pendingStarts: number[] = []; // where each pending token's text starts in `pending`
@@ -429,6 +427,7 @@ export class Engine {
 
   /** Frees the model. */
   close(): void {
+    this.batcher?.destroy();
     this.session.destroy();
     this.model.close();
   }

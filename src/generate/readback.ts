@@ -18,7 +18,7 @@
  * @module
  */
 
-import { deriveSampler } from "../gpu/ops/sample.ts";
+import { deriveSampler, type SamplerConstants, type SamplerParams } from "../gpu/ops/sample.ts";
 import { resolveSampling, sampleWith } from "./sampler_cpu.ts";
 import type { Constraint } from "./constrain.ts";
 import {
@@ -127,8 +127,7 @@ export async function* readbackSteps(
   // the last generated token is never fed back, so it needs no cache room
   const maxTokens = Math.min(o.maxTokens, model.nCtx - prompt.length + 1);
   const stop = new Set(o.stopTokens);
-  const c = deriveSampler(resolveSampling(o.sampling), model.nVocab, o.historyCapacity);
-  const history = [...prompt];
+  const chooser = new TokenChooser(o, model.nVocab, prompt);
   const generated: number[] = [];
   let finishReason: FinishReason = "length";
   let failed = false;
@@ -137,22 +136,8 @@ export async function* readbackSteps(
   try {
     let logits = await model.forward(prompt.slice(cached));
     for (;;) {
-      const pos = model.nPast - 1; // the RNG counter: the logits' token's position, as on the GPU
-      const window = c.penaltyLastN > 0 ? history.slice(-c.penaltyLastN) : [];
-      const room = maxTokens - generated.length;
-      let id = sampleWith(logits, c, window, pos).token;
-      const g = o.constraint;
-      if (g && !g.allows(id, room)) {
-        const mask = g.mask(room);
-        const masked = new Float32Array(logits);
-        for (let i = 0; i < masked.length; i++) if (mask[i] === 0) masked[i] = -Infinity;
-        id = sampleWith(masked, c, window, pos).token;
-        // every allowed logit −∞ (or NaN): the first allowed token
-        if (mask[id] === 0) id = mask.indexOf(1);
-      }
-      g?.accept(id);
-      if (o.logprobs !== undefined) o.onLogprob?.(logprobsOf(logits, id, o.logprobs));
-      history.push(id);
+      // the RNG counter: the logits' token's position, as on the GPU
+      const id = chooser.choose(logits, model.nPast - 1, maxTokens - generated.length);
       generated.push(id);
       yield [id];
       if (stop.has(id)) {
@@ -168,6 +153,66 @@ export async function* readbackSteps(
     throw e;
   } finally {
     model.end(failed ? undefined : [...prompt, ...generated]);
+  }
+}
+
+/**
+ * A request's token choice on the CPU (the GPU sampler's reference): its
+ * sampling parameters, penalty history (the prompt and what was chosen),
+ * grammar and log probabilities.
+ */
+export class TokenChooser {
+  /** The resolved sampler constants (seed drawn once when the request had none). */
+  readonly constants: SamplerConstants;
+  /** The resolved parameters. */
+  readonly params: SamplerParams;
+  /** The prompt and every token chosen (or accepted) since. */
+  readonly history: number[];
+
+  constructor(
+    readonly o: Pick<
+      ReadbackOptions,
+      "sampling" | "historyCapacity" | "constraint" | "logprobs" | "onLogprob"
+    >,
+    nVocab: number,
+    prompt: readonly number[],
+  ) {
+    this.params = resolveSampling(o.sampling);
+    this.constants = deriveSampler(this.params, nVocab, o.historyCapacity);
+    this.history = [...prompt];
+  }
+
+  /** Whether every choice can be made by the GPU sampler (no grammar, no log probabilities). */
+  get gpuSamplable(): boolean {
+    return this.o.constraint === undefined && this.o.logprobs === undefined;
+  }
+
+  /**
+   * The token after `logits` (of the token at position `pos`), with `room`
+   * tokens left to generate (a grammar must finish within it).
+   */
+  choose(logits: Float32Array, pos: number, room: number): number {
+    const c = this.constants;
+    const window = c.penaltyLastN > 0 ? this.history.slice(-c.penaltyLastN) : [];
+    let id = sampleWith(logits, c, window, pos).token;
+    const g = this.o.constraint;
+    if (g && !g.allows(id, room)) {
+      const mask = g.mask(room);
+      const masked = new Float32Array(logits);
+      for (let i = 0; i < masked.length; i++) if (mask[i] === 0) masked[i] = -Infinity;
+      id = sampleWith(masked, c, window, pos).token;
+      // every allowed logit −∞ (or NaN): the first allowed token
+      if (mask[id] === 0) id = mask.indexOf(1);
+    }
+    g?.accept(id);
+    if (this.o.logprobs !== undefined) this.o.onLogprob?.(logprobsOf(logits, id, this.o.logprobs));
+    this.history.push(id);
+    return id;
+  }
+
+  /** Records tokens the GPU sampler chose (only when {@linkcode gpuSamplable}). */
+  accept(ids: readonly number[]): void {
+    this.history.push(...ids);
   }
 }
 

@@ -625,16 +625,13 @@ export class Model {
   }
 
   /**
-   * One batch of several sequences (continuous batching): each run's tokens
-   * go into its own KV region at its positions, and the logits after each
-   * run's last token come back (f32 [nVocab] each, in order), in one
-   * submit and one readback (more when experts stream and a layer misses:
-   * the batch is repaired as a whole). A token's result does not depend on
-   * the other sequences in the batch. The single-sequence context
-   * (`nPast`, region 0) is left as it is; a caller mixing both keeps region
-   * 0's sequence out of the runs.
+   * Uploads the step words and head rows of a batch of `runs` (and their
+   * token ids unless `feed` is false: a sampler wrote them on the GPU).
    */
-  async forwardRows(runs: readonly SequenceRun[]): Promise<Float32Array[]> {
+  #writeRows(
+    runs: readonly SequenceRun[],
+    feed: boolean,
+  ): { n: number; R: number; step: Uint32Array } {
     const s = this.transformer.state;
     if (!s.headStep || !s.logitsRows) {
       throw new RangeError("forwardRows needs a model loaded with maxSequences > 1");
@@ -678,19 +675,60 @@ export class Model {
       throw new RangeError(`forwardRows: ${n} tokens exceed the batch size ${this.maxBatch}`);
     }
     const R = rows.length;
-    const sch = this.scheduler;
-    this.beginChecks();
     const step = batchStepWords(tokens);
     const head = new Uint32Array(STEP.tokens + R);
     head[STEP.nTokens] = head[STEP.nKv] = R;
     head.set(rows, STEP.tokens);
-    upload(this.gpu, s.tokens, new Uint32Array(ids));
+    if (feed) upload(this.gpu, s.tokens, new Uint32Array(ids));
     upload(this.gpu, s.step, step);
     upload(this.gpu, s.headStep, head);
+    return { n, R, step };
+  }
+
+  /**
+   * Records and submits a batch of several sequences one token each without
+   * reading anything back (a round of a decode window, every expert
+   * resident): `runs` as in {@linkcode forwardRows}, with `feed` false their
+   * ids are taken from the token buffer (rows in run order, written there by
+   * the previous round's samplers); its routes are logged from row `logRow`
+   * of the route log (read them with {@linkcode readRoutes}); `after` records
+   * into the same encoder after the head (the samplers). Call {@linkcode
+   * beginChecks} before a window's first round and read {@linkcode finiteFlag}
+   * with its results.
+   */
+  queueRows(
+    runs: readonly SequenceRun[],
+    o: { feed: boolean; logRow: number; after?: (enc: GPUCommandEncoder) => void },
+  ): void {
+    if (this.scheduler.streaming) {
+      throw new RangeError("queueRows runs only while every expert is resident (use forwardRows)");
+    }
+    const { n, R } = this.#writeRows(runs, o.feed);
+    const enc = this.gpu.device.createCommandEncoder();
+    this.recordBatch(enc, o.logRow, n, { rows: R, sequences: R });
+    o.after?.(enc);
+    this.gpu.submit(enc);
+  }
+
+  /**
+   * One batch of several sequences (continuous batching): each run's tokens
+   * go into its own KV region at its positions, and the logits after each
+   * run's last token come back (f32 [nVocab] each, in order), in one
+   * submit and one readback (more when experts stream and a layer misses:
+   * the batch is repaired as a whole). A token's result does not depend on
+   * the other sequences in the batch. The single-sequence context
+   * (`nPast`, region 0) is left as it is; a caller mixing both keeps region
+   * 0's sequence out of the runs.
+   */
+  async forwardRows(runs: readonly SequenceRun[]): Promise<Float32Array[]> {
+    const s = this.transformer.state;
+    const sch = this.scheduler;
+    this.beginChecks();
+    const { n, R, step } = this.#writeRows(runs, true);
     const enc = this.gpu.device.createCommandEncoder();
     this.recordBatch(enc, 0, n, { rows: R, sequences: R });
     this.gpu.submit(enc);
-    const logits = { buffer: s.logitsRows, offset: 0, size: 4 * R * this.config.nVocab };
+    const logits = { buffer: s.logitsRows!, offset: 0, size: 4 * R * this.config.nVocab };
     const range = sch.streaming ? sch.readRange(n) : [];
     const [routes, rest] = await this.readRoutes(0, n, [...range, logits, this.finiteFlag]);
     let out = rest.slice(range.length);
@@ -708,7 +746,7 @@ export class Model {
     this.checkFinite(out[1]);
     const all = new Float32Array(out[0]!);
     const V = this.config.nVocab;
-    return rows.map((_, i) => all.subarray(i * V, (i + 1) * V));
+    return Array.from({ length: R }, (_, i) => all.subarray(i * V, (i + 1) * V));
   }
 
   /** Frees GPU memory (and the device if the model made it). */

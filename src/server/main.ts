@@ -449,9 +449,7 @@ export async function main(args: string[]): Promise<number> {
     console.log(
       `od-moe ready: ${i.name} (${i.architecture}, context ${i.contextLength}${
         engine.parallel > 1 ? ` × ${engine.parallel} sequences` : ""
-      }, expert budget ${
-        mib(engine.model.pool.limitBytes)
-      }) loaded in ${
+      }, expert budget ${mib(engine.model.pool.limitBytes)}) loaded in ${
         ((performance.now() - t0) / 1000).toFixed(1)
       } s; chat in a browser at ${server.url}/ or try: curl ${server.url}/generate -d ` +
         `'{"prompt": "And God said", "max_tokens": 24}'`,

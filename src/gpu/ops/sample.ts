@@ -330,6 +330,12 @@ export interface GpuSampler {
   readonly params: SamplerParams;
   /** Rewrites the params buffer (queue-ordered: takes effect from the next submit). */
   setParams(p: SamplerParams): void;
+  /**
+   * Samples logits row `row` of the logits view (rows `stride` apart) into
+   * element `outIndex` after the `out` slot (queue-ordered, like `setParams`):
+   * for a batch of several sequences whose rows change between windows.
+   */
+  retarget(row: number, outIndex: number): void;
   /** Writes the ring from the CPU: the request's prompt (or no tokens) as the history. */
   resetHistory(tokens: ArrayLike<number>): void;
   /** Frees the buffers the sampler owns. */
@@ -428,6 +434,13 @@ export async function prepareSampler(gpu: Gpu, o: SamplerOptions): Promise<GpuSa
       return current;
     },
     setParams: write,
+    retarget(row: number, outIndex: number) {
+      checkInt(o.label, "row", row, 0);
+      checkInt(o.label, "outIndex", outIndex, 0);
+      fixed.offset = logits.offset + row * o.logits.stride;
+      fixed.outOffset = out.offset + outIndex;
+      write(current);
+    },
     resetHistory(tokens: ArrayLike<number>) {
       upload(gpu, history, historyRing(tokens, cap, o.label));
     },
