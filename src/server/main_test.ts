@@ -50,6 +50,8 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
       "1024",
       "--cache-ram",
       "64",
+      "--parallel",
+      "4",
       "--eviction-policy",
       "least-stale",
     ]);
@@ -68,6 +70,7 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
     assert.equal(c.maxQueue, 3);
     assert.equal(c.nCtx, 1024);
     assert.equal(c.promptCacheMiB, 64);
+    assert.equal(c.parallel, 4);
     const d = await parse([
       "--base-weights",
       `${dir}/base_model`,
@@ -129,6 +132,7 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
       [["--max-queue", "-1"], /--max-queue|ambiguous/],
       [["--ctx-size", "8"], /^--ctx-size must be an integer in 16/],
       [["--cache-ram", "1.5"], /^--cache-ram must be an integer in 0/],
+      [["--parallel", "0"], /^--parallel must be an integer in 1…64/],
       [["--cache-size-gb=-1"], /^--cache-size-gb must be a number ≥ 0/],
       [["--cache-size-gb", "lots"], /^--cache-size-gb must be a number ≥ 0/],
       [["--api-key", ""], /^--api-key must not be empty/],
