@@ -9,7 +9,8 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "../dev/gpu.ts";
 import { fixtureModel } from "../dev/fixtures.ts";
-import { loadModel } from "../src/model/model.ts";
+import { autoSequences, loadModel } from "../src/model/model.ts";
+import type { ModelConfig } from "../src/model/config.ts";
 import type { SyntheticArch } from "../src/model/synthetic.ts";
 
 /** Largest absolute difference between two logit vectors. */
@@ -97,3 +98,20 @@ for (const arch of ["qwen3moe", "gpt-oss", "deepseek2"] as const) {
     });
   }
 }
+
+Deno.test("autoSequences: 4 where their KV fits 1 GiB and a binding; fewer at long contexts; 1 with a recurrent state", () => {
+  const c = {
+    nLayer: 48,
+    nHead: 32,
+    nHeadKv: 4,
+    headDimK: 128,
+    headDimV: 128,
+  } as unknown as ModelConfig; // Qwen3-30B-A3B's attention: 48 × 4 KiB of f32 K and V per token
+  const limit = 128 * 2 ** 20;
+  assert.equal(autoSequences(c, 256, limit, 64), 4);
+  assert.equal(autoSequences(c, 4096, limit, 64), 1, "4096 × 192 KiB is 768 MiB a sequence");
+  assert.equal(autoSequences(c, 1024, limit, 64), 4, "192 MiB a sequence");
+  assert.equal(autoSequences(c, 2048, limit, 64), 2);
+  assert.equal(autoSequences(c, 256, limit, 2), 2, "at most the batch size");
+  assert.equal(autoSequences({ ...c, deltaNet: {} } as unknown as ModelConfig, 256, limit, 64), 1);
+});

@@ -40,8 +40,9 @@ export interface EngineOptions extends LoadModelOptions {
    * with more than one, each gets a sequence slot of `nCtx` positions and
    * their tokens are computed in shared batches (continuous batching); every
    * token is then read back and chosen on the CPU.
+   * `"auto"` sizes it from memory (see `LoadModelOptions.maxSequences`).
    */
-  parallel?: number;
+  parallel?: number | "auto";
 }
 
 /** What one generation's steps report back to the layers above (per request, so several can run). */
@@ -99,22 +100,25 @@ export class Engine {
   /** Loads a model, its tokenizer and the sampler. */
   static async load(o: EngineOptions): Promise<Engine> {
     const parallel = o.parallel ?? 1;
-    if (!(Number.isInteger(parallel) && parallel >= 1 && parallel <= 64)) {
-      throw new RangeError(`parallel must be an integer in 1…64, got ${o.parallel}`);
+    if (parallel !== "auto" && !(Number.isInteger(parallel) && parallel >= 1 && parallel <= 64)) {
+      throw new RangeError(`parallel must be an integer in 1…64 or "auto", got ${o.parallel}`);
     }
     const model = await Model.load({
       ...o,
       maxSequences: parallel,
-      maxBatch: Math.max(o.maxBatch ?? 64, parallel),
+      maxBatch: Math.max(o.maxBatch ?? 64, parallel === "auto" ? 4 : parallel),
     });
     try {
       const tokenizer = Tokenizer.fromGguf(model.file.metadata);
       const mib = o.promptCacheMiB ?? DEFAULT_PROMPT_CACHE_MIB;
       if (!(mib >= 0)) throw new RangeError(`promptCacheMiB must be ≥ 0, got ${mib}`);
-      const session = await Session.create(model, { promptCacheBytes: mib * 2 ** 20 });
+      // with sequence slots, each keeps its last conversation instead of CPU copies
+      const session = await Session.create(model, {
+        promptCacheBytes: model.maxSequences > 1 ? 0 : mib * 2 ** 20,
+      });
       const name = o.name ?? model.file.metadata.string("general.name", null) ??
         (o.model ?? o.baseWeights ?? "model").split("/").pop()!.replace(/\.gguf$/, "");
-      const batcher = parallel > 1 ? await Batcher.create(model) : undefined;
+      const batcher = model.maxSequences > 1 ? await Batcher.create(model) : undefined;
       return new Engine(model, tokenizer, session, name, batcher);
     } catch (e) {
       model.close();

@@ -20,7 +20,7 @@ import { createBuffer, recordReadback, upload } from "../gpu/buffers.ts";
 import { batchStepWords, type BatchToken, type Op, STEP, stepWords } from "../gpu/ops/op.ts";
 import { FINITE } from "../gpu/ops/finite.ts";
 import type { BufferBinding } from "../gpu/dispatch.ts";
-import { checkMoeConfig, type ModelConfig } from "./config.ts";
+import { checkMoeConfig, kvCacheBytesPerToken, type ModelConfig } from "./config.ts";
 import { archSpec } from "./registry.ts";
 import { checkTensorPlan, type GpuWeights, uploadPlannedTensors } from "./weights.ts";
 import { checkExpertSource, type ModelFiles, openBase, openExperts, trunkLayers } from "./load.ts";
@@ -52,9 +52,11 @@ export interface LoadModelOptions extends ModelFiles {
   /**
    * Sequences that can share one batch (continuous batching, {@linkcode
    * Model.forwardRows}); the KV cache holds `nCtx` positions for each.
-   * Default 1.
+   * Default 1; `"auto"` sizes it from memory: up to 4 while their KV caches
+   * take at most {@linkcode AUTO_SEQUENCES_KV_BYTES} and one layer's cache
+   * fits a storage binding (1 for models with a recurrent state).
    */
-  maxSequences?: number;
+  maxSequences?: number | "auto";
   /** A device to use; default a new one. */
   gpu?: Gpu;
   /**
@@ -147,6 +149,26 @@ export interface BatchEnd {
 
 const GIB = 1024 ** 3;
 
+/** The KV-cache memory `maxSequences: "auto"` may give all sequences together. */
+export const AUTO_SEQUENCES_KV_BYTES = GIB;
+
+/** `maxSequences: "auto"` for a model (see {@linkcode LoadModelOptions.maxSequences}). */
+export function autoSequences(
+  c: ModelConfig,
+  nCtx: number,
+  maxBindingBytes: number,
+  maxBatch: number,
+): number {
+  if (c.deltaNet) return 1;
+  const perToken = kvCacheBytesPerToken(c);
+  const layerRow = Math.max(1, perToken / c.nLayer);
+  const fit = Math.min(
+    Math.floor(AUTO_SEQUENCES_KV_BYTES / Math.max(1, nCtx * perToken)),
+    Math.floor(maxBindingBytes / (nCtx * layerRow)),
+  );
+  return Math.max(1, Math.min(4, maxBatch, fit));
+}
+
 /** A loaded model. */
 export class Model {
   /** Tokens in the KV cache. */
@@ -193,7 +215,10 @@ export class Model {
       const plan = checkTensorPlan(file, fullPlan.filter((e) => e.role === "base"));
       const nCtx = o.nCtx ?? Math.min(4096, config.nCtxTrain || 4096);
       const maxBatch = o.maxBatch ?? 64;
-      const maxSequences = o.maxSequences ?? 1;
+      const gpu = o.gpu ?? await acquireGpu();
+      const maxSequences = o.maxSequences === "auto"
+        ? autoSequences(config, nCtx, gpu.limits.maxStorageBufferBindingSize, maxBatch)
+        : o.maxSequences ?? 1;
       if (!(Number.isInteger(maxSequences) && maxSequences >= 1 && maxSequences <= maxBatch)) {
         throw new RangeError(
           `maxSequences must be an integer in 1…${maxBatch} (the batch size), got ${o.maxSequences}`,
@@ -213,7 +238,6 @@ export class Model {
       if (!(cacheSizeGB >= 0)) throw new RangeError(`cacheSizeGB must be ≥ 0, got ${cacheSizeGB}`);
       source = trunkLayers(o.expertSource ?? openExperts(o, file), config.nLayer);
       checkExpertSource(source, fullPlan.filter((e) => e.role === "expert"));
-      const gpu = o.gpu ?? await acquireGpu();
       const weights = uploadPlannedTensors(gpu, file, bytes, plan, ["base"]);
       const pool = new ExpertPool(gpu, source, {
         budgetBytes: Math.floor(cacheSizeGB * GIB),

@@ -43,9 +43,10 @@ options:
                                  (default), lru or least-stale
   --ctx-size N                   context length in tokens of each sequence (default
                                  min(4096, the model's))
-  --parallel N                   generations run at once, their tokens batched together
-                                 (continuous batching; default 1): each gets --ctx-size
-                                 positions of KV cache, and tokens are chosen on the CPU
+  --parallel N|auto              generations run at once, their tokens batched together
+                                 (continuous batching), each with --ctx-size positions of
+                                 KV cache; default auto: up to 4 while their KV caches
+                                 take at most 1 GiB (1 for Qwen3.5/Qwen3-Next)
   --cache-ram MIB                CPU memory for the KV caches of earlier conversations, reused
                                  when one comes back (default 1024; 0 = only the last one)
   --port N                       port (default 8080; 0 = any free port)
@@ -76,8 +77,8 @@ export interface ServeConfig {
   nCtx: number | undefined;
   /** `--cache-ram`, MiB, when given. */
   promptCacheMiB?: number;
-  /** `--parallel`: generations at once. */
-  parallel: number;
+  /** `--parallel`: generations at once, or sized from memory. */
+  parallel: number | "auto";
   /** Port. */
   port: number;
   /** Interface. */
@@ -245,7 +246,7 @@ export async function parseServeArgs(
   const maxQueue = int("max-queue", v["max-queue"], 0, 1_000_000) ?? 16;
   const nCtx = int("ctx-size", v["ctx-size"], 16, 1 << 24);
   const promptCacheMiB = int("cache-ram", v["cache-ram"], 0, 1 << 30);
-  const parallel = int("parallel", v.parallel, 1, 64) ?? 1;
+  const parallel = v.parallel === "auto" ? "auto" : int("parallel", v.parallel, 1, 64) ?? "auto";
   const host = v.host ?? "127.0.0.1";
   if (host.trim() === "") throw new UsageError("--host must not be empty");
   const apiKey = v["api-key"] ?? (env("ODMOE_API_KEY") || undefined);

@@ -21,6 +21,7 @@ Deno.test("serve flags: defaults serve the demo model on 127.0.0.1:8080", async 
   assert.equal(c.apiKey, undefined);
   assert.equal(c.prefetch, false);
   assert.equal(c.evictionPolicy, undefined, "the engine's default (predictive)");
+  assert.equal(c.parallel, "auto", "sequences sized from memory");
   assert.equal(await parseServeArgs(["-h"], noEnv), "help");
 });
 
