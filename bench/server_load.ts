@@ -274,7 +274,9 @@ export async function runParallelSweep(o: ParallelSweepOptions): Promise<Record<
     const server = await startServer({
       port: 0,
       maxQueue: 64,
-      load: () => Engine.load({ model, cacheSizeGB, parallel, enablePrefetch: cacheSizeGB < 4 }),
+      // a context long enough for the chat's ten turns (the trained demo was trained at 256)
+      load: () =>
+        Engine.load({ model, cacheSizeGB, parallel, nCtx: 1024, enablePrefetch: cacheSizeGB < 4 }),
     });
     try {
       await server.ready;

@@ -33,7 +33,7 @@ import { createBuffer, upload } from "../gpu/buffers.ts";
 import { type GpuSampler, prepareSampler } from "../gpu/ops/sample.ts";
 import { recordOps } from "../gpu/ops/op.ts";
 import { resolveSampling } from "./sampler_cpu.ts";
-import { checkPrompt, RequestError, type StepsResult } from "./session.ts";
+import { checkRequest, type StepsResult } from "./session.ts";
 import { type ReadbackOptions, TokenChooser, type TokenContext } from "./readback.ts";
 import type { FinishReason } from "./types.ts";
 
@@ -476,18 +476,7 @@ export async function* batchSteps(
   prompt: readonly number[],
   o: ReadbackOptions,
 ): AsyncGenerator<number[], StepsResult, void> {
-  checkPrompt(prompt, slot.nCtx);
-  try {
-    slot.checkIds(prompt);
-  } catch (e) {
-    throw new RequestError("prompt", (e as Error).message);
-  }
-  if (!Number.isInteger(o.maxTokens) || o.maxTokens < 1) {
-    throw new RequestError(
-      "max_tokens",
-      `max_tokens must be a positive integer, got ${o.maxTokens}`,
-    );
-  }
+  checkRequest(prompt, slot.nCtx, slot, o.maxTokens);
   // the last generated token is never fed back, so it needs no cache room
   const maxTokens = Math.min(o.maxTokens, slot.nCtx - prompt.length + 1);
   const stop = new Set(o.stopTokens);

@@ -22,9 +22,8 @@ import { deriveSampler, type SamplerConstants, type SamplerParams } from "../gpu
 import { resolveSampling, sampleWith } from "./sampler_cpu.ts";
 import type { Constraint } from "./constrain.ts";
 import {
-  checkPrompt,
+  checkRequest,
   type ContextMode,
-  RequestError,
   type Session,
   type StepsResult,
 } from "./session.ts";
@@ -112,18 +111,7 @@ export async function* readbackSteps(
   o: ReadbackOptions,
 ): AsyncGenerator<number[], StepsResult, void> {
   const model = "model" in target ? sessionContext(target) : target;
-  checkPrompt(prompt, model.nCtx);
-  try {
-    model.checkIds(prompt);
-  } catch (e) {
-    throw new RequestError("prompt", (e as Error).message);
-  }
-  if (!Number.isInteger(o.maxTokens) || o.maxTokens < 1) {
-    throw new RequestError(
-      "max_tokens",
-      `max_tokens must be a positive integer, got ${o.maxTokens}`,
-    );
-  }
+  checkRequest(prompt, model.nCtx, model, o.maxTokens);
   // the last generated token is never fed back, so it needs no cache room
   const maxTokens = Math.min(o.maxTokens, model.nCtx - prompt.length + 1);
   const stop = new Set(o.stopTokens);

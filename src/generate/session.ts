@@ -62,6 +62,28 @@ export function checkPrompt(
   }
 }
 
+/**
+ * The checks a generation makes before it starts, as {@link RequestError}s
+ * naming the field: the prompt (empty, longer than `nCtx`, ids outside the
+ * vocabulary as `model.checkIds` says) and `max_tokens` (a positive integer).
+ */
+export function checkRequest(
+  prompt: readonly number[],
+  nCtx: number,
+  model: { checkIds(tokens: readonly number[]): void },
+  maxTokens: number,
+): void {
+  checkPrompt(prompt, nCtx);
+  try {
+    model.checkIds(prompt);
+  } catch (e) {
+    throw new RequestError("prompt", (e as Error).message);
+  }
+  if (!Number.isInteger(maxTokens) || maxTokens < 1) {
+    throw new RequestError("max_tokens", `max_tokens must be a positive integer, got ${maxTokens}`);
+  }
+}
+
 /** How a generation's prompt meets the context already in the KV cache. */
 export type ContextMode =
   /** The prompt follows whatever the context holds. */
@@ -222,18 +244,7 @@ export class Session {
   async *steps(prompt: readonly number[], o: StepsOptions): AsyncGenerator<number[], StepsResult> {
     const model = this.model;
     const mode = o.context ?? "append";
-    checkPrompt(prompt, model.nCtx - (mode === "append" ? model.nPast : 0));
-    try {
-      model.checkIds(prompt);
-    } catch (e) {
-      throw new RequestError("prompt", (e as Error).message);
-    }
-    if (!Number.isInteger(o.maxTokens) || o.maxTokens < 1) {
-      throw new RequestError(
-        "max_tokens",
-        `max_tokens must be a positive integer, got ${o.maxTokens}`,
-      );
-    }
+    checkRequest(prompt, model.nCtx - (mode === "append" ? model.nPast : 0), model, o.maxTokens);
     if (o.window !== undefined && !(Number.isInteger(o.window) && o.window >= 1)) {
       throw new RangeError(`window must be an integer ≥ 1, got ${o.window}`);
     }
