@@ -406,10 +406,14 @@ export class Batcher {
   async #window(ds: Decoder[]): Promise<void> {
     const model = this.model;
     const R = ds.length;
-    // a prompt waiting for its chunk: one round, so that rounds keep alternating
-    const W = this.#calls.length > 0
-      ? 1
-      : Math.min(this.window, Math.max(...ds.map((d) => d.remaining)));
+    // a prompt waiting for its chunk: one round, so that rounds keep alternating; every
+    // slot feeds a token each round, so the window stops where the fullest context does
+    // (a slot's room covers its own remaining tokens, not a longer neighbour's)
+    const W = this.#calls.length > 0 ? 1 : Math.min(
+      this.window,
+      Math.max(...ds.map((d) => d.remaining)),
+      ...ds.map((d) => model.nCtx - d.slot.nPast),
+    );
     const s = model.transformer.state;
     ds.forEach((d, r) => {
       const { sampler } = this.samplers[d.slot.index]!;

@@ -250,6 +250,8 @@ export class Engine {
     });
     const stopTokens = [...this.tokenizer.eogIds, ...(req.stopTokens ?? [])];
     const context = req.cachePrompt === false ? "reset" : "reuse";
+    // before a slot is held: a grammar that cannot start throws here
+    const constraint = req.grammar && new Constraint(req.grammar, this.tokenizer);
     const slot = this.batcher?.acquire(prompt);
     if (this.batcher && !slot) {
       throw new Error(`all ${this.parallel} sequence slots are running a generation`);
@@ -260,7 +262,7 @@ export class Engine {
       sampling: req.sampling ?? {},
       context,
       historyCapacity: this.sampler.historyCapacity,
-      constraint: req.grammar && new Constraint(req.grammar, this.tokenizer),
+      constraint,
       logprobs: req.logprobs,
       onLogprob: (lp: TokenLogprob) => st.logprobs.push(lp),
       onContext: (n: number) => st.cachedTokens = n,
