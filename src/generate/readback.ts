@@ -21,12 +21,7 @@
 import { deriveSampler, type SamplerConstants, type SamplerParams } from "../gpu/ops/sample.ts";
 import { resolveSampling, sampleWith } from "./sampler_cpu.ts";
 import type { Constraint } from "./constrain.ts";
-import {
-  checkRequest,
-  type ContextMode,
-  type Session,
-  type StepsResult,
-} from "./session.ts";
+import { checkRequest, type ContextMode, type Session, type StepsResult } from "./session.ts";
 import type { FinishReason, SamplingParams, TokenLogprob } from "./types.ts";
 
 /**

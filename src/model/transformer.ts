@@ -428,39 +428,50 @@ export class MoeTransformer {
         label: "last_row",
       }),
     );
-    b.add(
-      await prepareRmsNorm(gpu, {
-        x: view(s.last, E),
-        y: view(s.last, E),
-        weight: w.vector(tn(Tensors.outputNorm)),
-        n: E,
-        rowsPerToken: 1,
-        eps: c.rmsEps,
-        fixedTokens: 1,
-        label: "output_norm",
-      }),
-    );
     const head = w.maybeMatrix(tn(Tensors.output)) ?? w.matrix(tn(Tensors.tokenEmbd));
-    const headOps = await prepareMatmul(gpu, {
-      w: head,
-      x: view(s.last, E),
-      y: view(s.logits, c.nVocab),
-      step: s.stepOne,
-      label: "output",
-    });
-    b.add(headOps.map((op) => ({ ...op, workgroups: fixedBatch(op, 1) })));
-    b.add(
-      await prepareCheckFinite(gpu, {
-        x: view(s.logits, c.nVocab),
-        n: c.nVocab,
-        flag: s.nonFinite,
-        misses: s.misses,
-        step: s.step,
-        layer: c.nLayer,
-        fixedTokens: 1,
-        label: "output.check_finite",
-      }),
-    );
+    /** output_norm → lm_head → the logits' check over rows of `rows` (fixed: one, whatever the batch). */
+    const headOps = async (
+      rows: GPUBuffer,
+      logits: GPUBuffer,
+      step: GPUBuffer,
+      fixed: boolean,
+      suffix: string,
+    ) => {
+      b.add(
+        await prepareRmsNorm(gpu, {
+          x: view(rows, E),
+          y: view(rows, E),
+          weight: w.vector(tn(Tensors.outputNorm)),
+          n: E,
+          rowsPerToken: 1,
+          eps: c.rmsEps,
+          fixedTokens: fixed ? 1 : undefined,
+          label: `output_norm${suffix}`,
+        }),
+      );
+      const mm = await prepareMatmul(gpu, {
+        w: head,
+        x: view(rows, E),
+        y: view(logits, c.nVocab),
+        step,
+        label: `output${suffix}`,
+      });
+      b.add(fixed ? mm.map((op) => ({ ...op, workgroups: fixedBatch(op, 1) })) : mm);
+      b.add(
+        await prepareCheckFinite(gpu, {
+          x: view(logits, c.nVocab),
+          n: c.nVocab,
+          flag: s.nonFinite,
+          misses: s.misses,
+          step: fixed ? s.step : step,
+          layer: c.nLayer,
+          fixedTokens: fixed ? 1 : undefined,
+          label: `output${suffix}.check_finite`,
+        }),
+      );
+    };
+    await headOps(s.last, s.logits, s.stepOne, true, "");
+    // several sequences: the rows listed in headStep (each sequence's last token)
     if (s.headStep && s.lastRows && s.logitsRows) {
       b.ops = this.headRows;
       b.add(
@@ -472,37 +483,7 @@ export class MoeTransformer {
           label: "gather_rows",
         }),
       );
-      b.add(
-        await prepareRmsNorm(gpu, {
-          x: view(s.lastRows, E),
-          y: view(s.lastRows, E),
-          weight: w.vector(tn(Tensors.outputNorm)),
-          n: E,
-          rowsPerToken: 1,
-          eps: c.rmsEps,
-          label: "output_norm.rows",
-        }),
-      );
-      b.add(
-        await prepareMatmul(gpu, {
-          w: head,
-          x: view(s.lastRows, E),
-          y: view(s.logitsRows, c.nVocab),
-          step: s.headStep,
-          label: "output.rows",
-        }),
-      );
-      b.add(
-        await prepareCheckFinite(gpu, {
-          x: view(s.logitsRows, c.nVocab),
-          n: c.nVocab,
-          flag: s.nonFinite,
-          misses: s.misses,
-          step: s.headStep,
-          layer: c.nLayer,
-          label: "output.rows.check_finite",
-        }),
-      );
+      await headOps(s.lastRows, s.logitsRows, s.headStep, false, ".rows");
     }
     b.ops = this.argmax;
     b.add(
