@@ -67,7 +67,11 @@ gpuTest({
           /grammar nests too deep/,
         );
       }
-      const ok = await Promise.all([0, 1].map(() => e.generate({ prompt: "Hello", maxTokens: 3 })));
+      const ok = await Promise.all(
+        [0, 1].map(() =>
+          e.generate({ prompt: "Hello", maxTokens: 3, sampling: { temperature: 0 } })
+        ),
+      );
       assert.deepEqual(ok.map((o) => o.tokens.length), [3, 3]);
     } finally {
       e.close();
@@ -113,6 +117,95 @@ gpuTest({
         other,
       ]);
       assert.deepEqual(loaded.tokens, alone.tokens);
+    } finally {
+      e.close();
+    }
+  },
+});
+
+gpuTest({
+  name:
+    "parallel: a slot's conversation reused after a stop, a cancel mid-window and beside others: the same tokens",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const e = await load(gpu, 2);
+    try {
+      const greedy = { temperature: 0 };
+      const fresh = (prompt: number[], maxTokens: number) =>
+        e.generate({ prompt, maxTokens, sampling: greedy, cachePrompt: false });
+      const base = e.tokenizer.encode("The story of a small town by the sea");
+      // a long request keeps windows running in the other slot throughout
+      const long = e.generate({
+        prompt: "Once upon a time",
+        maxTokens: 40,
+        sampling: { temperature: 0.8, seed: 9 },
+      });
+      // cancelled after its first chunk: its slot's decoder leaves while a window may run
+      const ac = new AbortController();
+      const cut = await e.generate(
+        { prompt: base, maxTokens: 30, sampling: greedy, signal: ac.signal },
+        (c) => {
+          if (c.tokens.length) ac.abort();
+        },
+      );
+      assert.equal(cut.stats.finishReason, "cancelled");
+      // the next turn starts with what the cancelled one showed, then new text
+      const turn = [...base, ...cut.tokens, ...e.tokenizer.encode(" and then")];
+      const reused = await e.generate({ prompt: turn, maxTokens: 10, sampling: greedy });
+      assert.ok(reused.stats.cachedTokens >= base.length, `cached ${reused.stats.cachedTokens}`);
+      await long;
+      const expected = await fresh(turn, 10);
+      assert.deepEqual(reused.tokens, expected.tokens, "a reused prefix gives the tokens of none");
+      // a stop (length) and a turn after it, with another request in the other slot
+      const turn2 = [...turn, ...reused.tokens, ...e.tokenizer.encode(" again")];
+      const [again] = await Promise.all([
+        e.generate({ prompt: turn2, maxTokens: 8, sampling: greedy }),
+        e.generate({ prompt: "Call me Ishmael", maxTokens: 20, sampling: { seed: 3 } }),
+      ]);
+      assert.ok(again.stats.cachedTokens > turn.length, `cached ${again.stats.cachedTokens}`);
+      assert.deepEqual(again.tokens, (await fresh(turn2, 8)).tokens);
+    } finally {
+      e.close();
+    }
+  },
+});
+
+gpuTest({
+  name:
+    "parallel: a request cancelled while it waits for a slot leaves at once; the others keep order",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const e = await load(gpu, 2);
+    try {
+      const order: string[] = [];
+      const run = (name: string, maxTokens: number, signal?: AbortSignal) =>
+        e.generate(
+          { prompt: `Request ${name}`, maxTokens, signal, sampling: { temperature: 0 } },
+          () => {
+            if (!order.includes(name)) order.push(name);
+          },
+        ).then((o) => (order.push(`${name} done`), o));
+      const gone = new AbortController();
+      gone.abort();
+      const before = await run("0", 5, gone.signal);
+      assert.equal(before.stats.finishReason, "cancelled");
+      assert.equal(before.tokens.length, 0);
+      const ac = new AbortController();
+      const all = [run("a", 24), run("b", 24), run("c", 24, ac.signal), run("d", 4)];
+      assert.equal(e.pending, 4);
+      ac.abort();
+      const c = await all[2]!;
+      assert.equal(c.stats.finishReason, "cancelled");
+      assert.equal(c.tokens.length, 0, "it never ran");
+      assert.equal(e.pending, 3);
+      assert.ok(!order.includes("a done") && !order.includes("b done"), order.join());
+      const [a, b, , d] = await Promise.all(all);
+      assert.deepEqual([a!.tokens.length, b!.tokens.length, d!.tokens.length], [24, 24, 4]);
+      assert.ok(
+        order.indexOf("d") > order.indexOf("a done") ||
+          order.indexOf("d") > order.indexOf("b done"),
+      );
+      assert.equal(e.pending, 0);
     } finally {
       e.close();
     }

@@ -58,3 +58,52 @@ gpuTest({
     }
   },
 });
+
+gpuTest({
+  name:
+    "server --parallel 3: response_format json_schema requests beside a plain one parse, validate and match alone",
+  sanitizeResources: false,
+  async fn() {
+    const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
+    const server = await startServer({
+      port: 0,
+      engineOptions: { model, nCtx: 256, parallel: 3, promptCacheMiB: 0 },
+    });
+    try {
+      await server.ready;
+      const schema = {
+        type: "object",
+        properties: { name: { type: "string", maxLength: 6 }, n: { type: "integer" } },
+        required: ["name", "n"],
+        additionalProperties: false,
+      };
+      const post = async (b: unknown) => {
+        const r = await fetch(`${server.url}/v1/chat/completions`, {
+          method: "POST",
+          body: JSON.stringify(b),
+        });
+        assert.equal(r.status, 200);
+        return (await r.json()).choices[0].message.content as string;
+      };
+      const json = (seed: number) => ({
+        messages: [{ role: "user", content: `Give me JSON ${seed}` }],
+        max_tokens: 40,
+        temperature: 1,
+        seed,
+        response_format: { type: "json_schema", json_schema: { name: "x", schema, strict: true } },
+      });
+      const plain = { messages: [{ role: "user", content: "hi" }], max_tokens: 30, seed: 3 };
+      const alone = [await post(json(1)), await post(json(2)), await post(plain)];
+      const together = await Promise.all([post(json(1)), post(json(2)), post(plain)]);
+      assert.deepEqual(together, alone);
+      for (const text of together.slice(0, 2)) {
+        const v = JSON.parse(text);
+        assert.deepEqual(Object.keys(v).sort(), ["n", "name"], text);
+        assert.ok(typeof v.name === "string" && v.name.length <= 6, text);
+        assert.ok(Number.isInteger(v.n), text);
+      }
+    } finally {
+      await server.close();
+    }
+  },
+});
