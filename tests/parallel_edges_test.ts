@@ -211,3 +211,21 @@ gpuTest({
     }
   },
 });
+
+gpuTest({
+  name:
+    "parallel: KV caches over a storage binding are refused at load, naming --parallel and --ctx-size",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
+    // qwen3moe a: 2 kv heads × 48 f32 = 384 bytes a position; 8 sequences
+    const nCtx = Math.floor(gpu.limits.maxStorageBufferBindingSize / (384 * 8)) + 1;
+    await assert.rejects(
+      Engine.load({ model, gpu, nCtx, maxBatch: 16, parallel: 8, promptCacheMiB: 0 }),
+      (e: Error) =>
+        e instanceof RangeError &&
+        /8 sequence\(s\) of \d+ positions.*lower --parallel \(at most 7 at this context\) or --ctx-size/
+          .test(e.message),
+    );
+  },
+});

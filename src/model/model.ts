@@ -230,6 +230,26 @@ export class Model {
             `sequence at a time (maxSequences 1, --parallel 1), not ${maxSequences}`,
         );
       }
+      // the attention kernels bind a layer's whole KV cache (every sequence's region)
+      const cacheRow = 4 *
+        (config.mla
+          ? config.mla.kvLoraRank + config.mla.ropeDim
+          : config.nHeadKv * Math.max(config.headDimK, config.headDimV));
+      const bindingBytes = gpu.limits.maxStorageBufferBindingSize;
+      if (nCtx * maxSequences * cacheRow > bindingBytes) {
+        const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+        const fitSequences = Math.floor(bindingBytes / (nCtx * cacheRow));
+        const fitCtx = Math.floor(bindingBytes / (maxSequences * cacheRow));
+        throw new RangeError(
+          `a layer's KV cache for ${maxSequences} sequence(s) of ${nCtx} positions takes ` +
+            `${mib(nCtx * maxSequences * cacheRow)}, over this device's largest storage binding ` +
+            `(${mib(bindingBytes)}): ${
+              fitSequences >= 1
+                ? `lower --parallel (at most ${fitSequences} at this context) or --ctx-size `
+                : "lower --ctx-size "
+            }(at most ${fitCtx} positions for ${maxSequences} sequence(s))`,
+        );
+      }
       const window = o.window ?? 16;
       if (!(Number.isInteger(window) && window >= 1)) {
         throw new RangeError(`window must be an integer ≥ 1, got ${o.window}`);
