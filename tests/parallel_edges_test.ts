@@ -1,10 +1,14 @@
 /**
- * `parallel` generations at their edges: a request whose context fills up
- * beside a longer one ends with "length" (and the other is unharmed), a
- * request whose grammar cannot start gives its slot back, and a seeded
- * request with repetition penalties gives the same tokens alone and under
- * load (decode windows sampled on the GPU, readback rounds beside a
- * request with log probabilities).
+ * `parallel` generations (continuous batching) at their edges: a request
+ * whose context fills up beside a longer one ends with "length" (the other
+ * unharmed); a request whose grammar cannot start gives its slot back; a
+ * seeded request with repetition penalties gives the same tokens alone and
+ * under load (GPU-sampled windows, readback rounds beside a request with
+ * log probabilities); a slot's conversation reused after a cancel
+ * mid-window gives the tokens of no reuse; a request cancelled while it
+ * waits for a slot leaves at once; KV caches over a storage binding are
+ * refused at load; weights turning infinite mid-generation fail the
+ * running requests and the engine recovers.
  */
 
 import assert from "node:assert/strict";
@@ -13,6 +17,9 @@ import { fixtureModel } from "../dev/fixtures.ts";
 import { Engine } from "../src/generate/engine.ts";
 import { jsonSchema } from "../src/generate/json_schema.ts";
 import type { Gpu } from "../src/gpu/device.ts";
+import { NonFiniteError } from "../src/model/model.ts";
+import { expertLayout, expertSliceRange } from "../src/experts/layout.ts";
+import { readGgufModel } from "../src/gguf/reader.ts";
 import type { GenerateRequest } from "../src/generate/types.ts";
 
 const load = async (gpu: Gpu, parallel: number) =>
@@ -227,5 +234,70 @@ gpuTest({
         /8 sequence\(s\) of \d+ positions.*lower --parallel \(at most 7 at this context\) or --ctx-size/
           .test(e.message),
     );
+  },
+});
+
+/** Writes +Infinity into every routed expert's down weights; returns the undo. */
+async function poison(path: string): Promise<() => Promise<void>> {
+  const layouts = expertLayout(readGgufModel(path));
+  const saved: [number, Uint8Array][] = [];
+  using file = await Deno.open(path, { read: true, write: true });
+  for (const layout of layouts) {
+    const down = layout.tensors.find((t) => t.role === "down" && t.kind === "weight")!;
+    for (let e = 0; e < layout.nExpert; e++) {
+      const { offset } = expertSliceRange(down, e);
+      const old = new Uint8Array(4);
+      await file.seek(offset, Deno.SeekMode.Start);
+      await file.read(old);
+      saved.push([offset, old]);
+      await file.seek(offset, Deno.SeekMode.Start);
+      await file.write(new Uint8Array(new Float32Array([Infinity]).buffer));
+    }
+  }
+  return async () => {
+    using f = await Deno.open(path, { write: true });
+    for (const [offset, bytes] of saved) {
+      await f.seek(offset, Deno.SeekMode.Start);
+      await f.write(bytes);
+    }
+  };
+}
+
+gpuTest({
+  name:
+    "parallel: experts streaming, weights turned infinite mid-generation: both running requests fail with NonFiniteError; restored, the engine gives the same tokens",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const dir = await Deno.makeTempDir({ prefix: "od-moe-pfaults-" });
+    const copy = `${dir}/model.gguf`;
+    await Deno.copyFile(await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" }), copy);
+    const e = await Engine.load({
+      model: copy,
+      gpu,
+      nCtx: 128,
+      maxBatch: 16,
+      parallel: 2,
+      promptCacheMiB: 0,
+      cacheSizeGB: 0,
+      onWarning: () => {},
+    });
+    try {
+      const req = (p: string) => ({ prompt: p, maxTokens: 12, sampling: { temperature: 0 } });
+      const want = await Promise.all([e.generate(req("One two")), e.generate(req("Three four"))]);
+      let restore: Promise<() => Promise<void>> | undefined;
+      const got = await Promise.allSettled([
+        e.generate({ ...req("One two"), maxTokens: 60 }, (c) => {
+          if (c.tokens.length && !restore) restore = poison(copy);
+        }),
+        e.generate({ ...req("Three four"), maxTokens: 60 }),
+      ]);
+      await (await restore!)();
+      const again = await Promise.all([e.generate(req("One two")), e.generate(req("Three four"))]);
+      assert.deepEqual(again.map((o) => o.tokens), want.map((o) => o.tokens));
+      for (const g of got) assert.ok(g.status === "rejected" && g.reason instanceof NonFiniteError);
+    } finally {
+      e.close();
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });
