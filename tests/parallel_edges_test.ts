@@ -301,3 +301,28 @@ gpuTest({
     }
   },
 });
+
+gpuTest({
+  name: "parallel: a short prompt waiting beside a long one gets its first token first",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const e = await load(gpu, 2);
+    try {
+      const greedy = { temperature: 0 };
+      const long = Array.from({ length: 60 }, (_, i) => 200 + i); // 4 chunks of 16
+      const firsts: string[] = [];
+      const run = (name: string, prompt: number[]) =>
+        e.generate({ prompt, maxTokens: 3, sampling: greedy, cachePrompt: false }, () => {
+          if (!firsts.includes(name)) firsts.push(name);
+        });
+      const alone = await run("alone", [300, 301]);
+      const longAlone = await run("long alone", long);
+      const [l, short] = await Promise.all([run("long", long), run("short", [300, 301])]);
+      assert.deepEqual(firsts.slice(2), ["short", "long"], "prompt chunks take turns");
+      assert.deepEqual(short!.tokens, alone.tokens);
+      assert.deepEqual(l!.tokens, longAlone.tokens);
+    } finally {
+      e.close();
+    }
+  },
+});

@@ -3,10 +3,11 @@
  * sequence slot (a KV region of the model's cache, `Model.forwardRows`),
  * and the {@link Batcher} computes their tokens in shared batches:
  *
- * - a **prefill round** runs one chunk (at most `maxBatch` tokens) of the
- *   longest-waiting prompt, alone, so a newcomer's prompt stalls the others
- *   for one chunk at most: prefill and decode rounds alternate while both
- *   wait;
+ * - a **prefill round** runs one chunk (at most `maxBatch` tokens) of a
+ *   waiting prompt, alone, so a newcomer's prompt stalls the others for one
+ *   chunk at most: prefill and decode rounds alternate while both wait, and
+ *   waiting prompts take turns chunk by chunk (a short one is not held up
+ *   by a long one's whole prompt);
  * - a **decode round** feeds one token of every generating slot, in one
  *   batch. While every expert is resident and no request needs each
  *   token's logits on the CPU, rounds run in **windows**: each slot's own
@@ -357,10 +358,9 @@ export class Batcher {
       this.stats.prefillRounds++;
       call.slot.nPast += chunk.length;
       call.done += chunk.length;
-      if (call.done === call.tokens.length) {
-        this.#calls.splice(this.#calls.indexOf(call), 1);
-        call.resolve(logits!);
-      }
+      this.#calls.splice(this.#calls.indexOf(call), 1);
+      if (call.done === call.tokens.length) call.resolve(logits!);
+      else this.#calls.push(call); // the other waiting prompts' chunks go first
     } catch (e) {
       this.#calls.splice(this.#calls.indexOf(call), 1);
       call.reject(e);
