@@ -12,11 +12,15 @@
  * deno run -A bench/matmul.ts [--rows 4096] [--cols 4096] [--tokens 128]
  *   [--prefill-rows 2048] [--prefill-cols 2048] [--iters 10] [--types F16,Q8_0,…|all]
  *   [--kinds decode,prefill] [--variants default,tree/8/4,rows/8/4/x4,…] [--rounds 1]
+ *   [--baseline DIR]
  * ```
  *
  * `--variants` compares matvec variants (decode) in the same run: `default`
  * is the adapter's profile (src/gpu/ops/matmul.ts MATMUL_PROFILES), else
- * `KERNEL/WG/ROWS[/x4|/f32]`. `--rounds N` measures every variant and the
+ * `KERNEL/WG/ROWS[/x4|/f32]`. `--baseline DIR` adds the default matvec of
+ * another checkout of od-moe (e.g. `git worktree add /tmp/before COMMIT`)
+ * as variant `baseline`, on the same weights, device and rounds: the A/B of
+ * a kernel change in one process. `--rounds N` measures every variant and the
  * copy reference N times in turn and keeps the fastest of each, which is
  * what to use on a machine other work is loading. The issue-16 widths:
  *
@@ -94,6 +98,29 @@ export interface MatmulBenchOptions {
    * tuning override with a name; default one, the adapter's own tuning.
    */
   variants?: readonly MatvecVariant[];
+  /** Another checkout's matvec, measured as variant `baseline` (decode only). */
+  baseline?: BaselineKernels;
+}
+
+/** The matvec of another checkout of od-moe ({@linkcode loadBaseline}). */
+export interface BaselineKernels {
+  /** Its `prepareMatmul`. */
+  prepareMatmul: typeof prepareMatmul;
+  /** Its `dispatch` (params buffers are checked by the module that made them). */
+  dispatch: typeof dispatch;
+}
+
+/**
+ * Loads `src/gpu/ops/matmul.ts` and `src/gpu/dispatch.ts` of the od-moe
+ * checkout at `root` (its kernels are compiled from its own `shaders/`).
+ */
+export async function loadBaseline(root: string): Promise<BaselineKernels> {
+  const url = (path: string) => new URL(path, `file://${Deno.realPathSync(root)}/`).href;
+  const [mm, d] = await Promise.all([
+    import(url("src/gpu/ops/matmul.ts")),
+    import(url("src/gpu/dispatch.ts")),
+  ]);
+  return { prepareMatmul: mm.prepareMatmul, dispatch: d.dispatch };
 }
 
 /** A named matvec tuning override, parsed from `kernel/wg/rows[/x4|/f32]` (e.g. `rows/8/2`). */
@@ -214,11 +241,12 @@ function recordTimed(
   ops: readonly Op[],
   nTokens: number,
   timestampWrites?: GPUComputePassTimestampWrites,
+  dispatchWith: typeof dispatch = dispatch,
 ): void {
   for (const op of ops) {
     const wg = typeof op.workgroups === "function" ? op.workgroups(nTokens) : op.workgroups;
     if (count(wg) === 0) continue;
-    dispatch(encoder, op.kernel, op.bindings, wg, { label: op.label, timestampWrites });
+    dispatchWith(encoder, op.kernel, op.bindings, wg, { label: op.label, timestampWrites });
   }
 }
 
@@ -263,9 +291,13 @@ export async function runMatmulBench(
   for (const name of opts.types) {
     const type = requireGgmlType(GgmlType[name]);
     for (const kind of opts.kinds ?? ["decode", "prefill"] as const) {
-      const variants = kind === "decode" && opts.variants?.length
-        ? opts.variants
-        : [{ name: "default", tuning: {} }];
+      const variants: (MatvecVariant & { base?: BaselineKernels })[] =
+        kind === "decode" && opts.variants?.length
+          ? [...opts.variants]
+          : [{ name: "default", tuning: {} }];
+      if (kind === "decode" && opts.baseline) {
+        variants.push({ name: "baseline", tuning: {}, base: opts.baseline });
+      }
       const rows = kind === "decode" ? opts.rows : opts.prefillRows;
       const cols = kind === "decode" ? opts.cols : opts.prefillCols;
       const tokens = kind === "decode" ? 1 : opts.tokens;
@@ -277,9 +309,9 @@ export async function runMatmulBench(
       });
       const y = createBuffer(gpu, { label: "bench.y", size: 4 * tokens * rows });
       const step = stepBuffer(gpu, tokens);
-      const prepared: { variant: MatvecVariant; ops: Op[]; ms: number }[] = [];
+      const prepared: { variant: (typeof variants)[number]; ops: Op[]; ms: number }[] = [];
       for (const variant of variants) {
-        const ops = await prepareMatmul(gpu, {
+        const ops = await (variant.base?.prepareMatmul ?? prepareMatmul)(gpu, {
           w,
           x: { buffer: x, offset: 0, stride: cols },
           y: { buffer: y, offset: 0, stride: rows },
@@ -303,7 +335,7 @@ export async function runMatmulBench(
           const t = await timePasses(
             gpu,
             opts.iters,
-            (enc, tw) => recordTimed(enc, p.ops, tokens, tw),
+            (enc, tw) => recordTimed(enc, p.ops, tokens, tw, p.variant.base?.dispatch),
             y,
           );
           p.ms = Math.min(p.ms, t.ms);
@@ -364,6 +396,7 @@ if (import.meta.main) {
       kinds: { type: "string", default: "decode,prefill" },
       variants: { type: "string", default: "default" },
       rounds: { type: "string", default: "1" },
+      baseline: { type: "string" },
     },
   });
   const types = values.types === "all"
@@ -389,6 +422,7 @@ if (import.meta.main) {
     }),
     variants: values.variants.split(",").map(parseVariant),
     rounds: Number(values.rounds),
+    baseline: values.baseline ? await loadBaseline(values.baseline) : undefined,
   });
   console.log(JSON.stringify(report, null, 2));
   gpu.destroy();

@@ -365,13 +365,14 @@ fn head(b: u32, g: u32) -> Head {
 }
 
 // The doubled E2M1 values of four codes computed, not looked up (a lookup
-// is a gather per lane on a CPU adapter): code s·e·m (sign, 2-bit exponent,
-// mantissa bit) is m for e = 0, (2 + m) << (e - 1) otherwise.
+// is a gather per lane on a CPU adapter): magnitude code k = 2e + m (2-bit
+// exponent, mantissa bit) is m for e = 0, 2^e (1 + m/2) otherwise, whose f32
+// bits are (127 + e) << 23 | m << 22 = (254 + k) << 22; 1.0 is 254 << 22;
+// the sign is bit 3.
 fn fp4x4_alu(c: vec4u) -> vec4f {
-  let e = (c >> vec4u(1u)) & vec4u(3u);
-  let m = c & vec4u(1u);
-  let mag = select(m, (vec4u(2u) + m) << (max(e, vec4u(1u)) - vec4u(1u)), e > vec4u(0u));
-  return select(vec4f(mag), -vec4f(mag), (c & vec4u(8u)) != vec4u(0u));
+  let k = c & vec4u(7u);
+  let mag = select((k + vec4u(254u)) << vec4u(22u), (k * vec4u(254u)) << vec4u(22u), k < vec4u(2u));
+  return bitcast<vec4f>(mag | ((c & vec4u(8u)) << vec4u(28u)));
 }
 
 fn deq_h(b: u32, hd: Head, p: u32) -> Piece {
