@@ -326,3 +326,33 @@ gpuTest({
     }
   },
 });
+
+gpuTest({
+  name: "parallel: a request cancelled during its prompt drops the chunks not yet run",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const e = await load(gpu, 2);
+    try {
+      const long = Array.from({ length: 60 }, (_, i) => 200 + i); // 4 chunks of 16
+      const ac = new AbortController();
+      const before = e.batcher!.stats.prefillRounds;
+      const cancelled = e.generate({ prompt: long, maxTokens: 3, signal: ac.signal });
+      setTimeout(() => ac.abort(), 0);
+      const out = await cancelled;
+      assert.equal(out.stats.finishReason, "cancelled");
+      assert.equal(out.tokens.length, 0);
+      assert.ok(e.batcher!.stats.prefillRounds - before < 4, "not every chunk ran");
+      // its slot holds the chunks that ran: the same prompt again reuses them, same tokens
+      const again = await e.generate({ prompt: long, maxTokens: 3, sampling: { temperature: 0 } });
+      const fresh = await e.generate({
+        prompt: long,
+        maxTokens: 3,
+        sampling: { temperature: 0 },
+        cachePrompt: false,
+      });
+      assert.deepEqual(again.tokens, fresh.tokens);
+    } finally {
+      e.close();
+    }
+  },
+});

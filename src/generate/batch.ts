@@ -7,7 +7,8 @@
  *   waiting prompt, alone, so a newcomer's prompt stalls the others for one
  *   chunk at most: prefill and decode rounds alternate while both wait, and
  *   waiting prompts take turns chunk by chunk (a short one is not held up
- *   by a long one's whole prompt);
+ *   by a long one's whole prompt); a request cancelled meanwhile drops the
+ *   chunks not yet run (those that ran stay for prefix reuse);
  * - a **decode round** feeds one token of every generating slot, in one
  *   batch. While every expert is resident and no request needs each
  *   token's logits on the CPU, rounds run in **windows**: each slot's own
@@ -46,6 +47,16 @@ interface Call {
   done: number;
   readonly resolve: (logits: Float32Array) => void;
   readonly reject: (e: unknown) => void;
+  /** Its request's cancellation: the chunks not yet run are dropped. */
+  readonly signal?: AbortSignal;
+}
+
+/** What a forward call whose request was cancelled rejects with. */
+class PromptCancelled extends Error {
+  constructor() {
+    super("the request was cancelled during its prompt");
+    this.name = "PromptCancelled";
+  }
 }
 
 /** Tokens handed from the batcher to one generation, as they come. */
@@ -144,15 +155,19 @@ export class SequenceSlot implements TokenContext {
     return Promise.resolve(kept);
   }
 
-  /** Runs `tokens` (a prompt) at the end of the region's sequence; the logits after the last. */
-  forward(tokens: readonly number[]): Promise<Float32Array> {
+  /**
+   * Runs `tokens` (a prompt) at the end of the region's sequence; the
+   * logits after the last. When `signal` aborts, the chunks not yet run are
+   * dropped and it rejects with `PromptCancelled` (nPast counts those that ran).
+   */
+  forward(tokens: readonly number[], signal?: AbortSignal): Promise<Float32Array> {
     if (tokens.length === 0) throw new RangeError("forward needs at least one token");
     if (this.nPast + tokens.length > this.nCtx) {
       throw new RangeError(
         `context full: ${this.nPast} tokens + ${tokens.length} more exceed the context size ${this.nCtx}`,
       );
     }
-    return this.batcher.enqueue(this, tokens);
+    return this.batcher.enqueue(this, tokens, signal);
   }
 
   /** Records that the region holds `tokens` (the first nPast of them), or forgets it (`undefined`). */
@@ -262,12 +277,16 @@ export class Batcher {
   }
 
   /** Queues a prompt's forward call of `slot` for the prefill rounds. */
-  enqueue(slot: SequenceSlot, tokens: readonly number[]): Promise<Float32Array> {
+  enqueue(
+    slot: SequenceSlot,
+    tokens: readonly number[],
+    signal?: AbortSignal,
+  ): Promise<Float32Array> {
     if (this.#calls.some((c) => c.slot === slot)) {
       throw new Error(`slot ${slot.index} already has a forward call waiting`);
     }
     const p = new Promise<Float32Array>((resolve, reject) => {
-      this.#calls.push({ slot, tokens: [...tokens], done: 0, resolve, reject });
+      this.#calls.push({ slot, tokens: [...tokens], done: 0, resolve, reject, signal });
     });
     this.#kick();
     return p;
@@ -311,6 +330,10 @@ export class Batcher {
   async #loop(): Promise<void> {
     while (this.#calls.length > 0 || this.#decoders.length > 0) {
       await this.#gather();
+      for (const c of this.#calls.filter((c) => c.signal?.aborted)) {
+        this.#calls.splice(this.#calls.indexOf(c), 1);
+        c.reject(new PromptCancelled());
+      }
       if (this.#calls.length > 0 && (this.#decoders.length === 0 || !this.#lastWasPrefill)) {
         await this.#prefillRound(this.#calls[0]!);
         this.#lastWasPrefill = true;
@@ -496,7 +519,14 @@ export async function* batchSteps(
     finishReason,
   });
   try {
-    const logits = await slot.forward(prompt.slice(cached));
+    let logits: Float32Array;
+    try {
+      logits = await slot.forward(prompt.slice(cached), o.signal);
+    } catch (e) {
+      // the chunks that ran stay in the slot (its context: the prompt's first nPast tokens)
+      if (e instanceof PromptCancelled) return result("cancelled");
+      throw e;
+    }
     const first = chooser.choose(logits, slot.nPast - 1, maxTokens);
     generated.push(first);
     yield [first];

@@ -266,6 +266,7 @@ export class Engine {
       logprobs: req.logprobs,
       onLogprob: (lp: TokenLogprob) => st.logprobs.push(lp),
       onContext: (n: number) => st.cachedTokens = n,
+      signal: req.signal,
     } as const;
     // a grammar or log probabilities need each token's logits on the CPU
     const it = slot

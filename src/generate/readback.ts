@@ -92,6 +92,12 @@ export interface ReadbackOptions {
   onLogprob?: (lp: TokenLogprob) => void;
   /** Told how many prompt tokens the context already held, before any is run. */
   onContext?: (cachedTokens: number) => void;
+  /**
+   * The request's cancellation: in a batched slot (`./batch.ts`) the prompt
+   * chunks not yet run when it aborts are dropped and the generation ends
+   * "cancelled" before its first token.
+   */
+  signal?: AbortSignal;
 }
 
 /**
