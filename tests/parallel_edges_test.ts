@@ -8,7 +8,9 @@
  * mid-window gives the tokens of no reuse; a request cancelled while it
  * waits for a slot leaves at once; KV caches over a storage binding are
  * refused at load; weights turning infinite mid-generation fail the
- * running requests and the engine recovers.
+ * running requests and the engine recovers; prompts take turns chunk by
+ * chunk and a request cancelled during its prompt drops the rest; an
+ * `onChunk` that throws gives its slot back.
  */
 
 import assert from "node:assert/strict";
@@ -351,6 +353,29 @@ gpuTest({
         cachePrompt: false,
       });
       assert.deepEqual(again.tokens, fresh.tokens);
+    } finally {
+      e.close();
+    }
+  },
+});
+
+gpuTest({
+  name: "parallel: an onChunk callback that throws ends its generation and gives the slot back",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const e = await load(gpu, 2);
+    try {
+      const greedy = { temperature: 0 };
+      await assert.rejects(
+        e.generate({ prompt: "Hello", maxTokens: 40, sampling: greedy }, () => {
+          throw new Error("the socket is gone");
+        }),
+        /the socket is gone/,
+      );
+      const both = await Promise.all(
+        ["One", "Two"].map((prompt) => e.generate({ prompt, maxTokens: 3, sampling: greedy })),
+      );
+      assert.deepEqual(both.map((o) => o.tokens.length), [3, 3]);
     } finally {
       e.close();
     }

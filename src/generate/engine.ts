@@ -409,13 +409,20 @@ export class Engine {
         let text = "";
         const tokens: number[] = [];
         const logprobs: TokenLogprob[] | undefined = req.logprobs === undefined ? undefined : [];
-        for (;;) {
-          const r = await it.next();
-          if (r.done) return { text, tokens, ...(logprobs ? { logprobs } : {}), stats: r.value };
-          text += r.value.text;
-          tokens.push(...r.value.tokens);
-          logprobs?.push(...r.value.logprobs ?? []);
-          onChunk?.(r.value);
+        let over = false;
+        try {
+          for (;;) {
+            const r = await it.next();
+            over = r.done === true;
+            if (r.done) return { text, tokens, ...(logprobs ? { logprobs } : {}), stats: r.value };
+            text += r.value.text;
+            tokens.push(...r.value.tokens);
+            logprobs?.push(...r.value.logprobs ?? []);
+            onChunk?.(r.value);
+          }
+        } finally {
+          // `onChunk` threw: end the generation (its sequence slot, its place in the batch)
+          if (!over) await it.return(cancelledStats(0));
         }
       },
       req.signal,
