@@ -10,7 +10,8 @@
  * refused at load; weights turning infinite mid-generation fail the
  * running requests and the engine recovers; prompts take turns chunk by
  * chunk and a request cancelled during its prompt drops the rest; an
- * `onChunk` that throws gives its slot back.
+ * `onChunk` that throws gives its slot back; a cache_prompt false request
+ * leaves the conversations' slots alone.
  */
 
 import assert from "node:assert/strict";
@@ -376,6 +377,37 @@ gpuTest({
         ["One", "Two"].map((prompt) => e.generate({ prompt, maxTokens: 3, sampling: greedy })),
       );
       assert.deepEqual(both.map((o) => o.tokens.length), [3, 3]);
+    } finally {
+      e.close();
+    }
+  },
+});
+
+gpuTest({
+  name:
+    "parallel: a cache_prompt false request takes the least recently used slot, not a conversation's",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const e = await load(gpu, 2);
+    try {
+      const greedy = { temperature: 0 };
+      const a = [500, 501, 502, 503, 504, 505];
+      const b = [600, 601, 602, 603, 604, 605, 606, 607];
+      await e.generate({ prompt: a, maxTokens: 4, sampling: greedy });
+      const b1 = await e.generate({ prompt: b, maxTokens: 4, sampling: greedy });
+      // shares b's first tokens, but keeps nothing
+      await e.generate({
+        prompt: [600, 601, 700, 701],
+        maxTokens: 4,
+        sampling: greedy,
+        cachePrompt: false,
+      });
+      const b2 = await e.generate({
+        prompt: [...b, ...b1.tokens, 800, 801],
+        maxTokens: 4,
+        sampling: greedy,
+      });
+      assert.ok(b2.stats.cachedTokens >= b.length, `cached ${b2.stats.cachedTokens}`);
     } finally {
       e.close();
     }

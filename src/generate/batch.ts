@@ -246,7 +246,8 @@ export class Batcher {
 
   /**
    * A free slot for `prompt`: the one sharing the longest prefix with it,
-   * else the least recently used; undefined when all are held.
+   * else the least recently used (`[]`: the least recently used);
+   * undefined when all are held.
    */
   acquire(prompt: readonly number[]): SequenceSlot | undefined {
     let best: SequenceSlot | undefined;

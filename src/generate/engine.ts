@@ -252,7 +252,8 @@ export class Engine {
     const context = req.cachePrompt === false ? "reset" : "reuse";
     // before a slot is held: a grammar that cannot start throws here
     const constraint = req.grammar && new Constraint(req.grammar, this.tokenizer);
-    const slot = this.batcher?.acquire(prompt);
+    // without prompt reuse nothing is kept: the least recently used slot, not a conversation's
+    const slot = this.batcher?.acquire(context === "reuse" ? prompt : []);
     if (this.batcher && !slot) {
       throw new Error(`all ${this.parallel} sequence slots are running a generation`);
     }
