@@ -63,6 +63,13 @@ export interface MatmulTuning {
   readonly threadTokens: number;
   /** Batches of at most this many tokens take the matvec kernel, larger ones the tiled. */
   readonly matvecMaxTokens: number;
+  /**
+   * `matvecMaxTokens` for the weights whose `rows` kernel has the unrolled
+   * many-token form (`matvec_rowsT`: Q4_K, Q6_K, Q8_0, MXFP4), which on a CPU
+   * adapter beats the tiled kernel at any batch size measured (64 and 256
+   * tokens); default `matvecMaxTokens`.
+   */
+  readonly rowsTMaxTokens?: number;
   /** Folder of the `.wgsl` files (benchmarks compare kernel versions); default `shaders/`. */
   readonly baseUrl?: URL;
   /**
@@ -117,6 +124,7 @@ export const SOFTWARE_MATMUL_TUNING: MatmulTuning = Object.freeze({
   threadRows: 4,
   threadTokens: 4,
   matvecMaxTokens: 24,
+  rowsTMaxTokens: 4096,
   idMatvecMaxTokens: 256,
 });
 
@@ -323,6 +331,9 @@ function resolveTuning(
   if (t?.matvecMaxTokens !== undefined && t.idMatvecMaxTokens === undefined) {
     out.idMatvecMaxTokens = t.matvecMaxTokens;
   }
+  if (t?.matvecMaxTokens !== undefined && t.rowsTMaxTokens === undefined) {
+    out.rowsTMaxTokens = t.matvecMaxTokens;
+  }
   if (out.matvecKernel !== "tree" && out.matvecKernel !== "rows") {
     throw new RangeError(
       `${label}: tuning matvecKernel "${out.matvecKernel}" is not tree or rows.`,
@@ -372,7 +383,8 @@ function resolveTuning(
     }
   }
   if (out.tileTokens >= 1 << 16) throw bad(`tileTokens ${out.tileTokens} is over 65535`);
-  for (const k of ["matvecMaxTokens", "idMatvecMaxTokens"] as const) {
+  for (const k of ["matvecMaxTokens", "idMatvecMaxTokens", "rowsTMaxTokens"] as const) {
+    if (out[k] === undefined) continue;
     if (!(Number.isInteger(out[k]) && out[k] >= 0)) throw bad(`${k} ${out[k]} is not a count`);
   }
   return out;
@@ -427,6 +439,8 @@ interface Kernels {
   /** The matvec kernel for `tokensMatvec` tokens a workgroup (the same as `matvec` when 1). */
   readonly matvecTokens: Kernel;
   readonly tiled: Kernel;
+  /** Whether `matvecTokens` is the unrolled `matvec_rowsT`. */
+  readonly rowsT: boolean;
 }
 
 /**
@@ -967,7 +981,7 @@ async function matmulKernels(
       baseUrl: t.baseUrl,
     }),
   ]);
-  return { matvec: one, matvecTokens: many, tiled };
+  return { matvec: one, matvecTokens: many, tiled, rowsT: tokensT !== undefined };
 }
 
 /** Workgroups of the matvec kernel per entry (or per `tokensMatvec` tokens). */
@@ -1062,13 +1076,14 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
     const rowGroups = matvecRowGroups(chunk.nRows, t);
     const rowTiles = Math.ceil(chunk.nRows / t.tileRows);
     // Decode (T = 1), few tokens (TT a workgroup, weights dequantised once for them), prefill.
-    const few = t.tokensMatvec > 1 && t.matvecMaxTokens > 1;
+    const maxMv = k.rowsT ? t.rowsTMaxTokens ?? t.matvecMaxTokens : t.matvecMaxTokens;
+    const few = t.tokensMatvec > 1 && maxMv > 1;
     ops.push({
       label: `${name}.matvec`,
       kernel: k.matvec,
       bindings,
       workgroups: (nTokens) =>
-        nTokens <= t.matvecMaxTokens && (nTokens === 1 || !few) ? rowGroups * nTokens : 0,
+        nTokens <= maxMv && (nTokens === 1 || !few) ? rowGroups * nTokens : 0,
     });
     if (few) {
       ops.push({
@@ -1076,17 +1091,14 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
         kernel: k.matvecTokens,
         bindings,
         workgroups: (nTokens) =>
-          nTokens > 1 && nTokens <= t.matvecMaxTokens
-            ? rowGroups * Math.ceil(nTokens / t.tokensMatvec)
-            : 0,
+          nTokens > 1 && nTokens <= maxMv ? rowGroups * Math.ceil(nTokens / t.tokensMatvec) : 0,
       });
     }
     ops.push({
       label: `${name}.tiled`,
       kernel: k.tiled,
       bindings,
-      workgroups: (nTokens) =>
-        nTokens > t.matvecMaxTokens ? rowTiles * Math.ceil(nTokens / t.tileTokens) : 0,
+      workgroups: (nTokens) => nTokens > maxMv ? rowTiles * Math.ceil(nTokens / t.tileTokens) : 0,
     });
   });
   return ops;
