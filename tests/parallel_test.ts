@@ -158,3 +158,47 @@ gpuTest({
     }
   },
 });
+
+gpuTest({
+  name:
+    "parallel: more generating slots than rows computed exactly (the GPU profile's 8) take turns; seeded texts as alone",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
+    const before = Deno.env.get("ODMOE_MATMUL_PROFILE");
+    Deno.env.set("ODMOE_MATMUL_PROFILE", "gpu"); // the kernels real GPUs get: tiled past 8 tokens
+    try {
+      const e = await Engine.load({
+        model,
+        gpu,
+        nCtx: 64,
+        maxBatch: 16,
+        parallel: 10,
+        promptCacheMiB: 0,
+      });
+      try {
+        assert.equal(e.model.exactBatchRows, 8);
+        const reqs = Array.from({ length: 10 }, (_, i): GenerateRequest => ({
+          prompt: PROMPTS[i % PROMPTS.length]!.slice(i),
+          maxTokens: 10,
+          sampling: { temperature: 1, seed: 500 + i },
+          cachePrompt: false,
+        }));
+        const alone: number[][] = [];
+        for (const r of reqs) alone.push((await e.generate(r)).tokens);
+        const together = await Promise.all(reqs.map((r) => e.generate(r)));
+        together.forEach((t, i) => assert.deepEqual(t.tokens, alone[i], `request ${i}`));
+        assert.equal(
+          e.batcher!.stats.maxRows,
+          8,
+          "never more than 8 rows a round, 8 at the busiest",
+        );
+      } finally {
+        e.close();
+      }
+    } finally {
+      if (before === undefined) Deno.env.delete("ODMOE_MATMUL_PROFILE");
+      else Deno.env.set("ODMOE_MATMUL_PROFILE", before);
+    }
+  },
+});

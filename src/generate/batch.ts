@@ -22,7 +22,10 @@
  *
  * A sequence's tokens do not depend on what else runs: its prompt chunks
  * are computed alone, at the same boundaries, and a decode round computes
- * each row independently of the others (bit for bit: tested). New requests
+ * each row independently of the others (bit for bit: tested), with at most
+ * `Model.exactBatchRows` rows (8 on GPUs, where more would switch the
+ * matrix kernels to tiled ones whose sums differ in the last bits): more
+ * generating slots than that take turns, those served longest ago first. New requests
  * take a free slot between rounds and finished ones leave; a slot keeps its
  * last tokens, and a request takes the free slot sharing the longest prefix
  * with its prompt (prefix reuse per slot).
@@ -102,6 +105,8 @@ interface Decoder {
   remaining: number;
   /** The last token chosen: fed in the next round. */
   last: number;
+  /** When it last had a round (the rounds' count then; 0: never). */
+  served: number;
   /** Whether the slot's GPU sampler history holds `chooser.history`. */
   ringFresh: boolean;
   readonly out: TokenChannel;
@@ -191,9 +196,11 @@ export class Batcher {
   #decoders: Decoder[] = [];
   #running = false;
   #lastWasPrefill = false;
+  #served = 0;
+  readonly #maxRows: number;
   #clock = 0;
   /** Rounds run and the rows they computed (for statistics and tests). */
-  readonly stats = { decodeRounds: 0, decodeRows: 0, prefillRounds: 0, windows: 0 };
+  readonly stats = { decodeRounds: 0, decodeRows: 0, prefillRounds: 0, windows: 0, maxRows: 0 };
 
   private constructor(
     readonly model: Model,
@@ -203,6 +210,7 @@ export class Batcher {
     readonly tokenLog: GPUBuffer,
   ) {
     this.slots = Array.from({ length: model.maxSequences }, (_, i) => new SequenceSlot(this, i));
+    this.#maxRows = Math.min(model.maxSequences, model.exactBatchRows);
     // the route log holds a window's routes, a row per token
     this.window = Math.max(
       1,
@@ -309,6 +317,7 @@ export class Batcher {
       remaining: o.remaining,
       last: o.first,
       ringFresh: false,
+      served: 0,
       out: new TokenChannel(),
     };
     this.samplers[slot.index]!.sampler.setParams(o.chooser.params);
@@ -339,7 +348,11 @@ export class Batcher {
         await this.#prefillRound(this.#calls[0]!);
         this.#lastWasPrefill = true;
       } else if (this.#decoders.length > 0) {
-        const ds = [...this.#decoders];
+        // at most exactBatchRows rows (each computed as alone), those served longest ago first
+        const ds = [...this.#decoders].sort((a, b) => a.served - b.served)
+          .slice(0, this.#maxRows);
+        for (const d of ds) d.served = ++this.#served;
+        this.stats.maxRows = Math.max(this.stats.maxRows, ds.length);
         try {
           const windowed = !this.model.scheduler.streaming &&
             ds.every((d) => d.chooser.gpuSamplable);

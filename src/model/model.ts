@@ -19,6 +19,7 @@ import { acquireGpu, type Gpu } from "../gpu/device.ts";
 import { createBuffer, recordReadback, upload } from "../gpu/buffers.ts";
 import { batchStepWords, type BatchToken, type Op, STEP, stepWords } from "../gpu/ops/op.ts";
 import { FINITE } from "../gpu/ops/finite.ts";
+import { matmulProfile } from "../gpu/ops/matmul.ts";
 import type { BufferBinding } from "../gpu/dispatch.ts";
 import { checkMoeConfig, kvCacheBytesPerToken, type ModelConfig } from "./config.ts";
 import { archSpec } from "./registry.ts";
@@ -330,6 +331,17 @@ export class Model {
     } finally {
       close();
     }
+  }
+
+  /**
+   * The most rows a batch of one token per sequence may have while every
+   * row is computed exactly as it is alone (the matrix kernels of one token
+   * and of a few take the same sums in the same order; past this many tokens
+   * a tiled kernel takes over, whose sums differ in the last bits).
+   */
+  get exactBatchRows(): number {
+    const t = matmulProfile(this.gpu).tuning;
+    return Math.max(1, Math.min(t.matvecMaxTokens, t.idMatvecMaxTokens));
   }
 
   /** The GPU expert pool. */
