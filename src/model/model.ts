@@ -208,6 +208,7 @@ export class Model {
   static async load(o: LoadModelOptions): Promise<Model> {
     const { file, bytes, close } = openBase(o);
     let source: ExpertSource | undefined;
+    let made: Gpu | undefined;
     try {
       const spec = archSpec(file.architecture);
       const config: ModelConfig = { ...spec.readConfig(file.metadata), ...o.configOverride };
@@ -216,7 +217,7 @@ export class Model {
       const plan = checkTensorPlan(file, fullPlan.filter((e) => e.role === "base"));
       const nCtx = o.nCtx ?? Math.min(4096, config.nCtxTrain || 4096);
       const maxBatch = o.maxBatch ?? 64;
-      const gpu = o.gpu ?? await acquireGpu();
+      const gpu = o.gpu ?? (made = await acquireGpu());
       const maxSequences = o.maxSequences === "auto"
         ? autoSequences(config, nCtx, gpu.limits.maxStorageBufferBindingSize, maxBatch)
         : o.maxSequences ?? 1;
@@ -327,6 +328,7 @@ export class Model {
       );
     } catch (e) {
       source?.close();
+      made?.destroy(); // a device made here for a model that failed to load
       throw e;
     } finally {
       close();
