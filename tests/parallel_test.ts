@@ -202,3 +202,49 @@ gpuTest({
     }
   },
 });
+
+gpuTest({
+  name:
+    "parallel: short prompts join the decode windows (no prefill round); seeded texts alone = joining others mid-generation",
+  sanitizeResources: false,
+  async fn(gpu) {
+    const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
+    const e = await Engine.load({
+      model,
+      gpu,
+      nCtx: 128,
+      maxBatch: 16,
+      parallel: 4,
+      promptCacheMiB: 0,
+    });
+    try {
+      const b = e.batcher!;
+      assert.equal(b.mergeMax, 12, "16-token rounds less 4 one-token rows");
+      const short = (i: number): GenerateRequest => ({
+        prompt: ["Once upon", "The fox", "It is", "A tale"][i],
+        maxTokens: 12,
+        sampling: { temperature: 1, seed: 40 + i },
+        cachePrompt: false,
+      });
+      const alone: number[][] = [];
+      for (let i = 0; i < 4; i++) alone.push((await e.generate(short(i))).tokens);
+      const s0 = { ...b.stats };
+      // one long generation running; the short ones arrive one by one while it decodes
+      const long = e.generate({ prompt: PROMPTS[2], maxTokens: 40, sampling: { temperature: 0 } });
+      const got = [];
+      for (let i = 0; i < 3; i++) {
+        await new Promise((r) => setTimeout(r, 40));
+        got.push(e.generate(short(i)));
+      }
+      const outs = await Promise.all(got);
+      await long;
+      outs.forEach((o, i) => assert.deepEqual(o.tokens, alone[i], `short request ${i}`));
+      assert.equal(b.stats.merged - s0.merged, 3, "the three short prompts joined windows");
+      const longChunks = Math.ceil(e.tokenizer.encode(PROMPTS[2]!).length / 16);
+      const rounds = b.stats.prefillRounds - s0.prefillRounds;
+      assert.ok(rounds <= longChunks, `only the long prompt had prefill rounds: ${rounds}`);
+    } finally {
+      e.close();
+    }
+  },
+});

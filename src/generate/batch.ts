@@ -103,8 +103,12 @@ interface Decoder {
   readonly stop: ReadonlySet<number>;
   /** Tokens it may still generate. */
   remaining: number;
-  /** The last token chosen: fed in the next round. */
-  last: number;
+  /**
+   * What the next round feeds: the last token chosen, or (a prompt merged
+   * into the decode rounds, see {@linkcode Batcher.mergeMax}) the prompt's
+   * tokens not in the slot yet.
+   */
+  feed: number[];
   /** When it last had a round (the rounds' count then; 0: never). */
   served: number;
   /** Whether the slot's GPU sampler history holds `chooser.history`. */
@@ -196,11 +200,31 @@ export class Batcher {
   #decoders: Decoder[] = [];
   #running = false;
   #lastWasPrefill = false;
+  #lastWasReadback = false;
   #served = 0;
   readonly #maxRows: number;
+  /** Most tokens a decode round feeds: within `exactBatchRows` and the batch size. */
+  readonly #roundTokens: number;
+  /**
+   * Prompts (the part not in the slot yet) up to this many tokens join a
+   * decode window instead of prefill rounds of their own, while every
+   * expert is resident and the request's tokens can be sampled on the GPU:
+   * with a full round of one-token rows they still keep the round within
+   * `Model.exactBatchRows` tokens, where every row is computed as alone, and
+   * windows attend token by token, so such a prompt's numbers are the same
+   * whatever runs beside it (0: none join).
+   */
+  readonly mergeMax: number;
   #clock = 0;
   /** Rounds run and the rows they computed (for statistics and tests). */
-  readonly stats = { decodeRounds: 0, decodeRows: 0, prefillRounds: 0, windows: 0, maxRows: 0 };
+  readonly stats = {
+    decodeRounds: 0,
+    decodeRows: 0,
+    prefillRounds: 0,
+    windows: 0,
+    maxRows: 0,
+    merged: 0,
+  };
 
   private constructor(
     readonly model: Model,
@@ -210,7 +234,9 @@ export class Batcher {
     readonly tokenLog: GPUBuffer,
   ) {
     this.slots = Array.from({ length: model.maxSequences }, (_, i) => new SequenceSlot(this, i));
-    this.#maxRows = Math.min(model.maxSequences, model.exactBatchRows);
+    this.#roundTokens = Math.min(model.exactBatchRows, model.maxBatch);
+    this.#maxRows = Math.min(model.maxSequences, this.#roundTokens);
+    this.mergeMax = model.scheduler.streaming ? 0 : this.#roundTokens - this.#maxRows;
     // the route log holds a window's routes, a row per token
     this.window = Math.max(
       1,
@@ -308,14 +334,21 @@ export class Batcher {
    */
   decode(
     slot: SequenceSlot,
-    o: { chooser: TokenChooser; stop: ReadonlySet<number>; remaining: number; first: number },
+    o: {
+      chooser: TokenChooser;
+      stop: ReadonlySet<number>;
+      remaining: number;
+      /** The first token, chosen from the prompt's logits; or `prompt`, the tokens to feed first. */
+      first?: number;
+      prompt?: readonly number[];
+    },
   ): { channel: TokenChannel; leave: () => void } {
     const d: Decoder = {
       slot,
       chooser: o.chooser,
       stop: o.stop,
       remaining: o.remaining,
-      last: o.first,
+      feed: o.prompt ? [...o.prompt] : [o.first!],
       ringFresh: false,
       served: 0,
       out: new TokenChannel(),
@@ -348,14 +381,29 @@ export class Batcher {
         await this.#prefillRound(this.#calls[0]!);
         this.#lastWasPrefill = true;
       } else if (this.#decoders.length > 0) {
-        // at most exactBatchRows rows (each computed as alone), those served longest ago first
-        const ds = [...this.#decoders].sort((a, b) => a.served - b.served)
-          .slice(0, this.#maxRows);
+        // windows for what the GPU can sample, readback rounds for the rest, taking turns
+        const gpu = this.model.scheduler.streaming
+          ? []
+          : this.#decoders.filter((d) => d.chooser.gpuSamplable);
+        const cpu = this.#decoders.filter((d) => !gpu.includes(d));
+        const windowed = gpu.length > 0 && (cpu.length === 0 || this.#lastWasReadback);
+        // at most exactBatchRows rows (each computed as alone): merged prompts first, then
+        // those served longest ago
+        const order = (windowed ? gpu : cpu).sort((a, b) =>
+          (b.feed.length > 1 ? 1 : 0) - (a.feed.length > 1 ? 1 : 0) || a.served - b.served
+        );
+        const ds: Decoder[] = [];
+        let tokens = 0;
+        for (const d of order) {
+          if (ds.length === this.#maxRows) break;
+          if (tokens + d.feed.length > this.#roundTokens && ds.length > 0) continue;
+          ds.push(d);
+          tokens += d.feed.length;
+        }
         for (const d of ds) d.served = ++this.#served;
         this.stats.maxRows = Math.max(this.stats.maxRows, ds.length);
+        this.#lastWasReadback = !windowed;
         try {
-          const windowed = !this.model.scheduler.streaming &&
-            ds.every((d) => d.chooser.gpuSamplable);
           await (windowed ? this.#window(ds) : this.#readbackRound(ds));
         } catch (e) {
           for (const d of ds) {
@@ -416,7 +464,7 @@ export class Batcher {
       if (reason) break;
     }
     d.out.push(take);
-    if (take.length) d.last = take[take.length - 1]!;
+    if (take.length) d.feed = [take[take.length - 1]!];
     if (reason) {
       this.#remove(d);
       d.out.finish(reason);
@@ -427,7 +475,7 @@ export class Batcher {
   /** One round, logits read back, every token chosen on the CPU. */
   async #readbackRound(ds: Decoder[]): Promise<void> {
     const logits = await this.model.forwardRows(
-      ds.map((d) => ({ sequence: d.slot.index, pos: d.slot.nPast, tokens: [d.last] })),
+      ds.map((d) => ({ sequence: d.slot.index, pos: d.slot.nPast, tokens: d.feed })),
     );
     this.stats.decodeRounds++;
     this.stats.decodeRows += ds.length;
@@ -443,13 +491,18 @@ export class Batcher {
   async #window(ds: Decoder[]): Promise<void> {
     const model = this.model;
     const R = ds.length;
-    // a prompt waiting for its chunk: one round, so that rounds keep alternating; every
-    // slot feeds a token each round, so the window stops where the fullest context does
-    // (a slot's room covers its own remaining tokens, not a longer neighbour's)
-    const W = this.#calls.length > 0 ? 1 : Math.min(
+    // round 0 feeds each slot's `feed` (a merged prompt: several tokens), later rounds one
+    const first = ds.reduce((n, d) => n + d.feed.length, 0);
+    // a prompt waiting for its chunk or its turn: one round, so that it joins soon; the window
+    // stops where the fullest context does (a slot's room covers its own remaining tokens,
+    // not a longer neighbour's) and where the route log (a row per token) is full
+    const prompts = this.#calls.length > 0 ||
+      this.#decoders.some((d) => d.feed.length > 1 && !ds.includes(d));
+    const W = prompts ? 1 : Math.min(
       this.window,
       Math.max(...ds.map((d) => d.remaining)),
-      ...ds.map((d) => model.nCtx - d.slot.nPast),
+      ...ds.map((d) => model.nCtx - d.slot.nPast - d.feed.length + 1),
+      Math.floor((model.nCtx - first) / R) + 1,
     );
     const s = model.transformer.state;
     ds.forEach((d, r) => {
@@ -459,28 +512,36 @@ export class Batcher {
     });
     const ops = ds.flatMap((d) => this.samplers[d.slot.index]!.sampler.ops);
     model.beginChecks();
+    let logged = 0;
     for (let j = 0; j < W; j++) {
+      // the position of the token whose logits round j samples
+      const at = (d: Decoder) => d.slot.nPast + d.feed.length - 1 + j;
       ds.forEach((d) => {
-        const pos = d.slot.nPast + j;
+        const pos = at(d);
         upload(model.gpu, this.samplers[d.slot.index]!.step, new Uint32Array([pos, 1, pos + 1, 0]));
       });
-      model.queueRows(
-        ds.map((d) => ({ sequence: d.slot.index, pos: d.slot.nPast + j, tokens: [d.last] })),
-        {
-          feed: j === 0,
-          logRow: j * R,
-          after: (enc) => {
-            recordOps(enc, ops, 1);
-            enc.copyBufferToBuffer(s.tokens, 0, this.tokenLog, 4 * j * R, 4 * R);
-          },
+      const runs = ds.map((d) => ({
+        sequence: d.slot.index,
+        pos: j === 0 ? d.slot.nPast : at(d),
+        // after round 0 the ids come from the samplers (not uploaded): a stand-in for the checks
+        tokens: j === 0 ? d.feed : [d.feed[d.feed.length - 1]!],
+      }));
+      model.queueRows(runs, {
+        feed: j === 0,
+        logRow: logged,
+        tokenByToken: true,
+        after: (enc) => {
+          recordOps(enc, ops, 1);
+          enc.copyBufferToBuffer(s.tokens, 0, this.tokenLog, 4 * j * R, 4 * R);
         },
-      );
+      });
+      logged += j === 0 ? first : R;
     }
-    const [routes, [log, flag]] = await model.readRoutes(0, W * R, [
+    const [routes, [log, flag]] = await model.readRoutes(0, logged, [
       { buffer: this.tokenLog, offset: 0, size: 4 * W * R },
       model.finiteFlag,
     ]);
-    model.scheduler.account(routes, W * R);
+    model.scheduler.account(routes, logged);
     model.checkFinite(flag);
     this.stats.windows++;
     this.stats.decodeRounds += W;
@@ -489,9 +550,10 @@ export class Batcher {
     ds.forEach((d, r) => {
       if (!this.#decoders.includes(d)) return; // left while the window ran
       const got = Array.from({ length: W }, (_, j) => ids[j * R + r]!);
+      const fed = d.feed.length;
       const n = this.#deliver(d, got);
       d.chooser.accept(got.slice(0, n));
-      d.slot.nPast += n;
+      d.slot.nPast += fed + n - 1;
       d.ringFresh = true;
     });
   }
@@ -533,20 +595,28 @@ export async function* batchSteps(
     finishReason,
   });
   try {
-    let logits: Float32Array;
-    try {
-      logits = await slot.forward(prompt.slice(cached), o.signal);
-    } catch (e) {
-      // the chunks that ran stay in the slot (its context: the prompt's first nPast tokens)
-      if (e instanceof PromptCancelled) return result("cancelled");
-      throw e;
+    const rest = prompt.slice(cached);
+    let d: ReturnType<Batcher["decode"]>;
+    if (chooser.gpuSamplable && rest.length <= slot.batcher.mergeMax) {
+      // a short prompt joins the decode windows: its first token is sampled there too
+      d = slot.batcher.decode(slot, { chooser, stop, remaining: maxTokens, prompt: rest });
+      slot.batcher.stats.merged++;
+    } else {
+      let logits: Float32Array;
+      try {
+        logits = await slot.forward(rest, o.signal);
+      } catch (e) {
+        // the chunks that ran stay in the slot (its context: the prompt's first nPast tokens)
+        if (e instanceof PromptCancelled) return result("cancelled");
+        throw e;
+      }
+      const first = chooser.choose(logits, slot.nPast - 1, maxTokens);
+      generated.push(first);
+      yield [first];
+      if (stop.has(first)) return result("stop");
+      if (maxTokens === 1) return result("length");
+      d = slot.batcher.decode(slot, { chooser, stop, remaining: maxTokens - 1, first });
     }
-    const first = chooser.choose(logits, slot.nPast - 1, maxTokens);
-    generated.push(first);
-    yield [first];
-    if (stop.has(first)) return result("stop");
-    if (maxTokens === 1) return result("length");
-    const d = slot.batcher.decode(slot, { chooser, stop, remaining: maxTokens - 1, first });
     leave = d.leave;
     for (;;) {
       const next = await d.channel.next();

@@ -756,14 +756,20 @@ export class Model {
    */
   queueRows(
     runs: readonly SequenceRun[],
-    o: { feed: boolean; logRow: number; after?: (enc: GPUCommandEncoder) => void },
+    o: {
+      feed: boolean;
+      logRow: number;
+      /** Attention token by token even for one run (as for several: its numbers then match). */
+      tokenByToken?: boolean;
+      after?: (enc: GPUCommandEncoder) => void;
+    },
   ): void {
     if (this.scheduler.streaming) {
       throw new RangeError("queueRows runs only while every expert is resident (use forwardRows)");
     }
     const { n, R } = this.#writeRows(runs, o.feed);
     const enc = this.gpu.device.createCommandEncoder();
-    this.recordBatch(enc, o.logRow, n, { rows: R, sequences: R });
+    this.recordBatch(enc, o.logRow, n, { rows: R, sequences: o.tokenByToken ? Math.max(2, R) : R });
     o.after?.(enc);
     this.gpu.submit(enc);
   }
