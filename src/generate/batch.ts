@@ -4,31 +4,36 @@
  * and the {@link Batcher} computes their tokens in shared batches:
  *
  * - a **prefill round** runs one chunk (at most `maxBatch` tokens) of a
- *   waiting prompt, alone, so a newcomer's prompt stalls the others for one
- *   chunk at most: prefill and decode rounds alternate while both wait, and
- *   waiting prompts take turns chunk by chunk (a short one is not held up
- *   by a long one's whole prompt); a request cancelled meanwhile drops the
- *   chunks not yet run (those that ran stay for prefix reuse);
- * - a **decode round** feeds one token of every generating slot, in one
- *   batch. While every expert is resident and no request needs each
- *   token's logits on the CPU, rounds run in **windows**: each slot's own
- *   GPU sampler (its parameters, seed and penalty history) picks its next
- *   token on the GPU and the next round embeds it without a round trip, up
- *   to `window` rounds per readback. Otherwise (experts streaming: a batch
- *   that misses is repaired as a whole; a grammar; log probabilities) each
- *   round reads the logits back and every slot's token is chosen on the CPU
- *   (the GPU sampler's reference: the same token for the same logits, seed
- *   and position).
+ *   waiting prompt longer than {@linkcode Batcher.mergeMax}, alone, so a
+ *   newcomer's prompt stalls the others for one chunk at most: prefill and
+ *   decode rounds alternate while both wait, and waiting prompts take turns
+ *   chunk by chunk (a short one is not held up by a long one's whole
+ *   prompt); a request cancelled meanwhile drops the chunks not yet run
+ *   (those that ran stay for prefix reuse); its first token is chosen on
+ *   the CPU from the last chunk's logits;
+ * - a **decode round** feeds one token of every generating slot, and the
+ *   whole of each short prompt (up to `mergeMax` tokens: most chat turns
+ *   after prefix reuse) that joins, in one batch. While every expert is
+ *   resident and no request needs each token's logits on the CPU, rounds
+ *   run in **windows**: each slot's own GPU sampler (its parameters, seed
+ *   and penalty history) picks its next token on the GPU and the next round
+ *   embeds it without a round trip, up to `window` rounds per readback.
+ *   Otherwise (experts streaming: a batch that misses is repaired as a
+ *   whole; a grammar; log probabilities) each round reads the logits back
+ *   and every slot's token is chosen on the CPU (the GPU sampler's
+ *   reference: the same token for the same logits, seed and position);
+ *   slots of both kinds take turns.
  *
- * A sequence's tokens do not depend on what else runs: its prompt chunks
- * are computed alone, at the same boundaries, and a decode round computes
- * each row independently of the others (bit for bit: tested), with at most
- * `Model.exactBatchRows` rows (8 on GPUs, where more would switch the
- * matrix kernels to tiled ones whose sums differ in the last bits): more
- * generating slots than that take turns, those served longest ago first. New requests
- * take a free slot between rounds and finished ones leave; a slot keeps its
- * last tokens, and a request takes the free slot sharing the longest prefix
- * with its prompt (prefix reuse per slot).
+ * A sequence's tokens do not depend on what else runs: a long prompt's
+ * chunks are computed alone, at the same boundaries; a decode round attends
+ * token by token and computes each row independently of the others (bit for
+ * bit: tested), with at most `Model.exactBatchRows` tokens (8 on GPUs,
+ * where more would switch the matrix kernels to tiled ones whose sums
+ * differ in the last bits): more generating slots than that take turns,
+ * those served longest ago first. New requests take a free slot between
+ * rounds and finished ones leave; a slot keeps its last tokens, and a
+ * request takes the free slot sharing the longest prefix with its prompt
+ * (prefix reuse per slot).
  *
  * @module
  */
@@ -206,13 +211,12 @@ export class Batcher {
   /** Most tokens a decode round feeds: within `exactBatchRows` and the batch size. */
   readonly #roundTokens: number;
   /**
-   * Prompts (the part not in the slot yet) up to this many tokens join a
-   * decode window instead of prefill rounds of their own, while every
-   * expert is resident and the request's tokens can be sampled on the GPU:
-   * with a full round of one-token rows they still keep the round within
-   * `Model.exactBatchRows` tokens, where every row is computed as alone, and
-   * windows attend token by token, so such a prompt's numbers are the same
-   * whatever runs beside it (0: none join).
+   * Prompts (the part not in the slot yet) up to this many tokens join the
+   * decode rounds (a window, or a readback round) instead of prefill rounds
+   * of their own: with a full round of one-token rows they still keep the
+   * round within `Model.exactBatchRows` tokens, where every row is computed
+   * as alone, and decode rounds attend token by token, so such a prompt's
+   * numbers are the same whatever runs beside it (0: none join).
    */
   readonly mergeMax: number;
   #clock = 0;
@@ -236,7 +240,7 @@ export class Batcher {
     this.slots = Array.from({ length: model.maxSequences }, (_, i) => new SequenceSlot(this, i));
     this.#roundTokens = Math.min(model.exactBatchRows, model.maxBatch);
     this.#maxRows = Math.min(model.maxSequences, this.#roundTokens);
-    this.mergeMax = model.scheduler.streaming ? 0 : this.#roundTokens - this.#maxRows;
+    this.mergeMax = this.#roundTokens - this.#maxRows;
     // the route log holds a window's routes, a row per token
     this.window = Math.max(
       1,
@@ -476,12 +480,13 @@ export class Batcher {
   async #readbackRound(ds: Decoder[]): Promise<void> {
     const logits = await this.model.forwardRows(
       ds.map((d) => ({ sequence: d.slot.index, pos: d.slot.nPast, tokens: d.feed })),
+      { tokenByToken: true },
     );
     this.stats.decodeRounds++;
     this.stats.decodeRows += ds.length;
     ds.forEach((d, i) => {
       if (!this.#decoders.includes(d)) return; // left while the round ran
-      d.slot.nPast++;
+      d.slot.nPast += d.feed.length;
       d.ringFresh = false;
       this.#deliver(d, [d.chooser.choose(logits[i]!, d.slot.nPast - 1, d.remaining)]);
     });
@@ -571,8 +576,9 @@ export class Batcher {
 /**
  * Generation after `prompt` in `slot` (see the module doc): the checks,
  * prefix reuse and context left behind of `readbackSteps`, the prompt in
- * prefill rounds, the first token chosen on the CPU from its logits, the
- * rest from the batcher's decode rounds.
+ * prefill rounds and its first token chosen on the CPU from their logits
+ * (or, a short prompt, both in the decode rounds), the rest from the
+ * batcher's decode rounds.
  */
 export async function* batchSteps(
   slot: SequenceSlot,
@@ -597,8 +603,8 @@ export async function* batchSteps(
   try {
     const rest = prompt.slice(cached);
     let d: ReturnType<Batcher["decode"]>;
-    if (chooser.gpuSamplable && rest.length <= slot.batcher.mergeMax) {
-      // a short prompt joins the decode windows: its first token is sampled there too
+    if (rest.length <= slot.batcher.mergeMax) {
+      // a short prompt joins the decode rounds: its first token is chosen there too
       d = slot.batcher.decode(slot, { chooser, stop, remaining: maxTokens, prompt: rest });
       slot.batcher.stats.merged++;
     } else {

@@ -784,13 +784,20 @@ export class Model {
    * (`nPast`, region 0) is left as it is; a caller mixing both keeps region
    * 0's sequence out of the runs.
    */
-  async forwardRows(runs: readonly SequenceRun[]): Promise<Float32Array[]> {
+  async forwardRows(
+    runs: readonly SequenceRun[],
+    o: {
+      /** Attention token by token even for one run (as for several: its numbers then match). */
+      tokenByToken?: boolean;
+    } = {},
+  ): Promise<Float32Array[]> {
     const s = this.transformer.state;
     const sch = this.scheduler;
     this.beginChecks();
     const { n, R, step } = this.#writeRows(runs, true);
+    const sequences = o.tokenByToken ? Math.max(2, R) : R;
     const enc = this.gpu.device.createCommandEncoder();
-    this.recordBatch(enc, 0, n, { rows: R, sequences: R });
+    this.recordBatch(enc, 0, n, { rows: R, sequences });
     this.gpu.submit(enc);
     const logits = { buffer: s.logitsRows!, offset: 0, size: 4 * R * this.config.nVocab };
     const range = sch.streaming ? sch.readRange(n) : [];
@@ -799,7 +806,7 @@ export class Model {
     if (sch.streaming) {
       sch.seen(range.length ? rest[0] : undefined, n);
       const settled = await this.settle(0, n, routes, {
-        many: { step, rows: R, sequences: R },
+        many: { step, rows: R, sequences },
         extra: [logits, this.finiteFlag],
       });
       sch.settle(settled.routes, n, false);
