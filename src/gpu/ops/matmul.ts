@@ -811,11 +811,24 @@ function q6kBlocksW4(rs: readonly number[], ts: readonly string[] = [""]): strin
   const each = (f: (r: number) => string) => rs.map(f).join("\n");
   const ks = [0, 1, 2, 3];
   const comp = ["x", "y", "z", "w"];
-  const row = (r: number) => {
+  // One entry (decode): the two halves unrolled, so that the 14 vectors a
+  // block spans are loaded once (the halves share their boundary vectors).
+  const shared = ts.length === 1;
+  const row = (r: number, half?: number) => {
     const out: string[] = [];
-    for (let j = 0; j <= 4; j++) out.push(`        let L${j}_${r} = W4[v${r} + 4u * n + ${j}u];`);
+    for (let j = 0; j <= 4; j++) {
+      out.push(
+        half === undefined
+          ? `        let L${j}_${r} = W4[v${r} + 4u * n + ${j}u];`
+          : `        let L${j}_${r} = V${4 * half + j}_${r};`,
+      );
+    }
     for (let j = 0; j <= 2; j++) {
-      out.push(`        let M${j}_${r} = W4[v${r} + 8u + 2u * n + ${j}u];`);
+      out.push(
+        half === undefined
+          ? `        let M${j}_${r} = W4[v${r} + 8u + 2u * n + ${j}u];`
+          : `        let M${j}_${r} = V${8 + 2 * half + j}_${r};`,
+      );
     }
     out.push(`        let sl_${r} = select(S${r}.x, S${r}.z, n == 1u);`);
     out.push(`        let sh_${r} = select(S${r}.y, S${r}.w, n == 1u);`);
@@ -864,6 +877,9 @@ ${
         `    let e0_${r} = (c${r} & 4u) != 0u;`,
         `    let e1_${r} = (c${r} & 8u) != 0u;`,
         `    let eh_${r} = (c${r} & 2u) != 0u;`,
+        ...(shared ? [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] : []).map((k) =>
+          `    let V${k}_${r} = W4[v${r} + ${k}u];`
+        ),
         `    let V12_${r} = W4[v${r} + 12u];`,
         `    let V13_${r} = W4[v${r} + 13u];`,
         `    let S${r} = q6_run(V12_${r}, V13_${r}, e0_${r}, e1_${r}, eh_${r});`,
@@ -871,19 +887,26 @@ ${
       ].join("\n")
     )
   }
-    for (var n = 0u; n < 2u; n++) {
 ${
-    ts.flatMap((t) => [
-      `      let xo${t} = xb${t} + blk * QK + 128u * n;`,
-      ...[0, 1, 2, 3].flatMap((i) =>
-        [0, 1].flatMap((kh) =>
-          ks.map((k) => `      let x${i}${kh}${k}${t} = x4(xo${t} + ${32 * i + 16 * kh + 4 * k}u);`)
-        )
-      ),
-    ]).join("\n")
+    (shared ? [0, 1] : [undefined]).map((half) =>
+      [
+        half === undefined ? "    for (var n = 0u; n < 2u; n++) {" : "    {",
+        ...(half === undefined ? [] : [`      let n = ${half}u;`]),
+        ...ts.flatMap((t) => [
+          `      let xo${t} = xb${t} + blk * QK + 128u * n;`,
+          ...[0, 1, 2, 3].flatMap((i) =>
+            [0, 1].flatMap((kh) =>
+              ks.map((k) =>
+                `      let x${i}${kh}${k}${t} = x4(xo${t} + ${32 * i + 16 * kh + 4 * k}u);`
+              )
+            )
+          ),
+        ]),
+        rs.map((r) => row(r, half)).join("\n"),
+        "    }",
+      ].join("\n")
+    ).join("\n")
   }
-${each(row)}
-    }
   }`;
 }
 
