@@ -973,6 +973,10 @@ function w4Bindings(
 ): BufferBinding[] | undefined {
   const type = quantVariant(w.type, w.name);
   if (t.matvecKernel !== "rows" || !W4_TYPES.has(type)) return undefined;
+  // The template's 7 storage bindings, the I-quant table, and W4.
+  if (8 + (usesQuantTable(w.type) ? 1 : 0) > gpu.limits.maxStorageBuffersPerShaderStage) {
+    return undefined;
+  }
   // Q4_K's blocks must start at 16-byte boundaries; the others' are shifted into place.
   const aligned = type !== "q4_k" ||
     (w.rowBytes % 16 === 0 && (w.nMats === 1 || w.matStride % 16 === 0));
