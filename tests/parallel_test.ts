@@ -9,7 +9,8 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "../dev/gpu.ts";
 import { fixtureModel } from "../dev/fixtures.ts";
-import { Engine } from "../src/generate/engine.ts";
+import { Engine, type EngineOptions } from "../src/generate/engine.ts";
+import type { Gpu } from "../src/gpu/device.ts";
 import type { GenerateRequest } from "../src/generate/types.ts";
 
 const PROMPTS = [
@@ -20,20 +21,26 @@ const PROMPTS = [
   "Once upon a time",
 ];
 
+/** An engine with 4 slots of 128 positions on the qwen3moe fixture (its other options in `o`). */
+async function fourSlots(gpu: Gpu, o: Partial<EngineOptions> = {}): Promise<Engine> {
+  const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
+  return await Engine.load({
+    model,
+    gpu,
+    nCtx: 128,
+    maxBatch: 16,
+    parallel: 4,
+    promptCacheMiB: 0,
+    ...o,
+  });
+}
+
 gpuTest({
   name:
     "parallel: a seeded request gives the same text alone and under load; greedy as one at a time",
   sanitizeResources: false,
   async fn(gpu) {
-    const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
-    const e = await Engine.load({
-      model,
-      gpu,
-      nCtx: 128,
-      maxBatch: 16,
-      parallel: 4,
-      promptCacheMiB: 0,
-    });
+    const e = await fourSlots(gpu);
     try {
       const seeded: GenerateRequest = {
         prompt: PROMPTS[0],
@@ -67,15 +74,8 @@ gpuTest({
       e.close();
     }
     // greedy: the batched engine gives the one-at-a-time engine's tokens
-    const one = await Engine.load({ model, gpu, nCtx: 128, maxBatch: 16, promptCacheMiB: 0 });
-    const four = await Engine.load({
-      model,
-      gpu,
-      nCtx: 128,
-      maxBatch: 16,
-      parallel: 4,
-      promptCacheMiB: 0,
-    });
+    const one = await fourSlots(gpu, { parallel: 1 });
+    const four = await fourSlots(gpu);
     try {
       const reqs = PROMPTS.map((prompt) => ({
         prompt,
@@ -208,15 +208,7 @@ gpuTest({
     "parallel: short prompts join the decode windows (no prefill round); seeded texts alone = joining others mid-generation",
   sanitizeResources: false,
   async fn(gpu) {
-    const model = await fixtureModel({ arch: "qwen3moe", type: "F32", shape: "a" });
-    const e = await Engine.load({
-      model,
-      gpu,
-      nCtx: 128,
-      maxBatch: 16,
-      parallel: 4,
-      promptCacheMiB: 0,
-    });
+    const e = await fourSlots(gpu);
     try {
       const b = e.batcher!;
       assert.equal(b.mergeMax, 12, "16-token rounds less 4 one-token rows");
