@@ -66,7 +66,7 @@ for (const ctx of contexts) {
     const vc = createBuffer(gpu, { label: "v", data: rand(nCtx * nHeadKv * d) });
     const q = createBuffer(gpu, { label: "q", data: rand(T * nHead * d) });
     const step = createBuffer(gpu, { label: "step", data: stepWords(ctx, T) });
-    const run = async (queries: 1 | "auto") => {
+    const run = async (queries: 1 | "auto", vec4 = false) => {
       const out = createBuffer(gpu, { label: "out", size: T * nHead * d * 4 });
       const ops = await prepareAttentionOps(gpu, {
         q: { buffer: q, offset: 0, stride: nHead * d },
@@ -82,6 +82,7 @@ for (const ctx of contexts) {
         step,
         label: `attention/${queries}`,
         queriesPerWorkgroup: queries,
+        vec4,
       });
       const times: number[] = [];
       for (let r = 0; r <= reps; r++) {
@@ -97,13 +98,22 @@ for (const ctx of contexts) {
     };
     const perToken = await run(1);
     const blocks = await run("auto");
+    const vec = await run(1, true);
     let maxDiff = 0;
-    perToken.out.forEach((x, i) => maxDiff = Math.max(maxDiff, Math.abs(x - blocks.out[i]!)));
-    const r = { context: ctx, tokens: T, perTokenMs: perToken.ms, blocksMs: blocks.ms };
-    results.push({ ...r, speedup: perToken.ms / blocks.ms, maxDiff });
+    for (const other of [blocks, vec]) {
+      perToken.out.forEach((x, i) => maxDiff = Math.max(maxDiff, Math.abs(x - other.out[i]!)));
+    }
+    const r = {
+      context: ctx,
+      tokens: T,
+      perTokenMs: perToken.ms,
+      blocksMs: blocks.ms,
+      vec4Ms: vec.ms,
+    };
+    results.push({ ...r, speedup: perToken.ms / blocks.ms, vec4Speedup: perToken.ms / vec.ms, maxDiff });
     note(
       `prefill_attention: ${T} tokens after ${ctx}: per-token ${perToken.ms.toFixed(1)} ms, ` +
-        `blocks ${blocks.ms.toFixed(1)} ms (max |diff| ${maxDiff.toExponential(1)})`,
+        `blocks ${blocks.ms.toFixed(1)} ms, vec4 ${vec.ms.toFixed(1)} ms (max |diff| ${maxDiff.toExponential(1)})`,
     );
   }
 }

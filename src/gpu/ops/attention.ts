@@ -27,6 +27,7 @@ import {
   tokenGrid,
 } from "./elementwise.ts";
 import { cacheExtent, cachePositions } from "./kv.ts";
+import { matmulProfile } from "./matmul.ts";
 import type { ActView, Op } from "./op.ts";
 
 const WG_SIZE = 64;
@@ -90,6 +91,14 @@ export interface AttentionOptions {
    * (head, token) only, each reading the whole visible cache.
    */
   queriesPerWorkgroup?: number | "auto";
+  /**
+   * Whether to use `shaders/attention_vec.wgsl` (vec4 loads, G heads of a kv
+   * head per workgroup, every token in one dispatch). Default `"auto"`: on
+   * adapters of the `software` matmul profile (llvmpipe: a storage load costs
+   * the same at any width) wherever the widths, offsets and strides are
+   * multiples of 4; `false` on GPUs, whose kernels are the blocks above.
+   */
+  vec4?: boolean | "auto";
 }
 
 /** `attend_heads`' invocation-private limits (REG_MAX, KPT2 in the shader). */
@@ -123,6 +132,30 @@ function headsPerWorkgroup(gpu: Gpu, o: AttentionOptions): number {
     );
   }
   return want;
+}
+
+/** `attend_vec`'s invocation-private limits (QREG, ACC_MAX in the shader). */
+const VEC_QREG = 256;
+const VEC_ACC_MAX = 16;
+
+/**
+ * Heads per workgroup of `attend_vec` (the most of 8, 4, 2, 1 that divide a
+ * kv head's query heads and fit the shader's registers), or 0 where it cannot
+ * run: widths, offsets or strides not multiples of 4, or `vec4` off
+ * (`"auto"`: on for the `software` profile).
+ */
+function vecHeads(gpu: Gpu, o: AttentionOptions, aligned: number[]): number {
+  const want = o.vec4 ?? "auto";
+  if (want === false || (want === "auto" && matmulProfile(gpu).name !== "software")) return 0;
+  if (aligned.some((x) => x % 4 !== 0)) return 0;
+  const group = o.nHead / o.nHeadKv;
+  for (const g of [8, 4, 2, 1]) {
+    if (
+      group % g === 0 && g * o.headDimK / 4 <= VEC_QREG &&
+      o.headDimV / 4 <= VEC_ACC_MAX * WG_SIZE / g
+    ) return g;
+  }
+  return 0;
 }
 
 /** `attend_tiled`'s invocation-private limit on query tokens per workgroup (TQ_MAX). */
@@ -230,16 +263,6 @@ async function prepare(gpu: Gpu, o: AttentionOptions, blocks: boolean): Promise<
   const out = bindFrom(gpu, o.out.buffer, o.out.offset);
   const sk = o.sinks ? resolveRef(o.sinks) : undefined;
   const sb = sk ? bindFrom(gpu, sk.buffer, sk.offset, o.nHead) : undefined;
-  const g = headsPerWorkgroup(gpu, o);
-  const qb = g > 1 || !blocks ? 1 : queriesPerWorkgroup(gpu, o);
-  const dims = { WG_SIZE, D_K: o.headDimK, D_V: o.headDimV };
-  const kernel = await getPipeline(
-    gpu,
-    "attention",
-    g > 1
-      ? { entryPoint: "attend_heads", constants: { ...dims, G: g } }
-      : { entryPoint: "attend", constants: dims },
-  );
   const fields = {
     group: o.nHead / o.nHeadKv,
     qOffset: q.offset,
@@ -260,6 +283,34 @@ async function prepare(gpu: Gpu, o: AttentionOptions, blocks: boolean): Promise<
     scale: o.scale,
     softcap: o.softcap ?? 0,
   };
+  const dims = { WG_SIZE, D_K: o.headDimK, D_V: o.headDimV };
+  const gv = vecHeads(gpu, o, [
+    o.headDimK,
+    o.headDimV,
+    fields.qOffset,
+    fields.qStride,
+    fields.qHeadStride,
+    fields.kOffset,
+    kRowStride,
+    kHeadStride,
+    fields.vOffset,
+    vRowStride,
+    vHeadStride,
+    fields.oOffset,
+    fields.oStride,
+    fields.oHeadStride,
+  ]);
+  const g = gv > 0 ? gv : headsPerWorkgroup(gpu, o);
+  const qb = gv > 0 || g > 1 || !blocks ? 1 : queriesPerWorkgroup(gpu, o);
+  const kernel = await getPipeline(
+    gpu,
+    gv > 0 ? "attention_vec" : "attention",
+    gv > 0
+      ? { entryPoint: "attend_vec", constants: { ...dims, G: gv } }
+      : g > 1
+      ? { entryPoint: "attend_heads", constants: { ...dims, G: g } }
+      : { entryPoint: "attend", constants: dims },
+  );
   /** The bindings with a params buffer whose `block` is `block`. */
   const bindings = (label: string, block: number): BufferBinding[] => {
     const params = new ParamsBuffer(gpu, `${label}.params`, {
