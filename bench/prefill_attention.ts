@@ -110,10 +110,17 @@ for (const ctx of contexts) {
       blocksMs: blocks.ms,
       vec4Ms: vec.ms,
     };
-    results.push({ ...r, speedup: perToken.ms / blocks.ms, vec4Speedup: perToken.ms / vec.ms, maxDiff });
+    results.push({
+      ...r,
+      speedup: perToken.ms / blocks.ms,
+      vec4Speedup: perToken.ms / vec.ms,
+      maxDiff,
+    });
     note(
       `prefill_attention: ${T} tokens after ${ctx}: per-token ${perToken.ms.toFixed(1)} ms, ` +
-        `blocks ${blocks.ms.toFixed(1)} ms, vec4 ${vec.ms.toFixed(1)} ms (max |diff| ${maxDiff.toExponential(1)})`,
+        `blocks ${blocks.ms.toFixed(1)} ms, vec4 ${vec.ms.toFixed(1)} ms (max |diff| ${
+          maxDiff.toExponential(1)
+        })`,
     );
   }
 }

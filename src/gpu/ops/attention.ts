@@ -97,6 +97,7 @@ export interface AttentionOptions {
    * adapters of the `software` matmul profile (llvmpipe: a storage load costs
    * the same at any width) wherever the widths, offsets and strides are
    * multiples of 4; `false` on GPUs, whose kernels are the blocks above.
+   * `true` refuses options it cannot run.
    */
   vec4?: boolean | "auto";
 }
@@ -274,14 +275,20 @@ export function attendVecWgsl(g: number, dk: number, dv: number): string {
 function vecHeads(gpu: Gpu, o: AttentionOptions, aligned: number[]): number {
   const want = o.vec4 ?? "auto";
   if (want === false || (want === "auto" && matmulProfile(gpu).name !== "software")) return 0;
-  if (aligned.some((x) => x % 4 !== 0)) return 0;
   const group = o.nHead / o.nHeadKv;
-  for (const g of [8, 4, 2, 1]) {
-    if (
+  const g = aligned.every((x) => x % 4 === 0)
+    ? [8, 4, 2, 1].find((g) =>
       group % g === 0 && g * o.headDimK / 4 <= VEC_QREG && g * o.headDimV / 4 <= VEC_ACC
-    ) return g;
+    ) ?? 0
+    : 0;
+  if (g === 0 && want === true) {
+    throw new RangeError(
+      `${o.label}: vec4 attention needs head widths, offsets and strides that are multiples ` +
+        `of 4 elements and at most ${VEC_QREG} query / ${VEC_ACC} value vec4s per workgroup ` +
+        `(widths ${o.headDimK}/${o.headDimV}, offsets and strides ${aligned.slice(2).join(", ")}).`,
+    );
   }
-  return 0;
+  return g;
 }
 
 /** `attend_tiled`'s invocation-private limit on query tokens per workgroup (TQ_MAX). */
@@ -426,7 +433,8 @@ async function prepare(gpu: Gpu, o: AttentionOptions, blocks: boolean): Promise<
     fields.oStride,
     fields.oHeadStride,
   ]);
-  const g = gv > 0 ? gv : headsPerWorkgroup(gpu, o);
+  const grouped = headsPerWorkgroup(gpu, o); // validated even where attend_vec runs
+  const g = gv > 0 ? gv : grouped;
   const qb = gv > 0 || g > 1 || !blocks ? 1 : queriesPerWorkgroup(gpu, o);
   const kernel = await getPipeline(
     gpu,

@@ -172,21 +172,35 @@ const CASES: Case[] = [
     softcap: 30,
     qScale: 3,
   },
+  {
+    name: "Qwen3-30B-A3B's heads (32 over 4 kv heads of 128), 2 tokens after 519",
+    nTokens: 2,
+    pos0: 519,
+    nHead: 32,
+    nHeadKv: 4,
+    dK: 128,
+    dV: 128,
+    nCtx: 528,
+    scale: 1 / Math.sqrt(128),
+  },
 ];
 
-/** Kernels under test: heads per workgroup, query tokens per workgroup. */
+/** Kernels under test: heads per workgroup, query tokens per workgroup, vec4 kernel. */
 const VARIANTS = [
-  [1, 1], // attend: one workgroup per (head, token)
-  [1, "auto"], // attend_tiled, blocks of 16 tokens
-  [1, 4], // attend_tiled, blocks of 4 tokens
-  ["auto", "auto"], // attend_heads where heads share a kv head
-  [2, "auto"],
+  [1, 1, false], // attend: one workgroup per (head, token)
+  [1, "auto", false], // attend_tiled, blocks of 16 tokens
+  [1, 4, false], // attend_tiled, blocks of 4 tokens
+  ["auto", "auto", false], // attend_heads where heads share a kv head
+  [2, "auto", false],
+  [1, 1, true], // attend_vec (the software profile's), 1-8 heads per workgroup
 ] as const;
 
-for (const [heads, queries] of VARIANTS) {
+for (const [heads, queries, vec4] of VARIANTS) {
   gpuTest({
     name: `attention: causal GQA attention matches the CPU (decode, prefill, window, sinks, MLA, ` +
-      `softcap), ${heads} heads and ${queries} query tokens per workgroup`,
+      `softcap), ${
+        vec4 ? "vec4 kernel" : `${heads} heads and ${queries} query tokens per workgroup`
+      }`,
     async fn(g) {
       // 2 heads per workgroup: the cases whose heads per kv head are even
       const cases = heads === 2 ? CASES.filter((c) => (c.nHead / c.nHeadKv) % 2 === 0) : CASES;
@@ -205,11 +219,14 @@ for (const [heads, queries] of VARIANTS) {
         const v = c.mla ? k : new Float32Array(c.nCtx * vRow).fill(NaN);
         if (!c.mla) v.set(randomArray(nKv * vRow, rng));
         const qRow = c.nHead * c.dK;
-        const qStride = qRow + (c.qPad ?? 0);
+        // the vec4 kernel needs offsets and strides in whole vec4s
+        const qPad = vec4 && c.qPad ? Math.ceil(c.qPad / 4) * 4 : c.qPad ?? 0;
+        const qOff = vec4 ? 4 : 1;
+        const qStride = qRow + qPad;
         const qDense = randomArray(c.nTokens * qRow, rng, c.qScale ?? 1);
-        const qData = new Float32Array(1 + c.nTokens * qStride);
+        const qData = new Float32Array(qOff + c.nTokens * qStride);
         for (let t = 0; t < c.nTokens; t++) {
-          qData.set(qDense.subarray(t * qRow, (t + 1) * qRow), 1 + t * qStride);
+          qData.set(qDense.subarray(t * qRow, (t + 1) * qRow), qOff + t * qStride);
         }
         data.push({ q: qDense, k, v });
         const kBuf = createBuffer(g, { label: "k", data: k });
@@ -218,7 +235,11 @@ for (const [heads, queries] of VARIANTS) {
         outs.push(out);
         ops.push(
           await prepareAttentionOps(g, {
-            q: { buffer: createBuffer(g, { label: "q", data: qData }), offset: 1, stride: qStride },
+            q: {
+              buffer: createBuffer(g, { label: "q", data: qData }),
+              offset: qOff,
+              stride: qStride,
+            },
             kCache: kBuf,
             vCache: vBuf,
             vRowStride: c.mla ? c.dK : undefined,
@@ -239,6 +260,7 @@ for (const [heads, queries] of VARIANTS) {
             label: c.name,
             headsPerWorkgroup: heads,
             queriesPerWorkgroup: queries,
+            vec4,
           }),
         );
         wants.push(attention(qDense, k, v, { ...c, vRowStride: c.mla ? c.dK : undefined }));
@@ -268,6 +290,7 @@ for (const [heads, queries] of VARIANTS) {
       wrong(8, { window: 41 }, "a window one key wider");
       wrong(8, { sinks: undefined }, "no sinks");
       wrong(9, { pos0: 701 }, "seeing one key past the causal limit");
+      wrong(10, { pos0: 518 }, "the real-width case one key short");
     },
   });
 }
