@@ -134,7 +134,8 @@ export interface MatvecVariant {
 /**
  * Parses `default` or `KERNEL/WG/ROWS[/x4|/f32]` (`tree/128/4`, `rows/8/2/f32`):
  * the matvec kernel, invocations a workgroup, rows a workgroup (`tree`) or an
- * invocation (`rows`), and x read as vec4s or f32s (default: the adapter's).
+ * invocation (`rows`: every rows kernel, the generated ones up to 32, the
+ * template's at most 8), and x read as vec4s or f32s (default: the adapter's).
  */
 export function parseVariant(spec: string): MatvecVariant {
   if (spec === "default") return { name: spec, tuning: {} };
@@ -144,12 +145,14 @@ export function parseVariant(spec: string): MatvecVariant {
       `--variants: "${spec}" is not default or KERNEL/WG/ROWS[/x4|/f32] (tree/128/4)`,
     );
   }
+  const rows = Number(m[3]);
   return {
     name: spec,
     tuning: {
       matvecKernel: m[1] as MatvecKernel,
       wgMatvec: Number(m[2]),
-      rowsMatvec: Number(m[3]),
+      rowsMatvec: Math.min(rows, 8),
+      ...(m[1] === "rows" ? { rowsMatvec1: rows, rowsMatvecT: rows } : {}),
       ...(m[4] ? { vectorX: m[4] === "x4" } : {}),
     },
   };

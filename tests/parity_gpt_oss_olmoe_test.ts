@@ -69,7 +69,8 @@ for (const arch of ["gpt-oss", "olmoe"] as const) {
 }
 
 Deno.test({
-  name: "gpt-oss/olmoe parity: a 40-token prompt in one batch (past the window, tiled kernels)",
+  name:
+    "gpt-oss/olmoe parity: a 40-token prompt in one batch (past the window; the many-token matmul and attention kernels)",
   ignore: skip !== null,
   sanitizeResources: false,
   async fn() {

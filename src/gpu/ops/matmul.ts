@@ -31,6 +31,7 @@ import {
   usesQuantTable,
 } from "./quant_wgsl.ts";
 import { bindView, bindWeightChunk, type ViewBinding, type WeightBinding } from "./weights.ts";
+import type { GgmlTypeInfo } from "../../gguf/types.ts";
 
 /** Tunables of the matrix kernels (WGSL override constants and the path switch). */
 export interface MatmulTuning {
@@ -49,8 +50,21 @@ export interface MatmulTuning {
   readonly vectorX: boolean;
   /** matvec: invocations per workgroup, a power of two. */
   readonly wgMatvec: number;
-  /** matvec: rows per workgroup, 1 to 8. */
+  /** matvec: rows per workgroup (`tree`) or per invocation (`rows`), 1 to 8. */
   readonly rowsMatvec: number;
+  /**
+   * `rows` kernel: rows per invocation of the generated one-entry kernel
+   * (`matvec_rows1`, decode), 1 to 32; default `rowsMatvec`. More rows share
+   * each load of x (on llvmpipe a load is made lane by lane even where every
+   * lane reads the same address). A number, or one per ggml type name
+   * (`{ Q4_K: 32 }`; types not named take `rowsMatvec`).
+   */
+  readonly rowsMatvec1?: RowsPerType;
+  /**
+   * `rows` kernel: rows per invocation of the generated many-token kernels
+   * (`matvec_rowsT`, `matvec_routedT`), 1 to 32, as `rowsMatvec1`.
+   */
+  readonly rowsMatvecT?: RowsPerType;
   /** matvec: tokens per workgroup of a plain matmul (weights dequantised once for them), 1 to 8. */
   readonly tokensMatvec: number;
   /** tiled: rows per workgroup, a multiple of 4. */
@@ -80,6 +94,9 @@ export interface MatmulTuning {
    */
   readonly idMatvecMaxTokens: number;
 }
+
+/** Rows per invocation: one count, or one per ggml type name. */
+export type RowsPerType = number | Readonly<Record<string, number>>;
 
 /** The matvec kernels of `shaders/matmul.wgsl` (see {@linkcode MatmulTuning.matvecKernel}). */
 export type MatvecKernel = "tree" | "rows";
@@ -127,6 +144,11 @@ export const SOFTWARE_MATMUL_TUNING: MatmulTuning = Object.freeze({
   matvecMaxTokens: 24,
   rowsTMaxTokens: 4096,
   idMatvecMaxTokens: 256,
+  // More rows an invocation share each x load (made lane by lane on llvmpipe): the best
+  // counts measured per type (bench/README.md, "rows per invocation"), the many-token ones
+  // held where llvmpipe's compile time grows past a few seconds (Q6_K at 16 rows: 19 s).
+  rowsMatvec1: { Q4_K: 32, Q6_K: 16 },
+  rowsMatvecT: { Q4_K: 16, Q8_0: 32, MXFP4: 16 },
 });
 
 /** What a {@linkcode MatmulProfile} is chosen by: the adapter's info and the device's features. */
@@ -348,6 +370,13 @@ function resolveTuning(
   ) {
     if (!(Number.isInteger(v) && v >= 1 && v <= 8)) throw bad(`${k} ${v} is not 1..8`);
   }
+  for (const k of ["rowsMatvec1", "rowsMatvecT"] as const) {
+    const v = out[k];
+    const counts = v === undefined ? [] : typeof v === "number" ? [v] : Object.values(v);
+    for (const n of counts) {
+      if (!(Number.isInteger(n) && n >= 1 && n <= 32)) throw bad(`${k} ${n} is not 1..32`);
+    }
+  }
   for (
     const [k, v] of [["threadRows", out.threadRows], ["threadTokens", out.threadTokens]] as const
   ) {
@@ -468,8 +497,8 @@ function vectorX(t: MatmulTuning, x: ViewBinding, strides: readonly number[]): b
  * past the end read the last row and store nothing.
  */
 export function rowsMatvecWgsl(rows: number, type?: string, w4Binding?: number): string {
-  if (!(Number.isInteger(rows) && rows >= 1 && rows <= 8)) {
-    throw new RangeError(`rowsMatvecWgsl: rows ${rows} is not 1..8.`);
+  if (!(Number.isInteger(rows) && rows >= 1 && rows <= 32)) {
+    throw new RangeError(`rowsMatvecWgsl: rows ${rows} is not 1..32.`);
   }
   const rs = Array.from({ length: rows }, (_, r) => r);
   const each = (f: (r: number) => string, sep = "\n") => rs.map(f).join(sep);
@@ -540,9 +569,9 @@ export function rowsTokensWgsl(
   const loop = W4_LOOPS[type];
   if (!loop || tokens < 2) return undefined;
   if (
-    !(Number.isInteger(rows) && rows >= 1 && rows <= 8 && Number.isInteger(tokens) && tokens <= 8)
+    !(Number.isInteger(rows) && rows >= 1 && rows <= 32 && Number.isInteger(tokens) && tokens <= 8)
   ) {
-    throw new RangeError(`rowsTokensWgsl: rows ${rows} / tokens ${tokens} are not 1..8.`);
+    throw new RangeError(`rowsTokensWgsl: rows ${rows} / tokens ${tokens} are not 1..32 / 1..8.`);
   }
   const rs = Array.from({ length: rows }, (_, r) => r);
   const ts = Array.from({ length: tokens }, (_, t) => `_t${t}`);
@@ -1007,18 +1036,19 @@ async function matmulKernels(
   const table = usesQuantTable(w.type) ? 1 : 0;
   // The unrolled kernel for tokensMatvec tokens, where the type has one (W4 types).
   const tokensT = rows && w4
-    ? rowsTokensWgsl(t.rowsMatvec, t.tokensMatvec, quantVariant(w.type))
+    ? rowsTokensWgsl(rowsT(t, w.type), t.tokensMatvec, quantVariant(w.type))
     : undefined;
-  const variant = quantVariant(w.type, w.name) + (rows ? `_r${t.rowsMatvec}` : "") +
+  const variant = quantVariant(w.type, w.name) +
+    (rows ? `_r${t.rowsMatvec}_${rows1(t, w.type)}_${rowsT(t, w.type)}` : "") +
     (tokensT ? `t${t.tokensMatvec}` : "") + (w4 ? "_w4" : "") + (x4 ? "_xv4" : "");
   // The I-quants read their grids from a table buffer bound after the template's 7 bindings.
   const defines = {
     QUANT: await quantWgsl(w.type, w.name, t.baseUrl, 7),
     X_LIB: x4 ? "x_vec4" : "x_f32",
     MATVEC_ROWS1: rows
-      ? rowsMatvecWgsl(t.rowsMatvec, quantVariant(w.type), w4 ? 7 + table : undefined) +
+      ? rowsMatvecWgsl(rows1(t, w.type), quantVariant(w.type), w4 ? 7 + table : undefined) +
         (tokensT
-          ? tokensT + rowsTokensWgsl(t.rowsMatvec, t.tokensMatvec, quantVariant(w.type), true)
+          ? tokensT + rowsTokensWgsl(rowsT(t, w.type), t.tokensMatvec, quantVariant(w.type), true)
           : "")
       : "",
   };
@@ -1056,9 +1086,35 @@ async function matmulKernels(
   return { matvec: one, matvecTokens: many, tiled, rowsT: tokensT !== undefined, routedT };
 }
 
-/** Workgroups of the matvec kernel per entry (or per `tokensMatvec` tokens). */
-function matvecRowGroups(nRows: number, t: MatmulTuning): number {
-  return Math.ceil(nRows / (t.matvecKernel === "rows" ? t.rowsMatvec * t.wgMatvec : t.rowsMatvec));
+function rowsFor(v: RowsPerType | undefined, t: MatmulTuning, type: GgmlTypeInfo): number {
+  if (typeof v === "number") return v;
+  return v?.[type.name] ?? t.rowsMatvec;
+}
+
+/** Rows per invocation of the generated one-entry `rows` kernel for a weight type. */
+function rows1(t: MatmulTuning, type: GgmlTypeInfo): number {
+  return rowsFor(t.rowsMatvec1, t, type);
+}
+
+/** Rows per invocation of the generated many-token `rows` kernels for a weight type. */
+function rowsT(t: MatmulTuning, type: GgmlTypeInfo): number {
+  return rowsFor(t.rowsMatvecT, t, type);
+}
+
+/**
+ * Workgroups of a matvec kernel per entry (or per `tokensMatvec` tokens):
+ * `kind` 1 for the one-entry kernel, "T" for the generated many-token ones,
+ * "template" for matmul.wgsl's own.
+ */
+function matvecRowGroups(
+  nRows: number,
+  t: MatmulTuning,
+  type: GgmlTypeInfo,
+  kind: 1 | "T" | "template",
+): number {
+  if (t.matvecKernel !== "rows") return Math.ceil(nRows / t.rowsMatvec);
+  const r = kind === 1 ? rows1(t, type) : kind === "T" ? rowsT(t, type) : t.rowsMatvec;
+  return Math.ceil(nRows / (r * t.wgMatvec));
 }
 
 function chunkParams(
@@ -1145,7 +1201,8 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
       ...table,
       ...(w4 ? [w4[i]!] : []),
     ];
-    const rowGroups = matvecRowGroups(chunk.nRows, t);
+    const rowGroups = matvecRowGroups(chunk.nRows, t, w.type, 1);
+    const tokenGroups = matvecRowGroups(chunk.nRows, t, w.type, k.rowsT ? "T" : "template");
     const rowTiles = Math.ceil(chunk.nRows / t.tileRows);
     // Decode (T = 1), few tokens (TT a workgroup, weights dequantised once for them), prefill.
     const maxMv = k.rowsT ? t.rowsTMaxTokens ?? t.matvecMaxTokens : t.matvecMaxTokens;
@@ -1163,7 +1220,7 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
         kernel: k.matvecTokens,
         bindings,
         workgroups: (nTokens) =>
-          nTokens > 1 && nTokens <= maxMv ? rowGroups * Math.ceil(nTokens / t.tokensMatvec) : 0,
+          nTokens > 1 && nTokens <= maxMv ? tokenGroups * Math.ceil(nTokens / t.tokensMatvec) : 0,
       });
     }
     ops.push({
@@ -1266,7 +1323,8 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
       );
     }
   };
-  const rowGroups = matvecRowGroups(chunk.nRows, t);
+  const rowGroups = matvecRowGroups(chunk.nRows, t, w.type, 1);
+  const routedGroups = matvecRowGroups(chunk.nRows, t, w.type, "T");
   const rowTiles = Math.ceil(chunk.nRows / t.tileRows);
   return [
     {
@@ -1312,7 +1370,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
         nTokens <= t.idMatvecMaxTokens
           ? 0
           : k.routedT
-          ? rowGroups * maxTiles(nTokens * nUsed) * Math.ceil(t.tileTokens / t.tokensMatvec)
+          ? routedGroups * maxTiles(nTokens * nUsed) * Math.ceil(t.tileTokens / t.tokensMatvec)
           : rowTiles * maxTiles(nTokens * nUsed),
     },
   ];

@@ -195,6 +195,9 @@ gpuTest("matmul: every weight type, matvec and tiled kernels, odd shapes", async
         [67, 11, { matvecMaxTokens: 64, tokensMatvec: 4, rowsMatvec: 3, wgMatvec: 32 }],
         [67, 2, { matvecMaxTokens: 2, tokensMatvec: 1, rowsMatvec: 1 }],
         [67, 1, { rowsMatvec: 8, wgMatvec: 64 }],
+        // the generated rows kernels past 8 rows an invocation, over several row groups
+        [300, 1, { matvecKernel: "rows", wgMatvec: 4, rowsMatvec1: 20 }],
+        [300, 11, { matvecKernel: "rows", wgMatvec: 4, rowsMatvecT: 12, matvecMaxTokens: 64 }],
         // Every other profile's tuning (the cases above ran this adapter's).
         ...MATMUL_PROFILES.filter((p) => p.name !== matmulProfile(gpu).name).flatMap((p) =>
           [1, 6, 40].map((t) => [37, t, p.tuning] as [number, number, Partial<MatmulTuning>])
