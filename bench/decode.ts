@@ -161,7 +161,7 @@ export function opFamily(op: Op): string {
     if (l.startsWith("output")) return "matmul: output head";
     return "matmul: attention q/k/v/o";
   }
-  if (k === "attention") return "attention (scores, softmax, values)";
+  if (k === "attention" || k === "attention_vec") return "attention (scores, softmax, values)";
   if (k === "router") return "router top-k";
   if (k === "norm") return "rms norms";
   if (k === "rope") return "rope";

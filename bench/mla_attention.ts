@@ -127,6 +127,7 @@ export async function runMlaAttentionBench(
           step,
           label: heads === 1 ? "mla.per_head" : "mla.grouped",
           headsPerWorkgroup: heads,
+          vec4: false, // the two kernels GPUs take (the software profile's attend_vec aside)
         });
         ops.push(op);
         const wg = typeof op.workgroups === "function" ? op.workgroups(T) : op.workgroups;

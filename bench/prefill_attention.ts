@@ -1,9 +1,11 @@
 /**
  * Attention of a prefill batch against a long cache: the block kernel
  * (`attend_tiled` over whole blocks of query tokens plus `attend` for the
- * rest, what models record) against the per-token kernel (`attend`, one
- * workgroup per (head, token), each reading every visible key) in the same
- * run, on the same buffers; the outputs are compared with each other. This is
+ * rest, what models record on GPUs) against the per-token kernel (`attend`,
+ * one workgroup per (head, token), each reading every visible key) and the
+ * software profile's `attend_vec` (vec4 loads, a kv head's query heads per
+ * workgroup, each lane its own keys) in the same run, on the same buffers;
+ * the outputs are compared with each other. This is
  * the op that made a late turn of a chat slow with prefix reuse: its ~155 new
  * tokens attend over the whole conversation (bench/chat_turns.ts).
  *
