@@ -25,27 +25,7 @@
 //
 // Dispatch: [nHead, T], or [nHead, T mod block] after attend_tiled.
 
-struct Params {
-  group: u32, // nHead / nHeadKv
-  qOffset: u32,
-  qStride: u32,
-  qHeadStride: u32,
-  kOffset: u32,
-  kRowStride: u32,
-  kHeadStride: u32,
-  vOffset: u32,
-  vRowStride: u32,
-  vHeadStride: u32,
-  oOffset: u32,
-  oStride: u32,
-  oHeadStride: u32,
-  window: u32, // 0 = off
-  hasSinks: u32,
-  sinksOffset: u32,
-  scale: f32,
-  softcap: f32, // 0 = off
-  block: u32, // 0, or the block size of the attend_tiled dispatch before this one: start after its blocks
-}
+//#include attention_params
 
 override WG_SIZE: u32 = 64;
 override D_K: u32 = 128;

@@ -26,27 +26,7 @@
 //
 // Dispatch: [nHead / G, T].
 
-struct Params {
-  group: u32, // nHead / nHeadKv
-  qOffset: u32,
-  qStride: u32,
-  qHeadStride: u32,
-  kOffset: u32,
-  kRowStride: u32,
-  kHeadStride: u32,
-  vOffset: u32,
-  vRowStride: u32,
-  vHeadStride: u32,
-  oOffset: u32,
-  oStride: u32,
-  oHeadStride: u32,
-  window: u32, // 0 = off
-  hasSinks: u32,
-  sinksOffset: u32,
-  scale: f32,
-  softcap: f32, // 0 = off
-  block: u32, // unused here: this kernel takes every token
-}
+//#include attention_params
 
 override G: u32 = 8;
 
