@@ -218,6 +218,7 @@ export async function profileForward(
         const wg = typeof op.workgroups === "function" ? op.workgroups(nTokens) : op.workgroups;
         dispatch(enc, op.kernel, op.bindings, wg, {
           label: op.label,
+          indirect: op.indirect,
           timestampWrites: timer.pass(op.label),
         });
       }
@@ -231,7 +232,7 @@ export async function profileForward(
       const pass = enc2.beginComputePass({ label: "whole", timestampWrites: timer.pass("whole") });
       for (const op of ops) {
         const wg = typeof op.workgroups === "function" ? op.workgroups(nTokens) : op.workgroups;
-        dispatch(pass, op.kernel, op.bindings, wg, { label: op.label });
+        dispatch(pass, op.kernel, op.bindings, wg, { label: op.label, indirect: op.indirect });
       }
       pass.end();
       timer.resolve(enc2);

@@ -29,7 +29,8 @@
 //   @binding(1) X:     array<f32>  activations (array<vec4f>: x_vec4)  read_write*
 //   @binding(2) ids:   array<u32>  [T, n_used] matrix ids (mul_mat_id) read_write*
 //   @binding(3) route: array<u32>  tiles sorted by matrix, written by
-//                                  matmul_route.wgsl (tiled mul_mat_id) read
+//                                  matmul_route.wgsl (tiled mul_mat_id), or
+//                                  the stack's entry list (params.list)  read
 //   @binding(4) step:  array<u32>  the step buffer; [1] = T             read
 //   @binding(5) Y:     array<f32>  outputs                             read_write
 //   @binding(6) params: Params (shaders/lib/matmul_params.wgsl)      read
@@ -101,6 +102,15 @@ fn entry_mat(e: u32) -> u32 {
   return select(NONE, m, m < params.n_mats);
 }
 
+// Entry i of a one-entry-a-workgroup mul_mat_id dispatch, NONE past the
+// entries: i itself, or with params.list the i-th of this stack's list.
+fn entry_at(i: u32) -> u32 {
+  if (params.list != 0u) {
+    return select(NONE, route[1u + min(i, arrayLength(&route) - 2u)], i < route[0]);
+  }
+  return i;
+}
+
 fn x_base(e: u32) -> u32 {
   let t = e / params.n_used;
   return params.x_off + t * params.x_stride + (e - t * params.n_used) * params.x_slot;
@@ -166,7 +176,7 @@ fn matvec(
   let rg = lin % n_rg;
   // A plain matmul takes TT consecutive tokens a workgroup, mul_mat_id one entry.
   let per = select(1u, TT, params.n_mats == 0u);
-  let e0 = (lin / n_rg) * per;
+  let e0 = select(entry_at(lin / n_rg), (lin / n_rg) * per, params.n_mats == 0u);
   let n_e = n_entries();
   var m = NONE;
   var ne = 0u;
@@ -247,7 +257,7 @@ fn matvec_rows(
   let lin = wid.x + wid.y * nwg.x;
   let rg = lin % n_rg;
   let per = select(1u, TT, params.n_mats == 0u);
-  let e0 = (lin / n_rg) * per;
+  let e0 = select(entry_at(lin / n_rg), (lin / n_rg) * per, params.n_mats == 0u);
   let n_e = n_entries();
   if (e0 >= n_e) {
     return;

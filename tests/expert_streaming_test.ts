@@ -36,6 +36,7 @@ async function generateAt(
   ids: number[],
   n: number,
   maxBatch = 8,
+  maxSlotsPerArena?: number,
 ) {
   const model = await loadModel({
     model: path,
@@ -43,6 +44,7 @@ async function generateAt(
     nCtx: 64,
     maxBatch,
     cacheSizeGB,
+    maxSlotsPerArena,
   });
   try {
     const r = await generate(model, ids, { maxTokens: n });
@@ -84,6 +86,28 @@ for (const c of cases) {
         if (frac < 1) assert.ok(s.misses > 0, `budget ${frac}: nothing streamed`);
         const cap = Math.max(Math.floor(frac * total), r.model.config.nExpertUsed * largest(path));
         assert.ok(s.peakBytes <= cap, `budget ${frac}: peak ${s.peakBytes} over the cap ${cap}`);
+      }
+    },
+  });
+}
+
+for (const c of [cases[3]!, cases[5]!]) {
+  gpuTest({
+    name: `experts: ${c.arch}/${c.shape}/${c.type} in arenas of 2 experts (entry lists) gives ` +
+      `the same tokens as one arena, resident and streaming`,
+    sanitizeResources: false,
+    async fn() {
+      const path = await fixtureModel(c);
+      const total = expertBytes(path);
+      const nVocab = readGgufModel(path).metadata.strings("tokenizer.ggml.tokens")!.length;
+      const ids = prompt(nVocab, 23, 12);
+      const one = await generateAt(path, 4, ids, 10);
+      assert.equal(one.pool.buffers.length, one.pool.groups.length, "one arena a slot group");
+      for (const gb of [4, (0.3 * total) / GIB]) {
+        const r = await generateAt(path, gb, ids, 10, 8, 2);
+        assert.ok(r.pool.buffers.length >= 2, `${r.pool.buffers.length} arena(s)`);
+        assert.deepEqual(r.tokens, one.tokens, `arenas of 2, budget ${gb} GiB: tokens differ`);
+        if (gb < 4) assert.ok(r.stats.misses > 0, "nothing streamed");
       }
     },
   });

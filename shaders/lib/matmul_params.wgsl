@@ -23,4 +23,7 @@ struct Params {
   accumulate: u32, //  1: y += W x, 0: y = W x
   tiles_off: u32, //   route: first word of the tile table (2 words a tile)
   sorted_off: u32, //  route: first word of the entries sorted by matrix
+  list: u32, //        1: the one-entry kernels take their entries from a list
+  //                   (route[0] entries at route[1 ..], written by moe_compact.wgsl),
+  //                   dispatched indirectly; 0: entry = workgroup's index
 }

@@ -30,6 +30,11 @@ export interface DispatchOptions {
   timestampWrites?: GPUComputePassTimestampWrites;
   /** Pass label; default the kernel key. */
   label?: string;
+  /**
+   * Take the workgroups from this buffer (`dispatchWorkgroupsIndirect`)
+   * when `workgroups` is not 0.
+   */
+  indirect?: { readonly buffer: GPUBuffer; readonly offset: number };
 }
 
 /**
@@ -262,7 +267,10 @@ export function dispatch(
     : target;
   pass.setPipeline(kernel.pipeline);
   pass.setBindGroup(0, group);
-  if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
+  if (x > 0 && y > 0 && z > 0) {
+    if (opts.indirect) pass.dispatchWorkgroupsIndirect(opts.indirect.buffer, opts.indirect.offset);
+    else pass.dispatchWorkgroups(x, y, z);
+  }
   if (ownPass) pass.end();
   gpu.stats.dispatches++;
 }

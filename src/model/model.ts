@@ -70,6 +70,12 @@ export interface LoadModelOptions extends ModelFiles {
    * streams.
    */
   cacheSizeGB?: number;
+  /**
+   * At most this many experts per pool arena (one GPU buffer, one
+   * `matmul_id` dispatch each); default as many as one storage binding
+   * holds. Tests give small models several arenas, as large ones have.
+   */
+  maxSlotsPerArena?: number;
   /** Where load-time warnings go (a raised budget); default `console.warn`. */
   onWarning?: (message: string) => void;
   /** Tokens queued on the GPU before the CPU reads them back (decode); default 16. */
@@ -265,6 +271,7 @@ export class Model {
         budgetBytes: Math.floor(cacheSizeGB * GIB),
         minSlots: config.nExpertUsed,
         nLayer: config.nLayer,
+        maxSlotsPerArena: o.maxSlotsPerArena,
         policy: evictionPolicyFactory(o.evictionPolicy ?? "predictive", config.nLayer),
       });
       if (pool.budgetRaised && cacheSizeGB > 0) {

@@ -32,6 +32,7 @@ import {
 } from "./quant_wgsl.ts";
 import { bindView, bindWeightChunk, type ViewBinding, type WeightBinding } from "./weights.ts";
 import type { GgmlTypeInfo } from "../../gguf/types.ts";
+import type { EntryLists } from "./entry_lists.ts";
 
 /** Tunables of the matrix kernels (WGSL override constants and the path switch). */
 export interface MatmulTuning {
@@ -318,6 +319,12 @@ export interface MatmulIdOptions {
   readonly label: string;
   /** Override tunables. */
   readonly tuning?: Partial<MatmulTuning>;
+  /**
+   * The batch's entries listed per stack ({@linkcode prepareEntryLists}),
+   * this stack being `stack` of them: the one-entry matvec then runs over
+   * this stack's entries only, dispatched indirectly.
+   */
+  readonly entryLists?: { readonly lists: EntryLists; readonly stack: number };
 }
 
 const PARAMS_LAYOUT = {
@@ -340,6 +347,7 @@ const PARAMS_LAYOUT = {
   accumulate: "u32",
   tiles_off: "u32",
   sorted_off: "u32",
+  list: "u32",
 } as const;
 
 type MatmulParams = Record<keyof typeof PARAMS_LAYOUT, number>;
@@ -519,7 +527,7 @@ fn matvec_rows1(
   let n_rg = (n_rows + ${rows}u * WG_MV - 1u) / (${rows}u * WG_MV);
   let lin = wid.x + wid.y * nwg.x;
   let rg = lin % n_rg;
-  let e0 = lin / n_rg;
+  let e0 = entry_at(lin / n_rg);
   if (e0 >= n_entries()) {
     return;
   }
@@ -1188,6 +1196,7 @@ export async function prepareMatmul(gpu: Gpu, opts: MatmulOptions): Promise<Op[]
       accumulate: opts.accumulate ? 1 : 0,
       tiles_off: 0,
       sorted_off: 0,
+      list: 0,
     }));
     // ids and route are unused by a plain matmul; x and step stand in for them.
     const bindings: BufferBinding[] = [
@@ -1315,6 +1324,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
     accumulate: opts.accumulate ? 1 : 0,
     tiles_off: tilesOff,
     sorted_off: sortedOff,
+    list: opts.entryLists ? 1 : 0,
   }));
   const checkTokens = (nTokens: number) => {
     if (nTokens > maxTokens) {
@@ -1326,6 +1336,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
   const rowGroups = matvecRowGroups(chunk.nRows, t, w.type, 1);
   const routedGroups = matvecRowGroups(chunk.nRows, t, w.type, "T");
   const rowTiles = Math.ceil(chunk.nRows / t.tileRows);
+  const listed = opts.entryLists?.lists.slot(opts.entryLists.stack, rowGroups);
   return [
     {
       label: `${label}.matvec`,
@@ -1334,13 +1345,16 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
         wb.binding,
         xb.binding,
         ib.binding,
-        step,
+        listed?.list ?? step,
         step,
         yb.binding,
         params.buffer,
         ...table,
       ],
-      workgroups: (nTokens) => nTokens <= t.idMatvecMaxTokens ? rowGroups * nTokens * nUsed : 0,
+      // listed: [rowGroups, this stack's entries, 1], written by the lists' op
+      workgroups: (nTokens) =>
+        nTokens <= t.idMatvecMaxTokens ? (listed ? 1 : rowGroups * nTokens * nUsed) : 0,
+      indirect: listed?.args,
     },
     {
       label: `${label}.route`,

@@ -26,6 +26,7 @@ import {
   type WeightChunk,
 } from "./op.ts";
 import { GPU_WEIGHT_TYPES, UnsupportedWeightTypeError } from "./quant_wgsl.ts";
+import { prepareEntryLists } from "./entry_lists.ts";
 import { randomWeightBytes, uploadWeight } from "./weights.ts";
 import { gpuTest } from "../../../dev/gpu.ts";
 
@@ -364,6 +365,12 @@ interface IdCase {
   /** x offsets and strides multiples of 4 (x read as vec4s where the tuning says so). */
   alignedX?: boolean;
   tuning?: Partial<MatmulTuning>;
+  /**
+   * The stack split into stacks of these many matrices (ids idBase … in
+   * order), one op list each, fed by entry lists (prepareEntryLists) as the
+   * expert pool's arenas are.
+   */
+  split?: readonly number[];
   seed: number;
 }
 
@@ -393,20 +400,51 @@ async function idCase(gpu: Gpu, spec: IdCase): Promise<Case> {
   const ib = createBuffer(gpu, { label: "ids", data: ids });
   const name = `id ${type.name} [${nMats}x${nRows}x${nCols}] used ${nUsed} T=${nTokens} ` +
     `base ${idBase}${spec.xPerSlot ? " x per slot" : ""}${spec.alignedX ? " x aligned" : ""} ` +
-    JSON.stringify(spec.tuning ?? {});
-  const ops = await prepareMatmulId(gpu, {
-    w,
-    ids: { buffer: ib, offset: 2, stride: idsStride },
-    idBase,
+    `${spec.split ? `split ${spec.split.join("+")} ` : ""}${JSON.stringify(spec.tuning ?? {})}`;
+  const step = stepBuffer(gpu, nTokens);
+  const idsView = { buffer: ib, offset: 2, stride: idsStride };
+  const common = {
+    ids: idsView,
     nUsed,
     x: { buffer: xb, offset: xv.offset, stride: xv.stride },
     xPerSlot: spec.xPerSlot,
     xSlotStride: xSlot,
     y: { buffer: yb, offset: yv.offset, stride: yv.stride },
-    step: stepBuffer(gpu, nTokens),
+    step,
     label: name,
     tuning: spec.tuning,
-  });
+  };
+  const ops: Op[] = [];
+  if (spec.split) {
+    assert.equal(spec.split.reduce((a, b) => a + b, 0), nMats);
+    const matBytes = bytes.length / nMats;
+    const starts = spec.split.map((_, i) => spec.split!.slice(0, i).reduce((a, b) => a + b, 0));
+    // the stacks listed last first: the lists must not depend on the order
+    const order = starts.map((_, i) => i).reverse();
+    const lists = await prepareEntryLists(gpu, {
+      ids: idsView,
+      nUsed,
+      stacks: order.map((i) => ({ idBase: idBase + starts[i]!, nMats: spec.split![i]! })),
+      maxTokens: nTokens,
+      step,
+      label: `${name}.lists`,
+    });
+    ops.push(lists.op);
+    for (const [k, i] of order.entries()) {
+      const n = spec.split[i]!;
+      const part = bytes.subarray(starts[i]! * matBytes, (starts[i]! + n) * matBytes);
+      ops.push(
+        ...await prepareMatmulId(gpu, {
+          ...common,
+          w: uploadWeight(gpu, `stack${i}.${type.name}`, type, [nCols, nRows, n], part),
+          idBase: idBase + starts[i]!,
+          entryLists: { lists, stack: k },
+        }),
+      );
+    }
+  } else {
+    ops.push(...await prepareMatmulId(gpu, { ...common, w, idBase }));
+  }
   return {
     name,
     ops,
@@ -511,6 +549,90 @@ gpuTest(
       );
     }
     await runCases(gpu, cases);
+  },
+);
+
+gpuTest(
+  "matmul_id over several stacks (pool arenas) with entry lists: each stack's entries, no other y touched",
+  async (gpu) => {
+    const cases: Case[] = [];
+    let seed = 900;
+    for (const name of ["Q4_K", "Q6_K", "IQ2_XXS"] as const) {
+      const type = requireGgmlType(GgmlType[name]);
+      const nCols = colsFor(type)[1]!;
+      for (const nTokens of [1, 40]) {
+        for (const xPerSlot of [false, true]) {
+          cases.push(
+            await idCase(gpu, {
+              type,
+              nCols,
+              nRows: 37,
+              nMats: 6,
+              nUsed: 3,
+              nTokens,
+              idBase: 4,
+              xPerSlot,
+              alignedX: true,
+              split: [2, 3, 1],
+              seed: seed++,
+            }),
+          );
+        }
+      }
+      // the GPU profile's tree kernel, and a batch past the one-entry kernel (route tiles per stack)
+      for (const tuning of [{ matvecKernel: "tree", wgMatvec: 8, rowsMatvec: 2 }, TILED] as const) {
+        cases.push(
+          await idCase(gpu, {
+            type,
+            nCols,
+            nRows: 37,
+            nMats: 5,
+            nUsed: 2,
+            nTokens: 6,
+            idBase: 1,
+            xPerSlot: true,
+            split: [4, 1],
+            tuning: { ...tuning, idMatvecMaxTokens: tuning === TILED ? 0 : 8 },
+            seed: seed++,
+          }),
+        );
+      }
+    }
+    await runCases(gpu, cases);
+  },
+);
+
+gpuTest(
+  "entry lists: overlapping stacks, too many consumers, too many entries are refused",
+  async (gpu) => {
+    const ids = createBuffer(gpu, { label: "ids", size: 64 });
+    const step = stepBuffer(gpu, 1);
+    const base = { ids: { buffer: ids, offset: 0 }, nUsed: 2, maxTokens: 4, step, label: "blk.0" };
+    await assert.rejects(
+      () =>
+        prepareEntryLists(gpu, {
+          ...base,
+          stacks: [{ idBase: 0, nMats: 4 }, { idBase: 3, nMats: 2 }],
+        }),
+      /blk\.0: stacks \[0, 4\) and \[3, 5\) overlap/,
+    );
+    const lists = await prepareEntryLists(gpu, {
+      ...base,
+      stacks: [{ idBase: 0, nMats: 4 }],
+      consumersPerStack: 1,
+    });
+    lists.slot(0, 3);
+    assert.throws(() => lists.slot(0, 3), /stack 0 has all 1 consumers/);
+    assert.throws(() => lists.slot(1, 3), /stack 1 is not one of the 1 stacks/);
+    await assert.rejects(
+      () =>
+        prepareEntryLists(gpu, {
+          ...base,
+          maxTokens: gpu.limits.maxComputeWorkgroupsPerDimension,
+          stacks: [{ idBase: 0, nMats: 4 }],
+        }),
+      /entries a batch exceed one dispatch dimension/,
+    );
   },
 );
 

@@ -32,6 +32,20 @@ export interface Op {
    * batches whose tokens may belong to several (`"many"`); default both.
    */
   readonly sequences?: "one" | "many";
+  /**
+   * Where the dispatch reads its `[x, y, z]` workgroups (an indirect
+   * dispatch, the arguments written on the GPU), when `workgroups` is not 0
+   * for the batch; `workgroups` then only says whether the op runs.
+   */
+  readonly indirect?: IndirectArgs;
+}
+
+/** Indirect dispatch arguments: three u32 at `offset` (bytes, a multiple of 4) of `buffer` (INDIRECT usage). */
+export interface IndirectArgs {
+  /** The buffer. */
+  readonly buffer: GPUBuffer;
+  /** Byte offset of x. */
+  readonly offset: number;
 }
 
 /**
@@ -47,7 +61,7 @@ export function recordOps(
   for (const op of ops) {
     if (op.sequences === (manySequences ? "one" : "many")) continue;
     const wg = typeof op.workgroups === "function" ? op.workgroups(nTokens) : op.workgroups;
-    dispatch(target, op.kernel, op.bindings, wg, { label: op.label });
+    dispatch(target, op.kernel, op.bindings, wg, { label: op.label, indirect: op.indirect });
   }
 }
 

@@ -9,11 +9,13 @@
  */
 
 import { prepareMatmul, prepareMatmulId } from "../../gpu/ops/matmul.ts";
+import { type EntryLists, entryListsBytes, prepareEntryLists } from "../../gpu/ops/entry_lists.ts";
 import { prepareSwiglu, type SwigluOai } from "../../gpu/ops/elementwise.ts";
 import { prepareRouter } from "../../gpu/ops/router.ts";
 import { prepareMoeCombine } from "../../gpu/ops/moe.ts";
 import { prepareSlotBias } from "../../gpu/ops/expert_bias.ts";
 import type { ActView } from "../../gpu/ops/op.ts";
+import type { ExpertArena } from "../transformer.ts";
 import { tensorName as tn, Tensors } from "../../gguf/names.ts";
 import { ffnNormName } from "../config.ts";
 import { type OpBuilder, view } from "./builder.ts";
@@ -64,6 +66,40 @@ export async function denseFfn(b: OpBuilder, l: number): Promise<void> {
   );
 }
 
+// The entry lists' buffer of a run state, shared by its layers (their ops run one after another).
+const sharedLists = new WeakMap<GPUBuffer, GPUBuffer>();
+
+/** Layer `l`'s entry lists over its arenas (the op, and a slot per arena and part). */
+async function entryLists(
+  b: OpBuilder,
+  l: number,
+  arenas: readonly ExpertArena[],
+): Promise<EntryLists> {
+  const { gpu, c, s } = b.ctx;
+  const K = c.nExpertUsed;
+  const maxTokens = Math.floor(s.expertSlots.size / 4 / K);
+  const bytes = entryListsBytes(gpu, arenas.length, maxTokens, K);
+  let lists = sharedLists.get(s.expertSlots);
+  if (!lists || lists.size < bytes) {
+    lists = gpu.device.createBuffer({
+      label: "expert_entry_lists",
+      size: bytes,
+      usage: GPUBufferUsage.STORAGE,
+    });
+    sharedLists.set(s.expertSlots, lists);
+  }
+  return await prepareEntryLists(gpu, {
+    ids: view(s.expertSlots, K),
+    nUsed: K,
+    stacks: arenas.map((a) => ({ idBase: a.idBase, nMats: a.gate.nMats })),
+    maxTokens,
+    step: s.step,
+    lists,
+    consumersPerStack: 3,
+    label: `blk.${l}.expert_lists`,
+  });
+}
+
 /** Appends block `l`'s routed-expert FFN, shared expert included, from its norm to the residual add. */
 export async function moeFfn(b: OpBuilder, l: number): Promise<void> {
   const { gpu, c, w, s, experts } = b.ctx;
@@ -99,8 +135,11 @@ export async function moeFfn(b: OpBuilder, l: number): Promise<void> {
   const gate = view(s.gate, K * F); // [T, K, F]
   const up = view(s.up, K * F);
   const out = view(s.expertOut, K * E); // [T, K, E]
+  // Over several arenas, each arena's one-entry matvecs run over its own entries only.
+  const lists = arenas.length > 1 ? await entryLists(b, l, arenas) : undefined;
+  if (lists) b.add(lists.op);
   const matmulId = async (part: "gate" | "up" | "down", x: ActView, y: ActView) => {
-    for (const arena of arenas) {
+    for (const [i, arena] of arenas.entries()) {
       b.add(
         await prepareMatmulId(gpu, {
           w: arena[part],
@@ -112,6 +151,7 @@ export async function moeFfn(b: OpBuilder, l: number): Promise<void> {
           y,
           step: s.step,
           label: `blk.${l}.ffn_${part}_exps@${arena.idBase}`,
+          entryLists: lists ? { lists, stack: i } : undefined,
         }),
       );
     }
