@@ -5,6 +5,9 @@
 //
 // Output, the route buffer (u32 words):
 //   [0]                      number of tiles
+//   [1 .. 3]                 the tiles' indirect dispatch arguments [x, y, z]:
+//                            y = number of tiles written here, x and z
+//                            written once by the launcher
 //   [4 .. 4 + n_mats)        entries per matrix (scratch)
 //   [4 + n_mats .. + n_mats) fill cursor per matrix (scratch)
 //   [sorted_off + i]         entry ids, grouped by matrix (order inside a
@@ -74,6 +77,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
       pos += c;
     }
     atomicStore(&route[0], n_tiles);
+    atomicStore(&route[2], n_tiles);
   }
   storageBarrier();
   for (var e = lid; e < n_e; e += WG) {

@@ -350,7 +350,10 @@ export class Model {
    */
   get exactBatchRows(): number {
     const t = matmulProfile(this.gpu).tuning;
-    return Math.max(1, Math.min(t.matvecMaxTokens, t.idMatvecMaxTokens));
+    return Math.max(
+      1,
+      Math.min(t.matvecMaxTokens, t.idMatvecMaxTokens, t.idRoutedTMaxTokens ?? Infinity),
+    );
   }
 
   /** The GPU expert pool. */

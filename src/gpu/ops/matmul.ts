@@ -94,6 +94,20 @@ export interface MatmulTuning {
    * padding is most of the work on an adapter that is compute-bound.
    */
   readonly idMatvecMaxTokens: number;
+  /**
+   * mul_mat_id: larger batches too run the per-(token, slot) matvec while
+   * they average fewer than this many entries per matrix (over
+   * {@linkcode MatmulIdOptions.nChoices} matrices); default 0. Where the
+   * routed tiles hold few entries, most of their work is padding.
+   */
+  readonly idRoutedMinEntries?: number;
+  /**
+   * `idMatvecMaxTokens` for the weights whose routed kernel is the unrolled
+   * `matvec_routedT` (the `rowsTMaxTokens` types), which on a CPU adapter
+   * beats the per-entry matvec from a few entries a matrix; default
+   * `idMatvecMaxTokens`.
+   */
+  readonly idRoutedTMaxTokens?: number;
 }
 
 /** Rows per invocation: one count, or one per ggml type name. */
@@ -145,6 +159,10 @@ export const SOFTWARE_MATMUL_TUNING: MatmulTuning = Object.freeze({
   matvecMaxTokens: 24,
   rowsTMaxTokens: 4096,
   idMatvecMaxTokens: 256,
+  // routed tiles (matvec_routedT) from about 6 entries a matrix: 128 experts top-8, 512 tokens,
+  // 9.3 vs 5.2 GMAC/s; 64 tokens (4 an expert) 4.3 vs 5.2 (bench/README.md, "entry lists")
+  idRoutedTMaxTokens: 24,
+  idRoutedMinEntries: 6,
   // More rows an invocation share each x load (made lane by lane on llvmpipe): the best
   // counts measured per type (bench/README.md, "rows per invocation"), the many-token ones
   // held where llvmpipe's compile time grows past a few seconds (Q6_K at 16 rows: 19 s).
@@ -320,6 +338,12 @@ export interface MatmulIdOptions {
   /** Override tunables. */
   readonly tuning?: Partial<MatmulTuning>;
   /**
+   * Matrices the ids choose among, for the path choice of
+   * {@linkcode MatmulTuning.idRoutedMinEntries} (a layer's experts, when
+   * this stack is one of several); default `w.nMats`.
+   */
+  readonly nChoices?: number;
+  /**
    * The batch's entries listed per stack ({@linkcode prepareEntryLists}),
    * this stack being `stack` of them: the one-entry matvec then runs over
    * this stack's entries only, dispatched indirectly.
@@ -361,6 +385,11 @@ function resolveTuning(
   // A caller forcing a path with matvecMaxTokens forces it for mul_mat_id too.
   if (t?.matvecMaxTokens !== undefined && t.idMatvecMaxTokens === undefined) {
     out.idMatvecMaxTokens = t.matvecMaxTokens;
+  }
+  // ... and a caller forcing mul_mat_id's path by its token count forces it whatever the routing.
+  if (t?.matvecMaxTokens !== undefined || t?.idMatvecMaxTokens !== undefined) {
+    if (t.idRoutedMinEntries === undefined) out.idRoutedMinEntries = 0;
+    if (t.idRoutedTMaxTokens === undefined) out.idRoutedTMaxTokens = out.idMatvecMaxTokens;
   }
   if (t?.matvecMaxTokens !== undefined && t.rowsTMaxTokens === undefined) {
     out.rowsTMaxTokens = t.matvecMaxTokens;
@@ -421,7 +450,15 @@ function resolveTuning(
     }
   }
   if (out.tileTokens >= 1 << 16) throw bad(`tileTokens ${out.tileTokens} is over 65535`);
-  for (const k of ["matvecMaxTokens", "idMatvecMaxTokens", "rowsTMaxTokens"] as const) {
+  for (
+    const k of [
+      "matvecMaxTokens",
+      "idMatvecMaxTokens",
+      "rowsTMaxTokens",
+      "idRoutedMinEntries",
+      "idRoutedTMaxTokens",
+    ] as const
+  ) {
     if (out[k] === undefined) continue;
     if (!(Number.isInteger(out[k]) && out[k] >= 0)) throw bad(`${k} ${out[k]} is not a count`);
   }
@@ -1086,7 +1123,13 @@ async function matmulKernels(
         variant,
         defines,
         entryPoint: "matvec_routedT",
-        constants: { WG_MV: t.wgMatvec, ROWS: t.rowsMatvec, TT: t.tokensMatvec, BN: t.tileTokens },
+        // route tiles of TT entries: one workgroup a tile
+        constants: {
+          WG_MV: t.wgMatvec,
+          ROWS: t.rowsMatvec,
+          TT: t.tokensMatvec,
+          BN: t.tokensMatvec,
+        },
         baseUrl: t.baseUrl,
       })
       : undefined,
@@ -1284,17 +1327,27 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
       Math.floor((y.buffer.size / 4 - y.offset - (nUsed - 1) * ySlot - w.nRows) / y.stride) + 1,
     );
   const maxEntries = maxTokens * nUsed;
-  const maxTiles = (nEntries: number) =>
-    Math.ceil(nEntries / t.tileTokens) + Math.min(w.nMats, nEntries);
 
   const xb = bindView(gpu, x.buffer, x.offset);
   const chunk = w.chunks[0]!;
   const wb = bindWeightChunk(gpu, w, chunk);
   const w4 = w4Bindings(gpu, w, t, [wb]);
-  const [k, route] = await Promise.all([
-    matmulKernels(gpu, w, t, vectorX(t, xb, [x.stride, xSlot]), w4 !== undefined, true),
-    getPipeline(gpu, "matmul_route", { constants: { BN: t.tileTokens }, baseUrl: t.baseUrl }),
-  ]);
+  const k = await matmulKernels(
+    gpu,
+    w,
+    t,
+    vectorX(t, xb, [x.stride, xSlot]),
+    w4 !== undefined,
+    true,
+  );
+  // Route tiles: tokensMatvec entries for matvec_routedT (one workgroup a tile), tileTokens for tiled.
+  const tileEntries = k.routedT ? t.tokensMatvec : t.tileTokens;
+  const maxTiles = (nEntries: number) =>
+    Math.ceil(nEntries / tileEntries) + Math.min(w.nMats, nEntries);
+  const route = await getPipeline(gpu, "matmul_route", {
+    constants: { BN: tileEntries },
+    baseUrl: t.baseUrl,
+  });
   const table = [
     ...(usesQuantTable(w.type) ? [quantTableBuffer(gpu)] : []),
     ...(w4 ?? []),
@@ -1306,7 +1359,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
   const routeBuffer = gpu.device.createBuffer({
     label: `${label}.route`,
     size: 4 * (tilesOff + 2 * maxTiles(maxEntries)),
-    usage: GPUBufferUsage.STORAGE,
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.INDIRECT | GPUBufferUsage.COPY_DST,
   });
   const params = new ParamsBuffer(gpu, `${label}.params`, PARAMS_LAYOUT);
   params.write(chunkParams(w, chunk, wb.byteOffset, {
@@ -1337,6 +1390,19 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
   const routedGroups = matvecRowGroups(chunk.nRows, t, w.type, "T");
   const rowTiles = Math.ceil(chunk.nRows / t.tileRows);
   const listed = opts.entryLists?.lists.slot(opts.entryLists.stack, rowGroups);
+  const nChoices = opts.nChoices ?? w.nMats;
+  const minEntries = t.idRoutedMinEntries ?? 0;
+  // the per-(token, slot) matvec, or (false) the route tiles
+  const maxPerEntry = k.routedT ? t.idRoutedTMaxTokens ?? t.idMatvecMaxTokens : t.idMatvecMaxTokens;
+  const perEntry = (nTokens: number) =>
+    nTokens <= maxPerEntry || nTokens * nUsed < minEntries * nChoices;
+  // The route tiles' workgroups: [row groups, tiles, 1], the tiles counted by the route op
+  // (route words 1..3), where the bound on tiles fits one dimension; else every possible tile.
+  const tileGroups = k.routedT ? routedGroups : rowTiles;
+  const indirectTiles = maxTiles(maxEntries) <= gpu.limits.maxComputeWorkgroupsPerDimension;
+  if (indirectTiles) {
+    gpu.device.queue.writeBuffer(routeBuffer, 4, new Uint32Array([tileGroups, 0, 1]));
+  }
   return [
     {
       label: `${label}.matvec`,
@@ -1352,8 +1418,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
         ...table,
       ],
       // listed: [rowGroups, this stack's entries, 1], written by the lists' op
-      workgroups: (nTokens) =>
-        nTokens <= t.idMatvecMaxTokens ? (listed ? 1 : rowGroups * nTokens * nUsed) : 0,
+      workgroups: (nTokens) => perEntry(nTokens) ? (listed ? 1 : rowGroups * nTokens * nUsed) : 0,
       indirect: listed?.args,
     },
     {
@@ -1362,7 +1427,7 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
       bindings: [ib.binding, step, routeBuffer, params.buffer],
       workgroups: (nTokens) => {
         checkTokens(nTokens);
-        return nTokens > t.idMatvecMaxTokens ? 1 : 0;
+        return perEntry(nTokens) ? 0 : 1;
       },
     },
     {
@@ -1381,11 +1446,8 @@ export async function prepareMatmulId(gpu: Gpu, opts: MatmulIdOptions): Promise<
         ...table,
       ],
       workgroups: (nTokens) =>
-        nTokens <= t.idMatvecMaxTokens
-          ? 0
-          : k.routedT
-          ? routedGroups * maxTiles(nTokens * nUsed) * Math.ceil(t.tileTokens / t.tokensMatvec)
-          : rowTiles * maxTiles(nTokens * nUsed),
+        perEntry(nTokens) ? 0 : indirectTiles ? 1 : tileGroups * maxTiles(nTokens * nUsed),
+      indirect: indirectTiles ? { buffer: routeBuffer, offset: 4 } : undefined,
     },
   ];
 }

@@ -579,8 +579,18 @@ gpuTest(
           );
         }
       }
-      // the GPU profile's tree kernel, and a batch past the one-entry kernel (route tiles per stack)
-      for (const tuning of [{ matvecKernel: "tree", wgMatvec: 8, rowsMatvec: 2 }, TILED] as const) {
+      // The GPU profile's tree kernel; batches past the one-entry kernel: route tiles per stack
+      // (matvec_routedT, or the tiled kernel), dispatched over the tiles the route op counted,
+      // several tiles a matrix and a part-filled last one.
+      const tree = { matvecKernel: "tree", wgMatvec: 8, rowsMatvec: 2 } as const;
+      for (
+        const [tuning, nTokens] of [
+          [{ ...tree, idMatvecMaxTokens: 8 }, 6],
+          [{ idMatvecMaxTokens: 0 }, 6],
+          [{ idMatvecMaxTokens: 0 }, 40],
+          [{ ...tree, idMatvecMaxTokens: 0, tileTokens: 8, tileRows: 16 }, 40],
+        ] as const
+      ) {
         cases.push(
           await idCase(gpu, {
             type,
@@ -588,11 +598,11 @@ gpuTest(
             nRows: 37,
             nMats: 5,
             nUsed: 2,
-            nTokens: 6,
+            nTokens,
             idBase: 1,
             xPerSlot: true,
             split: [4, 1],
-            tuning: { ...tuning, idMatvecMaxTokens: tuning === TILED ? 0 : 8 },
+            tuning,
             seed: seed++,
           }),
         );
@@ -664,6 +674,63 @@ gpuTest("matmul: unsupported types and stacks are refused with the tensor's name
     /stacks 3/,
   );
 });
+
+gpuTest(
+  "matmul_id: the route tiles take over from the per-entry matvec at idRoutedMinEntries a matrix",
+  async (gpu) => {
+    const type = requireGgmlType(GgmlType.Q4_K);
+    const nMats = 8;
+    const w = uploadWeight(
+      gpu,
+      "stack",
+      type,
+      [256, 16, nMats],
+      randomWeightBytes(type, 256 * 16 * nMats),
+    );
+    const ids = createBuffer(gpu, { label: "ids", size: 4 * 2 * 64 });
+    const x = createBuffer(gpu, { label: "x", size: 4 * 256 * 64 });
+    const y = createBuffer(gpu, { label: "y", size: 4 * 2 * 16 * 64 });
+    // the path each batch size takes: "entry" (one-entry matvec) or "tiles"
+    const paths = async (nChoices: number | undefined, tokens: number[]) => {
+      const ops = await prepareMatmulId(gpu, {
+        w,
+        ids: { buffer: ids, offset: 0 },
+        nUsed: 2,
+        x: { buffer: x, offset: 0, stride: 256 },
+        xPerSlot: false,
+        y: { buffer: y, offset: 0, stride: 32 },
+        step: stepBuffer(gpu, 1),
+        nChoices,
+        label: "stack",
+        tuning: {
+          matvecKernel: "rows",
+          idMatvecMaxTokens: 256,
+          idRoutedTMaxTokens: 4,
+          idRoutedMinEntries: 6,
+        },
+      });
+      const runs = (op: Op, n: number) =>
+        (typeof op.workgroups === "function" ? op.workgroups(n) : op.workgroups) !== 0;
+      return tokens.map((n) => {
+        const entry = runs(ops[0]!, n);
+        assert.equal(runs(ops[1]!, n), !entry, `${n} tokens: route op iff tiles`);
+        assert.equal(runs(ops[2]!, n), !entry, `${n} tokens: tiles op iff tiles`);
+        return entry ? "entry" : "tiles";
+      });
+    };
+    // 8 matrices: 6 entries each from 24 tokens of 2 slots
+    assert.deepEqual(await paths(undefined, [1, 4, 5, 23, 24, 64]), [
+      "entry",
+      "entry",
+      "entry",
+      "entry",
+      "tiles",
+      "tiles",
+    ]);
+    // the same stack as one of two arenas of a layer of 16 experts: 48 tokens
+    assert.deepEqual(await paths(16, [24, 47, 48]), ["entry", "entry", "tiles"]);
+  },
+);
 
 gpuTest("matmul: records with no new bind groups after the first token", async (gpu) => {
   const type = requireGgmlType(GgmlType.Q4_0);

@@ -152,6 +152,7 @@ export async function moeFfn(b: OpBuilder, l: number): Promise<void> {
           step: s.step,
           label: `blk.${l}.ffn_${part}_exps@${arena.idBase}`,
           entryLists: lists ? { lists, stack: i } : undefined,
+          nChoices: c.nExpert,
         }),
       );
     }
