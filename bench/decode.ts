@@ -386,7 +386,9 @@ export async function runDecodeBench(o: DecodeBenchOptions): Promise<Record<stri
     const bytes = tokenWeightBytes(model.file.tensors, c.nExpertUsed);
 
     note(`decode: warming up`);
-    await runOurs(model, prompt.slice(0, 8), 4);
+    // a whole prompt batch: a CPU adapter compiles a kernel at its first dispatch, and the
+    // kernels of a full batch (route tiles) differ from a short one's
+    await runOurs(model, prompt.slice(0, Math.max(8, Math.min(o.maxBatch, prompt.length))), 4);
     // od-moe's resident memory before llama.cpp touches its mapping of the same file
     rssAfterOurs = process.memoryUsage().rss;
     for (const r of refs) r.greedy(prompt.slice(0, 8), 4);
