@@ -43,6 +43,9 @@ options:
                                  (default), lru or least-stale
   --ctx-size N                   context length in tokens of each sequence (default
                                  min(4096, the model's))
+  --batch-size N                 prompt tokens computed in one GPU batch (default 64); a
+                                 larger batch reads each routed expert once for more
+                                 tokens (faster prompts) and takes more GPU memory
   --parallel N|auto              generations run at once, their tokens batched together
                                  (continuous batching), each with --ctx-size positions of
                                  KV cache; default auto: up to 4 while their KV caches
@@ -75,6 +78,8 @@ export interface ServeConfig {
   cacheSizeDefault: boolean;
   /** `--ctx-size`, when given. */
   nCtx: number | undefined;
+  /** `--batch-size`, when given. */
+  maxBatch?: number;
   /** `--cache-ram`, MiB, when given. */
   promptCacheMiB?: number;
   /** `--parallel`: generations at once, or sized from memory. */
@@ -203,6 +208,7 @@ export async function parseServeArgs(
         "body-timeout-s": { type: "string" },
         "header-timeout-s": { type: "string" },
         "ctx-size": { type: "string" },
+        "batch-size": { type: "string" },
         parallel: { type: "string" },
         quiet: { type: "boolean" },
         help: { type: "boolean", short: "h" },
@@ -245,6 +251,7 @@ export async function parseServeArgs(
   const port = int("port", v.port, 0, 65535) ?? 8080;
   const maxQueue = int("max-queue", v["max-queue"], 0, 1_000_000) ?? 16;
   const nCtx = int("ctx-size", v["ctx-size"], 16, 1 << 24);
+  const maxBatch = int("batch-size", v["batch-size"], 1, 4096);
   const promptCacheMiB = int("cache-ram", v["cache-ram"], 0, 1 << 30);
   const parallel = v.parallel === "auto" ? "auto" : int("parallel", v.parallel, 1, 64) ?? "auto";
   const host = v.host ?? "127.0.0.1";
@@ -296,6 +303,7 @@ export async function parseServeArgs(
     cacheSizeGB,
     cacheSizeDefault: cacheText === undefined,
     nCtx,
+    maxBatch,
     promptCacheMiB,
     parallel,
     port,
@@ -372,6 +380,7 @@ export async function main(args: string[]): Promise<number> {
       ...(m ?? { model: demo?.path ?? await ensureDemoModel({ log: console.error }) }),
       cacheSizeGB,
       nCtx: c.nCtx,
+      maxBatch: c.maxBatch,
       promptCacheMiB: c.promptCacheMiB,
       parallel: c.parallel,
       enablePrefetch: prefetch,

@@ -49,6 +49,8 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
       "3",
       "--ctx-size",
       "1024",
+      "--batch-size",
+      "256",
       "--cache-ram",
       "64",
       "--parallel",
@@ -64,6 +66,7 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
       ggufExperts: undefined,
     });
     assert.equal(c.cacheSizeGB, 0.5);
+    assert.equal(c.maxBatch, 256);
     assert.equal(c.cacheSizeDefault, false);
     assert.equal(c.port, 0);
     assert.equal(c.host, "0.0.0.0");
@@ -132,6 +135,7 @@ Deno.test("serve flags: values and the model and converter-output paths", async 
       [["--port", "http"], /^--port must be an integer/],
       [["--max-queue", "-1"], /--max-queue|ambiguous/],
       [["--ctx-size", "8"], /^--ctx-size must be an integer in 16/],
+      [["--batch-size", "0"], /^--batch-size must be an integer in 1…4096, got "0"/],
       [["--cache-ram", "1.5"], /^--cache-ram must be an integer in 0/],
       [["--parallel", "0"], /^--parallel must be an integer in 1…64/],
       [["--cache-size-gb=-1"], /^--cache-size-gb must be a number ≥ 0/],
