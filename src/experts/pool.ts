@@ -24,7 +24,8 @@
  * `idBase` is the first), each slot's parts one after the other. Layers
  * whose experts have the same shape (parts' role, kind, type and slice
  * shape) form a *slot group*; files whose layers differ (a Q4_K_M file
- * gives half the layers Q6_K `ffn_down_exps`) have several. A group sees
+ * gives half the layers Q6_K `ffn_down_exps`) have several; when every
+ * expert fits, each layer is a group of its own (its own arenas). A group sees
  * the arenas it may use through its own typed {@link GpuWeight} stacks
  * (slots `slotBytes` apart, part `p` at byte `partOffsets[p]` of a slot):
  * while streaming every group sees every arena, so a slot that held a Q6_K
@@ -178,7 +179,10 @@ export class ExpertPool {
   readonly nExpert: number;
   /** i32 [nLayer, nExpert]: slot, or −1 when absent. */
   readonly residencyBuffer: GPUBuffer;
-  /** The slot groups (one for a model whose MoE layers share one expert shape). */
+  /**
+   * The slot groups (while streaming, one for a model whose MoE layers share
+   * one expert shape; when every expert fits, one a layer).
+   */
   readonly groups: readonly SlotGroup[];
   /** The arenas' buffers, in slot order. */
   readonly buffers: readonly GPUBuffer[];

@@ -109,8 +109,10 @@ async function withPool(
 
 /** Budget and stats invariants, checked after every call. */
 function checkInvariants(pool: ExpertPool): void {
-  const buffers = pool.groups[0]!.arenas.map((a) => a.buffer);
+  // streaming: every group sees every arena; all fit: each layer's group its own
+  const buffers = [...new Set(pool.groups.flatMap((g) => g.arenas.map((a) => a.buffer)))];
   assert.deepEqual(buffers, pool.buffers);
+  if (pool.allFit) assert.equal(pool.groups.length, LAYERS.length, "a group a layer");
   assert.equal(pool.allocatedBytes, buffers.reduce((s, b) => s + b.size, 0));
   assert.equal(pool.allocatedBytes, pool.nSlots * SLOT_BYTES);
   assert.ok(
@@ -148,8 +150,11 @@ async function checkGpu(gpu: Gpu, pool: ExpertPool, f: Fixture): Promise<void> {
       assert.ok(slot < pool.nSlots && !seen.has(slot), `slot ${slot} of ${l}:${e}`);
       seen.add(slot);
       const { arena: a, byteOffset } = pool.slotLocation(slot);
-      const local = slot - g.arenas[a]!.idBase;
-      assert.ok(local >= 0 && local < g.arenas[a]!.nSlots);
+      // the layer's view of that buffer
+      const view = pool.arenasFor(l).find((x) => x.buffer === pool.buffers[a]);
+      assert.ok(view, `slot ${slot} of ${l}:${e} is in an arena layer ${l} does not see`);
+      const local = slot - view.idBase;
+      assert.ok(local >= 0 && local < view.nSlots);
       assert.equal(byteOffset, local * SLOT_BYTES);
       f.expert(l, e).forEach((want, p) => {
         const arena = new Uint8Array(got[1 + a]!);
@@ -216,7 +221,9 @@ for (const fraction of [0, 0.1, 0.5, 1]) {
           const budgetSlots = Math.floor(21 * fraction);
           assert.equal(pool.nSlots, Math.max(minSlots, budgetSlots));
           assert.equal(pool.budgetRaised, budgetSlots < minSlots);
-          assert.equal(g.arenas.length, Math.ceil(pool.nSlots / 3));
+          // all fit: each layer's 7 experts in arenas of its own
+          assert.equal(g.arenas.length, Math.ceil((pool.allFit ? 7 : pool.nSlots) / 3));
+          assert.equal(pool.buffers.length, pool.allFit ? 9 : g.arenas.length);
           assert.equal(pool.allResident, fraction === 1);
           const ref = new RefLru(pool.nSlots);
           const rng = new Rng(100 + fraction * 10);
@@ -435,10 +442,11 @@ gpuTest(
   async (gpu) => {
     await withPool(
       gpu,
-      { budgetBytes: 21 * SLOT_BYTES, maxSlotsPerArena: 8 },
+      { budgetBytes: 20 * SLOT_BYTES, maxSlotsPerArena: 8 },
       (pool) => {
+        // streaming (20 slots for 21 experts): every layer sees every arena
         const arenas = pool.arenasFor(2);
-        assert.deepEqual(arenas.map((a) => [a.idBase, a.nSlots]), [[0, 8], [8, 8], [16, 5]]);
+        assert.deepEqual(arenas.map((a) => [a.idBase, a.nSlots]), [[0, 8], [8, 8], [16, 4]]);
         for (const a of arenas) {
           assert.deepEqual(Object.keys(a.weights), ["gate", "up", "down.bias", "down"]);
           const down = a.weights.down!;
@@ -461,6 +469,33 @@ gpuTest(
         return Promise.resolve();
       },
     );
+  },
+);
+
+gpuTest(
+  "pool: when every expert fits, each layer's experts sit in arenas of their own",
+  async (gpu) => {
+    await withPool(gpu, { budgetBytes: 21 * SLOT_BYTES, maxSlotsPerArena: 4 }, (pool) => {
+      assert.ok(pool.allFit);
+      // layers 1, 2, 3 of 7 experts each: slots 0-6, 7-13, 14-20, arenas of at most 4
+      assert.deepEqual(
+        LAYERS.map((l) => pool.arenasFor(l).map((a) => [a.idBase, a.nSlots])),
+        [[[0, 4], [4, 3]], [[7, 4], [11, 3]], [[14, 4], [18, 3]]],
+      );
+      assert.equal(pool.preloadAll(), 21);
+      for (const l of LAYERS) {
+        const arenas = pool.arenasFor(l);
+        const first = arenas[0]!.idBase;
+        const end = arenas.at(-1)!.idBase + arenas.at(-1)!.nSlots;
+        const table = pool.residencyTable();
+        for (let e = 0; e < 7; e++) {
+          const slot = table[l * pool.nExpert + e]!;
+          assert.ok(slot >= first && slot < end, `layer ${l} expert ${e} in slot ${slot}`);
+        }
+      }
+      checkInvariants(pool);
+      return Promise.resolve();
+    });
   },
 );
 

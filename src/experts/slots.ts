@@ -1,10 +1,11 @@
 /**
  * How the expert pool lays out its slots (see `pool.ts`'s module doc):
  * layers whose experts have the same shape form a slot group; with a
- * budget that holds every expert each group gets its own slots at its own
- * size, otherwise one set of slots of the largest expert's size is shared
- * by every group; slots live in arenas (one GPU buffer each, at most one
- * storage binding), which each group sees through its own typed stacks.
+ * budget that holds every expert each layer is a group of its own, with its
+ * own slots at its own size (its matmul_id ops then walk only its own
+ * arenas), otherwise one set of slots of the largest expert's size is
+ * shared by every group; slots live in arenas (one GPU buffer each, at most
+ * one storage binding), which each group sees through its own typed stacks.
  *
  * @module
  */
@@ -35,7 +36,10 @@ export interface PoolArena {
   readonly weights: Readonly<Record<string, GpuWeight>>;
 }
 
-/** The layers whose experts have the same shape, and how their parts sit in a slot. */
+/**
+ * The layers whose experts have the same shape (one layer a group when every
+ * expert fits), and how their parts sit in a slot.
+ */
 export interface SlotGroup {
   /** Index in the pool's `groups`. */
   readonly index: number;
@@ -114,7 +118,7 @@ export function layoutSlots(
     const key = shapeKey(l);
     byKey.set(key, [...byKey.get(key) ?? [], l]);
   }
-  const shapes = [...byKey.entries()].map(([key, layers]) => {
+  const byShape = [...byKey.entries()].map(([key, layers]) => {
     const parts = layers[0]!.tensors;
     const partSlotBytes = parts.map((t) => align4(t.sliceBytes));
     const partOffsets = partSlotBytes.map((_, i) =>
@@ -129,14 +133,21 @@ export function layoutSlots(
       usedSlotBytes: partSlotBytes.reduce((s, b) => s + b, 0),
     };
   });
-  const slotBytes = Math.max(...shapes.map((g) => g.usedSlotBytes));
+  const slotBytes = Math.max(...byShape.map((g) => g.usedSlotBytes));
   const minBudgetBytes = Math.min(o.minSlots, o.nExpert) * slotBytes;
   const budget = Math.max(o.budgetBytes, minBudgetBytes);
   // Every expert at its own size if the budget holds them all; else one
   // set of slots of the largest size, shared by every group.
-  const groupExperts = shapes.map((g) => g.layers.reduce((n, l) => n + l.nExpert, 0));
-  const exact = shapes.reduce((n, g, i) => n + groupExperts[i]! * g.usedSlotBytes, 0);
+  const expertsOf = (g: { layers: readonly ExpertLayerShape[] }) =>
+    g.layers.reduce((n, l) => n + l.nExpert, 0);
+  const exact = byShape.reduce((n, g) => n + expertsOf(g) * g.usedSlotBytes, 0);
   const allFit = budget >= exact;
+  // All fit: a group (own slots and arenas) a layer, so that a layer's matmul_id ops walk only
+  // the arenas holding its experts (each arena is a dispatch per matrix).
+  const shapes = allFit
+    ? byShape.flatMap((g) => g.layers.map((l) => ({ ...g, layers: [l] })))
+    : byShape;
+  const groupExperts = shapes.map(expertsOf);
   const classes = allFit
     ? shapes.map((g, i) => ({ slotBytes: g.usedSlotBytes, n: groupExperts[i]!, groups: [i] }))
     : [{
